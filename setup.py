@@ -1,0 +1,40 @@
+"""Packaging for wecomd: the package plus templates/ and static/ as package data."""
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "wecomd" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="wecomd",
+    version=VERSION,
+    description="Self-hosted daemon for WeCom (企业微信) self-built app callbacks",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=["wecomd", "wecomd.handlers", "wecomd.migrations", "wecomd.templates", "wecomd.static"],
+    package_dir={"wecomd.templates": "templates", "wecomd.static": "static"},
+    package_data={"wecomd.templates": ["*.html", "**/*.html"], "wecomd.static": ["*", "**/*"]},
+    install_requires=[
+        "tornado>=6.3",
+        "peewee>=4.5.3",  # playhouse.migrations runner
+        "pycryptodome>=3.18",
+        "defusedxml>=0.7.1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7.4",
+            "pytest-timeout>=2.1",
+            "wechatpy>=1.8.18",  # independent crypto implementation for interop tests
+        ],
+    },
+    entry_points={"console_scripts": ["wecomd=wecomd.cli:main"]},
+    classifiers=[
+        "Framework :: Tornado",
+        "Programming Language :: Python :: 3",
+        "Environment :: No Input/Output (Daemon)",
+    ],
+)

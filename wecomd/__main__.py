@@ -1,0 +1,4 @@
+"""`python -m wecomd` runs the command line."""
+from wecomd.cli import main
+
+raise SystemExit(main())

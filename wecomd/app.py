@@ -1,0 +1,79 @@
+"""The Tornado application and the serve loop: routes, settings, listening, graceful stop."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from tornado import httpserver, netutil, web
+
+from wecomd.config import Config
+from wecomd.handlers import callback, ops
+from wecomd.paths import resource_dir
+from wecomd.services import Services
+
+logger = logging.getLogger(__name__)
+access_log = logging.getLogger("wecomd.access")
+
+DRAIN_SECONDS = 25.0  # below systemd's default 90 s stop timeout, above WeCom's 5 s budget
+
+
+def make_app(services: Services) -> web.Application:
+    """Build the application from every handler module's `routes(services)`."""
+    handlers: list = []
+    for module in (callback, ops):
+        handlers.extend(module.routes(services))
+    return web.Application(
+        handlers,
+        template_path=str(resource_dir("templates")),
+        static_path=str(resource_dir("static")),
+        log_function=_log_request,
+        services=services,
+    )
+
+
+def server_options(config: Config) -> dict[str, Any]:
+    """HTTPServer keyword arguments; the exact max_body is enforced per handler (413)."""
+    return dict(xheaders=config.server.xheaders, max_body_size=max(4 * config.server.max_body, 1 << 20))
+
+
+def _log_request(handler: web.RequestHandler) -> None:
+    # The path only: query strings carry signatures and nonces, and never belong in logs.
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    access_log.log(
+        level, "%d %s %s (%s) %.1fms", status, handler.request.method,
+        handler.request.path, handler.request.remote_ip, 1000.0 * handler.request.request_time(),
+    )
+
+
+async def serve(config: Config, ready: Any = None) -> None:
+    """Run until SIGTERM/SIGINT, then stop accepting, drain in-flight requests and close."""
+    services = Services(config)
+    await services.start()
+    server = httpserver.HTTPServer(make_app(services), **server_options(config))
+    sockets = netutil.bind_sockets(config.server.listen_port, config.server.listen_host)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    logger.info("wecomd listening on http://%s:%d/ (apps: %s)", config.server.listen_host, port,
+                ", ".join(config.apps) or "none")
+    if ready is not None:
+        ready(port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await _shutdown(server, services)
+
+
+async def _shutdown(server: httpserver.HTTPServer, services: Services) -> None:
+    logger.info("stopping: no new connections, draining %d in-flight request(s)", services.inflight.count)
+    server.stop()
+    if not await services.inflight.wait_idle(DRAIN_SECONDS):
+        logger.warning("drain timed out after %.0fs with %d request(s) in flight", DRAIN_SECONDS,
+                       services.inflight.count)
+    await server.close_all_connections()
+    await services.close()
+    logger.info("stopped")

@@ -1,0 +1,165 @@
+"""The `wecomd` command line: parses arguments and maps errors to exit codes."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import secrets
+import string
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from wecomd import __version__, config as configmod, exporting, passwords, simulate
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except configmod.ConfigError as exc:
+        print("wecomd: configuration problems:\n%s" % _indent(str(exc)), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wecomd", description="WeCom self-built app callback daemon")
+    parser.add_argument("--version", action="version", version="wecomd %s" % __version__)
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the daemon")
+    _config_arg(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", help="validate a config file")
+    _config_arg(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("init", help="write a fresh wecomd.conf with generated secrets")
+    p.add_argument("dir", nargs="?", default=".", help="directory for wecomd.conf (default: .)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing wecomd.conf")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("hash-password", help="read a password (tty or stdin), print its hash")
+    p.set_defaults(func=cmd_hash_password)
+
+    p = sub.add_parser("simulate", help="play WeCom against a callback URL")
+    simulate.add_arguments(p)
+    p.set_defaults(func=lambda args: asyncio.run(simulate.run(args)))
+
+    p = sub.add_parser("export", help="write stored messages, oldest first, as Message JSON")
+    _config_arg(p)
+    exporting.add_arguments(p)
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="config file (default: $WECOMD_CONFIG, ./wecomd.conf, /etc/wecomd/wecomd.conf)")
+
+
+def _load(args: argparse.Namespace) -> configmod.Config:
+    path = configmod.find_config(args.config, os.environ)
+    return configmod.load(path, os.environ)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    _setup_logging(cfg.server.log_level)
+    from wecomd import app  # tornado and peewee are only needed from here on
+
+    logger.info("wecomd %s starting with %s", __version__, cfg.path)
+    asyncio.run(app.serve(cfg))
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = configmod.find_config(args.config, os.environ)
+    problems = configmod.check(path, os.environ)
+    for problem in problems:
+        print("error: %s" % problem)
+    if problems:
+        print("%s: %d problem(s)" % (path, len(problems)))
+        return EXIT_PROBLEM
+    for warning in configmod.warnings(configmod.load(path, os.environ)):
+        print("warning: %s" % warning)
+    print("%s: OK" % path)
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    target = Path(args.dir) / "wecomd.conf"
+    if target.exists() and not args.force:
+        print("wecomd: %s exists; use --force to overwrite" % target, file=sys.stderr)
+        return EXIT_PROBLEM
+    password = secrets.token_urlsafe(12)
+    values = _initial_values(password)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(str(target), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(configmod.render(values))
+    print("wrote %s" % target)
+    print("admin login: %s / %s   (shown once; only its hash is stored)" % (values["admin"]["username"], password))
+    print("next: set corp_id and agent_id in [app:main], then enter its URL, token and encoding_aes_key in WeCom")
+    return EXIT_OK
+
+
+def _initial_values(password: str) -> dict:
+    alnum = string.ascii_letters + string.digits
+    return {
+        "server": {"listen": "127.0.0.1:8080", "database": "wecomd.db", "media_dir": "media"},
+        "admin": {
+            "username": "admin",
+            "password_hash": passwords.hash_password(password),
+            "cookie_secret": secrets.token_urlsafe(32),
+        },
+        "app:main": {
+            "corp_id": "ww_CHANGE_ME",
+            "agent_id": "1000002",
+            "token": "".join(secrets.choice(alnum) for _ in range(32)),
+            "encoding_aes_key": "".join(secrets.choice(alnum) for _ in range(43)),
+        },
+    }
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if password != getpass.getpass("again: "):
+            print("wecomd: passwords differ", file=sys.stderr)
+            return EXIT_PROBLEM
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("wecomd: empty password", file=sys.stderr)
+        return EXIT_PROBLEM
+    print(passwords.hash_password(password))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    return exporting.run(cfg, args)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())

@@ -1,0 +1,532 @@
+"""The INI config: its schema as data, loading with environment overrides, validation, rendering.
+
+Values are layered defaults → file → ``WECOMD_<SECTION>_<OPTION>`` environment variables. Every
+problem found is collected and raised together in one `ConfigError`, each naming its source.
+"""
+from __future__ import annotations
+
+import base64
+import configparser
+import difflib
+import ipaddress
+import os
+import re
+import textwrap
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+
+from wecomd import passwords
+
+REQUIRED = object()  # the default of an option that has none
+SEARCH_PATHS = (Path("wecomd.conf"), Path("/etc/wecomd/wecomd.conf"))
+ENV_PREFIX, ENV_CONFIG = "WECOMD_", "WECOMD_CONFIG"
+FIXED_SECTIONS = ("server", "admin", "wecom")
+MIN_SECRET_LENGTH = 32
+_APP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ALNUM = re.compile(r"[A-Za-z0-9]*")
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` lists every reason, one line each."""
+
+    def __init__(self, problems: Union[str, List[str]]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class Option(NamedTuple):
+    default: Any  # the text form, or REQUIRED
+    convert: Callable[[str], Any]  # raises ValueError saying what is wrong, without the value
+    help: str
+    secret: bool = False  # never shown: not in problems, not in repr
+
+
+# --- converters: text -> value, or ValueError --------------------------------------------------
+
+def _matching(pattern: str, message: str) -> Callable[[str], str]:
+    regex = re.compile(pattern, re.DOTALL)
+
+    def convert(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise ValueError(message)
+        return value
+    return convert
+
+
+_NONEMPTY = _matching(r".+", "must not be empty")
+
+
+def _integer(minimum: int) -> Callable[[str], int]:
+    def convert(value: str) -> int:
+        if not re.fullmatch(r"[+-]?[0-9]+", value):
+            raise ValueError("not an integer")
+        if int(value) < minimum:
+            raise ValueError("must be %d or more" % minimum)
+        return int(value)
+    return convert
+
+
+def _boolean(value: str) -> bool:
+    states = configparser.RawConfigParser.BOOLEAN_STATES
+    if value.lower() not in states:
+        raise ValueError("not a boolean: use yes or no")
+    return states[value.lower()]
+
+
+def _listen(value: str) -> Tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected host:port with a port from 0 to 65535, e.g. 127.0.0.1:8080")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return str(ipaddress.IPv6Address(host[1:-1])), int(port)
+        except ValueError:
+            raise ValueError("not an IPv6 address in brackets") from None
+    if ":" in host:
+        raise ValueError("write an IPv6 address in brackets, e.g. [::1]:8080")
+    return _matching(r"[A-Za-z0-9.-]+", "not a host name or IP address")(host), int(port)
+
+
+def _database(value: str) -> str:
+    if "://" in value and value.split("://")[0].lower() not in ("sqlite", "postgres", "postgresql"):
+        raise ValueError("a database URL must start with sqlite://, postgres:// or postgresql://")
+    return _NONEMPTY(value)
+
+
+def _api_base(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError("must be an http:// or https:// URL without query")
+    return value.rstrip("/")
+
+
+def _password_hash(value: str) -> str:
+    if value and not passwords.is_hash(value):
+        raise ValueError("not a hash made by `wecomd hash-password`")
+    return value
+
+
+def _token(value: str) -> str:  # wecom-protocol.md §1
+    return _alnum(value, 1, 32, "must be 1 to 32 characters of A-Z a-z 0-9")
+
+
+def _aes_key(value: str) -> str:  # wecom-protocol.md §1 and §3: base64 of 32 bytes, '=' dropped
+    rule = "must be exactly 43 characters of A-Z a-z 0-9"
+    if len(value) == 44 and value.endswith("="):
+        raise ValueError("%s (got 44: drop the trailing '=')" % rule)
+    _alnum(value, 43, 43, rule)
+    if len(base64.b64decode(value + "=")) != 32:
+        raise ValueError("does not decode to a 32-byte AES key")
+    return value
+
+
+def _alnum(value: str, shortest: int, longest: int, rule: str) -> str:
+    if not _ALNUM.fullmatch(value):
+        raise ValueError("%s (got a character outside that set)" % rule)
+    if not shortest <= len(value) <= longest:
+        raise ValueError("%s (got %d)" % (rule, len(value)))
+    return value
+
+
+# --- the schema --------------------------------------------------------------------------------
+
+SECTION_HELP = {
+    "server": "The HTTP server.",
+    "admin": "The dashboard login, and the API token for scripts.",
+    "wecom": "The WeCom server API (access tokens, replies through the API, media download).",
+    "app:NAME": "One WeCom self-built app; its callback URL path is /callback/NAME. Enter that URL, the "
+                "token and the encoding_aes_key in the WeCom admin console (应用 → 接收消息 → 设置API接收).",
+}
+
+SCHEMA: Dict[str, Dict[str, Option]] = {
+    "server": {
+        "listen": Option("127.0.0.1:8080", _listen, "host:port to listen on; IPv6 as [::1]:8080; "
+                         "port 0 picks a free one."),
+        "database": Option("wecomd.db", _database, "SQLite file (relative to this file's directory) or a "
+                           "database URL: sqlite:///..., postgresql://user:pass@host/db.", secret=True),
+        "media_dir": Option("media", _NONEMPTY, "Directory for downloaded images, voice, video and files "
+                            "(relative to this file's directory)."),
+        "max_body": Option("1048576", _integer(1), "Largest callback body in bytes; larger ones get 413."),
+        "timestamp_window": Option("300", _integer(0), "Seconds of clock skew accepted on callback "
+                                   "timestamps; 0 turns the check off."),
+        "xheaders": Option("no", _boolean, "yes: trust X-Real-IP / X-Forwarded-For from a reverse proxy "
+                           "(only behind one that sets them)."),
+        "log_level": Option("info", _matching(r"debug|info|warning|error", "must be debug, info, warning "
+                                              "or error"), "debug, info, warning or error."),
+    },
+    "admin": {
+        "username": Option("admin", _NONEMPTY, "Dashboard login name."),
+        "password_hash": Option("", _password_hash, "Dashboard password hash from `wecomd hash-password`; "
+                                "empty: nobody can log in.", secret=True),
+        "cookie_secret": Option("", str, "Long random string that signs session cookies "
+                                "(`wecomd init` generates one).", secret=True),
+        "api_token": Option("", str, "Optional: scripts send `Authorization: Bearer <api_token>` to "
+                            "/api/*; empty: off.", secret=True),
+    },
+    "wecom": {
+        "api_base": Option("https://qyapi.weixin.qq.com", _api_base, "Base URL of the WeCom API; tests "
+                           "and `wecomd demo` point it at a local fake."),
+    },
+    "app:NAME": {
+        "corp_id": Option(REQUIRED, _matching(r"\S{1,64}", "must be 1 to 64 characters without spaces"),
+                           "The CorpID (我的企业 → 企业信息)."),
+        "agent_id": Option(REQUIRED, _matching(r"[0-9]+", "must be digits, e.g. 1000002"),
+                           "The app's AgentId, digits."),
+        "token": Option(REQUIRED, _token, "The callback Token: 1 to 32 of A-Z a-z 0-9.", secret=True),
+        "encoding_aes_key": Option(REQUIRED, _aes_key, "The callback EncodingAESKey: exactly 43 of "
+                                   "A-Z a-z 0-9.", secret=True),
+        "secret": Option("", str, "Optional: the app's Secret; enables replies through the API and media "
+                         "download.", secret=True),
+        "reply": Option("", str, "Optional: a passive text reply to every message, e.g. 已收到; "
+                        "empty: none."),
+    },
+}
+
+
+# --- the result --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen_host: str
+    listen_port: int
+    database: str = field(repr=False)  # an absolute file path, or a URL as written (it may hold a password)
+    media_dir: Path  # absolute
+    max_body: int
+    timestamp_window: int  # 0 = off
+    xheaders: bool
+    log_level: str
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    username: str
+    password_hash: str = field(repr=False)  # "" = nobody can log in
+    cookie_secret: str = field(repr=False)
+    api_token: str = field(repr=False)  # "" = off
+
+
+@dataclass(frozen=True)
+class WecomConfig:
+    api_base: str  # no trailing slash
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    name: str
+    corp_id: str
+    agent_id: str  # digits, kept as text like the XML's AgentID
+    token: str = field(repr=False)
+    encoding_aes_key: str = field(repr=False)
+    secret: str = field(repr=False)  # "" = none
+    reply: str  # "" = none
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Optional[Path]  # absolute; None when built from defaults and environment only
+    server: ServerConfig
+    admin: AdminConfig
+    wecom: WecomConfig
+    apps: Dict[str, AppConfig]  # by NAME, in file order
+    rules: Dict[str, Dict[str, str]] = field(default_factory=dict)  # [rule:NAME], raw, for later
+    # (section, option) -> where its value came from: "default", the file, or "environment WECOMD_..."
+    sources: Dict[Tuple[str, str], str] = field(default_factory=dict, repr=False)
+    ignored_env: Tuple[str, ...] = field(default=(), repr=False)  # WECOMD_* names that matched nothing
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+Raw = Dict[str, Dict[str, Tuple[str, str]]]  # section -> option -> (text, source)
+
+
+def env_name(section: str, option: str) -> str:
+    """The environment variable that overrides `option` of `section`."""
+    return ENV_PREFIX + re.sub(r"[:-]", "_", section.upper()) + "_" + option.upper()
+
+
+def find_config(explicit: Optional[str], environ: Optional[Mapping[str, str]] = None) -> Path:
+    """The config file: `explicit` (-c), else $WECOMD_CONFIG, else the first of SEARCH_PATHS that exists."""
+    environ = os.environ if environ is None else environ
+    for given, origin in ((explicit, "-c"), (environ.get(ENV_CONFIG), ENV_CONFIG)):
+        if given:
+            if not Path(given).exists():
+                raise ConfigError("%s: no such file (from %s)" % (given, origin))
+            return Path(given)
+    for candidate in SEARCH_PATHS:
+        if candidate.exists():
+            return candidate
+    raise ConfigError("no config file: none of %s exists; pass -c FILE, set %s, or run `wecomd init`"
+                      % (", ".join(map(str, SEARCH_PATHS)), ENV_CONFIG))
+
+
+def load(path: Union[str, Path, None], environ: Optional[Mapping[str, str]] = None) -> Config:
+    """Read, override and validate the config; raise ConfigError naming every problem found.
+
+    Relative paths are resolved against the config file's directory (the working directory when
+    `path` is None). `environ` defaults to os.environ.
+    """
+    environ = os.environ if environ is None else environ
+    problems: List[str] = []
+    label = str(path) if path is not None else "defaults"
+    raw = _read_file(Path(path), label, problems) if path is not None else {}
+    ignored = _apply_env(raw, environ, problems)
+    values, sources, rules = {}, {}, {}
+    for section in dict.fromkeys([*raw, *FIXED_SECTIONS]):
+        kind = _kind(section)
+        if kind is None:
+            problems.append("%s: [%s]: unknown section%s" % (label, section, _suggest(section, SCHEMA)))
+        elif kind == "rule":
+            rules[section[5:]] = {option: text for option, (text, _) in raw[section].items()}
+        elif kind == "app:NAME" and not _APP_NAME.fullmatch(section[4:]):
+            problems.append("%s: [%s]: an app name is 1 to 64 characters of A-Z a-z 0-9 _ -"
+                            % (label, section))
+        else:
+            values[section] = _convert(section, SCHEMA[kind], raw.get(section, {}), label, problems,
+                                       sources)
+    if problems:
+        raise ConfigError(problems)
+    absolute = Path(path).absolute() if path is not None else None
+    return _build(absolute, absolute.parent if absolute else Path.cwd(), values, rules, sources, ignored)
+
+
+def check(path: Union[str, Path, None], environ: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Every problem `load` would raise, or [] when the config is usable."""
+    try:
+        load(path, environ)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def _kind(section: str) -> Optional[str]:
+    if section in FIXED_SECTIONS:
+        return section
+    if section.startswith("app:"):
+        return "app:NAME"
+    if section.startswith("rule:") and len(section) > 5:
+        return "rule"  # a later release's feature: kept raw, not validated yet
+    return None
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return " (did you mean %s?)" % close[0] if close else ""
+
+
+def _parser(strict: bool) -> configparser.RawConfigParser:
+    # `;` after whitespace starts a comment, as in design.md's example. No [DEFAULT] magic.
+    return configparser.RawConfigParser(strict=strict, inline_comment_prefixes=(";",),
+                                        default_section="\0none", interpolation=None)
+
+
+def _read_file(path: Path, label: str, problems: List[str]) -> Raw:
+    try:
+        if not path.is_file():
+            problems.append("%s: %s" % (label, "not a file" if path.exists() else "no such file"))
+            return {}
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        problems.append("%s: cannot read: %s" % (label, exc.strerror or exc))
+        return {}
+    except UnicodeDecodeError as exc:
+        problems.append("%s: not UTF-8 text (byte %d)" % (label, exc.start))
+        return {}
+    parser = _parser(strict=False)
+    try:
+        parser.read_string(text, source=label)
+    except configparser.MissingSectionHeaderError as exc:
+        problems.append("%s: line %d: an option before any [section] header" % (label, exc.lineno))
+        return {}
+    except configparser.ParsingError as exc:  # raised after reading all it could; the line may hold a secret
+        problems.extend("%s: line %d: not a [section], option = value, or comment" % (label, lineno)
+                        for lineno, _ in exc.errors)
+    problems.extend(_duplicates(text, label))
+    return {section: {option: (text, label) for option, text in parser.items(section)}
+            for section in parser.sections()}
+
+
+def _duplicates(text: str, label: str) -> List[str]:
+    """Every repeated section or option (strict configparser stops at the first: blank it out, retry)."""
+    lines, found = text.splitlines(), []
+    for _ in range(len(lines) + 1):
+        try:
+            _parser(strict=True).read_string("\n".join(lines), source=label)
+        except configparser.DuplicateOptionError as exc:
+            found.append("%s: line %d: [%s] %s: duplicate option"
+                         % (label, exc.lineno, exc.section, exc.option))
+            lines[exc.lineno - 1] = ""
+        except configparser.DuplicateSectionError as exc:
+            found.append("%s: line %d: [%s]: duplicate section" % (label, exc.lineno, exc.section))
+            lines[exc.lineno - 1] = "[\0duplicate %d]" % exc.lineno
+        except configparser.Error:
+            break
+        else:
+            break
+    return found
+
+
+def _apply_env(raw: Raw, environ: Mapping[str, str], problems: List[str]) -> Tuple[str, ...]:
+    """Overlay WECOMD_* variables onto `raw`; return the names that matched no option.
+
+    Only existing sections are targets (the fixed ones, and the app sections in the file): the
+    environment cannot create an app, since `app:my_app` and `app:my-app` would share a name.
+    """
+    targets: Dict[str, List[Tuple[str, str]]] = {}
+    for section in dict.fromkeys([*FIXED_SECTIONS, *raw]):
+        kind = _kind(section)
+        if kind in SCHEMA and (kind != "app:NAME" or _APP_NAME.fullmatch(section[4:])):
+            for option in SCHEMA[kind]:
+                targets.setdefault(env_name(section, option), []).append((section, option))
+    ignored = []
+    for name in sorted(n for n in environ if n.startswith(ENV_PREFIX) and n != ENV_CONFIG):
+        hits = targets.get(name, [])
+        if len(hits) == 1:
+            raw.setdefault(hits[0][0], {})[hits[0][1]] = (environ[name].strip(), "environment " + name)
+        elif hits:
+            names = " and ".join("[%s] %s" % hit for hit in hits)
+            problems.append("environment %s: ambiguous: %s" % (name, names))
+        else:
+            ignored.append(name)
+    return tuple(ignored)
+
+
+def _convert(section: str, schema: Dict[str, Option], raw: Dict[str, Tuple[str, str]], label: str,
+             problems: List[str], sources: dict) -> Dict[str, Any]:
+    values = {}
+    for name, option in schema.items():
+        text, source = raw.get(name, (option.default, "default"))
+        where = source if source.startswith("environment") else "%s: [%s] %s" % (label, section, name)
+        if text is REQUIRED or (option.default is REQUIRED and not text):
+            problems.append("%s: %s (required)" % (where, "missing" if text is REQUIRED else "empty"))
+            continue
+        try:
+            values[name], sources[(section, name)] = option.convert(text), source
+        except ValueError as exc:
+            got = "" if option.secret else " (got %r)" % text
+            problems.append("%s: %s%s" % (where, exc, got))
+    for name in raw.keys() - schema.keys():
+        problems.append("%s: [%s] %s: unknown option%s" % (label, section, name, _suggest(name, schema)))
+    return values
+
+
+def _resolve(base: Path, text: str) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _build(path, base, values, rules, sources, ignored) -> Config:
+    server = dict(values["server"])
+    host, port = server.pop("listen")
+    database = server.pop("database")
+    if "://" not in database:  # a URL is kept exactly as written
+        database = str(_resolve(base, database))
+    server_config = ServerConfig(listen_host=host, listen_port=port, database=database,
+                                 media_dir=_resolve(base, server.pop("media_dir")), **server)
+    apps = {section[4:]: AppConfig(name=section[4:], **options)
+            for section, options in values.items() if section.startswith("app:")}
+    return Config(path=path, server=server_config, admin=AdminConfig(**values["admin"]),
+                  wecom=WecomConfig(**values["wecom"]), apps=apps, rules=rules,
+                  sources=sources, ignored_env=ignored)
+
+
+# --- warnings: valid, but probably not what was meant ------------------------------------------
+
+def warnings(config: Config) -> List[str]:
+    """Things that load but are probably mistakes; `wecomd check` prints them."""
+    return (_admin_warnings(config.admin) + _app_warnings(config.apps) + _server_warnings(config.server)
+            + ["environment %s: matches no option and is ignored (the environment cannot add an "
+               "[app:NAME] section)" % name for name in config.ignored_env])
+
+
+def _admin_warnings(admin: AdminConfig) -> List[str]:
+    found = []
+    if not admin.password_hash:
+        found.append("[admin] password_hash is empty: nobody can log in (see `wecomd hash-password`)")
+    if not admin.cookie_secret:
+        found.append("[admin] cookie_secret is empty: dashboard sessions cannot be signed")
+    for name in ("cookie_secret", "api_token"):
+        if 0 < len(getattr(admin, name)) < MIN_SECRET_LENGTH:
+            found.append("[admin] %s is shorter than %d characters" % (name, MIN_SECRET_LENGTH))
+    return found
+
+
+def _app_warnings(apps: Dict[str, AppConfig]) -> List[str]:
+    if not apps:
+        return ["no [app:NAME] section: wecomd will receive no callbacks"]
+    found, first = [], {}
+    for app in apps.values():
+        if not re.fullmatch(r"w[wx][0-9a-fA-F]{16}", app.corp_id):
+            found.append("[app:%s] corp_id does not look like a CorpID (ww or wx, then 16 hex digits)"
+                         % app.name)
+        other = first.setdefault((app.corp_id, app.agent_id), app.name)
+        if other != app.name:
+            found.append("[app:%s] and [app:%s] have the same corp_id and agent_id" % (other, app.name))
+    return found
+
+
+def _server_warnings(server: ServerConfig) -> List[str]:
+    found = []
+    if server.timestamp_window == 0:
+        found.append("[server] timestamp_window = 0: callback timestamps are not checked")
+    if server.xheaders and not _is_loopback(server.listen_host):
+        found.append("[server] xheaders = yes on a non-loopback address: clients can forge their IP")
+    folder = Path(server.database).parent
+    if "://" not in server.database and not (folder.is_dir() and os.access(folder, os.W_OK)):
+        found.append("[server] database: directory %s does not exist or is not writable" % folder)
+    if server.media_dir.exists() and not server.media_dir.is_dir():
+        found.append("[server] media_dir: %s is not a directory" % server.media_dir)
+    return found
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+def render(values: Dict[str, Dict[str, str]]) -> str:
+    """A commented INI file built from the schema's help texts, with `values` over the defaults.
+
+    `values` maps section → option → text; app sections are "app:NAME" and must carry their
+    required options. Raises ValueError for a section or option the schema does not know.
+    """
+    lines = ["# wecomd configuration; every option is described in docs/configuration.md.",
+             "# Any option can be overridden by an environment variable WECOMD_<SECTION>_<OPTION>,",
+             "# e.g. WECOMD_APP_HELPDESK_SECRET, so secrets can live in a systemd EnvironmentFile.", ""]
+    for section in dict.fromkeys([*FIXED_SECTIONS, *values]):
+        lines += _render_section(section, values.get(section, {}))
+    return "\n".join(lines)
+
+
+def _render_section(section: str, given: Dict[str, str]) -> List[str]:
+    kind = _kind(section)
+    if kind == "rule":
+        return ["[%s]" % section] + ["%s = %s" % (k, _render_value(v)) for k, v in given.items()] + [""]
+    bad_name = kind == "app:NAME" and not _APP_NAME.fullmatch(section[4:])
+    if kind not in SCHEMA or bad_name or set(given) - set(SCHEMA[kind]):
+        raise ValueError("[%s]: unknown section, bad app name, or unknown options %s"
+                         % (section, sorted(given)))
+    help_text = SECTION_HELP[kind].replace("/NAME", "/" + section[4:])
+    lines = _comment(help_text) + ["[%s]" % section]
+    for name, option in SCHEMA[kind].items():
+        text = given.get(name, option.default)
+        if text is REQUIRED:
+            raise ValueError("[%s] %s: required" % (section, name))
+        lines += _comment(option.help) + [("%s = %s" % (name, _render_value(text))).rstrip()]
+    return lines + [""]
+
+
+def _render_value(text: str) -> str:
+    text = str(text)
+    if re.search(r"(^|\s);", text):
+        raise ValueError("a value cannot start with ';' or hold whitespace then ';': that starts a comment")
+    return text.replace("\n", "\n    ")
+
+
+def _comment(text: str) -> List[str]:
+    return ["# " + line for line in textwrap.wrap(text, 96)]

@@ -1,0 +1,12 @@
+"""Where the templates and static files are: beside the package when installed, else the repo root."""
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def resource_dir(name: str) -> Path:
+    """Return the directory of `templates` or `static` for this install."""
+    for candidate in (_PACKAGE / name, _PACKAGE.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("wecomd resource directory %r not found" % name)
