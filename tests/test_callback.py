@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import socket
 import time
 import urllib.parse
@@ -162,6 +161,25 @@ class ReceiveTest(WecomdTestCase):
             self.assertEqual(resp.code, 200)
             replies.append(ET.fromstring(self.peer.read_reply(resp.body)).findtext("Content"))
         self.assertEqual(replies, ["已收到"] * 4)
+        [row] = self.rows()
+        self.assertEqual(row["deliveries"], 4)
+
+    def test_concurrent_retries_are_stored_once(self):
+        """WeCom's retry can overlap a slow first delivery: four at once still make one row."""
+        from tornado.httpclient import AsyncHTTPClient
+
+        req = self.peer.callback(text("all at once"))
+        url = self.get_url("/callback/helpdesk?" + req.query)
+
+        async def deliver_four():
+            client = AsyncHTTPClient()
+            import asyncio
+
+            return await asyncio.gather(*(client.fetch(url, method="POST", body=req.body) for _ in range(4)))
+
+        responses = self.io_loop.run_sync(deliver_four)
+        self.assertEqual([r.code for r in responses], [200] * 4)
+        self.assertEqual({ET.fromstring(self.peer.read_reply(r.body)).findtext("Content") for r in responses}, {"已收到"})
         [row] = self.rows()
         self.assertEqual(row["deliveries"], 4)
 

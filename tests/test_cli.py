@@ -12,7 +12,6 @@ import time
 import urllib.request
 import xml.etree.ElementTree as ET
 
-import pytest
 
 from conftest import ROOT, ServerProcess, free_port, write_config
 from peer import AES_KEY, CORP_ID, TOKEN, WecomPeer
@@ -142,6 +141,14 @@ def test_check_names_every_problem(tmp_path):
     assert "token" in out and "encoding_aes_key" in out and "43" in out
     assert "[mystery]" in out
     assert "short" not in out  # the key's value is never printed
+
+
+def test_check_fails_without_any_app_section(tmp_path):
+    conf = tmp_path / "wecomd.conf"
+    conf.write_text("[server]\nlisten = 127.0.0.1:9000\n", encoding="utf-8")
+    result = wecomd("check", "-c", str(conf))
+    assert result.returncode == 1
+    assert "no [app:NAME] section" in result.stdout
 
 
 def test_check_ok_and_env_override(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wecomd import config, passwords
+from wecomd import checks, config, passwords
 from wecomd.config import REQUIRED, SCHEMA, ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ def write(tmp_path: Path, text: str, name: str = "wecomd.conf") -> Path:
 
 
 def problems(tmp_path: Path, text: str, environ=None) -> list:
-    found = config.check(write(tmp_path, text), environ or {})
+    found = config.problems(write(tmp_path, text), environ or {})
     assert found, "expected problems"
     return found
 
@@ -55,7 +55,7 @@ def app_with(**options) -> str:
 
 def test_sample_config_loads_without_problems():
     sample = REPO / "wecomd.conf"
-    assert config.check(sample, {}) == []
+    assert config.problems(sample, {}) == []
     loaded = config.load(sample, {})
     assert (loaded.server.listen_host, loaded.server.listen_port) == ("127.0.0.1", 8080)
     assert loaded.server.database == str(REPO / "wecomd.db")
@@ -141,7 +141,7 @@ def test_bad_token(tmp_path, token, expected):
 
 
 def test_32_character_token_is_fine(tmp_path):
-    assert config.check(write(tmp_path, app_with(token="Z9" * 16)), {}) == []
+    assert config.problems(write(tmp_path, app_with(token="Z9" * 16)), {}) == []
 
 
 def test_missing_required_options_are_each_named(tmp_path):
@@ -323,7 +323,7 @@ def test_env_cannot_create_an_app_and_unknown_names_are_ignored(tmp_path):
     loaded = config.load(write(tmp_path, APP), environ)
     assert list(loaded.apps) == ["helpdesk"]
     assert loaded.ignored_env == ("WECOMD_APP_OTHER_TOKEN", "WECOMD_SERVER_LISTN")
-    assert [w for w in config.warnings(loaded) if w.startswith("environment")] == [
+    assert [w for w in checks.warnings(loaded) if w.startswith("environment")] == [
         "environment WECOMD_APP_OTHER_TOKEN: matches no option and is ignored (the environment cannot add "
         "an [app:NAME] section)",
         "environment WECOMD_SERVER_LISTN: matches no option and is ignored (the environment cannot add "
@@ -332,7 +332,7 @@ def test_env_cannot_create_an_app_and_unknown_names_are_ignored(tmp_path):
 
 def test_env_ambiguous_between_two_app_names(tmp_path):
     text = APP.replace("helpdesk", "my_app") + APP.replace("helpdesk", "my-app").replace("1000002", "1000003")
-    assert config.check(write(tmp_path, text), {}) == []
+    assert config.problems(write(tmp_path, text), {}) == []
     assert one_problem(tmp_path, text, {"WECOMD_APP_MY_APP_REPLY": "hi"}) == (
         "environment WECOMD_APP_MY_APP_REPLY: ambiguous: [app:my_app] reply and [app:my-app] reply")
 
@@ -351,7 +351,13 @@ def test_relative_paths_resolve_against_the_config_directory(tmp_path, monkeypat
     assert loaded.server.media_dir.is_absolute()
 
 
-@pytest.mark.parametrize("database", ["sqlite:///relative.db", "sqlite:////var/lib/wecomd/w.db",
+def test_relative_sqlite_url_is_taken_from_the_config_directory(tmp_path):
+    loaded = config.load(write(tmp_path, "[server]\ndatabase = sqlite:///data/relative.db\n"), {})
+    assert loaded.server.database == "sqlite:///%s" % (tmp_path.absolute() / "data/relative.db")
+    assert loaded.server.database.startswith("sqlite:////")
+
+
+@pytest.mark.parametrize("database", ["sqlite:////var/lib/wecomd/w.db",
                                       "postgresql://u:p@localhost/wecomd", "/abs/w.db"])
 def test_urls_and_absolute_paths_are_kept(tmp_path, database):
     loaded = config.load(write(tmp_path, "[server]\ndatabase = %s\n" % database), {})
@@ -473,8 +479,8 @@ def test_secret_options_are_exactly_the_unrepr_fields():
 
 def test_warnings(tmp_path):
     loaded = config.load(write(tmp_path, "[server]\ntimestamp_window = 0\n"), {})
-    found = config.warnings(loaded)
-    assert "no [app:NAME] section: wecomd will receive no callbacks" in found
+    found = checks.warnings(loaded)
+    assert checks.check(tmp_path / "wecomd.conf", {})[0] == [checks.NO_APP]
     assert "[admin] cookie_secret is empty: dashboard sessions cannot be signed" in found
     assert any(w.startswith("[admin] password_hash is empty") for w in found)
     assert any(w.startswith("[server] timestamp_window = 0") for w in found)
@@ -483,7 +489,7 @@ def test_warnings(tmp_path):
 def test_warnings_for_apps_sharing_an_agent_and_short_secrets(tmp_path):
     text = "[admin]\ncookie_secret = short\n" + APP + APP.replace("helpdesk", "copy")
     text += app_with(corp_id="ww_CHANGE_ME", agent_id="7").replace("helpdesk", "main")
-    found = config.warnings(config.load(write(tmp_path, text), {}))
+    found = checks.warnings(config.load(write(tmp_path, text), {}))
     assert "[app:helpdesk] and [app:copy] have the same corp_id and agent_id" in found
     assert "[admin] cookie_secret is shorter than 32 characters" in found
     assert "[app:main] corp_id does not look like a CorpID (ww or wx, then 16 hex digits)" in found
@@ -491,14 +497,14 @@ def test_warnings_for_apps_sharing_an_agent_and_short_secrets(tmp_path):
 
 def test_warnings_for_public_xheaders_and_missing_database_directory(tmp_path):
     text = "[server]\nlisten = 0.0.0.0:80\nxheaders = yes\ndatabase = no/such/dir/w.db\n"
-    found = config.warnings(config.load(write(tmp_path, text), {}))
+    found = checks.warnings(config.load(write(tmp_path, text), {}))
     assert any(w.startswith("[server] xheaders = yes") for w in found)
     assert any(w.startswith("[server] database: directory") for w in found)
 
 
 def test_a_complete_config_has_no_warnings(tmp_path):
     text = "[admin]\npassword_hash = %s\ncookie_secret = %s\n" % (passwords.hash_password("x"), "k" * 40)
-    assert config.warnings(config.load(write(tmp_path, text + APP), {})) == []
+    assert checks.warnings(config.load(write(tmp_path, text + APP), {})) == []
 
 
 # --- passwords ----------------------------------------------------------------------------------

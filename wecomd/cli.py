@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from wecomd import __version__, config as configmod, exporting, passwords, simulate
+from wecomd import __version__, checks, config as configmod, exporting, passwords, simulate
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +87,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     path = configmod.find_config(args.config, os.environ)
-    problems = configmod.check(path, os.environ)
+    problems, warnings = checks.check(path, os.environ)
     for problem in problems:
         print("error: %s" % problem)
+    for warning in warnings:
+        print("warning: %s" % warning)
     if problems:
         print("%s: %d problem(s)" % (path, len(problems)))
         return EXIT_PROBLEM
-    for warning in configmod.warnings(configmod.load(path, os.environ)):
-        print("warning: %s" % warning)
     print("%s: OK" % path)
     return EXIT_OK
 

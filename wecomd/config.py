@@ -291,7 +291,7 @@ def load(path: Union[str, Path, None], environ: Optional[Mapping[str, str]] = No
     return _build(absolute, absolute.parent if absolute else Path.cwd(), values, rules, sources, ignored)
 
 
-def check(path: Union[str, Path, None], environ: Optional[Mapping[str, str]] = None) -> List[str]:
+def problems(path: Union[str, Path, None], environ: Optional[Mapping[str, str]] = None) -> List[str]:
     """Every problem `load` would raise, or [] when the config is usable."""
     try:
         load(path, environ)
@@ -420,8 +420,11 @@ def _build(path, base, values, rules, sources, ignored) -> Config:
     server = dict(values["server"])
     host, port = server.pop("listen")
     database = server.pop("database")
-    if "://" not in database:  # a URL is kept exactly as written
+    if "://" not in database:
         database = str(_resolve(base, database))
+    elif database.startswith("sqlite:///") and not database.startswith("sqlite:////"):
+        # sqlite:///rel.db is relative: to the config file's directory, like a plain path.
+        database = "sqlite:///" + str(_resolve(base, database[len("sqlite:///"):]))
     server_config = ServerConfig(listen_host=host, listen_port=port, database=database,
                                  media_dir=_resolve(base, server.pop("media_dir")), **server)
     apps = {section[4:]: AppConfig(name=section[4:], **options)
@@ -429,62 +432,6 @@ def _build(path, base, values, rules, sources, ignored) -> Config:
     return Config(path=path, server=server_config, admin=AdminConfig(**values["admin"]),
                   wecom=WecomConfig(**values["wecom"]), apps=apps, rules=rules,
                   sources=sources, ignored_env=ignored)
-
-
-# --- warnings: valid, but probably not what was meant ------------------------------------------
-
-def warnings(config: Config) -> List[str]:
-    """Things that load but are probably mistakes; `wecomd check` prints them."""
-    return (_admin_warnings(config.admin) + _app_warnings(config.apps) + _server_warnings(config.server)
-            + ["environment %s: matches no option and is ignored (the environment cannot add an "
-               "[app:NAME] section)" % name for name in config.ignored_env])
-
-
-def _admin_warnings(admin: AdminConfig) -> List[str]:
-    found = []
-    if not admin.password_hash:
-        found.append("[admin] password_hash is empty: nobody can log in (see `wecomd hash-password`)")
-    if not admin.cookie_secret:
-        found.append("[admin] cookie_secret is empty: dashboard sessions cannot be signed")
-    for name in ("cookie_secret", "api_token"):
-        if 0 < len(getattr(admin, name)) < MIN_SECRET_LENGTH:
-            found.append("[admin] %s is shorter than %d characters" % (name, MIN_SECRET_LENGTH))
-    return found
-
-
-def _app_warnings(apps: Dict[str, AppConfig]) -> List[str]:
-    if not apps:
-        return ["no [app:NAME] section: wecomd will receive no callbacks"]
-    found, first = [], {}
-    for app in apps.values():
-        if not re.fullmatch(r"w[wx][0-9a-fA-F]{16}", app.corp_id):
-            found.append("[app:%s] corp_id does not look like a CorpID (ww or wx, then 16 hex digits)"
-                         % app.name)
-        other = first.setdefault((app.corp_id, app.agent_id), app.name)
-        if other != app.name:
-            found.append("[app:%s] and [app:%s] have the same corp_id and agent_id" % (other, app.name))
-    return found
-
-
-def _server_warnings(server: ServerConfig) -> List[str]:
-    found = []
-    if server.timestamp_window == 0:
-        found.append("[server] timestamp_window = 0: callback timestamps are not checked")
-    if server.xheaders and not _is_loopback(server.listen_host):
-        found.append("[server] xheaders = yes on a non-loopback address: clients can forge their IP")
-    folder = Path(server.database).parent
-    if "://" not in server.database and not (folder.is_dir() and os.access(folder, os.W_OK)):
-        found.append("[server] database: directory %s does not exist or is not writable" % folder)
-    if server.media_dir.exists() and not server.media_dir.is_dir():
-        found.append("[server] media_dir: %s is not a directory" % server.media_dir)
-    return found
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 # --- rendering ---------------------------------------------------------------------------------

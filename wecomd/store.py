@@ -102,7 +102,8 @@ class Store:
         try:
             self.db, self.name = _open_database(url, Path(base_dir or "."))
         except (RuntimeError, ValueError, peewee.PeeweeException) as exc:
-            raise StoreError("cannot open database %r: %s" % (url, exc)) from exc
+            # Only the scheme: a database URL may carry a password.
+            raise StoreError("cannot open %s database: %s" % (urlparse(url).scheme or "sqlite", exc)) from exc
         self.Message = _bind_models(self.db)
 
     def __repr__(self) -> str:
