@@ -291,6 +291,54 @@ class BadInputTest(WecomdTestCase):
         self.assertEqual((row["content"], row["deliveries"]), ("must not be lost", 1))
 
 
+class JunkTest(WecomdTestCase):
+    """Whatever a scanner or a broken proxy sends, the answer is a 4xx and the server keeps serving."""
+
+    def test_random_requests_get_4xx_never_5xx(self):
+        import random
+
+        rng = random.Random(20261129)
+        good = self.peer.callback(text())
+        params = dict(urllib.parse.parse_qsl(good.query))
+        for i in range(300):
+            query = {k: v for k, v in params.items() if rng.random() < 0.8}
+            for key in list(query):
+                if rng.random() < 0.3:
+                    query[key] = "".join(rng.choice("ab+/=% 0123\x00\u00e9") for _ in range(rng.randrange(0, 60)))
+            choice = rng.randrange(4)
+            body = [
+                bytes(rng.randrange(256) for _ in range(rng.randrange(0, 400))),
+                good.body[: rng.randrange(len(good.body))],
+                good.body.replace(b"Encrypt", rng.choice([b"Encrypted", b"encrypt", b"ENCRYPT"])),
+                b"<xml><Encrypt>" + bytes(rng.choice(b"ABCD+/=\x00<>&") for _ in range(rng.randrange(200))) + b"</Encrypt></xml>",
+            ][choice]
+            method = rng.choice(["GET", "POST"])
+            resp = self.fetch(
+                "/callback/helpdesk?" + urllib.parse.urlencode(query), method=method,
+                body=body if method == "POST" else None, raise_error=False,
+            )
+            self.assertIn(resp.code, (400, 403, 413), (i, method, query, body[:80], resp.body))
+        self.assertEqual(self.rows(), [])
+        self.assertEqual(self.callback(text()).code, 200)
+
+    def test_non_http_garbage_on_the_socket_does_not_hurt(self):
+        for junk in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"GET / HTTP/9.9\r\n\r\n", b"\r\n" * 100, b"A" * 70000):
+            with socket.create_connection(("127.0.0.1", self.get_http_port()), timeout=5) as s:
+                s.sendall(junk)
+                s.shutdown(socket.SHUT_WR)
+                self.io_loop.run_sync(lambda: _drain(s))
+        self.assertEqual(self.fetch("/healthz").code, 200)
+        self.assertEqual(self.callback(text()).code, 200)
+
+
+async def _drain(sock: socket.socket) -> None:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    while await loop.run_in_executor(None, sock.recv, 65536):
+        pass
+
+
 async def _read_status(sock: socket.socket) -> int:
     import asyncio
 
@@ -306,12 +354,34 @@ class LoggingTest(WecomdTestCase):
             self.callback(text("hello"))
             bad = self.peer.callback(text())
             self.fetch("/callback/helpdesk?%s" % bad.query.replace("nonce=", "nonce=9"), method="POST", body=bad.body)
+            self.fetch("/callback/helpdesk?" + self.peer.verification("7")[0])
+            self.fetch("/callback/ghost?" + bad.query, method="POST", body=bad.body)
+            self.fetch("/callback/helpdesk?" + bad.query, method="POST", body=b"<!DOCTYPE x []><xml/>")
+            self.fetch("/healthz")
         lines = [r.getMessage() for r in logs.records if r.name == "wecomd.handlers.callback"]
-        self.assertEqual(len(lines), 3, lines)
-        self.assertRegex(lines[0], r"app=helpdesk type=text from=zhangsan id=\d+ outcome=stored latency=[\d.]+ms")
-        self.assertIn("outcome=duplicate delivery=2", lines[1])
-        self.assertIn("-40001", lines[2])
+        self.assertEqual(len(lines), 6, lines)
+        self.assertRegex(lines[0], r"^callback app=helpdesk type=text from=zhangsan id=\d+ status=200 outcome=stored latency=[\d.]+ms$")
+        self.assertRegex(lines[1], r"status=200 outcome=duplicate delivery=2 latency")
+        self.assertRegex(lines[2], r"status=403 outcome=rejected reason=.*\(-40001\)")
+        self.assertRegex(lines[3], r"type=verify .*status=200 outcome=verified")
+        self.assertRegex(lines[4], r"app=ghost .*status=404 outcome=rejected reason=unknown app")
+        self.assertRegex(lines[5], r"status=400 outcome=rejected reason=bad envelope")
+        access = [r.getMessage() for r in logs.records if r.name == "wecomd.access"]
+        self.assertEqual(len(access), 1)  # /healthz only: callbacks are not logged twice
+        self.assertIn("/healthz", access[0])
         everything = "\n".join(r.getMessage() for r in logs.records)
         for secret in (TOKEN, AES_KEY, bad.query):
             self.assertNotIn(secret, everything)
         self.assertNotIn("msg_signature", everything)
+
+    def test_clock_skew_is_named(self):
+        stale = self.peer.callback(text(), timestamp=str(int(time.time()) - 1000))
+        with self.assertLogs("wecomd.handlers.callback", level="WARNING") as logs:
+            self.fetch("/callback/helpdesk?" + stale.query, method="POST", body=stale.body)
+        self.assertRegex(logs.output[0], r"status=403 .*timestamp outside timestamp_window detail=timestamp -\d+s from this server's clock")
+
+    def test_store_failure_is_logged_as_an_error(self):
+        self.db(self.services.store.db.execute_sql, "PRAGMA query_only = 1")
+        with self.assertLogs("wecomd.handlers.callback", level="ERROR") as logs:
+            self.assertEqual(self.callback(text()).code, 503)
+        self.assertRegex(logs.output[0], r"status=503 outcome=failed reason=message could not be stored detail=.*readonly")

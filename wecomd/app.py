@@ -39,6 +39,8 @@ def server_options(config: Config) -> dict[str, Any]:
 
 
 def _log_request(handler: web.RequestHandler) -> None:
+    if isinstance(handler, callback.CallbackHandler):
+        return  # it writes its own line, with what it found out about the message
     # The path only: query strings carry signatures and nonces, and never belong in logs.
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR

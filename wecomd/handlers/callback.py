@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, Optional
 
 from tornado import web
 
@@ -20,42 +20,49 @@ _FORBIDDEN = (crypto.SignatureError, crypto.ReceiveIdError)
 
 @web.stream_request_body
 class CallbackHandler(BaseHandler):
-    """Verify, decrypt, parse and durably store a callback before answering 200."""
+    """Verify, decrypt, parse and durably store a callback before answering 200.
+
+    Every request, accepted or not, ends in exactly one log line (see `on_finish`);
+    the application's access log leaves these requests to it.
+    """
 
     def prepare(self) -> None:
         super().prepare()
-        self._started = time.monotonic()
         self._chunks: list[bytes] = []
         self._size = 0
+        self._outcome: dict[str, Any] = {"type": "verify" if self.request.method == "GET" else "-"}
         name = self.path_kwargs["app"]
         self.wecom_app = self.services.app(name)
         if self.wecom_app is None:
             raise web.HTTPError(404, "unknown app %r", name)
         self.crypto = self.services.cryptos[name]
-        max_body = self.services.config.server.max_body
         declared = self.request.headers.get("Content-Length", "0")
-        if declared.isdigit() and int(declared) > max_body:
-            raise web.HTTPError(413, "body larger than max_body (%d bytes)", max_body)
+        if declared.isdigit() and int(declared) > self._max_body:
+            raise web.HTTPError(413, "body larger than max_body (%d bytes)", self._max_body)
         # An outer bound for chunked bodies; the exact limit is enforced in data_received.
-        self.request.connection.set_max_body_size(2 * max_body + 65536)
+        self.request.connection.set_max_body_size(2 * self._max_body + 65536)
+
+    @property
+    def _max_body(self) -> int:
+        return self.services.config.server.max_body
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        if self._size <= self.services.config.server.max_body:
+        if self._size <= self._max_body:
             self._chunks.append(chunk)
 
     def get(self, app: str) -> None:
         sig, ts, nonce, echostr = self._query("msg_signature", "timestamp", "nonce", "echostr")
         self._check_timestamp(ts)
         plain = self._crypto_call(self.crypto.verify_url, sig, ts, nonce, echostr)
-        logger.info("verify app=%s outcome=ok latency=%.1fms", app, self._elapsed_ms())
+        self._outcome["outcome"] = "verified"
         # The bare plaintext and nothing else: no quotes, JSON, BOM or newline (protocol §2).
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(plain)
 
     async def post(self, app: str) -> None:
-        if self._size > self.services.config.server.max_body:
-            raise web.HTTPError(413, "body larger than max_body (%d bytes)", self.services.config.server.max_body)
+        if self._size > self._max_body:
+            raise web.HTTPError(413, "body larger than max_body (%d bytes)", self._max_body)
         sig, ts, nonce = self._query("msg_signature", "timestamp", "nonce")
         self._check_timestamp(ts)
         try:
@@ -67,8 +74,10 @@ class CallbackHandler(BaseHandler):
             message = messages.parse(plain)
         except messages.MessageError as exc:
             raise web.HTTPError(400, "bad message XML: %s", exc)
+        kind = message.msgtype if message.msgtype != "event" else "event:%s" % message.event
+        self._outcome.update(type=kind, sender=message.from_user)
         row, created = await self._store(app, message)
-        self._log_callback(app, message, row, created)
+        self._outcome.update(id=row.get("id"), outcome="stored" if created else "duplicate delivery=%d" % row.get("deliveries", 0))
         reply = row.get("reply")
         if not reply:
             self.set_status(200)
@@ -84,7 +93,7 @@ class CallbackHandler(BaseHandler):
             )
         except StoreError as exc:
             # Non-200 on purpose: WeCom retries, so nothing unstored is ever acknowledged.
-            logger.error("callback app=%s outcome=store-failed error=%s", app, exc)
+            self._outcome["detail"] = str(exc)
             raise web.HTTPError(503, "message could not be stored")
 
     def _query(self, *names: str) -> list[str]:
@@ -101,12 +110,9 @@ class CallbackHandler(BaseHandler):
         if not ts.isdigit():
             raise web.HTTPError(400, "timestamp is not an integer")
         window = self.services.config.server.timestamp_window
-        skew = abs(time.time() - int(ts))
-        if window and skew > window:
-            logger.warning(
-                "callback app=%s rejected: timestamp %ds off this server's clock (window %ds); is NTP running?",
-                self.path_kwargs["app"], skew, window,
-            )
+        skew = int(time.time()) - int(ts)
+        if window and abs(skew) > window:
+            self._outcome["detail"] = "timestamp %+ds from this server's clock; is NTP running?" % -skew
             raise web.HTTPError(403, "timestamp outside timestamp_window")
 
     def _crypto_call(self, fn: Any, *args: str) -> bytes:
@@ -114,22 +120,36 @@ class CallbackHandler(BaseHandler):
             return fn(*args)
         except crypto.CryptoError as exc:
             status = 403 if isinstance(exc, _FORBIDDEN) else 400
-            logger.warning("callback app=%s rejected: %s (%d)", self.path_kwargs["app"], exc, exc.code)
             raise web.HTTPError(status, "%s (%d)", exc, exc.code)
 
-    def _log_callback(self, app: str, message: messages.Message, row: dict, created: bool) -> None:
-        kind = message.msgtype if message.msgtype != "event" else "event:%s" % message.event
-        outcome = "stored" if created else "duplicate delivery=%d" % row.get("deliveries", 0)
-        logger.info(
-            "callback app=%s type=%s from=%s id=%s outcome=%s latency=%.1fms",
-            app, kind, message.from_user, row.get("id"), outcome, self._elapsed_ms(),
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            self._outcome.setdefault("reason", exc.log_message % exc.args if exc.args else exc.log_message)
+        super().write_error(status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if not isinstance(value, web.HTTPError):  # rejections are in this request's own line
+            super().log_exception(typ, value, tb)
+
+    def on_finish(self) -> None:
+        super().on_finish()
+        self._log_line()
+
+    def _log_line(self) -> None:
+        status = self.get_status()
+        out = getattr(self, "_outcome", {})
+        level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+        extra = "".join(" %s=%s" % (key, out[key]) for key in ("reason", "detail") if key in out)
+        logger.log(
+            level, "callback app=%s type=%s from=%s id=%s status=%d outcome=%s%s latency=%.1fms",
+            self.path_kwargs.get("app"), out.get("type", "-"), out.get("sender") or "-", out.get("id") or "-",
+            status, out.get("outcome", "rejected" if status < 500 else "failed"), extra,
+            1000.0 * self.request.request_time(),
         )
 
-    def _elapsed_ms(self) -> float:
-        return (time.monotonic() - self._started) * 1000
 
-
-def _default_reply(app: Any, message: messages.Message) -> str | None:
+def _default_reply(app: Any, message: messages.Message) -> Optional[str]:
     """The app's configured text reply, for ordinary messages only (events get an empty 200)."""
     if not app.reply or message.msgtype == "event" or not message.from_user:
         return None
