@@ -17,7 +17,11 @@ setup(
     python_requires=">=3.9",
     packages=["wecomd", "wecomd.handlers", "wecomd.migrations", "wecomd.templates", "wecomd.static"],
     package_dir={"wecomd.templates": "templates", "wecomd.static": "static"},
-    package_data={"wecomd.templates": ["*.html", "**/*.html"], "wecomd.static": ["*", "**/*"]},
+    package_data={
+        "wecomd": ["translations/*.csv"],
+        "wecomd.templates": ["*.html", "**/*.html"],
+        "wecomd.static": ["*", "**/*"],
+    },
     install_requires=[
         "tornado>=6.3",
         "peewee>=4.5.3",  # playhouse.migrations runner
@@ -29,6 +33,7 @@ setup(
             "pytest>=7.4",
             "pytest-timeout>=2.1",
             "wechatpy>=1.8.18",  # independent crypto implementation for interop tests
+            "playwright>=1.40",  # browser tests drive Debian's /usr/bin/chromium; never its own download
         ],
     },
     entry_points={"console_scripts": ["wecomd=wecomd.cli:main"]},

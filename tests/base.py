@@ -1,15 +1,20 @@
-"""WecomdTestCase: the real application (same graph as `serve`) on a loopback port and a tmp SQLite file."""
+"""WecomdTestCase: the real application (same graph as `serve`) on a loopback port, a tmp SQLite
+file, and the sandbox WeCom API on another loopback port."""
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
+import urllib.parse
 from pathlib import Path
 
+from tornado.httputil import url_concat
 from tornado.testing import AsyncHTTPTestCase
+from tornado.websocket import websocket_connect
 
-from conftest import write_config
+from conftest import ADMIN_PASSWORD, API_TOKEN, write_config
 from peer import WecomPeer
-from wecomd import app as appmod, config
+from wecomd import app as appmod, auth, config, sandbox
 from wecomd.services import Services
 
 
@@ -19,11 +24,14 @@ class WecomdTestCase(AsyncHTTPTestCase):
 
     def setUp(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="wecomd-test-"))
-        self.config = config.load(write_config(self.tmp, extra=self.extra_config, **self.server_settings), {})
         self.peer = WecomPeer()
         super().setUp()
 
     def get_app(self):
+        self.fake = sandbox.FakeWecom()
+        self.fake_server, api_base = self.io_loop.run_sync(lambda: sandbox.start(self.fake))
+        path = write_config(self.tmp, extra=self.extra_config, api_base=api_base, **self.server_settings)
+        self.config = config.load(path, {})
         self.services = Services(self.config)
         self.io_loop.run_sync(self.services.start)
         return appmod.make_app(self.services)
@@ -33,17 +41,71 @@ class WecomdTestCase(AsyncHTTPTestCase):
 
     def tearDown(self) -> None:
         self.io_loop.run_sync(self.services.close)
+        self.fake_server.stop()
         super().tearDown()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # --- WeCom's side ---------------------------------------------------------------------
 
     def callback(self, plaintext: str, app: str = "helpdesk", **kwargs):
         req = self.peer.callback(plaintext, **kwargs)
         return self.fetch("/callback/%s?%s" % (app, req.query), method="POST", body=req.body)
 
+    # --- the database, through the server's own thread ------------------------------------
+
     def rows(self) -> list[dict]:
-        rows, _ = self.io_loop.run_sync(lambda: self.services.db(self.services.store.messages, limit=1000))
+        rows, _ = self.db(self.services.store.messages, limit=500)
         return rows
 
     def db(self, fn, *args, **kwargs):
         """Run a store call on the server's own database thread."""
         return self.io_loop.run_sync(lambda: self.services.db(fn, *args, **kwargs))
+
+    # --- an operator ----------------------------------------------------------------------
+
+    def login(self) -> dict:
+        """Sign in through the real form; return the headers (cookies) a browser would send."""
+        page = self.fetch("/login")
+        xsrf = _cookie(page, "_xsrf")
+        body = urllib.parse.urlencode({"username": "admin", "password": ADMIN_PASSWORD, "_xsrf": xsrf, "next": "/"})
+        resp = self.fetch("/login", method="POST", body=body, follow_redirects=False,
+                          headers={"Cookie": "_xsrf=%s" % xsrf})
+        assert resp.code == 302, (resp.code, resp.body)
+        session = _cookie(resp, auth.SESSION_COOKIE)
+        self.xsrf = xsrf
+        return {"Cookie": "_xsrf=%s; %s=%s" % (xsrf, auth.SESSION_COOKIE, session)}
+
+    def api(self, path: str, method: str = "GET", body=None, headers=None, **params):
+        """Call the JSON API as a signed-in operator (or with the given headers); returns (status, json)."""
+        headers = dict(headers if headers is not None else self.session())
+        if method != "GET" and "Cookie" in headers:
+            headers["X-XSRFToken"] = self.xsrf
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            body = json.dumps(body)
+        resp = self.fetch(url_concat(path, params), method=method, body=body, headers=headers, allow_nonstandard_methods=True)
+        data = json.loads(resp.body) if resp.body and resp.headers.get("Content-Type", "").startswith("application/json") else resp.body
+        return resp.code, data
+
+    def session(self) -> dict:
+        if not getattr(self, "_session", None):
+            self._session = self.login()
+        return self._session
+
+    def bearer(self) -> dict:
+        return {"Authorization": "Bearer %s" % API_TOKEN}
+
+    def ws_connect(self, headers=None):
+        url = "ws://127.0.0.1:%d/api/live" % self.get_http_port()
+        from tornado.httpclient import HTTPRequest
+
+        request = HTTPRequest(url, headers=headers if headers is not None else self.session())
+        return websocket_connect(request)
+
+
+def _cookie(resp, name: str) -> str:
+    for header in resp.headers.get_list("Set-Cookie"):
+        key, _, rest = header.partition("=")
+        if key == name:
+            return rest.split(";")[0]
+    raise AssertionError("no %s cookie in %s" % (name, resp.headers.get_list("Set-Cookie")))

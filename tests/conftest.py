@@ -1,6 +1,7 @@
 """Shared fixtures: a config file on disk, free ports, and a running `wecomd serve` process."""
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -19,14 +20,28 @@ from peer import AES_KEY, AGENT_ID, CORP_ID, TOKEN  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_config(directory: Path, port: int = 0, extra: str = "", **server: str) -> Path:
-    """Write a test config with two apps: `helpdesk` (default reply) and `quiet` (none)."""
+ADMIN_PASSWORD = "correct horse battery staple"
+API_TOKEN = "test-api-token-0123456789abcdef0123456789"
+APP_SECRET = "helpdesk-secret-0123456789"
+
+
+@functools.lru_cache(maxsize=None)
+def admin_hash() -> str:
+    from wecomd.passwords import hash_password
+
+    return hash_password(ADMIN_PASSWORD)
+
+
+def write_config(directory: Path, port: int = 0, extra: str = "", api_base: str = "http://127.0.0.1:9", **server: str) -> Path:
+    """Write a test config with two apps: `helpdesk` (default reply, a secret) and `quiet` (neither)."""
     settings = {"listen": "127.0.0.1:%d" % port, "database": "wecomd.db", "media_dir": "media", **server}
     lines = ["[server]"] + ["%s = %s" % kv for kv in settings.items()]
     lines += [
-        "", "[admin]", "username = admin", "cookie_secret = test-cookie-secret-0123456789",
+        "", "[admin]", "username = admin", "cookie_secret = test-cookie-secret-0123456789abcdef0123",
+        "password_hash = %s" % admin_hash(), "api_token = %s" % API_TOKEN,
+        "", "[wecom]", "api_base = %s" % api_base,
         "", "[app:helpdesk]", "corp_id = %s" % CORP_ID, "agent_id = %s" % AGENT_ID,
-        "token = %s" % TOKEN, "encoding_aes_key = %s" % AES_KEY, "reply = 已收到",
+        "token = %s" % TOKEN, "encoding_aes_key = %s" % AES_KEY, "reply = 已收到", "secret = %s" % APP_SECRET,
         "", "[app:quiet]", "corp_id = %s" % CORP_ID, "agent_id = 1000003",
         "token = %s" % TOKEN, "encoding_aes_key = %s" % AES_KEY, "", extra,
     ]

@@ -9,15 +9,18 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from playhouse import migrations
 from playhouse.schema_diff import diff_models
+from samples import SAMPLES
 
-from wecomd.messages import Message
-from wecomd.store import Store, StoreError
+from wecomd.messages import Message, parse
+from wecomd.store import MIGRATIONS_DIR, Store, StoreError, search_text
 
 MESSAGE_KEYS = {"id", "app", "direction", "msgtype", "event", "event_key", "from_user", "to_user",
                 "agent_id", "msg_id", "create_time", "received_at", "content", "status", "error",
                 "fields"}
-ROW_KEYS = MESSAGE_KEYS | {"deliveries"}
+ROW_KEYS = MESSAGE_KEYS | {"deliveries", "operator", "attempts", "media"}
+MEDIA_KEYS = {"status", "size", "type", "name", "error"}
 BIG_MSG_ID = "7357159753458634752"  # above 2**53: a JSON number would lose digits
 PG_URL = os.environ.get("WECOMD_TEST_POSTGRES_URL")
 
@@ -237,7 +240,8 @@ class StoreTests:
         assert store.migrate() == []
 
     def test_app_models_match_migrations(self, store):
-        assert not diff_models(store.db, [store.Message]), str(diff_models(store.db, [store.Message]))
+        models = [store.Message, store.ReadMark]
+        assert not diff_models(store.db, models), str(diff_models(store.db, models))
 
     def test_used_from_a_single_worker_thread(self, store):
         store.close()  # the fixture's connection belongs to the test thread
@@ -251,6 +255,236 @@ class StoreTests:
             db_thread.submit(store.close).result()
         assert store.db.is_closed()
 
+    # ---- search
+
+    def test_search_chinese_english_and_short_queries(self, store):
+        save(store, content="我们的服务器宕机了")
+        save(store, content="Deploy the STAGING server, please")
+        save(store, content="服务正常")
+        assert _contents(store, q="服务器") == ["我们的服务器宕机了"]
+        assert _contents(store, q="宕机") == ["我们的服务器宕机了"]  # 2 characters: LIKE
+        assert _contents(store, q="服务") == ["服务正常", "我们的服务器宕机了"]
+        assert _contents(store, q="staging SERVER") == ["Deploy the STAGING server, please"]
+        assert _contents(store, q="de") == ["Deploy the STAGING server, please"]
+        assert _contents(store, q="服务器坏了") == []
+        assert _contents(store, q="") == _contents(store)
+
+    def test_search_operators_are_literal(self, store):
+        for content in ('say "hi" now', "say hi now", "a*b", "axb", "this OR that", "this that",
+                        "x AND y", "NEAR(a b)", "col:val", "-minus", "100%", "1000"):
+            save(store, content=content)
+        assert _contents(store, q='"hi"') == ['say "hi" now']
+        assert _contents(store, q='say "hi') == ['say "hi" now']
+        assert _contents(store, q='"') == ['say "hi" now']
+        assert _contents(store, q="a*b") == ["a*b"]
+        assert _contents(store, q="a*") == ["a*b"]
+        assert _contents(store, q="s OR t") == ["this OR that"]
+        assert _contents(store, q="x AND y") == ["x AND y"]
+        assert _contents(store, q="NEAR(a") == ["NEAR(a b)"]
+        assert _contents(store, q="col:val") == ["col:val"]
+        assert _contents(store, q="-minus") == ["-minus"]
+        assert _contents(store, q="0%") == ["100%"]
+
+    def test_search_combined_with_filters_and_paging(self, store):
+        for n in range(30):
+            save(store, app="ops" if n % 5 == 0 else "helpdesk", user="user%d" % (n % 3),
+                 content="工单%d：服务器宕机" % n if n % 2 else "工单%d：一切正常" % n)
+        store.save_outbound("helpdesk", "user1", "text", "服务器已恢复", {})
+        ids, cursor = [], None
+        while True:
+            page, cursor = store.messages(app="helpdesk", user="user1", q="服务器", before=cursor, limit=2)
+            ids.extend(m["id"] for m in page)
+            if cursor is None:
+                break
+        # helpdesk (n % 5), user1 (n % 3 == 1), 服务器 (odd n): 1, 7, 13, 19, then the reply
+        assert [store.get(i)["content"] for i in ids] == [
+            "服务器已恢复", "工单19：服务器宕机", "工单13：服务器宕机", "工单7：服务器宕机", "工单1：服务器宕机"]
+        assert _contents(store, msgtype="text", q="服务器已") == ["服务器已恢复"]
+        assert _contents(store, app="ops", q="宕机") == ["工单25：服务器宕机", "工单15：服务器宕机",
+                                                       "工单5：服务器宕机"]
+
+    def test_search_covers_locations_links_files_and_events(self, store):
+        for n, (kind, xml) in enumerate(SAMPLES.items()):
+            store.save_inbound("helpdesk", parse(xml), "sample-%d" % n)
+
+        def kinds(q):
+            return sorted(m["msgtype"] + ":" + (m["event"] or "") for m in store.messages(q=q, limit=500)[0])
+
+        assert kinds("人民广场") == ["event:location_select", "location:"]
+        assert kinds("黄浦") == ["event:location_select", "location:"]  # 2 characters: LIKE
+        assert kinds("q3") == ["link:"]
+        assert kinds("季度报告") == ["link:"]
+        assert kinds("Q3 SUMMARY") == ["link:"]
+        assert kinds("lang=zh") == ["link:"]
+        assert kinds("报价单 v2") == ["file:"]
+        assert kinds("asset/42") == ["event:scancode_push"]
+        assert kinds("6901234567892") == ["event:scancode_waitmsg"]
+        assert kinds("RUN_BACKUP") == ["event:click"]
+        assert kinds("部署一下") == ["text:"]
+
+    def test_search_text_follows_updates(self, store):
+        row, _ = store.save_inbound("helpdesk", text(content="磁盘空间不足"), "k1")
+        store.save_inbound("helpdesk", text(content="磁盘空间不足"), "k1")  # a retry: an upsert
+        out = store.save_outbound("helpdesk", "zhangsan", "text", "正在清理磁盘", {})
+        store.set_status(out["id"], "failed", error="errcode 60020")
+        store.retry_outbound(out["id"])
+        store.record_attempt(out["id"], "timeout", None)
+        store.set_status(out["id"], "sent", wecom_msgid="m1")
+        assert _contents(store, q="磁盘空间") == ["磁盘空间不足"]
+        assert _contents(store, q="磁盘") == ["正在清理磁盘", "磁盘空间不足"]
+        M = store.Message
+        M.update(search_text="内存不足").where(M.id == row["id"]).execute()
+        assert _contents(store, q="磁盘空间") == []
+        assert [m["id"] for m in store.messages(q="内存不足")[0]] == [row["id"]]
+        M.delete().where(M.id == row["id"]).execute()
+        assert store.messages(q="内存不足")[0] == []
+
+    # ---- conversations and read marks
+
+    def test_conversations_unread_and_mark_read(self, store):
+        first = save(store, app="helpdesk", user="zhangsan", content="one")
+        save(store, app="helpdesk", user="lisi", content="two")
+        save(store, app="ops", user="zhangsan", content="three")
+        second = save(store, app="helpdesk", user="zhangsan", content="four")
+        store.save_outbound("helpdesk", "zhangsan", "text", "five", {})
+
+        def unread():
+            return {(r["app"], r["user"]): r["unread"] for r in store.conversations()}
+
+        assert unread() == {("helpdesk", "zhangsan"): 2, ("helpdesk", "lisi"): 1, ("ops", "zhangsan"): 1}
+        assert store.mark_read("helpdesk", "zhangsan", first["id"]) is None
+        assert unread()[("helpdesk", "zhangsan")] == 1
+        last = store.conversations(app="helpdesk")[0]["last_id"]
+        store.mark_read("helpdesk", "zhangsan", last)
+        assert unread() == {("helpdesk", "zhangsan"): 0, ("helpdesk", "lisi"): 1, ("ops", "zhangsan"): 1}
+        store.mark_read("helpdesk", "zhangsan", first["id"])  # never backwards
+        assert unread()[("helpdesk", "zhangsan")] == 0
+        store.save_outbound("helpdesk", "zhangsan", "text", "six", {})
+        assert unread()[("helpdesk", "zhangsan")] == 0  # outbound is never unread
+        save(store, app="helpdesk", user="zhangsan", content="seven")
+        assert unread()[("helpdesk", "zhangsan")] == 1
+        assert [r["unread"] for r in store.conversations(app="ops")] == [1]
+        assert second["id"] < last
+        with pytest.raises(ValueError):
+            store.mark_read("helpdesk", "zhangsan", -1)
+
+    def test_conversations_take_two_queries(self, store, caplog):
+        for n in range(12):
+            save(store, app="helpdesk", user="user%d" % (n % 4), content="m%d" % n)
+        for n in range(4):
+            store.mark_read("helpdesk", "user%d" % n, n)
+        with caplog.at_level(logging.DEBUG, logger="peewee"):
+            rows = store.conversations()
+        assert len(rows) == 4 and _selects(caplog) == 2
+
+    # ---- outbox
+
+    def test_due_outbound_and_record_attempt(self, store):
+        now = datetime(2026, 11, 28, 12, 0, 0)
+        save(store, content="inbound is never due")
+        a, b, c = (store.save_outbound("helpdesk", "zhangsan", "text", t, {}) for t in "abc")
+        assert [m["id"] for m in store.due_outbound(now)] == [a["id"], b["id"], c["id"]]
+        assert [m["id"] for m in store.due_outbound(now, limit=2)] == [a["id"], b["id"]]
+        tried = store.record_attempt(a["id"], "errcode -1: system busy", now + timedelta(seconds=60))
+        assert (tried["status"], tried["attempts"], tried["error"]) == ("pending", 1, "errcode -1: system busy")
+        assert [m["id"] for m in store.due_outbound(now)] == [b["id"], c["id"]]
+        assert [m["id"] for m in store.due_outbound(now + timedelta(seconds=60))] == [a["id"], b["id"], c["id"]]
+        aware = datetime(2026, 11, 28, 20, 2, tzinfo=timezone(timedelta(hours=8)))
+        assert store.record_attempt(a["id"], "again", aware)["attempts"] == 2
+        assert a["id"] not in [m["id"] for m in store.due_outbound(now + timedelta(seconds=60))]
+        assert a["id"] in [m["id"] for m in store.due_outbound(now + timedelta(seconds=120))]
+        store.set_status(b["id"], "sent", wecom_msgid="m1")
+        store.set_status(a["id"], "failed", error="gave up")
+        assert [m["id"] for m in store.due_outbound(now + timedelta(days=1))] == [c["id"]]
+        assert _next_attempt_at(store, a["id"]) is None
+        assert store.get(a["id"])["attempts"] == 2
+
+    def test_retry_outbound(self, store):
+        row = store.save_outbound("helpdesk", "zhangsan", "text", "hi", {}, operator="admin")
+        store.record_attempt(row["id"], "timeout", datetime(2999, 1, 1))
+        store.set_status(row["id"], "failed", error="errcode 81013: user invalid")
+        retried = store.retry_outbound(row["id"])
+        assert (retried["status"], retried["error"], retried["attempts"]) == ("pending", None, 0)
+        assert retried["operator"] == "admin"
+        assert [m["id"] for m in store.due_outbound(datetime(2000, 1, 1))] == [row["id"]]
+        assert store.get(row["id"]) == retried
+
+    def test_wrong_outbox_transitions_raise(self, store):
+        inbound = save(store)
+        pending = store.save_outbound("helpdesk", "zhangsan", "text", "p", {})
+        sent = store.save_outbound("helpdesk", "zhangsan", "text", "s", {}, status="sent")
+        for message_id in (pending["id"], sent["id"], inbound["id"]):
+            with pytest.raises(ValueError):
+                store.retry_outbound(message_id)
+        with pytest.raises(KeyError):
+            store.retry_outbound(424242)
+        with pytest.raises(ValueError):
+            store.record_attempt(sent["id"], "late", None)
+        for message_id in (inbound["id"], 424242):
+            with pytest.raises(KeyError):
+                store.record_attempt(message_id, "no", None)
+        assert store.get(pending["id"]) == pending and store.get(sent["id"]) == sent
+        assert store.get(inbound["id"])["attempts"] == 0
+
+    # ---- media
+
+    def test_inbound_media_is_pending(self, store):
+        image, _ = store.save_inbound("helpdesk", parse(SAMPLES["image"]), "img")
+        assert image["media"] == {"status": "pending", "size": None, "type": None, "name": None,
+                                  "error": None}
+        document, _ = store.save_inbound("helpdesk", parse(SAMPLES["file"]), "file")
+        assert document["media"]["name"] == "报价单 v2.xlsx"
+        plain = save(store)
+        assert plain["media"] is None and store.get_media(plain["id"]) is None
+        out = store.save_outbound("helpdesk", "zhangsan", "text", "hi", {})
+        assert out["media"] is None
+        assert store.get_media(424242) is None
+        again, created = store.save_inbound("helpdesk", parse(SAMPLES["image"]), "img")
+        assert created is False and again["media"]["status"] == "pending"
+
+    def test_due_media_and_set_media(self, store):
+        now = datetime(2026, 11, 28, 12, 0, 0)
+        image, _ = store.save_inbound("helpdesk", parse(SAMPLES["image"]), "img")
+        voice, _ = store.save_inbound("helpdesk", parse(SAMPLES["voice"]), "voice")
+        save(store)
+        assert [m["id"] for m in store.due_media(now)] == [image["id"], voice["id"]]
+        assert [m["id"] for m in store.due_media(now, limit=1)] == [image["id"]]
+        later = now + timedelta(minutes=5)
+        tried = store.set_media(voice["id"], "pending", error="errcode 40007: invalid media_id",
+                                next_attempt_at=later)
+        assert tried["attempts"] == 1 and tried["media"]["error"] == "errcode 40007: invalid media_id"
+        assert [m["id"] for m in store.due_media(now)] == [image["id"]]
+        assert [m["id"] for m in store.due_media(later)] == [image["id"], voice["id"]]
+        stored = store.set_media(image["id"], "stored", path="2026/11/28/1.jpg", size=2048,
+                                 mime="image/jpeg", name="1.jpg")
+        assert stored["media"] == {"status": "stored", "size": 2048, "type": "image/jpeg",
+                                   "name": "1.jpg", "error": None}
+        assert stored["attempts"] == 0 and "2026/11/28" not in json.dumps(stored)
+        assert store.get_media(image["id"]) == {"status": "stored", "path": "2026/11/28/1.jpg",
+                                                "size": 2048, "type": "image/jpeg", "name": "1.jpg",
+                                                "error": None}
+        failed = store.set_media(voice["id"], "failed", error="media expired")
+        assert failed["media"]["status"] == "failed" and failed["attempts"] == 1
+        assert store.due_media(later) == [] and _next_attempt_at(store, voice["id"]) is None
+        assert set(store.get(voice["id"])["media"]) == MEDIA_KEYS
+        with pytest.raises(ValueError):
+            store.set_media(voice["id"], "downloaded")
+        with pytest.raises(KeyError):
+            store.set_media(424242, "stored")
+
+    # ---- export
+
+    def test_iter_export_shares_the_messages_filter(self, store):
+        for n in range(40):
+            save(store, user="user%d" % (n % 2), content="日志%d %s" % (n, "服务器宕机" if n % 3 else "正常"))
+        store.save_outbound("helpdesk", "user1", "text", "服务器已重启", {})
+        for filters in (dict(q="服务器", user="user1"), dict(q="宕机"), dict(msgtype="text", q="日志1"),
+                        dict(app="nobody"), {}):
+            newest_first = store.messages(limit=500, **filters)[0]
+            exported = list(store.iter_export(batch=3, **filters))
+            assert exported == newest_first[::-1], filters
+        assert len(list(store.iter_export(q="服务器", user="user1"))) == 14
+
 
 class TestSqliteStore(StoreTests):
     @pytest.fixture
@@ -263,7 +497,7 @@ class TestPostgresStore(StoreTests):
     @pytest.fixture
     def store(self):
         store = Store(PG_URL)
-        store.db.execute_sql("DROP TABLE IF EXISTS message, schema_migration")
+        store.db.execute_sql("DROP TABLE IF EXISTS message, conversation_read, schema_migration")
         store.migrate()
         yield store
         store.close()
@@ -282,11 +516,124 @@ def _selects(caplog):
                if r.name == "peewee" and str(r.msg).startswith("('SELECT"))
 
 
+def _contents(store, **filters):
+    return [m["content"] for m in store.messages(limit=500, **filters)[0]]
+
+
+def _next_attempt_at(store, message_id):
+    M = store.Message
+    return M.select(M.next_attempt_at).where(M.id == message_id).scalar()
+
+
+# Search text, a pure function.
+
+@pytest.mark.parametrize("msgtype, content, fields, expected", [
+    ("text", "你好", {"Content": "你好"}, "你好"),
+    ("text", None, {"Content": "旧行"}, "旧行"),
+    ("location", None, {"Label": "人民广场", "Poiname": "广场"}, "人民广场\n广场"),
+    ("link", None, {"Title": "T", "Description": "D", "Url": "https://u", "PicUrl": "p"}, "T\nD\nhttps://u"),
+    ("file", None, {"FileName": "a.pdf", "MediaId": "m"}, "a.pdf"),
+    ("event", None, {"Event": "scancode_push", "EventKey": "K",
+                     "ScanCodeInfo": {"ScanType": "qrcode", "ScanResult": "R"}}, "scancode_push\nK\nR"),
+    ("event", None, {"Event": "location_select", "EventKey": "",
+                     "SendLocationInfo": {"Label": "L"}}, "location_select\nL"),
+    ("image", None, {"PicUrl": "https://p", "MediaId": "m"}, None),
+    ("text", "回复", {"text": {"content": "回复"}}, "回复"),  # outbound
+    ("hologram", None, {"Projection": {"Color": "teal"}}, None),
+    ("link", None, {"Title": {"unexpected": "object"}, "Url": ["a", "b"]}, None),
+])
+def test_search_text(msgtype, content, fields, expected):
+    assert search_text(msgtype, content, fields) == expected
+
+
+# SQLite specifics: FTS5, migration 0002.
+
+def test_long_queries_use_the_fts_index(sqlite_store, caplog):
+    save(sqlite_store, content="我们的服务器宕机了")
+    for q, uses_fts in (("服务器", True), ("SERVER down", True), ("宕机", False)):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="peewee"):
+            sqlite_store.messages(app="helpdesk", user="zhangsan", q=q)
+        (sql, params), = [r.msg for r in caplog.records if str(r.msg).startswith("('SELECT")]
+        plan = " ".join(r[3] for r in sqlite_store.db.execute_sql("EXPLAIN QUERY PLAN " + sql, params))
+        assert ("SCAN message_fts VIRTUAL TABLE INDEX 0:M" in plan) is uses_fts, plan
+        assert "message_app_user_id" in plan
+
+
+def test_fts_index_stays_consistent(sqlite_store):
+    row = save(sqlite_store, content="服务器宕机")
+    sqlite_store.save_inbound("helpdesk", text(content="x"), "k-retry")
+    sqlite_store.save_inbound("helpdesk", text(content="x"), "k-retry")
+    out = sqlite_store.save_outbound("helpdesk", "zhangsan", "text", "收到", {})
+    sqlite_store.set_status(out["id"], "failed", error="e")
+    sqlite_store.retry_outbound(out["id"])
+    sqlite_store.set_media(row["id"], "stored", path="p")
+    M = sqlite_store.Message
+    M.update(search_text=None).where(M.id == row["id"]).execute()
+    M.delete().where(M.id == out["id"]).execute()
+    # rank 1: also compare the index with the content of `message`
+    sqlite_store.db.execute_sql("INSERT INTO message_fts(message_fts, rank) VALUES ('integrity-check', 1)")
+    assert sqlite_store.messages(q="服务器")[0] == []
+
+
+def test_upgrade_from_0001_keeps_rows_and_makes_them_searchable(tmp_path):
+    path = tmp_path / "old.db"
+    store = Store(str(path))
+    assert migrations.Runner(store.db, str(MIGRATIONS_DIR)).up("0001_initial") == ["0001_initial"]
+    old = [("in", "text", "我们的服务器宕机了", {"Content": "我们的服务器宕机了"}),
+           ("in", "location", None, {"Label": "上海市黄浦区人民广场"}),
+           ("in", "file", None, {"MediaId": "m1", "FileName": "报价单.xlsx"}),
+           ("in", "event", None, {"Event": "click", "EventKey": "RUN_BACKUP"}),
+           ("in", "text", "no fields", {}),
+           ("out", "text", "服务器已重启", {"text": {"content": "服务器已重启"}})]
+    for n, (direction, msgtype, content, fields) in enumerate(old):
+        store.db.execute_sql(
+            "INSERT INTO message (app, direction, dedup_key, user, msgtype, received_at, content,"
+            " status, fields, raw, deliveries, operator, updated_at) VALUES"
+            " ('helpdesk', ?, ?, 'zhangsan', ?, '2026-01-01 00:00:00', ?, ?, ?, '<xml/>', 2, ?,"
+            " '2026-01-01 00:00:00')",
+            (direction, "k%d" % n if direction == "in" else None, msgtype, content,
+             "received" if direction == "in" else "sent",
+             json.dumps(fields, ensure_ascii=False), "admin" if direction == "out" else None))
+    store.close()
+
+    store = Store(str(path))
+    assert store.migrate() == ["0002_dashboard"]
+    rows = list(store.iter_export())
+    assert [(m["direction"], m["msgtype"], m["content"], m["fields"]) for m in rows] == \
+        [(d, t, c, f) for d, t, c, f in old]
+    assert all(m["deliveries"] == 2 and m["attempts"] == 0 for m in rows)
+    assert rows[-1]["operator"] == "admin" and rows[-1]["status"] == "sent"
+    assert [m["media"] for m in rows] == [None, None, {"status": "pending", "size": None, "type": None,
+                                                       "name": "报价单.xlsx", "error": None}, None, None, None]
+    assert _contents(store, q="服务器") == ["服务器已重启", "我们的服务器宕机了"]
+    assert _contents(store, q="人民广场") == [None]
+    assert _contents(store, q="报价单") == [None]
+    assert [m["msgtype"] for m in store.messages(q="run_backup")[0]] == ["event"]
+    assert [r["unread"] for r in store.conversations()] == [5]
+    new, _ = store.save_inbound("helpdesk", text(content="新的服务器告警"), "k-new")
+    assert new["id"] == len(old) + 1
+    assert _contents(store, q="服务器")[0] == "新的服务器告警"
+    store.db.execute_sql("INSERT INTO message_fts(message_fts, rank) VALUES ('integrity-check', 1)")
+    store.close()
+
+
+def test_0002_reverts_and_reapplies(sqlite_store):
+    save(sqlite_store, content="服务器宕机")
+    runner = migrations.Runner(sqlite_store.db, str(MIGRATIONS_DIR))
+    assert runner.down() == ["0002_dashboard"]
+    tables = sqlite_store.db.get_tables()
+    assert "message_fts" not in tables and "conversation_read" not in tables
+    assert "search_text" not in {c.name for c in sqlite_store.db.get_columns("message")}
+    assert sqlite_store.migrate() == ["0002_dashboard"]
+    assert _contents(sqlite_store, q="服务器") == ["服务器宕机"]
+
+
 # SQLite specifics: the file, pragmas, query plans and failures.
 
 def test_migrate_creates_schema_and_history(tmp_path):
     store = Store("wecomd.db", base_dir=tmp_path)
-    assert store.migrate() == ["0001_initial"]
+    assert store.migrate() == ["0001_initial", "0002_dashboard"]
     assert store.migrate() == []
     store.close()
     conn = sqlite3.connect(tmp_path / "wecomd.db")
@@ -294,10 +641,12 @@ def test_migrate_creates_schema_and_history(tmp_path):
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     history = [r[0] for r in conn.execute("SELECT name FROM schema_migration")]
     conn.close()
-    assert {"message", "schema_migration"} <= tables
+    assert {"message", "schema_migration", "conversation_read", "message_fts"} <= tables
     assert {"message_dedup_key", "message_app_user_id", "message_received_at",
-            "message_direction_status", "message_msgtype"} <= indexes
-    assert history == ["0001_initial"]
+            "message_direction_status_next_attempt_at", "message_media_status", "message_msgtype",
+            "conversationread_app_user"} <= indexes
+    assert "message_direction_status" not in indexes  # a prefix of the outbox index
+    assert history == ["0001_initial", "0002_dashboard"]
 
 
 def test_pragmas_on_the_live_connection(sqlite_store):
@@ -323,7 +672,8 @@ def test_saved_row_is_visible_to_another_process(sqlite_store):
 def test_thread_query_uses_the_conversation_index(sqlite_store):
     plan_sql = "EXPLAIN QUERY PLAN SELECT * FROM message WHERE app = ? AND user = ? ORDER BY id DESC"
     literal = " ".join(r[3] for r in sqlite_store.db.execute_sql(plan_sql, ("a", "u")))
-    sql, params = sqlite_store._select(app="a", user="u").sql()
+    M = sqlite_store.Message
+    sql, params = sqlite_store._select(app="a", user="u").order_by(M.id.desc()).sql()
     generated = " ".join(r[3] for r in sqlite_store.db.execute_sql("EXPLAIN QUERY PLAN " + sql, params))
     for plan in (literal, generated):
         assert "USING INDEX message_app_user_id (app=? AND user=?)" in plan

@@ -6,11 +6,12 @@ import logging
 import signal
 from typing import Any
 
-from tornado import httpserver, netutil, web
+from tornado import httpserver, locale, netutil, web
 
 from wecomd.config import Config
-from wecomd.handlers import callback, ops
-from wecomd.paths import resource_dir
+from wecomd.handlers import api, callback, dashboard, live, ops
+from wecomd.handlers.base import DEFAULT_LOCALE
+from wecomd.paths import TRANSLATIONS_DIR, resource_dir
 from wecomd.services import Services
 
 logger = logging.getLogger(__name__)
@@ -22,12 +23,21 @@ DRAIN_SECONDS = 25.0  # below systemd's default 90 s stop timeout, above WeCom's
 def make_app(services: Services) -> web.Application:
     """Build the application from every handler module's `routes(services)`."""
     handlers: list = []
-    for module in (callback, ops):
+    for module in (callback, ops, dashboard, api, live):
         handlers.extend(module.routes(services))
+    # Tornado keeps translations process-wide; loading the same files again is harmless.
+    locale.load_translations(str(TRANSLATIONS_DIR))
+    locale.set_default_locale(DEFAULT_LOCALE)
     return web.Application(
         handlers,
         template_path=str(resource_dir("templates")),
         static_path=str(resource_dir("static")),
+        cookie_secret=services.cookie_secret,
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs=dict(samesite="Strict"),
+        login_url="/login",
+        websocket_ping_interval=30,
+        websocket_ping_timeout=60,
         log_function=_log_request,
         services=services,
     )
@@ -73,6 +83,7 @@ async def serve(config: Config, ready: Any = None) -> None:
 async def _shutdown(server: httpserver.HTTPServer, services: Services) -> None:
     logger.info("stopping: no new connections, draining %d in-flight request(s)", services.inflight.count)
     server.stop()
+    services.hub.close_all()  # close_all_connections() leaves websockets open
     if not await services.inflight.wait_idle(DRAIN_SECONDS):
         logger.warning("drain timed out after %.0fs with %d request(s) in flight", DRAIN_SECONDS,
                        services.inflight.count)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from wecomd import __version__, checks, config as configmod, exporting, passwords, simulate
+from wecomd import __version__, checks, config as configmod, demo, exporting, passwords, simulate
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the daemon")
     _config_arg(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="a live dashboard with simulated traffic; nothing to set up")
+    demo.add_arguments(p)
+    p.set_defaults(func=demo.run)
 
     p = sub.add_parser("check", help="validate a config file")
     _config_arg(p)

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
+TRANSLATIONS_DIR = _PACKAGE / "translations"
 
 
 def resource_dir(name: str) -> Path:

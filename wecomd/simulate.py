@@ -36,14 +36,14 @@ _IMG = "https://wework.qpic.cn/wwpic/{uid}/0"
 # a tuple is a nested element. {content}, {event_key}, {user}, {uid}, {now} are filled per call.
 _MESSAGES = MappingProxyType({
     "text": (("Content", "{content}"),),
-    "image": (("PicUrl", _IMG), ("MediaId", "1_image_{uid}")),
-    "voice": (("MediaId", "1_voice_{uid}"), ("Format", "amr")),
-    "video": (("MediaId", "1_video_{uid}"), ("ThumbMediaId", "1_thumb_{uid}")),
+    "image": (("PicUrl", _IMG), ("MediaId", "{media_id}")),
+    "voice": (("MediaId", "{media_id}"), ("Format", "amr")),
+    "video": (("MediaId", "{media_id}"), ("ThumbMediaId", "1_thumb_{uid}")),
     "location": (("Location_X", 23.134521), ("Location_Y", 113.358803), ("Scale", 15),
                  ("Label", "广州市天河区"), ("AppType", "wxwork")),
     "link": (("Title", "wecomd"), ("Description", "{content}"),
              ("Url", "https://example.com/a?b=1&c=2"), ("PicUrl", _IMG)),
-    "file": (("MediaId", "1_file_{uid}"), ("FileName", "报告.pdf")),
+    "file": (("MediaId", "{media_id}"), ("FileName", "报告.pdf")),
 })
 _KEY = (("EventKey", "{event_key}"),)
 _PICS = _KEY + (("SendPicsInfo", (("Count", 1), ("PicList", (("item", (("PicMd5Sum", "{uid}{uid}"),)),)))),)
@@ -128,18 +128,20 @@ def _render(items: tuple, ctx: dict) -> str:
 
 def build(kind: str, *, corp_id: str, agent_id: str, from_user: str = "zhangsan",
           content: str = "hello", event_key: str = "", create_time: Optional[int] = None,
-          msg_id: Optional[str] = None) -> str:
+          msg_id: Optional[str] = None, media_id: Optional[str] = None) -> str:
     """Return the plaintext XML WeCom would send for `kind` (one of KINDS).
 
     Strings are CDATA and numbers bare, as WeCom writes them. Messages get a fresh
     random 19-digit MsgId unless `msg_id` is given; events have none but carry fresh
     event ids (TaskId, JobId, SpNo...). An empty `event_key` uses a per-kind default.
+    Media kinds get `media_id`, or a made-up one that no API will serve.
     """
     if kind not in KINDS:
         raise ValueError("unknown kind %r; choose one of: %s" % (kind, ", ".join(KINDS)))
     now = int(time.time()) if create_time is None else int(create_time)
     ctx = {"content": content, "event_key": event_key or _DEFAULT_KEYS.get(kind, ""),
            "user": from_user, "uid": secrets.token_hex(8), "now": str(now)}
+    ctx["media_id"] = media_id or "1_%s_%s" % (kind, ctx["uid"])
     head: tuple = (("ToUserName", corp_id), ("FromUserName", "sys" if kind in _SYSTEM else from_user),
                    ("CreateTime", now))
     if kind in _MESSAGES:

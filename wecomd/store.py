@@ -2,20 +2,23 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Iterator, Optional, Union
 from urllib.parse import urlparse
 
 import peewee
-from peewee import (EXCLUDED, BigIntegerField, CharField, DateTimeField, IntegerField, Model,
-                    SqliteDatabase, TextField, fn)
+from peewee import (EXCLUDED, JOIN, SQL, BigIntegerField, Case, CharField, DateTimeField,
+                    IntegerField, Model, SqliteDatabase, TextField, fn)
 from playhouse import db_url, migrations
 
 from .messages import Message
+from .store_rows import (MEDIA_STATUSES, dumps, inbound_row, naive_utc, search_text,
+                         to_json, utcnow)
+
+__all__ = ["Store", "StoreError", "search_text", "MEDIA_STATUSES", "OUTBOUND_STATUSES"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +29,10 @@ SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "full", "foreign_keys": 
                   "busy_timeout": 5000}
 OUTBOUND_STATUSES = ("pending", "sent", "failed")
 MAX_PAGE = 500
+# The trigram tokenizer indexes 3-character windows: shorter queries cannot MATCH and
+# fall back to a LIKE scan over search_text.
+FTS_MIN_CHARS = 3
+_FTS_IDS = "(SELECT rowid FROM message_fts WHERE message_fts MATCH ?)"
 
 _FAILURES = (peewee.PeeweeException, migrations.MigrationError, OSError)
 
@@ -60,24 +67,50 @@ class MessageRecord(Model):
     operator = CharField(null=True)
     wecom_msgid = CharField(null=True)
     updated_at = DateTimeField()
+    search_text = TextField(null=True)  # store_rows.search_text; indexed by message_fts
+    media_status = CharField(null=True, index=True)  # NULL: no media; else MEDIA_STATUSES
+    media_path = TextField(null=True)  # relative to [server] media_dir
+    media_size = IntegerField(null=True)
+    media_type = CharField(null=True)
+    media_name = TextField(null=True)
+    media_error = TextField(null=True)
+    attempts = IntegerField(default=0)  # outbound sends or media downloads tried
+    next_attempt_at = DateTimeField(null=True)  # naive UTC; NULL = due now
 
     class Meta:
         table_name = "message"
         indexes = (
             (("app", "user", "id"), False),
-            (("direction", "status"), False),
+            (("direction", "status", "next_attempt_at"), False),
         )
 
 
-def _bind_models(db: peewee.Database) -> type[MessageRecord]:
-    # A per-instance subclass rather than MessageRecord.bind(db): two stores in one
-    # process (tests, export next to serve) must not rebind each other's model.
+class ReadMark(Model):
+    """How far the dashboard has read one conversation."""
+
+    app = CharField()
+    user = CharField()
+    last_read_id = IntegerField(default=0)
+
+    class Meta:
+        table_name = "conversation_read"
+        indexes = ((("app", "user"), True),)
+
+
+def _bind_models(db: peewee.Database) -> tuple[type[MessageRecord], type[ReadMark]]:
+    # Per-instance subclasses rather than Model.bind(db): two stores in one process
+    # (tests, export next to serve) must not rebind each other's models.
     class BoundMessage(MessageRecord):
         class Meta:
             database = db
             table_name = "message"
 
-    return BoundMessage
+    class BoundReadMark(ReadMark):
+        class Meta:
+            database = db
+            table_name = "conversation_read"
+
+    return BoundMessage, BoundReadMark
 
 
 def _guarded(action: str):
@@ -104,7 +137,9 @@ class Store:
         except (RuntimeError, ValueError, peewee.PeeweeException) as exc:
             # Only the scheme: a database URL may carry a password.
             raise StoreError("cannot open %s database: %s" % (urlparse(url).scheme or "sqlite", exc)) from exc
-        self.Message = _bind_models(self.db)
+        self.Message, self.ReadMark = _bind_models(self.db)
+        # Full-text search is SQLite's FTS5 (migration 0002); elsewhere q is a LIKE scan.
+        self.fts = isinstance(self.db, SqliteDatabase)
 
     def __repr__(self) -> str:
         return "<Store %s>" % self.name
@@ -134,6 +169,8 @@ class Store:
         """Raise StoreError unless the message table can be read."""
         self.Message.select(self.Message.id).limit(1).execute()
 
+    # ------------------------------------------------------------ writing messages
+
     @_guarded("save the inbound message")
     def save_inbound(self, app: str, message: Message, dedup_key: str,
                      reply: Optional[str] = None) -> tuple[dict, bool]:
@@ -142,19 +179,21 @@ class Store:
         A repeated key (WeCom retrying a callback) adds one to `deliveries` of the
         existing row instead. The result carries "reply", the passive reply saved
         with the first delivery that had one, so every retry gets the same answer.
-        The transaction is committed (fsynced, synchronous=full) before returning.
+        A message with a MediaId is stored with media status "pending" for the
+        media vault. The transaction is committed (fsynced, synchronous=full)
+        before returning.
         """
         if not dedup_key:
             raise ValueError("an inbound message needs a dedup key")
-        M, now = self.Message, _utcnow()
-        insert = M.insert(**_inbound_row(app, message, dedup_key, reply, now)).on_conflict(
+        M, now = self.Message, utcnow()
+        insert = M.insert(**inbound_row(app, message, dedup_key, reply, now)).on_conflict(
             conflict_target=[M.dedup_key],
             update={M.deliveries: M.deliveries + 1, M.updated_at: now,
                     M.reply: fn.COALESCE(M.reply, EXCLUDED.reply)})
         with self.db.atomic():
             insert.execute()
             row = M.get(M.dedup_key == dedup_key)
-        return dict(_to_json(row), reply=row.reply), row.deliveries == 1
+        return dict(to_json(row), reply=row.reply), row.deliveries == 1
 
     @_guarded("save the outbound message")
     def save_outbound(self, app: str, to_user: str, msgtype: str, content: Optional[str],
@@ -162,43 +201,149 @@ class Store:
                       status: str = "pending") -> dict:
         """Store a message sent to `to_user` (a manual or delayed reply); return its JSON."""
         _check_status(status)
-        now = _utcnow()
+        now = utcnow()
         with self.db.atomic():
             row = self.Message.create(
                 app=app, direction="out", user=to_user, msgtype=msgtype, to_user=to_user,
                 create_time=int(now.replace(tzinfo=timezone.utc).timestamp()),
-                received_at=now, content=content, status=status, fields=_dumps(fields),
-                operator=operator, updated_at=now)
+                received_at=now, content=content, status=status, fields=dumps(fields),
+                operator=operator, updated_at=now,
+                search_text=search_text(msgtype, content, fields))
             row = self.Message.get_by_id(row.id)
-        return _to_json(row)
+        return to_json(row)
+
+    # ------------------------------------------------------------ outbox
 
     @_guarded("update the delivery status")
     def set_status(self, message_id: int, status: str, error: Optional[str] = None,
                    wecom_msgid: Optional[str] = None) -> dict:
-        """Set an outbound message's delivery status; KeyError if there is no such row."""
+        """Set an outbound message's delivery status; KeyError if there is no such row.
+
+        "sent" and "failed" are final: they clear the retry schedule.
+        """
         _check_status(status)
         M = self.Message
-        changes = {M.status: status, M.error: error, M.updated_at: _utcnow()}
+        changes = {M.status: status, M.error: error, M.updated_at: utcnow()}
+        if status != "pending":
+            changes[M.next_attempt_at] = None
         if wecom_msgid is not None:
             changes[M.wecom_msgid] = str(wecom_msgid)
+        return self._update_outbound(message_id, changes)
+
+    @_guarded("list due outbound messages")
+    def due_outbound(self, now: datetime, limit: int = 50) -> list[dict]:
+        """Pending outbound messages whose next attempt is due at `now`, oldest first."""
+        M = self.Message
+        query = M.select().where((M.direction == "out") & (M.status == "pending") & self._due(now))
+        return [to_json(row) for row in query.order_by(M.id).limit(_page_size(limit))]
+
+    @_guarded("record a delivery attempt")
+    def record_attempt(self, message_id: int, error: Optional[str],
+                       next_attempt_at: Optional[datetime]) -> dict:
+        """Count one failed send of a pending outbound message and schedule the next.
+
+        The status stays "pending"; KeyError without such a row, ValueError unless pending.
+        """
+        M = self.Message
+        changes = {M.attempts: M.attempts + 1, M.error: error,
+                   M.next_attempt_at: naive_utc(next_attempt_at), M.updated_at: utcnow()}
+        return self._update_outbound(message_id, changes, only_if="pending")
+
+    @_guarded("retry the outbound message")
+    def retry_outbound(self, message_id: int) -> dict:
+        """Put a failed outbound message back in the outbox, due now, with a fresh count.
+
+        KeyError without such a message; ValueError for an inbound or not-failed one.
+        """
+        M = self.Message
+        changes = {M.status: "pending", M.error: None, M.next_attempt_at: None,
+                   M.attempts: 0, M.updated_at: utcnow()}
+        if self._row(message_id).direction != "out":
+            raise ValueError("message %r is inbound, not an outbound message" % (message_id,))
+        return self._update_outbound(message_id, changes, only_if="failed")
+
+    def _update_outbound(self, message_id: int, changes: dict,
+                         only_if: Optional[str] = None) -> dict:
+        M = self.Message
         with self.db.atomic():
-            query = M.update(changes).where((M.id == message_id) & (M.direction == "out"))
-            if not query.execute():
+            row = M.get_or_none((M.id == message_id) & (M.direction == "out"))
+            if row is None:
                 raise KeyError("no outbound message with id %r" % (message_id,))
+            if only_if is not None and row.status != only_if:
+                raise ValueError("message %r is %s, not %s" % (message_id, row.status, only_if))
+            M.update(changes).where(M.id == message_id).execute()
             row = M.get_by_id(message_id)
-        return _to_json(row)
+        return to_json(row)
+
+    # ------------------------------------------------------------ media
+
+    @_guarded("list due media downloads")
+    def due_media(self, now: datetime, limit: int = 20) -> list[dict]:
+        """Inbound messages whose media is pending and due at `now`, oldest first."""
+        M = self.Message
+        query = M.select().where((M.direction == "in") & (M.media_status == "pending") & self._due(now))
+        return [to_json(row) for row in query.order_by(M.id).limit(_page_size(limit))]
+
+    @_guarded("update the media status")
+    def set_media(self, message_id: int, status: str, path: Optional[str] = None,
+                  size: Optional[int] = None, mime: Optional[str] = None,
+                  name: Optional[str] = None, error: Optional[str] = None,
+                  next_attempt_at: Optional[datetime] = None) -> dict:
+        """Record a media download's outcome; return the Message JSON.
+
+        path, size, mime and name change only when given. "pending" with an error
+        counts one failed attempt and keeps the next_attempt_at schedule; "stored"
+        and "failed" clear it. KeyError without such a message.
+        """
+        if status not in MEDIA_STATUSES:
+            raise ValueError("media status must be one of %s, not %r" % (", ".join(MEDIA_STATUSES), status))
+        M = self.Message
+        changes = {M.media_status: status, M.media_error: error, M.updated_at: utcnow(),
+                   M.next_attempt_at: naive_utc(next_attempt_at) if status == "pending" else None}
+        for column, value in ((M.media_path, path), (M.media_size, size),
+                              (M.media_type, mime), (M.media_name, name)):
+            if value is not None:
+                changes[column] = value
+        if status == "pending" and error is not None:
+            changes[M.attempts] = M.attempts + 1
+        with self.db.atomic():
+            if not M.update(changes).where(M.id == message_id).execute():
+                raise KeyError("no message with id %r" % (message_id,))
+            row = M.get_by_id(message_id)
+        return to_json(row)
+
+    @_guarded("read the media status")
+    def get_media(self, message_id: int) -> Optional[dict]:
+        """{status, path, size, type, name, error} of a message's media, or None without media."""
+        row = self.Message.get_or_none(self.Message.id == message_id)
+        if row is None or row.media_status is None:
+            return None
+        return {"status": row.media_status, "path": row.media_path, "size": row.media_size,
+                "type": row.media_type, "name": row.media_name, "error": row.media_error}
+
+    def _due(self, now: datetime):
+        M = self.Message
+        return M.next_attempt_at.is_null() | (M.next_attempt_at <= naive_utc(now))
+
+    # ------------------------------------------------------------ reading
 
     @_guarded("read a message")
     def get(self, message_id: int) -> Optional[dict]:
         """Return one message's JSON, or None."""
         row = self.Message.get_or_none(self.Message.id == message_id)
-        return _to_json(row) if row is not None else None
+        return to_json(row) if row is not None else None
 
     @_guarded("read a message")
     def get_raw(self, message_id: int) -> Optional[str]:
         """Return the decrypted XML an inbound message arrived as ("" for outbound), or None."""
         row = self.Message.get_or_none(self.Message.id == message_id)
         return row.raw_xml if row is not None else None
+
+    def _row(self, message_id: int) -> MessageRecord:
+        row = self.Message.get_or_none(self.Message.id == message_id)
+        if row is None:
+            raise KeyError("no message with id %r" % (message_id,))
+        return row
 
     @_guarded("list messages")
     def messages(self, app: Optional[str] = None, user: Optional[str] = None,
@@ -207,63 +352,98 @@ class Store:
         """Return (messages newest first, cursor for the next page or None).
 
         Keyset paging: pass the cursor back as `before`. `q` is a case-insensitive
-        substring of the content; % and _ in it match themselves.
+        substring of the search text (content, file names, labels, titles, event
+        keys...), taken literally: quotes, *, OR, % and _ match themselves.
         """
         limit = _page_size(limit)
-        rows = list(self._select(app, user, msgtype, q, before).limit(limit + 1))
+        M = self.Message
+        query = self._select(app, user, msgtype, q)
+        if before is not None:
+            query = query.where(M.id < before)
+        rows = list(query.order_by(M.id.desc()).limit(limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
-        return [_to_json(row) for row in rows], (rows[-1].id if more else None)
+        return [to_json(row) for row in rows], (rows[-1].id if more else None)
 
-    def _select(self, app=None, user=None, msgtype=None, q=None, before=None):
+    def iter_export(self, app: Optional[str] = None, since: Optional[datetime] = None,
+                    batch: int = 500, user: Optional[str] = None, msgtype: Optional[str] = None,
+                    q: Optional[str] = None) -> Iterator[dict]:
+        """Yield message JSON oldest first, reading `batch` rows per query.
+
+        The filters are those of messages(); `since` filters on received_at (naive
+        datetimes are taken as UTC).
+        """
+        M = self.Message
+        batch = max(1, batch)
+        query = self._select(app, user, msgtype, q, since).order_by(M.id).limit(batch)
+        last_id = 0
+        while True:
+            with self._failures("export messages"):
+                rows = list(query.where(M.id > last_id))
+            yield from (to_json(row) for row in rows)
+            if len(rows) < batch:
+                return
+            last_id = rows[-1].id
+
+    def _select(self, app: Optional[str] = None, user: Optional[str] = None,
+                msgtype: Optional[str] = None, q: Optional[str] = None,
+                since: Optional[datetime] = None) -> peewee.ModelSelect:
+        """The one filter of messages() and iter_export(), unordered."""
         M = self.Message
         query = M.select()
         for column, value in ((M.app, app), (M.user, user), (M.msgtype, msgtype)):
             if value:
                 query = query.where(column == value)
         if q:
-            query = query.where(M.content.contains(q))  # peewee escapes % _ \ for LIKE
-        if before is not None:
-            query = query.where(M.id < before)
-        return query.order_by(M.id.desc())
+            query = query.where(self._matches(q))
+        if since is not None:
+            query = query.where(M.received_at >= naive_utc(since))
+        return query
+
+    def _matches(self, q: str):
+        M = self.Message
+        if self.fts and len(q) >= FTS_MIN_CHARS:
+            # One FTS5 phrase, so operators and * in q stay literal; trigram phrases
+            # match substrings, case-insensitively.
+            phrase = '"%s"' % q.replace('"', '""')
+            return M.id.in_(SQL(_FTS_IDS, (phrase,)))
+        return M.search_text.contains(q)  # peewee escapes % _ \ for LIKE
+
+    # ------------------------------------------------------------ conversations
 
     @_guarded("list conversations")
     def conversations(self, app: Optional[str] = None) -> list[dict]:
         """One row per (app, user), newest conversation first.
 
-        Each row: app, user, count, last_id and last_message (Message JSON).
+        Each row: app, user, count, unread (inbound messages after the read mark,
+        all of them when never read), last_id and last_message (Message JSON).
         """
-        M = self.Message
+        M, R = self.Message, self.ReadMark
         last_id = fn.MAX(M.id)
-        query = (M.select(M.app, M.user, last_id.alias("last_id"), fn.COUNT(M.id).alias("count"))
+        after_mark = (M.direction == "in") & (M.id > fn.COALESCE(R.last_read_id, 0))
+        query = (M.select(M.app, M.user, last_id.alias("last_id"), fn.COUNT(M.id).alias("count"),
+                          fn.COUNT(Case(None, [(after_mark, 1)])).alias("unread"))
+                 .join(R, JOIN.LEFT_OUTER, on=(R.app == M.app) & (R.user == M.user))
                  .group_by(M.app, M.user).order_by(last_id.desc()))
         if app:
             query = query.where(M.app == app)
         groups = list(query.dicts())
         ids = [group["last_id"] for group in groups]
         last = {row.id: row for row in M.select().where(M.id.in_(ids))} if ids else {}
-        return [dict(group, last_message=_to_json(last[group["last_id"]])) for group in groups]
+        return [dict(group, last_message=to_json(last[group["last_id"]])) for group in groups]
 
-    def iter_export(self, app: Optional[str] = None, since: Optional[datetime] = None,
-                    batch: int = 500) -> Iterator[dict]:
-        """Yield message JSON oldest first, reading `batch` rows per query.
-
-        `since` filters on received_at (naive datetimes are taken as UTC).
-        """
-        M = self.Message
-        query = M.select().order_by(M.id).limit(max(1, batch))
-        if app:
-            query = query.where(M.app == app)
-        if since is not None:
-            query = query.where(M.received_at >= _naive_utc(since))
-        last_id = 0
-        while True:
-            with self._failures("export messages"):
-                rows = list(query.where(M.id > last_id))
-            yield from (_to_json(row) for row in rows)
-            if len(rows) < max(1, batch):
-                return
-            last_id = rows[-1].id
+    @_guarded("mark the conversation read")
+    def mark_read(self, app: str, user: str, up_to_id: int) -> None:
+        """Record that (app, user) is read up to message `up_to_id`; never moves backwards."""
+        up_to_id = int(up_to_id)
+        if up_to_id < 0:
+            raise ValueError("up_to_id must not be negative")
+        R = self.ReadMark
+        with self.db.atomic():
+            R.insert(app=app, user=user, last_read_id=up_to_id).on_conflict(
+                conflict_target=[R.app, R.user],
+                update={R.last_read_id: EXCLUDED.last_read_id},
+                where=EXCLUDED.last_read_id > R.last_read_id).execute()
 
     @_guarded("count messages")
     def count(self) -> int:
@@ -285,32 +465,6 @@ def _open_database(url: str, base_dir: Path) -> tuple[peewee.Database, str]:
     return db_url.connect(url, database=path, pragmas=SQLITE_PRAGMAS), path
 
 
-def _inbound_row(app: str, message: Message, dedup_key: str, reply: Optional[str],
-                 now: datetime) -> dict[str, Any]:
-    return dict(
-        app=app, direction="in", dedup_key=dedup_key, user=message.from_user,
-        msgtype=message.msgtype, event=message.event, event_key=message.event_key,
-        from_user=message.from_user, to_user=message.to_user,
-        agent_id=_text(message.agent_id), msg_id=_text(message.msg_id),
-        create_time=message.create_time, received_at=now, content=message.content,
-        status="received", fields=_dumps(message.fields), raw_xml=message.raw or "",
-        reply=reply, deliveries=1, updated_at=now)
-
-
-def _to_json(row: MessageRecord) -> dict:
-    """The documented Message JSON (design.md) plus `deliveries`; never the raw XML."""
-    return {
-        "id": row.id, "app": row.app, "direction": row.direction, "msgtype": row.msgtype,
-        "event": row.event, "event_key": row.event_key, "from_user": row.from_user,
-        "to_user": row.to_user, "agent_id": row.agent_id,
-        # For an outbound row, WeCom's id is the msgid its send API answered with.
-        "msg_id": row.msg_id if row.direction == "in" else row.wecom_msgid,
-        "create_time": row.create_time, "received_at": _iso(row.received_at),
-        "content": row.content, "status": row.status, "error": row.error,
-        "fields": json.loads(row.fields or "{}"), "deliveries": row.deliveries,
-    }
-
-
 def _check_status(status: str) -> None:
     if status not in OUTBOUND_STATUSES:
         raise ValueError("status must be one of %s, not %r" % (", ".join(OUTBOUND_STATUSES), status))
@@ -320,25 +474,3 @@ def _page_size(limit: int) -> int:
     if int(limit) < 1:
         raise ValueError("limit must be at least 1")
     return min(int(limit), MAX_PAGE)
-
-
-def _dumps(fields: Optional[dict]) -> str:
-    return json.dumps(fields or {}, ensure_ascii=False, separators=(",", ":"))
-
-
-def _text(value: Any) -> Optional[str]:
-    return None if value is None else str(value)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
-    return moment
-
-
-def _iso(moment: Optional[datetime]) -> Optional[str]:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else None

@@ -1,18 +1,36 @@
-"""BaseHandler: service accessors, default security headers, in-flight accounting, plain-text errors."""
+"""BaseHandler and ApiHandler: services, security headers, deny-by-default auth, locale, errors."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from urllib.parse import urlencode
+from typing import Any, Optional
 
-from tornado import web
+from tornado import locale, web
 from tornado.log import app_log, gen_log
 
+from wecomd import auth
 from wecomd.services import Services
+
+LOCALE_COOKIE = "wecomd_locale"
+LOCALES = ("zh_CN", "en_US")
+DEFAULT_LOCALE = "zh_CN"  # operators are mostly in mainland China (design.md)
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; media-src 'self'; connect-src 'self' ws: wss:; "
+    "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 
 
 class BaseHandler(web.RequestHandler):
-    """Base of every wecomd handler; routes pass `services` into `initialize`."""
+    """Base of every wecomd handler; routes pass `services` into `initialize`.
 
+    Every route needs a signed-in operator unless its handler sets `public = True`
+    (only the callback, /healthz, /login, /locale and static files do); a test walks
+    the route table to keep it that way.
+    """
+
+    public = False
+    count_inflight = True  # websockets are not requests to drain on shutdown
     _counted = False
 
     def initialize(self, services: Services) -> None:
@@ -21,13 +39,46 @@ class BaseHandler(web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("X-Frame-Options", "DENY")
-        self.set_header("Referrer-Policy", "no-referrer")
-        self.set_header("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+        self.set_header("Referrer-Policy", "same-origin")
+        self.set_header("Content-Security-Policy", CSP)
 
     def prepare(self) -> Any:
-        # Counted so that SIGTERM can wait for requests that are being served.
-        self._counted = True
-        self.services.inflight.enter()
+        if self.count_inflight:
+            # Counted so that SIGTERM can wait for requests that are being served.
+            self._counted = True
+            self.services.inflight.enter()
+        unsafe = self.request.method not in ("GET", "HEAD", "OPTIONS")
+        if unsafe and self.request.headers.get("Sec-Fetch-Site") == "cross-site":
+            raise web.HTTPError(403, "cross-site request refused")
+        if not self.public and not self.current_user:
+            self.deny()
+
+    def deny(self) -> None:
+        """Answer a request without a session: pages redirect to /login, the rest get 403."""
+        if self.request.method in ("GET", "HEAD"):
+            self.redirect(self.get_login_url() + "?" + _query(next=self.request.uri))
+            raise web.Finish()
+        raise web.HTTPError(403, "sign in first")
+
+    # --- who is asking --------------------------------------------------------------------
+
+    def get_current_user(self) -> Optional[str]:
+        raw = self.get_signed_cookie(auth.SESSION_COOKIE, max_age_days=auth.SESSION_DAYS)
+        return auth.session_user(self.services.config.admin, raw)
+
+    def start_session(self) -> None:
+        self.set_signed_cookie(
+            auth.SESSION_COOKIE, auth.session_value(self.services.config.admin),
+            expires_days=None, httponly=True, samesite="Strict", secure=self.request.protocol == "https",
+        )
+
+    def get_user_locale(self) -> Optional[locale.Locale]:
+        chosen = self.get_cookie(LOCALE_COOKIE)
+        if chosen in LOCALES:
+            return locale.get(chosen)
+        return self.get_browser_locale(DEFAULT_LOCALE)
+
+    # --- the other Tornado hooks ---------------------------------------------------------
 
     def on_finish(self) -> None:
         self._uncount()
@@ -45,8 +96,7 @@ class BaseHandler(web.RequestHandler):
         where = "%s %s (%s)" % (self.request.method, self.request.path, self.request.remote_ip)
         if isinstance(value, web.HTTPError):
             if value.log_message:
-                message = value.log_message % value.args if value.args else value.log_message
-                gen_log.warning("%d %s: %s", value.status_code, where, message)
+                gen_log.warning("%d %s: %s", value.status_code, where, _message(value))
         else:
             app_log.error("uncaught exception %s", where, exc_info=(typ, value, tb))
 
@@ -58,8 +108,62 @@ class BaseHandler(web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # Short plain-text errors: no traceback and no HTML, whatever the debug setting.
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
-        reason = self._reason
+        self.finish("%d %s\n" % (status_code, self._error_text(status_code, kwargs)))
+
+    def _error_text(self, status_code: int, kwargs: dict) -> str:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
-            reason = exc.log_message % exc.args if exc.args else exc.log_message
-        self.finish("%d %s\n" % (status_code, reason))
+            return _message(exc)
+        return self._reason
+
+
+class ApiHandler(BaseHandler):
+    """JSON in and out for /api/*: errors are {"error": ...}; scripts may use the api token."""
+
+    def get_current_user(self) -> Optional[str]:
+        if auth.check_api_token(self.services.config.admin, self.request.headers.get("Authorization")):
+            return "api"
+        return super().get_current_user()
+
+    def check_xsrf_cookie(self) -> None:
+        # A bearer token cannot be sent by another site's page, so it needs no XSRF token.
+        if not auth.check_api_token(self.services.config.admin, self.request.headers.get("Authorization")):
+            super().check_xsrf_cookie()
+
+    def deny(self) -> None:
+        raise web.HTTPError(401, "sign in or send Authorization: Bearer <api_token>")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"error": self._error_text(status_code, kwargs)}, ensure_ascii=False))
+
+    async def stream_file(self, path: str, chunk: int = 64 * 1024) -> None:
+        """Send a file in chunks, flushing each, so a large one never sits in memory."""
+        with open(path, "rb") as fh:
+            while True:
+                data = fh.read(chunk)
+                if not data:
+                    break
+                self.write(data)
+                await self.flush()
+        self.finish()
+
+    def json_body(self) -> dict:
+        """The request body as a JSON object, or 400."""
+        if not self.request.headers.get("Content-Type", "").startswith("application/json"):
+            raise web.HTTPError(400, "send Content-Type: application/json")
+        try:
+            body = json.loads(self.request.body or b"")
+        except ValueError:
+            raise web.HTTPError(400, "the body is not valid JSON")
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "the body must be a JSON object")
+        return body
+
+
+def _message(exc: web.HTTPError) -> str:
+    return exc.log_message % exc.args if exc.args else exc.log_message
+
+
+def _query(**params: str) -> str:
+    return urlencode(params)

@@ -26,6 +26,11 @@ class CallbackHandler(BaseHandler):
     the application's access log leaves these requests to it.
     """
 
+    public = True  # WeCom signs its requests; that is this endpoint's authentication
+
+    def check_xsrf_cookie(self) -> None:
+        pass  # see `public`: the message signature, not a cookie, proves the sender
+
     def prepare(self) -> None:
         super().prepare()
         self._chunks: list[bytes] = []
@@ -78,6 +83,8 @@ class CallbackHandler(BaseHandler):
         self._outcome.update(type=kind, sender=message.from_user)
         row, created = await self._store(app, message)
         self._outcome.update(id=row.get("id"), outcome="stored" if created else "duplicate delivery=%d" % row.get("deliveries", 0))
+        if created:
+            self.services.message_stored(row)
         reply = row.get("reply")
         if not reply:
             self.set_status(200)

@@ -1,0 +1,79 @@
+// The JSON API client: same-origin cookie session, XSRF header on every POST, {"error"} bodies.
+
+import { t } from "./dom.js";
+
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function xsrfToken() {
+  return document.body.dataset.xsrf || "";
+}
+
+/** "/path?a=1&b=2", leaving out empty parameters. */
+export function withQuery(path, params) {
+  const query = new URLSearchParams();
+  for (const [key, value] of Object.entries(params || {})) {
+    if (value !== undefined && value !== null && value !== "") query.set(key, String(value));
+  }
+  const text = query.toString();
+  return text ? path + "?" + text : path;
+}
+
+/** The session is gone: back to the login page, returning here afterwards. */
+export function toLogin() {
+  window.location.assign(withQuery("/login", { next: window.location.pathname }));
+}
+
+async function request(method, path, body) {
+  const options = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+  if (method !== "GET") {
+    options.headers["X-XSRFToken"] = xsrfToken();
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body === undefined ? {} : body);
+  }
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (err) {
+    throw new ApiError(0, t("The server cannot be reached."));
+  }
+  if (response.status === 401) {
+    toLogin();
+    throw new ApiError(401, t("Your session has ended. Please sign in again."));
+  }
+  if (response.status === 204) return null;
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (err) {
+    data = null;
+  }
+  if (!response.ok) {
+    const message = data && typeof data.error === "string" ? data.error : response.status + " " + response.statusText;
+    throw new ApiError(response.status, message);
+  }
+  return data;
+}
+
+export const api = {
+  apps: () => request("GET", "/api/apps"),
+  conversations: (app) => request("GET", withQuery("/api/conversations", { app })),
+  messages: (params) => request("GET", withQuery("/api/messages", params)),
+  send: (app, toUser, content) =>
+    request("POST", "/api/messages", { app, to_user: toUser, msgtype: "text", content }),
+  retry: (id) => request("POST", "/api/messages/" + encodeURIComponent(id) + "/retry", {}),
+  markRead: (app, user, upToId) =>
+    request("POST", "/api/conversations/read", { app, user, up_to_id: upToId }),
+};
+
+export function mediaUrl(id) {
+  return "/api/media/" + encodeURIComponent(id);
+}
+
+export function exportUrl(params, format) {
+  return withQuery("/api/export", { ...params, format });
+}

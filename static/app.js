@@ -1,0 +1,328 @@
+// The dashboard: conversation list, filters and search, routing, and the live connection.
+
+import { api, exportUrl, toLogin } from "./api.js";
+import { el, fullTime, loadStrings, messageDate, shortTime, t } from "./dom.js";
+import { connectLive } from "./live.js";
+import { conversationUser, previewText } from "./render.js";
+import { ThreadView } from "./thread.js";
+
+loadStrings();
+
+const $ = (id) => document.getElementById(id);
+const APP_KEY = "wecomd.app";
+
+const state = {
+  apps: readApps(),
+  app: "",
+  msgtype: "",
+  q: "",
+  conversations: [],
+  results: [],
+  resultsNext: null,
+  resultsSeq: 0,
+  listError: "",
+  connectedOnce: false,
+  navigatedInApp: false,
+};
+
+function readApps() {
+  try {
+    const apps = JSON.parse(document.body.dataset.apps || "[]");
+    return Array.isArray(apps) ? apps : [];
+  } catch (err) {
+    return [];
+  }
+}
+
+const thread = new ThreadView({
+  appInfo: (name) => state.apps.find((app) => app.name === name),
+  onRead: (app, user) => {
+    const conv = findConversation(app, user);
+    if (conv) conv.unread = 0;
+    renderConversations();
+  },
+  onSent: (message) => noteMessage(message),
+});
+
+// ------------------------------------------------------------------ conversations
+
+const convKey = (app, user) => app + "\u0000" + user;
+
+function findConversation(app, user) {
+  return state.conversations.find((c) => c.app === app && c.user === user);
+}
+
+async function loadConversations() {
+  try {
+    const data = await api.conversations(state.app);
+    state.conversations = data.conversations || [];
+    state.listError = "";
+  } catch (err) {
+    state.listError = err.message;
+  }
+  renderConversations();
+}
+
+/** Fold one stored message (live or just sent) into the conversation list. */
+function noteMessage(message) {
+  if (state.app && message.app !== state.app) return;
+  const user = conversationUser(message);
+  if (!user) return;
+  let conv = findConversation(message.app, user);
+  if (!conv) {
+    conv = { app: message.app, user, count: 0, unread: 0, last_id: 0, last_message: null };
+    state.conversations.push(conv);
+  }
+  if (message.id > conv.last_id) {
+    conv.count += 1;
+    conv.last_id = message.id;
+    conv.last_message = message;
+    const reading = thread.isOpen(message.app, user) && document.visibilityState === "visible";
+    if (message.direction === "in" && !reading) conv.unread += 1;
+  } else if (conv.last_message && conv.last_message.id === message.id) {
+    conv.last_message = message;
+  }
+  state.conversations.sort((a, b) => b.last_id - a.last_id);
+  renderConversations();
+}
+
+function conversationItem(conv) {
+  const last = conv.last_message || {};
+  const date = messageDate(last);
+  const open = thread.isOpen(conv.app, conv.user);
+  const showApp = state.apps.length > 1 && !state.app;
+  return el("li", null,
+    el("a", {
+      class: "conv" + (conv.unread > 0 ? " has-unread" : ""),
+      href: routeFor(conv.app, conv.user),
+      "aria-current": open ? "true" : null,
+      dataset: { app: conv.app, user: conv.user },
+    },
+    el("span", { class: "avatar", "aria-hidden": "true" }, (conv.user || "?").slice(0, 1).toUpperCase()),
+    el("span", { class: "conv-main" },
+      el("span", { class: "conv-top" },
+        el("span", { class: "conv-user" }, conv.user),
+        showApp ? el("span", { class: "app-tag" }, conv.app) : null,
+        el("time", { class: "conv-time", title: fullTime(date) }, shortTime(date))),
+      el("span", { class: "conv-bottom" },
+        el("span", { class: "conv-preview" },
+          last.direction === "out" ? t("You:") + " " : "", previewText(last)),
+        conv.unread > 0
+          ? el("span", { class: "badge", title: t("{n} unread", { n: conv.unread }) }, conv.unread > 99 ? "99+" : String(conv.unread))
+          : null))));
+}
+
+function renderConversations() {
+  const list = $("conversations");
+  const filtering = filterActive();
+  list.hidden = filtering;
+  $("results").hidden = !filtering;
+  $("results-more").hidden = !filtering || !state.resultsNext;
+  $("list-title").textContent = filtering ? t("{n} results", { n: state.results.length }) : t("Conversations");
+  $("clear-filters").hidden = !filtering;
+  list.replaceChildren(...state.conversations.map(conversationItem));
+  const empty = $("list-empty");
+  empty.textContent = state.listError
+    || (filtering ? (state.results.length ? "" : t("No messages match."))
+      : (state.conversations.length ? "" : t("No conversations yet. Messages appear here as soon as WeCom delivers them.")));
+  empty.hidden = !empty.textContent;
+  empty.classList.toggle("error", !!state.listError);
+  const unread = state.conversations.reduce((sum, c) => sum + (c.unread || 0), 0);
+  document.title = (unread ? "(" + unread + ") " : "") + document.body.dataset.title;
+}
+
+// ------------------------------------------------------------------ filters and search results
+
+function filterActive() {
+  return !!(state.q || state.msgtype);
+}
+
+function highlight(text, query) {
+  if (!query) return [text];
+  const parts = [];
+  const lower = text.toLowerCase();
+  const needle = query.toLowerCase();
+  let at = 0;
+  let found;
+  while (needle && (found = lower.indexOf(needle, at)) !== -1) {
+    parts.push(text.slice(at, found), el("mark", null, text.slice(found, found + needle.length)));
+    at = found + needle.length;
+  }
+  parts.push(text.slice(at));
+  return parts;
+}
+
+function resultItem(message) {
+  const user = conversationUser(message) || "?";
+  const date = messageDate(message);
+  return el("li", null,
+    el("a", { class: "result", href: routeFor(message.app, user), dataset: { id: message.id } },
+      el("span", { class: "conv-top" },
+        el("span", { class: "conv-user" }, user),
+        state.apps.length > 1 ? el("span", { class: "app-tag" }, message.app) : null,
+        el("time", { class: "conv-time", title: fullTime(date) }, shortTime(date))),
+      el("span", { class: "result-text" },
+        message.direction === "out" ? t("You:") + " " : "", highlight(previewText(message), state.q))));
+}
+
+async function loadResults(more) {
+  const seq = ++state.resultsSeq;
+  const params = { app: state.app, msgtype: state.msgtype, q: state.q, limit: 50 };
+  if (more) params.before = state.resultsNext;
+  try {
+    const data = await api.messages(params);
+    if (seq !== state.resultsSeq) return;
+    state.results = more ? state.results.concat(data.messages) : data.messages;
+    state.resultsNext = data.next;
+    state.listError = "";
+  } catch (err) {
+    if (seq !== state.resultsSeq) return;
+    state.listError = err.message;
+  }
+  $("results").replaceChildren(...state.results.map(resultItem));
+  renderConversations();
+}
+
+function updateExportLinks() {
+  const params = { app: state.app, msgtype: state.msgtype, q: state.q };
+  $("export-jsonl").setAttribute("href", exportUrl(params, "jsonl"));
+  $("export-csv").setAttribute("href", exportUrl(params, "csv"));
+}
+
+function applyFilters() {
+  state.q = $("q").value.trim();
+  state.msgtype = $("msgtype").value;
+  updateExportLinks();
+  if (filterActive()) {
+    loadResults(false);
+  } else {
+    state.resultsSeq += 1;
+    state.results = [];
+    state.resultsNext = null;
+    renderConversations();
+  }
+}
+
+function bindFilters() {
+  let timer = null;
+  $("filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    window.clearTimeout(timer);
+    applyFilters();
+  });
+  $("q").addEventListener("input", () => {
+    window.clearTimeout(timer);
+    timer = window.setTimeout(applyFilters, 350);
+  });
+  $("msgtype").addEventListener("change", applyFilters);
+  $("clear-filters").addEventListener("click", () => {
+    $("q").value = "";
+    $("msgtype").value = "";
+    applyFilters();
+  });
+  $("results-more").addEventListener("click", () => loadResults(true));
+  const select = $("app-filter");
+  const saved = window.localStorage.getItem(APP_KEY) || "";
+  if (state.apps.some((app) => app.name === saved)) select.value = saved;
+  state.app = select.value;
+  select.addEventListener("change", () => {
+    state.app = select.value;
+    window.localStorage.setItem(APP_KEY, state.app);
+    updateExportLinks();
+    loadConversations();
+    if (filterActive()) loadResults(false);
+  });
+  updateExportLinks();
+}
+
+// ------------------------------------------------------------------ routing: #/c/<app>/<user>
+
+function routeFor(app, user) {
+  return "#/c/" + encodeURIComponent(app) + "/" + encodeURIComponent(user);
+}
+
+function route() {
+  const match = /^#\/c\/([^/]*)\/(.*)$/.exec(window.location.hash);
+  let target = null;
+  if (match) {
+    try {
+      target = [decodeURIComponent(match[1]), decodeURIComponent(match[2])];
+    } catch (err) {
+      target = null;
+    }
+  }
+  if (target) {
+    thread.open(target[0], target[1]);
+    document.body.classList.add("thread-open");
+  } else {
+    thread.close();
+    document.body.classList.remove("thread-open");
+  }
+  renderConversations();
+}
+
+function bindRouting() {
+  document.addEventListener("click", (event) => {
+    const link = event.target.closest("a.conv, a.result");
+    if (link) state.navigatedInApp = true;
+  });
+  window.addEventListener("hashchange", route);
+  $("back").addEventListener("click", () => {
+    if (state.navigatedInApp) {
+      window.history.back();
+    } else {
+      window.history.replaceState(null, "", window.location.pathname + window.location.search);
+      route();
+    }
+  });
+}
+
+// ------------------------------------------------------------------ live updates
+
+const CONNECTION_TEXT = {
+  connecting: () => t("Connecting…"),
+  live: () => t("Live"),
+  offline: (delay) => t("Offline, retrying in {n} s", { n: Math.max(1, Math.round(delay / 1000)) }),
+};
+
+function onLiveEvent(data) {
+  if (data.type === "message" && data.message) {
+    noteMessage(data.message);
+    thread.merge(data.message);
+    const index = state.results.findIndex((m) => m.id === data.message.id);
+    if (index !== -1) state.results[index] = data.message;
+  } else if (data.type === "status") {
+    thread.setStatus(data.id, data.status, data.error);
+  }
+}
+
+function onLiveOpen() {
+  // Anything stored while disconnected (or before the first connect) is fetched again.
+  loadConversations();
+  thread.catchUp();
+  if (state.connectedOnce && filterActive()) loadResults(false);
+  state.connectedOnce = true;
+}
+
+function onLiveState(name, delay) {
+  const indicator = $("conn");
+  indicator.className = "conn conn-" + name;
+  indicator.dataset.state = name;
+  $("conn-text").textContent = CONNECTION_TEXT[name](delay);
+}
+
+function onLiveDrop() {
+  // A closed socket may mean the session ended: a cheap API call redirects to the login page.
+  api.apps().catch(() => {});
+}
+
+function start() {
+  bindFilters();
+  bindRouting();
+  route();
+  loadConversations();
+  connectLive({ onEvent: onLiveEvent, onOpen: onLiveOpen, onState: onLiveState, onDrop: onLiveDrop });
+}
+
+if (!document.body.dataset.xsrf) toLogin();
+else start();

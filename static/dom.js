@@ -1,0 +1,145 @@
+// DOM building, translated strings and time formatting for the dashboard.
+// Everything that comes from a message is inserted as text (append(string) makes a Text node);
+// nothing here ever assigns innerHTML.
+
+let strings = {};
+
+/** Read the translated UI strings from the page's JSON data block (not executed, CSP-safe). */
+export function loadStrings() {
+  const node = document.getElementById("i18n");
+  try {
+    strings = node ? JSON.parse(node.textContent) : {};
+  } catch (err) {
+    strings = {};
+  }
+}
+
+function lookup(msgid) {
+  return Object.prototype.hasOwnProperty.call(strings, msgid) ? strings[msgid] : msgid;
+}
+
+/** The translation of `msgid` with `{name}` placeholders filled in, as one string. */
+export function t(msgid, values) {
+  const text = lookup(msgid);
+  if (!values) return text;
+  // One pass: a value that itself contains "{x}" is never substituted again.
+  return text.replace(/\{(\w+)\}/g, (all, key) => (key in values ? display(values[key]) : all));
+}
+
+/** Like t(), but as nodes: placeholder values become <strong> elements holding plain text. */
+export function tParts(msgid, values) {
+  const parts = [];
+  const re = /\{(\w+)\}/g;
+  const text = lookup(msgid);
+  let at = 0;
+  let match;
+  while ((match = re.exec(text)) !== null) {
+    if (match.index > at) parts.push(text.slice(at, match.index));
+    parts.push(match[1] in values ? el("strong", null, display(values[match[1]])) : match[0]);
+    at = re.lastIndex;
+  }
+  if (at < text.length) parts.push(text.slice(at));
+  return parts;
+}
+
+/** A field value as display text: objects as compact JSON, missing values as "". */
+export function display(value) {
+  if (value === null || value === undefined) return "";
+  if (typeof value === "object") return JSON.stringify(value);
+  return String(value);
+}
+
+/**
+ * Create an element. attrs: class, text, on<event>, dataset, anything else as an attribute.
+ * Children may be nodes, strings (inserted as text) or arrays of those; null/false are skipped.
+ */
+export function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key.startsWith("on") && typeof value === "function") node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child !== null && child !== undefined && child !== false) node.append(child);
+  }
+  return node;
+}
+
+/** True for absolute http(s) URLs only: anything else (javascript:, data:, ...) is never a link. */
+export function isWebUrl(value) {
+  if (typeof value !== "string") return false;
+  try {
+    const url = new URL(value);
+    return url.protocol === "http:" || url.protocol === "https:";
+  } catch (err) {
+    return false;
+  }
+}
+
+/** "1.2 MB" style sizes. */
+export function formatSize(bytes) {
+  if (typeof bytes !== "number" || !isFinite(bytes) || bytes < 0) return "";
+  const units = ["B", "KB", "MB", "GB"];
+  let n = bytes;
+  let unit = 0;
+  while (n >= 1024 && unit < units.length - 1) {
+    n /= 1024;
+    unit += 1;
+  }
+  return (unit === 0 ? String(n) : n.toFixed(n < 10 ? 1 : 0)) + " " + units[unit];
+}
+
+// ------------------------------------------------------------------ time, in the browser's zone
+
+const lang = document.documentElement.lang || undefined;
+const clock = new Intl.DateTimeFormat(lang, { hour: "2-digit", minute: "2-digit" });
+const shortDay = new Intl.DateTimeFormat(lang, { month: "short", day: "numeric" });
+const longDay = new Intl.DateTimeFormat(lang, { year: "numeric", month: "long", day: "numeric", weekday: "short" });
+const fullStamp = new Intl.DateTimeFormat(lang, {
+  year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
+  second: "2-digit", timeZoneName: "short",
+});
+
+/** When a message happened: WeCom's CreateTime when present, else when wecomd stored it. */
+export function messageDate(message) {
+  if (message.create_time) return new Date(message.create_time * 1000);
+  const parsed = Date.parse(message.received_at || "");
+  return isNaN(parsed) ? null : new Date(parsed);
+}
+
+function startOfDay(date) {
+  return new Date(date.getFullYear(), date.getMonth(), date.getDate()).getTime();
+}
+
+/** Local calendar day key, for day separators. */
+export function dayKey(date) {
+  return date ? startOfDay(date) : 0;
+}
+
+/** "14:05" today, "Nov 28" on other days: for lists. */
+export function shortTime(date) {
+  if (!date) return "";
+  return startOfDay(date) === startOfDay(new Date()) ? clock.format(date) : shortDay.format(date);
+}
+
+export function clockTime(date) {
+  return date ? clock.format(date) : "";
+}
+
+/** Full local timestamp with the zone name, for tooltips. */
+export function fullTime(date) {
+  return date ? fullStamp.format(date) : "";
+}
+
+/** "Today", "Yesterday" or a long date, for the separators in a thread. */
+export function dayLabel(date) {
+  if (!date) return "";
+  const days = Math.round((startOfDay(new Date()) - startOfDay(date)) / 86400000);
+  if (days === 0) return t("Today");
+  if (days === 1) return t("Yesterday");
+  return longDay.format(date);
+}

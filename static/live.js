@@ -1,0 +1,70 @@
+// The live connection: WS /api/live with reconnect and exponential backoff.
+
+const MIN_DELAY = 1000;
+const MAX_DELAY = 30000;
+
+/**
+ * Connect and stay connected. Callbacks:
+ *   onEvent(data)           every parsed frame ({"type": "message" | "status", ...})
+ *   onOpen()                after each (re)connect: the caller re-fetches what it may have missed
+ *   onState(state, delayMs) "connecting" | "live" | "offline" (delay until the next attempt)
+ *   onDrop()                after a close, e.g. to check whether the session is still valid
+ */
+export function connectLive({ onEvent, onOpen, onState, onDrop }) {
+  const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+  const url = scheme + "//" + window.location.host + "/api/live";
+  let failures = 0;
+  let timer = null;
+  let socket = null;
+
+  function connect() {
+    timer = null;
+    onState("connecting", 0);
+    try {
+      socket = new WebSocket(url);
+    } catch (err) {
+      schedule();
+      return;
+    }
+    socket.addEventListener("open", () => {
+      failures = 0;
+      onState("live", 0);
+      onOpen();
+    });
+    socket.addEventListener("message", (event) => {
+      let data;
+      try {
+        data = JSON.parse(event.data);
+      } catch (err) {
+        return;
+      }
+      if (data && typeof data === "object") onEvent(data);
+    });
+    socket.addEventListener("close", () => {
+      socket = null;
+      if (onDrop) onDrop();
+      schedule();
+    });
+  }
+
+  function schedule() {
+    if (timer !== null) return;
+    // 1 s, 2 s, 4 s ... 30 s, with jitter so many dashboards do not reconnect in lockstep.
+    const base = Math.min(MAX_DELAY, MIN_DELAY * 2 ** failures);
+    const delay = Math.round(base * (0.8 + Math.random() * 0.4));
+    failures += 1;
+    onState("offline", delay);
+    timer = window.setTimeout(connect, delay);
+  }
+
+  /** Reconnect now (e.g. the tab became visible or the network came back). */
+  function retryNow() {
+    if (socket !== null || timer === null) return;
+    window.clearTimeout(timer);
+    connect();
+  }
+
+  window.addEventListener("online", retryNow);
+  connect();
+  return { retryNow };
+}

@@ -1,0 +1,283 @@
+// How each kind of message looks: thread bubbles, system lines for events, list previews.
+// All message data goes into the page as text nodes or attribute values; links only for
+// http(s) URLs and our own /api paths.
+
+import { mediaUrl } from "./api.js";
+import {
+  clockTime, display, el, formatSize, fullTime, isWebUrl, messageDate, t, tParts,
+} from "./dom.js";
+
+const MEDIA_TYPES = new Set(["image", "voice", "video", "file"]);
+// Header fields every message has: left out of the "unknown type" field list.
+const HEADER_FIELDS = new Set(["ToUserName", "FromUserName", "CreateTime", "MsgType", "MsgId", "AgentID"]);
+
+/** The person a message belongs to in the conversation list. */
+export function conversationUser(message) {
+  return message.direction === "out" ? message.to_user : message.from_user;
+}
+
+function fields(message) {
+  return message.fields && typeof message.fields === "object" ? message.fields : {};
+}
+
+function pick(object, ...path) {
+  let value = object;
+  for (const key of path) {
+    if (!value || typeof value !== "object") return undefined;
+    value = value[key];
+  }
+  return value;
+}
+
+// ------------------------------------------------------------------ events as one sentence
+
+const SP_STATUS = {
+  1: () => t("in review"), 2: () => t("approved"), 3: () => t("rejected"), 4: () => t("revoked"),
+  6: () => t("revoked after approval"), 7: () => t("deleted"), 10: () => t("paid"),
+};
+const OPEN_SP_STATUS = {
+  1: () => t("in review"), 2: () => t("approved"), 3: () => t("rejected"), 4: () => t("cancelled"),
+};
+
+function statusName(table, code) {
+  const name = table[String(code)];
+  return name ? name() : display(code);
+}
+
+function contactLine(f) {
+  const values = { id: f.UserID || f.Id || f.TagId || "", name: f.Name || "" };
+  switch (f.ChangeType) {
+    case "create_user": return tParts("Member {id} was added", values);
+    case "update_user": return tParts("Member {id} was updated", values);
+    case "delete_user": return tParts("Member {id} was removed", values);
+    case "create_party": return tParts("Department {id} was created", values);
+    case "update_party": return tParts("Department {id} was updated", values);
+    case "delete_party": return tParts("Department {id} was deleted", values);
+    case "update_tag": return tParts("Tag {id} was updated", values);
+    default: return tParts("Contact change {type}", { type: f.ChangeType || "" });
+  }
+}
+
+/** An event as a short sentence (a list of text and <strong> nodes). */
+export function eventParts(message) {
+  const f = fields(message);
+  const user = message.from_user || "?";
+  const key = message.event_key || "";
+  const approval = f.ApprovalInfo || {};
+  switch (message.event) {
+    case "subscribe": return tParts("{user} followed the app", { user });
+    case "unsubscribe": return tParts("{user} unfollowed the app", { user });
+    case "enter_agent": return tParts("{user} entered the app", { user });
+    case "LOCATION":
+      return tParts("{user} reported location {lat}, {lng}", { user, lat: f.Latitude, lng: f.Longitude });
+    case "click": return tParts("{user} clicked menu {key}", { user, key });
+    case "view": return tParts("{user} opened menu link {key}", { user, key });
+    case "view_miniprogram": return tParts("{user} opened mini program {key}", { user, key });
+    case "scancode_push":
+    case "scancode_waitmsg":
+      return tParts("{user} scanned {result}", { user, result: pick(f, "ScanCodeInfo", "ScanResult") });
+    case "pic_sysphoto":
+    case "pic_photo_or_album":
+    case "pic_weixin":
+      return tParts("{user} sent {count} picture(s) from menu {key}",
+        { user, key, count: pick(f, "SendPicsInfo", "Count") || "?" });
+    case "location_select": {
+      const where = f.SendLocationInfo || {};
+      return tParts("{user} picked location {label} ({x}, {y})",
+        { user, label: where.Label || where.Poiname || "", x: where.Location_X, y: where.Location_Y });
+    }
+    case "batch_job_result":
+      return tParts("Batch job {type} finished: {result}",
+        { type: pick(f, "BatchJob", "JobType"), result: pick(f, "BatchJob", "ErrMsg") });
+    case "change_contact": return contactLine(f);
+    case "open_approval_change":
+      return tParts("Approval {name} from {applicant}: {status}", {
+        name: approval.OpenSpName, applicant: approval.ApplyUserName || approval.ApplyUserId,
+        status: statusName(OPEN_SP_STATUS, approval.OpenSpStatus),
+      });
+    case "sys_approval_change":
+      return tParts("Approval {name} No. {number} from {applicant}: {status}", {
+        name: approval.SpName, number: approval.SpNo, applicant: pick(approval, "Applyer", "UserId"),
+        status: statusName(SP_STATUS, approval.SpStatus),
+      });
+    case "taskcard_click": return tParts("{user} clicked {key} on a task card", { user, key });
+    case "template_card_event": return tParts("{user} clicked {key} on a template card", { user, key });
+    case "template_card_menu_event": return tParts("{user} chose {key} from a card menu", { user, key });
+    default:
+      return key
+        ? tParts("{user} triggered event {event} ({key})", { user, event: message.event || "?", key })
+        : tParts("{user} triggered event {event}", { user, event: message.event || "?" });
+  }
+}
+
+function partsText(parts) {
+  return parts.map((part) => (typeof part === "string" ? part : part.textContent)).join("");
+}
+
+/** One line of plain text for the conversation list and search results. */
+export function previewText(message) {
+  const f = fields(message);
+  switch (message.msgtype) {
+    case "text": return message.content || "";
+    case "image": return t("[Image]");
+    case "voice": return t("[Voice]");
+    case "video": return t("[Video]");
+    case "file": return t("[File]") + " " + display((message.media && message.media.name) || f.FileName);
+    case "location": return t("[Location]") + " " + display(f.Label);
+    case "link": return t("[Link]") + " " + display(f.Title);
+    case "event": return partsText(eventParts(message));
+    default: return "[" + display(message.msgtype) + "]";
+  }
+}
+
+// ------------------------------------------------------------------ bubble bodies by type
+
+function textBody(message) {
+  return el("div", { class: "text" }, message.content || "");
+}
+
+function mediaName(message) {
+  const f = fields(message);
+  const media = message.media || {};
+  if (media.name) return media.name;
+  if (f.FileName) return display(f.FileName);
+  const ext = message.msgtype === "voice" && f.Format ? "." + f.Format : "";
+  return message.msgtype + "-" + message.id + ext;
+}
+
+function mediaState(message) {
+  const media = message.media;
+  if (!media) return el("div", { class: "media-note" }, t("Media not downloaded"));
+  if (media.status === "pending") return el("div", { class: "media-note pending" }, t("Downloading…"));
+  if (media.status === "failed") {
+    return el("div", { class: "media-note failed" }, t("Download failed"), media.error ? ": " + media.error : "");
+  }
+  return null;
+}
+
+function imageBody(message) {
+  const state = mediaState(message);
+  if (state) return el("div", { class: "media image-pending" }, state);
+  const url = mediaUrl(message.id);
+  return el("a", { class: "media image", href: url, target: "_blank", rel: "noopener" },
+    el("img", { src: url, alt: t("Image"), loading: "lazy" }));
+}
+
+const FILE_LABELS = { voice: () => t("Voice"), video: () => t("Video"), file: () => t("File") };
+
+function fileBody(message) {
+  const state = mediaState(message);
+  const name = mediaName(message);
+  const size = message.media && message.media.status === "stored" ? formatSize(message.media.size) : "";
+  const label = el("span", { class: "file-text" },
+    el("span", { class: "file-name" }, name),
+    el("span", { class: "file-meta" }, [FILE_LABELS[message.msgtype](), size].filter(Boolean).join(" · ")));
+  const icon = el("span", { class: "file-icon file-icon-" + message.msgtype, "aria-hidden": "true" });
+  if (state) return el("div", { class: "media file" }, icon, label, state);
+  return el("a", { class: "media file", href: mediaUrl(message.id), download: name }, icon, label);
+}
+
+function locationBody(message) {
+  const f = fields(message);
+  const coords = display(f.Location_X) + ", " + display(f.Location_Y);
+  return el("div", { class: "location" },
+    el("span", { class: "pin", "aria-hidden": "true" }),
+    el("span", { class: "location-text" },
+      el("span", { class: "location-label" }, display(f.Label) || t("Location")),
+      el("span", { class: "location-coords" }, coords,
+        f.Scale !== undefined ? " · " + t("scale {scale}", { scale: f.Scale }) : "")));
+}
+
+function linkBody(message) {
+  const f = fields(message);
+  const url = display(f.Url);
+  const safe = isWebUrl(url);
+  const title = display(f.Title) || url || t("Link");
+  return el("div", { class: "link-card" },
+    safe ? el("a", { class: "link-title", href: url, target: "_blank", rel: "noopener noreferrer nofollow" }, title)
+      : el("span", { class: "link-title" }, title),
+    f.Description ? el("p", { class: "link-desc" }, display(f.Description)) : null,
+    url ? el("span", { class: "link-url" + (safe ? "" : " unsafe") }, url) : null);
+}
+
+/** Every field as "key: value" lines, nested objects flattened to dotted names. */
+export function fieldList(object, skipHeader) {
+  const list = el("dl", { class: "fields" });
+  const walk = (value, name) => {
+    if (value && typeof value === "object") {
+      const entries = Array.isArray(value) ? value.map((v, i) => [i, v]) : Object.entries(value);
+      if (entries.length === 0) list.append(el("dt", null, name), el("dd", null, ""));
+      for (const [key, child] of entries) {
+        walk(child, Array.isArray(value) ? name + "[" + key + "]" : (name ? name + "." : "") + key);
+      }
+      return;
+    }
+    list.append(el("dt", null, name), el("dd", null, display(value)));
+  };
+  for (const [key, value] of Object.entries(object || {})) {
+    if (!(skipHeader && HEADER_FIELDS.has(key))) walk(value, key);
+  }
+  return list;
+}
+
+function unknownBody(message) {
+  return el("div", { class: "unknown" },
+    el("div", { class: "unknown-type" }, t("Message type {type}", { type: message.msgtype })),
+    fieldList(fields(message), true));
+}
+
+function bodyFor(message) {
+  if (message.msgtype === "text" || (message.direction === "out" && message.content && !MEDIA_TYPES.has(message.msgtype))) {
+    return textBody(message);
+  }
+  if (message.msgtype === "image") return imageBody(message);
+  if (MEDIA_TYPES.has(message.msgtype)) return fileBody(message);
+  if (message.msgtype === "location") return locationBody(message);
+  if (message.msgtype === "link") return linkBody(message);
+  return unknownBody(message);
+}
+
+// ------------------------------------------------------------------ whole rows
+
+function statusLine(message, onRetry) {
+  const meta = el("div", { class: "meta" });
+  const date = messageDate(message);
+  if (message.direction === "out") {
+    meta.append(el("span", { class: "operator" },
+      message.operator ? t("by {operator}", { operator: message.operator }) : t("automatic")));
+    const status = message.status;
+    const label = status === "sent" ? t("Sent") : status === "failed" ? t("Failed") : t("Sending…");
+    meta.append(el("span", { class: "status status-" + (status || "pending"), dataset: { status: status || "" } }, label));
+    if (message.attempts > 1) meta.append(el("span", null, t("{n} attempts", { n: message.attempts })));
+  } else if (message.deliveries > 1) {
+    meta.append(el("span", { class: "deliveries", title: t("WeCom delivered this message several times") },
+      t("delivered ×{n}", { n: message.deliveries })));
+  }
+  meta.append(el("time", { datetime: message.received_at || "", title: fullTime(date) }, clockTime(date)));
+  const rows = [meta];
+  if (message.direction === "out" && message.status === "failed") {
+    rows.push(el("div", { class: "failure" },
+      el("span", { class: "error-text" }, message.error || t("Delivery failed")),
+      el("button", { type: "button", class: "retry", onclick: (event) => onRetry(message, event.currentTarget) }, t("Retry"))));
+  }
+  return rows;
+}
+
+function eventRow(message) {
+  const date = messageDate(message);
+  return el("li", { class: "system", dataset: { id: message.id, msgtype: "event", event: message.event || "" } },
+    el("details", { class: "system-line" },
+      el("summary", null,
+        el("span", { class: "system-text" }, eventParts(message)),
+        el("time", { datetime: message.received_at || "", title: fullTime(date) }, clockTime(date))),
+      fieldList(fields(message), false)));
+}
+
+/** A thread row for one message. `onRetry(message, button)` resends a failed outbound one. */
+export function messageRow(message, onRetry) {
+  if (message.msgtype === "event" && message.direction !== "out") return eventRow(message);
+  const side = message.direction === "out" ? "out" : "in";
+  return el("li", { class: "msg " + side, dataset: { id: message.id, msgtype: message.msgtype, status: message.status || "" } },
+    el("div", { class: "bubble bubble-" + message.msgtype }, bodyFor(message)),
+    statusLine(message, onRetry));
+}

@@ -1,0 +1,293 @@
+// The open conversation: messages merged by id, paging older, live updates, reply box, read marks.
+
+import { api } from "./api.js";
+import { dayKey, dayLabel, el, messageDate, t } from "./dom.js";
+import { conversationUser, messageRow } from "./render.js";
+
+const PAGE = 50;
+const CATCH_UP_PAGES = 10; // after a reconnect, fetch at most this many pages to close the gap
+const STICKY_PX = 80;
+
+export class ThreadView {
+  /** hooks: appInfo(name) → app dict or undefined, onRead(app, user), onSent(message) */
+  constructor(hooks) {
+    this.hooks = hooks;
+    this.root = document.getElementById("thread-view");
+    this.empty = document.getElementById("thread-empty");
+    this.scroller = document.getElementById("messages");
+    this.list = document.getElementById("message-list");
+    this.older = document.getElementById("load-older");
+    this.form = document.getElementById("composer");
+    this.input = document.getElementById("reply");
+    this.send = document.getElementById("send");
+    this.note = document.getElementById("composer-note");
+    this.error = document.getElementById("composer-error");
+    this.current = null;
+    this.bind();
+  }
+
+  bind() {
+    this.older.addEventListener("click", () => this.loadOlder());
+    this.form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.submit();
+    });
+    this.input.addEventListener("keydown", (event) => {
+      // Enter sends, Shift+Enter is a newline; never send while an IME is composing (pinyin).
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+        event.preventDefault();
+        this.submit();
+      }
+    });
+    this.input.addEventListener("input", () => this.autosize());
+    // Images change the height once loaded: keep the newest message in view if it was.
+    this.list.addEventListener("load", () => {
+      if (this.current && this.current.stuck) this.toBottom();
+    }, true);
+    this.scroller.addEventListener("scroll", () => {
+      if (this.current) this.current.stuck = this.nearBottom();
+    }, { passive: true });
+    if ("IntersectionObserver" in window) {
+      const observer = new IntersectionObserver((entries) => {
+        if (entries.some((entry) => entry.isIntersecting) && this.current && this.current.ready) this.loadOlder();
+      }, { root: this.scroller, rootMargin: "200px 0px 0px 0px" });
+      observer.observe(this.older);
+    }
+    document.addEventListener("visibilitychange", () => this.markRead());
+  }
+
+  isOpen(app, user) {
+    return !!this.current && this.current.app === app && this.current.user === user;
+  }
+
+  matches(message) {
+    return !!this.current && message.app === this.current.app && conversationUser(message) === this.current.user;
+  }
+
+  open(app, user) {
+    if (this.isOpen(app, user)) return;
+    this.current = {
+      app, user, messages: new Map(), rows: new Map(), next: null, ready: false,
+      loadingOlder: false, stuck: true, needsRead: true, generation: Symbol("thread"),
+    };
+    document.getElementById("thread-user").textContent = user;
+    document.getElementById("thread-app").textContent = app;
+    for (const link of document.querySelectorAll("[data-thread-export]")) {
+      link.setAttribute("href", "/api/export?" + new URLSearchParams({ app, user, format: link.dataset.threadExport }));
+    }
+    this.list.replaceChildren();
+    this.older.hidden = true;
+    this.error.hidden = true;
+    this.setComposer();
+    this.root.hidden = false;
+    this.empty.hidden = true;
+    this.loadLatest();
+  }
+
+  close() {
+    this.current = null;
+    this.root.hidden = true;
+    this.empty.hidden = false;
+  }
+
+  setComposer() {
+    const info = this.hooks.appInfo(this.current.app);
+    let note = "";
+    if (this.current.user === "sys") note = t("System events cannot be answered.");
+    else if (!info) note = t("This app is no longer configured.");
+    else if (!info.has_secret) note = t("This app has no secret configured, so replies cannot be sent.");
+    this.note.textContent = note;
+    this.note.hidden = !note;
+    this.form.classList.toggle("unavailable", !!note);
+    this.input.disabled = !!note;
+    this.send.disabled = !!note;
+  }
+
+  async fetchPage(before) {
+    const { app, user } = this.current;
+    return api.messages({ app, user, before, limit: PAGE });
+  }
+
+  async loadLatest() {
+    const thread = this.current;
+    try {
+      const data = await this.fetchPage();
+      if (thread !== this.current) return;
+      this.mergeAll(data.messages);
+      thread.next = data.next;
+      thread.ready = true;
+      this.render("bottom");
+      this.markRead();
+    } catch (err) {
+      if (thread === this.current) this.showError(err.message);
+    }
+  }
+
+  /** After a reconnect: fetch newest pages until they overlap what is already shown. */
+  async catchUp() {
+    const thread = this.current;
+    if (!thread || !thread.ready) return;
+    const known = Math.max(0, ...thread.messages.keys());
+    let before;
+    try {
+      for (let page = 0; page < CATCH_UP_PAGES; page += 1) {
+        const data = await this.fetchPage(before);
+        if (thread !== this.current) return;
+        this.mergeAll(data.messages);
+        if (!data.next || data.messages.some((m) => m.id <= known)) break;
+        before = data.next;
+      }
+      thread.needsRead = true;
+      this.render("keep");
+      this.markRead();
+    } catch (err) {
+      // the next reconnect tries again
+    }
+  }
+
+  async loadOlder() {
+    const thread = this.current;
+    if (!thread || !thread.next || thread.loadingOlder) return;
+    thread.loadingOlder = true;
+    this.older.disabled = true;
+    try {
+      const data = await this.fetchPage(thread.next);
+      if (thread !== this.current) return;
+      this.mergeAll(data.messages);
+      thread.next = data.next;
+      this.render("prepend");
+    } catch (err) {
+      this.showError(err.message);
+    } finally {
+      thread.loadingOlder = false;
+      this.older.disabled = false;
+    }
+  }
+
+  mergeAll(messages) {
+    for (const message of messages || []) this.current.messages.set(message.id, message);
+  }
+
+  /** A message from the websocket or an API answer; re-sent messages replace the old copy. */
+  merge(message) {
+    if (!this.matches(message)) return;
+    const isNew = !this.current.messages.has(message.id);
+    this.current.messages.set(message.id, message);
+    if (isNew && message.direction === "in") this.current.needsRead = true;
+    this.render("keep");
+    if (isNew) this.markRead();
+  }
+
+  setStatus(id, status, error) {
+    const message = this.current && this.current.messages.get(id);
+    if (!message) return;
+    this.current.messages.set(id, { ...message, status, error: error === undefined ? message.error : error });
+    this.render("keep");
+  }
+
+  get(id) {
+    return this.current ? this.current.messages.get(id) : undefined;
+  }
+
+  nearBottom() {
+    const s = this.scroller;
+    return s.scrollHeight - s.scrollTop - s.clientHeight < STICKY_PX;
+  }
+
+  toBottom() {
+    this.scroller.scrollTop = this.scroller.scrollHeight;
+  }
+
+  /** Rebuild the list, reusing the row of every message that did not change. */
+  render(mode) {
+    const thread = this.current;
+    const stuck = mode === "bottom" || this.nearBottom();
+    const fromBottom = this.scroller.scrollHeight - this.scroller.scrollTop;
+    const ordered = [...thread.messages.values()].sort((a, b) => a.id - b.id);
+    const nodes = [];
+    let lastDay = null;
+    for (const message of ordered) {
+      const date = messageDate(message);
+      if (dayKey(date) !== lastDay) {
+        lastDay = dayKey(date);
+        nodes.push(el("li", { class: "day" }, el("span", null, dayLabel(date))));
+      }
+      const signature = JSON.stringify(message);
+      let row = thread.rows.get(message.id);
+      if (!row || row.signature !== signature) {
+        row = { signature, node: messageRow(message, (m, button) => this.retry(m, button)) };
+        thread.rows.set(message.id, row);
+      }
+      nodes.push(row.node);
+    }
+    if (ordered.length === 0) nodes.push(el("li", { class: "day" }, el("span", null, t("No messages yet"))));
+    this.list.replaceChildren(...nodes);
+    this.older.hidden = !thread.next;
+    if (mode === "prepend") this.scroller.scrollTop = this.scroller.scrollHeight - fromBottom;
+    else if (stuck) this.toBottom();
+    thread.stuck = this.nearBottom();
+  }
+
+  markRead() {
+    const thread = this.current;
+    if (!thread || !thread.ready || !thread.needsRead || document.visibilityState !== "visible") return;
+    const upTo = Math.max(0, ...thread.messages.keys());
+    if (!upTo) return;
+    thread.needsRead = false;
+    api.markRead(thread.app, thread.user, upTo).then(
+      () => this.hooks.onRead(thread.app, thread.user),
+      () => { thread.needsRead = true; },
+    );
+  }
+
+  autosize() {
+    const lines = this.input.value.split("\n").length;
+    this.input.rows = Math.min(6, Math.max(1, lines));
+  }
+
+  setSending(sending) {
+    this.input.disabled = sending;
+    this.send.disabled = sending;
+    this.form.classList.toggle("sending", sending);
+  }
+
+  showError(message) {
+    this.error.textContent = message;
+    this.error.hidden = !message;
+  }
+
+  async submit() {
+    const thread = this.current;
+    const content = this.input.value;
+    if (!thread || this.input.disabled || !content.trim()) return;
+    this.setSending(true);
+    this.showError("");
+    try {
+      const message = await api.send(thread.app, thread.user, content);
+      if (this.input.value === content) this.input.value = "";
+      this.autosize();
+      this.hooks.onSent(message);
+      if (thread === this.current) {
+        thread.stuck = true;
+        this.merge(message);
+      }
+    } catch (err) {
+      if (thread === this.current) this.showError(t("Not sent: {error}", { error: err.message }));
+    } finally {
+      this.setSending(false);
+      this.input.focus();
+    }
+  }
+
+  async retry(message, button) {
+    button.disabled = true;
+    try {
+      const updated = await api.retry(message.id);
+      this.hooks.onSent(updated);
+      this.merge(updated);
+    } catch (err) {
+      button.disabled = false;
+      this.showError(t("Retry failed: {error}", { error: err.message }));
+    }
+  }
+}

@@ -1,0 +1,398 @@
+"""Outbox: a real SQLite Store behind one db thread, a real WecomClient and the sandbox WeCom on loopback."""
+from __future__ import annotations
+
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+import pytest
+
+from peer import AES_KEY, CORP_ID, TOKEN
+from wecomd import sandbox
+from wecomd.config import AppConfig
+from wecomd.outbox import Outbox
+from wecomd.sandbox import FakeWecom
+from wecomd.store import Store, StoreError
+from wecomd.wecom_api import SEND, WecomClient
+
+APPS = {
+    "helpdesk": AppConfig("helpdesk", CORP_ID, "1000002", TOKEN, AES_KEY, "helpdesk-secret", ""),
+    "nosecret": AppConfig("nosecret", CORP_ID, "1000003", TOKEN, AES_KEY, "", ""),
+}
+
+
+def async_test(fn):
+    """Run an async test function in a fresh event loop, bounded in time."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 30))
+    return wrapper
+
+
+class FakeClock:
+    """A naive-UTC clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 28, 23, 0, 0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class Harness:
+    """The pieces Services wires together, built the same way, plus inspection helpers."""
+
+    def __init__(self, tmp_path) -> None:
+        self.tmp_path = tmp_path
+        self.fake = FakeWecom()
+        self.clock = FakeClock()
+        self.events: list[dict] = []
+        self.workers: list = []
+
+    async def __aenter__(self) -> "Harness":
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-db")
+        self.store = Store("wecomd.db", base_dir=self.tmp_path)
+        await self.db(self.store.migrate)
+        self.server, self.base_url = await sandbox.start(self.fake)
+        self.client = WecomClient(self.base_url)
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        for worker in self.workers:
+            await worker.stop()
+        self.client.close()
+        self.server.stop()
+        await self.db(self.store.close)
+        self.executor.shutdown(wait=True)
+
+    async def db(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    def outbox(self, start: bool = True, store=None, client=None, **options) -> Outbox:
+        settings = dict(clock=self.clock, poll_interval=0.05, backoff_base=2.0, **options)
+        outbox = Outbox(self.db, store or self.store, client or self.client, APPS, self.events.append,
+                        **settings)
+        self.workers.append(outbox)
+        if start:
+            outbox.start()
+        return outbox
+
+    async def row(self, message_id: int) -> dict:
+        return await self.db(self.store.get, message_id)
+
+    async def until(self, predicate, timeout: float = 3.0):
+        """Poll an async predicate until it returns something truthy; return that."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            result = await predicate()
+            if result:
+                return result
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError("condition not met within %ss" % timeout)
+            await asyncio.sleep(0.01)
+
+    async def until_status(self, message_id: int, status: str, attempts=None) -> dict:
+        async def check():
+            row = await self.row(message_id)
+            if row["status"] == status and (attempts is None or row["attempts"] == attempts):
+                return row
+        return await self.until(check)
+
+    def send_calls(self) -> int:
+        return sum(1 for path, _ in self.fake.calls if path == SEND)
+
+    def statuses(self, message_id: int) -> list[tuple]:
+        return [(e["status"], e["error"]) for e in self.events if e["type"] == "status" and e["id"] == message_id]
+
+
+class SpyClient:
+    """The real client, plus a snapshot of the outbound rows at the moment each send starts."""
+
+    def __init__(self, harness: Harness, gate: asyncio.Event = None) -> None:
+        self.harness, self.gate = harness, gate
+        self.snapshots: list[list[tuple]] = []
+        self.entered = asyncio.Event()
+
+    async def send_text(self, app, to_user, content):
+        rows, _ = await self.harness.db(self.harness.store.messages, limit=100)
+        self.snapshots.append([(row["id"], row["status"]) for row in rows if row["direction"] == "out"])
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        return await self.harness.client.send_text(app, to_user, content)
+
+
+class FlakyStore:
+    """The real store, but the named methods raise StoreError the first `times` calls."""
+
+    def __init__(self, store: Store, times: int = 1, *methods: str) -> None:
+        self._store, self._left = store, {name: times for name in methods}
+
+    def __getattr__(self, name):
+        method = getattr(self._store, name)
+        if self._left.get(name):
+            def failing(*args, **kwargs):
+                self._left[name] -= 1
+                raise StoreError("injected failure of %s" % name)
+            return failing
+        return method
+
+
+@async_test
+async def test_submit_stores_pending_row_then_sends_it(tmp_path):
+    async with Harness(tmp_path) as h:
+        spy = SpyClient(h)
+        outbox = h.outbox(client=spy)
+        rows = await outbox.submit("helpdesk", "zhangsan", "你好，已处理", operator="admin")
+        assert len(rows) == 1
+        row = rows[0]
+        assert (row["direction"], row["status"], row["msgtype"], row["to_user"]) == \
+            ("out", "pending", "text", "zhangsan")
+        assert row["fields"] == {"msgtype": "text", "text": {"content": "你好，已处理"}, "part": 1, "parts": 1}
+        sent = await h.until_status(row["id"], "sent")
+        assert spy.snapshots == [[(row["id"], "pending")]]  # committed before the send began
+        assert len(h.fake.sent) == 1
+        message = h.fake.sent[0]
+        assert message["agentid"] == 1000002 and isinstance(message["agentid"], int)
+        assert (message["touser"], message["msgtype"], message["text"]) == \
+            ("zhangsan", "text", {"content": "你好，已处理"})
+        assert sent["msg_id"] == message["msgid"]
+        assert (sent["error"], sent["attempts"], sent["operator"]) == (None, 0, "admin")
+        assert h.events == [{"type": "message", "message": row},
+                            {"type": "status", "id": row["id"], "status": "sent", "error": None}]
+
+
+@async_test
+async def test_long_text_is_sent_as_ordered_parts(tmp_path):
+    content = "\n".join("第%d行：这是一条很长的回复，用来测试按字节拆分。" % i for i in range(100))
+    assert len(content.encode("utf-8")) > 4096
+    async with Harness(tmp_path) as h:
+        rows = await h.outbox().submit("helpdesk", "zhangsan", content)
+        count = len(rows)
+        assert count > 2
+        assert [(r["fields"]["part"], r["fields"]["parts"]) for r in rows] == \
+            [(i, count) for i in range(1, count + 1)]
+        for row in rows:
+            await h.until_status(row["id"], "sent")
+        parts = [m["text"]["content"] for m in h.fake.sent]
+        assert parts == [r["content"] for r in rows]
+        assert all(len(part.encode("utf-8")) <= 2048 for part in parts)
+        assert "\n".join(parts) == content  # split at newlines, which are dropped
+
+
+@async_test
+async def test_5000_bytes_without_newlines_make_three_parts(tmp_path):
+    content = "企业微信消息" * 278  # 5004 bytes
+    async with Harness(tmp_path) as h:
+        rows = await h.outbox().submit("helpdesk", "zhangsan", content)
+        assert len(rows) == 3
+        await h.until_status(rows[-1]["id"], "sent")
+        assert "".join(m["text"]["content"] for m in h.fake.sent) == content
+
+
+@async_test
+async def test_busy_is_retried_after_backoff(tmp_path):
+    async with Harness(tmp_path) as h:
+        h.fake.fail_next(SEND, -1)
+        outbox = h.outbox()
+        (row,) = await outbox.submit("helpdesk", "zhangsan", "hello")
+        pending = await h.until_status(row["id"], "pending", attempts=1)
+        assert pending["error"].startswith("errcode -1: system busy")
+        assert h.statuses(row["id"]) == [("pending", pending["error"])]
+        h.clock.advance(1.9)  # the first backoff is backoff_base ** 1 = 2 s
+        outbox.wake()
+        await asyncio.sleep(0.15)
+        assert h.send_calls() == 1
+        h.clock.advance(0.2)
+        outbox.wake()
+        sent = await h.until_status(row["id"], "sent")
+        assert (sent["attempts"], sent["error"], len(h.fake.sent)) == (1, None, 1)
+
+
+@async_test
+async def test_rate_limit_past_max_attempts_fails(tmp_path):
+    async with Harness(tmp_path) as h:
+        h.fake.fail_next(SEND, 45009, times=10)
+        outbox = h.outbox(max_attempts=3)
+        (row,) = await outbox.submit("helpdesk", "zhangsan", "hello")
+        for attempts in (1, 2):
+            await h.until_status(row["id"], "pending", attempts=attempts)
+            h.clock.advance(300)
+            outbox.wake()
+        failed = await h.until_status(row["id"], "failed")
+        assert failed["error"].startswith("errcode 45009: api freq out of limit")
+        assert "gave up after 3 attempts" in failed["error"]
+        assert (h.send_calls(), h.fake.sent) == (3, [])
+        assert [status for status, _ in h.statuses(row["id"])] == ["pending", "pending", "failed"]
+
+
+@async_test
+async def test_untrusted_ip_fails_at_once_with_the_hint(tmp_path):
+    async with Harness(tmp_path) as h:
+        h.fake.fail_next(SEND, 60020)
+        outbox = h.outbox()
+        (row,) = await outbox.submit("helpdesk", "zhangsan", "hello")
+        failed = await h.until_status(row["id"], "failed")
+        assert failed["error"].startswith("errcode 60020: not allow to access from your ip")
+        assert "企业可信IP" in failed["error"] and failed["attempts"] == 0
+        h.clock.advance(3600)
+        outbox.wake()
+        await asyncio.sleep(0.15)
+        assert h.send_calls() == 1
+
+
+@async_test
+async def test_invalid_user_fails(tmp_path):
+    async with Harness(tmp_path) as h:
+        h.fake.fail_next(SEND, 40003)
+        (row,) = await h.outbox().submit("helpdesk", "nobody", "hello")
+        failed = await h.until_status(row["id"], "failed")
+        assert failed["error"].startswith("errcode 40003:") and "通讯录" in failed["error"]
+        assert h.fake.sent == []
+
+
+@async_test
+async def test_partial_delivery_is_sent_with_the_invalid_users(tmp_path):
+    async with Harness(tmp_path) as h:
+        h.fake.unknown_users = {"ghost"}
+        (row,) = await h.outbox().submit("helpdesk", "zhangsan|Ghost", "hello")
+        sent = await h.until_status(row["id"], "sent")
+        assert sent["error"] == "invaliduser: ghost"
+        assert h.statuses(row["id"]) == [("sent", "invaliduser: ghost")]
+
+
+@async_test
+async def test_app_without_secret_fails_naming_the_option(tmp_path):
+    async with Harness(tmp_path) as h:
+        (row,) = await h.outbox().submit("nosecret", "zhangsan", "hello")
+        failed = await h.until_status(row["id"], "failed")
+        assert "[app:nosecret] secret" in failed["error"]
+        assert h.fake.calls == []
+
+
+@async_test
+async def test_retry_of_a_failed_message_sends_it(tmp_path):
+    async with Harness(tmp_path) as h:
+        h.fake.fail_next(SEND, 60020)
+        outbox = h.outbox()
+        (row,) = await outbox.submit("helpdesk", "zhangsan", "hello")
+        failed = await h.until_status(row["id"], "failed")
+        # the trusted IP is fixed now: nothing injected any more
+        retried = await outbox.retry(row["id"])
+        assert (retried["status"], retried["error"], retried["attempts"]) == ("pending", None, 0)
+        sent = await h.until_status(row["id"], "sent")
+        assert len(h.fake.sent) == 1 and sent["msg_id"] == h.fake.sent[0]["msgid"]
+        assert h.statuses(row["id"]) == [("failed", failed["error"]), ("pending", None), ("sent", None)]
+        with pytest.raises(ValueError):
+            await outbox.retry(row["id"])  # sent, not failed
+
+
+@async_test
+async def test_rows_left_pending_are_sent_once_after_a_restart(tmp_path):
+    async with Harness(tmp_path) as h:
+        first = h.outbox()
+        await first.stop()
+        submitted = await first.submit("helpdesk", "zhangsan", "queued before the restart")
+        stored = await h.db(h.store.save_outbound, "helpdesk", "lisi", "text", "left by a crash",
+                            {"msgtype": "text", "text": {"content": "left by a crash"}})
+        await asyncio.sleep(0.15)
+        assert h.fake.calls == []  # the stopped outbox sends nothing
+        second = h.outbox()
+        for row in (*submitted, stored):
+            await h.until_status(row["id"], "sent")
+        for _ in range(3):
+            second.wake()
+            await asyncio.sleep(0.05)
+        assert [(m["touser"], m["text"]["content"]) for m in h.fake.sent] == \
+            [("zhangsan", "queued before the restart"), ("lisi", "left by a crash")]
+
+
+@async_test
+async def test_concurrent_submits_and_wakes_send_each_message_once(tmp_path):
+    async with Harness(tmp_path) as h:
+        outbox = h.outbox()
+
+        async def waker():
+            for _ in range(10):
+                outbox.wake()
+                await asyncio.sleep(0.005)
+
+        results = await asyncio.gather(*(outbox.submit("helpdesk", "user%d" % i, "message %d" % i)
+                                         for i in range(4)), waker(), waker())
+        rows = [row for result in results[:4] for row in result]
+        with pytest.raises(ValueError):
+            await outbox.retry(rows[0]["id"])  # pending: nothing to retry, nothing sent twice
+        for row in rows:
+            await h.until_status(row["id"], "sent")
+        await waker()
+        await asyncio.sleep(0.1)
+        assert sorted(m["text"]["content"] for m in h.fake.sent) == ["message %d" % i for i in range(4)]
+        assert h.send_calls() == 4
+
+
+@async_test
+async def test_stop_lets_the_send_in_flight_finish(tmp_path):
+    async with Harness(tmp_path) as h:
+        gate = asyncio.Event()
+        spy = SpyClient(h, gate)
+        outbox = h.outbox(client=spy)
+        rows = [await outbox.submit("helpdesk", "zhangsan", text) for text in ("one", "two")]
+        await spy.entered.wait()
+        stopping = asyncio.ensure_future(outbox.stop())
+        await asyncio.sleep(0.05)
+        assert not stopping.done()
+        gate.set()
+        await stopping
+        assert (await h.row(rows[0][0]["id"]))["status"] == "sent"
+        assert (await h.row(rows[1][0]["id"]))["status"] == "pending"  # left for the next start
+        assert len(h.fake.sent) == 1
+
+
+@async_test
+async def test_store_errors_do_not_stop_the_loop(tmp_path):
+    async with Harness(tmp_path) as h:
+        flaky = FlakyStore(h.store, 2, "due_outbound")
+        outbox = h.outbox(store=flaky)
+        (row,) = await outbox.submit("helpdesk", "zhangsan", "hello")
+        await h.until_status(row["id"], "sent")
+        assert len(h.fake.sent) == 1
+
+
+@async_test
+async def test_a_sent_message_whose_mark_failed_is_not_sent_again(tmp_path):
+    async with Harness(tmp_path) as h:
+        flaky = FlakyStore(h.store, 1, "set_status")
+        outbox = h.outbox(store=flaky)
+        (row,) = await outbox.submit("helpdesk", "zhangsan", "hello")
+        sent = await h.until_status(row["id"], "sent")  # marked on the next pass
+        assert sent["msg_id"] == h.fake.sent[0]["msgid"]
+        assert len(h.fake.sent) == 1 and h.send_calls() == 1
+
+
+@async_test
+async def test_submit_rejects_unknown_app_and_empty_content(tmp_path):
+    async with Harness(tmp_path) as h:
+        outbox = h.outbox(start=False)
+        for args in (("nope", "zhangsan", "hi"), ("helpdesk", "zhangsan", ""),
+                     ("helpdesk", "zhangsan", " \n "), ("helpdesk", "", "hi")):
+            with pytest.raises(ValueError):
+                await outbox.submit(*args)
+        assert await h.db(h.store.count) == 0 and h.events == []
+
+
+@async_test
+async def test_other_msgtypes_send_the_payload_kept_in_fields(tmp_path):
+    async with Harness(tmp_path) as h:
+        markdown = await h.db(h.store.save_outbound, "helpdesk", "zhangsan", "markdown", "**done**",
+                              {"msgtype": "markdown", "markdown": {"content": "**done**"}})
+        bare = await h.db(h.store.save_outbound, "helpdesk", "zhangsan", "news", None, {})
+        h.outbox()
+        await h.until_status(markdown["id"], "sent")
+        failed = await h.until_status(bare["id"], "failed")
+        assert failed["error"] == "no news payload stored for this message"
+        assert [(m["msgtype"], m["markdown"]) for m in h.fake.sent] == [("markdown", {"content": "**done**"})]

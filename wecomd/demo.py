@@ -1,0 +1,138 @@
+"""`wecomd demo`: the daemon, a sandbox WeCom API and a simulated WeCom, with nothing to set up."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import shutil
+import string
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from wecomd import app, config, passwords, sandbox
+from wecomd.simulate import Simulator, build
+
+logger = logging.getLogger(__name__)
+
+APP = "demo"
+# (seconds after start, kind, sender, text or event key, sample media kind): a realistic first minute.
+SCRIPT = (
+    (0.5, "text", "zhangsan", "你好，VPN 连不上了，能帮忙看下吗？", None),
+    (1.5, "image", "zhangsan", "", "image"),
+    (3.0, "enter_agent", "lisi", "", None),
+    (4.0, "click", "lisi", "RUN_BACKUP", None),
+    (6.0, "text", "wangwu", "打印机又卡纸了 🖨️", None),
+    (8.0, "location", "wangwu", "", None),
+    (10.0, "voice", "zhangsan", "", "voice"),
+    (13.0, "text", "lisi", "<b>测试</b> 这条消息里有 HTML <script>alert(1)</script>，应显示为文本", None),
+    (16.0, "subscribe", "zhaoliu", "", None),
+    (18.0, "text", "zhaoliu", "Hi, is the wiki down? I get a 502.", None),
+    (22.0, "file", "wangwu", "", "file"),
+    (26.0, "link", "lisi", "季度报告草稿", None),
+    (30.0, "template_card_event", "zhangsan", "approve", None),
+    (35.0, "change_contact", "zhaoliu", "", None),
+    (40.0, "text", "wangwu", "好的，谢谢！", None),
+    (45.0, "scancode_waitmsg", "zhangsan", "", None),
+    (50.0, "text", "lisi", "报销单已提交，请审批", None),
+    (55.0, "open_approval_change", "lisi", "", None),
+)
+TRICKLE = ("还在吗？", "收到，马上处理", "会议室的投影仪坏了", "能把上周的日志发我一份吗？", "👍")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", default="127.0.0.1:8080", help="host:port for the dashboard (default: %(default)s)")
+    p.add_argument("--dir", help="keep the config and database here (default: a temporary directory, removed at exit)")
+    p.add_argument("--password", help="admin password (default: a generated one, printed)")
+    p.add_argument("--no-traffic", action="store_true", help="do not send simulated messages")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_main(args))
+
+
+async def _main(args: argparse.Namespace) -> int:
+    workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="wecomd-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    password = args.password or secrets.token_urlsafe(9)
+    fake = sandbox.FakeWecom()
+    media = sandbox.seed_samples(fake)
+    api_server, api_base = await sandbox.start(fake)
+    path = workdir / "wecomd.conf"
+    path.write_text(config.render(_values(args.listen, api_base, password)), encoding="utf-8")
+    cfg = config.load(path, {})
+    ready: asyncio.Future = asyncio.get_running_loop().create_future()
+    serving = asyncio.ensure_future(app.serve(cfg, ready=ready.set_result))
+    traffic: Optional[asyncio.Task] = None
+    try:
+        port = await _first(ready, serving)
+        url = "http://%s:%d" % (cfg.server.listen_host, port)
+        _banner(url, cfg.admin.username, password, path)
+        if not args.no_traffic:
+            traffic = asyncio.ensure_future(_traffic(url + "/callback/" + APP, cfg.apps[APP], media))
+        await serving
+    finally:
+        if traffic:
+            traffic.cancel()
+        api_server.stop()
+        if not args.dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+async def _first(ready: asyncio.Future, serving: asyncio.Future) -> Any:
+    await asyncio.wait({ready, serving}, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        serving.result()  # re-raises why the daemon could not start
+        raise RuntimeError("wecomd stopped before it was ready")
+    return ready.result()
+
+
+def _values(listen: str, api_base: str, password: str) -> dict:
+    alnum = string.ascii_letters + string.digits
+    return {
+        "server": {"listen": listen, "database": "wecomd.db", "media_dir": "media"},
+        "admin": {"username": "admin", "password_hash": passwords.hash_password(password),
+                  "cookie_secret": secrets.token_urlsafe(32)},
+        "wecom": {"api_base": api_base},
+        "app:" + APP: {
+            "corp_id": "ww" + secrets.token_hex(8), "agent_id": "1000002",
+            "token": "".join(secrets.choice(alnum) for _ in range(32)),
+            "encoding_aes_key": "".join(secrets.choice(alnum) for _ in range(43)),
+            "secret": secrets.token_urlsafe(24), "reply": "已收到，我们会尽快回复",
+        },
+    }
+
+
+def _banner(url: str, user: str, password: str, path: Path) -> None:
+    print("\n  wecomd demo is running: open %s\n  sign in as  %s / %s\n  config: %s (a sandbox WeCom API "
+          "stands in for qyapi.weixin.qq.com)\n  Ctrl-C stops it.\n" % (url, user, password, path), flush=True)
+
+
+async def _traffic(url: str, wecom_app: config.AppConfig, media: dict) -> None:
+    """Play WeCom: the scripted first minute, then a message now and then."""
+    sim = Simulator(url, token=wecom_app.token, aes_key=wecom_app.encoding_aes_key,
+                    corp_id=wecom_app.corp_id, agent_id=wecom_app.agent_id)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        for at, kind, user, text, sample in SCRIPT:
+            await asyncio.sleep(max(0.0, started + at - loop.time()))
+            await _send(sim, wecom_app, kind, user, text, media.get(sample) if sample else None)
+        while True:
+            await asyncio.sleep(20 + secrets.randbelow(25))
+            user = secrets.choice(("zhangsan", "lisi", "wangwu", "zhaoliu"))
+            await _send(sim, wecom_app, "text", user, secrets.choice(TRICKLE), None)
+    finally:
+        sim.close()
+
+
+async def _send(sim: Simulator, wecom_app: config.AppConfig, kind: str, user: str, text: str,
+                media_id: Optional[str]) -> None:
+    xml = build(kind, corp_id=wecom_app.corp_id, agent_id=wecom_app.agent_id, from_user=user,
+                content=text or "hello", event_key=text if kind not in ("text", "link") else "", media_id=media_id)
+    for result in await sim.send(xml):
+        if result.error:
+            logger.warning("demo: simulated %s from %s failed: %s", kind, user, result.error)

@@ -1,0 +1,150 @@
+"""/api/*: apps, conversations, messages, manual replies, media and export, as JSON."""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Optional
+
+from tornado import web
+
+from wecomd import exporting
+from wecomd.handlers.base import ApiHandler
+from wecomd.handlers.dashboard import public_apps
+
+class AppsHandler(ApiHandler):
+    def get(self) -> None:
+        self.write_json({"apps": public_apps(self.services.config.apps)})
+
+
+class ConversationsHandler(ApiHandler):
+    async def get(self) -> None:
+        rows = await self.services.db(self.services.store.conversations, app=self.get_query_argument("app", None))
+        self.write_json({"conversations": rows})
+
+
+class ReadHandler(ApiHandler):
+    async def post(self) -> None:
+        body = self.json_body()
+        app, user, up_to = body.get("app"), body.get("user"), body.get("up_to_id")
+        if not isinstance(app, str) or not isinstance(user, str) or not isinstance(up_to, int):
+            raise web.HTTPError(400, "send {\"app\": str, \"user\": str, \"up_to_id\": int}")
+        await self.services.db(self.services.store.mark_read, app, user, up_to)
+        self.set_status(204)
+        self.finish()
+
+
+class MessagesHandler(ApiHandler):
+    async def get(self) -> None:
+        filters = message_filters(self)
+        rows, cursor = await self.services.db(
+            self.services.store.messages, before=_int_arg(self, "before"), limit=_int_arg(self, "limit") or 50, **filters
+        )
+        self.write_json({"messages": rows, "next": cursor})
+
+    async def post(self) -> None:
+        body = self.json_body()
+        app, to_user, content = body.get("app"), body.get("to_user"), body.get("content")
+        if body.get("msgtype", "text") != "text":
+            raise web.HTTPError(400, "only msgtype \"text\" can be sent from here")
+        if not isinstance(app, str) or self.services.app(app) is None:
+            raise web.HTTPError(400, "unknown app %r", app)
+        if not isinstance(to_user, str) or not to_user.strip():
+            raise web.HTTPError(400, "to_user is required")
+        if not isinstance(content, str) or not content.strip():
+            raise web.HTTPError(400, "content is required")
+        rows = await self.services.outbox.submit(app, to_user.strip(), content, operator=self.current_user)
+        first = dict(rows[0])
+        if len(rows) > 1:
+            first["parts"] = [row["id"] for row in rows]
+        self.write_json(first, status=201)
+
+
+class MessageHandler(ApiHandler):
+    async def get(self, message_id: str) -> None:
+        row = await self.services.db(self.services.store.get, int(message_id))
+        if row is None:
+            raise web.HTTPError(404, "no message %s", message_id)
+        self.write_json(row)
+
+
+class RetryHandler(ApiHandler):
+    async def post(self, message_id: str) -> None:
+        try:
+            row = await self.services.outbox.retry(int(message_id))
+        except KeyError:
+            raise web.HTTPError(404, "no outbound message %s", message_id)
+        except ValueError as exc:
+            raise web.HTTPError(409, "%s", exc)
+        self.write_json(row)
+
+
+class MediaHandler(ApiHandler):
+    async def get(self, message_id: str) -> None:
+        media = await self.services.db(self.services.store.get_media, int(message_id))
+        if not media or media.get("status") != "stored":
+            raise web.HTTPError(404, "no downloaded media for message %s (%s)", message_id,
+                                (media or {}).get("status") or "none")
+        path = self.services.media.path_for(media)
+        mime = media.get("type") or "application/octet-stream"
+        self.set_header("Content-Type", mime)
+        self.set_header("Cache-Control", "private, max-age=86400")
+        disposition = "inline" if mime.startswith(("image/", "audio/", "video/")) else "attachment"
+        self.set_header("Content-Disposition", '%s; filename="%s"' % (disposition, _ascii_name(media, message_id)))
+        await self.stream_file(str(path))
+
+
+class ExportHandler(ApiHandler):
+    """The dashboard's download button: the same query and writer as `wecomd export`."""
+
+    async def get(self) -> None:
+        fmt = self.get_query_argument("format", "jsonl")
+        if fmt not in ("jsonl", "csv"):
+            raise web.HTTPError(400, "format must be jsonl or csv")
+        fd, path = tempfile.mkstemp(prefix="wecomd-export-", suffix="." + fmt)
+        os.close(fd)
+        try:
+            await self.services.db(_export_to_file, self.services.store, path, fmt, message_filters(self))
+            self.set_header("Content-Type", "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson")
+            self.set_header("Content-Disposition", 'attachment; filename="wecomd-export.%s"' % fmt)
+            await self.stream_file(path)
+        finally:
+            os.unlink(path)
+
+
+def _export_to_file(store: Any, path: str, fmt: str, filters: dict) -> int:
+    with open(path, "w", encoding="utf-8", newline="") as out:
+        return exporting.write(store.iter_export(**filters), out, fmt)
+
+
+def message_filters(handler: web.RequestHandler) -> dict:
+    """app, user, msgtype and q from the query string; empty ones are left out."""
+    names = ("app", "user", "msgtype", "q")
+    return {name: value for name in names if (value := handler.get_query_argument(name, "").strip())}
+
+
+def _int_arg(handler: web.RequestHandler, name: str) -> Optional[int]:
+    value = handler.get_query_argument(name, "")
+    if not value:
+        return None
+    if not value.isdigit():
+        raise web.HTTPError(400, "%s must be a positive integer", name)
+    return int(value)
+
+
+def _ascii_name(media: dict, message_id: str) -> str:
+    name = media.get("name") or "media-%s" % message_id
+    return "".join(c if c.isascii() and c.isalnum() or c in "._-" else "_" for c in name)[:100]
+
+
+def routes(services: Any) -> list:
+    kw = dict(services=services)
+    return [
+        (r"/api/apps", AppsHandler, kw),
+        (r"/api/conversations", ConversationsHandler, kw),
+        (r"/api/conversations/read", ReadHandler, kw),
+        (r"/api/messages", MessagesHandler, kw),
+        (r"/api/messages/(\d+)", MessageHandler, kw),
+        (r"/api/messages/(\d+)/retry", RetryHandler, kw),
+        (r"/api/media/(\d+)", MediaHandler, kw),
+        (r"/api/export", ExportHandler, kw),
+    ]

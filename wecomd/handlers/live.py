@@ -1,0 +1,41 @@
+"""WS /api/live: the dashboard's live feed of stored messages and delivery status changes."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from tornado import web, websocket
+
+from wecomd.handlers.base import BaseHandler
+from wecomd.live import Subscriber
+
+logger = logging.getLogger(__name__)
+
+
+class LiveHandler(websocket.WebSocketHandler, BaseHandler):
+    """Signed-in operators only: BaseHandler.prepare checks the session before the upgrade.
+
+    Tornado's default `check_origin` (same host only) stays in force.
+    """
+
+    count_inflight = False  # an open feed must not hold up a graceful shutdown
+    subscriber: Optional[Subscriber] = None
+
+    def deny(self) -> None:
+        raise web.HTTPError(403, "sign in first")
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        self.subscriber = self.services.hub.subscribe(self.write_message, self.close)
+        logger.info("live: %s connected (%d clients)", self.current_user, self.services.hub.count)
+
+    def on_message(self, message: Any) -> None:
+        pass  # the feed is one-way; the page talks to the JSON API
+
+    def on_close(self) -> None:
+        if self.subscriber is not None:
+            self.services.hub.unsubscribe(self.subscriber)
+            self.subscriber = None
+
+
+def routes(services: Any) -> list:
+    return [(r"/api/live", LiveHandler, dict(services=services))]

@@ -1,0 +1,116 @@
+"""Store rows <-> JSON: the Message JSON, inbound row values and the text that search covers."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from .messages import Message
+
+MEDIA_STATUSES = ("pending", "stored", "failed")
+
+# Where the searchable words of each MsgType live in `fields`, besides `content` (which a
+# text message and every outbound reply carry). Paths descend into nested objects.
+_SEARCH_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "location": (("Label",), ("Poiname",)),
+    "link": (("Title",), ("Description",), ("Url",)),
+    "file": (("FileName",),),
+    "event": (("Event",), ("EventKey",), ("ScanCodeInfo", "ScanResult"),
+              ("SendLocationInfo", "Label"), ("SendLocationInfo", "Poiname")),
+}
+
+
+def search_text(msgtype: str, content: Optional[str], fields: Optional[dict]) -> Optional[str]:
+    """Return the text message search covers, or None when a message has none.
+
+    `content` first (text messages, outbound replies), then the per-type fields of
+    _SEARCH_PATHS, joined with newlines. Pure: the 0002 migration back-fills old
+    rows with it, so old and new rows are searchable alike.
+    """
+    fields = fields if isinstance(fields, dict) else {}
+    if content is None and msgtype == "text":
+        content = fields.get("Content")
+    pieces = [content] + [_lookup(fields, path) for path in _SEARCH_PATHS.get(msgtype, ())]
+    text = "\n".join(p for p in pieces if isinstance(p, str) and p.strip())
+    return text or None
+
+
+def media_columns(fields: Optional[dict]) -> dict[str, Optional[str]]:
+    """media_status and media_name of a received message: "pending" when it has a MediaId.
+
+    Image, voice, video and file messages carry one; a file's name is known at once.
+    """
+    fields = fields if isinstance(fields, dict) else {}
+    media_id, name = fields.get("MediaId"), fields.get("FileName")
+    if not (isinstance(media_id, str) and media_id.strip()):
+        return {"media_status": None, "media_name": None}
+    return {"media_status": "pending", "media_name": name if isinstance(name, str) else None}
+
+
+def inbound_row(app: str, message: Message, dedup_key: str, reply: Optional[str],
+                now: datetime) -> dict[str, Any]:
+    """Column values for a newly received message."""
+    return dict(
+        app=app, direction="in", dedup_key=dedup_key, user=message.from_user,
+        msgtype=message.msgtype, event=message.event, event_key=message.event_key,
+        from_user=message.from_user, to_user=message.to_user,
+        agent_id=_text(message.agent_id), msg_id=_text(message.msg_id),
+        create_time=message.create_time, received_at=now, content=message.content,
+        status="received", fields=dumps(message.fields), raw_xml=message.raw or "",
+        reply=reply, deliveries=1, updated_at=now,
+        search_text=search_text(message.msgtype, message.content, message.fields),
+        **media_columns(message.fields))
+
+
+def to_json(row: Any) -> dict:
+    """The documented Message JSON (design.md) plus `deliveries`; never the raw XML or a path."""
+    return {
+        "id": row.id, "app": row.app, "direction": row.direction, "msgtype": row.msgtype,
+        "event": row.event, "event_key": row.event_key, "from_user": row.from_user,
+        "to_user": row.to_user, "agent_id": row.agent_id,
+        # For an outbound row, WeCom's id is the msgid its send API answered with.
+        "msg_id": row.msg_id if row.direction == "in" else row.wecom_msgid,
+        "create_time": row.create_time, "received_at": iso(row.received_at),
+        "content": row.content, "status": row.status, "error": row.error,
+        "fields": json.loads(row.fields or "{}"), "deliveries": row.deliveries,
+        "operator": row.operator if row.direction == "out" else None,
+        "attempts": row.attempts or 0, "media": media_json(row),
+    }
+
+
+def media_json(row: Any) -> Optional[dict]:
+    """The public view of a row's media: null without media, never the filesystem path."""
+    if row.media_status is None:
+        return None
+    return {"status": row.media_status, "size": row.media_size, "type": row.media_type,
+            "name": row.media_name, "error": row.media_error}
+
+
+def dumps(fields: Optional[dict]) -> str:
+    return json.dumps(fields or {}, ensure_ascii=False, separators=(",", ":"))
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+
+
+def naive_utc(moment: Optional[datetime]) -> Optional[datetime]:
+    """Aware datetimes converted to naive UTC; naive ones are taken as UTC already."""
+    if moment is not None and moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment
+
+
+def iso(moment: Optional[datetime]) -> Optional[str]:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else None
+
+
+def _lookup(fields: dict, path: tuple[str, ...]) -> Any:
+    value: Any = fields
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _text(value: Any) -> Optional[str]:
+    return None if value is None else str(value)
