@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 from wecomd.config import AppConfig
-from wecomd.outbox import RETRY_KINDS, Publish, RunDb, Worker, describe, no_secret_error, utcnow
+from wecomd.workers import RETRY_KINDS, Publish, RunDb, Worker, describe, no_secret_error, utcnow
 from wecomd.wecom_api import WecomApiError
 
 logger = logging.getLogger(__name__)
