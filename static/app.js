@@ -106,7 +106,7 @@ function conversationItem(conv) {
         el("time", { class: "conv-time", title: fullTime(date) }, shortTime(date))),
       el("span", { class: "conv-bottom" },
         el("span", { class: "conv-preview" },
-          last.direction === "out" ? t("You:") + " " : "", previewText(last)),
+          last.direction === "out" ? el("span", { class: "you" }, t("You:")) : "", previewText(last)),
         conv.unread > 0
           ? el("span", { class: "badge", title: t("{n} unread", { n: conv.unread }) }, conv.unread > 99 ? "99+" : String(conv.unread))
           : null))));
@@ -162,7 +162,7 @@ function resultItem(message) {
         state.apps.length > 1 ? el("span", { class: "app-tag" }, message.app) : null,
         el("time", { class: "conv-time", title: fullTime(date) }, shortTime(date))),
       el("span", { class: "result-text" },
-        message.direction === "out" ? t("You:") + " " : "", highlight(previewText(message), state.q))));
+        message.direction === "out" ? el("span", { class: "you" }, t("You:")) : "", highlight(previewText(message), state.q))));
 }
 
 async function loadResults(more) {
@@ -251,6 +251,10 @@ function route() {
       target = null;
     }
   }
+  // Switching the language reloads the page: come back to the same conversation.
+  for (const input of document.querySelectorAll("form.lang input[name=next]")) {
+    input.value = window.location.pathname + window.location.hash;
+  }
   if (target) {
     thread.open(target[0], target[1]);
     document.body.classList.add("thread-open");
@@ -288,7 +292,7 @@ const CONNECTION_TEXT = {
 function onLiveEvent(data) {
   if (data.type === "message" && data.message) {
     noteMessage(data.message);
-    thread.merge(data.message);
+    thread.mergeLive(data.message);
     const index = state.results.findIndex((m) => m.id === data.message.id);
     if (index !== -1) state.results[index] = data.message;
   } else if (data.type === "status") {

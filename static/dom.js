@@ -1,6 +1,6 @@
 // DOM building, translated strings and time formatting for the dashboard.
 // Everything that comes from a message is inserted as text (append(string) makes a Text node);
-// nothing here ever assigns innerHTML.
+// nothing here ever parses data as HTML.
 
 let strings = {};
 

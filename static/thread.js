@@ -67,7 +67,7 @@ export class ThreadView {
   open(app, user) {
     if (this.isOpen(app, user)) return;
     this.current = {
-      app, user, messages: new Map(), rows: new Map(), next: null, ready: false,
+      app, user, messages: new Map(), rows: new Map(), liveAt: new Map(), next: null, ready: false,
       loadingOlder: false, stuck: true, needsRead: true, generation: Symbol("thread"),
     };
     document.getElementById("thread-user").textContent = user;
@@ -103,9 +103,12 @@ export class ThreadView {
     this.send.disabled = !!note;
   }
 
+  /** One page of the thread, newest first; `since` tells mergeAll how fresh the answer is. */
   async fetchPage(before) {
     const { app, user } = this.current;
-    return api.messages({ app, user, before, limit: PAGE });
+    const since = performance.now();
+    const data = await api.messages({ app, user, before, limit: PAGE });
+    return { ...data, since };
   }
 
   async loadLatest() {
@@ -113,7 +116,7 @@ export class ThreadView {
     try {
       const data = await this.fetchPage();
       if (thread !== this.current) return;
-      this.mergeAll(data.messages);
+      this.mergeAll(data.messages, data.since);
       thread.next = data.next;
       thread.ready = true;
       this.render("bottom");
@@ -133,7 +136,7 @@ export class ThreadView {
       for (let page = 0; page < CATCH_UP_PAGES; page += 1) {
         const data = await this.fetchPage(before);
         if (thread !== this.current) return;
-        this.mergeAll(data.messages);
+        this.mergeAll(data.messages, data.since);
         if (!data.next || data.messages.some((m) => m.id <= known)) break;
         before = data.next;
       }
@@ -153,7 +156,7 @@ export class ThreadView {
     try {
       const data = await this.fetchPage(thread.next);
       if (thread !== this.current) return;
-      this.mergeAll(data.messages);
+      this.mergeAll(data.messages, data.since);
       thread.next = data.next;
       this.render("prepend");
     } catch (err) {
@@ -164,11 +167,29 @@ export class ThreadView {
     }
   }
 
-  mergeAll(messages) {
-    for (const message of messages || []) this.current.messages.set(message.id, message);
+  /** API answers never replace a copy the websocket updated after the request went out. */
+  mergeAll(messages, since) {
+    const { liveAt } = this.current;
+    for (const message of messages || []) {
+      if ((liveAt.get(message.id) || -1) < since) this.current.messages.set(message.id, message);
+    }
   }
 
-  /** A message from the websocket or an API answer; re-sent messages replace the old copy. */
+  /** A message from the websocket: the newest state, replacing any older copy. */
+  mergeLive(message) {
+    if (this.matches(message)) this.current.liveAt.set(message.id, performance.now());
+    this.merge(message);
+  }
+
+  /**
+   * A message from an API answer to a request sent at `since`. The websocket may already have
+   * reported a later state (e.g. "sent" before the POST answer saying "pending"): keep that one.
+   */
+  mergeAnswer(message, since) {
+    if (this.matches(message) && (this.current.liveAt.get(message.id) || -1) >= since) return;
+    this.merge(message);
+  }
+
   merge(message) {
     if (!this.matches(message)) return;
     const isNew = !this.current.messages.has(message.id);
@@ -181,6 +202,7 @@ export class ThreadView {
   setStatus(id, status, error) {
     const message = this.current && this.current.messages.get(id);
     if (!message) return;
+    this.current.liveAt.set(id, performance.now());
     this.current.messages.set(id, { ...message, status, error: error === undefined ? message.error : error });
     this.render("keep");
   }
@@ -262,6 +284,7 @@ export class ThreadView {
     if (!thread || this.input.disabled || !content.trim()) return;
     this.setSending(true);
     this.showError("");
+    const since = performance.now();
     try {
       const message = await api.send(thread.app, thread.user, content);
       if (this.input.value === content) this.input.value = "";
@@ -269,7 +292,7 @@ export class ThreadView {
       this.hooks.onSent(message);
       if (thread === this.current) {
         thread.stuck = true;
-        this.merge(message);
+        this.mergeAnswer(message, since);
       }
     } catch (err) {
       if (thread === this.current) this.showError(t("Not sent: {error}", { error: err.message }));
@@ -281,10 +304,11 @@ export class ThreadView {
 
   async retry(message, button) {
     button.disabled = true;
+    const since = performance.now();
     try {
       const updated = await api.retry(message.id);
       this.hooks.onSent(updated);
-      this.merge(updated);
+      this.mergeAnswer(updated, since);
     } catch (err) {
       button.disabled = false;
       this.showError(t("Retry failed: {error}", { error: err.message }));

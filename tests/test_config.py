@@ -80,7 +80,9 @@ def test_sample_config_has_every_option(section):
 
 
 def _doc_sections() -> dict:
-    text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    # [rules] is documented with the rules themselves, in docs/rules.md.
+    text = "\n".join((REPO / "docs" / name).read_text(encoding="utf-8")
+                     for name in ("configuration.md", "rules.md"))
     chunks = re.split(r"^## \[([^\]]+)\]$", text, flags=re.M)
     return dict(zip(chunks[1::2], chunks[2::2]))
 
@@ -266,9 +268,56 @@ def test_percent_is_not_interpolated(tmp_path):
     assert config.load(write(tmp_path, "[server]\ndatabase = %s\n" % url), {}).server.database == url
 
 
-def test_rule_sections_are_kept_raw(tmp_path):
-    loaded = config.load(write(tmp_path, APP + "[rule:backup]\nkeyword = 备份\nwhatever = x\n"), {})
-    assert loaded.rules == {"backup": {"keyword": "备份", "whatever": "x"}}
+def test_rule_sections_are_kept_raw_in_file_order(tmp_path):
+    text = APP + "[rule:zeta]\nwhen = click RUN_BACKUP\nrun = /bin/true\n[rule:alpha]\nwhen = any\nreply = 好\n"
+    loaded = config.load(write(tmp_path, text), {})
+    assert loaded.rules == {"zeta": {"when": "click RUN_BACKUP", "run": "/bin/true"},
+                            "alpha": {"when": "any", "reply": "好"}}
+    assert list(loaded.rules) == ["zeta", "alpha"]
+
+
+def test_rule_problems_are_reported_with_the_other_problems(tmp_path):
+    text = app_with(token="bad-token") + "[rules]\nmax_commands = 0\n"
+    text += "[rule:greet]\napp = helpdsk\nwhen = text contains 你好\nreply = {form_user}\nkeyword = x\n"
+    found = problems(tmp_path, text)
+    label = str(tmp_path / "wecomd.conf")
+    assert all(problem.startswith(label + ": ") for problem in found), found
+    assert any(p.endswith("[app:helpdesk] token: must be 1 to 32 characters of A-Z a-z 0-9 "
+                          "(got a character outside that set)") for p in found)
+    assert "%s: [rules] max_commands: must be 1 or more (got '0')" % label in found
+    assert "%s: [rule:greet] keyword: unknown option" % label in found
+    assert "%s: [rule:greet] app: no [app:helpdsk] section (did you mean helpdesk?)" % label in found
+    assert any(p.startswith("%s: [rule:greet] reply: {form_user}: unknown field (did you mean from_user?)"
+                            % label) for p in found)
+    assert len(found) == 5, found
+
+
+def test_a_rule_for_a_known_app_loads(tmp_path):
+    text = APP + "[rule:greet]\napp = helpdesk\nwhen = text contains 你好\nreply = 你好\n"
+    assert config.problems(write(tmp_path, text), {}) == []
+
+
+def test_rules_settings(tmp_path):
+    text = "[rules]\ntakeover_minutes = 0\npassive_budget = 4.5\nmax_commands = 1\noutput_limit = 10\n"
+    loaded = config.load(write(tmp_path, text), {"WECOMD_RULES_PASSIVE_BUDGET": "0"})
+    assert loaded.rules_settings == config.RulesConfig(takeover_minutes=0, passive_budget=0.0,
+                                                       max_commands=1, output_limit=10)
+    assert loaded.sources[("rules", "passive_budget")] == "environment WECOMD_RULES_PASSIVE_BUDGET"
+
+
+@pytest.mark.parametrize("option,value,expected", [
+    ("takeover_minutes", "-1", "must be 0 or more"),
+    ("takeover_minutes", "half", "not an integer"),
+    ("passive_budget", "5", "must be from 0 to 4.5 seconds"),
+    ("passive_budget", "-0.5", "must be from 0 to 4.5 seconds"),
+    ("passive_budget", "soon", "not a number of seconds"),
+    ("passive_budget", "nan", "must be from 0 to 4.5 seconds"),
+    ("max_commands", "0", "must be 1 or more"),
+    ("output_limit", "64k", "not an integer"),
+])
+def test_bad_rules_settings(tmp_path, option, value, expected):
+    problem = one_problem(tmp_path, "[rules]\n%s = %s\n" % (option, value))
+    assert problem.endswith("[rules] %s: %s (got %r)" % (option, expected, value))
 
 
 def test_apps_keep_file_order(tmp_path):
@@ -280,6 +329,7 @@ def test_defaults_without_a_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     loaded = config.load(None, {})
     assert loaded.path is None and loaded.apps == {} and loaded.rules == {}
+    assert loaded.rules_settings == config.RulesConfig(30, 3.5, 4, 65536)
     assert loaded.server == config.ServerConfig("127.0.0.1", 8080, str(tmp_path / "wecomd.db"),
                                                 tmp_path / "media", 1048576, 300, False, "info")
     assert loaded.admin.username == "admin" and loaded.wecom.api_base == "https://qyapi.weixin.qq.com"
@@ -469,7 +519,7 @@ def test_repr_never_shows_secrets(tmp_path):
 
 def test_secret_options_are_exactly_the_unrepr_fields():
     classes = {"server": config.ServerConfig, "admin": config.AdminConfig, "wecom": config.WecomConfig,
-               "app:NAME": config.AppConfig}
+               "rules": config.RulesConfig, "app:NAME": config.AppConfig}
     for section, options in SCHEMA.items():
         hidden = {f.name for f in dataclasses.fields(classes[section]) if not f.repr}
         assert hidden == {name for name, option in options.items() if option.secret}, section

@@ -15,12 +15,17 @@ from samples import SAMPLES
 
 from wecomd.messages import Message, parse
 from wecomd.store import MIGRATIONS_DIR, Store, StoreError, search_text
+from wecomd.store_rows import inbound_row
 
 MESSAGE_KEYS = {"id", "app", "direction", "msgtype", "event", "event_key", "from_user", "to_user",
                 "agent_id", "msg_id", "create_time", "received_at", "content", "status", "error",
                 "fields"}
-ROW_KEYS = MESSAGE_KEYS | {"deliveries", "operator", "attempts", "media"}
+ROW_KEYS = MESSAGE_KEYS | {"deliveries", "operator", "attempts", "media", "automation"}
 MEDIA_KEYS = {"status", "size", "type", "name", "error"}
+AUTOMATION_KEYS = {"id", "rule", "action", "status", "path", "exit_code", "duration_ms", "output",
+                   "error", "started_at", "finished_at"}
+RUN_KEYS = AUTOMATION_KEYS | {"message_id", "app", "user", "reply_message_id", "url", "payload",
+                              "attempts", "next_attempt_at"}
 BIG_MSG_ID = "7357159753458634752"  # above 2**53: a JSON number would lose digits
 PG_URL = os.environ.get("WECOMD_TEST_POSTGRES_URL")
 
@@ -227,8 +232,9 @@ class StoreTests:
             selects_after_first = _selects(caplog)
             rest = list(exported)
         assert first["content"] == "m0" and len(rest) == 4
-        assert selects_after_first == 1
-        assert _selects(caplog) == 3  # 2 + 2 + 1 rows
+        assert selects_after_first == 2  # the first batch and its rule runs
+        assert _selects(caplog, "message") == 3  # 2 + 2 + 1 rows
+        assert _selects(caplog, "rule_run") == 3  # one per batch
 
     def test_count(self, store):
         assert store.count() == 0
@@ -240,7 +246,7 @@ class StoreTests:
         assert store.migrate() == []
 
     def test_app_models_match_migrations(self, store):
-        models = [store.Message, store.ReadMark]
+        models = [store.Message, store.ReadMark, store.RuleRun, store.Takeover]
         assert not diff_models(store.db, models), str(diff_models(store.db, models))
 
     def test_used_from_a_single_worker_thread(self, store):
@@ -485,6 +491,260 @@ class StoreTests:
             assert exported == newest_first[::-1], filters
         assert len(list(store.iter_export(q="服务器", user="user1"))) == 14
 
+    def test_set_reply_keeps_the_first(self, store):
+        row, _ = store.save_inbound("helpdesk", text(), "k1")
+        assert store.set_reply(row["id"], "<xml>A</xml>") == "<xml>A</xml>"
+        assert store.set_reply(row["id"], "<xml>B</xml>") == "<xml>A</xml>"
+        again, created = store.save_inbound("helpdesk", text(), "k1", reply="<xml>C</xml>")
+        assert (created, again["reply"]) == (False, "<xml>A</xml>")
+        out = store.save_outbound("helpdesk", "zhangsan", "text", "hi", {})
+        for message_id in (out["id"], 424242):
+            with pytest.raises(KeyError):
+                store.set_reply(message_id, "<xml/>")
+
+    # ---- rule runs
+
+    def test_start_run_and_finish_run(self, store):
+        message = save(store, content="deploy")
+        run = store.start_run(message["id"], "helpdesk", "zhangsan", "deploy", "run")
+        assert set(run) == RUN_KEYS
+        assert (run["message_id"], run["app"], run["user"], run["rule"], run["action"], run["status"]) == \
+            (message["id"], "helpdesk", "zhangsan", "deploy", "run", "running")
+        assert (run["path"], run["finished_at"], run["attempts"], run["next_attempt_at"]) == (None, None, 0, None)
+        assert _recent(run["started_at"])
+        done = store.finish_run(run["id"], "ok", exit_code=0, duration_ms=12.5, output="done\n")
+        assert (done["status"], done["exit_code"], done["duration_ms"], done["output"]) == ("ok", 0, 12.5, "done\n")
+        assert _recent(done["finished_at"]) and done["error"] is None and done["path"] is None
+        # only the given values change
+        again = store.finish_run(run["id"], "failed", error="late failure", path="api", reply_message_id=7)
+        assert (again["exit_code"], again["duration_ms"], again["output"]) == (0, 12.5, "done\n")
+        assert (again["status"], again["error"], again["path"], again["reply_message_id"]) == \
+            ("failed", "late failure", "api", 7)
+        assert store.get_run(run["id"]) == again and store.get_run(424242) is None
+
+    def test_start_run_refuses_bad_input(self, store):
+        message = save(store)
+        with pytest.raises(KeyError):
+            store.start_run(424242, "helpdesk", "zhangsan", "r", "reply")
+        with pytest.raises(ValueError):
+            store.start_run(message["id"], "helpdesk", "zhangsan", "r", "email")
+        with pytest.raises(ValueError):
+            store.start_run(message["id"], "helpdesk", "zhangsan", "r", "reply", status="done")
+        run = store.start_run(message["id"], "helpdesk", "zhangsan", "r", "reply")
+        for status in ("running", "pending", "done"):
+            with pytest.raises(ValueError):
+                store.finish_run(run["id"], status)
+        with pytest.raises(ValueError):
+            store.finish_run(run["id"], "ok", path="carrier pigeon")
+        with pytest.raises(ValueError):
+            store.set_run_path(run["id"], "fax")
+        for call in (lambda: store.finish_run(424242, "ok"), lambda: store.set_run_path(424242, "api")):
+            with pytest.raises(KeyError):
+                call()
+        assert store.runs_for([message["id"]])[message["id"]] == [_public(store.get_run(run["id"]))]
+
+    def test_skipped_run_is_finished_at_once(self, store):
+        message = save(store)
+        run = store.start_run(message["id"], "helpdesk", "zhangsan", "r", "reply", status="skipped")
+        assert run["status"] == "skipped" and run["finished_at"] == run["started_at"]
+
+    def test_webhook_payload_keeps_its_exact_bytes(self, store):
+        message = save(store)
+        body = json.dumps({"message": {"content": "你好 \"q\" \\ \u2028"}}, ensure_ascii=False).encode("utf-8")
+        run = store.start_run(message["id"], "helpdesk", "zhangsan", "hook", "webhook", status="pending",
+                              url="https://example.test/hook?token=t", payload=body)
+        assert run["payload"].encode("utf-8") == body
+        assert store.get_run(run["id"])["payload"].encode("utf-8") == body
+        assert (run["url"], run["finished_at"]) == ("https://example.test/hook?token=t", None)
+        automation = store.get(message["id"])["automation"]
+        assert "url" not in automation[0] and "payload" not in automation[0]
+
+    def test_set_run_path(self, store):
+        message = save(store)
+        run = store.start_run(message["id"], "helpdesk", "zhangsan", "r", "reply")
+        passive = store.set_run_path(run["id"], "passive")
+        assert (passive["path"], passive["reply_message_id"], passive["status"]) == ("passive", None, "running")
+        out = store.save_outbound("helpdesk", "zhangsan", "text", "hi", {})
+        api = store.set_run_path(run["id"], "api", reply_message_id=out["id"])
+        assert (api["path"], api["reply_message_id"]) == ("api", out["id"])
+        assert store.set_run_path(run["id"], "none")["reply_message_id"] == out["id"]
+
+    def test_message_json_carries_its_automation(self, store):
+        first, second = save(store, content="one"), save(store, content="two")
+        assert first["automation"] == [] and store.get(first["id"])["automation"] == []
+        reply = store.start_run(first["id"], "helpdesk", "zhangsan", "greet", "reply")
+        store.finish_run(reply["id"], "ok", path="passive", output="hi")
+        hook = store.start_run(first["id"], "helpdesk", "zhangsan", "notify", "webhook", status="pending",
+                               url="https://x.test/", payload="{}")
+        automation = store.get(first["id"])["automation"]
+        assert [(r["id"], r["rule"], r["action"], r["status"], r["path"]) for r in automation] == \
+            [(reply["id"], "greet", "reply", "ok", "passive"), (hook["id"], "notify", "webhook", "pending", None)]
+        assert all(set(r) == AUTOMATION_KEYS for r in automation)
+        assert automation[0] == _public(store.get_run(reply["id"]))
+        page, _ = store.messages()
+        assert [m["automation"] for m in page] == [[], automation]
+        assert [m["automation"] for m in store.iter_export(batch=1)] == [automation, []]
+        assert store.conversations()[0]["last_message"] == store.get(second["id"])
+        retried, created = store.save_inbound("helpdesk", text(content="one"), _key_of(store, first["id"]))
+        assert created is False and retried["automation"] == automation
+        assert store.save_outbound("helpdesk", "zhangsan", "text", "x", {})["automation"] == []
+
+    def test_messages_read_runs_with_one_query_per_page(self, store, caplog):
+        rows = [save(store, user="user%d" % (n % 3), content="m%d" % n) for n in range(12)]
+        for row in rows[::2]:
+            for rule in ("a", "b"):
+                store.start_run(row["id"], "helpdesk", row["from_user"], rule, "reply")
+        with caplog.at_level(logging.DEBUG, logger="peewee"):
+            page, cursor = store.messages(limit=5)
+            store.messages(before=cursor, limit=5)
+            assert (_selects(caplog, "message"), _selects(caplog, "rule_run")) == (2, 2)
+            caplog.clear()
+            conversations = store.conversations()
+            assert _selects(caplog) == 2
+        assert [len(m["automation"]) for m in page] == [0, 2, 0, 2, 0]
+        assert {c["last_message"]["id"]: len(c["last_message"]["automation"]) for c in conversations} == \
+            {rows[-1]["id"]: 0, rows[-2]["id"]: 2, rows[-3]["id"]: 0}
+        assert [c["last_message"] for c in conversations] == [store.get(c["last_id"]) for c in conversations]
+
+    def test_runs_for(self, store, caplog):
+        a, b, c = save(store), save(store), save(store)
+        runs = [store.start_run(m["id"], "helpdesk", "zhangsan", rule, "reply")
+                for m, rule in ((a, "x"), (c, "y"), (a, "z"))]
+        with caplog.at_level(logging.DEBUG, logger="peewee"):
+            found = store.runs_for([a["id"], b["id"], c["id"], 424242])
+        assert _selects(caplog) == 1
+        assert found == {a["id"]: [_public(runs[0]), _public(runs[2])], b["id"]: [],
+                         c["id"]: [_public(runs[1])], 424242: []}
+        assert store.runs_for([]) == {}
+
+    def test_rule_stats(self, store):
+        one, two, three = save(store), save(store), save(store)
+        assert store.rule_stats() == {}
+        for message in (one, one, two):  # one message firing twice is one hit
+            store.start_run(message["id"], "helpdesk", "zhangsan", "deploy", "run")
+        runs = [store.start_run(m["id"], "helpdesk", "zhangsan", "notify", "webhook", status="pending")
+                for m in (one, two, three)]
+        for run, status in zip(runs, ("failed", "timeout", "ok")):
+            store.finish_run(run["id"], status)
+        store.start_run(three["id"], "helpdesk", "zhangsan", "deploy", "run", status="error")
+        store.start_run(three["id"], "helpdesk", "zhangsan", "paused", "reply", status="skipped")
+        stats = store.rule_stats()
+        assert {rule: (s["hits"], s["failures"]) for rule, s in stats.items()} == \
+            {"deploy": (3, 1), "notify": (3, 2), "paused": (0, 0)}
+        assert _recent(stats["deploy"]["last_fired"]) and stats["paused"]["last_fired"] is None
+        R = store.RuleRun
+        R.update(started_at=datetime(2026, 1, 2, 3, 4, 5)).where(R.rule == "notify").execute()
+        assert store.rule_stats()["notify"]["last_fired"] == "2026-01-02T03:04:05Z"
+
+    def test_interrupt_running(self, store):
+        message = save(store)
+        running = [store.start_run(message["id"], "helpdesk", "zhangsan", "r%d" % n, "run") for n in range(2)]
+        pending = store.start_run(message["id"], "helpdesk", "zhangsan", "hook", "webhook", status="pending")
+        done = store.finish_run(store.start_run(message["id"], "helpdesk", "zhangsan", "d", "run")["id"], "ok")
+        now = datetime(2026, 11, 28, 12, 0, 0)
+        assert store.interrupt_running(now) == 2
+        for run in running:
+            after = store.get_run(run["id"])
+            assert (after["status"], after["error"], after["finished_at"]) == \
+                ("error", "interrupted: wecomd stopped while it ran", "2026-11-28T12:00:00Z")
+        assert store.get_run(pending["id"]) == pending and store.get_run(done["id"]) == done
+        assert store.interrupt_running(now) == 0
+
+    def test_due_webhooks_and_record_run_attempt(self, store):
+        now = datetime(2026, 11, 28, 12, 0, 0)
+        message = save(store)
+        a, b, c = (store.start_run(message["id"], "helpdesk", "zhangsan", rule, "webhook", status="pending",
+                                   url="https://x.test/", payload="{}") for rule in "abc")
+        store.start_run(message["id"], "helpdesk", "zhangsan", "cmd", "run")  # running, not a webhook
+        assert [r["id"] for r in store.due_webhooks(now)] == [a["id"], b["id"], c["id"]]
+        assert [r["id"] for r in store.due_webhooks(now, limit=2)] == [a["id"], b["id"]]
+        later = now + timedelta(seconds=30)
+        tried = store.record_run_attempt(a["id"], "HTTP 500 Internal Server Error", later)
+        assert (tried["status"], tried["attempts"], tried["error"], tried["next_attempt_at"]) == \
+            ("pending", 1, "HTTP 500 Internal Server Error", "2026-11-28T12:00:30Z")
+        assert [r["id"] for r in store.due_webhooks(now)] == [b["id"], c["id"]]
+        assert [r["id"] for r in store.due_webhooks(later)] == [a["id"], b["id"], c["id"]]
+        aware = datetime(2026, 11, 28, 20, 1, tzinfo=timezone(timedelta(hours=8)))  # 12:01 UTC
+        assert store.record_run_attempt(a["id"], "again", aware)["attempts"] == 2
+        assert a["id"] not in [r["id"] for r in store.due_webhooks(later)]
+        store.finish_run(b["id"], "ok")
+        failed = store.finish_run(a["id"], "failed", error="gave up")
+        assert (failed["attempts"], failed["next_attempt_at"]) == (2, None)
+        assert [r["id"] for r in store.due_webhooks(now + timedelta(days=1))] == [c["id"]]
+        with pytest.raises(ValueError):
+            store.record_run_attempt(a["id"], "late", None)
+        with pytest.raises(KeyError):
+            store.record_run_attempt(424242, "no", None)
+
+    # ---- takeover
+
+    def test_takeover_pause_extend_never_shorten_resume(self, store):
+        noon = datetime(2026, 11, 28, 12, 0, 0)
+        assert store.paused_until("helpdesk", "zhangsan", noon) is None
+        assert store.pause("helpdesk", "zhangsan", noon + timedelta(minutes=30), "admin") is None
+        assert store.paused_until("helpdesk", "zhangsan", noon) == noon + timedelta(minutes=30)
+        assert store.paused_until("helpdesk", "lisi", noon) is None
+        assert store.paused_until("ops", "zhangsan", noon) is None
+        store.pause("helpdesk", "zhangsan", noon + timedelta(minutes=45), "alice")  # extends
+        assert store.paused_until("helpdesk", "zhangsan", noon) == noon + timedelta(minutes=45)
+        store.pause("helpdesk", "zhangsan", noon + timedelta(minutes=10), "bob")  # never shortens
+        assert store.paused_until("helpdesk", "zhangsan", noon) == noon + timedelta(minutes=45)
+        T = store.Takeover
+        assert T.get(T.user == "zhangsan").operator == "alice"
+        aware = datetime(2026, 11, 28, 21, 0, tzinfo=timezone(timedelta(hours=8)))  # 13:00 UTC
+        store.pause("helpdesk", "zhangsan", aware, None)
+        assert store.paused_until("helpdesk", "zhangsan", noon) == datetime(2026, 11, 28, 13, 0)
+        store.resume("helpdesk", "zhangsan")
+        assert store.paused_until("helpdesk", "zhangsan", noon) is None
+        store.resume("helpdesk", "zhangsan")  # nothing to resume: no error
+        store.pause("helpdesk", "zhangsan", noon + timedelta(minutes=5), "admin")  # a fresh, shorter pause
+        assert store.paused_until("helpdesk", "zhangsan", noon) == noon + timedelta(minutes=5)
+
+    def test_takeover_expires(self, store):
+        noon = datetime(2026, 11, 28, 12, 0, 0)
+        store.pause("helpdesk", "zhangsan", noon, "admin")
+        assert store.paused_until("helpdesk", "zhangsan", noon - timedelta(seconds=1)) == noon
+        assert store.paused_until("helpdesk", "zhangsan", noon) is None
+        assert store.paused_until("helpdesk", "zhangsan", noon + timedelta(hours=1)) is None
+        store.pause("helpdesk", "zhangsan", noon + timedelta(hours=2), "admin")  # an expired pause renews
+        assert store.paused_until("helpdesk", "zhangsan", noon + timedelta(hours=1)) == noon + timedelta(hours=2)
+
+    def test_conversations_show_paused_until(self, store, caplog):
+        noon = datetime(2026, 11, 28, 12, 0, 0)
+        for user in ("zhangsan", "lisi", "wangwu"):
+            save(store, user=user)
+        store.pause("helpdesk", "zhangsan", noon + timedelta(minutes=30), "admin")
+        store.pause("helpdesk", "lisi", noon - timedelta(minutes=1), "admin")  # over
+        store.pause("ops", "wangwu", noon + timedelta(hours=1), "admin")  # another app
+        with caplog.at_level(logging.DEBUG, logger="peewee"):
+            rows = store.conversations(now=noon)
+        assert _selects(caplog) == 2
+        assert {r["user"]: r["paused_until"] for r in rows} == \
+            {"zhangsan": "2026-11-28T12:30:00Z", "lisi": None, "wangwu": None}
+        assert [r["count"] for r in rows] == [1, 1, 1]
+        later = store.conversations(app="helpdesk", now=noon + timedelta(hours=1))
+        assert [r["paused_until"] for r in later] == [None, None, None]
+        store.pause("helpdesk", "wangwu", datetime(2999, 1, 1), "admin")
+        assert {r["user"]: r["paused_until"] for r in store.conversations()}["wangwu"] == "2999-01-01T00:00:00Z"
+
+    # ---- replay
+
+    def test_iter_inbound(self, store, caplog):
+        for n in range(5):
+            store.save_inbound("ops" if n == 3 else "helpdesk", text(content="m%d" % n, raw="<xml>%d</xml>" % n),
+                               "k%d" % n)
+        store.save_outbound("helpdesk", "zhangsan", "text", "out", {})
+        _set_received_at(store, {1: datetime(2026, 1, 1)}, default=datetime(2026, 3, 1))
+        with caplog.at_level(logging.DEBUG, logger="peewee"):
+            everything = list(store.iter_inbound(batch=2))
+        assert _selects(caplog) == 3
+        assert everything[0] == {"id": 1, "app": "helpdesk", "raw": "<xml>0</xml>",
+                                 "received_at": "2026-01-01T00:00:00Z"}
+        assert [r["raw"] for r in everything] == ["<xml>%d</xml>" % n for n in range(5)]
+        assert [r["id"] for r in store.iter_inbound(since=datetime(2026, 2, 1))] == [2, 3, 4, 5]
+        assert [r["id"] for r in store.iter_inbound(since=datetime(2026, 2, 1), app="helpdesk")] == [2, 3, 5]
+        assert [r["id"] for r in store.iter_inbound(app="ops")] == [4]
+
 
 class TestSqliteStore(StoreTests):
     @pytest.fixture
@@ -497,7 +757,8 @@ class TestPostgresStore(StoreTests):
     @pytest.fixture
     def store(self):
         store = Store(PG_URL)
-        store.db.execute_sql("DROP TABLE IF EXISTS message, conversation_read, schema_migration")
+        store.db.execute_sql("DROP TABLE IF EXISTS message, conversation_read, rule_run, takeover, "
+                            "schema_migration")
         store.migrate()
         yield store
         store.close()
@@ -511,9 +772,26 @@ def _set_received_at(store, by_id, default):
         M.update(received_at=value).where(M.id == message_id).execute()
 
 
-def _selects(caplog):
+def _selects(caplog, table=None):
+    """SELECT statements peewee logged, all of them or those reading FROM `table`."""
     return sum(1 for r in caplog.records
-               if r.name == "peewee" and str(r.msg).startswith("('SELECT"))
+               if r.name == "peewee" and str(r.msg).startswith("('SELECT")
+               and (table is None or 'FROM "%s"' % table in str(r.msg)))
+
+
+def _recent(iso_time):
+    moment = datetime.strptime(iso_time, "%Y-%m-%dT%H:%M:%SZ")
+    return abs(moment - datetime.now(timezone.utc).replace(tzinfo=None)) < timedelta(minutes=1)
+
+
+def _public(run):
+    """A run as it appears in Message JSON "automation"."""
+    return {key: run[key] for key in AUTOMATION_KEYS}
+
+
+def _key_of(store, message_id):
+    M = store.Message
+    return M.select(M.dedup_key).where(M.id == message_id).scalar()
 
 
 def _contents(store, **filters):
@@ -554,7 +832,8 @@ def test_long_queries_use_the_fts_index(sqlite_store, caplog):
         caplog.clear()
         with caplog.at_level(logging.DEBUG, logger="peewee"):
             sqlite_store.messages(app="helpdesk", user="zhangsan", q=q)
-        (sql, params), = [r.msg for r in caplog.records if str(r.msg).startswith("('SELECT")]
+        (sql, params), = [r.msg for r in caplog.records
+                          if str(r.msg).startswith("('SELECT") and 'FROM "message"' in str(r.msg)]
         plan = " ".join(r[3] for r in sqlite_store.db.execute_sql("EXPLAIN QUERY PLAN " + sql, params))
         assert ("SCAN message_fts VIRTUAL TABLE INDEX 0:M" in plan) is uses_fts, plan
         assert "message_app_user_id" in plan
@@ -598,7 +877,7 @@ def test_upgrade_from_0001_keeps_rows_and_makes_them_searchable(tmp_path):
     store.close()
 
     store = Store(str(path))
-    assert store.migrate() == ["0002_dashboard"]
+    assert store.migrate() == ["0002_dashboard", "0003_automation"]
     rows = list(store.iter_export())
     assert [(m["direction"], m["msgtype"], m["content"], m["fields"]) for m in rows] == \
         [(d, t, c, f) for d, t, c, f in old]
@@ -621,11 +900,72 @@ def test_upgrade_from_0001_keeps_rows_and_makes_them_searchable(tmp_path):
 def test_0002_reverts_and_reapplies(sqlite_store):
     save(sqlite_store, content="服务器宕机")
     runner = migrations.Runner(sqlite_store.db, str(MIGRATIONS_DIR))
-    assert runner.down() == ["0002_dashboard"]
+    assert runner.down("0002_dashboard") == ["0003_automation", "0002_dashboard"]
     tables = sqlite_store.db.get_tables()
     assert "message_fts" not in tables and "conversation_read" not in tables
     assert "search_text" not in {c.name for c in sqlite_store.db.get_columns("message")}
-    assert sqlite_store.migrate() == ["0002_dashboard"]
+    assert sqlite_store.migrate() == ["0002_dashboard", "0003_automation"]
+    assert _contents(sqlite_store, q="服务器") == ["服务器宕机"]
+
+
+def test_upgrade_from_0002_keeps_rows_and_adds_automation(tmp_path):
+    path = tmp_path / "old.db"
+    store = Store(str(path))
+    assert migrations.Runner(store.db, str(MIGRATIONS_DIR)).up("0002_dashboard") == \
+        ["0001_initial", "0002_dashboard"]
+    now = datetime(2026, 11, 1, 9, 0, 0)
+    for n, message in enumerate((text(content="服务器宕机了"), click(), text(user="lisi", content="hi"))):
+        store.Message.create(**inbound_row("helpdesk", message, "k%d" % n, "<xml>r</xml>", now))
+    store.Message.create(app="helpdesk", direction="out", user="zhangsan", msgtype="text", to_user="zhangsan",
+                         received_at=now, content="已处理", status="sent", fields="{}", updated_at=now,
+                         search_text="已处理", operator="admin")
+    store.ReadMark.create(app="helpdesk", user="zhangsan", last_read_id=1)
+    assert "rule_run" not in store.db.get_tables()
+    store.close()
+
+    store = Store(str(path))
+    assert store.migrate() == ["0003_automation"]
+    rows = list(store.iter_export())
+    assert [(m["id"], m["direction"], m["msgtype"], m["content"]) for m in rows] == \
+        [(1, "in", "text", "服务器宕机了"), (2, "in", "event", None), (3, "in", "text", "hi"),
+         (4, "out", "text", "已处理")]
+    assert all(m["automation"] == [] for m in rows)
+    assert rows[3]["operator"] == "admin"
+    assert [(c["user"], c["unread"], c["paused_until"]) for c in store.conversations()] == \
+        [("zhangsan", 1, None), ("lisi", 1, None)]
+    assert _contents(store, q="服务器") == ["服务器宕机了"]
+    assert [r["raw"] for r in store.iter_inbound()] == \
+        ["<xml><Content>服务器宕机了</Content></xml>", "", "<xml><Content>hi</Content></xml>"]
+    run = store.start_run(1, "helpdesk", "zhangsan", "outage", "webhook", status="pending", payload="{}")
+    store.pause("helpdesk", "zhangsan", datetime(2999, 1, 1), "admin")
+    assert [r["id"] for r in store.get(1)["automation"]] == [run["id"]]
+    assert store.conversations()[0]["paused_until"] == "2999-01-01T00:00:00Z"
+    models = [store.Message, store.ReadMark, store.RuleRun, store.Takeover]
+    assert not diff_models(store.db, models), str(diff_models(store.db, models))
+    store.close()
+
+
+def test_automation_queries_use_their_indexes(sqlite_store, caplog):
+    def plan(call):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="peewee"):
+            call()
+        (sql, params), = [r.msg for r in caplog.records if 'FROM "rule_run"' in str(r.msg)]
+        return " ".join(r[3] for r in sqlite_store.db.execute_sql("EXPLAIN QUERY PLAN " + sql, params))
+
+    assert "USING INDEX rulerun_message_id (message_id=?)" in plan(lambda: sqlite_store.runs_for([1, 2]))
+    assert "USING INDEX rulerun_action_status_next_attempt_at (action=? AND status=?" in \
+        plan(lambda: sqlite_store.due_webhooks(datetime(2026, 1, 1)))
+
+
+def test_0003_reverts_and_reapplies(sqlite_store):
+    message = save(sqlite_store, content="服务器宕机")
+    sqlite_store.start_run(message["id"], "helpdesk", "zhangsan", "r", "reply")
+    runner = migrations.Runner(sqlite_store.db, str(MIGRATIONS_DIR))
+    assert runner.down() == ["0003_automation"]
+    assert not {"rule_run", "takeover"} & set(sqlite_store.db.get_tables())
+    assert sqlite_store.migrate() == ["0003_automation"]
+    assert sqlite_store.get(message["id"])["automation"] == []
     assert _contents(sqlite_store, q="服务器") == ["服务器宕机"]
 
 
@@ -633,7 +973,7 @@ def test_0002_reverts_and_reapplies(sqlite_store):
 
 def test_migrate_creates_schema_and_history(tmp_path):
     store = Store("wecomd.db", base_dir=tmp_path)
-    assert store.migrate() == ["0001_initial", "0002_dashboard"]
+    assert store.migrate() == ["0001_initial", "0002_dashboard", "0003_automation"]
     assert store.migrate() == []
     store.close()
     conn = sqlite3.connect(tmp_path / "wecomd.db")
@@ -641,12 +981,14 @@ def test_migrate_creates_schema_and_history(tmp_path):
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     history = [r[0] for r in conn.execute("SELECT name FROM schema_migration")]
     conn.close()
-    assert {"message", "schema_migration", "conversation_read", "message_fts"} <= tables
+    assert {"message", "schema_migration", "conversation_read", "message_fts", "rule_run",
+            "takeover"} <= tables
     assert {"message_dedup_key", "message_app_user_id", "message_received_at",
             "message_direction_status_next_attempt_at", "message_media_status", "message_msgtype",
-            "conversationread_app_user"} <= indexes
+            "conversationread_app_user", "rulerun_message_id", "rulerun_rule_started_at",
+            "rulerun_action_status_next_attempt_at", "takeover_app_user"} <= indexes
     assert "message_direction_status" not in indexes  # a prefix of the outbox index
-    assert history == ["0001_initial", "0002_dashboard"]
+    assert history == ["0001_initial", "0002_dashboard", "0003_automation"]
 
 
 def test_pragmas_on_the_live_connection(sqlite_store):

@@ -9,7 +9,7 @@ from typing import Any
 from tornado import httpserver, locale, netutil, web
 
 from wecomd.config import Config
-from wecomd.handlers import api, callback, dashboard, live, ops
+from wecomd.handlers import api, callback, dashboard, live, ops, rules
 from wecomd.handlers.base import DEFAULT_LOCALE
 from wecomd.paths import TRANSLATIONS_DIR, resource_dir
 from wecomd.services import Services
@@ -23,7 +23,7 @@ DRAIN_SECONDS = 25.0  # below systemd's default 90 s stop timeout, above WeCom's
 def make_app(services: Services) -> web.Application:
     """Build the application from every handler module's `routes(services)`."""
     handlers: list = []
-    for module in (callback, ops, dashboard, api, live):
+    for module in (callback, ops, dashboard, api, live, rules):
         handlers.extend(module.routes(services))
     # Tornado keeps translations process-wide; loading the same files again is harmless.
     locale.load_translations(str(TRANSLATIONS_DIR))
@@ -36,8 +36,8 @@ def make_app(services: Services) -> web.Application:
         xsrf_cookies=True,
         xsrf_cookie_kwargs=dict(samesite="Strict"),
         login_url="/login",
-        websocket_ping_interval=30,
-        websocket_ping_timeout=60,
+        websocket_ping_interval=25,
+        websocket_ping_timeout=20,
         log_function=_log_request,
         services=services,
     )
@@ -76,7 +76,10 @@ async def serve(config: Config, ready: Any = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # `systemctl reload wecomd`: re-read apps and rules, keep every connection.
+    loop.add_signal_handler(signal.SIGHUP, services.reload)
     await stop.wait()
+    loop.remove_signal_handler(signal.SIGHUP)
     await _shutdown(server, services)
 
 

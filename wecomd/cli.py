@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from wecomd import __version__, checks, config as configmod, demo, exporting, passwords, simulate
+from wecomd import __version__, checks, config as configmod, demo, dryrun, exporting, passwords, simulate
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="play WeCom against a callback URL")
     simulate.add_arguments(p)
     p.set_defaults(func=lambda args: asyncio.run(simulate.run(args)))
+
+    p = sub.add_parser("rules", help="dry runs of the rules: `rules test TEXT|--click KEY`, `rules replay --since ISO`")
+    dryrun.add_arguments(p, _config_arg)
+    p.set_defaults(func=cmd_rules)
 
     p = sub.add_parser("export", help="write stored messages, oldest first, as Message JSON")
     _config_arg(p)
@@ -151,6 +155,13 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         return EXIT_PROBLEM
     print(passwords.hash_password(password))
     return EXIT_OK
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    if not getattr(args, "rules_action", None):
+        print("wecomd rules: say `test` or `replay` (see wecomd rules --help)", file=sys.stderr)
+        return EXIT_USAGE
+    return args.rules_action(_load(args), args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

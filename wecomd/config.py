@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from wecomd import passwords
+from wecomd import rules as _rules
 
 REQUIRED = object()  # the default of an option that has none
 SEARCH_PATHS = (Path("wecomd.conf"), Path("/etc/wecomd/wecomd.conf"))
 ENV_PREFIX, ENV_CONFIG = "WECOMD_", "WECOMD_CONFIG"
-FIXED_SECTIONS = ("server", "admin", "wecom")
+FIXED_SECTIONS = ("server", "admin", "wecom", "rules")
 MIN_SECRET_LENGTH = 32
 _APP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ALNUM = re.compile(r"[A-Za-z0-9]*")
@@ -102,6 +103,16 @@ def _api_base(value: str) -> str:
     return value.rstrip("/")
 
 
+def _passive_budget(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError("not a number of seconds") from None
+    if not 0 <= seconds <= 4.5:  # WeCom waits 5 s for the answer (wecom-protocol.md §4); keep a margin
+        raise ValueError("must be from 0 to 4.5 seconds")
+    return seconds
+
+
 def _password_hash(value: str) -> str:
     if value and not passwords.is_hash(value):
         raise ValueError("not a hash made by `wecomd hash-password`")
@@ -136,6 +147,8 @@ SECTION_HELP = {
     "server": "The HTTP server.",
     "admin": "The dashboard login, and the API token for scripts.",
     "wecom": "The WeCom server API (access tokens, replies through the API, media download).",
+    "rules": "Settings shared by every [rule:NAME] section (keyword replies, menu commands, webhooks; "
+             "see docs/rules.md).",
     "app:NAME": "One WeCom self-built app; its callback URL path is /callback/NAME. Enter that URL, the "
                 "token and the encoding_aes_key in the WeCom admin console (应用 → 接收消息 → 设置API接收).",
 }
@@ -168,6 +181,14 @@ SCHEMA: Dict[str, Dict[str, Option]] = {
     "wecom": {
         "api_base": Option("https://qyapi.weixin.qq.com", _api_base, "Base URL of the WeCom API; tests "
                            "and `wecomd demo` point it at a local fake."),
+    },
+    "rules": {
+        "takeover_minutes": Option("30", _integer(0), "After an operator replies by hand, automation pauses "
+                                   "for that user this many minutes; 0: never pauses."),
+        "passive_budget": Option("3.5", _passive_budget, "Seconds an action may take and still answer as "
+                                 "the passive reply (WeCom waits 5); slower results go through the API."),
+        "max_commands": Option("4", _integer(1), "Commands (run =) running at once, process-wide."),
+        "output_limit": Option("65536", _integer(1), "Bytes of a command's output kept."),
     },
     "app:NAME": {
         "corp_id": Option(REQUIRED, _matching(r"\S{1,64}", "must be 1 to 64 characters without spaces"),
@@ -213,6 +234,14 @@ class WecomConfig:
 
 
 @dataclass(frozen=True)
+class RulesConfig:
+    takeover_minutes: int = 30  # 0 = never pause automation
+    passive_budget: float = 3.5  # seconds
+    max_commands: int = 4
+    output_limit: int = 65536  # bytes
+
+
+@dataclass(frozen=True)
 class AppConfig:
     name: str
     corp_id: str
@@ -230,7 +259,8 @@ class Config:
     admin: AdminConfig
     wecom: WecomConfig
     apps: Dict[str, AppConfig]  # by NAME, in file order
-    rules: Dict[str, Dict[str, str]] = field(default_factory=dict)  # [rule:NAME], raw, for later
+    rules: Dict[str, Dict[str, str]] = field(default_factory=dict)  # [rule:NAME] as written, file order
+    rules_settings: RulesConfig = field(default_factory=RulesConfig)  # [rules]
     # (section, option) -> where its value came from: "default", the file, or "environment WECOMD_..."
     sources: Dict[Tuple[str, str], str] = field(default_factory=dict, repr=False)
     ignored_env: Tuple[str, ...] = field(default=(), repr=False)  # WECOMD_* names that matched nothing
@@ -285,6 +315,9 @@ def load(path: Union[str, Path, None], environ: Optional[Mapping[str, str]] = No
         else:
             values[section] = _convert(section, SCHEMA[kind], raw.get(section, {}), label, problems,
                                        sources)
+    apps = [section[4:] for section in raw
+            if _kind(section) == "app:NAME" and _APP_NAME.fullmatch(section[4:])]
+    problems.extend("%s: %s" % (label, problem) for problem in _rules.problems(rules, apps))
     if problems:
         raise ConfigError(problems)
     absolute = Path(path).absolute() if path is not None else None
@@ -306,7 +339,7 @@ def _kind(section: str) -> Optional[str]:
     if section.startswith("app:"):
         return "app:NAME"
     if section.startswith("rule:") and len(section) > 5:
-        return "rule"  # a later release's feature: kept raw, not validated yet
+        return "rule"  # kept raw here; wecomd.rules validates and compiles it
     return None
 
 
@@ -431,7 +464,7 @@ def _build(path, base, values, rules, sources, ignored) -> Config:
             for section, options in values.items() if section.startswith("app:")}
     return Config(path=path, server=server_config, admin=AdminConfig(**values["admin"]),
                   wecom=WecomConfig(**values["wecom"]), apps=apps, rules=rules,
-                  sources=sources, ignored_env=ignored)
+                  rules_settings=RulesConfig(**values["rules"]), sources=sources, ignored_env=ignored)
 
 
 # --- rendering ---------------------------------------------------------------------------------

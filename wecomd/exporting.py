@@ -19,7 +19,7 @@ COLUMNS = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--app", help="only this app")
-    p.add_argument("--since", type=_iso, help="only messages received at or after this ISO time (UTC if no zone)")
+    p.add_argument("--since", type=parse_iso, help="only messages received at or after this ISO time (UTC if no zone)")
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
 
@@ -61,7 +61,8 @@ def write(rows: Iterable[dict], out: IO[str], fmt: str) -> int:
     return count
 
 
-def _iso(value: str) -> dt.datetime:
+def parse_iso(value: str) -> dt.datetime:
+    """An ISO 8601 time as naive UTC (a time without a zone is taken as UTC)."""
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

@@ -87,7 +87,7 @@ class FakeWecom:
         if token is None or self.tokens[token] <= now:
             token = secrets.token_urlsafe(96)  # real ones are a couple of hundred characters
             self.tokens[token], self._current[(corpid, secret)] = now + self.token_ttl, token
-        return 0, token, max(1, int(self.tokens[token] - now))
+        return 0, token, max(1, round(self.tokens[token] - now))
 
     def token_error(self, token: str) -> int:
         """0 for a valid access token, else WeCom's errcode for it."""

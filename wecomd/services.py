@@ -6,15 +6,21 @@ import functools
 import logging
 import secrets
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
+from wecomd import config as configmod, rules
 from wecomd.auth import LoginLimiter
+from wecomd.automation import Automation
+from wecomd.commands import CommandRunner
 from wecomd.config import AppConfig, Config
 from wecomd.crypto import WecomCrypto
 from wecomd.live import Hub
 from wecomd.media import MediaVault
 from wecomd.outbox import Outbox
 from wecomd.store import Store
+from wecomd.webhooks import WebhookSender
 from wecomd.wecom_api import WecomClient
 
 logger = logging.getLogger(__name__)
@@ -59,7 +65,11 @@ class Services:
         self.config = config
         self.store = Store(config.server.database)
         self.cryptos = {name: _crypto_for(app) for name, app in config.apps.items()}
+        self.rules = rules.compile_rules(config.rules)
         self.inflight = Inflight()
+        # message id -> the passive reply of its first delivery, while that is still being worked out,
+        # so that a WeCom retry overlapping it gets the same answer (not an empty one).
+        self.first_deliveries: dict[int, asyncio.Future] = {}
         self.hub = Hub()
         self.login_limiter = LoginLimiter()
         self.cookie_secret = config.admin.cookie_secret or _ephemeral_secret()
@@ -67,6 +77,11 @@ class Services:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wecomd-db")
         self.outbox = Outbox(self.db, self.store, self.wecom, config.apps, self.hub.publish)
         self.media = MediaVault(self.db, self.store, self.wecom, config.apps, config.server.media_dir, self.hub.publish)
+        settings = config.rules_settings
+        self.runner = CommandRunner(max_concurrent=settings.max_commands, output_limit=settings.output_limit)
+        self.webhooks = WebhookSender(self.db, self.store, self._webhook_target, self._webhook_reply, self.hub.publish)
+        self.automation = Automation(self.db, self.store, self.outbox, self.webhooks, self.runner,
+                                     lambda: self.rules, lambda: self.config.rules_settings)
 
     def app(self, name: str) -> AppConfig | None:
         return self.config.apps.get(name)
@@ -82,15 +97,50 @@ class Services:
         if (row.get("media") or {}).get("status") == "pending":
             self.media.wake()
 
+    def _webhook_target(self, rule_name: str) -> tuple:
+        """(url, secret) of a rule in the current config; (None, None) once it is gone."""
+        rule = next((r for r in self.rules if r.name == rule_name), None)
+        return (rule.webhook, rule.webhook_secret) if rule else (None, None)
+
+    async def _webhook_reply(self, run: dict, text: str) -> None:
+        await self.automation.on_webhook_reply(run, text)
+
+    def reload(self, environ: Any = None) -> bool:
+        """Re-read the config file (SIGHUP): apps and rules change in place, connections stay.
+
+        A config with problems is refused and the running one kept. Options that need a new
+        socket, database or thread pool ([server]) only take effect after a restart.
+        """
+        try:
+            new = configmod.load(self.config.path, environ)
+            new_rules = rules.compile_rules(new.rules)
+            cryptos = {name: _crypto_for(app) for name, app in new.apps.items()}
+        except (configmod.ConfigError, rules.RuleError, ValueError) as exc:
+            logger.error("reload refused, keeping the running config: %s", str(exc).replace("\n", "; "))
+            return False
+        if new.server != self.config.server or new.admin != self.config.admin:
+            logger.warning("reload: [server] and [admin] changes take effect after a restart")
+            new = replace(new, server=self.config.server, admin=self.config.admin)
+        self.config, self.cryptos, self.rules = new, cryptos, new_rules
+        self.outbox.apps = self.media.apps = new.apps
+        logger.info("reloaded %s: apps %s; %d rule(s)", new.path, ", ".join(new.apps) or "none", len(new_rules))
+        return True
+
     async def start(self) -> None:
         applied = await self.db(self.store.migrate)
         if applied:
             logger.info("database migrated: %s", ", ".join(applied))
+        interrupted = await self.db(self.store.interrupt_running, _utcnow())
+        if interrupted:
+            logger.warning("%d rule action(s) were cut off by the last stop", interrupted)
         self.outbox.start()
         self.media.start()
+        self.webhooks.start()
 
     async def close(self) -> None:
         self.hub.close_all()
+        await self.automation.close()
+        await self.webhooks.stop()
         await self.outbox.stop()
         await self.media.stop()
         self.wecom.close()
@@ -100,6 +150,10 @@ class Services:
 
 def _crypto_for(app: AppConfig) -> WecomCrypto:
     return WecomCrypto(app.token, app.encoding_aes_key, app.corp_id)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def _ephemeral_secret() -> str:

@@ -1,12 +1,11 @@
 """Storage: the peewee models, the database connection and every query wecomd runs."""
 from __future__ import annotations
 
-import functools
 import logging
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 from urllib.parse import urlparse
 
 import peewee
@@ -15,8 +14,9 @@ from peewee import (EXCLUDED, JOIN, SQL, BigIntegerField, Case, CharField, DateT
 from playhouse import db_url, migrations
 
 from .messages import Message
-from .store_rows import (MEDIA_STATUSES, dumps, inbound_row, naive_utc, search_text,
-                         to_json, utcnow)
+from .store_automation import AutomationQueries, bind_models
+from .store_rows import (MEDIA_STATUSES, automation_json, dumps, guarded as _guarded, inbound_row,
+                         iso, naive_utc, search_text, to_json, utcnow)
 
 __all__ = ["Store", "StoreError", "search_text", "MEDIA_STATUSES", "OUTBOUND_STATUSES"]
 
@@ -113,22 +113,15 @@ def _bind_models(db: peewee.Database) -> tuple[type[MessageRecord], type[ReadMar
     return BoundMessage, BoundReadMark
 
 
-def _guarded(action: str):
-    """Decorate a Store method so that database failures become StoreError."""
-    def decorate(method):
-        @functools.wraps(method)
-        def wrapper(self, *args, **kwargs):
-            with self._failures(action):
-                return method(self, *args, **kwargs)
-        return wrapper
-    return decorate
-
-
-class Store:
-    """wecomd's messages in one database, opened from a path or a URL.
+class Store(AutomationQueries):
+    """wecomd's messages, rule runs and takeover pauses in one database, opened from a path or a URL.
 
     peewee keeps one connection per thread; the server calls a Store from a single
-    worker thread, which also gives it serialized writes.
+    worker thread, which also gives it serialized writes. The rule-run and takeover
+    queries live in store_automation.AutomationQueries.
+
+    Message JSON carries "automation", the message's rule runs (store_rows.AUTOMATION_KEYS),
+    read with one extra query per call or page (per batch in iter_export).
     """
 
     def __init__(self, url: str, base_dir: Union[str, Path, None] = None) -> None:
@@ -138,6 +131,7 @@ class Store:
             # Only the scheme: a database URL may carry a password.
             raise StoreError("cannot open %s database: %s" % (urlparse(url).scheme or "sqlite", exc)) from exc
         self.Message, self.ReadMark = _bind_models(self.db)
+        self.RuleRun, self.Takeover = bind_models(self.db)
         # Full-text search is SQLite's FTS5 (migration 0002); elsewhere q is a LIKE scan.
         self.fts = isinstance(self.db, SqliteDatabase)
 
@@ -193,7 +187,21 @@ class Store:
         with self.db.atomic():
             insert.execute()
             row = M.get(M.dedup_key == dedup_key)
-        return dict(to_json(row), reply=row.reply), row.deliveries == 1
+        return dict(self._json([row])[0], reply=row.reply), row.deliveries == 1
+
+    @_guarded("save the passive reply")
+    def set_reply(self, message_id: int, reply: str) -> Optional[str]:
+        """Keep the passive reply (XML) the rules gave an inbound message; return the one kept.
+
+        The first reply saved wins, as in save_inbound, so every WeCom retry gets the same
+        answer. KeyError without such an inbound message.
+        """
+        M = self.Message
+        with self.db.atomic():
+            query = M.update({M.reply: fn.COALESCE(M.reply, reply), M.updated_at: utcnow()})
+            if not query.where((M.id == message_id) & (M.direction == "in")).execute():
+                raise KeyError("no inbound message with id %r" % (message_id,))
+            return M.select(M.reply).where(M.id == message_id).scalar()
 
     @_guarded("save the outbound message")
     def save_outbound(self, app: str, to_user: str, msgtype: str, content: Optional[str],
@@ -210,7 +218,7 @@ class Store:
                 operator=operator, updated_at=now,
                 search_text=search_text(msgtype, content, fields))
             row = self.Message.get_by_id(row.id)
-        return to_json(row)
+        return self._json([row])[0]
 
     # ------------------------------------------------------------ outbox
 
@@ -235,7 +243,7 @@ class Store:
         """Pending outbound messages whose next attempt is due at `now`, oldest first."""
         M = self.Message
         query = M.select().where((M.direction == "out") & (M.status == "pending") & self._due(now))
-        return [to_json(row) for row in query.order_by(M.id).limit(_page_size(limit))]
+        return self._json(query.order_by(M.id).limit(_page_size(limit)))
 
     @_guarded("record a delivery attempt")
     def record_attempt(self, message_id: int, error: Optional[str],
@@ -273,7 +281,7 @@ class Store:
                 raise ValueError("message %r is %s, not %s" % (message_id, row.status, only_if))
             M.update(changes).where(M.id == message_id).execute()
             row = M.get_by_id(message_id)
-        return to_json(row)
+        return self._json([row])[0]
 
     # ------------------------------------------------------------ media
 
@@ -282,7 +290,7 @@ class Store:
         """Inbound messages whose media is pending and due at `now`, oldest first."""
         M = self.Message
         query = M.select().where((M.direction == "in") & (M.media_status == "pending") & self._due(now))
-        return [to_json(row) for row in query.order_by(M.id).limit(_page_size(limit))]
+        return self._json(query.order_by(M.id).limit(_page_size(limit)))
 
     @_guarded("update the media status")
     def set_media(self, message_id: int, status: str, path: Optional[str] = None,
@@ -310,7 +318,7 @@ class Store:
             if not M.update(changes).where(M.id == message_id).execute():
                 raise KeyError("no message with id %r" % (message_id,))
             row = M.get_by_id(message_id)
-        return to_json(row)
+        return self._json([row])[0]
 
     @_guarded("read the media status")
     def get_media(self, message_id: int) -> Optional[dict]:
@@ -331,7 +339,7 @@ class Store:
     def get(self, message_id: int) -> Optional[dict]:
         """Return one message's JSON, or None."""
         row = self.Message.get_or_none(self.Message.id == message_id)
-        return to_json(row) if row is not None else None
+        return self._json([row])[0] if row is not None else None
 
     @_guarded("read a message")
     def get_raw(self, message_id: int) -> Optional[str]:
@@ -363,15 +371,15 @@ class Store:
         rows = list(query.order_by(M.id.desc()).limit(limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
-        return [to_json(row) for row in rows], (rows[-1].id if more else None)
+        return self._json(rows), (rows[-1].id if more else None)
 
     def iter_export(self, app: Optional[str] = None, since: Optional[datetime] = None,
                     batch: int = 500, user: Optional[str] = None, msgtype: Optional[str] = None,
                     q: Optional[str] = None) -> Iterator[dict]:
-        """Yield message JSON oldest first, reading `batch` rows per query.
+        """Yield message JSON oldest first, reading `batch` rows (and their runs) per query.
 
         The filters are those of messages(); `since` filters on received_at (naive
-        datetimes are taken as UTC).
+        datetimes are taken as UTC). Each message carries its "automation" list.
         """
         M = self.Message
         batch = max(1, batch)
@@ -380,10 +388,17 @@ class Store:
         while True:
             with self._failures("export messages"):
                 rows = list(query.where(M.id > last_id))
-            yield from (to_json(row) for row in rows)
+                exported = self._json(rows)
+            yield from exported
             if len(rows) < batch:
                 return
             last_id = rows[-1].id
+
+    def _json(self, rows: Iterable[MessageRecord]) -> list[dict]:
+        """Message JSON of rows, with their "automation" lists read in one query."""
+        rows = list(rows)
+        runs = self._runs_for([row.id for row in rows])
+        return [dict(to_json(row), automation=runs[row.id]) for row in rows]
 
     def _select(self, app: Optional[str] = None, user: Optional[str] = None,
                 msgtype: Optional[str] = None, q: Optional[str] = None,
@@ -412,25 +427,47 @@ class Store:
     # ------------------------------------------------------------ conversations
 
     @_guarded("list conversations")
-    def conversations(self, app: Optional[str] = None) -> list[dict]:
-        """One row per (app, user), newest conversation first.
+    def conversations(self, app: Optional[str] = None,
+                      now: Optional[datetime] = None) -> list[dict]:
+        """One row per (app, user), newest conversation first, in two queries.
 
         Each row: app, user, count, unread (inbound messages after the read mark,
-        all of them when never read), last_id and last_message (Message JSON).
+        all of them when never read), last_id, last_message (Message JSON) and
+        paused_until (ISO "Z" while automation is paused for the user at `now`, else None).
         """
-        M, R = self.Message, self.ReadMark
+        M, R, T = self.Message, self.ReadMark, self.Takeover
         last_id = fn.MAX(M.id)
         after_mark = (M.direction == "in") & (M.id > fn.COALESCE(R.last_read_id, 0))
+        paused = (T.app == M.app) & (T.user == M.user) & (T.until > naive_utc(now or utcnow()))
+        # (app, user) is unique in conversation_read and takeover: the joins add no rows.
         query = (M.select(M.app, M.user, last_id.alias("last_id"), fn.COUNT(M.id).alias("count"),
-                          fn.COUNT(Case(None, [(after_mark, 1)])).alias("unread"))
+                          fn.COUNT(Case(None, [(after_mark, 1)])).alias("unread"),
+                          fn.MAX(T.until).alias("paused_until"))
                  .join(R, JOIN.LEFT_OUTER, on=(R.app == M.app) & (R.user == M.user))
+                 .join(T, JOIN.LEFT_OUTER, on=paused, src=M)
                  .group_by(M.app, M.user).order_by(last_id.desc()))
         if app:
             query = query.where(M.app == app)
         groups = list(query.dicts())
-        ids = [group["last_id"] for group in groups]
-        last = {row.id: row for row in M.select().where(M.id.in_(ids))} if ids else {}
-        return [dict(group, last_message=to_json(last[group["last_id"]])) for group in groups]
+        last = self._with_runs([group["last_id"] for group in groups])
+        return [dict(group, last_message=last[group["last_id"]],
+                     paused_until=iso(T.until.python_value(group["paused_until"])))
+                for group in groups]
+
+    def _with_runs(self, ids: list[int]) -> dict[int, dict]:
+        """Message JSON by id, its runs joined in: one query however many messages and runs."""
+        if not ids:
+            return {}
+        M, RR = self.Message, self.RuleRun
+        query = (M.select(M, RR).join(RR, JOIN.LEFT_OUTER, on=(RR.message_id == M.id), attr="run")
+                 .where(M.id.in_(ids)).order_by(M.id, RR.id))
+        found: dict[int, dict] = {}
+        for row in query:
+            message = found.setdefault(row.id, dict(to_json(row), automation=[]))
+            run = getattr(row, "run", None)
+            if run is not None and run.id is not None:
+                message["automation"].append(automation_json(run))
+        return found
 
     @_guarded("mark the conversation read")
     def mark_read(self, app: str, user: str, up_to_id: int) -> None:

@@ -1,6 +1,8 @@
-"""Store rows <-> JSON: the Message JSON, inbound row values and the text that search covers."""
+"""Store rows <-> JSON: the Message and rule-run JSON, inbound row values, the text that search
+covers, and the guard that turns database failures of Store methods into StoreError."""
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -8,6 +10,12 @@ from typing import Any, Optional
 from .messages import Message
 
 MEDIA_STATUSES = ("pending", "stored", "failed")
+# One rule run as it appears in a Message's "automation" list: never its url or webhook body.
+AUTOMATION_KEYS = ("id", "rule", "action", "status", "path", "exit_code", "duration_ms", "output",
+                   "error", "started_at", "finished_at")
+_RUN_INTERNAL_KEYS = ("message_id", "app", "user", "reply_message_id", "url", "payload", "attempts",
+                      "next_attempt_at")
+_RUN_TIMES = ("started_at", "finished_at", "next_attempt_at")
 
 # Where the searchable words of each MsgType live in `fields`, besides `content` (which a
 # text message and every outbound reply carry). Paths descend into nested objects.
@@ -78,12 +86,35 @@ def to_json(row: Any) -> dict:
     }
 
 
+def run_json(run: Any) -> dict:
+    """Every column of a rule run (what the orchestrator and the webhook sender work with)."""
+    keys = AUTOMATION_KEYS + _RUN_INTERNAL_KEYS
+    return {key: iso(getattr(run, key)) if key in _RUN_TIMES else getattr(run, key) for key in keys}
+
+
+def automation_json(run: Any) -> dict:
+    """The public view of a rule run, an entry of Message JSON "automation"."""
+    return {key: iso(getattr(run, key)) if key in _RUN_TIMES else getattr(run, key)
+            for key in AUTOMATION_KEYS}
+
+
 def media_json(row: Any) -> Optional[dict]:
     """The public view of a row's media: null without media, never the filesystem path."""
     if row.media_status is None:
         return None
     return {"status": row.media_status, "size": row.media_size, "type": row.media_type,
             "name": row.media_name, "error": row.media_error}
+
+
+def guarded(action: str):
+    """Decorate a Store method so that database failures become StoreError (via Store._failures)."""
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            with self._failures(action):
+                return method(self, *args, **kwargs)
+        return wrapper
+    return decorate
 
 
 def dumps(fields: Optional[dict]) -> str:

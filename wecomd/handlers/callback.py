@@ -1,6 +1,7 @@
 """/callback/<app>: WeCom URL verification (GET) and message receipt (POST)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -83,20 +84,54 @@ class CallbackHandler(BaseHandler):
         self._outcome.update(type=kind, sender=message.from_user)
         row, created = await self._store(app, message)
         self._outcome.update(id=row.get("id"), outcome="stored" if created else "duplicate delivery=%d" % row.get("deliveries", 0))
-        if created:
-            self.services.message_stored(row)
-        reply = row.get("reply")
+        # Only a new message runs the rules; a retry gets the reply of the first delivery.
+        reply = await (self._first_delivery(row, message) if created else self._retry(row))
         if not reply:
             self.set_status(200)
             return self.finish()
         self.set_header("Content-Type", "application/xml; charset=utf-8")
         self.finish(self.crypto.encrypt_reply(reply, str(int(time.time())), _nonce()))
 
+    async def _first_delivery(self, row: dict, message: messages.Message) -> Optional[str]:
+        pending = self.services.first_deliveries
+        answer = pending[row["id"]] = asyncio.get_running_loop().create_future()
+        try:
+            reply = await self._automate(row, message)
+            answer.set_result(reply)
+            return reply
+        finally:
+            if not answer.done():
+                answer.set_result(None)
+            pending.pop(row["id"], None)
+
+    async def _retry(self, row: dict) -> Optional[str]:
+        first = self.services.first_deliveries.get(row["id"])
+        if first is None:
+            return row.get("reply")
+        budget = self.services.config.rules_settings.passive_budget
+        try:
+            return await asyncio.wait_for(asyncio.shield(first), budget + 1.0)
+        except asyncio.TimeoutError:
+            return None
+
+    async def _automate(self, row: dict, message: messages.Message) -> Optional[str]:
+        """Publish the new message, run the rules, and save the passive reply for WeCom's retries."""
+        self.services.message_stored(row)
+        try:
+            text = await self.services.automation.handle(self.wecom_app, row, message)
+            if not text or not message.from_user:
+                return None
+            reply = messages.reply_text(message.from_user, self.wecom_app.corp_id, text)
+            return await self.services.db(self.services.store.set_reply, row["id"], reply)
+        except StoreError as exc:
+            # The message itself is stored: acknowledge it, without an answer we could not record.
+            self._outcome["detail"] = "automation: %s" % exc
+            return None
+
     async def _store(self, app: str, message: messages.Message) -> tuple[dict, bool]:
-        reply = _default_reply(self.wecom_app, message)
         try:
             return await self.services.db(
-                self.services.store.save_inbound, app, message, messages.dedup_key(message), reply
+                self.services.store.save_inbound, app, message, messages.dedup_key(message)
             )
         except StoreError as exc:
             # Non-200 on purpose: WeCom retries, so nothing unstored is ever acknowledged.
@@ -154,13 +189,6 @@ class CallbackHandler(BaseHandler):
             status, out.get("outcome", "rejected" if status < 500 else "failed"), extra,
             1000.0 * self.request.request_time(),
         )
-
-
-def _default_reply(app: Any, message: messages.Message) -> Optional[str]:
-    """The app's configured text reply, for ordinary messages only (events get an empty 200)."""
-    if not app.reply or message.msgtype == "event" or not message.from_user:
-        return None
-    return messages.reply_text(message.from_user, app.corp_id, app.reply)
 
 
 def _nonce() -> str:

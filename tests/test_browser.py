@@ -1,0 +1,521 @@
+"""The dashboard in a real browser (Playwright + Debian's Chromium against `wecomd demo`), and its translations."""
+from __future__ import annotations
+
+import ast
+import configparser
+import csv
+import datetime
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from conftest import ROOT, free_port, wait_for_healthz
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # the translation and template checks below still run
+    sync_playwright = None
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PASSWORD = "browser-test-password"
+ARTIFACTS = ROOT / "test-artifacts"
+TEMPLATES = ROOT / "templates"
+STATIC = ROOT / "static"
+TRANSLATIONS = ROOT / "wecomd" / "translations"
+XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+_users = itertools.count(1)
+
+
+def new_user(prefix: str) -> str:
+    """A UserID no other test uses, so tests share one server without seeing each other's threads."""
+    return "%s%d" % (prefix, next(_users))
+
+
+# ------------------------------------------------------------------ servers and browser
+
+class Demo:
+    """`python -m wecomd demo` on a free port, and `wecomd simulate` against its callback."""
+
+    def __init__(self, directory: Path, traffic: bool = False):
+        self.dir, self.port = directory, free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.log = directory / "demo.log"
+        self._logfh = open(self.log, "wb")
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-m", "wecomd", "demo", "--listen", "127.0.0.1:%d" % self.port,
+                   "--dir", str(directory), "--password", PASSWORD]
+        self.proc = subprocess.Popen(command + ([] if traffic else ["--no-traffic"]),
+                                     stdout=self._logfh, stderr=subprocess.STDOUT, env=self.env)
+        wait_for_healthz(self.url, self.proc, self.output, timeout=30)
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read(directory / "wecomd.conf", encoding="utf-8")
+        self.app = parser["app:demo"]
+
+    def output(self) -> str:
+        if not self._logfh.closed:
+            self._logfh.flush()
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def simulate(self, user: str, kind: str = "text", content: str = "hello", *extra: str) -> None:
+        command = [sys.executable, "-m", "wecomd", "simulate", self.url + "/callback/demo", "--no-verify",
+                   "--token", self.app["token"], "--aes-key", self.app["encoding_aes_key"],
+                   "--corp-id", self.app["corp_id"], "--agent-id", self.app["agent_id"],
+                   "--from", user, "--content", content, *extra]
+        if kind != "xml":
+            command += ["--type", kind]
+        done = subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=60,
+                              check=False)
+        assert done.returncode == 0, "simulate failed:\n%s\n%s" % (done.stdout, done.stderr)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._logfh.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if sync_playwright is None:
+        pytest.skip("Playwright for Python is not installed (pip install playwright; no browser download needed)")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's Chromium is not at %s (apt-get install chromium; .ci/run installs it)" % CHROMIUM)
+    expect.set_options(timeout=15_000)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _start(factory, name: str, traffic: bool = False):
+    demo = Demo(factory.mktemp(name), traffic=traffic)
+    yield demo
+    demo.stop()
+    print("---- %s log ----\n%s" % (name, demo.output()[-4000:]))
+
+
+@pytest.fixture(scope="module")
+def demo(browser, tmp_path_factory):
+    yield from _start(tmp_path_factory, "demo")
+
+
+@pytest.fixture(scope="module")
+def busy_demo(browser, tmp_path_factory):
+    """A demo with its scripted traffic: every message type, with real media downloads."""
+    yield from _start(tmp_path_factory, "busy-demo", traffic=True)
+
+
+def open_page(browser, width=1280, height=800, locale="zh-CN", timezone="Asia/Shanghai"):
+    context = browser.new_context(viewport={"width": width, "height": height}, locale=locale,
+                                  timezone_id=timezone)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.problems = []  # script errors and CSP refusals: the page must produce none
+    page.on("pageerror", lambda exc: page.problems.append("page error: %s" % exc))
+    page.on("console", lambda msg: page.problems.append("console: " + msg.text)
+            if msg.type == "error" and "Refused" in msg.text else None)
+    return page
+
+
+@pytest.fixture
+def page(browser):
+    page = open_page(browser)
+    yield page
+    problems = page.problems
+    page.context.close()
+    assert problems == []
+
+
+def login(page, demo, password=PASSWORD):
+    page.goto(demo.url + "/")
+    expect(page).to_have_url(re.compile(r"/login\?next=%2F$"))
+    page.fill("#username", "admin")
+    page.fill("#password", password)
+    page.click(".login-card button[type=submit]")
+    if password == PASSWORD:
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+
+
+def conversation(page, user):
+    return page.locator("a.conv[data-user='%s']" % user)
+
+
+def open_thread(page, user):
+    conversation(page, user).click()
+    expect(page.locator("#thread-user")).to_have_text(user)
+    expect(page.locator("#message-list li.msg, #message-list li.system").first).to_be_visible()
+
+
+# ------------------------------------------------------------------ browser tests
+
+def test_login_rejects_a_wrong_password_then_signs_in(page, demo):
+    login(page, demo, password="not-the-password")
+    expect(page.locator(".alert")).to_have_text("用户名或密码错误。")
+    expect(page.locator("#username")).to_have_value("admin")
+    page.fill("#password", PASSWORD)
+    page.click(".login-card button[type=submit]")
+    expect(page).to_have_url(demo.url + "/")
+    expect(page.locator("body")).to_have_attribute("data-user", "admin")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    expect(page.locator("#list-title")).to_have_text("会话")
+
+
+def test_conversation_list_thread_and_read_mark(page, demo):
+    user = new_user("reader")
+    demo.simulate(user, content="第一条 first")
+    demo.simulate(user, content="第二条 second")
+    login(page, demo)
+    row = conversation(page, user)
+    expect(row.locator(".conv-preview")).to_have_text("第二条 second")
+    expect(row.locator(".badge")).to_have_text("2")
+    open_thread(page, user)
+    expect(page.locator("#message-list li.msg.in .text")).to_have_text(["第一条 first", "第二条 second"])
+    expect(row.locator(".badge")).to_have_count(0)
+    page.reload()  # the read mark is stored on the server, not only in the page
+    expect(conversation(page, user)).to_be_visible()
+    expect(conversation(page, user).locator(".badge")).to_have_count(0)
+
+    # Times are shown in the browser's time zone (this context is Asia/Shanghai).
+    created = page.evaluate("async (u) => (await (await fetch('/api/messages?user=' + u)).json()).messages[0].create_time", user)
+    local = datetime.datetime.fromtimestamp(created, ZoneInfo("Asia/Shanghai")).strftime("%H:%M")
+    expect(page.locator("#message-list li.msg.in .meta time").last).to_have_text(local)
+
+
+def test_live_messages_arrive_without_reload(page, demo):
+    user, other = new_user("live"), new_user("newcomer")
+    demo.simulate(user, content="before")
+    login(page, demo)
+    open_thread(page, user)
+    page.evaluate("window.__sameDocument = true")
+    demo.simulate(user, content="after, live")
+    expect(page.locator("#message-list li.msg.in .text").last).to_have_text("after, live")
+    demo.simulate(other, content="a new conversation")
+    expect(conversation(page, other).locator(".conv-preview")).to_have_text("a new conversation")
+    expect(conversation(page, other).locator(".badge")).to_have_text("1")
+    expect(conversation(page, user).locator(".badge")).to_have_count(0)  # open thread: read as it arrives
+    assert page.evaluate("window.__sameDocument") is True
+
+
+def test_reconnects_and_fetches_what_it_missed(page, demo):
+    """The live socket drops; a message stored meanwhile shows up after the automatic reconnect."""
+    user = new_user("gap")
+    demo.simulate(user, content="before the drop")
+    routes, blocked = [], [False]
+
+    def live(ws):
+        if blocked[0]:
+            ws.close()
+        else:
+            routes.append(ws)
+            ws.connect_to_server()
+
+    page.route_web_socket("**/api/live", live)
+    login(page, demo)
+    open_thread(page, user)
+    blocked[0] = True
+    routes[-1].close()
+    expect(page.locator("#conn")).to_have_attribute("data-state", re.compile("offline|connecting"))
+    demo.simulate(user, content="while offline")
+    page.wait_for_timeout(500)
+    expect(page.locator("#message-list .text", has_text="while offline")).to_have_count(0)
+    blocked[0] = False
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=20_000)
+    expect(page.locator("#message-list li.msg.in .text").last).to_have_text("while offline")
+
+
+def test_older_messages_load_on_scroll(page, demo):
+    user = new_user("chatty")
+    demo.simulate(user, "text", "bulk", "--count", "60")
+    login(page, demo)
+    open_thread(page, user)
+    messages = page.locator("#message-list li.msg")
+    expect(messages).to_have_count(50)
+    page.locator("#messages").evaluate("(el) => { el.scrollTop = 0; }")
+    expect(messages).to_have_count(60)
+    expect(page.locator("#load-older")).to_be_hidden()
+
+
+def test_search_type_filter_and_export(page, demo):
+    finder, walker = new_user("finder"), new_user("walker")
+    demo.simulate(finder, content="needle-%s in a haystack" % finder)
+    demo.simulate(walker, "location")
+    login(page, demo)
+    page.select_option("#msgtype", "location")
+    results = page.locator("#results .result")
+    expect(results.filter(has_text=walker)).to_have_count(1)
+    expect(results.filter(has_text=finder)).to_have_count(0)
+    page.select_option("#msgtype", "")
+    page.fill("#q", "needle-" + finder)
+    expect(results).to_have_count(1)
+    expect(results.locator("mark")).to_have_text("needle-" + finder)
+    href = page.locator("#export-jsonl").get_attribute("href")
+    assert "q=needle-" + finder in href and "format=jsonl" in href
+    body = page.request.get(demo.url + href).text()
+    assert [json.loads(line)["from_user"] for line in body.splitlines()] == [finder]
+    csv_href = page.locator("#export-csv").get_attribute("href")
+    assert page.request.get(demo.url + csv_href).ok
+    results.first.click()
+    expect(page.locator("#thread-user")).to_have_text(finder)
+    page.click("#clear-filters")
+    expect(page.locator("#conversations")).to_be_visible()
+    expect(page.locator("#q")).to_have_value("")
+
+
+def test_reply_is_sent_and_attributed(page, demo):
+    user = new_user("asker")
+    demo.simulate(user, content="VPN 连不上")
+    login(page, demo)
+    open_thread(page, user)
+    box = page.locator("#reply")
+    box.fill("第一行")
+    box.press("Shift+Enter")  # a newline, not a send
+    box.type("second line")
+    expect(page.locator("#message-list li.msg.out")).to_have_count(0)
+    box.press("Enter")
+    reply = page.locator("#message-list li.msg.out").last
+    expect(reply.locator(".text")).to_have_text("第一行\nsecond line")
+    expect(reply).to_have_attribute("data-status", "sent")
+    expect(reply.locator(".status")).to_have_text("已发送")
+    expect(reply.locator(".operator")).to_have_text("admin 发送")
+    expect(box).to_have_value("")
+    expect(box).to_be_enabled()
+    expect(conversation(page, user).locator(".conv-preview")).to_contain_text("第一行")
+
+
+def test_failed_delivery_shows_the_error_and_retries(page, demo):
+    """The sandbox delivers everything, so the API answers are stubbed here: this tests the page."""
+    user = new_user("failing")
+    demo.simulate(user, content="hi")
+    login(page, demo)
+    open_thread(page, user)
+    failed = {"id": 900001, "app": "demo", "direction": "out", "msgtype": "text", "event": None,
+              "event_key": None, "from_user": None, "to_user": user, "agent_id": "1000002", "msg_id": None,
+              "create_time": None, "received_at": "2026-01-01T00:00:00Z", "content": "will fail",
+              "status": "failed", "error": "81013 user & party & tag all invalid", "deliveries": 1,
+              "operator": "admin", "attempts": 3, "media": None, "fields": {}}
+    retried = []
+    page.route("**/api/messages", lambda route: route.fulfill(status=201, json=failed))
+    page.route("**/api/messages/900001/retry", lambda route: (
+        retried.append(route.request.headers.get("x-xsrftoken")),
+        route.fulfill(json={**failed, "status": "pending", "error": None})))
+    page.fill("#reply", "will fail")
+    page.press("#reply", "Enter")
+    row = page.locator("#message-list li.msg.out[data-id='900001']")
+    expect(row.locator(".error-text")).to_have_text("81013 user & party & tag all invalid")
+    expect(row.locator(".status")).to_have_text("发送失败")
+    row.locator("button.retry").click()
+    expect(row).to_have_attribute("data-status", "pending")
+    expect(row.locator("button.retry")).to_have_count(0)
+    assert retried and retried[0] == page.locator("body").get_attribute("data-xsrf")
+
+
+def test_html_in_messages_is_shown_as_text(page, demo):
+    user = new_user("mallory")
+    demo.simulate(user, content=XSS)
+    login(page, demo)
+    expect(conversation(page, user).locator(".conv-preview")).to_have_text(XSS)
+    open_thread(page, user)
+    expect(page.locator("#message-list li.msg.in .text")).to_have_text(XSS)
+    assert page.locator("#message-list img, #conversations img").count() == 0
+    page.fill("#q", "onerror")  # search results render the same text
+    expect(page.locator("#results .result-text").first).to_contain_text(XSS)
+    page.wait_for_timeout(300)
+    assert page.evaluate("typeof window.__xss") == "undefined"
+
+
+def test_message_types_events_and_unknown_fields(page, demo, tmp_path):
+    user = new_user("kinds")
+    demo.simulate(user, "location")
+    demo.simulate(user, "link", "季度报告")
+    demo.simulate(user, "click", "hello", "--event-key", "RUN_BACKUP")
+    demo.simulate(user, "image")  # its media id is unknown to the sandbox: the download fails
+    xml = tmp_path / "unknown.xml"
+    xml.write_text("<xml><ToUserName><![CDATA[%s]]></ToUserName><FromUserName><![CDATA[%s]]></FromUserName>"
+                   "<CreateTime>%d</CreateTime><MsgType><![CDATA[hologram]]></MsgType>"
+                   "<Beam><Color>green</Color></Beam><MsgId>77%d</MsgId><AgentID>%s</AgentID></xml>"
+                   % (demo.app["corp_id"], user, datetime.datetime.now().timestamp(), next(_users),
+                      demo.app["agent_id"]), encoding="utf-8")
+    demo.simulate(user, "xml", "x", "--xml", str(xml))
+    login(page, demo)
+    open_thread(page, user)
+    thread = page.locator("#message-list")
+    expect(thread.locator(".location-label")).to_have_text("广州市天河区")
+    expect(thread.locator(".location-coords")).to_contain_text("23.134521, 113.358803")
+    link = thread.locator("a.link-title")
+    expect(link).to_have_text("wecomd")
+    expect(link).to_have_attribute("href", "https://example.com/a?b=1&c=2")
+    expect(thread.locator("li.system .system-text")).to_have_text("%s 点击了菜单 RUN_BACKUP" % user)
+    expect(thread.locator(".image-pending .media-note")).to_contain_text(re.compile("正在下载|下载失败"))
+    unknown = thread.locator("li.msg[data-msgtype='hologram']")
+    expect(unknown.locator(".unknown-type")).to_have_text("消息类型：hologram")
+    expect(unknown.locator("dt", has_text="Beam.Color")).to_have_count(1)
+    expect(unknown.locator("dd", has_text="green")).to_have_count(1)
+
+
+def test_language_switch_is_remembered(page, demo):
+    user = new_user("bilingual")
+    demo.simulate(user, content="hello")
+    login(page, demo)
+    expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+    open_thread(page, user)
+    page.click(".lang button[value=en_US]")
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    expect(page.locator("#thread-user")).to_have_text(user)  # still in the same conversation
+    expect(page.locator(".logout button")).to_have_text("Sign out")
+    expect(page.locator("#conn-text")).to_have_text("Live")
+    page.reload()
+    expect(page.locator("#list-title")).to_have_text("Conversations")
+    page.click(".lang button[value=zh_CN]")
+    expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+    expect(page.locator(".logout button")).to_have_text("退出登录")
+    expect(page.locator("#conn-text")).to_have_text("实时连接")
+
+
+def test_english_browsers_get_english(browser, demo):
+    page = open_page(browser, locale="en-US", timezone="Europe/Berlin")
+    try:
+        page.goto(demo.url + "/login")
+        expect(page.locator("html")).to_have_attribute("lang", "en")
+        expect(page.locator(".login-card h1")).to_have_text("Sign in")
+        assert page.problems == []
+    finally:
+        page.context.close()
+
+
+def test_phone_shows_the_list_then_the_thread(browser, demo):
+    user = new_user("phone")
+    demo.simulate(user, content="from a phone")
+    page = open_page(browser, width=390, height=844)
+    try:
+        login(page, demo)
+        expect(page.locator(".list-pane")).to_be_visible()
+        expect(page.locator(".thread-pane")).to_be_hidden()
+        open_thread(page, user)
+        expect(page.locator(".list-pane")).to_be_hidden()
+        expect(page.locator("#back")).to_be_visible()
+        expect(page.locator("#reply")).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing sticks out sideways
+        page.click("#back")
+        expect(page.locator(".list-pane")).to_be_visible()
+        expect(page.locator(".thread-pane")).to_be_hidden()
+        assert page.problems == []
+    finally:
+        page.context.close()
+
+
+def test_every_type_live_with_media_and_screenshot(browser, busy_demo):
+    """The demo's own traffic: stored images preview, voice downloads, events; then the screenshot."""
+    page = open_page(browser, width=1280, height=860)
+    try:
+        login(page, busy_demo)
+        expect(conversation(page, "wangwu")).to_be_visible(timeout=30_000)
+        open_thread(page, "zhangsan")
+        image = page.locator("#message-list .media.image img")
+        expect(image).to_be_visible(timeout=30_000)
+        expect(image).to_have_attribute("src", re.compile(r"^/api/media/\d+$"))
+        page.wait_for_function("() => document.querySelector('#message-list .media.image img').naturalWidth > 0")
+        voice = page.locator("#message-list a.media.file", has_text="sample.amr")
+        expect(voice).to_be_visible(timeout=30_000)
+        expect(voice.locator(".file-meta")).to_contain_text("KB")
+        open_thread(page, "lisi")
+        expect(page.locator("#message-list li.system", has_text="RUN_BACKUP")).to_be_visible(timeout=30_000)
+        expect(page.locator("#message-list .text", has_text="<script>alert(1)</script>")).to_be_visible(timeout=30_000)
+        open_thread(page, "zhangsan")
+        page.fill("#reply", "收到，我们马上看一下。")
+        page.press("#reply", "Enter")
+        expect(page.locator("#message-list li.msg.out").last).to_have_attribute("data-status", "sent")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+        assert page.problems == []
+    finally:
+        page.context.close()
+
+
+# ------------------------------------------------------------------ translations and templates
+
+_TEMPLATE_MSGID = re.compile(r"""\b_\(\s*(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')\s*\)""")
+_PY_MSGID = re.compile(r"""locale\.translate\(\s*"((?:[^"\\]|\\.)*)"\s*[,)]""")
+_JS_MSGID = re.compile(r"""\b(?:t|tParts)\(\s*"((?:[^"\\]|\\.)*)"\s*[,)]""")
+_PLACEHOLDER = re.compile(r"\{\w+\}|%\(\w+\)[sd]")
+
+
+def _template_msgids() -> set:
+    found = set()
+    for path in TEMPLATES.glob("*.html"):
+        for double, single in _TEMPLATE_MSGID.findall(path.read_text(encoding="utf-8")):
+            found.add(ast.literal_eval('"%s"' % double) if double else ast.literal_eval("'%s'" % single))
+    return found
+
+
+def _js_block_msgids() -> list:
+    """The msgids index.html translates into its i18n data block for the scripts."""
+    text = (TEMPLATES / "index.html").read_text(encoding="utf-8")
+    match = re.search(r"{%\s*set js_msgids\s*=\s*(\[.*?\])\s*%}", text, re.DOTALL)
+    assert match, "index.html must define js_msgids"
+    return ast.literal_eval(match.group(1))
+
+
+def _js_used_msgids() -> set:
+    return {m for path in STATIC.glob("*.js") for m in _JS_MSGID.findall(path.read_text(encoding="utf-8"))}
+
+
+def _python_msgids() -> set:
+    return {m for path in (ROOT / "wecomd").rglob("*.py") for m in _PY_MSGID.findall(path.read_text(encoding="utf-8"))}
+
+
+def _csv(name: str) -> dict:
+    with open(TRANSLATIONS / name, encoding="utf-8-sig", newline="") as fh:
+        rows = [row for row in csv.reader(fh) if row]
+    assert all(len(row) in (2, 3) for row in rows), "%s: every row is msgid,translation[,plural]" % name
+    return {row[0]: row[1] for row in rows}
+
+
+def test_every_msgid_has_a_chinese_translation():
+    zh = _csv("zh_CN.csv")
+    wanted = _template_msgids() | set(_js_block_msgids()) | _python_msgids()
+    assert len(wanted) > 40
+    assert sorted(m for m in wanted if not zh.get(m, "").strip()) == []
+    for msgid, text in zh.items():
+        assert msgid == msgid.strip(), "Tornado strips CSV cells: %r never matches" % msgid
+        assert sorted(_PLACEHOLDER.findall(msgid)) == sorted(_PLACEHOLDER.findall(text)), msgid
+
+
+def test_english_catalogue_exists_for_tornado():
+    """Tornado only offers locales that have a file, so English needs one even if it maps 1:1."""
+    en = _csv("en_US.csv")
+    assert en and all(msgid == text for msgid, text in en.items())
+
+
+def test_script_strings_come_from_the_i18n_block():
+    block, used = _js_block_msgids(), _js_used_msgids()
+    assert len(block) == len(set(block)), "duplicate msgids in js_msgids"
+    assert sorted(used - set(block)) == [], "used in static/*.js but not translated in index.html"
+    assert sorted(set(block) - used) == [], "listed in index.html but no script uses them"
+
+
+def test_pages_stay_within_the_content_security_policy():
+    """No inline scripts, styles or event handlers (CSP), and scripts never parse data as HTML."""
+    for path in TEMPLATES.glob("*.html"):
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"\sstyle\s*=|<style", text), path.name
+        assert not re.search(r"\son[a-z]+\s*=", text), path.name
+        for tag in re.findall(r"<script\b[^>]*>", text):
+            assert 'type="application/json"' in tag or "src=" in tag, (path.name, tag)
+    for path in STATIC.glob("*.js"):
+        text = path.read_text(encoding="utf-8")
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+            assert sink not in text, (path.name, sink)

@@ -1,0 +1,200 @@
+"""Automation: runs the rules on each new inbound message and delivers every answer exactly once.
+
+An answer (a reply template, a command's result, a webhook's `{"reply": ...}`) that is ready within
+`[rules] passive_budget` seconds becomes the passive reply to WeCom; any other answer goes out later
+through the send API, via the durable outbox. Each action is recorded as a rule run linked to the
+message, with the path its answer took. WeCom's retries never get here (`Services` calls `handle`
+only for a newly stored message), so an action never starts twice. After an operator replies by hand,
+replies and commands pause for that user for `takeover_minutes`; webhooks still forward.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Any, Awaitable, Callable, List, Optional
+
+from wecomd import rules as rulesmod
+from wecomd.commands import CommandResult, CommandRunner
+from wecomd.config import AppConfig, RulesConfig
+from wecomd.messages import Message
+from wecomd.webhooks import WebhookSender, body_for
+
+logger = logging.getLogger(__name__)
+
+PAUSED = "automation paused: an operator replied by hand (human takeover)"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class _Answers:
+    """Decides, once per answer, whether it is the passive reply or goes through the send API."""
+
+    def __init__(self) -> None:
+        self.passive: Optional[str] = None
+        self.closed = False  # the budget is over, or the passive slot is taken
+        self.ready = asyncio.Event()
+
+    def offer(self, text: str) -> bool:
+        """True when `text` becomes the passive reply; False means: send it through the API."""
+        if self.closed or self.passive is not None:
+            return False
+        self.passive, self.closed = text, True
+        self.ready.set()
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self.ready.set()
+
+
+class Automation:
+    """One per process, owned by `Services`; rules and settings are read at use, so a reload applies."""
+
+    def __init__(self, run_db: Callable[..., Awaitable[Any]], store: Any, outbox: Any, webhooks: WebhookSender,
+                 runner: CommandRunner, current_rules: Callable[[], List[rulesmod.Rule]],
+                 settings: Callable[[], RulesConfig]) -> None:
+        self.run_db, self.store, self.outbox, self.webhooks = run_db, store, outbox, webhooks
+        self.runner, self.current_rules, self.settings = runner, current_rules, settings
+        self._tasks: set[asyncio.Task] = set()
+
+    async def handle(self, app: AppConfig, row: dict, message: Message) -> Optional[str]:
+        """Run the rules for a newly stored message; return the passive reply text, if any."""
+        matches = rulesmod.select(self.current_rules(), app.name, message)
+        user = message.from_user or ""
+        paused = bool(user) and await self.run_db(self.store.paused_until, app.name, user, utcnow()) is not None
+        answers, started = _Answers(), []
+        for match in matches:
+            started += await self._start(match, app, row, message, answers, paused)
+        if not matches and app.reply and message.msgtype != "event" and not paused:
+            answers.offer(app.reply)  # the app's own default reply, when no rule answered
+        await self._wait(answers, started, self.settings().passive_budget)
+        answers.close()
+        return answers.passive
+
+    async def _wait(self, answers: _Answers, started: List[asyncio.Task], budget: float) -> None:
+        """Until an answer is passive, every action of this message is done, or the budget is over."""
+        loop = asyncio.get_running_loop()
+        deadline, pending = loop.time() + budget, set(started)
+        waiter = asyncio.ensure_future(answers.ready.wait())
+        try:
+            while pending and not answers.closed and loop.time() < deadline:
+                _, pending = await asyncio.wait(pending | {waiter}, timeout=deadline - loop.time(),
+                                                return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(waiter)
+        finally:
+            waiter.cancel()
+
+    async def _start(self, match: rulesmod.Match, app: AppConfig, row: dict, message: Message,
+                     answers: _Answers, paused: bool) -> List[asyncio.Task]:
+        """Start one rule's actions; returns the tasks whose answers may still become passive."""
+        rule, started = match.rule, []
+        fields = rulesmod.template_fields(match, app.name, message)
+        if rule.webhook:
+            started.append(await self._webhook(rule, app, row, answers))
+        for action, configured in (("reply", rule.reply), ("run", rule.run)):
+            if configured and paused:
+                run = await self._record(row, app, rule, action, "skipped")
+                await self.run_db(self.store.finish_run, run["id"], "skipped", error=PAUSED, path="none")
+            elif configured and action == "reply":
+                run = await self._record(row, app, rule, "reply", "running")
+                await self._deliver(run, app, row, rulesmod.render(rule.reply, fields), answers, status="ok")
+            elif configured:
+                run = await self._record(row, app, rule, "run", "running")
+                started.append(self._spawn(self._command(run, rule, fields, message, app, row, answers)))
+        return started
+
+    async def _record(self, row: dict, app: AppConfig, rule: rulesmod.Rule, action: str, status: str, **kw: Any) -> dict:
+        return await self.run_db(self.store.start_run, row["id"], app.name, row.get("from_user") or "",
+                                 rule.name, action, status, **kw)
+
+    async def _command(self, run: dict, rule: rulesmod.Rule, fields: dict, message: Message,
+                       app: AppConfig, row: dict, answers: _Answers) -> None:
+        argv = rulesmod.command_argv(rule, fields)
+        result = await self.runner.run(argv, rulesmod.command_env(fields, message), rule.timeout)
+        await self.run_db(self.store.finish_run, run["id"], result.status, exit_code=result.exit_code,
+                          duration_ms=result.duration_ms, output=result.excerpt(), error=result.error)
+        await self._deliver(run, app, row, command_answer(result, rule), answers)
+
+    async def _webhook(self, rule: rulesmod.Rule, app: AppConfig, row: dict, answers: _Answers) -> asyncio.Task:
+        public = {k: v for k, v in row.items() if k != "reply"}
+        payload = body_for(public, rule.name, app.name).decode("utf-8")
+        run = await self._record(row, app, rule, "webhook", "pending", url=rule.webhook, payload=payload)
+
+        async def first_attempt() -> None:
+            delivered, reply = await self.webhooks.attempt(run)
+            if reply:
+                await self._deliver(run, app, row, reply, answers)
+            elif delivered:
+                await self.run_db(self.store.set_run_path, run["id"], "none")
+
+        return self._spawn(first_attempt())
+
+    async def _deliver(self, run: dict, app: AppConfig, row: dict, text: str, answers: _Answers,
+                       status: Optional[str] = None) -> None:
+        """Passive if still possible, else exactly one message through the outbox."""
+        if status:
+            await self.run_db(self.store.finish_run, run["id"], status)
+        if not text.strip():
+            await self.run_db(self.store.set_run_path, run["id"], "none")
+        elif answers.offer(text):
+            await self.run_db(self.store.set_run_path, run["id"], "passive")
+        else:
+            await self.send_later(run, app.name, row.get("from_user") or "", text)
+
+    async def send_later(self, run: dict, app: str, user: str, text: str) -> None:
+        """Deliver an answer that missed the passive budget through the send API (the outbox)."""
+        rows = await self.outbox.submit(app, user, text, operator="rule:%s" % run["rule"])
+        await self.run_db(self.store.set_run_path, run["id"], "api", rows[0]["id"])
+
+    async def on_webhook_reply(self, run: dict, text: str) -> None:
+        """A retried webhook delivery answered with a reply: always too late to be passive."""
+        await self.send_later(run, run["app"], run["user"], text)
+
+    def _spawn(self, work: Awaitable[None]) -> asyncio.Task:
+        task = asyncio.ensure_future(self._guard(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _guard(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("automation: an action failed unexpectedly")
+
+    async def close(self) -> None:
+        """Cancel actions still running (their commands are killed); their runs stay recorded."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+
+def command_answer(result: CommandResult, rule: rulesmod.Rule) -> str:
+    """What the user is told when a command finishes: its output, or why it did not succeed."""
+    output = result.output.strip()
+    if result.status == "ok":
+        return output or "已完成"
+    if result.status == "timeout":
+        return "执行超时（%g 秒）" % rule.timeout
+    if result.status == "failed":
+        tail = ("\n" + output[-500:]) if output else ""
+        return "执行失败（退出码 %s）%s" % (result.exit_code, tail)
+    return "无法执行：%s" % (result.error or "unknown error")
+
+
+def pause_until(settings: RulesConfig, now: Optional[datetime] = None) -> Optional[datetime]:
+    """When automation resumes after an operator's manual reply now; None when takeover is off."""
+    if settings.takeover_minutes <= 0:
+        return None
+    return (now or utcnow()) + timedelta(minutes=settings.takeover_minutes)
+
+

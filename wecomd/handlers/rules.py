@@ -1,0 +1,45 @@
+"""/api/rules and /api/takeover/*: what the automation is configured to do and has done, and pausing it."""
+from __future__ import annotations
+
+from typing import Any
+
+from tornado import web
+
+from wecomd.handlers.base import ApiHandler
+
+
+class RulesHandler(ApiHandler):
+    """The rules in the order they are tried, with hit counts and when each last fired."""
+
+    async def get(self) -> None:
+        stats = await self.services.db(self.services.store.rule_stats)
+        rules = [dict(public_rule(rule), **stats.get(rule.name, {"hits": 0, "last_fired": None, "failures": 0}))
+                 for rule in self.services.rules]
+        self.write_json({"rules": rules, "settings": {
+            "takeover_minutes": self.services.config.rules_settings.takeover_minutes,
+            "passive_budget": self.services.config.rules_settings.passive_budget,
+        }})
+
+
+class ResumeHandler(ApiHandler):
+    """The thread's "resume now" button: automation answers this user again at once."""
+
+    async def post(self) -> None:
+        body = self.json_body()
+        app, user = body.get("app"), body.get("user")
+        if not isinstance(app, str) or not isinstance(user, str) or not user:
+            raise web.HTTPError(400, "send {\"app\": str, \"user\": str}")
+        await self.services.db(self.services.store.resume, app, user)
+        self.set_status(204)
+        self.finish()
+
+
+def public_rule(rule: Any) -> dict:
+    """A rule as the dashboard may see it: never its webhook secret."""
+    return {"name": rule.name, "app": rule.app, "when": rule.when, "reply": rule.reply, "run": rule.run,
+            "timeout": rule.timeout, "webhook": rule.webhook, "continue": rule.cont, "priority": rule.priority}
+
+
+def routes(services: Any) -> list:
+    kw = dict(services=services)
+    return [(r"/api/rules", RulesHandler, kw), (r"/api/takeover/resume", ResumeHandler, kw)]

@@ -1,0 +1,300 @@
+"""Storage of rules and automation: rule runs (with the webhook queue) and takeover pauses.
+
+`Store` inherits these queries from `AutomationQueries`; the models are declared here unbound and
+bound per Store, as the message models are.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Iterator, Optional, Sequence, Union
+
+import peewee
+from peewee import (EXCLUDED, Case, CharField, DateTimeField, FloatField, IntegerField, Model,
+                    TextField, fn)
+
+from .store_rows import automation_json, guarded, iso, naive_utc, run_json, utcnow
+
+RUN_ACTIONS = ("reply", "run", "webhook")
+RUN_STATUSES = ("running", "pending", "ok", "failed", "timeout", "error", "skipped")
+OPEN_RUN_STATUSES = ("running", "pending")  # not finished yet: finished_at is NULL
+FAILURE_STATUSES = ("failed", "timeout", "error")
+RUN_PATHS = ("passive", "api", "none")
+INTERRUPTED = "interrupted: wecomd stopped while it ran"
+
+
+class RuleRun(Model):
+    """One action (reply, run or webhook) a rule fired for one inbound message."""
+
+    message_id = IntegerField(index=True)  # the triggering message's id (no foreign key)
+    app = CharField()
+    user = CharField(null=True)
+    rule = CharField()  # the [rule:NAME] name
+    action = CharField()  # RUN_ACTIONS
+    status = CharField()  # RUN_STATUSES
+    path = CharField(null=True)  # RUN_PATHS: how the answer went out; NULL until decided
+    exit_code = IntegerField(null=True)
+    duration_ms = FloatField(null=True)
+    output = TextField(null=True)  # an excerpt
+    error = TextField(null=True)
+    reply_message_id = IntegerField(null=True)  # the outbound row of an answer sent through the API
+    url = TextField(null=True)  # webhook
+    payload = TextField(null=True)  # webhook body: exactly the bytes signed, as UTF-8
+    attempts = IntegerField(default=0)  # failed webhook deliveries
+    next_attempt_at = DateTimeField(null=True)  # naive UTC; NULL = due now
+    started_at = DateTimeField()  # naive UTC
+    finished_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "rule_run"
+        indexes = (
+            (("rule", "started_at"), False),
+            (("action", "status", "next_attempt_at"), False),
+        )
+
+
+class Takeover(Model):
+    """Automation paused for one user of one app until `until` (an operator answered by hand)."""
+
+    app = CharField()
+    user = CharField()
+    until = DateTimeField()  # naive UTC
+    operator = CharField(null=True)
+
+    class Meta:
+        table_name = "takeover"
+        indexes = ((("app", "user"), True),)
+
+
+def bind_models(db: peewee.Database) -> tuple[type[RuleRun], type[Takeover]]:
+    """Per-Store subclasses bound to `db` (see store._bind_models)."""
+    class BoundRuleRun(RuleRun):
+        class Meta:
+            database = db
+            table_name = "rule_run"
+
+    class BoundTakeover(Takeover):
+        class Meta:
+            database = db
+            table_name = "takeover"
+
+    return BoundRuleRun, BoundTakeover
+
+
+class AutomationQueries:
+    """Rule runs, the webhook queue and takeover pauses; a part of Store.
+
+    Expects `db`, `Message`, `RuleRun`, `Takeover` and `_failures` from Store. Times are naive UTC
+    (aware datetimes are converted); JSON times are ISO 8601 with "Z".
+    """
+
+    db: peewee.Database
+    Message: type
+    RuleRun: type[RuleRun]
+    Takeover: type[Takeover]
+
+    # ------------------------------------------------------------ rule runs
+
+    @guarded("record the rule run")
+    def start_run(self, message_id: int, app: str, user: Optional[str], rule: str, action: str,
+                  status: str = "running", url: Optional[str] = None,
+                  payload: Union[str, bytes, None] = None) -> dict:
+        """Record that `rule` fired `action` for message `message_id`; return the run.
+
+        `payload` (a webhook body) is kept as UTF-8 text, so encoding it gives back the exact
+        bytes. A run started in a final status ("skipped", ...) is finished at once. KeyError
+        without such a message; ValueError for an unknown action or status.
+        """
+        _check(action, RUN_ACTIONS, "action")
+        _check(status, RUN_STATUSES, "status")
+        if isinstance(payload, bytes):
+            payload = payload.decode("utf-8")
+        now = utcnow()
+        with self.db.atomic():
+            if not self.Message.select().where(self.Message.id == message_id).exists():
+                raise KeyError("no message with id %r" % (message_id,))
+            run = self.RuleRun.create(
+                message_id=message_id, app=app, user=user, rule=rule, action=action, status=status,
+                url=url, payload=payload, attempts=0, started_at=now,
+                finished_at=None if status in OPEN_RUN_STATUSES else now)
+            run = self.RuleRun.get_by_id(run.id)
+        return run_json(run)
+
+    @guarded("finish the rule run")
+    def finish_run(self, run_id: int, status: str, *, exit_code: Optional[int] = None,
+                   duration_ms: Optional[float] = None, output: Optional[str] = None,
+                   error: Optional[str] = None, path: Optional[str] = None,
+                   reply_message_id: Optional[int] = None) -> dict:
+        """Give a run its final status and set finished_at; return the run.
+
+        Only the optional values given (not None) change. The retry schedule is cleared.
+        ValueError unless `status` is final (ok, failed, timeout, error, skipped); KeyError
+        without such a run.
+        """
+        if status in OPEN_RUN_STATUSES:
+            raise ValueError("finish_run needs a final status, not %r" % (status,))
+        _check(status, RUN_STATUSES, "status")
+        R = self.RuleRun
+        changes = {R.status: status, R.finished_at: utcnow(), R.next_attempt_at: None}
+        if path is not None:
+            _check(path, RUN_PATHS, "path")
+        for column, value in ((R.exit_code, exit_code), (R.duration_ms, duration_ms),
+                              (R.output, output), (R.error, error), (R.path, path),
+                              (R.reply_message_id, reply_message_id)):
+            if value is not None:
+                changes[column] = value
+        return self._update_run(run_id, changes)
+
+    @guarded("set the rule run's path")
+    def set_run_path(self, run_id: int, path: str, reply_message_id: Optional[int] = None) -> dict:
+        """Record how a run's answer went out (passive, api or none); return the run."""
+        _check(path, RUN_PATHS, "path")
+        R = self.RuleRun
+        changes = {R.path: path}
+        if reply_message_id is not None:
+            changes[R.reply_message_id] = reply_message_id
+        return self._update_run(run_id, changes)
+
+    @guarded("read the rule run")
+    def get_run(self, run_id: int) -> Optional[dict]:
+        """Every column of one run, or None."""
+        run = self.RuleRun.get_or_none(self.RuleRun.id == run_id)
+        return run_json(run) if run is not None else None
+
+    @guarded("read rule runs")
+    def runs_for(self, message_ids: Sequence[int]) -> dict[int, list[dict]]:
+        """The "automation" lists of these messages, oldest run first, in one query.
+
+        Every id asked for is a key; a message without runs maps to [].
+        """
+        return self._runs_for(message_ids)
+
+    def _runs_for(self, message_ids: Sequence[int]) -> dict[int, list[dict]]:
+        found: dict[int, list[dict]] = {int(i): [] for i in message_ids}
+        if not found:
+            return found
+        R = self.RuleRun
+        for run in R.select().where(R.message_id.in_(list(found))).order_by(R.id):
+            found[run.message_id].append(automation_json(run))
+        return found
+
+    @guarded("count rule runs")
+    def rule_stats(self) -> dict[str, dict]:
+        """{rule: {"hits", "last_fired", "failures"}} for every rule that has runs.
+
+        hits: distinct messages the rule fired on; last_fired: when it last did (ISO "Z"), both
+        leaving out "skipped" runs (automation paused, nothing done); failures: runs that
+        failed, timed out or broke (status failed, timeout or error). Configured rules that
+        never fired are absent.
+        """
+        R = self.RuleRun
+        fired = R.status != "skipped"
+        query = R.select(
+            R.rule, fn.COUNT(fn.DISTINCT(Case(None, [(fired, R.message_id)]))).alias("hits"),
+            fn.MAX(Case(None, [(fired, R.started_at)])).alias("last_fired"),
+            fn.COUNT(Case(None, [(R.status.in_(FAILURE_STATUSES), 1)])).alias("failures"),
+        ).group_by(R.rule)
+        return {row["rule"]: {"hits": row["hits"], "failures": row["failures"],
+                              "last_fired": iso(R.started_at.python_value(row["last_fired"]))}
+                for row in query.dicts()}
+
+    @guarded("mark interrupted rule runs")
+    def interrupt_running(self, now: datetime) -> int:
+        """At start-up: runs a crash left "running" become "error"; return how many."""
+        R = self.RuleRun
+        with self.db.atomic():
+            return R.update({R.status: "error", R.error: INTERRUPTED, R.finished_at: naive_utc(now)}) \
+                .where(R.status == "running").execute()
+
+    def _update_run(self, run_id: int, changes: dict, only_if: Optional[str] = None) -> dict:
+        R = self.RuleRun
+        with self.db.atomic():
+            run = R.get_or_none(R.id == run_id)
+            if run is None:
+                raise KeyError("no rule run with id %r" % (run_id,))
+            if only_if is not None and run.status != only_if:
+                raise ValueError("rule run %r is %s, not %s" % (run_id, run.status, only_if))
+            R.update(changes).where(R.id == run_id).execute()
+            run = R.get_by_id(run_id)
+        return run_json(run)
+
+    # ------------------------------------------------------------ webhook queue
+
+    @guarded("list due webhooks")
+    def due_webhooks(self, now: datetime, limit: int = 20) -> list[dict]:
+        """Pending webhook runs whose next attempt is due at `now`, oldest first."""
+        R = self.RuleRun
+        due = R.next_attempt_at.is_null() | (R.next_attempt_at <= naive_utc(now))
+        query = R.select().where((R.action == "webhook") & (R.status == "pending") & due)
+        return [run_json(run) for run in query.order_by(R.id).limit(max(1, int(limit)))]
+
+    @guarded("record a webhook attempt")
+    def record_run_attempt(self, run_id: int, error: Optional[str],
+                           next_attempt_at: Optional[datetime]) -> dict:
+        """Count one failed delivery of a pending run and schedule the next; it stays pending.
+
+        KeyError without such a run; ValueError unless it is pending.
+        """
+        R = self.RuleRun
+        changes = {R.attempts: R.attempts + 1, R.error: error,
+                   R.next_attempt_at: naive_utc(next_attempt_at)}
+        return self._update_run(run_id, changes, only_if="pending")
+
+    # ------------------------------------------------------------ takeover
+
+    @guarded("pause automation")
+    def pause(self, app: str, user: str, until: datetime, operator: Optional[str] = None) -> None:
+        """Pause automation for (app, user) until `until`; never shortens a later pause."""
+        T = self.Takeover
+        with self.db.atomic():
+            T.insert(app=app, user=user, until=naive_utc(until), operator=operator).on_conflict(
+                conflict_target=[T.app, T.user],
+                update={T.until: EXCLUDED.until, T.operator: EXCLUDED.operator},
+                where=EXCLUDED.until > T.until).execute()
+
+    @guarded("resume automation")
+    def resume(self, app: str, user: str) -> None:
+        """End a pause of (app, user) now; nothing happens without one."""
+        T = self.Takeover
+        with self.db.atomic():
+            T.delete().where((T.app == app) & (T.user == user)).execute()
+
+    @guarded("read the takeover pause")
+    def paused_until(self, app: str, user: str, now: datetime) -> Optional[datetime]:
+        """When the pause of (app, user) ends (naive UTC), or None when absent or over at `now`."""
+        T = self.Takeover
+        row = T.get_or_none((T.app == app) & (T.user == user) & (T.until > naive_utc(now)))
+        return row.until if row is not None else None
+
+    # ------------------------------------------------------------ replay
+
+    def iter_inbound(self, since: Optional[datetime] = None, app: Optional[str] = None,
+                     batch: int = 500) -> Iterator[dict]:
+        """Yield inbound messages oldest first as {"id", "app", "raw", "received_at"}.
+
+        For `wecomd rules replay`, which parses `raw` (the decrypted XML) again. Reads `batch`
+        rows per query; `since` filters on received_at (naive datetimes are UTC).
+        """
+        M, batch = self.Message, max(1, int(batch))
+        query = M.select(M.id, M.app, M.raw_xml, M.received_at).where(M.direction == "in")
+        if app:
+            query = query.where(M.app == app)
+        if since is not None:
+            query = query.where(M.received_at >= naive_utc(since))
+        query = query.order_by(M.id).limit(batch)
+        last_id = 0
+        while True:
+            with self._failures("read inbound messages"):
+                rows = list(query.where(M.id > last_id))
+            yield from ({"id": row.id, "app": row.app, "raw": row.raw_xml,
+                         "received_at": iso(row.received_at)} for row in rows)
+            if len(rows) < batch:
+                return
+            last_id = rows[-1].id
+
+    def _failures(self, action: str):  # provided by Store
+        raise NotImplementedError
+
+
+def _check(value: str, allowed: Sequence[str], what: str) -> None:
+    if value not in allowed:
+        raise ValueError("%s must be one of %s, not %r" % (what, ", ".join(allowed), value))
