@@ -3,6 +3,15 @@ import re
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPy(build_py):
+    """Ship the sample wecomd.conf inside the package: `wecomd demo` uses its example rules."""
+
+    def run(self):
+        super().run()
+        self.copy_file(str(HERE / "wecomd.conf"), str(Path(self.build_lib) / "wecomd" / "wecomd.conf"))
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "wecomd" / "__init__.py").read_text()).group(1)
@@ -37,6 +46,7 @@ setup(
         ],
     },
     entry_points={"console_scripts": ["wecomd=wecomd.cli:main"]},
+    cmdclass={"build_py": BuildPy},
     classifiers=[
         "Framework :: Tornado",
         "Programming Language :: Python :: 3",

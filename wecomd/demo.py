@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import configparser
 import logging
 import secrets
 import shutil
@@ -11,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from wecomd import app, config, passwords, sandbox
+from wecomd import app, config, passwords, paths, sandbox
 from wecomd.simulate import Simulator, build
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ APP = "demo"
 SCRIPT = (
     (0.5, "text", "zhangsan", "你好，VPN 连不上了，能帮忙看下吗？", None),
     (1.5, "image", "zhangsan", "", "image"),
+    (2.5, "text", "zhangsan", "你好", None),
     (3.0, "enter_agent", "lisi", "", None),
     (4.0, "click", "lisi", "RUN_BACKUP", None),
     (6.0, "text", "wangwu", "打印机又卡纸了 🖨️", None),
@@ -30,7 +32,9 @@ SCRIPT = (
     (16.0, "subscribe", "zhaoliu", "", None),
     (18.0, "text", "zhaoliu", "Hi, is the wiki down? I get a 502.", None),
     (22.0, "file", "wangwu", "", "file"),
+    (24.0, "text", "zhaoliu", "帮助", None),
     (26.0, "link", "lisi", "季度报告草稿", None),
+    (28.0, "text", "zhaoliu", "请假 2 天 家里有事", None),
     (30.0, "template_card_event", "zhangsan", "approve", None),
     (35.0, "change_contact", "zhaoliu", "", None),
     (40.0, "text", "wangwu", "好的，谢谢！", None),
@@ -61,7 +65,8 @@ async def _main(args: argparse.Namespace) -> int:
     media = sandbox.seed_samples(fake)
     api_server, api_base = await sandbox.start(fake)
     path = workdir / "wecomd.conf"
-    path.write_text(config.render(_values(args.listen, api_base, password)), encoding="utf-8")
+    values = {**_values(args.listen, api_base, password), **sample_rules(api_base)}
+    path.write_text(config.render(values), encoding="utf-8")
     cfg = config.load(path, {})
     ready: asyncio.Future = asyncio.get_running_loop().create_future()
     serving = asyncio.ensure_future(app.serve(cfg, ready=ready.set_result))
@@ -104,6 +109,17 @@ def _values(listen: str, api_base: str, password: str) -> dict:
             "secret": secrets.token_urlsafe(24), "reply": "已收到，我们会尽快回复",
         },
     }
+
+
+def sample_rules(api_base: str) -> dict:
+    """The example rules of the shipped wecomd.conf, plus its commented-out webhook rule made live
+    against the sandbox, so the demo shows every kind of rule at work."""
+    sample = configparser.RawConfigParser(inline_comment_prefixes=(";",), strict=True)
+    sample.read(paths.sample_config(), encoding="utf-8")
+    sections = {name: dict(sample[name]) for name in sample.sections() if name == "rules" or name.startswith("rule:")}
+    sections["rule:forward"] = {"priority": "-1", "when": "any", "webhook": api_base + sandbox.WEBHOOK,
+                                "webhook_secret": secrets.token_urlsafe(24), "continue": "yes"}
+    return sections
 
 
 def _banner(url: str, user: str, password: str, path: Path) -> None:

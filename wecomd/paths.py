@@ -11,3 +11,11 @@ def resource_dir(name: str) -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError("wecomd resource directory %r not found" % name)
+
+
+def sample_config() -> Path:
+    """The commented sample wecomd.conf: packaged beside the modules, or at the repo root."""
+    for candidate in (_PACKAGE / "wecomd.conf", _PACKAGE.parent / "wecomd.conf"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("the sample wecomd.conf is not installed")

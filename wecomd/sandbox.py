@@ -18,6 +18,7 @@ from tornado import httpserver, netutil, web
 
 logger = logging.getLogger(__name__)
 
+WEBHOOK = "/demo/webhook"  # not part of WeCom: the demo's webhook receiver
 GETTOKEN, SEND, MEDIA_GET, CALLBACK_IPS = ("/cgi-bin/gettoken", "/cgi-bin/message/send",
                                            "/cgi-bin/media/get", "/cgi-bin/getcallbackip")
 TEXT_LIMIT = 2048  # bytes, for text and markdown content (§8.2)
@@ -225,6 +226,15 @@ class CallbackIpHandler(_FakeHandler):
             self.answer(ip_list=list(self.fake.callback_ips))
 
 
+class WebhookHandler(_FakeHandler):
+    """Not WeCom: a stand-in for an operator's webhook receiver, for `wecomd demo`. It takes the
+    forwarded message (recorded in `calls`) and answers without a reply."""
+
+    def post(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish("{}")
+
+
 class ForbiddenHandler(_FakeHandler):
     """Every API the fake does not implement."""
 
@@ -237,7 +247,7 @@ class ForbiddenHandler(_FakeHandler):
 def make_app(fake: FakeWecom) -> web.Application:
     """The fake WeCom API as a tornado Application serving `fake`."""
     routes = [(GETTOKEN, GettokenHandler), (SEND, SendHandler), (MEDIA_GET, MediaHandler),
-              (CALLBACK_IPS, CallbackIpHandler), (r"/(.*)", ForbiddenHandler)]
+              (CALLBACK_IPS, CallbackIpHandler), (WEBHOOK, WebhookHandler), (r"/(.*)", ForbiddenHandler)]
     return web.Application([(path, handler, dict(fake=fake)) for path, handler in routes],
                            log_function=_log_request)
 
