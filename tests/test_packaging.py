@@ -21,10 +21,11 @@ def test_pip_install_into_a_fresh_venv(tmp_path):
     exe = str(venv / "bin/wecomd")
     assert subprocess.run([exe, "--version"], capture_output=True, text=True, env=env).stdout.startswith("wecomd ")
     where = subprocess.run(
-        [str(venv / "bin/python"), "-c", "from wecomd.paths import resource_dir as r; print(r('templates')); print(r('static'))"],
+        [str(venv / "bin/python"), "-c", "from wecomd.paths import resource_dir as r, sample_config as s; "
+         "print(r('templates')); print(r('static')); print(s().parent)"],
         capture_output=True, text=True, env=env, cwd=str(tmp_path),
     ).stdout.split()
-    for folder, name in zip(where, ("base.html", "wecomd.css")):
+    for folder, name in zip(where, ("base.html", "wecomd.css", "wecomd.conf")):
         assert "site-packages" in folder and (Path(folder) / name).is_file()
     port = free_port()
     conf = tmp_path / "wecomd.conf"

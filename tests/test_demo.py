@@ -1,0 +1,69 @@
+"""`wecomd demo`, the README's first command: live traffic, media, rules and replies within seconds."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+from conftest import ROOT, free_port, wait_for_healthz
+from wecomd import config, demo
+
+
+def test_sample_rules_are_the_shipped_ones_plus_a_live_webhook():
+    rules = demo.sample_rules("http://127.0.0.1:1")
+    assert {"rules", "rule:greet", "rule:backup", "rule:welcome", "rule:forward"} <= set(rules)
+    assert rules["rule:forward"]["webhook"] == "http://127.0.0.1:1/demo/webhook"
+    sample = config.load(ROOT / "wecomd.conf", {})
+    assert {k[5:] for k in rules if k.startswith("rule:")} - {"forward"} == set(sample.rules)
+
+
+def _opener():
+    jar = urllib.request.HTTPCookieProcessor()
+    return urllib.request.build_opener(jar), jar
+
+
+def test_demo_shows_live_traffic_media_and_rules_within_seconds(tmp_path):
+    port = free_port()
+    url = "http://127.0.0.1:%d" % port
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wecomd", "demo", "--listen", "127.0.0.1:%d" % port, "--dir", str(tmp_path),
+         "--password", "demo-pass-123"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True,
+    )
+    try:
+        wait_for_healthz(url, proc)
+        opener, jar = _opener()
+        page = opener.open(url + "/login").read().decode()
+        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
+        body = urllib.parse.urlencode({"username": "admin", "password": "demo-pass-123", "_xsrf": xsrf}).encode()
+        assert opener.open(url + "/login", data=body).status == 200
+        api = lambda path: json.loads(opener.open(url + path).read())  # noqa: E731
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            rows = api("/api/messages?limit=100")["messages"]
+            kinds = {r["msgtype"] for r in rows}
+            media = [r for r in rows if (r["media"] or {}).get("status") == "stored"]
+            api_replies = [r for r in rows if r["direction"] == "out" and r["operator"] == "rule:backup"]
+            if {"text", "image", "event", "voice"} <= kinds and media and api_replies:
+                break
+            time.sleep(0.5)
+        assert {"text", "image", "event", "voice"} <= kinds, kinds
+        assert media, "no media was downloaded from the sandbox"
+        assert api_replies and api_replies[0]["status"] == "sent"
+        greeted = [r for r in rows if r["content"] == "你好"]
+        assert greeted and any(a["rule"] == "greet" and a["path"] == "passive" for a in greeted[0]["automation"])
+        forwarded = [a for r in rows for a in r["automation"] if a["rule"] == "forward"]
+        assert forwarded and all(a["status"] == "ok" for a in forwarded)
+        convs = api("/api/conversations")["conversations"]
+        assert {"zhangsan", "lisi"} <= {c["user"] for c in convs}
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "sign in as  admin / demo-pass-123" in out
+    assert "Traceback" not in out
