@@ -68,10 +68,10 @@ class Automation:
         answers, started = _Answers(), []
         for match in matches:
             started += await self._start(match, app, row, message, answers, paused)
-        if not matches and app.reply and message.msgtype != "event" and not paused:
-            answers.offer(app.reply)  # the app's own default reply, when no rule answered
         await self._wait(answers, started, self.settings().passive_budget)
         answers.close()
+        if answers.passive is None and not paused and _default_reply_applies(app, message, matches):
+            return app.reply
         return answers.passive
 
     async def _wait(self, answers: _Answers, started: List[asyncio.Task], budget: float) -> None:
@@ -176,6 +176,13 @@ class Automation:
     @property
     def running(self) -> int:
         return len(self._tasks)
+
+
+def _default_reply_applies(app: AppConfig, message: Message, matches: List[rulesmod.Match]) -> bool:
+    """The app's own `reply =` answers ordinary messages that no rule answers (a webhook-only rule,
+    such as a forwarder with `continue = yes`, does not count as answering unless it replies)."""
+    answering = any(m.rule.reply or m.rule.run for m in matches)
+    return bool(app.reply) and message.msgtype != "event" and not answering
 
 
 def command_answer(result: CommandResult, rule: rulesmod.Rule) -> str:
