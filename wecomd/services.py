@@ -19,9 +19,10 @@ from wecomd.crypto import WecomCrypto
 from wecomd.live import Hub
 from wecomd.media import MediaVault
 from wecomd.outbox import Outbox
-from wecomd.store import Store
+from wecomd.store import Store, StoreError
 from wecomd.webhooks import WebhookSender
 from wecomd.wecom_api import WecomClient
+from wecomd.writer import DbWriter
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,11 @@ class Services:
         self.login_limiter = LoginLimiter()
         self.cookie_secret = config.admin.cookie_secret or _ephemeral_secret()
         self.wecom = WecomClient(config.wecom.api_base)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wecomd-db")
+        # Writes (and everything on the callback path) go through one writer thread with group
+        # commit; the dashboard's reads use their own connection on another thread (SQLite WAL lets
+        # them run beside the writer), so a long search never holds up a callback.
+        self.writer = DbWriter(self.store.db, lambda exc: StoreError("could not commit: %s" % exc))
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wecomd-read")
         self.outbox = Outbox(self.db, self.store, self.wecom, config.apps, self.hub.publish)
         self.media = MediaVault(self.db, self.store, self.wecom, config.apps, config.server.media_dir, self.hub.publish)
         settings = config.rules_settings
@@ -87,9 +92,13 @@ class Services:
         return self.config.apps.get(name)
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking store call on the database thread and return its result."""
+        """Run a store call on the writer thread; it returns once its transaction is committed."""
+        return await self.writer.run(fn, *args, **kwargs)
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a read-only store query on the reader thread (the dashboard's lists and searches)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(self._reader, functools.partial(fn, *args, **kwargs))
 
     def message_stored(self, row: dict) -> None:
         """After an inbound message is committed: push it live and fetch its media."""
@@ -127,7 +136,7 @@ class Services:
         return True
 
     async def start(self) -> None:
-        applied = await self.db(self.store.migrate)
+        applied = await self.writer.run(self.store.migrate, alone=True)
         if applied:
             logger.info("database migrated: %s", ", ".join(applied))
         interrupted = await self.db(self.store.interrupt_running, _utcnow())
@@ -144,8 +153,10 @@ class Services:
         await self.outbox.stop()
         await self.media.stop()
         self.wecom.close()
-        await self.db(self.store.close)
-        self._executor.shutdown(wait=True)
+        await self.read(self.store.close)
+        self._reader.shutdown(wait=True)
+        await self.writer.run(self.store.close, alone=True)
+        self.writer.close()
 
 
 def _crypto_for(app: AppConfig) -> WecomCrypto:

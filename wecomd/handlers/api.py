@@ -19,7 +19,7 @@ class AppsHandler(ApiHandler):
 
 class ConversationsHandler(ApiHandler):
     async def get(self) -> None:
-        rows = await self.services.db(self.services.store.conversations, app=self.get_query_argument("app", None))
+        rows = await self.services.read(self.services.store.conversations, app=self.get_query_argument("app", None))
         self.write_json({"conversations": rows})
 
 
@@ -37,7 +37,7 @@ class ReadHandler(ApiHandler):
 class MessagesHandler(ApiHandler):
     async def get(self) -> None:
         filters = message_filters(self)
-        rows, cursor = await self.services.db(
+        rows, cursor = await self.services.read(
             self.services.store.messages, before=_int_arg(self, "before"), limit=_int_arg(self, "limit") or 50, **filters
         )
         self.write_json({"messages": rows, "next": cursor})
@@ -65,7 +65,7 @@ class MessagesHandler(ApiHandler):
 
 class MessageHandler(ApiHandler):
     async def get(self, message_id: str) -> None:
-        row = await self.services.db(self.services.store.get, int(message_id))
+        row = await self.services.read(self.services.store.get, int(message_id))
         if row is None:
             raise web.HTTPError(404, "no message %s", message_id)
         self.write_json(row)
@@ -84,7 +84,7 @@ class RetryHandler(ApiHandler):
 
 class MediaHandler(ApiHandler):
     async def get(self, message_id: str) -> None:
-        media = await self.services.db(self.services.store.get_media, int(message_id))
+        media = await self.services.read(self.services.store.get_media, int(message_id))
         if not media or media.get("status") != "stored":
             raise web.HTTPError(404, "no downloaded media for message %s (%s)", message_id,
                                 (media or {}).get("status") or "none")
@@ -107,7 +107,7 @@ class ExportHandler(ApiHandler):
         fd, path = tempfile.mkstemp(prefix="wecomd-export-", suffix="." + fmt)
         os.close(fd)
         try:
-            await self.services.db(_export_to_file, self.services.store, path, fmt, message_filters(self))
+            await self.services.read(_export_to_file, self.services.store, path, fmt, message_filters(self))
             self.set_header("Content-Type", "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson")
             self.set_header("Content-Disposition", 'attachment; filename="wecomd-export.%s"' % fmt)
             await self.stream_file(path)

@@ -1,0 +1,96 @@
+"""DbWriter: one thread, calls in order, group commit with a savepoint per call."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import peewee
+import pytest
+
+from wecomd.store import StoreError
+from wecomd.writer import DbWriter
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = peewee.SqliteDatabase(str(tmp_path / "w.db"), pragmas={"journal_mode": "wal", "synchronous": "full"})
+    writer = DbWriter(database, lambda exc: StoreError(str(exc)))
+    asyncio.run(writer.run(lambda: database.execute_sql("CREATE TABLE t (v INTEGER UNIQUE)"), alone=True))
+    yield database, writer, tmp_path / "w.db"
+    writer.close()
+
+
+def insert(database, value):
+    database.execute_sql("INSERT INTO t (v) VALUES (?)", (value,))
+    return value
+
+
+def test_concurrent_calls_share_commits_and_each_is_durable_when_answered(db):
+    database, writer, path = db
+    seen_by_other_connection = []
+
+    async def one(i):
+        await writer.run(insert, database, i)
+        # answered: it must already be committed, visible to a separate connection
+        with sqlite3.connect(str(path)) as other:
+            seen_by_other_connection.append(other.execute("SELECT 1 FROM t WHERE v = ?", (i,)).fetchone() is not None)
+
+    async def main():
+        await asyncio.gather(*(one(i) for i in range(300)))
+
+    asyncio.run(main())
+    assert all(seen_by_other_connection) and len(seen_by_other_connection) == 300
+    assert writer.calls >= 300
+    assert writer.batches < writer.calls  # group commit happened
+    with sqlite3.connect(str(path)) as other:
+        assert other.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 300
+
+
+def test_a_failing_call_does_not_undo_the_others_in_its_batch(db):
+    database, writer, path = db
+
+    async def main():
+        return await asyncio.gather(*(writer.run(insert, database, v) for v in (1, 2, 2, 3)), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert results[:2] == [1, 2] and results[3] == 3
+    assert isinstance(results[2], peewee.IntegrityError)
+    with sqlite3.connect(str(path)) as other:
+        assert sorted(r[0] for r in other.execute("SELECT v FROM t")) == [1, 2, 3]
+
+
+def test_a_failed_commit_fails_every_call_of_the_batch(db):
+    database, writer, path = db
+    asyncio.run(writer.run(database.execute_sql, "PRAGMA query_only = 1"))
+
+    async def main():
+        return await asyncio.gather(*(writer.run(insert, database, v) for v in (10, 11)), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, Exception) for r in results)
+    asyncio.run(writer.run(database.execute_sql, "PRAGMA query_only = 0"))
+    assert asyncio.run(writer.run(insert, database, 12)) == 12
+
+
+def test_calls_run_in_order_on_one_thread(db):
+    database, writer, _ = db
+    import threading
+
+    order, threads = [], set()
+
+    def record(i):
+        order.append(i)
+        threads.add(threading.get_ident())
+
+    async def main():
+        await asyncio.gather(*(writer.run(record, i) for i in range(50)))
+
+    asyncio.run(main())
+    assert order == list(range(50))
+    assert len(threads) == 1 and threading.get_ident() not in threads
+
+
+def test_alone_calls_run_outside_a_transaction(db):
+    database, writer, _ = db
+    assert asyncio.run(writer.run(lambda: database.in_transaction(), alone=True)) is False
+    assert asyncio.run(writer.run(lambda: database.in_transaction())) is True
