@@ -60,17 +60,15 @@ class Automation:
         self.runner, self.current_rules, self.settings = runner, current_rules, settings
         self._tasks: set[asyncio.Task] = set()
 
-    async def handle(self, app: AppConfig, row: dict, message: Message) -> Optional[str]:
-        """Run the rules for a newly stored message; return the passive reply text, if any."""
-        matches = rulesmod.select(self.current_rules(), app.name, message)
-        user = message.from_user or ""
-        paused = bool(user) and await self.run_db(self.store.paused_until, app.name, user, utcnow()) is not None
+    async def handle(self, app: AppConfig, row: dict, message: Message, matches: List[rulesmod.Match],
+                     paused: bool) -> Optional[str]:
+        """Run the matched rules for a newly stored message; return the passive reply text, if any."""
         answers, started = _Answers(), []
         for match in matches:
             started += await self._start(match, app, row, message, answers, paused)
         await self._wait(answers, started, self.settings().passive_budget)
         answers.close()
-        if answers.passive is None and not paused and _default_reply_applies(app, message, matches):
+        if answers.passive is None and not paused and default_reply(app, message, matches):
             return app.reply
         return answers.passive
 
@@ -178,11 +176,19 @@ class Automation:
         return len(self._tasks)
 
 
-def _default_reply_applies(app: AppConfig, message: Message, matches: List[rulesmod.Match]) -> bool:
-    """The app's own `reply =` answers ordinary messages that no rule answers (a webhook-only rule,
-    such as a forwarder with `continue = yes`, does not count as answering unless it replies)."""
+def default_reply(app: AppConfig, message: Message, matches: List[rulesmod.Match]) -> Optional[str]:
+    """The app's own `reply =`, when it answers: ordinary messages that no rule answers (a
+    webhook-only rule, such as a forwarder with `continue = yes`, does not count unless it replies)."""
     answering = any(m.rule.reply or m.rule.run for m in matches)
-    return bool(app.reply) and message.msgtype != "event" and not answering
+    return app.reply if app.reply and message.msgtype != "event" and not answering else None
+
+
+def store_inbound(store: Any, app: str, message: Message, dedup_key: str, reply: Optional[str]) -> tuple:
+    """Save a callback in one writer call: (row, created, paused). The ready-made passive `reply`
+    (the app's default, when no rule matched) is kept unless automation is paused for the sender."""
+    paused = bool(message.from_user) and store.paused_until(app, message.from_user, utcnow()) is not None
+    row, created = store.save_inbound(app, message, dedup_key, None if paused else reply)
+    return row, created, paused
 
 
 def command_answer(result: CommandResult, rule: rulesmod.Rule) -> str:

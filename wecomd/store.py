@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,9 +16,9 @@ from peewee import (EXCLUDED, JOIN, SQL, BigIntegerField, Case, CharField, DateT
 from playhouse import db_url, migrations
 
 from .messages import Message
-from .store_automation import AutomationQueries, bind_models
-from .store_rows import (MEDIA_STATUSES, automation_json, dumps, guarded as _guarded, inbound_row,
-                         iso, naive_utc, search_text, to_json, utcnow)
+from .store_automation import OPEN_RUN_STATUSES, AutomationQueries, bind_models
+from .store_rows import (MEDIA_STATUSES, automation_json, copy_sqlite, dumps, guarded as _guarded,
+                         inbound_row, iso, naive_utc, search_text, to_json, utcnow)
 
 __all__ = ["Store", "StoreError", "search_text", "MEDIA_STATUSES", "OUTBOUND_STATUSES"]
 
@@ -34,7 +36,7 @@ MAX_PAGE = 500
 FTS_MIN_CHARS = 3
 _FTS_IDS = "(SELECT rowid FROM message_fts WHERE message_fts MATCH ?)"
 
-_FAILURES = (peewee.PeeweeException, migrations.MigrationError, OSError)
+_FAILURES = (peewee.PeeweeException, migrations.MigrationError, OSError, sqlite3.Error)
 
 
 class StoreError(Exception):
@@ -134,6 +136,7 @@ class Store(AutomationQueries):
         self.RuleRun, self.Takeover = bind_models(self.db)
         # Full-text search is SQLite's FTS5 (migration 0002); elsewhere q is a LIKE scan.
         self.fts = isinstance(self.db, SqliteDatabase)
+        self._sql_cache: dict = {}
 
     def __repr__(self) -> str:
         return "<Store %s>" % self.name
@@ -179,15 +182,31 @@ class Store(AutomationQueries):
         """
         if not dedup_key:
             raise ValueError("an inbound message needs a dedup key")
-        M, now = self.Message, utcnow()
-        insert = M.insert(**inbound_row(app, message, dedup_key, reply, now)).on_conflict(
-            conflict_target=[M.dedup_key],
-            update={M.deliveries: M.deliveries + 1, M.updated_at: now,
-                    M.reply: fn.COALESCE(M.reply, EXCLUDED.reply)})
+        values = inbound_row(app, message, dedup_key, reply, utcnow())
+        insert_sql, select_sql = self._upsert_sql(tuple(values))
+        M = self.Message
         with self.db.atomic():
-            insert.execute()
-            row = M.get(M.dedup_key == dedup_key)
-        return dict(self._json([row])[0], reply=row.reply), row.deliveries == 1
+            self.db.execute_sql(insert_sql, [M._meta.fields[k].db_value(v) for k, v in values.items()])
+            row = next(iter(M.raw(select_sql, dedup_key)))
+        created = row.deliveries == 1
+        # A message stored just now has no rule runs yet: no need to ask for them.
+        body = dict(to_json(row), automation=[]) if created else self._json([row])[0]
+        return dict(body, reply=row.reply), created
+
+    def _upsert_sql(self, names: tuple) -> tuple[str, str]:
+        """The SQL of save_inbound, built once per column set: generating it with peewee's query
+        builder on every callback cost more than the database work itself."""
+        cached = self._sql_cache.get(names)
+        if cached is None:
+            fields = self.Message._meta.fields
+            columns = ", ".join('"%s"' % fields[n].column_name for n in names)
+            marks = ", ".join([self.db.param] * len(names))
+            insert = ('INSERT INTO "message" (%s) VALUES (%s) ON CONFLICT ("dedup_key") DO UPDATE SET '
+                      '"deliveries" = "message"."deliveries" + 1, "updated_at" = excluded."updated_at", '
+                      '"reply" = COALESCE("message"."reply", excluded."reply")' % (columns, marks))
+            select = 'SELECT * FROM "message" WHERE "dedup_key" = %s' % self.db.param
+            cached = self._sql_cache[names] = (insert, select)
+        return cached
 
     @_guarded("save the passive reply")
     def set_reply(self, message_id: int, reply: str) -> Optional[str]:
@@ -486,6 +505,83 @@ class Store(AutomationQueries):
     def count(self) -> int:
         """Return the number of stored messages."""
         return self.Message.select().count()
+
+    # ------------------------------------------------------------ maintenance
+
+    @_guarded("back up the database")
+    def backup(self, target: Union[str, Path], pages: int = 1024) -> dict:
+        """Copy the live SQLite database into the new file `target`, safely while wecomd writes.
+
+        The copy is one consistent snapshot taken without blocking the writer, checked, and
+        renamed into place (store_rows.copy_sqlite); a file at `target` is replaced. Returns
+        {"path", "bytes", "messages", "pages", "steps", "seconds"}. ValueError for a database
+        that is not a SQLite file (back up PostgreSQL with pg_dump) or a `target` that is the
+        live database itself; StoreError when the database file is missing or the copy fails.
+        """
+        if not isinstance(self.db, SqliteDatabase) or self.name == ":memory:":
+            kind = urlparse(self.name).scheme or "in-memory"
+            raise ValueError("online backup works on a SQLite file only, not a %s database; "
+                             "use that database's own tools (pg_dump for PostgreSQL)" % kind)
+        target = Path(target).expanduser().absolute()
+        if target.exists() and target.resolve() == Path(self.name).resolve():
+            raise ValueError("the backup file must not be the live database %s" % self.name)
+        if not Path(self.name).is_file():
+            raise StoreError("%s: no database file to back up" % self.name)
+        started = time.monotonic()
+        result = copy_sqlite(self.db.connection(), target, pages)
+        return dict(result, seconds=time.monotonic() - started)
+
+    @_guarded("delete old messages")
+    def prune(self, before: datetime, batch: int = 500, max_batches: Optional[int] = None) -> dict:
+        """Delete messages received before `before`, with their rule runs, `batch` per transaction.
+
+        Kept whatever their age, because something still works on them: outbound messages still
+        pending, messages whose media download is pending, and messages with a rule run still
+        running or a webhook still pending. Their search index rows go with them (the FTS delete
+        trigger). Once no old message is left, read marks of conversations without messages and
+        takeover pauses that ended before `before` are deleted too.
+
+        With `max_batches`, stops after that many batches: a caller sharing the database thread
+        asks for one at a time so other writes get in between. Returns counts ("messages",
+        "rule_runs", "read_marks", "takeovers", "batches"), "media": the media_path of each
+        deleted message that had a file (relative to media_dir; removing the files, now that the
+        rows are committed, is the caller's job), and "more": True when max_batches stopped it.
+        """
+        before, batch = naive_utc(before), max(1, int(batch))
+        result = {"messages": 0, "rule_runs": 0, "read_marks": 0, "takeovers": 0, "batches": 0,
+                  "media": [], "more": False}
+        rounds = 0
+        while self._prune_batch(before, batch, result) == batch:
+            rounds += 1
+            if max_batches is not None and rounds >= max_batches:
+                result["more"] = True
+                return result
+        self._prune_leftovers(before, result)
+        return result
+
+    def _prune_batch(self, before: datetime, batch: int, result: dict) -> int:
+        M, RR = self.Message, self.RuleRun
+        busy_run = RR.select(RR.id).where((RR.message_id == M.id) & RR.status.in_(OPEN_RUN_STATUSES))
+        old = ((M.received_at < before) & ~((M.direction == "out") & (M.status == "pending"))
+               & (M.media_status.is_null() | (M.media_status != "pending")) & ~fn.EXISTS(busy_run))
+        with self.db.atomic():
+            rows = list(M.select(M.id, M.media_path).where(old)
+                        .order_by(M.received_at, M.id).limit(batch).tuples())
+            ids = [message_id for message_id, _ in rows]
+            if ids:
+                result["rule_runs"] += RR.delete().where(RR.message_id.in_(ids)).execute()
+                result["messages"] += M.delete().where(M.id.in_(ids)).execute()
+        if ids:
+            result["batches"] += 1
+            result["media"] += [path for _, path in rows if path]
+        return len(ids)
+
+    def _prune_leftovers(self, before: datetime, result: dict) -> None:
+        M, R, T = self.Message, self.ReadMark, self.Takeover
+        messages = M.select(M.id).where((M.app == R.app) & (M.user == R.user))
+        with self.db.atomic():
+            result["read_marks"] = R.delete().where(~fn.EXISTS(messages)).execute()
+            result["takeovers"] = T.delete().where(T.until < before).execute()
 
 
 def _open_database(url: str, base_dir: Path) -> tuple[peewee.Database, str]:

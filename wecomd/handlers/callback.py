@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 from tornado import web
 
-from wecomd import crypto, messages
+from wecomd import crypto, messages, rules
+from wecomd.automation import default_reply, store_inbound
 from wecomd.handlers.base import BaseHandler
 from wecomd.store import StoreError
 
@@ -82,21 +83,27 @@ class CallbackHandler(BaseHandler):
             raise web.HTTPError(400, "bad message XML: %s", exc)
         kind = message.msgtype if message.msgtype != "event" else "event:%s" % message.event
         self._outcome.update(type=kind, sender=message.from_user)
-        row, created = await self._store(app, message)
+        matches = rules.select(self.services.rules, app, message)
+        row, created, paused = await self._store(app, message, matches)
         self._outcome.update(id=row.get("id"), outcome="stored" if created else "duplicate delivery=%d" % row.get("deliveries", 0))
+        if created:
+            self.services.message_stored(row)
         # Only a new message runs the rules; a retry gets the reply of the first delivery.
-        reply = await (self._first_delivery(row, message) if created else self._retry(row))
+        if created and matches:
+            reply = await self._first_delivery(row, message, matches, paused)
+        else:
+            reply = row.get("reply") if created else await self._retry(row)
         if not reply:
             self.set_status(200)
             return self.finish()
         self.set_header("Content-Type", "application/xml; charset=utf-8")
         self.finish(self.crypto.encrypt_reply(reply, str(int(time.time())), _nonce()))
 
-    async def _first_delivery(self, row: dict, message: messages.Message) -> Optional[str]:
+    async def _first_delivery(self, row: dict, message: messages.Message, matches: list, paused: bool) -> Optional[str]:
         pending = self.services.first_deliveries
         answer = pending[row["id"]] = asyncio.get_running_loop().create_future()
         try:
-            reply = await self._automate(row, message)
+            reply = await self._automate(row, message, matches, paused)
             answer.set_result(reply)
             return reply
         finally:
@@ -114,11 +121,10 @@ class CallbackHandler(BaseHandler):
         except asyncio.TimeoutError:
             return None
 
-    async def _automate(self, row: dict, message: messages.Message) -> Optional[str]:
-        """Publish the new message, run the rules, and save the passive reply for WeCom's retries."""
-        self.services.message_stored(row)
+    async def _automate(self, row: dict, message: messages.Message, matches: list, paused: bool) -> Optional[str]:
+        """Run the matched rules, and save the passive reply for WeCom's retries."""
         try:
-            text = await self.services.automation.handle(self.wecom_app, row, message)
+            text = await self.services.automation.handle(self.wecom_app, row, message, matches, paused)
             if not text or not message.from_user:
                 return None
             reply = messages.reply_text(message.from_user, self.wecom_app.corp_id, text)
@@ -128,11 +134,13 @@ class CallbackHandler(BaseHandler):
             self._outcome["detail"] = "automation: %s" % exc
             return None
 
-    async def _store(self, app: str, message: messages.Message) -> tuple[dict, bool]:
+    async def _store(self, app: str, message: messages.Message, matches: list) -> tuple:
+        """One writer call: (row, created, paused). With no rule to run, the app's own reply is
+        decided now and saved with the message, so the common case costs one commit."""
+        text = None if matches else default_reply(self.wecom_app, message, matches)
+        reply = messages.reply_text(message.from_user, self.wecom_app.corp_id, text) if text and message.from_user else None
         try:
-            return await self.services.db(
-                self.services.store.save_inbound, app, message, messages.dedup_key(message)
-            )
+            return await self.services.db(store_inbound, self.services.store, app, message, messages.dedup_key(message), reply)
         except StoreError as exc:
             # Non-200 on purpose: WeCom retries, so nothing unstored is ever acknowledged.
             self._outcome["detail"] = str(exc)
