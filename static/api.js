@@ -68,6 +68,9 @@ export const api = {
   retry: (id) => request("POST", "/api/messages/" + encodeURIComponent(id) + "/retry", {}),
   markRead: (app, user, upToId) =>
     request("POST", "/api/conversations/read", { app, user, up_to_id: upToId }),
+  message: (id) => request("GET", "/api/messages/" + encodeURIComponent(id)),
+  rules: () => request("GET", "/api/rules"),
+  resume: (app, user) => request("POST", "/api/takeover/resume", { app, user }),
 };
 
 export function mediaUrl(id) {

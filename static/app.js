@@ -1,9 +1,10 @@
 // The dashboard: conversation list, filters and search, routing, and the live connection.
 
 import { api, exportUrl, toLogin } from "./api.js";
-import { el, fullTime, loadStrings, messageDate, shortTime, t } from "./dom.js";
+import { dayClock, el, fullTime, loadStrings, messageDate, parseIso, shortTime, t } from "./dom.js";
 import { connectLive } from "./live.js";
-import { conversationUser, previewText } from "./render.js";
+import { conversationUser, outboundPrefix, previewText, ruleOperator } from "./render.js";
+import { RulesView } from "./rules.js";
 import { ThreadView } from "./thread.js";
 
 loadStrings();
@@ -23,6 +24,7 @@ const state = {
   listError: "",
   connectedOnce: false,
   navigatedInApp: false,
+  lastConversation: "",
 };
 
 function readApps() {
@@ -41,8 +43,20 @@ const thread = new ThreadView({
     if (conv) conv.unread = 0;
     renderConversations();
   },
-  onSent: (message) => noteMessage(message),
+  onSent: (message) => {
+    noteMessage(message);
+    // A manual reply starts (or extends) the human takeover: fetch the list for its paused_until.
+    loadConversations();
+  },
+  onResumed: (app, user) => {
+    const conv = findConversation(app, user);
+    if (conv) conv.paused_until = null;
+    renderConversations();
+    loadConversations();
+  },
 });
+
+const rules = new RulesView();
 
 // ------------------------------------------------------------------ conversations
 
@@ -52,19 +66,45 @@ function findConversation(app, user) {
   return state.conversations.find((c) => c.app === app && c.user === user);
 }
 
+let conversationsSeq = 0;
+let notedWhileLoading = null; // live messages folded in while a list request is on its way
+
 async function loadConversations() {
+  const seq = ++conversationsSeq;
+  const noted = notedWhileLoading = [];
   try {
     const data = await api.conversations(state.app);
+    if (seq !== conversationsSeq) return; // a newer request was sent meanwhile: its answer counts
+    notedWhileLoading = null;
     state.conversations = data.conversations || [];
     state.listError = "";
+    // The answer may predate a message the websocket just delivered: fold those in again
+    // (a message the answer already counts is older than its conversation's last_id: no change).
+    for (const message of noted) noteMessage(message);
   } catch (err) {
+    if (seq !== conversationsSeq) return;
+    notedWhileLoading = null;
     state.listError = err.message;
   }
   renderConversations();
 }
 
+/** Several reasons to re-fetch the list in quick succession make one request. */
+let conversationsTimer = null;
+function reloadConversationsSoon(delay) {
+  window.clearTimeout(conversationsTimer);
+  conversationsTimer = window.setTimeout(loadConversations, delay);
+}
+
+/** True while automation is paused for this conversation (an operator took over). */
+function pausedDate(conv) {
+  const until = parseIso(conv && conv.paused_until);
+  return until && until.getTime() > Date.now() ? until : null;
+}
+
 /** Fold one stored message (live or just sent) into the conversation list. */
 function noteMessage(message) {
+  if (notedWhileLoading) notedWhileLoading.push(message);
   if (state.app && message.app !== state.app) return;
   const user = conversationUser(message);
   if (!user) return;
@@ -91,6 +131,7 @@ function conversationItem(conv) {
   const date = messageDate(last);
   const open = thread.isOpen(conv.app, conv.user);
   const showApp = state.apps.length > 1 && !state.app;
+  const paused = pausedDate(conv);
   return el("li", null,
     el("a", {
       class: "conv" + (conv.unread > 0 ? " has-unread" : ""),
@@ -103,10 +144,12 @@ function conversationItem(conv) {
       el("span", { class: "conv-top" },
         el("span", { class: "conv-user" }, conv.user),
         showApp ? el("span", { class: "app-tag" }, conv.app) : null,
+        paused ? el("span", {
+          class: "paused-tag", title: t("Automation paused until {time} (human takeover)", { time: dayClock(paused) }),
+        }, t("paused")) : null,
         el("time", { class: "conv-time", title: fullTime(date) }, shortTime(date))),
       el("span", { class: "conv-bottom" },
-        el("span", { class: "conv-preview" },
-          last.direction === "out" ? el("span", { class: "you" }, t("You:")) : "", previewText(last)),
+        el("span", { class: "conv-preview" }, outboundPrefix(last), previewText(last)),
         conv.unread > 0
           ? el("span", { class: "badge", title: t("{n} unread", { n: conv.unread }) }, conv.unread > 99 ? "99+" : String(conv.unread))
           : null))));
@@ -129,6 +172,21 @@ function renderConversations() {
   empty.classList.toggle("error", !!state.listError);
   const unread = state.conversations.reduce((sum, c) => sum + (c.unread || 0), 0);
   document.title = (unread ? "(" + unread + ") " : "") + document.body.dataset.title;
+  if (thread.current) {
+    const open = findConversation(thread.current.app, thread.current.user);
+    if (open) thread.setPaused(open.paused_until);
+  }
+  schedulePauseExpiry();
+}
+
+/** Redraw the list when the next pause ends, so its "paused" marker goes away by itself. */
+let pauseExpiryTimer = null;
+function schedulePauseExpiry() {
+  window.clearTimeout(pauseExpiryTimer);
+  const ends = state.conversations.map(pausedDate).filter(Boolean).map((d) => d.getTime());
+  if (ends.length === 0) return;
+  const wait = Math.min(...ends) - Date.now() + 500;
+  pauseExpiryTimer = window.setTimeout(renderConversations, Math.max(500, Math.min(wait, 2 ** 31 - 1)));
 }
 
 // ------------------------------------------------------------------ filters and search results
@@ -162,7 +220,7 @@ function resultItem(message) {
         state.apps.length > 1 ? el("span", { class: "app-tag" }, message.app) : null,
         el("time", { class: "conv-time", title: fullTime(date) }, shortTime(date))),
       el("span", { class: "result-text" },
-        message.direction === "out" ? el("span", { class: "you" }, t("You:")) : "", highlight(previewText(message), state.q))));
+        outboundPrefix(message), highlight(previewText(message), state.q))));
 }
 
 async function loadResults(more) {
@@ -235,13 +293,37 @@ function bindFilters() {
   updateExportLinks();
 }
 
-// ------------------------------------------------------------------ routing: #/c/<app>/<user>
+// ------------------------------------------------------------------ routing: #/c/<app>/<user>, #/rules
 
 function routeFor(app, user) {
   return "#/c/" + encodeURIComponent(app) + "/" + encodeURIComponent(user);
 }
 
+/** The top bar's two views: the conversations tab returns to the conversation last open. */
+function showView(name) {
+  const onRules = name === "rules";
+  document.body.classList.toggle("rules-open", onRules);
+  $("main-view").hidden = onRules;
+  $("rules-view").hidden = !onRules;
+  $("nav-conversations").setAttribute("aria-current", onRules ? "false" : "page");
+  $("nav-rules").setAttribute("aria-current", onRules ? "page" : "false");
+  $("nav-conversations").setAttribute("href", state.lastConversation || "#/");
+  if (onRules) rules.show();
+  else rules.hide();
+}
+
 function route() {
+  if (window.location.hash === "#/rules") {
+    // Switching the language reloads the page: come back to the same view.
+    for (const input of document.querySelectorAll("form.lang input[name=next]")) {
+      input.value = window.location.pathname + window.location.hash;
+    }
+    thread.close();
+    document.body.classList.remove("thread-open");
+    showView("rules");
+    return;
+  }
+  showView("conversations");
   const match = /^#\/c\/([^/]*)\/(.*)$/.exec(window.location.hash);
   let target = null;
   if (match) {
@@ -258,6 +340,7 @@ function route() {
   if (target) {
     thread.open(target[0], target[1]);
     document.body.classList.add("thread-open");
+    state.lastConversation = window.location.hash;
   } else {
     thread.close();
     document.body.classList.remove("thread-open");
@@ -271,7 +354,14 @@ function bindRouting() {
     if (link) state.navigatedInApp = true;
   });
   window.addEventListener("hashchange", route);
+  $("nav-conversations").addEventListener("click", (event) => {
+    if (document.body.classList.contains("rules-open")) return;
+    // Already on the conversations. A phone shows one pane at a time: back to the list.
+    event.preventDefault();
+    if (thread.current && window.matchMedia("(max-width: 760px)").matches) $("back").click();
+  });
   $("back").addEventListener("click", () => {
+    state.lastConversation = "";
     if (state.navigatedInApp) {
       window.history.back();
     } else {
@@ -291,6 +381,16 @@ const CONNECTION_TEXT = {
 
 function onLiveEvent(data) {
   if (data.type === "message" && data.message) {
+    const message = data.message;
+    const known = state.conversations.some((c) => c.last_id >= message.id);
+    const ranRules = Array.isArray(message.automation) && message.automation.length > 0;
+    // Rules counted a hit: refresh the table. A new inbound message may fire rules a moment later.
+    if (ranRules || ruleOperator(message) !== null) rules.changed(300);
+    else if (message.direction === "in" && !known) rules.changed(2500);
+    // Another operator's manual reply pauses automation for that user: show it in the list.
+    if (message.direction === "out" && message.operator && ruleOperator(message) === null && !known) {
+      reloadConversationsSoon(400);
+    }
     noteMessage(data.message);
     thread.mergeLive(data.message);
     const index = state.results.findIndex((m) => m.id === data.message.id);
@@ -304,6 +404,7 @@ function onLiveOpen() {
   // Anything stored while disconnected (or before the first connect) is fetched again.
   loadConversations();
   thread.catchUp();
+  rules.changed(0);
   if (state.connectedOnce && filterActive()) loadResults(false);
   state.connectedOnce = true;
 }

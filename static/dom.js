@@ -143,3 +143,41 @@ export function dayLabel(date) {
   if (days === 1) return t("Yesterday");
   return longDay.format(date);
 }
+
+/** An ISO timestamp from the API ("2026-11-28T23:00:00Z") as a Date, or null. */
+export function parseIso(value) {
+  if (typeof value !== "string" || !value) return null;
+  const parsed = Date.parse(value);
+  return isNaN(parsed) ? null : new Date(parsed);
+}
+
+/** "14:05" today, "Nov 28 14:05" on other days: a moment that may not be today. */
+export function dayClock(date) {
+  if (!date) return "";
+  return startOfDay(date) === startOfDay(new Date()) ? clock.format(date) : shortDay.format(date) + " " + clock.format(date);
+}
+
+const relative = typeof Intl.RelativeTimeFormat === "function"
+  ? new Intl.RelativeTimeFormat(lang, { numeric: "auto" }) : null;
+const RELATIVE_STEPS = [["second", 60], ["minute", 60], ["hour", 24], ["day", 7]];
+
+/** "3 minutes ago" in the page's language (Intl does the wording); a date beyond a week. */
+export function relativeTime(date) {
+  if (!date) return "";
+  let amount = (date.getTime() - Date.now()) / 1000;
+  if (!relative) return fullStamp.format(date);
+  for (const [unit, size] of RELATIVE_STEPS) {
+    if (Math.abs(amount) < size) return relative.format(Math.round(amount), unit);
+    amount /= size;
+  }
+  return shortDay.format(date);
+}
+
+/** "850 ms", "2.4 s", "3 min 5 s": how long an action took. */
+export function formatDuration(ms) {
+  if (typeof ms !== "number" || !isFinite(ms) || ms < 0) return "";
+  if (ms < 1000) return Math.round(ms) + " ms";
+  if (ms < 60000) return (ms < 10000 ? (ms / 1000).toFixed(1) : String(Math.round(ms / 1000))) + " s";
+  const seconds = Math.round(ms / 1000);
+  return Math.floor(seconds / 60) + " min " + (seconds % 60) + " s";
+}

@@ -4,12 +4,24 @@
 
 import { mediaUrl } from "./api.js";
 import {
-  clockTime, display, el, formatSize, fullTime, isWebUrl, messageDate, t, tParts,
+  clockTime, display, el, formatDuration, formatSize, fullTime, isWebUrl, messageDate, parseIso, t, tParts,
 } from "./dom.js";
 
 const MEDIA_TYPES = new Set(["image", "voice", "video", "file"]);
 // Header fields every message has: left out of the "unknown type" field list.
 const HEADER_FIELDS = new Set(["ToUserName", "FromUserName", "CreateTime", "MsgType", "MsgId", "AgentID"]);
+
+/** The rule that sent an outbound message ("rule:NAME" operator), or null for a person. */
+export function ruleOperator(message) {
+  const operator = message && message.operator;
+  return typeof operator === "string" && operator.startsWith("rule:") ? operator.slice(5) : null;
+}
+
+/** The "You:" / "Rule:" prefix of an outbound message in lists. */
+export function outboundPrefix(message) {
+  if (!message || message.direction !== "out") return "";
+  return el("span", { class: "you" }, ruleOperator(message) !== null ? t("Rule:") : t("You:"));
+}
 
 /** The person a message belongs to in the conversation list. */
 export function conversationUser(message) {
@@ -243,8 +255,10 @@ function statusLine(message, onRetry) {
   const meta = el("div", { class: "meta" });
   const date = messageDate(message);
   if (message.direction === "out") {
-    meta.append(el("span", { class: "operator" },
-      message.operator ? t("by {operator}", { operator: message.operator }) : t("automatic")));
+    const rule = ruleOperator(message);
+    meta.append(el("span", { class: "operator" + (rule !== null ? " operator-rule" : "") },
+      rule !== null ? t("rule {name}", { name: rule })
+        : message.operator ? t("by {operator}", { operator: message.operator }) : t("automatic")));
     const status = message.status;
     const label = status === "sent" ? t("Sent") : status === "failed" ? t("Failed") : t("Sending…");
     meta.append(el("span", { class: "status status-" + (status || "pending"), dataset: { status: status || "" } }, label));
@@ -263,6 +277,61 @@ function statusLine(message, onRetry) {
   return rows;
 }
 
+// ------------------------------------------------------------------ automation: what rules did
+
+const ACTION_LABELS = { reply: () => t("Reply"), run: () => t("Command"), webhook: () => t("Webhook") };
+const PATH_LABELS = { passive: () => t("passive reply"), api: () => t("sent via API"), none: () => t("no reply") };
+const FAILED = new Set(["failed", "timeout", "error"]);
+
+function outcomeLabel(run) {
+  switch (run.status) {
+    case "ok": return t("ok");
+    case "failed":
+      return run.exit_code !== null && run.exit_code !== undefined
+        ? t("failed (exit code {code})", { code: run.exit_code }) : t("failed");
+    case "timeout": return t("timed out");
+    case "error": return t("error");
+    case "skipped": return t("skipped: automation paused");
+    case "running": return t("running…");
+    case "pending": return t("pending…");
+    default: return display(run.status);
+  }
+}
+
+/** One line per rule run under a message: rule, action, outcome, how the answer went. */
+function automationItem(run) {
+  const status = typeof run.status === "string" ? run.status : "";
+  const action = ACTION_LABELS[run.action] ? ACTION_LABELS[run.action]() : display(run.action);
+  const path = status !== "skipped" && PATH_LABELS[run.path] ? PATH_LABELS[run.path]() : "";
+  const started = parseIso(run.started_at);
+  const failed = FAILED.has(status);
+  const line = el("span", { class: "auto-line" },
+    el("span", { class: "auto-icon", "aria-hidden": "true" }),
+    el("span", { class: "auto-rule" }, display(run.rule)),
+    el("span", { class: "auto-action" }, action),
+    el("span", { class: "auto-status" }, outcomeLabel(run)),
+    path ? el("span", { class: "auto-path" }, path) : null,
+    run.finished_at && typeof run.duration_ms === "number"
+      ? el("span", { class: "auto-duration" }, formatDuration(run.duration_ms)) : null);
+  const error = failed && run.error ? el("span", { class: "auto-error" }, display(run.error)) : null;
+  const output = typeof run.output === "string" && run.output !== ""
+    ? el("details", { class: "auto-output", dataset: { runId: run.id } },
+      el("summary", null, t("Output")), el("pre", null, run.output))
+    : null;
+  return el("li", {
+    class: "auto auto-" + (status || "unknown") + (failed ? " auto-failed" : ""),
+    title: fullTime(started),
+    dataset: { runId: run.id, rule: display(run.rule), action: display(run.action), status, path: display(run.path) },
+  }, line, error, output);
+}
+
+/** The "automation" list of a message as a compact list, or null when no rule fired. */
+export function automationList(message) {
+  const runs = Array.isArray(message.automation) ? message.automation : [];
+  if (runs.length === 0) return null;
+  return el("ul", { class: "automation", "aria-label": t("Automation") }, runs.map(automationItem));
+}
+
 function eventRow(message) {
   const date = messageDate(message);
   return el("li", { class: "system", dataset: { id: message.id, msgtype: "event", event: message.event || "" } },
@@ -270,7 +339,8 @@ function eventRow(message) {
       el("summary", null,
         el("span", { class: "system-text" }, eventParts(message)),
         el("time", { datetime: message.received_at || "", title: fullTime(date) }, clockTime(date))),
-      fieldList(fields(message), false)));
+      fieldList(fields(message), false)),
+    automationList(message));
 }
 
 /** A thread row for one message. `onRetry(message, button)` resends a failed outbound one. */
@@ -279,5 +349,6 @@ export function messageRow(message, onRetry) {
   const side = message.direction === "out" ? "out" : "in";
   return el("li", { class: "msg " + side, dataset: { id: message.id, msgtype: message.msgtype, status: message.status || "" } },
     el("div", { class: "bubble bubble-" + message.msgtype }, bodyFor(message)),
-    statusLine(message, onRetry));
+    statusLine(message, onRetry),
+    automationList(message));
 }

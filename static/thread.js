@@ -1,15 +1,27 @@
 // The open conversation: messages merged by id, paging older, live updates, reply box, read marks.
 
 import { api } from "./api.js";
-import { dayKey, dayLabel, el, messageDate, t } from "./dom.js";
+import { dayClock, dayKey, dayLabel, el, fullTime, messageDate, parseIso, t } from "./dom.js";
 import { conversationUser, messageRow } from "./render.js";
 
 const PAGE = 50;
 const CATCH_UP_PAGES = 10; // after a reconnect, fetch at most this many pages to close the gap
 const STICKY_PX = 80;
+// Rule runs still in progress are looked at again after these delays (then every MAX), for up to
+// WATCH_FOR ms after they started; a message just received is checked twice for runs to appear.
+const WATCH_MAX_DELAY = 30000;
+const WATCH_FOR = 10 * 60 * 1000;
+const FRESH_DELAYS = [1500, 4500];
+const UNSETTLED = new Set(["running", "pending"]);
+
+/** True while a rule run of this message may still change (running, queued, answer not yet sent). */
+export function automationUnsettled(message) {
+  const runs = Array.isArray(message.automation) ? message.automation : [];
+  return runs.some((run) => UNSETTLED.has(run.status) || (run.status === "ok" && !run.path));
+}
 
 export class ThreadView {
-  /** hooks: appInfo(name) → app dict or undefined, onRead(app, user), onSent(message) */
+  /** hooks: appInfo(name) → app dict or undefined, onRead(app, user), onSent(message), onResumed(app, user) */
   constructor(hooks) {
     this.hooks = hooks;
     this.root = document.getElementById("thread-view");
@@ -22,12 +34,17 @@ export class ThreadView {
     this.send = document.getElementById("send");
     this.note = document.getElementById("composer-note");
     this.error = document.getElementById("composer-error");
+    this.takeover = document.getElementById("takeover");
+    this.takeoverText = document.getElementById("takeover-text");
+    this.resumeButton = document.getElementById("resume");
+    this.pauseTimer = null;
     this.current = null;
     this.bind();
   }
 
   bind() {
     this.older.addEventListener("click", () => this.loadOlder());
+    this.resumeButton.addEventListener("click", () => this.resume());
     this.form.addEventListener("submit", (event) => {
       event.preventDefault();
       this.submit();
@@ -43,6 +60,13 @@ export class ThreadView {
     // Images change the height once loaded: keep the newest message in view if it was.
     this.list.addEventListener("load", () => {
       if (this.current && this.current.stuck) this.toBottom();
+    }, true);
+    // An opened command output stays open when its message is redrawn (a run's status changed).
+    this.list.addEventListener("toggle", (event) => {
+      const details = event.target;
+      if (!this.current || !details.matches || !details.matches("details.auto-output")) return;
+      if (details.open) this.current.openOutputs.add(details.dataset.runId);
+      else this.current.openOutputs.delete(details.dataset.runId);
     }, true);
     this.scroller.addEventListener("scroll", () => {
       if (this.current) this.current.stuck = this.nearBottom();
@@ -66,10 +90,13 @@ export class ThreadView {
 
   open(app, user) {
     if (this.isOpen(app, user)) return;
+    this.stopWatching();
     this.current = {
       app, user, messages: new Map(), rows: new Map(), liveAt: new Map(), next: null, ready: false,
       loadingOlder: false, stuck: true, needsRead: true, generation: Symbol("thread"),
+      watches: new Map(), pausedUntil: null, openOutputs: new Set(),
     };
+    this.renderPause();
     document.getElementById("thread-user").textContent = user;
     document.getElementById("thread-app").textContent = app;
     for (const link of document.querySelectorAll("[data-thread-export]")) {
@@ -85,7 +112,9 @@ export class ThreadView {
   }
 
   close() {
+    this.stopWatching();
     this.current = null;
+    this.renderPause();
     this.root.hidden = true;
     this.empty.hidden = false;
   }
@@ -121,6 +150,7 @@ export class ThreadView {
       thread.ready = true;
       this.render("bottom");
       this.markRead();
+      this.watchAll();
     } catch (err) {
       if (thread === this.current) this.showError(err.message);
     }
@@ -143,6 +173,7 @@ export class ThreadView {
       thread.needsRead = true;
       this.render("keep");
       this.markRead();
+      this.watchAll();
     } catch (err) {
       // the next reconnect tries again
     }
@@ -177,8 +208,11 @@ export class ThreadView {
 
   /** A message from the websocket: the newest state, replacing any older copy. */
   mergeLive(message) {
-    if (this.matches(message)) this.current.liveAt.set(message.id, performance.now());
+    if (!this.matches(message)) return;
+    const fresh = !this.current.messages.has(message.id) && message.direction === "in";
+    this.current.liveAt.set(message.id, performance.now());
     this.merge(message);
+    this.watch(message, fresh);
   }
 
   /**
@@ -205,6 +239,109 @@ export class ThreadView {
     this.current.liveAt.set(id, performance.now());
     this.current.messages.set(id, { ...message, status, error: error === undefined ? message.error : error });
     this.render("keep");
+  }
+
+  // ---------------------------------------------------------------- rule runs in progress
+
+  /**
+   * Look at a message again while its rule runs may still change. The websocket re-sends a
+   * message when its automation changes; this covers what it may miss (e.g. runs recorded just
+   * after a new message was pushed). `fresh`: just received, its rules may not have run yet.
+   */
+  watch(message, fresh) {
+    const thread = this.current;
+    if (!thread || thread.watches.has(message.id)) return;
+    const runs = Array.isArray(message.automation) ? message.automation : [];
+    if (fresh && runs.length === 0) this.schedule(message.id, 0, true);
+    else if (automationUnsettled(message) && this.recent(message)) this.schedule(message.id, 0, false);
+  }
+
+  watchAll() {
+    if (!this.current) return;
+    for (const message of this.current.messages.values()) this.watch(message, false);
+  }
+
+  recent(message) {
+    const starts = (message.automation || []).map((run) => parseIso(run.started_at)).filter(Boolean);
+    const started = starts.length ? Math.max(...starts.map((d) => d.getTime())) : Date.now();
+    return Date.now() - started < WATCH_FOR;
+  }
+
+  schedule(id, attempt, fresh) {
+    const thread = this.current;
+    const delay = fresh ? FRESH_DELAYS[attempt] : Math.min(WATCH_MAX_DELAY, 1000 * 2 ** attempt);
+    const timer = window.setTimeout(() => this.recheck(thread, id, attempt, fresh), delay);
+    thread.watches.set(id, timer);
+  }
+
+  async recheck(thread, id, attempt, fresh) {
+    if (thread !== this.current) return;
+    const since = performance.now();
+    let message = null;
+    try {
+      message = await api.message(id);
+    } catch (err) {
+      message = null; // gone or unreachable: the reconnect's catch-up covers the rest
+    }
+    if (thread !== this.current) return;
+    thread.watches.delete(id);
+    if (!message) return;
+    this.mergeAnswer(message, since);
+    const latest = thread.messages.get(id) || message;
+    const runs = Array.isArray(latest.automation) ? latest.automation : [];
+    if (fresh && runs.length === 0) {
+      if (attempt + 1 < FRESH_DELAYS.length) this.schedule(id, attempt + 1, true);
+    } else if (automationUnsettled(latest) && this.recent(latest)) {
+      this.schedule(id, fresh ? 0 : attempt + 1, false);
+    }
+  }
+
+  stopWatching() {
+    if (!this.current) return;
+    for (const timer of this.current.watches.values()) window.clearTimeout(timer);
+    this.current.watches.clear();
+  }
+
+  // ---------------------------------------------------------------- human takeover
+
+  /** The open conversation's paused_until (ISO) from the conversation list, or null. */
+  setPaused(until) {
+    if (!this.current || this.current.pausedUntil === (until || null)) return;
+    this.current.pausedUntil = until || null;
+    this.renderPause();
+  }
+
+  renderPause() {
+    window.clearTimeout(this.pauseTimer);
+    this.pauseTimer = null;
+    const until = this.current ? parseIso(this.current.pausedUntil) : null;
+    const left = until ? until.getTime() - Date.now() : 0;
+    const active = left > 0;
+    this.takeover.hidden = !active;
+    if (!active) return;
+    this.takeoverText.textContent = t("Automation paused until {time} (human takeover)", { time: dayClock(until) });
+    this.takeover.title = fullTime(until);
+    this.resumeButton.disabled = false;
+    // Hide the banner by itself when the pause is over (timers top out at ~24.8 days).
+    this.pauseTimer = window.setTimeout(() => this.renderPause(), Math.min(left + 500, 2 ** 31 - 1));
+  }
+
+  async resume() {
+    const thread = this.current;
+    if (!thread) return;
+    this.resumeButton.disabled = true;
+    this.showError("");
+    try {
+      await api.resume(thread.app, thread.user);
+      if (thread === this.current) {
+        thread.pausedUntil = null;
+        this.renderPause();
+      }
+      this.hooks.onResumed(thread.app, thread.user);
+    } catch (err) {
+      this.resumeButton.disabled = false;
+      if (thread === this.current) this.showError(t("Could not resume automation: {error}", { error: err.message }));
+    }
   }
 
   get(id) {
@@ -238,6 +375,9 @@ export class ThreadView {
       let row = thread.rows.get(message.id);
       if (!row || row.signature !== signature) {
         row = { signature, node: messageRow(message, (m, button) => this.retry(m, button)) };
+        for (const details of row.node.querySelectorAll("details.auto-output")) {
+          if (thread.openOutputs.has(details.dataset.runId)) details.open = true;
+        }
         thread.rows.set(message.id, row);
       }
       nodes.push(row.node);

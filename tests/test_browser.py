@@ -445,6 +445,251 @@ def test_every_type_live_with_media_and_screenshot(browser, busy_demo):
         page.context.close()
 
 
+# ------------------------------------------------------------------ rules and automation
+
+def automation(page, rule, scope="#message-list"):
+    """The automation lines of `rule` in the open thread."""
+    return page.locator("%s li.auto[data-rule='%s']" % (scope, rule))
+
+
+def test_rule_runs_show_under_their_messages(page, demo):
+    """greet answers passively; backup's command runs and its output arrives live through the API."""
+    user = new_user("ruled")
+    demo.simulate(user, content="你好")
+    login(page, demo)
+    open_thread(page, user)
+    greet = automation(page, "greet")
+    expect(greet).to_have_count(1)
+    expect(greet).to_have_attribute("data-status", "ok")
+    expect(greet).to_have_attribute("data-path", "passive")
+    expect(greet.locator(".auto-line")).to_have_text(re.compile(r"^greet\s*回复\s*成功\s*被动回复"))
+    forward = automation(page, "forward")  # the demo's webhook rule forwards everything, then continues
+    expect(forward).to_have_attribute("data-action", "webhook")
+    expect(forward).to_have_attribute("data-status", "ok")
+    expect(forward.locator(".auto-action")).to_have_text("Webhook")
+    # A passive reply is the callback's answer, not a stored message: only the line shows it.
+    expect(page.locator("#message-list li.msg.out")).to_have_count(0)
+
+    page.evaluate("window.__sameDocument = true")
+    demo.simulate(user, "click", "x", "--event-key", "RUN_BACKUP")
+    click = page.locator("#message-list li.system[data-event='click']")
+    backup_reply = click.locator("li.auto[data-rule='backup'][data-action='reply']")
+    backup_run = click.locator("li.auto[data-rule='backup'][data-action='run']")
+    expect(backup_reply).to_have_attribute("data-path", "passive")
+    expect(backup_run).to_have_attribute("data-status", "ok")
+    expect(backup_run).to_have_attribute("data-path", "api")
+    expect(backup_run.locator(".auto-line")).to_contain_text("命令")
+    expect(backup_run.locator(".auto-line")).to_contain_text("成功")
+    expect(backup_run.locator(".auto-line")).to_contain_text("经 API 发送")
+    expect(backup_run.locator(".auto-error")).to_have_count(0)
+    output = backup_run.locator("details.auto-output")
+    expect(output.locator("pre")).to_be_hidden()
+    output.locator("summary").click()
+    expect(output.locator("pre")).to_have_text(re.compile(r"^备份开始 RUN_BACKUP\s*$"))
+    sent = page.locator("#message-list li.msg.out").last
+    expect(sent.locator(".text")).to_have_text("备份开始 RUN_BACKUP")
+    expect(sent.locator(".operator")).to_have_text("规则 backup")
+    expect(sent).to_have_attribute("data-status", "sent")
+    expect(conversation(page, user).locator(".conv-preview")).to_have_text("规则：备份开始 RUN_BACKUP")
+    assert page.evaluate("window.__sameDocument") is True  # all of it arrived without a reload
+
+
+def test_failed_rule_runs_show_error_and_output_as_text(page, demo):
+    """The demo's rules all succeed, so the thread's answer is stubbed here: this tests the page."""
+    user = new_user("broken")
+    demo.simulate(user, content="hi")
+    base = {"id": 900100, "app": "demo", "direction": "in", "msgtype": "text", "event": None,
+            "event_key": None, "from_user": user, "to_user": demo.app["corp_id"], "agent_id": "1000002",
+            "msg_id": "1", "create_time": None, "received_at": "2026-01-01T00:00:00Z", "content": "部署",
+            "status": "received", "error": None, "deliveries": 1, "operator": None, "attempts": 0,
+            "media": None, "fields": {}}
+    run = {"rule": "deploy", "path": None, "output": None, "error": None, "exit_code": None, "duration_ms": None,
+           "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:02Z"}
+    message = {**base, "automation": [
+        {**run, "id": 1, "action": "run", "status": "failed", "exit_code": 2, "duration_ms": 1530,
+         "path": "api", "error": "exit status 2", "output": XSS + "\nline two"},
+        {**run, "id": 2, "action": "run", "status": "timeout", "error": "stopped after 120 s", "path": "api"},
+        {**run, "id": 3, "action": "webhook", "status": "error", "error": "connection refused"},
+        {**run, "id": 4, "action": "reply", "status": "skipped", "path": "none",
+         "error": "automation paused: an operator replied by hand (human takeover)"},
+        {**run, "id": 5, "action": "run", "status": "running", "finished_at": None},
+        {**run, "id": 6, "action": "webhook", "status": "pending", "finished_at": None},
+    ]}
+    page.route(re.compile(r".*/api/messages\?.*user=%s.*" % user),
+               lambda route: route.fulfill(json={"messages": [message], "next": None}))
+    page.route("**/api/messages/900100", lambda route: route.fulfill(json=message))
+    login(page, demo)
+    open_thread(page, user)
+    lines = page.locator("#message-list li.msg[data-id='900100'] li.auto")
+    expect(lines.locator(".auto-status")).to_have_text([
+        "失败（退出码 2）", "超时", "出错", "已跳过：自动化已暂停", "运行中…", "等待中…"])
+    expect(lines.locator(".auto-action")).to_have_text(["命令", "命令", "Webhook", "回复", "命令", "Webhook"])
+    expect(lines.nth(0).locator(".auto-error")).to_have_text("exit status 2")
+    expect(lines.nth(0).locator(".auto-path")).to_have_text("经 API 发送")
+    expect(lines.nth(0).locator(".auto-duration")).to_have_text("1.5 s")
+    expect(lines.nth(1).locator(".auto-error")).to_have_text("stopped after 120 s")
+    expect(lines.nth(2).locator(".auto-error")).to_have_text("connection refused")
+    expect(lines.nth(3).locator(".auto-error")).to_have_count(0)  # skipped says why in its status
+    expect(lines.nth(3).locator(".auto-path")).to_have_count(0)
+    expect(lines.filter(has=page.locator(".auto-failed"))).to_have_count(0)
+    expect(page.locator("#message-list li.auto.auto-failed")).to_have_count(3)
+    lines.nth(0).locator("details.auto-output summary").click()
+    expect(lines.nth(0).locator("pre")).to_have_text(XSS + "\nline two")
+    assert page.locator("#message-list img").count() == 0
+    page.wait_for_timeout(300)
+    assert page.evaluate("typeof window.__xss") == "undefined"
+
+
+def rules_row(page, name):
+    return page.locator("#rules-body tr[data-rule='%s']" % name)
+
+
+def test_rules_view_lists_rules_in_order_with_counts(page, demo):
+    user = new_user("counted")
+    demo.simulate(user, content="你好呀")
+    login(page, demo)
+    page.click("#nav-rules")
+    expect(page).to_have_url(re.compile(r"#/rules$"))
+    expect(page.locator("#rules-view")).to_be_visible()
+    expect(page.locator("#main-view")).to_be_hidden()
+    expect(page.locator("#nav-rules")).to_have_attribute("aria-current", "page")
+    # Tried in this order: forward has priority -1, the rest keep the file's order.
+    expect(page.locator("#rules-body tr")).to_have_count(6)
+    names = page.locator("#rules-body .rule-name").all_inner_texts()
+    assert names == ["forward", "greet", "help", "leave", "backup", "welcome"]
+    greet = rules_row(page, "greet")
+    expect(greet.locator(".rule-when")).to_have_text("text contains 你好")
+    expect(greet.locator(".rule-app")).to_have_text("全部应用")
+    expect(greet.locator(".does-reply .does-text")).to_have_text("你好，{from_user}！发送“帮助”查看可以做什么。")
+    expect(greet.locator(".rule-continue")).to_have_text("否")
+    expect(greet.locator(".rule-hits")).to_have_text(re.compile(r"^[1-9][0-9]*$"))
+    expect(greet.locator(".rule-last time")).to_have_text(re.compile(r"\S"))
+    expect(greet.locator(".failures-some")).to_have_count(0)
+    expect(rules_row(page, "leave").locator(".rule-app")).to_have_text("demo")
+    expect(rules_row(page, "help").locator(".does-text")).to_contain_text("请假 3 天 看病")
+    backup = rules_row(page, "backup")
+    expect(backup.locator(".does-run .does-text")).to_have_text("/bin/echo 备份开始 {event_key}")
+    expect(backup.locator(".does-run .does-note")).to_have_text("超时 120 秒")
+    forward = rules_row(page, "forward")
+    expect(forward.locator(".rule-continue")).to_have_text("是")
+    expect(forward.locator(".rule-order .rule-priority")).to_have_text("优先级 -1")
+    expect(forward.locator(".does-webhook .does-text")).to_have_text(re.compile(r"^http://127\.0\.0\.1:\d+/demo/webhook$"))
+    expect(forward.locator("a")).to_have_count(0)  # a URL from the config is text, not a link
+    expect(page.locator("#rules-settings")).to_contain_text("30 分钟")
+
+    # Live: a new 你好 counts as a hit without a reload.
+    hits = int(greet.locator(".rule-hits").inner_text())
+    demo.simulate(user, content="你好，再来一次")
+    expect(greet.locator(".rule-hits")).to_have_text(str(hits + 1), timeout=20_000)
+
+    page.click("#nav-conversations")
+    expect(page.locator("#main-view")).to_be_visible()
+    expect(page.locator("#rules-view")).to_be_hidden()
+    expect(conversation(page, user)).to_be_visible()
+
+
+def test_manual_reply_pauses_automation_until_resumed(page, demo):
+    user = new_user("takeover")
+    demo.simulate(user, content="你好")
+    login(page, demo)
+    open_thread(page, user)
+    banner = page.locator("#takeover")
+    expect(automation(page, "greet")).to_have_attribute("data-status", "ok")
+    expect(banner).to_be_hidden()
+    expect(conversation(page, user).locator(".paused-tag")).to_have_count(0)
+
+    page.fill("#reply", "我来处理")
+    page.press("#reply", "Enter")
+    expect(banner).to_be_visible()
+    until = page.evaluate("async (u) => (await (await fetch('/api/conversations')).json())"
+                          ".conversations.find((c) => c.user === u).paused_until", user)
+    parsed = datetime.datetime.fromisoformat(until.replace("Z", "+00:00"))
+    local = parsed.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%H:%M")
+    expect(banner.locator("#takeover-text")).to_have_text(re.compile(r"^自动化已暂停至 .*%s（人工接管）$" % local))
+    expect(conversation(page, user).locator(".paused-tag")).to_have_text("已暂停")
+
+    # While paused, the rule is skipped and says why.
+    demo.simulate(user, content="你好，在吗")
+    skipped = page.locator("#message-list li.msg.in").last.locator("li.auto[data-rule='greet']")
+    expect(skipped).to_have_attribute("data-status", "skipped")
+    expect(skipped.locator(".auto-status")).to_have_text("已跳过：自动化已暂停")
+
+    page.click("#resume")
+    expect(banner).to_be_hidden()
+    expect(conversation(page, user).locator(".paused-tag")).to_have_count(0)
+    page.reload()  # resumed on the server, not only in the page
+    expect(page.locator("#thread-user")).to_have_text(user)
+    expect(page.locator("#message-list li.msg").first).to_be_visible()
+    expect(banner).to_be_hidden()
+    demo.simulate(user, content="你好，又是我")
+    again = page.locator("#message-list li.msg.in").last.locator("li.auto[data-rule='greet']")
+    expect(again).to_have_attribute("data-status", "ok")
+    expect(again).to_have_attribute("data-path", "passive")
+
+
+def test_rules_in_english(browser, demo):
+    user = new_user("english")
+    demo.simulate(user, content="你好")
+    page = open_page(browser, locale="en-US", timezone="Europe/Berlin")
+    try:
+        login(page, demo)
+        open_thread(page, user)
+        expect(automation(page, "greet").locator(".auto-line")).to_have_text(
+            re.compile(r"^greet\s*Reply\s*ok\s*passive reply"))
+        page.click("#nav-rules")
+        expect(rules_row(page, "greet").locator(".rule-app")).to_have_text("all apps")
+        expect(page.locator("#rules-table th").nth(6)).to_have_text("Hits")
+        assert page.problems == []
+    finally:
+        page.context.close()
+
+
+def test_phone_reaches_the_rules(browser, demo):
+    page = open_page(browser, width=390, height=844)
+    try:
+        login(page, demo)
+        expect(page.locator("#nav-conversations")).to_be_hidden()  # the current view's tab
+        # Everything in the top bar fits: nothing cut off, the language switch included.
+        assert page.evaluate("""() => [...document.querySelectorAll('.topbar > *, .lang button, .view-tab')]
+            .every((n) => n.getBoundingClientRect().right <= window.innerWidth
+                          && (n.clientWidth === 0 || n.scrollWidth <= n.clientWidth))""")
+        page.click("#nav-rules")
+        expect(page.locator("#rules-view")).to_be_visible()
+        expect(page.locator(".list-pane")).to_be_hidden()
+        greet = rules_row(page, "greet")
+        expect(greet.locator(".rule-hits")).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert page.evaluate("document.getElementById('rules-view').scrollWidth") <= 390
+        page.click("#nav-conversations")
+        expect(page.locator(".list-pane")).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert page.problems == []
+    finally:
+        page.context.close()
+
+
+def test_rules_screenshot(browser, demo):
+    user = new_user("shot")
+    demo.simulate(user, content="你好")
+    demo.simulate(user, "click", "x", "--event-key", "RUN_BACKUP")
+    page = open_page(browser, width=1280, height=860)
+    try:
+        login(page, demo)
+        page.click("#nav-rules")
+        expect(rules_row(page, "backup").locator(".rule-hits")).to_have_text(re.compile(r"^[1-9]"))
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "rules.png"), full_page=True)
+        assert (ARTIFACTS / "rules.png").stat().st_size > 10_000
+        page.click("#nav-conversations")
+        open_thread(page, user)
+        expect(page.locator("#message-list li.msg.out .operator")).to_have_text("规则 backup")
+        page.locator("li.auto[data-rule='backup'][data-action='run'] summary").click()
+        page.screenshot(path=str(ARTIFACTS / "automation.png"), full_page=True)
+        assert page.problems == []
+    finally:
+        page.context.close()
+
+
 # ------------------------------------------------------------------ translations and templates
 
 _TEMPLATE_MSGID = re.compile(r"""\b_\(\s*(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')\s*\)""")

@@ -55,8 +55,9 @@ class Automation:
 
     def __init__(self, run_db: Callable[..., Awaitable[Any]], store: Any, outbox: Any, webhooks: WebhookSender,
                  runner: CommandRunner, current_rules: Callable[[], List[rulesmod.Rule]],
-                 settings: Callable[[], RulesConfig]) -> None:
+                 settings: Callable[[], RulesConfig], publish: Optional[Callable[[dict], None]] = None) -> None:
         self.run_db, self.store, self.outbox, self.webhooks = run_db, store, outbox, webhooks
+        self.publish = publish
         self.runner, self.current_rules, self.settings = runner, current_rules, settings
         self._tasks: set[asyncio.Task] = set()
 
@@ -68,6 +69,7 @@ class Automation:
             started += await self._start(match, app, row, message, answers, paused)
         await self._wait(answers, started, self.settings().passive_budget)
         answers.close()
+        await self._changed(row["id"])
         if answers.passive is None and not paused and default_reply(app, message, matches):
             return app.reply
         return answers.passive
@@ -115,6 +117,7 @@ class Automation:
         await self.run_db(self.store.finish_run, run["id"], result.status, exit_code=result.exit_code,
                           duration_ms=result.duration_ms, output=result.excerpt(), error=result.error)
         await self._deliver(run, app, row, command_answer(result, rule), answers)
+        await self._changed(row["id"])
 
     async def _webhook(self, rule: rulesmod.Rule, app: AppConfig, row: dict, answers: _Answers) -> asyncio.Task:
         public = {k: v for k, v in row.items() if k != "reply"}
@@ -150,6 +153,13 @@ class Automation:
     async def on_webhook_reply(self, run: dict, text: str) -> None:
         """A retried webhook delivery answered with a reply: always too late to be passive."""
         await self.send_later(run, run["app"], run["user"], text)
+
+    async def _changed(self, message_id: int) -> None:
+        """Push the message again with its automation list, as the dashboard merges by id."""
+        if self.publish is not None:
+            message = await self.run_db(self.store.get, message_id)
+            if message is not None:
+                self.publish({"type": "message", "message": message})
 
     def _spawn(self, work: Awaitable[None]) -> asyncio.Task:
         task = asyncio.ensure_future(self._guard(work))
