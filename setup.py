@@ -36,6 +36,7 @@ setup(
         "peewee>=4.5.3",  # playhouse.migrations runner
         "pycryptodome>=3.18",
         "defusedxml>=0.7.1",
+        "prometheus_client>=0.17",  # GET /metrics
     ],
     extras_require={
         "test": [

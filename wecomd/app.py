@@ -8,8 +8,9 @@ from typing import Any
 
 from tornado import httpserver, locale, netutil, web
 
+from wecomd import sdnotify
 from wecomd.config import Config
-from wecomd.handlers import api, callback, dashboard, live, ops, rules
+from wecomd.handlers import api, callback, dashboard, live, metrics, ops, rules
 from wecomd.handlers.base import DEFAULT_LOCALE
 from wecomd.paths import TRANSLATIONS_DIR, resource_dir
 from wecomd.services import Services
@@ -23,7 +24,7 @@ DRAIN_SECONDS = 25.0  # below systemd's default 90 s stop timeout, above WeCom's
 def make_app(services: Services) -> web.Application:
     """Build the application from every handler module's `routes(services)`."""
     handlers: list = []
-    for module in (callback, ops, dashboard, api, live, rules):
+    for module in (callback, ops, dashboard, api, live, rules, metrics):
         handlers.extend(module.routes(services))
     # Tornado keeps translations process-wide; loading the same files again is harmless.
     locale.load_translations(str(TRANSLATIONS_DIR))
@@ -72,18 +73,33 @@ async def serve(config: Config, ready: Any = None) -> None:
                 ", ".join(config.apps) or "none")
     if ready is not None:
         ready(port)
+    summary = "listening on %s:%d" % (config.server.listen_host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # `systemctl reload wecomd`: re-read apps and rules, keep every connection.
-    loop.add_signal_handler(signal.SIGHUP, services.reload)
+    loop.add_signal_handler(signal.SIGHUP, _reload, services, summary)
+    # Type=notify: systemd starts dependent units, and allows `systemctl reload`, only now; so the
+    # SIGHUP handler must already be in place (SIGHUP's default action would end the process).
+    sdnotify.ready()
+    sdnotify.status("%s; apps: %s" % (summary, ", ".join(config.apps) or "none"))
     await stop.wait()
     loop.remove_signal_handler(signal.SIGHUP)
     await _shutdown(server, services)
 
 
+def _reload(services: Services, summary: str) -> None:
+    sdnotify.reloading()
+    done = services.reload()
+    sdnotify.ready()  # after RELOADING=1 systemd waits for READY=1, also when the reload was refused
+    apps = ", ".join(services.config.apps) or "none"
+    sdnotify.status("%s; apps: %s%s" % (summary, apps, "" if done else "; reload refused, see the log"))
+
+
 async def _shutdown(server: httpserver.HTTPServer, services: Services) -> None:
+    sdnotify.stopping()
+    sdnotify.status("stopping: draining %d in-flight request(s)" % services.inflight.count)
     logger.info("stopping: no new connections, draining %d in-flight request(s)", services.inflight.count)
     server.stop()
     services.hub.close_all()  # close_all_connections() leaves websockets open

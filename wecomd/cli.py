@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from wecomd import __version__, checks, config as configmod, demo, dryrun, exporting, passwords, simulate
+from wecomd import (__version__, backupcmd, checks, config as configmod, demo, dryrun, exporting, passwords,
+                    simulate)
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(p)
     exporting.add_arguments(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("backup", help="copy the SQLite database to FILE, safely while wecomd serves")
+    _config_arg(p)
+    backupcmd.add_arguments(p)
+    p.set_defaults(func=cmd_backup)
     return parser
 
 
@@ -167,6 +173,10 @@ def cmd_rules(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     cfg = _load(args)
     return exporting.run(cfg, args)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    return backupcmd.run(_load(args), args)
 
 
 def _setup_logging(level: str) -> None:

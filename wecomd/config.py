@@ -161,6 +161,9 @@ SCHEMA: Dict[str, Dict[str, Option]] = {
                            "database URL: sqlite:///..., postgresql://user:pass@host/db.", secret=True),
         "media_dir": Option("media", _NONEMPTY, "Directory for downloaded images, voice, video and files "
                             "(relative to this file's directory)."),
+        "retention_days": Option("0", _integer(0), "Delete messages received more than this many days "
+                                 "ago, with their rule runs and media files, checked hourly; 0: keep "
+                                 "everything. Pending outbound messages are never deleted."),
         "max_body": Option("1048576", _integer(1), "Largest callback body in bytes; larger ones get 413."),
         "timestamp_window": Option("300", _integer(0), "Seconds of clock skew accepted on callback "
                                    "timestamps; 0 turns the check off."),
@@ -218,6 +221,7 @@ class ServerConfig:
     timestamp_window: int  # 0 = off
     xheaders: bool
     log_level: str
+    retention_days: int = 0  # 0 = keep messages forever
 
 
 @dataclass(frozen=True)

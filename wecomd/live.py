@@ -22,11 +22,15 @@ class Subscriber:
 
     async def _drain(self) -> None:
         while True:
-            text = await self.queue.get()
-            if text is None:
-                return
+            texts = [await self.queue.get()]
+            while not self.queue.empty():  # write what else is queued now, then wait once
+                texts.append(self.queue.get_nowait())
             try:
-                await self._send(text)
+                for text in texts:
+                    if text is None:
+                        return
+                    sent = self._send(text)
+                await sent
             except Exception as exc:  # a vanished peer: the handler's on_close unsubscribes
                 logger.debug("live: send failed (%s); dropping subscriber", exc)
                 return

@@ -37,10 +37,14 @@ class Outbox(Worker):
 
     def __init__(self, run_db: RunDb, store, client, apps: Mapping[str, AppConfig], publish: Publish,
                  *, clock: Callable[[], datetime] = utcnow, poll_interval: float = 1.0,
-                 max_attempts: int = 8, backoff_base: float = 2.0, backoff_max: float = 300.0) -> None:
+                 max_attempts: int = 8, backoff_base: float = 2.0, backoff_max: float = 300.0,
+                 on_sent: Callable[[], None] = lambda: None,
+                 on_send_error: Callable[[Optional[int]], None] = lambda errcode: None) -> None:
         super().__init__(run_db, publish, clock=clock, poll_interval=poll_interval,
                          max_attempts=max_attempts, backoff_base=backoff_base, backoff_max=backoff_max)
         self.store, self.client, self.apps = store, client, apps
+        # Metrics hooks: each message WeCom accepted; each failed send with its errcode (None: no answer).
+        self._on_sent, self._on_send_error = on_sent, on_send_error
         self._intake: Optional[asyncio.Lock] = None  # made on first use, on the running loop
         # WeCom accepted these but the "sent" mark failed: id -> (error, msgid). Never resent.
         self._unmarked: Dict[int, Tuple[Optional[str], Optional[str]]] = {}
@@ -119,12 +123,15 @@ class Outbox(Worker):
         try:
             answer = await self._send(app, row)
         except WecomApiError as exc:
+            self._on_send_error(exc.errcode)
             if exc.kind in RETRY_KINDS:
                 return await self._attempt_failed(row, describe(exc), exc.errcode)
             return await self._fail(row, describe(exc, with_hint=True), exc.errcode)
         except Exception as exc:  # not the client's contract; treat as transient, keep the row
             logger.exception("send id=%s app=%s: unexpected error", row["id"], row["app"])
+            self._on_send_error(None)
             return await self._attempt_failed(row, describe(exc), None)
+        self._on_sent()
         await self._sent(row, answer or {})
 
     async def _send(self, app: AppConfig, row: dict) -> dict:

@@ -18,7 +18,9 @@ from wecomd.config import AppConfig, Config
 from wecomd.crypto import WecomCrypto
 from wecomd.live import Hub
 from wecomd.media import MediaVault
+from wecomd.metrics import Metrics
 from wecomd.outbox import Outbox
+from wecomd.retention import Retention
 from wecomd.store import Store, StoreError
 from wecomd.webhooks import WebhookSender
 from wecomd.wecom_api import WecomClient
@@ -72,28 +74,36 @@ class Services:
         # so that a WeCom retry overlapping it gets the same answer (not an empty one).
         self.first_deliveries: dict[int, asyncio.Future] = {}
         self.hub = Hub()
+        self.metrics = Metrics(websocket_clients=lambda: self.hub.count)
         self.login_limiter = LoginLimiter()
         self.cookie_secret = config.admin.cookie_secret or _ephemeral_secret()
-        self.wecom = WecomClient(config.wecom.api_base)
+        self.wecom = WecomClient(config.wecom.api_base, on_refresh=self.metrics.token_refresh)
         # Writes (and everything on the callback path) go through one writer thread with group
         # commit; the dashboard's reads use their own connection on another thread (SQLite WAL lets
         # them run beside the writer), so a long search never holds up a callback.
         self.writer = DbWriter(self.store.db, lambda exc: StoreError("could not commit: %s" % exc))
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wecomd-read")
-        self.outbox = Outbox(self.db, self.store, self.wecom, config.apps, self.hub.publish)
+        self.outbox = Outbox(self.db, self.store, self.wecom, config.apps, self.hub.publish,
+                             on_sent=self.metrics.sent, on_send_error=self.metrics.send_error)
         self.media = MediaVault(self.db, self.store, self.wecom, config.apps, config.server.media_dir, self.hub.publish)
+        self.retention = Retention(self.db, self.store, config.server.media_dir,
+                                   lambda: self.config.server.retention_days)
         settings = config.rules_settings
         self.runner = CommandRunner(max_concurrent=settings.max_commands, output_limit=settings.output_limit)
         self.webhooks = WebhookSender(self.db, self.store, self._webhook_target, self._webhook_reply, self.hub.publish)
         self.automation = Automation(self.db, self.store, self.outbox, self.webhooks, self.runner,
-                                     lambda: self.rules, lambda: self.config.rules_settings)
+                                     lambda: self.rules, lambda: self.config.rules_settings, self.hub.publish)
 
     def app(self, name: str) -> AppConfig | None:
         return self.config.apps.get(name)
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call on the writer thread; it returns once its transaction is committed."""
-        return await self.writer.run(fn, *args, **kwargs)
+        try:
+            return await self.writer.run(fn, *args, **kwargs)
+        except StoreError:
+            self.metrics.store_failed()
+            raise
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a read-only store query on the reader thread (the dashboard's lists and searches)."""
@@ -145,6 +155,7 @@ class Services:
         self.outbox.start()
         self.media.start()
         self.webhooks.start()
+        self.retention.start()
 
     async def close(self) -> None:
         self.hub.close_all()
@@ -152,6 +163,7 @@ class Services:
         await self.webhooks.stop()
         await self.outbox.stop()
         await self.media.stop()
+        await self.retention.stop()
         self.wecom.close()
         await self.read(self.store.close)
         self._reader.shutdown(wait=True)

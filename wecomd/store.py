@@ -166,6 +166,12 @@ class Store(AutomationQueries):
         """Raise StoreError unless the message table can be read."""
         self.Message.select(self.Message.id).limit(1).execute()
 
+    @_guarded("write to the database")
+    def check_writable(self) -> None:
+        """Raise StoreError unless a write can be committed now; changes nothing (store_health)."""
+        from .store_health import check_writable
+        check_writable(self)
+
     # ------------------------------------------------------------ writing messages
 
     @_guarded("save the inbound message")
@@ -517,6 +523,8 @@ class Store(AutomationQueries):
         {"path", "bytes", "messages", "pages", "steps", "seconds"}. ValueError for a database
         that is not a SQLite file (back up PostgreSQL with pg_dump) or a `target` that is the
         live database itself; StoreError when the database file is missing or the copy fails.
+        It reads through this thread's connection, which must not be inside a transaction: call
+        it from a Store of its own (`wecomd backup`), not through the daemon's database thread.
         """
         if not isinstance(self.db, SqliteDatabase) or self.name == ":memory:":
             kind = urlparse(self.name).scheme or "in-memory"
@@ -546,6 +554,8 @@ class Store(AutomationQueries):
         "rule_runs", "read_marks", "takeovers", "batches"), "media": the media_path of each
         deleted message that had a file (relative to media_dir; removing the files, now that the
         rows are committed, is the caller's job), and "more": True when max_batches stopped it.
+        A StoreError keeps the batches committed before it deleted, and loses their paths:
+        callers that remove files ask for one batch at a time.
         """
         before, batch = naive_utc(before), max(1, int(batch))
         result = {"messages": 0, "rule_runs": 0, "read_marks": 0, "takeovers": 0, "batches": 0,

@@ -205,6 +205,12 @@ class AutomationQueries:
             return R.update({R.status: "error", R.error: INTERRUPTED, R.finished_at: naive_utc(now)}) \
                 .where(R.status == "running").execute()
 
+    @guarded("count the outbox")
+    def outbox_depth(self) -> int:
+        """How many outbound messages are pending (waiting to be sent or retried): one COUNT, for /metrics."""
+        M = self.Message
+        return M.select().where((M.direction == "out") & (M.status == "pending")).count()
+
     def _update_run(self, run_id: int, changes: dict, only_if: Optional[str] = None) -> dict:
         R = self.RuleRun
         with self.db.atomic():

@@ -116,16 +116,22 @@ class WecomClient:
     Tokens are cached per (corp_id, secret) until `expires_in - 300` seconds by `clock`. At most one
     gettoken per key is in flight: concurrent callers await it. A token errcode from a call drops
     the token, fetches a new one and retries that call exactly once; nothing else is retried here.
+
+    `on_refresh(reason)` is called as each gettoken starts: "cold" (no token yet), "expired" (the
+    cached one reached its renewal time) or "token_error" (WeCom refused the cached one).
     """
 
     def __init__(self, api_base: str, *, http_client: Optional[httpclient.AsyncHTTPClient] = None,
-                 clock: Callable[[], float] = time.monotonic, request_timeout: float = 10.0) -> None:
+                 clock: Callable[[], float] = time.monotonic, request_timeout: float = 10.0,
+                 on_refresh: Optional[Callable[[str], None]] = None) -> None:
         self.api_base = api_base.rstrip("/")
         self.media_chunk = MEDIA_CHUNK
         self._http, self._owns_http = http_client, http_client is None
         self._clock, self._timeout = clock, request_timeout
         self._tokens: Dict[Tuple[str, str], Tuple[str, float]] = {}  # key -> (token, renew at)
         self._refreshing: Dict[Tuple[str, str], asyncio.Future] = {}
+        self._refused: set = set()  # keys whose token WeCom refused, until a new one is fetched
+        self._on_refresh = on_refresh
 
     async def access_token(self, app: AppConfig) -> str:
         """The app's access token, from the cache or from one shared gettoken call."""
@@ -135,6 +141,8 @@ class WecomClient:
             return cached[0]
         future = self._refreshing.get(key)
         if future is None or future.done():
+            if self._on_refresh is not None:
+                self._on_refresh("expired" if cached else "token_error" if key in self._refused else "cold")
             future = asyncio.ensure_future(self._fetch_token(app, key))
             self._refreshing[key] = future
             future.add_done_callback(lambda done: self._refreshed(key, done))
@@ -201,6 +209,7 @@ class WecomClient:
             raise WecomApiError(None, "gettoken answered without an access_token", path=GETTOKEN,
                                 hint="WeCom's answer was malformed; will retry")
         self._tokens[key] = (token, self._clock() + max(expires_in - TOKEN_MARGIN, expires_in // 2))
+        self._refused.discard(key)
         return token
 
     def _refreshed(self, key: Tuple[str, str], future: asyncio.Future) -> None:
@@ -214,6 +223,7 @@ class WecomClient:
         key = _key(app)
         if self._tokens.get(key, (None,))[0] == token:
             del self._tokens[key]
+            self._refused.add(key)
 
     async def _with_token(self, app: AppConfig, attempt: Callable[[str], Awaitable[T]]) -> T:
         token = await self.access_token(app)

@@ -5,6 +5,12 @@ transaction is being committed are run together in the next one (group commit): 
 savepoint, so one failing call does not undo the others, and each caller's future resolves only
 after the transaction holding its call is durably committed. Under load one fsync then covers
 many callbacks; when idle a call is run and committed at once, with no added wait.
+
+On SQLite a batch starts with BEGIN IMMEDIATE: the write lock is taken (waiting at most
+busy_timeout) once per batch, so while another process holds the database locked the whole batch
+fails after one wait instead of one wait per call. A database that refuses the write lock for
+another reason (read-only) still runs the batch in a plain BEGIN: its reads work, its writes fail
+one by one.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import asyncio
 import logging
 import queue
 import threading
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -40,6 +47,7 @@ class DbWriter:
 
     def __init__(self, db: peewee.Database, wrap_error: Callable[[Exception], Exception], max_batch: int = MAX_BATCH) -> None:
         self.db, self.wrap_error, self.max_batch = db, wrap_error, max_batch
+        self._immediate = isinstance(db, peewee.SqliteDatabase)
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="wecomd-db", daemon=True)
         self._thread.start()
@@ -94,10 +102,12 @@ class DbWriter:
 
     def _run_batch(self, batch: list) -> None:
         try:
-            with self.db.atomic():
+            with ExitStack() as stack:
+                self._begin(stack)
                 for job in batch:
                     self._run_in_savepoint(job)
-        except Exception as exc:  # the commit itself failed: nothing of this batch is durable
+        except Exception as exc:  # no write lock, or the commit failed: nothing of this batch is durable
+            exc = _original(exc)
             logger.error("database commit failed for %d call(s): %s", len(batch), exc)
             error = self.wrap_error(exc)
             for job in batch:
@@ -107,12 +117,32 @@ class DbWriter:
         for job in batch:
             _resolve(job)
 
+    def _begin(self, stack: ExitStack) -> None:
+        """Open the batch's transaction in `stack`; see the module docstring."""
+        if self._immediate:
+            try:
+                stack.enter_context(self.db.atomic(lock_type="IMMEDIATE"))
+                return
+            except peewee.OperationalError as exc:
+                if "locked" in str(exc).lower():  # SQLITE_BUSY after busy_timeout: fail the batch
+                    raise
+        stack.enter_context(self.db.atomic())
+
     def _run_in_savepoint(self, job: _Job) -> None:
         try:
             with self.db.atomic():
                 job.result = job.fn(*job.args, **job.kwargs)
         except Exception as exc:
             job.error = exc
+
+
+def _original(exc: Exception) -> Exception:
+    """When SQLite has rolled a failed COMMIT back itself (disk full, I/O error), peewee's own
+    ROLLBACK fails too and hides the real error behind "no transaction is active": report the first."""
+    original = exc
+    while "no transaction is active" in str(original) and isinstance(original.__context__, Exception):
+        original = original.__context__
+    return original
 
 
 def _resolve(job: _Job) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from tornado import web
 
-from wecomd import crypto, messages, rules
+from wecomd import crypto, messages, metrics, rules
 from wecomd.automation import default_reply, store_inbound
 from wecomd.handlers.base import BaseHandler
 from wecomd.store import StoreError
@@ -163,12 +163,14 @@ class CallbackHandler(BaseHandler):
         skew = int(time.time()) - int(ts)
         if window and abs(skew) > window:
             self._outcome["detail"] = "timestamp %+ds from this server's clock; is NTP running?" % -skew
+            self._outcome["failure"] = "timestamp"
             raise web.HTTPError(403, "timestamp outside timestamp_window")
 
     def _crypto_call(self, fn: Any, *args: str) -> bytes:
         try:
             return fn(*args)
         except crypto.CryptoError as exc:
+            self._outcome["failure"] = metrics.crypto_reason(exc)
             status = 403 if isinstance(exc, _FORBIDDEN) else 400
             raise web.HTTPError(status, "%s (%d)", exc, exc.code)
 
@@ -187,16 +189,23 @@ class CallbackHandler(BaseHandler):
         self._log_line()
 
     def _log_line(self) -> None:
+        """The request's one log line, and its metrics."""
         status = self.get_status()
         out = getattr(self, "_outcome", {})
+        outcome = out.get("outcome", "rejected" if status < 500 else "failed")
+        latency = self.request.request_time()
         level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
         extra = "".join(" %s=%s" % (key, out[key]) for key in ("reason", "detail") if key in out)
         logger.log(
             level, "callback app=%s type=%s from=%s id=%s status=%d outcome=%s%s latency=%.1fms",
             self.path_kwargs.get("app"), out.get("type", "-"), out.get("sender") or "-", out.get("id") or "-",
-            status, out.get("outcome", "rejected" if status < 500 else "failed"), extra,
-            1000.0 * self.request.request_time(),
+            status, outcome, extra, 1000.0 * latency,
         )
+        # A configured app's name, never what an unknown request put in the path (bounded labels).
+        app = self.path_kwargs.get("app")
+        self.services.metrics.callback(
+            app if app in self.services.config.apps else metrics.UNKNOWN_APP, out.get("type", "-"),
+            outcome.split(" ", 1)[0], latency, metrics.failure_reason(status, out.get("failure")))
 
 
 def _nonce() -> str:

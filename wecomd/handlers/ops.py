@@ -1,4 +1,4 @@
-"""/healthz: is the database answering."""
+"""/healthz: can the database be read and written right now."""
 from __future__ import annotations
 
 import logging
@@ -11,18 +11,28 @@ logger = logging.getLogger(__name__)
 
 
 class HealthHandler(BaseHandler):
-    """200 {"status": "ok"} when the database answers, else 503 with the reason."""
+    """200 {"status": "ok"} when the database answers and takes a write, else 503.
+
+    The probe runs on the writer thread like a callback's store call, so it fails exactly when
+    callbacks would: database locked past busy_timeout, read-only, disk full (store_health). It
+    remembers nothing: the first probe after the trouble ends answers 200 again.
+    """
 
     public = True  # for monitors; it tells nothing but "up"
 
     async def get(self) -> None:
         try:
-            await self.services.db(self.services.store.ping)
+            await self.services.db(_probe, self.services.store)
         except StoreError as exc:
-            logger.warning("healthz: database not answering: %s", exc)
+            logger.warning("healthz: database unavailable: %s", exc)
             # Public endpoint: the reason goes to the log, not to whoever asks.
             return self.write_json({"status": "error", "error": "database unavailable"}, status=503)
         self.write_json({"status": "ok"})
+
+
+def _probe(store: Any) -> None:
+    store.ping()
+    store.check_writable()
 
 
 def routes(services: Any) -> list:

@@ -1,0 +1,51 @@
+"""The write probe behind /healthz (Store.check_writable): can the database take a write right now?
+
+Reading is not enough: a database that is locked by another process, read-only, or on a full disk
+still answers SELECTs while every callback fails with 503. The probe therefore
+
+1. on SQLite, checks the free space of the database's directory: below MIN_FREE_BYTES the next
+   commits (WAL growth, checkpoints) fail, so the database counts as full;
+2. writes: on SQLite it sets the header field `application_id` to the value it already has. That
+   takes the write lock and dirties page 1, so the commit that follows (the writer's, which runs
+   the probe like any other call) appends a real frame to the WAL and fsyncs it, yet no data
+   changes: nothing is left behind in the database. Elsewhere it runs an UPDATE that matches no
+   row, which a read-only connection or transaction still refuses.
+
+A probe that fails raises (OSError or a database error; Store.check_writable turns them into
+StoreError). Once the trouble is gone the next probe succeeds: nothing is remembered between probes.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+import peewee
+from peewee import SQL
+
+MIN_FREE_BYTES = 1 << 20  # 1 MiB
+
+
+def check_writable(store: Any) -> None:
+    """Raise unless `store`'s database can take (and, run by the writer, commit) a write now."""
+    db = store.db
+    if not isinstance(db, peewee.SqliteDatabase):
+        M = store.Message
+        M.update(id=M.id).where(SQL("1 = 0")).execute()
+        return
+    check_free_space(store.name)
+    value = db.execute_sql("PRAGMA application_id").fetchone()[0]
+    db.execute_sql("PRAGMA application_id = %d" % int(value))
+
+
+def check_free_space(path: str, minimum: int = MIN_FREE_BYTES) -> None:
+    """Raise OSError(ENOSPC) when the filesystem holding the database file `path` is (nearly) full."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    stat = os.statvfs(directory)
+    # root may use the blocks reserved for it (ext4: 5%); everyone else only the available ones.
+    free = stat.f_frsize * (stat.f_bfree if os.geteuid() == 0 else stat.f_bavail)
+    if free < minimum:
+        raise OSError(errno.ENOSPC, "disk full: %d KiB free on %s (wecomd needs at least %d KiB)"
+                      % (free // 1024, directory, minimum // 1024))
