@@ -2,7 +2,9 @@
 file, and the sandbox WeCom API on another loopback port."""
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import shutil
 import tempfile
 import urllib.parse
@@ -60,6 +62,16 @@ class WecomdTestCase(AsyncHTTPTestCase):
     def db(self, fn, *args, **kwargs):
         """Run a store call on the server's own database thread."""
         return self.io_loop.run_sync(lambda: self.services.db(fn, *args, **kwargs))
+
+    def wait_for(self, predicate, timeout: float = 10.0):
+        """Poll `predicate` (on the test's loop, so the server keeps working) until it is truthy."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            self.io_loop.run_sync(lambda: asyncio.sleep(0.05))
+        self.fail("condition not met within %.1fs" % timeout)
 
     # --- an operator ----------------------------------------------------------------------
 

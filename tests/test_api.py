@@ -74,14 +74,6 @@ class MessagesApiTest(WecomdTestCase):
 
 
 class ReplyApiTest(WecomdTestCase):
-    def wait_for(self, predicate, timeout=5.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            self.io_loop.run_sync(lambda: __import__("asyncio").sleep(0.05))
-        self.fail("condition not met in %.1fs" % timeout)
 
     def test_manual_reply_is_stored_then_sent_through_the_api(self):
         status, data = self.api("/api/messages", method="POST",

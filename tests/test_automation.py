@@ -101,14 +101,6 @@ class AutomationTest(WecomdTestCase):
         self.assertEqual(resp.code, 200)
         return ET.fromstring(self.peer.read_reply(resp.body)).findtext("Content") if resp.body else None
 
-    def wait_for(self, predicate, timeout: float = 8.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            self.io_loop.run_sync(lambda: asyncio.sleep(0.05))
-        self.fail("condition not met within %.1fs" % timeout)
 
     def runs(self, message_id: int) -> list:
         return self.db(self.services.store.get, message_id)["automation"]

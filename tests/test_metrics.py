@@ -46,14 +46,6 @@ class MetricsTestCase(WecomdTestCase):
         """One sample of a fresh scrape; 0 when the series does not exist (yet)."""
         return self.scrape().get((name, tuple(sorted(labels.items()))), 0.0)
 
-    def wait_for(self, predicate, timeout: float = 10.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            self.io_loop.run_sync(lambda: asyncio.sleep(0.05))
-        self.fail("condition not met in %.1fs" % timeout)
 
 
 class AccessTest(MetricsTestCase):

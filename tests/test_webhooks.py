@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import json
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
 from typing import Optional
 
 import pytest
@@ -17,30 +16,10 @@ from conftest import free_port
 from wecomd import __version__
 from wecomd.messages import Message
 from wecomd.store import Store
+from test_outbox import FakeClock, async_test  # the shared harness pieces
 from wecomd.webhooks import SIGNATURE_HEADER, WebhookSender, body_for, parse_reply, sign, verify
 
 SECRET = "whsec-0123456789abcdef"
-
-
-def async_test(fn):
-    """Run an async test function in a fresh event loop, bounded in time."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 30))
-    return wrapper
-
-
-class FakeClock:
-    """A naive-UTC clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 28, 23, 0, 0)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class Receiver:
