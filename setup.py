@@ -39,10 +39,12 @@ setup(
         "prometheus_client>=0.17",  # GET /metrics
     ],
     extras_require={
+        "fuzz": ["atheris>=2.3"],
         "test": [
             "pytest>=7.4",
             "pytest-timeout>=2.1",
             "wechatpy>=1.8.18",  # independent crypto implementation for interop tests
+            "hypothesis>=6.100",  # property tests (tests/test_properties.py)
             "playwright>=1.40",  # browser tests drive Debian's /usr/bin/chromium; never its own download
         ],
     },

@@ -386,7 +386,8 @@ def _read_file(path: Path, label: str, problems: List[str]) -> Raw:
 
 def _duplicates(text: str, label: str) -> List[str]:
     """Every repeated section or option (strict configparser stops at the first: blank it out, retry)."""
-    lines, found = text.splitlines(), []
+    # split("\n"), not splitlines(): configparser breaks lines only there (not at \x0c, \x85 ...).
+    lines, found = text.split("\n"), []
     for _ in range(len(lines) + 1):
         try:
             _parser(strict=True).read_string("\n".join(lines), source=label)
@@ -509,6 +510,8 @@ def _render_value(text: str) -> str:
     text = str(text)
     if re.search(r"(^|\s);", text):
         raise ValueError("a value cannot start with ';' or hold whitespace then ';': that starts a comment")
+    if re.search(r"\n\s*#", text) or "\r" in text:
+        raise ValueError("a value cannot hold a carriage return, or a line that starts with '#' (a comment)")
     return text.replace("\n", "\n    ")
 
 

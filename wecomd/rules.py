@@ -190,7 +190,7 @@ def _parse_when(when: str, report) -> Tuple[str, Optional[str], Optional[Pattern
 def _regex(pattern: str, report) -> Optional[Pattern]:
     try:
         return re.compile(pattern)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError, ValueError) as exc:  # a{99999999999}, deep nesting
         report("when", "bad regular expression: %s" % exc)
         return None
 
@@ -228,7 +228,8 @@ def _template_problems(template: str, groups: Optional[int], named: set) -> List
             found.append("%s: only plain fields like {from_user} or {1}: no attribute, index, "
                          "conversion or format spec (write {{ and }} for literal braces)" % whole)
         elif name.isdigit():
-            found.extend(_group_problem(whole, int(name), groups))
+            # Very long numbers would exceed int()'s digit limit; any over 6 digits is out of range.
+            found.extend(_group_problem(whole, int(name) if len(name) <= 6 else 10 ** 6, groups))
         elif name not in FIELDS and name not in named:
             choices = list(FIELDS) + sorted(named)
             found.append("%s: unknown field%s; the fields are %s" % (whole, _suggest(name, choices),
@@ -287,7 +288,10 @@ def _boolean(text: str) -> bool:
 
 
 def _is_http_url(text: str) -> bool:
-    parts = urllib.parse.urlsplit(text)
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:  # e.g. a bracketed host that is not an IPv6 address (found by fuzzing)
+        return False
     return parts.scheme in ("http", "https") and bool(parts.netloc) and not any(c.isspace() for c in text)
 
 
