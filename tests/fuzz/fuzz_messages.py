@@ -17,10 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-try:
-    import atheris
-except ImportError:  # replay mode works without it
-    atheris = None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _driver  # noqa: E402  (the shared atheris/replay driver beside this file)
+
+atheris = _driver.atheris
 
 if __name__ == "__main__" and atheris is not None and "--replay" not in sys.argv:
     with atheris.instrument_imports(include=["wecomd", "defusedxml"]):
@@ -136,24 +136,8 @@ def TestOneInput(data: bytes) -> None:  # the name atheris expects
     MODES[(data[0] - ord("a")) % len(MODES)](data[1:])
 
 
-def replay(paths) -> int:
-    files = []
-    for path in map(Path, paths):
-        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
-    for file in files:
-        TestOneInput(file.read_bytes())
-    print("replayed %d inputs from %s: no crash" % (len(files), ", ".join(map(str, paths))))
-    return 0
-
-
 def main() -> int:
-    args = [a for a in sys.argv[1:] if a != "--replay"]
-    if atheris is None or "--replay" in sys.argv:
-        return replay([a for a in args if not a.startswith("-")]
-                      or [Path(__file__).parent / "corpus" / Path(__file__).stem[5:]])
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-    return 0
+    return _driver.main(TestOneInput, __file__)
 
 
 if __name__ == "__main__":
