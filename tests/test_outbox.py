@@ -30,6 +30,18 @@ def async_test(fn):
     return wrapper
 
 
+async def until(predicate, timeout: float):
+    """Poll an async predicate until it returns something truthy; return that."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met within %ss" % timeout)
+        await asyncio.sleep(0.01)
+
+
 class FakeClock:
     """A naive-UTC clock that moves only when told to."""
 
@@ -86,15 +98,7 @@ class Harness:
         return await self.db(self.store.get, message_id)
 
     async def until(self, predicate, timeout: float = 3.0):
-        """Poll an async predicate until it returns something truthy; return that."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            result = await predicate()
-            if result:
-                return result
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError("condition not met within %ss" % timeout)
-            await asyncio.sleep(0.01)
+        return await until(predicate, timeout)
 
     async def until_status(self, message_id: int, status: str, attempts=None) -> dict:
         async def check():

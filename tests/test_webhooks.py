@@ -16,7 +16,7 @@ from conftest import free_port
 from wecomd import __version__
 from wecomd.messages import Message
 from wecomd.store import Store
-from test_outbox import FakeClock, async_test  # the shared harness pieces
+from test_outbox import FakeClock, async_test, until  # the shared harness pieces
 from wecomd.webhooks import SIGNATURE_HEADER, WebhookSender, body_for, parse_reply, sign, verify
 
 SECRET = "whsec-0123456789abcdef"
@@ -129,14 +129,7 @@ class Harness:
         return await self.db(self.store.get_run, run_id)
 
     async def until(self, predicate, timeout: float = 5.0):
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            result = await predicate()
-            if result:
-                return result
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError("condition not met within %ss" % timeout)
-            await asyncio.sleep(0.01)
+        return await until(predicate, timeout)
 
     async def until_run(self, run_id: int, status: str, attempts: Optional[int] = None) -> dict:
         async def check():
