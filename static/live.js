@@ -5,7 +5,8 @@ const MAX_DELAY = 30000;
 
 /**
  * Connect and stay connected. Callbacks:
- *   onEvent(data)           every parsed frame ({"type": "message" | "status", ...})
+ *   onEvent(data)           every event ({"type": "message" | "status", ...}), in order; a frame is a
+ *                           JSON array of the events published since the previous one
  *   onOpen()                after each (re)connect: the caller re-fetches what it may have missed
  *   onState(state, delayMs) "connecting" | "live" | "offline" (delay until the next attempt)
  *   onDrop()                after a close, e.g. to check whether the session is still valid
@@ -38,7 +39,14 @@ export function connectLive({ onEvent, onOpen, onState, onDrop }) {
       } catch (err) {
         return;
       }
-      if (data && typeof data === "object") onEvent(data);
+      for (const item of Array.isArray(data) ? data : [data]) {
+        if (!item || typeof item !== "object") continue;
+        try {
+          onEvent(item);
+        } catch (err) {
+          window.setTimeout(() => { throw err; }); // still reported, without losing the rest of the frame
+        }
+      }
     });
     socket.addEventListener("close", () => {
       socket = null;

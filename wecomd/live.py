@@ -4,84 +4,109 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any, Awaitable, Callable, Optional
 
 logger = logging.getLogger(__name__)
 
-QUEUE_SIZE = 256  # events a client may fall behind before it is disconnected
+MAX_BEHIND = 256  # events a client may leave unsent before it is disconnected
+FLUSH_INTERVAL = 0.010  # seconds: at most one frame per client per interval, events published meanwhile share it
 CLOSE_TOO_SLOW = 1013  # "try again later": the page reconnects and re-fetches what it missed
 
 
 class Subscriber:
-    """One websocket: a bounded queue drained in order by its own send task."""
+    """One websocket. `behind` counts the events in frames written but not yet taken by its socket."""
 
-    def __init__(self, send: Callable[[str], Awaitable[Any]], close: Callable[[int, str], None], size: int) -> None:
+    def __init__(self, send: Callable[[bytes], Awaitable[Any]], close: Callable[[int, str], None]) -> None:
         self._send, self._close = send, close
-        self.queue: asyncio.Queue[Optional[str]] = asyncio.Queue(size)
-        self.task = asyncio.ensure_future(self._drain())
+        self.behind = 0
 
-    async def _drain(self) -> None:
-        while True:
-            texts = [await self.queue.get()]
-            while not self.queue.empty():  # write what else is queued now, then wait once
-                texts.append(self.queue.get_nowait())
-            try:
-                for text in texts:
-                    if text is None:
-                        return
-                    sent = self._send(text)
-                await sent
-            except Exception as exc:  # a vanished peer: the handler's on_close unsubscribes
-                logger.debug("live: send failed (%s); dropping subscriber", exc)
-                return
+    def offer(self, frame: bytes, events: int) -> None:
+        """Write one frame; raises when the socket is gone. Frames go out in the order offered."""
+        sent = self._send(frame)
+        self.behind += events
+        sent.add_done_callback(lambda done: self._sent(done, events))
 
-    def offer(self, text: str) -> bool:
-        """Queue an event; False when the client is too far behind."""
-        try:
-            self.queue.put_nowait(text)
-            return True
-        except asyncio.QueueFull:
-            return False
+    def _sent(self, done: asyncio.Future, events: int) -> None:
+        self.behind -= events
+        if not done.cancelled() and done.exception() is not None:  # a vanished peer: on_close unsubscribes
+            logger.debug("live: send failed (%s)", done.exception())
 
     def close(self, code: int, reason: str) -> None:
-        self.task.cancel()
         self._close(code, reason)
 
 
 class Hub:
-    """Subscribers belong to the hub instance that `Services` owns, never to a class."""
+    """Subscribers belong to the hub instance that `Services` owns, never to a class.
 
-    def __init__(self, queue_size: int = QUEUE_SIZE) -> None:
-        self.queue_size = queue_size
+    `publish` encodes an event at once (later changes to the dict are not sent) and queues it;
+    one flush on the IOLoop, soon after and at most every `interval` seconds, joins everything
+    queued into one frame, a JSON array, and writes those same bytes to every subscriber. So the
+    cost per client is one websocket write per flush, however many events there were.
+    """
+
+    def __init__(self, max_behind: int = MAX_BEHIND, interval: float = FLUSH_INTERVAL) -> None:
+        self.max_behind, self.interval = max_behind, interval
         self._subscribers: set[Subscriber] = set()
+        self._pending: list[str] = []
+        self._flush_at: Optional[asyncio.Handle] = None
+        self._flushed = 0.0  # time.monotonic() of the last flush
 
     @property
     def count(self) -> int:
         return len(self._subscribers)
 
-    def subscribe(self, send: Callable[[str], Awaitable[Any]], close: Callable[[int, str], None]) -> Subscriber:
-        subscriber = Subscriber(send, close, self.queue_size)
+    def subscribe(self, send: Callable[[bytes], Awaitable[Any]], close: Callable[[int, str], None]) -> Subscriber:
+        subscriber = Subscriber(send, close)
         self._subscribers.add(subscriber)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        if subscriber in self._subscribers:
-            self._subscribers.discard(subscriber)
-            subscriber.task.cancel()
+        self._subscribers.discard(subscriber)
 
     def publish(self, event: dict) -> None:
         """Send `event` to every subscriber; call it only after the change is committed."""
         if not self._subscribers:
             return
-        text = json.dumps(event, ensure_ascii=False)
+        self._pending.append(json.dumps(event, ensure_ascii=False))
+        if self._flush_at is None:  # the first event since the last flush: schedule the next one
+            loop = asyncio.get_running_loop()
+            wait = self._flushed + self.interval - time.monotonic()
+            self._flush_at = loop.call_later(wait, self.flush) if wait > 0 else loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the queued events, as one frame, to every subscriber."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        if not self._pending:
+            return
+        self._flushed = time.monotonic()
+        texts, self._pending = self._pending, []
+        frame, events = ("[" + ",".join(texts) + "]").encode(), len(texts)
         for subscriber in list(self._subscribers):
-            if not subscriber.offer(text):
-                logger.warning("live: a client fell %d events behind; disconnecting it", self.queue_size)
+            # Checked before writing, so one big frame alone never drops a healthy client; a slow one
+            # holds at most max_behind events plus this frame. A write the socket takes at once only
+            # counts until its future's callback runs, on the next loop iteration.
+            if subscriber.behind > self.max_behind:
+                logger.warning("live: a client fell %d events behind; disconnecting it", subscriber.behind)
+                self._drop(subscriber, CLOSE_TOO_SLOW, "too slow")
+                continue
+            try:
+                subscriber.offer(frame, events)
+            except Exception as exc:  # closed already: the handler's on_close unsubscribes it too
+                logger.debug("live: send failed (%s); dropping subscriber", exc)
                 self._subscribers.discard(subscriber)
-                subscriber.close(CLOSE_TOO_SLOW, "too slow")
 
     def close_all(self) -> None:
-        """Close every websocket (HTTPServer.close_all_connections does not)."""
+        """Send what is queued, then close every websocket (HTTPServer.close_all_connections does not)."""
+        self.flush()
         for subscriber in list(self._subscribers):
-            self._subscribers.discard(subscriber)
-            subscriber.close(1001, "server shutting down")
+            self._drop(subscriber, 1001, "server shutting down")
+
+    def _drop(self, subscriber: Subscriber, code: int, reason: str) -> None:
+        self._subscribers.discard(subscriber)
+        try:
+            subscriber.close(code, reason)
+        except Exception as exc:
+            logger.debug("live: close failed (%s)", exc)

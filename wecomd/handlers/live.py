@@ -25,6 +25,9 @@ class LiveHandler(websocket.WebSocketHandler, BaseHandler):
         raise web.HTTPError(403, "sign in first")
 
     def open(self, *args: Any, **kwargs: Any) -> None:
+        # The hub already batches events into frames; Nagle's algorithm would hold a frame back
+        # until the previous one is acknowledged (up to the peer's delayed-ACK time, ~40 ms).
+        self.set_nodelay(True)
         self.subscriber = self.services.hub.subscribe(self.write_message, self.close)
         logger.info("live: %s connected (%d clients)", self.current_user, self.services.hub.count)
 
