@@ -111,8 +111,9 @@ def run_wrk(url: str, args: argparse.Namespace, script: Path, data: Path) -> dic
     return result
 
 
-def measure(name: str, cmd: list, url: str, args, script, data, env=None) -> dict:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+def measure(name: str, cmd: list, url: str, args, script, data, env=None, log: Path = Path(os.devnull)) -> dict:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=out, env=env)
     try:
         wait_http(url.rsplit("/callback", 1)[0] + "/healthz", proc)
         cpu0 = cpu_seconds(proc.pid)
@@ -151,7 +152,7 @@ def main() -> int:
     port = free_port()
     conf = write_config(work, port)
     wecomd = measure("wecomd callback", [sys.executable, "-m", "wecomd", "serve", "-c", str(conf)],
-                     "http://127.0.0.1:%d/callback/bench" % port, args, script, data, env)
+                     "http://127.0.0.1:%d/callback/bench" % port, args, script, data, env, work / "wecomd.log")
     port = free_port()
     hello = measure("bare tornado", [sys.executable, str(ROOT / "bench" / "hello_server.py"), str(port)],
                     "http://127.0.0.1:%d/callback/bench" % port, args, script, data)
@@ -163,6 +164,10 @@ def main() -> int:
           % (wecomd["rps"] / hello["rps"], args.connections, args.seconds))
     if wecomd["wrapped"]:
         print("note: %d requests repeated a message (more requests than --messages): counted as retries" % wecomd["wrapped"])
+    commits = [line for line in (work / "wecomd.log").read_text("utf-8", "replace").splitlines()
+               if "database writer:" in line]
+    if commits:
+        print("group commit:", commits[-1].split("database writer: ", 1)[1])
     message, ok = verify(work / "bench.db", wecomd["ok"], args.connections)
     print("exactly once:", message)
     return 0 if ok else 1

@@ -13,9 +13,9 @@ function init(args)
   for line in io.lines(file) do
     lines[#lines + 1] = line
   end
-  local per = math.floor(#lines / nthreads)
-  first = tid * per + 1
-  last = first + per - 1
+  -- Slices cover every line: thread t sends lines floor(t*n/T)+1 .. floor((t+1)*n/T).
+  first = math.floor(tid * #lines / nthreads) + 1
+  last = math.floor((tid + 1) * #lines / nthreads)
   index = first
   reqs = lines
   ok, bad, exhausted = 0, 0, 0

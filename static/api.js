@@ -61,7 +61,7 @@ async function request(method, path, body) {
 
 export const api = {
   apps: () => request("GET", "/api/apps"),
-  conversations: (app) => request("GET", withQuery("/api/conversations", { app })),
+  conversations: (app, params) => request("GET", withQuery("/api/conversations", { app, ...params })),
   messages: (params) => request("GET", withQuery("/api/messages", params)),
   send: (app, toUser, content) =>
     request("POST", "/api/messages", { app, to_user: toUser, msgtype: "text", content }),

@@ -18,6 +18,7 @@ const state = {
   msgtype: "",
   q: "",
   conversations: [],
+  conversationsNext: null, // the cursor of the next page of conversations, null when all are here
   results: [],
   resultsNext: null,
   resultsSeq: 0,
@@ -68,15 +69,20 @@ function findConversation(app, user) {
 
 let conversationsSeq = 0;
 let notedWhileLoading = null; // live messages folded in while a list request is on its way
+const CONVERSATION_PAGE = 100;
+const MAX_PAGE = 500;
 
+/** The first page of conversations again, as long as the list already shown (up to MAX_PAGE). */
 async function loadConversations() {
   const seq = ++conversationsSeq;
   const noted = notedWhileLoading = [];
+  const limit = Math.min(MAX_PAGE, Math.max(CONVERSATION_PAGE, state.conversations.length));
   try {
-    const data = await api.conversations(state.app);
+    const data = await api.conversations(state.app, { limit });
     if (seq !== conversationsSeq) return; // a newer request was sent meanwhile: its answer counts
     notedWhileLoading = null;
     state.conversations = data.conversations || [];
+    state.conversationsNext = data.next || null;
     state.listError = "";
     // The answer may predate a message the websocket just delivered: fold those in again
     // (a message the answer already counts is older than its conversation's last_id: no change).
@@ -85,6 +91,29 @@ async function loadConversations() {
     if (seq !== conversationsSeq) return;
     notedWhileLoading = null;
     state.listError = err.message;
+  }
+  renderConversations();
+}
+
+/** The next page of conversations, older ones, appended below the list. */
+let loadingMore = false;
+async function loadMoreConversations() {
+  if (!state.conversationsNext || loadingMore) return;
+  const seq = conversationsSeq; // a reload of the list meanwhile makes this page stale
+  loadingMore = true;
+  try {
+    const data = await api.conversations(state.app, { before: state.conversationsNext, limit: CONVERSATION_PAGE });
+    if (seq !== conversationsSeq) return;
+    for (const conv of data.conversations || []) {
+      if (!findConversation(conv.app, conv.user)) state.conversations.push(conv);
+    }
+    state.conversationsNext = data.next || null;
+    state.listError = "";
+  } catch (err) {
+    if (seq !== conversationsSeq) return;
+    state.listError = err.message;
+  } finally {
+    loadingMore = false;
   }
   renderConversations();
 }
@@ -112,6 +141,8 @@ function noteMessage(message) {
   if (!conv) {
     conv = { app: message.app, user, count: 0, unread: 0, last_id: 0, last_message: null };
     state.conversations.push(conv);
+    // It may be an older conversation on a page not loaded yet: fetch its true counts.
+    if (state.conversationsNext) reloadConversationsSoon(300);
   }
   if (message.id > conv.last_id) {
     conv.count += 1;
@@ -161,6 +192,7 @@ function renderConversations() {
   list.hidden = filtering;
   $("results").hidden = !filtering;
   $("results-more").hidden = !filtering || !state.resultsNext;
+  $("conversations-more").hidden = filtering || !state.conversationsNext;
   $("list-title").textContent = filtering ? t("{n} results", { n: state.results.length }) : t("Conversations");
   $("clear-filters").hidden = !filtering;
   list.replaceChildren(...state.conversations.map(conversationItem));
@@ -279,6 +311,7 @@ function bindFilters() {
     applyFilters();
   });
   $("results-more").addEventListener("click", () => loadResults(true));
+  $("conversations-more").addEventListener("click", loadMoreConversations);
   const select = $("app-filter");
   const saved = window.localStorage.getItem(APP_KEY) || "";
   if (state.apps.some((app) => app.name === saved)) select.value = saved;

@@ -113,6 +113,12 @@ def demo(browser, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def crowded_demo(browser, tmp_path_factory):
+    """A demo of its own for a list longer than a page, so the shared demo's lists stay short."""
+    yield from _start(tmp_path_factory, "crowded-demo")
+
+
+@pytest.fixture(scope="module")
 def busy_demo(browser, tmp_path_factory):
     """A demo with its scripted traffic: every message type, with real media downloads."""
     yield from _start(tmp_path_factory, "busy-demo", traffic=True)
@@ -192,6 +198,36 @@ def test_conversation_list_thread_and_read_mark(page, demo):
     created = page.evaluate("async (u) => (await (await fetch('/api/messages?user=' + u)).json()).messages[0].create_time", user)
     local = datetime.datetime.fromtimestamp(created, ZoneInfo("Asia/Shanghai")).strftime("%H:%M")
     expect(page.locator("#message-list li.msg.in .meta time").last).to_have_text(local)
+
+
+def test_more_conversations_than_a_page_load_on_demand(page, crowded_demo):
+    from wecomd.messages import Message
+    from wecomd.store import Store
+
+    # 130 conversations written straight into the demo's database (SQLite WAL: beside the daemon).
+    store, app = Store(str(crowded_demo.dir / "wecomd.db")), crowded_demo.app
+    for n in range(130):
+        user = "crowd%03d" % n
+        store.save_inbound("demo", Message(
+            msgtype="text", from_user=user, to_user=app["corp_id"], agent_id=app["agent_id"],
+            create_time=1764370000 + n, msg_id=str(7 * 10 ** 18 + n), content="第 %d 位" % n,
+            fields={"FromUserName": user, "MsgType": "text", "Content": "第 %d 位" % n}), "crowd-%d" % n)
+    store.close()
+    login(page, crowded_demo)
+    items, more = page.locator("#conversations a.conv"), page.locator("#conversations-more")
+    expect(items).to_have_count(100)  # the first page, newest first
+    expect(items.first).to_have_attribute("data-user", "crowd129")
+    expect(more).to_have_text("加载更多会话")
+    # A live message from a conversation not loaded yet: it comes first, with its true counts.
+    crowded_demo.simulate("crowd003", content="又来了")
+    expect(items.first).to_have_attribute("data-user", "crowd003")
+    expect(conversation(page, "crowd003").locator(".badge")).to_have_text("2")
+    more.click()
+    expect(items).to_have_count(130)
+    expect(more).to_be_hidden()
+    expect(items.last).to_have_attribute("data-user", "crowd000")
+    users = items.evaluate_all("(links) => links.map((a) => a.dataset.user)")
+    assert len(set(users)) == 130
 
 
 def test_live_messages_arrive_without_reload(page, demo):

@@ -19,6 +19,7 @@ from wecomd.commands import CommandResult, CommandRunner
 from wecomd.config import AppConfig, RulesConfig
 from wecomd.messages import Message
 from wecomd.webhooks import WebhookSender, body_for
+from wecomd.writer import single_write
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +194,7 @@ def default_reply(app: AppConfig, message: Message, matches: List[rulesmod.Match
     return app.reply if app.reply and message.msgtype != "event" and not answering else None
 
 
+@single_write
 def store_inbound(store: Any, app: str, message: Message, dedup_key: str, reply: Optional[str]) -> tuple:
     """Save a callback in one writer call: (row, created, paused). The ready-made passive `reply`
     (the app's default, when no rule matched) is kept unless automation is paused for the sender."""

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from wecomd import (__version__, backupcmd, checks, config as configmod, demo, dryrun, exporting, passwords,
-                    simulate)
+from wecomd import (__version__, backupcmd, checks, config as configmod, demo, doctor, dryrun, exporting,
+                    passwords, simulate)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config file")
     _config_arg(p)
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("doctor", help="check config, database, media directory, WeCom API and egress IP; "
+                       "list the last callback failures")
+    _config_arg(p)
+    doctor.add_arguments(p)
+    p.set_defaults(func=doctor.run)
 
     p = sub.add_parser("init", help="write a fresh wecomd.conf with generated secrets")
     p.add_argument("dir", nargs="?", default=".", help="directory for wecomd.conf (default: .)")

@@ -103,6 +103,13 @@ def _api_base(value: str) -> str:
     return value.rstrip("/")
 
 
+def _ip_echo_url(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if value and (parts.scheme not in ("http", "https") or not parts.netloc):
+        raise ValueError("must be an http:// or https:// URL, or empty")
+    return value
+
+
 def _passive_budget(value: str) -> float:
     try:
         seconds = float(value)
@@ -184,6 +191,9 @@ SCHEMA: Dict[str, Dict[str, Option]] = {
     "wecom": {
         "api_base": Option("https://qyapi.weixin.qq.com", _api_base, "Base URL of the WeCom API; tests "
                            "and `wecomd demo` point it at a local fake."),
+        "ip_echo_url": Option("https://api.ipify.org", _ip_echo_url, "A \"what is my IP\" URL that "
+                              "answers this server's outgoing IP as plain text; `wecomd doctor` shows "
+                              "it for the app's trusted IP list (企业可信IP). Empty: not asked."),
     },
     "rules": {
         "takeover_minutes": Option("30", _integer(0), "After an operator replies by hand, automation pauses "
@@ -235,6 +245,7 @@ class AdminConfig:
 @dataclass(frozen=True)
 class WecomConfig:
     api_base: str  # no trailing slash
+    ip_echo_url: str = "https://api.ipify.org"  # "" = off; only `wecomd doctor` asks it
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ def _values(listen: str, api_base: str, password: str) -> dict:
         "server": {"listen": listen, "database": "wecomd.db", "media_dir": "media"},
         "admin": {"username": "admin", "password_hash": passwords.hash_password(password),
                   "cookie_secret": secrets.token_urlsafe(32)},
-        "wecom": {"api_base": api_base},
+        "wecom": {"api_base": api_base, "ip_echo_url": api_base + sandbox.IP_ECHO},
         "app:" + APP: {
             "corp_id": "ww" + secrets.token_hex(8), "agent_id": "1000002",
             "token": "".join(secrets.choice(alnum) for _ in range(32)),

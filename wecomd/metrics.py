@@ -7,9 +7,10 @@ describe "now" (outbox depth, websocket clients) are read at scrape time.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 from wecomd import crypto
 
@@ -60,9 +61,11 @@ def failure_reason(status: int, given: Optional[str] = None) -> Optional[str]:
 class Metrics:
     """The registry and every metric of one process; see docs/api.md for what each one means."""
 
-    def __init__(self, websocket_clients: Callable[[], float] = lambda: 0) -> None:
+    def __init__(self, websocket_clients: Callable[[], float] = lambda: 0,
+                 db_commits: Callable[[], Tuple[int, int]] = lambda: (0, 0)) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        r.register(_WriterCollector(db_commits))
         self.callbacks_total = Counter(
             "wecomd_callbacks", "Callback requests answered, by app, message type and outcome.",
             ("app", "type", "outcome"), registry=r)
@@ -123,3 +126,21 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format (CONTENT_TYPE) of every metric."""
         return generate_latest(self.registry)
+
+
+class _WriterCollector:
+    """The database writer's own counters, read at scrape time: commits and the calls they held
+    (their ratio is the group-commit batch size)."""
+
+    def __init__(self, read: Callable[[], Tuple[int, int]]) -> None:
+        self.read = read
+
+    def describe(self) -> list:
+        return []  # the families are only known by collecting
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        commits, calls = self.read()
+        yield CounterMetricFamily("wecomd_db_commits", "Transactions the database writer committed (group commits).",
+                                  value=commits)
+        yield CounterMetricFamily("wecomd_db_calls", "Store calls the database writer ran inside those transactions.",
+                                  value=calls)

@@ -1,7 +1,9 @@
 """A fake WeCom server API (gettoken, message/send, media/get, getcallbackip) for tests and `wecomd demo`.
 
 It answers like WeCom does (wecom-protocol.md §8): errors as JSON with HTTP 200 and an errmsg with
-"hint" and "from ip" noise, token errors 41001/40014/42001, media errors as JSON instead of bytes.
+"hint" and "from ip" noise, token errors 41001/40014/42001, media errors as JSON instead of bytes,
+60020 for callers outside a trusted IP list. Beside it, /ip is a "what is my IP" service (plain
+text), for `[wecom] ip_echo_url`.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from tornado import httpserver, netutil, web
 logger = logging.getLogger(__name__)
 
 WEBHOOK = "/demo/webhook"  # not part of WeCom: the demo's webhook receiver
+IP_ECHO = "/ip"  # not part of WeCom: a "what is my IP" service
 GETTOKEN, SEND, MEDIA_GET, CALLBACK_IPS = ("/cgi-bin/gettoken", "/cgi-bin/message/send",
                                            "/cgi-bin/media/get", "/cgi-bin/getcallbackip")
 TEXT_LIMIT = 2048  # bytes, for text and markdown content (§8.2)
@@ -44,6 +47,9 @@ class FakeWecom:
 
     `apps` maps each accepted secret to its corp_id; None accepts any non-empty pair. Tokens live
     `token_ttl` seconds of real time, and gettoken returns the same token while it is valid.
+
+    Callers are seen from `egress_ip` when it is set (a stand-in for a public address), else from
+    their socket address; with `trusted_ips` set, every API call from another address gets 60020.
     """
 
     def __init__(self, apps: Optional[Dict[str, str]] = None, token_ttl: int = 7200) -> None:
@@ -56,6 +62,8 @@ class FakeWecom:
         self.unknown_users: Set[str] = set()  # lower-case UserIDs that message/send reports invalid
         self.callback_ips: List[str] = ["127.0.0.1"]
         self.range_limit = 20 * 2**20  # media/get larger than this needs a Range (errcode 830002)
+        self.egress_ip: Optional[str] = None
+        self.trusted_ips: Optional[Set[str]] = None  # None: every caller is trusted
         self._current: Dict[Tuple[str, str], str] = {}  # (corpid, secret) -> its valid token
         self._failures: Dict[str, List[Tuple[int, str, int]]] = {}
 
@@ -114,19 +122,26 @@ class FakeWecom:
         return queue.pop(0) if queue else None
 
 
-def noisy_errmsg(errcode: int, text: str = "") -> str:
+def noisy_errmsg(errcode: int, text: str = "", ip: str = "127.0.0.1") -> str:
     """An errmsg with the noise WeCom appends (§8.2: branch on errcode, never on this text)."""
     text = text or ERRMSGS.get(errcode, "error")
-    return "%s, hint: [%d_%s], from ip: 127.0.0.1, more info at https://open.work.weixin.qq.com/" \
-           "devtool/query?e=%d" % (text, int(time.time()), secrets.token_hex(4), errcode)
+    return "%s, hint: [%d_%s], from ip: %s, more info at https://open.work.weixin.qq.com/" \
+           "devtool/query?e=%d" % (text, int(time.time()), secrets.token_hex(4), ip, errcode)
 
 
 class _FakeHandler(web.RequestHandler):
     def initialize(self, fake: FakeWecom) -> None:
         self.fake = fake
 
+    @property
+    def caller_ip(self) -> str:
+        return self.fake.egress_ip or self.request.remote_ip
+
     def prepare(self) -> None:
         self.fake.calls.append((self.request.path, self._recorded()))
+        trusted = self.fake.trusted_ips
+        if trusted is not None and self.request.path.startswith("/cgi-bin/") and self.caller_ip not in trusted:
+            return self.answer(60020)
         failure = self.fake._take_failure(self.request.path)
         if failure is not None:
             errcode, text, status = failure
@@ -137,7 +152,8 @@ class _FakeHandler(web.RequestHandler):
                 self.answer(errcode, text)  # finishing in prepare() skips the method
 
     def answer(self, errcode: int = 0, text: str = "", **fields) -> None:
-        body = {"errcode": errcode, "errmsg": noisy_errmsg(errcode, text) if errcode else "ok", **fields}
+        errmsg = noisy_errmsg(errcode, text, self.caller_ip) if errcode else "ok"
+        body = {"errcode": errcode, "errmsg": errmsg, **fields}
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         if errcode:
             self.set_header("Error-Code", str(errcode))
@@ -235,6 +251,14 @@ class WebhookHandler(_FakeHandler):
         self.finish("{}")
 
 
+class IpEchoHandler(_FakeHandler):
+    """Not WeCom: a "what is my IP" service answering the caller's address as plain text."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(self.caller_ip)
+
+
 class ForbiddenHandler(_FakeHandler):
     """Every API the fake does not implement."""
 
@@ -247,7 +271,8 @@ class ForbiddenHandler(_FakeHandler):
 def make_app(fake: FakeWecom) -> web.Application:
     """The fake WeCom API as a tornado Application serving `fake`."""
     routes = [(GETTOKEN, GettokenHandler), (SEND, SendHandler), (MEDIA_GET, MediaHandler),
-              (CALLBACK_IPS, CallbackIpHandler), (WEBHOOK, WebhookHandler), (r"/(.*)", ForbiddenHandler)]
+              (CALLBACK_IPS, CallbackIpHandler), (WEBHOOK, WebhookHandler), (IP_ECHO, IpEchoHandler),
+              (r"/(.*)", ForbiddenHandler)]
     return web.Application([(path, handler, dict(fake=fake)) for path, handler in routes],
                            log_function=_log_request)
 

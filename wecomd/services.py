@@ -16,6 +16,7 @@ from wecomd.automation import Automation
 from wecomd.commands import CommandRunner
 from wecomd.config import AppConfig, Config
 from wecomd.crypto import WecomCrypto
+from wecomd.failures import FailureRecorder
 from wecomd.live import Hub
 from wecomd.media import MediaVault
 from wecomd.metrics import Metrics
@@ -74,7 +75,8 @@ class Services:
         # so that a WeCom retry overlapping it gets the same answer (not an empty one).
         self.first_deliveries: dict[int, asyncio.Future] = {}
         self.hub = Hub()
-        self.metrics = Metrics(websocket_clients=lambda: self.hub.count)
+        self.metrics = Metrics(websocket_clients=lambda: self.hub.count,
+                               db_commits=lambda: (self.writer.batches, self.writer.calls))
         self.login_limiter = LoginLimiter()
         self.cookie_secret = config.admin.cookie_secret or _ephemeral_secret()
         self.wecom = WecomClient(config.wecom.api_base, on_refresh=self.metrics.token_refresh)
@@ -82,6 +84,9 @@ class Services:
         # commit; the dashboard's reads use their own connection on another thread (SQLite WAL lets
         # them run beside the writer), so a long search never holds up a callback.
         self.writer = DbWriter(self.store.db, lambda exc: StoreError("could not commit: %s" % exc))
+        # Callback failures, for `wecomd doctor`: on the writer thread, but not through db(): a row the
+        # log cannot write is the log's own loss (logged), not one more wecomd_store_failures_total.
+        self.failures = FailureRecorder(self.writer.run, self.store)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wecomd-read")
         self.outbox = Outbox(self.db, self.store, self.wecom, config.apps, self.hub.publish,
                              on_sent=self.metrics.sent, on_send_error=self.metrics.send_error)
@@ -164,11 +169,13 @@ class Services:
         await self.outbox.stop()
         await self.media.stop()
         await self.retention.stop()
+        await self.failures.close()
         self.wecom.close()
         await self.read(self.store.close)
         self._reader.shutdown(wait=True)
         await self.writer.run(self.store.close, alone=True)
         self.writer.close()
+        logger.info("database writer: %d store calls in %d commits", self.writer.calls, self.writer.batches)
 
 
 def _crypto_for(app: AppConfig) -> WecomCrypto:

@@ -3,22 +3,25 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterable, Iterator, Optional, Union
 from urllib.parse import urlparse
 
 import peewee
-from peewee import (EXCLUDED, JOIN, SQL, BigIntegerField, Case, CharField, DateTimeField,
-                    IntegerField, Model, SqliteDatabase, TextField, fn)
+from peewee import (SQL, BigIntegerField, CharField, DateTimeField, IntegerField, Model,
+                    SqliteDatabase, TextField, fn)
 from playhouse import db_url, migrations
 
 from .messages import Message
-from .store_automation import OPEN_RUN_STATUSES, AutomationQueries, bind_models
-from .store_rows import (MEDIA_STATUSES, automation_json, copy_sqlite, dumps, guarded as _guarded,
-                         inbound_row, iso, naive_utc, search_text, to_json, utcnow)
+from .store_automation import AutomationQueries, bind_models
+from .store_conversations import ConversationQueries, bind_models as bind_conversation_models
+from .store_failures import FailureQueries, bind_model as bind_failure_model
+from .store_maintenance import MaintenanceQueries
+from .store_rows import (MEDIA_STATUSES, StoreError, bound, dumps, guarded as _guarded, inbound_row,
+                         naive_utc, page_size as _page_size, search_text, to_json, utcnow)
 
 __all__ = ["Store", "StoreError", "search_text", "MEDIA_STATUSES", "OUTBOUND_STATUSES"]
 
@@ -30,17 +33,18 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "full", "foreign_keys": 1,
                   "busy_timeout": 5000}
 OUTBOUND_STATUSES = ("pending", "sent", "failed")
-MAX_PAGE = 500
-# The trigram tokenizer indexes 3-character windows: shorter queries cannot MATCH and
-# fall back to a LIKE scan over search_text.
+# The trigram tokenizer indexes 3-character windows: shorter queries cannot MATCH as they are.
+# A shorter one is looked for among the newest SHORT_PROBE messages first: found in SHORT_COMMON
+# of them, it is common and a newest-first LIKE scan fills a page at once; else it is rare, and
+# matches the (at most SHORT_MAX_TERMS) indexed trigrams that start with it (migration 0004).
 FTS_MIN_CHARS = 3
+SHORT_PROBE = 2000
+SHORT_COMMON = 10
+SHORT_MAX_TERMS = 1000
 _FTS_IDS = "(SELECT rowid FROM message_fts WHERE message_fts MATCH ?)"
+_FTS_TERMS = "SELECT term FROM message_fts_terms WHERE term >= ? AND term < ? LIMIT ?"
 
 _FAILURES = (peewee.PeeweeException, migrations.MigrationError, OSError, sqlite3.Error)
-
-
-class StoreError(Exception):
-    """The database could not be opened, read or written."""
 
 
 class MessageRecord(Model):
@@ -87,40 +91,16 @@ class MessageRecord(Model):
         )
 
 
-class ReadMark(Model):
-    """How far the dashboard has read one conversation."""
-
-    app = CharField()
-    user = CharField()
-    last_read_id = IntegerField(default=0)
-
-    class Meta:
-        table_name = "conversation_read"
-        indexes = ((("app", "user"), True),)
-
-
-def _bind_models(db: peewee.Database) -> tuple[type[MessageRecord], type[ReadMark]]:
-    # Per-instance subclasses rather than Model.bind(db): two stores in one process
-    # (tests, export next to serve) must not rebind each other's models.
-    class BoundMessage(MessageRecord):
-        class Meta:
-            database = db
-            table_name = "message"
-
-    class BoundReadMark(ReadMark):
-        class Meta:
-            database = db
-            table_name = "conversation_read"
-
-    return BoundMessage, BoundReadMark
-
-
-class Store(AutomationQueries):
-    """wecomd's messages, rule runs and takeover pauses in one database, opened from a path or a URL.
+class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQueries):
+    """wecomd's messages, conversations, rule runs and takeover pauses in one database, opened
+    from a path or a URL.
 
     peewee keeps one connection per thread; the server calls a Store from a single
-    worker thread, which also gives it serialized writes. The rule-run and takeover
-    queries live in store_automation.AutomationQueries.
+    worker thread, which also gives it serialized writes. The conversation list and read
+    marks live in store_conversations.ConversationQueries, backup and prune in
+    store_maintenance.MaintenanceQueries, the rule-run and takeover queries in
+    store_automation.AutomationQueries, the callback failure log in
+    store_failures.FailureQueries.
 
     Message JSON carries "automation", the message's rule runs (store_rows.AUTOMATION_KEYS),
     read with one extra query per call or page (per batch in iter_export).
@@ -132,11 +112,18 @@ class Store(AutomationQueries):
         except (RuntimeError, ValueError, peewee.PeeweeException) as exc:
             # Only the scheme: a database URL may carry a password.
             raise StoreError("cannot open %s database: %s" % (urlparse(url).scheme or "sqlite", exc)) from exc
-        self.Message, self.ReadMark = _bind_models(self.db)
+        self.Message = bound(MessageRecord, self.db)
+        self.ReadMark, self.Conversation = bind_conversation_models(self.db)
         self.RuleRun, self.Takeover = bind_models(self.db)
+        self.CallbackFailure = bind_failure_model(self.db)
         # Full-text search is SQLite's FTS5 (migration 0002); elsewhere q is a LIKE scan.
         self.fts = isinstance(self.db, SqliteDatabase)
         self._sql_cache: dict = {}
+        # INSERT ... RETURNING: SQLite 3.35 and later, and PostgreSQL.
+        self._returning = not isinstance(self.db, SqliteDatabase) or sqlite3.sqlite_version_info >= (3, 35)
+        # Every column of a message row, None or its default: a fresh row's JSON starts from it.
+        self._blank_row = {name: field.default if not callable(field.default) else None
+                           for name, field in self.Message._meta.fields.items()}
 
     def __repr__(self) -> str:
         return "<Store %s>" % self.name
@@ -183,21 +170,27 @@ class Store(AutomationQueries):
         existing row instead. The result carries "reply", the passive reply saved
         with the first delivery that had one, so every retry gets the same answer.
         A message with a MediaId is stored with media status "pending" for the
-        media vault. The transaction is committed (fsynced, synchronous=full)
-        before returning.
+        media vault. A new message is counted in its conversation in the same
+        transaction (on SQLite by a trigger, inside the one INSERT). The transaction
+        is committed (fsynced, synchronous=full) before returning.
         """
         if not dedup_key:
             raise ValueError("an inbound message needs a dedup key")
         values = inbound_row(app, message, dedup_key, reply, utcnow())
         insert_sql, select_sql = self._upsert_sql(tuple(values))
-        M = self.Message
-        with self.db.atomic():
-            self.db.execute_sql(insert_sql, [M._meta.fields[k].db_value(v) for k, v in values.items()])
-            row = next(iter(M.raw(select_sql, dedup_key)))
-        created = row.deliveries == 1
-        # A message stored just now has no rule runs yet: no need to ask for them.
-        body = dict(to_json(row), automation=[]) if created else self._json([row])[0]
-        return dict(body, reply=row.reply), created
+        fields = self.Message._meta.fields
+        # One statement: atomic on its own, so the writer runs it without a savepoint.
+        cursor = self.db.execute_sql(insert_sql, [fields[k].db_value(v) for k, v in values.items()])
+        if self._returning:
+            row_id, deliveries, kept_reply = cursor.fetchone()
+        else:
+            row_id, deliveries, kept_reply = self.db.execute_sql(select_sql, (dedup_key,)).fetchone()
+        if deliveries != 1:  # a retry: the stored row as it is now, with its rule runs
+            return dict(self._json([self.Message.get_by_id(row_id)])[0], reply=kept_reply), False
+        self._count_new(app, values["user"], row_id, inbound=True)  # SQLite: the INSERT's trigger did
+        # Just stored: its JSON is what was inserted; it has no rule runs yet.
+        row = SimpleNamespace(**{**self._blank_row, **values, "id": row_id})
+        return dict(to_json(row), automation=[], reply=kept_reply), True
 
     def _upsert_sql(self, names: tuple) -> tuple[str, str]:
         """The SQL of save_inbound, built once per column set: generating it with peewee's query
@@ -210,7 +203,9 @@ class Store(AutomationQueries):
             insert = ('INSERT INTO "message" (%s) VALUES (%s) ON CONFLICT ("dedup_key") DO UPDATE SET '
                       '"deliveries" = "message"."deliveries" + 1, "updated_at" = excluded."updated_at", '
                       '"reply" = COALESCE("message"."reply", excluded."reply")' % (columns, marks))
-            select = 'SELECT * FROM "message" WHERE "dedup_key" = %s' % self.db.param
+            if self._returning:
+                insert += ' RETURNING "id", "deliveries", "reply"'
+            select = 'SELECT "id", "deliveries", "reply" FROM "message" WHERE "dedup_key" = %s' % self.db.param
             cached = self._sql_cache[names] = (insert, select)
         return cached
 
@@ -242,6 +237,7 @@ class Store(AutomationQueries):
                 received_at=now, content=content, status=status, fields=dumps(fields),
                 operator=operator, updated_at=now,
                 search_text=search_text(msgtype, content, fields))
+            self._count_new(app, to_user, row.id, inbound=False)
             row = self.Message.get_by_id(row.id)
         return self._json([row])[0]
 
@@ -408,7 +404,8 @@ class Store(AutomationQueries):
         """
         M = self.Message
         batch = max(1, batch)
-        query = self._select(app, user, msgtype, q, since).order_by(M.id).limit(batch)
+        with self._failures("export messages"):  # a short q is looked up first (_matches)
+            query = self._select(app, user, msgtype, q, since).order_by(M.id).limit(batch)
         last_id = 0
         while True:
             with self._failures("export messages"):
@@ -442,156 +439,30 @@ class Store(AutomationQueries):
 
     def _matches(self, q: str):
         M = self.Message
-        if self.fts and len(q) >= FTS_MIN_CHARS:
+        like = M.search_text.contains(q)  # peewee escapes % _ \ for LIKE
+        if not self.fts or "\n" in q:  # the index ends every text with newlines: LIKE is exact
+            return like
+        if len(q) >= FTS_MIN_CHARS:
             # One FTS5 phrase, so operators and * in q stay literal; trigram phrases
             # match substrings, case-insensitively.
-            phrase = '"%s"' % q.replace('"', '""')
-            return M.id.in_(SQL(_FTS_IDS, (phrase,)))
-        return M.search_text.contains(q)  # peewee escapes % _ \ for LIKE
-
-    # ------------------------------------------------------------ conversations
-
-    @_guarded("list conversations")
-    def conversations(self, app: Optional[str] = None,
-                      now: Optional[datetime] = None) -> list[dict]:
-        """One row per (app, user), newest conversation first, in two queries.
-
-        Each row: app, user, count, unread (inbound messages after the read mark,
-        all of them when never read), last_id, last_message (Message JSON) and
-        paused_until (ISO "Z" while automation is paused for the user at `now`, else None).
-        """
-        M, R, T = self.Message, self.ReadMark, self.Takeover
-        last_id = fn.MAX(M.id)
-        after_mark = (M.direction == "in") & (M.id > fn.COALESCE(R.last_read_id, 0))
-        paused = (T.app == M.app) & (T.user == M.user) & (T.until > naive_utc(now or utcnow()))
-        # (app, user) is unique in conversation_read and takeover: the joins add no rows.
-        query = (M.select(M.app, M.user, last_id.alias("last_id"), fn.COUNT(M.id).alias("count"),
-                          fn.COUNT(Case(None, [(after_mark, 1)])).alias("unread"),
-                          fn.MAX(T.until).alias("paused_until"))
-                 .join(R, JOIN.LEFT_OUTER, on=(R.app == M.app) & (R.user == M.user))
-                 .join(T, JOIN.LEFT_OUTER, on=paused, src=M)
-                 .group_by(M.app, M.user).order_by(last_id.desc()))
-        if app:
-            query = query.where(M.app == app)
-        groups = list(query.dicts())
-        last = self._with_runs([group["last_id"] for group in groups])
-        return [dict(group, last_message=last[group["last_id"]],
-                     paused_until=iso(T.until.python_value(group["paused_until"])))
-                for group in groups]
-
-    def _with_runs(self, ids: list[int]) -> dict[int, dict]:
-        """Message JSON by id, its runs joined in: one query however many messages and runs."""
-        if not ids:
-            return {}
-        M, RR = self.Message, self.RuleRun
-        query = (M.select(M, RR).join(RR, JOIN.LEFT_OUTER, on=(RR.message_id == M.id), attr="run")
-                 .where(M.id.in_(ids)).order_by(M.id, RR.id))
-        found: dict[int, dict] = {}
-        for row in query:
-            message = found.setdefault(row.id, dict(to_json(row), automation=[]))
-            run = getattr(row, "run", None)
-            if run is not None and run.id is not None:
-                message["automation"].append(automation_json(run))
-        return found
-
-    @_guarded("mark the conversation read")
-    def mark_read(self, app: str, user: str, up_to_id: int) -> None:
-        """Record that (app, user) is read up to message `up_to_id`; never moves backwards."""
-        up_to_id = int(up_to_id)
-        if up_to_id < 0:
-            raise ValueError("up_to_id must not be negative")
-        R = self.ReadMark
-        with self.db.atomic():
-            R.insert(app=app, user=user, last_read_id=up_to_id).on_conflict(
-                conflict_target=[R.app, R.user],
-                update={R.last_read_id: EXCLUDED.last_read_id},
-                where=EXCLUDED.last_read_id > R.last_read_id).execute()
+            return M.id.in_(SQL(_FTS_IDS, (_phrase(q),)))
+        newest = (M.select(fn.MAX(M.id)).scalar() or 0) - SHORT_PROBE
+        if len(M.select(M.id).where((M.id > newest) & like).limit(SHORT_COMMON).tuples()) >= SHORT_COMMON:
+            return like
+        # Every occurrence starts an indexed trigram, as the index adds two newlines to each text.
+        folded = q.lower()
+        terms = [row[0] for row in self.db.execute_sql(
+            _FTS_TERMS, (folded, folded + "\U0010ffff", SHORT_MAX_TERMS + 1))]
+        if len(terms) > SHORT_MAX_TERMS:
+            return like
+        if not terms:
+            return SQL("0 = 1")
+        return M.id.in_(SQL(_FTS_IDS, (" OR ".join(_phrase(term) for term in terms),)))
 
     @_guarded("count messages")
     def count(self) -> int:
         """Return the number of stored messages."""
         return self.Message.select().count()
-
-    # ------------------------------------------------------------ maintenance
-
-    @_guarded("back up the database")
-    def backup(self, target: Union[str, Path], pages: int = 1024) -> dict:
-        """Copy the live SQLite database into the new file `target`, safely while wecomd writes.
-
-        The copy is one consistent snapshot taken without blocking the writer, checked, and
-        renamed into place (store_rows.copy_sqlite); a file at `target` is replaced. Returns
-        {"path", "bytes", "messages", "pages", "steps", "seconds"}. ValueError for a database
-        that is not a SQLite file (back up PostgreSQL with pg_dump) or a `target` that is the
-        live database itself; StoreError when the database file is missing or the copy fails.
-        It reads through this thread's connection, which must not be inside a transaction: call
-        it from a Store of its own (`wecomd backup`), not through the daemon's database thread.
-        """
-        if not isinstance(self.db, SqliteDatabase) or self.name == ":memory:":
-            kind = urlparse(self.name).scheme or "in-memory"
-            raise ValueError("online backup works on a SQLite file only, not a %s database; "
-                             "use that database's own tools (pg_dump for PostgreSQL)" % kind)
-        target = Path(target).expanduser().absolute()
-        if target.exists() and target.resolve() == Path(self.name).resolve():
-            raise ValueError("the backup file must not be the live database %s" % self.name)
-        if not Path(self.name).is_file():
-            raise StoreError("%s: no database file to back up" % self.name)
-        started = time.monotonic()
-        result = copy_sqlite(self.db.connection(), target, pages)
-        return dict(result, seconds=time.monotonic() - started)
-
-    @_guarded("delete old messages")
-    def prune(self, before: datetime, batch: int = 500, max_batches: Optional[int] = None) -> dict:
-        """Delete messages received before `before`, with their rule runs, `batch` per transaction.
-
-        Kept whatever their age, because something still works on them: outbound messages still
-        pending, messages whose media download is pending, and messages with a rule run still
-        running or a webhook still pending. Their search index rows go with them (the FTS delete
-        trigger). Once no old message is left, read marks of conversations without messages and
-        takeover pauses that ended before `before` are deleted too.
-
-        With `max_batches`, stops after that many batches: a caller sharing the database thread
-        asks for one at a time so other writes get in between. Returns counts ("messages",
-        "rule_runs", "read_marks", "takeovers", "batches"), "media": the media_path of each
-        deleted message that had a file (relative to media_dir; removing the files, now that the
-        rows are committed, is the caller's job), and "more": True when max_batches stopped it.
-        A StoreError keeps the batches committed before it deleted, and loses their paths:
-        callers that remove files ask for one batch at a time.
-        """
-        before, batch = naive_utc(before), max(1, int(batch))
-        result = {"messages": 0, "rule_runs": 0, "read_marks": 0, "takeovers": 0, "batches": 0,
-                  "media": [], "more": False}
-        rounds = 0
-        while self._prune_batch(before, batch, result) == batch:
-            rounds += 1
-            if max_batches is not None and rounds >= max_batches:
-                result["more"] = True
-                return result
-        self._prune_leftovers(before, result)
-        return result
-
-    def _prune_batch(self, before: datetime, batch: int, result: dict) -> int:
-        M, RR = self.Message, self.RuleRun
-        busy_run = RR.select(RR.id).where((RR.message_id == M.id) & RR.status.in_(OPEN_RUN_STATUSES))
-        old = ((M.received_at < before) & ~((M.direction == "out") & (M.status == "pending"))
-               & (M.media_status.is_null() | (M.media_status != "pending")) & ~fn.EXISTS(busy_run))
-        with self.db.atomic():
-            rows = list(M.select(M.id, M.media_path).where(old)
-                        .order_by(M.received_at, M.id).limit(batch).tuples())
-            ids = [message_id for message_id, _ in rows]
-            if ids:
-                result["rule_runs"] += RR.delete().where(RR.message_id.in_(ids)).execute()
-                result["messages"] += M.delete().where(M.id.in_(ids)).execute()
-        if ids:
-            result["batches"] += 1
-            result["media"] += [path for _, path in rows if path]
-        return len(ids)
-
-    def _prune_leftovers(self, before: datetime, result: dict) -> None:
-        M, R, T = self.Message, self.ReadMark, self.Takeover
-        messages = M.select(M.id).where((M.app == R.app) & (M.user == R.user))
-        with self.db.atomic():
-            result["read_marks"] = R.delete().where(~fn.EXISTS(messages)).execute()
-            result["takeovers"] = T.delete().where(T.until < before).execute()
 
 
 def _open_database(url: str, base_dir: Path) -> tuple[peewee.Database, str]:
@@ -608,12 +479,11 @@ def _open_database(url: str, base_dir: Path) -> tuple[peewee.Database, str]:
     return db_url.connect(url, database=path, pragmas=SQLITE_PRAGMAS), path
 
 
+def _phrase(text: str) -> str:
+    """`text` as one FTS5 string: operators, * and quotes inside it stay literal."""
+    return '"%s"' % text.replace('"', '""')
+
+
 def _check_status(status: str) -> None:
     if status not in OUTBOUND_STATUSES:
         raise ValueError("status must be one of %s, not %r" % (", ".join(OUTBOUND_STATUSES), status))
-
-
-def _page_size(limit: int) -> int:
-    if int(limit) < 1:
-        raise ValueError("limit must be at least 1")
-    return min(int(limit), MAX_PAGE)

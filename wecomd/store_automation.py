@@ -12,7 +12,7 @@ import peewee
 from peewee import (EXCLUDED, Case, CharField, DateTimeField, FloatField, IntegerField, Model,
                     TextField, fn)
 
-from .store_rows import automation_json, guarded, iso, naive_utc, run_json, utcnow
+from .store_rows import automation_json, bound, guarded, iso, naive_utc, run_json, utcnow
 
 RUN_ACTIONS = ("reply", "run", "webhook")
 RUN_STATUSES = ("running", "pending", "ok", "failed", "timeout", "error", "skipped")
@@ -66,18 +66,8 @@ class Takeover(Model):
 
 
 def bind_models(db: peewee.Database) -> tuple[type[RuleRun], type[Takeover]]:
-    """Per-Store subclasses bound to `db` (see store._bind_models)."""
-    class BoundRuleRun(RuleRun):
-        class Meta:
-            database = db
-            table_name = "rule_run"
-
-    class BoundTakeover(Takeover):
-        class Meta:
-            database = db
-            table_name = "takeover"
-
-    return BoundRuleRun, BoundTakeover
+    """Per-Store subclasses bound to `db` (store_rows.bound)."""
+    return bound(RuleRun, db), bound(Takeover, db)
 
 
 class AutomationQueries:

@@ -1,6 +1,6 @@
 """Store rows <-> JSON: the Message and rule-run JSON, inbound row values, the text that search
-covers, the guard that turns database failures of Store methods into StoreError, and the SQLite
-online-backup copy behind Store.backup."""
+covers, page sizes, StoreError and the guard that turns database failures of Store methods into it,
+and the SQLite online-backup copy behind Store.backup."""
 from __future__ import annotations
 
 import functools
@@ -16,6 +16,7 @@ from typing import Any, Optional
 from .messages import Message
 
 MEDIA_STATUSES = ("pending", "stored", "failed")
+MAX_PAGE = 500  # the most rows one page of messages or conversations holds
 # One rule run as it appears in a Message's "automation" list: never its url or webhook body.
 AUTOMATION_KEYS = ("id", "rule", "action", "status", "path", "exit_code", "duration_ms", "output",
                    "error", "started_at", "finished_at")
@@ -112,6 +113,18 @@ def media_json(row: Any) -> Optional[dict]:
             "name": row.media_name, "error": row.media_error}
 
 
+class StoreError(Exception):
+    """The database could not be opened, read or written (wecomd.store re-exports it)."""
+
+
+def bound(model: type, db: Any) -> type:
+    """A subclass of `model` bound to `db`, with the same table. Per Store rather than
+    Model.bind(db): two stores in one process (tests, export next to serve) must not rebind
+    each other's models."""
+    meta = type("Meta", (), {"database": db, "table_name": model._meta.table_name})
+    return type("Bound" + model.__name__, (model,), {"Meta": meta, "__module__": model.__module__})
+
+
 def guarded(action: str):
     """Decorate a Store method so that database failures become StoreError (via Store._failures)."""
     def decorate(method):
@@ -121,6 +134,13 @@ def guarded(action: str):
                 return method(self, *args, **kwargs)
         return wrapper
     return decorate
+
+
+def page_size(limit: int) -> int:
+    """A page's row count: ValueError below 1, at most MAX_PAGE."""
+    if int(limit) < 1:
+        raise ValueError("limit must be at least 1")
+    return min(int(limit), MAX_PAGE)
 
 
 def dumps(fields: Optional[dict]) -> str:

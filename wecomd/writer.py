@@ -11,6 +11,10 @@ busy_timeout) once per batch, so while another process holds the database locked
 fails after one wait instead of one wait per call. A database that refuses the write lock for
 another reason (read-only) still runs the batch in a plain BEGIN: its reads work, its writes fail
 one by one.
+
+A call marked with `single_write` (its only write is one SQL statement) runs without a savepoint
+on SQLite, which rolls a failed statement back on its own; PostgreSQL aborts the whole
+transaction on any error, so there every call keeps its savepoint.
 """
 from __future__ import annotations
 
@@ -40,6 +44,12 @@ class _Job:
     alone: bool = False  # run outside any batch transaction (migrations, close)
     result: Any = field(default=None)
     error: Optional[BaseException] = None
+
+
+def single_write(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a store call whose only write is a single SQL statement (see the module docstring)."""
+    fn.single_write = True  # type: ignore[attr-defined]
+    return fn
 
 
 class DbWriter:
@@ -114,8 +124,7 @@ class DbWriter:
                 job.result, job.error = None, error
         self.batches += 1
         self.calls += len(batch)
-        for job in batch:
-            _resolve(job)
+        _resolve_all(batch)
 
     def _begin(self, stack: ExitStack) -> None:
         """Open the batch's transaction in `stack`; see the module docstring."""
@@ -130,6 +139,9 @@ class DbWriter:
 
     def _run_in_savepoint(self, job: _Job) -> None:
         try:
+            if self._immediate and getattr(job.fn, "single_write", False):
+                job.result = job.fn(*job.args, **job.kwargs)
+                return
             with self.db.atomic():
                 job.result = job.fn(*job.args, **job.kwargs)
         except Exception as exc:
@@ -145,16 +157,27 @@ def _original(exc: Exception) -> Exception:
     return original
 
 
-def _resolve(job: _Job) -> None:
-    def settle() -> None:
+def _settle(jobs: list) -> None:
+    for job in jobs:
         if job.future.cancelled():
-            return
+            continue
         if job.error is not None:
             job.future.set_exception(job.error)
         else:
             job.future.set_result(job.result)
 
-    try:
-        job.loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # the loop is closed: nobody is waiting any more
-        pass
+
+def _resolve(job: _Job) -> None:
+    _resolve_all([job])
+
+
+def _resolve_all(jobs: list) -> None:
+    """Hand results back with one wake-up per event loop, not one per call."""
+    loops: dict = {}
+    for job in jobs:
+        loops.setdefault(job.loop, []).append(job)
+    for loop, mine in loops.items():
+        try:
+            loop.call_soon_threadsafe(_settle, mine)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass

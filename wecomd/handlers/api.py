@@ -11,6 +11,7 @@ from wecomd import exporting
 from wecomd.automation import pause_until
 from wecomd.handlers.base import ApiHandler
 from wecomd.handlers.dashboard import public_apps
+from wecomd.store_conversations import CONVERSATION_PAGE
 
 class AppsHandler(ApiHandler):
     def get(self) -> None:
@@ -19,8 +20,10 @@ class AppsHandler(ApiHandler):
 
 class ConversationsHandler(ApiHandler):
     async def get(self) -> None:
-        rows = await self.services.read(self.services.store.conversations, app=self.get_query_argument("app", None))
-        self.write_json({"conversations": rows})
+        rows, cursor = await self.services.read(
+            self.services.store.conversation_page, app=self.get_query_argument("app", None) or None,
+            before=_int_arg(self, "before"), limit=_int_arg(self, "limit") or CONVERSATION_PAGE)
+        self.write_json({"conversations": rows, "next": cursor})
 
 
 class ReadHandler(ApiHandler):

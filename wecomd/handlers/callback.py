@@ -206,6 +206,8 @@ class CallbackHandler(BaseHandler):
         self.services.metrics.callback(
             app if app in self.services.config.apps else metrics.UNKNOWN_APP, out.get("type", "-"),
             outcome.split(" ", 1)[0], latency, metrics.failure_reason(status, out.get("failure")))
+        if status >= 400:  # kept for `wecomd doctor`; rate-limited, written off the request path
+            self.services.failures.record(app, self.request.method, status, out, self.request.remote_ip)
 
 
 def _nonce() -> str:
