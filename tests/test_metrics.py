@@ -81,6 +81,17 @@ class CallbackMetricsTest(MetricsTestCase):
     def post(self, req, app: str = "helpdesk", query: str | None = None):
         return self.fetch("/callback/%s?%s" % (app, query or req.query), method="POST", body=req.body)
 
+    def test_writer_commits_and_calls_are_counted(self):
+        before = self.scrape()
+        for i in range(5):
+            self.assertEqual(self.post(self.peer.callback(text("batch %d" % i, msg_id=str(100 + i)))).code, 200)
+        after = self.scrape()
+        commits = after[("wecomd_db_commits_total", ())] - before[("wecomd_db_commits_total", ())]
+        calls = after[("wecomd_db_calls_total", ())] - before[("wecomd_db_calls_total", ())]
+        self.assertGreaterEqual(calls, 5)  # one store call per new message, at least
+        self.assertGreaterEqual(commits, 1)
+        self.assertLessEqual(commits, calls)  # a commit holds one call or more
+
     def test_every_outcome_and_failure_is_counted_exactly(self):
         stored = self.peer.callback(text("first"))
         self.assertEqual(self.post(stored).code, 200)

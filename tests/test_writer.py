@@ -8,7 +8,7 @@ import peewee
 import pytest
 
 from wecomd.store import StoreError
-from wecomd.writer import DbWriter
+from wecomd.writer import DbWriter, single_write
 
 
 @pytest.fixture
@@ -57,6 +57,39 @@ def test_a_failing_call_does_not_undo_the_others_in_its_batch(db):
     assert isinstance(results[2], peewee.IntegrityError)
     with sqlite3.connect(str(path)) as other:
         assert sorted(r[0] for r in other.execute("SELECT v FROM t")) == [1, 2, 3]
+
+
+@single_write
+def insert_one_statement(database, value):
+    return insert(database, value)
+
+
+def test_a_failing_single_write_call_runs_without_savepoint_and_spares_its_batch(db):
+    database, writer, path = db
+    statements = []
+
+    def trace(callback):  # on the writer thread: peewee keeps one connection per thread
+        database.connection().set_trace_callback(callback)
+
+    async def main(fn):
+        await writer.run(trace, statements.append, alone=True)
+        try:
+            return await asyncio.gather(*(writer.run(fn, database, v) for v in (1, 2, 2, 3)),
+                                        return_exceptions=True)
+        finally:
+            await writer.run(trace, None, alone=True)
+
+    results = asyncio.run(main(insert_one_statement))
+    assert results[:2] == [1, 2] and results[3] == 3
+    assert isinstance(results[2], peewee.IntegrityError)  # SQLite undid that one statement only
+    assert any(s.startswith("INSERT") for s in statements)
+    assert not [s for s in statements if s.upper().startswith("SAVEPOINT")]
+    # The same calls unmarked each get a savepoint: the trace sees them.
+    statements.clear()
+    asyncio.run(main(lambda database, v: insert(database, v + 10)))
+    assert [s for s in statements if s.upper().startswith("SAVEPOINT")]
+    with sqlite3.connect(str(path)) as other:
+        assert sorted(r[0] for r in other.execute("SELECT v FROM t")) == [1, 2, 3, 11, 12, 13]
 
 
 def test_a_failed_commit_fails_every_call_of_the_batch(db):
