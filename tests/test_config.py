@@ -257,6 +257,14 @@ def test_api_base(tmp_path):
         tmp_path, "[wecom]\napi_base = ftp://qyapi.weixin.qq.com\n")
 
 
+def test_duplicate_check_interval(tmp_path):
+    assert config.load(write(tmp_path, "[wecom]\n"), {}).wecom.duplicate_check_interval == 0
+    loaded = config.load(write(tmp_path, "[wecom]\nduplicate_check_interval = 1800\n"), {})
+    assert loaded.wecom.duplicate_check_interval == 1800
+    assert "duplicate_check_interval: must be at most 14400 seconds (4 hours), got 14401" in one_problem(
+        tmp_path, "[wecom]\nduplicate_check_interval = 14401\n")
+
+
 def test_inline_comments_as_in_the_design_example(tmp_path):
     text = "[server]\nlisten = 127.0.0.1:9000          ; host:port\n[admin]\napi_token =     ; optional\n"
     loaded = config.load(write(tmp_path, text), {})

@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import API_TOKEN, ServerProcess, free_port, write_config
 from peer import AGENT_ID, CORP_ID, WecomPeer
 from wecomd import sandbox
@@ -258,11 +260,16 @@ class KillOnAccept(list):
             self.proc.wait(10)  # dead before the sandbox answers
 
 
-def test_a_crash_while_sending_repeats_only_the_message_wecom_accepted_unmarked(tmp_path):
+@pytest.mark.parametrize("duplicate_check", [False, True], ids=["plain", "duplicate-check"])
+def test_a_crash_while_sending_repeats_only_the_message_wecom_accepted_unmarked(tmp_path, duplicate_check):
+    """Without [wecom] duplicate_check_interval, the one message WeCom accepted but wecomd had not
+    marked is sent again after the restart; with it, WeCom drops that resend: none delivered twice."""
     api_port, port = free_port(), free_port()
     fake = SandboxThread(api_port).start()
     fake.fake.sent = accepted = KillOnAccept(at=8)
-    server = ServerProcess(write_config(tmp_path, port, api_base="http://127.0.0.1:%d" % api_port), port)
+    wecom = "duplicate_check_interval = 600" if duplicate_check else ""
+    config = write_config(tmp_path, port, api_base="http://127.0.0.1:%d" % api_port, wecom=wecom)
+    server = ServerProcess(config, port)
     try:
         accepted.proc = server.proc
         # One long reply: all its parts are committed as pending before the first is sent.
@@ -276,7 +283,14 @@ def test_a_crash_while_sending_repeats_only_the_message_wecom_accepted_unmarked(
         wait_until(lambda: set(outbound(tmp_path / "wecomd.db").values()) == {"sent"}, 15, "all sent")
         time.sleep(1.5)  # more than one poll interval: nothing more is sent
         parts = ["第 %02d 段 " % i + "字" * 600 for i in range(20)]
-        assert fake.sent_contents() == parts[:8] + parts[7:]  # in order; only the unmarked one twice
+        if duplicate_check:
+            assert fake.sent_contents() == parts  # each delivered once, in order
+            assert [m["text"]["content"] for m in fake.fake.suppressed] == [parts[7]]  # the resend
+            assert all(m["enable_duplicate_check"] == 1 and m["duplicate_check_interval"] == 600
+                       for m in fake.fake.sent)
+        else:
+            assert fake.sent_contents() == parts[:8] + parts[7:]  # in order; only the unmarked one twice
+            assert fake.fake.suppressed == [] and "enable_duplicate_check" not in fake.fake.sent[0]
         assert server.terminate() == 0
     finally:
         if server.proc.poll() is None:

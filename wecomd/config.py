@@ -126,6 +126,13 @@ def _password_hash(value: str) -> str:
     return value
 
 
+def _duplicate_check(value: str) -> int:
+    seconds = _integer(0)(value)
+    if seconds > 14400:  # WeCom's maximum, 4 hours
+        raise ValueError("must be at most 14400 seconds (4 hours), got %d" % seconds)
+    return seconds
+
+
 def _token(value: str) -> str:  # wecom-protocol.md §1
     return _alnum(value, 1, 32, "must be 1 to 32 characters of A-Z a-z 0-9")
 
@@ -194,6 +201,11 @@ SCHEMA: Dict[str, Dict[str, Option]] = {
         "ip_echo_url": Option("https://api.ipify.org", _ip_echo_url, "A \"what is my IP\" URL that "
                               "answers this server's outgoing IP as plain text; `wecomd doctor` shows "
                               "it for the app's trusted IP list (企业可信IP). Empty: not asked."),
+        "duplicate_check_interval": Option("0", _duplicate_check, "Seconds (at most 14400): every send "
+                                           "asks WeCom to drop a message identical to one sent to the "
+                                           "same user within this time (enable_duplicate_check), so a "
+                                           "reply resent after a crash is not delivered twice; but two "
+                                           "identical replies within it arrive once. 0: off."),
     },
     "rules": {
         "takeover_minutes": Option("30", _integer(0), "After an operator replies by hand, automation pauses "
@@ -246,6 +258,7 @@ class AdminConfig:
 class WecomConfig:
     api_base: str  # no trailing slash
     ip_echo_url: str = "https://api.ipify.org"  # "" = off; only `wecomd doctor` asks it
+    duplicate_check_interval: int = 0  # seconds; 0 = off (wecom-protocol.md, message/send)
 
 
 @dataclass(frozen=True)

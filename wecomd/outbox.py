@@ -7,7 +7,8 @@ transient errors (-1, 45009, network), or `failed` with an error the operator ca
 
 Delivery guarantee. A row is marked sent right after WeCom accepts it, but the send and the mark
 are not one transaction: if the process dies in that window, the row is still pending after the
-restart and that one message is sent again. Nothing else ever sends twice: one task sends, a
+restart and that one message is sent again; with `[wecom] duplicate_check_interval` set, every
+send carries WeCom's enable_duplicate_check, and WeCom drops that resend. Nothing else ever sends twice: one task sends, a
 per-id in-flight set stops a second pass (or a retry) from taking a row being sent, and a row
 whose "sent" mark could not be written is kept in memory and never sent again while the process
 lives. A second process sending from the same database is not guarded against.
@@ -38,11 +39,13 @@ class Outbox(Worker):
     def __init__(self, run_db: RunDb, store, client, apps: Mapping[str, AppConfig], publish: Publish,
                  *, clock: Callable[[], datetime] = utcnow, poll_interval: float = 1.0,
                  max_attempts: int = 8, backoff_base: float = 2.0, backoff_max: float = 300.0,
+                 duplicate_check: int = 0,
                  on_sent: Callable[[], None] = lambda: None,
                  on_send_error: Callable[[Optional[int]], None] = lambda errcode: None) -> None:
         super().__init__(run_db, publish, clock=clock, poll_interval=poll_interval,
                          max_attempts=max_attempts, backoff_base=backoff_base, backoff_max=backoff_max)
         self.store, self.client, self.apps = store, client, apps
+        self.duplicate_check = duplicate_check  # [wecom] duplicate_check_interval; 0: off
         # Metrics hooks: each message WeCom accepted; each failed send with its errcode (None: no answer).
         self._on_sent, self._on_send_error = on_sent, on_send_error
         self._intake: Optional[asyncio.Lock] = None  # made on first use, on the running loop
@@ -136,12 +139,15 @@ class Outbox(Worker):
 
     async def _send(self, app: AppConfig, row: dict) -> dict:
         fields = row.get("fields") or {}
+        # The same JSON on every attempt: with the check on, WeCom drops a resend of what it delivered.
+        check = (dict(enable_duplicate_check=1, duplicate_check_interval=self.duplicate_check)
+                 if self.duplicate_check else {})
         if row["msgtype"] == "text":
             content = row.get("content") or (fields.get("text") or {}).get("content", "")
-            return await self.client.send_text(app, row["to_user"], content)
+            return await self.client.send_text(app, row["to_user"], content, **check)
         # Other types keep WeCom's payload object in fields under their msgtype (§8.2).
         return await self.client.send(app, {"touser": row["to_user"], "msgtype": row["msgtype"],
-                                            row["msgtype"]: fields[row["msgtype"]]})
+                                            row["msgtype"]: fields[row["msgtype"]], **check})
 
     async def _sent(self, row: dict, answer: dict) -> None:
         error = _partial_delivery(answer)

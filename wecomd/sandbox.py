@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import secrets
 import struct
@@ -57,6 +58,8 @@ class FakeWecom:
         self.token_ttl = token_ttl
         self.calls: List[Tuple[str, dict]] = []  # (path, query or JSON body without tokens or secrets)
         self.sent: List[dict] = []  # accepted message/send payloads, each with its "msgid"
+        self.suppressed: List[dict] = []  # sends dropped by enable_duplicate_check (answered ok)
+        self._delivered: Dict[str, float] = {}  # JSON of a duplicate-checked send -> when (monotonic)
         self.media: Dict[str, Tuple[bytes, str, str]] = {}  # media_id -> (body, content_type, filename)
         self.tokens: Dict[str, float] = {}  # every token issued -> when it expires (time.monotonic)
         self.unknown_users: Set[str] = set()  # lower-case UserIDs that message/send reports invalid
@@ -66,6 +69,18 @@ class FakeWecom:
         self.trusted_ips: Optional[Set[str]] = None  # None: every caller is trusted
         self._current: Dict[Tuple[str, str], str] = {}  # (corpid, secret) -> its valid token
         self._failures: Dict[str, List[Tuple[int, str, int]]] = {}
+
+    def duplicate(self, message: dict) -> bool:
+        """enable_duplicate_check: True when the same request JSON was delivered within
+        duplicate_check_interval seconds (default 1800); such a send is answered ok, not delivered."""
+        if str(message.get("enable_duplicate_check", 0)) != "1":
+            return False
+        key, now = json.dumps(message, sort_keys=True, ensure_ascii=False), time.monotonic()
+        interval = int(message.get("duplicate_check_interval") or 1800)
+        if now - self._delivered.get(key, -math.inf) < interval:
+            return True
+        self._delivered[key] = now
+        return False
 
     @property
     def gettoken_count(self) -> int:
@@ -208,7 +223,10 @@ class SendHandler(_FakeHandler):
             return self.answer(error)
         invalid = [user for user in _users(message) if user in self.fake.unknown_users]
         msgid = secrets.token_urlsafe(40)
-        self.fake.sent.append({**message, "msgid": msgid})
+        if self.fake.duplicate(message):
+            self.fake.suppressed.append({**message, "msgid": msgid})
+        else:
+            self.fake.sent.append({**message, "msgid": msgid})
         self.answer(invaliduser="|".join(invalid), invalidparty="", invalidtag="", unlicenseduser="",
                     msgid=msgid)
 

@@ -89,6 +89,7 @@ class Services:
         self.failures = FailureRecorder(self.writer.run, self.store)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wecomd-read")
         self.outbox = Outbox(self.db, self.store, self.wecom, config.apps, self.hub.publish,
+                             duplicate_check=config.wecom.duplicate_check_interval,
                              on_sent=self.metrics.sent, on_send_error=self.metrics.send_error)
         self.media = MediaVault(self.db, self.store, self.wecom, config.apps, config.server.media_dir, self.hub.publish)
         self.retention = Retention(self.db, self.store, config.server.media_dir,
@@ -147,6 +148,7 @@ class Services:
             new = replace(new, server=self.config.server, admin=self.config.admin)
         self.config, self.cryptos, self.rules = new, cryptos, new_rules
         self.outbox.apps = self.media.apps = new.apps
+        self.outbox.duplicate_check = new.wecom.duplicate_check_interval
         logger.info("reloaded %s: apps %s; %d rule(s)", new.path, ", ".join(new.apps) or "none", len(new_rules))
         return True
 

@@ -172,9 +172,11 @@ class WecomClient:
         """POST message/send with the app's agentid; the answer (msgid, invaliduser, ...)."""
         return await self.call(app, "POST", SEND, json_body={**payload, "agentid": int(app.agent_id)})
 
-    async def send_text(self, app: AppConfig, to_user: str, content: str) -> dict:
-        """One text message (at most 2048 bytes: split longer text with split_text first)."""
-        return await self.send(app, {"touser": to_user, "msgtype": "text", "text": {"content": content}})
+    async def send_text(self, app: AppConfig, to_user: str, content: str, **options: Any) -> dict:
+        """One text message (at most 2048 bytes: split longer text with split_text first); `options`
+        are more top-level fields (safe, enable_duplicate_check ...)."""
+        return await self.send(app, {"touser": to_user, "msgtype": "text", "text": {"content": content},
+                                     **options})
 
     async def download_media(self, app: AppConfig, media_id: str,
                              max_bytes: int = 25 * 2**20) -> Tuple[bytes, str, Optional[str]]:
