@@ -7,7 +7,9 @@
 2. Generates N distinct encrypted callbacks with wechatpy (an implementation independent of
    wecomd's) and drives them with wrk (C, keep-alive connections, a separate process) through
    bench/wrk_callbacks.lua: verify, decrypt, parse, store durably, encrypted reply.
-3. Measures a bare Tornado "hello" handler (bench/hello_server.py) the same way: the ceiling.
+3. Measures a bare Tornado "hello" handler (bench/hello_server.py) the same way: the ceiling; and,
+   as a diagnostic, bare Tornado doing only the protocol work (bench/protocol_server.py: verify,
+   decrypt, parse, encrypt the reply; nothing stored or logged).
 4. Prints requests/s, p50/p99 latency, CPU seconds and peak RSS of each server, the ratio, and
    checks the database afterwards: every acknowledged message stored exactly once.
 Needs wrk (Debian package `wrk`) and wechatpy (the test extra).
@@ -156,12 +158,18 @@ def main() -> int:
     port = free_port()
     hello = measure("bare tornado", [sys.executable, str(ROOT / "bench" / "hello_server.py"), str(port)],
                     "http://127.0.0.1:%d/callback/bench" % port, args, script, data)
+    port = free_port()
+    protocol = measure("tornado+protocol", [sys.executable, str(ROOT / "bench" / "protocol_server.py"), str(port),
+                                            TOKEN, AES_KEY, CORP_ID],
+                       "http://127.0.0.1:%d/callback/bench" % port, args, script, data, env)
     print("\n%-16s %10s %9s %9s %8s %9s %8s" % ("", "req/s", "p50 ms", "p99 ms", "CPU s", "peak RSS", "non-200"))
-    for r in (wecomd, hello):
+    for r in (wecomd, hello, protocol):
         print("%-16s %10.0f %9.2f %9.2f %8.1f %7.1fMB %8d" % (r["name"], r["rps"], r["p50_us"] / 1000,
                                                             r["p99_us"] / 1000, r["cpu_s"], r["rss_mb"], r["non200"]))
     print("\nratio wecomd / bare tornado: %.2f   (%d connections, %d s, wrk -t2, same machine, same run)"
           % (wecomd["rps"] / hello["rps"], args.connections, args.seconds))
+    print("diagnostic: bare tornado plus only verify/decrypt/parse/encrypt (no storage, no log): %.2f of the "
+          "ceiling" % (protocol["rps"] / hello["rps"]))
     if wecomd["wrapped"]:
         print("note: %d requests repeated a message (more requests than --messages): counted as retries" % wecomd["wrapped"])
     commits = [line for line in (work / "wecomd.log").read_text("utf-8", "replace").splitlines()
