@@ -47,7 +47,7 @@ setup(
             "wechatpy>=1.8.18",  # independent crypto implementation for interop tests
             "hypothesis>=6.100",  # property tests (tests/test_properties.py)
             "playwright>=1.40",  # browser tests drive Debian's /usr/bin/chromium; never its own download
-            "psycopg2-binary>=2.9",  # the store tests' PostgreSQL variants (WECOMD_TEST_POSTGRES_URL)
+            "psycopg2-binary>=2.9",  # the store tests' PostgreSQL variants (TEST_POSTGRES_URL)
         ],
     },
     entry_points={"console_scripts": ["wecomd=wecomd.cli:main"]},

@@ -27,7 +27,7 @@ NOW = datetime(2026, 11, 28, 12, 0, 0)
 OLD = NOW - timedelta(days=40)
 CUTOFF = NOW - timedelta(days=30)
 TRIGGERS = ("conversation_tally", "conversation_tally_no_user")
-PG_URL = os.environ.get("WECOMD_TEST_POSTGRES_URL")
+PG_URL = os.environ.get("TEST_POSTGRES_URL")
 
 
 def grouped(store, app=None, now=NOW):
@@ -90,7 +90,7 @@ def _python_tally(store):
 
 
 @pytest.fixture(params=["trigger", "python", pytest.param("postgres", marks=pytest.mark.skipif(
-    not PG_URL, reason="set WECOMD_TEST_POSTGRES_URL to test against Postgres"))])
+    not PG_URL, reason="set TEST_POSTGRES_URL to test against Postgres"))])
 def store(request, tmp_path):
     if request.param == "postgres":
         store = Store(PG_URL)

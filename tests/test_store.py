@@ -1,4 +1,4 @@
-"""Store tests on real SQLite files (and Postgres when WECOMD_TEST_POSTGRES_URL names one)."""
+"""Store tests on real SQLite files (and Postgres when TEST_POSTGRES_URL names one)."""
 import json
 import logging
 import os
@@ -27,7 +27,7 @@ AUTOMATION_KEYS = {"id", "rule", "action", "status", "path", "exit_code", "durat
 RUN_KEYS = AUTOMATION_KEYS | {"message_id", "app", "user", "reply_message_id", "url", "payload",
                               "attempts", "next_attempt_at"}
 BIG_MSG_ID = "7357159753458634752"  # above 2**53: a JSON number would lose digits
-PG_URL = os.environ.get("WECOMD_TEST_POSTGRES_URL")
+PG_URL = os.environ.get("TEST_POSTGRES_URL")
 
 
 def text(user="zhangsan", content="hello", msg_id=None, raw=None, **extra):
@@ -752,7 +752,7 @@ class TestSqliteStore(StoreTests):
         return sqlite_store
 
 
-@pytest.mark.skipif(not PG_URL, reason="set WECOMD_TEST_POSTGRES_URL to test against Postgres")
+@pytest.mark.skipif(not PG_URL, reason="set TEST_POSTGRES_URL to test against Postgres")
 class TestPostgresStore(StoreTests):
     @pytest.fixture
     def store(self):
