@@ -1,7 +1,7 @@
 """Property-based tests (hypothesis) for the crypto, the XML messages, the config loader and rules.
 
 Reproducible: every test is derandomized and uses no example database, so CI runs the same
-examples every time. `WECOMD_HYPOTHESIS_SCALE=20 python -m pytest tests/test_properties.py`
+examples every time. `TEST_HYPOTHESIS_SCALE=20 python -m pytest tests/test_properties.py`
 runs twenty times as many examples (still deterministic). Crashes that the fuzzers in
 tests/fuzz/ or these properties found are pinned below as test_regression_* (docs/fuzzing.md).
 """
@@ -30,7 +30,7 @@ from wecomd.crypto import (
 from wecomd.messages import REPEATABLE, MessageError
 
 HERE = Path(__file__).resolve().parent
-SCALE = float(os.environ.get("WECOMD_HYPOTHESIS_SCALE", "1"))
+SCALE = float(os.environ.get("TEST_HYPOTHESIS_SCALE", "1"))
 _BASE = settings(derandomize=True, database=None, deadline=None, print_blob=False,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                         HealthCheck.data_too_large])
