@@ -1,4 +1,5 @@
-"""Shared fixtures: a config file on disk, free ports, and a running `wecomd serve` process."""
+"""Shared fixtures: a config file on disk, free ports, a running `wecomd serve` process, and stores
+(a migrated SQLite file; a PostgreSQL database when TEST_POSTGRES_URL names one)."""
 from __future__ import annotations
 
 import functools
@@ -18,6 +19,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from peer import AES_KEY, AGENT_ID, CORP_ID, TOKEN  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+# A PostgreSQL database the store tests may empty and use (`.ci/run` starts one); None: skipped.
+PG_URL = os.environ.get("TEST_POSTGRES_URL")
+needs_postgres = pytest.mark.skipif(not PG_URL, reason="set TEST_POSTGRES_URL to test against Postgres")
 
 
 ADMIN_PASSWORD = "correct horse battery staple"
@@ -50,6 +54,29 @@ def write_config(directory: Path, port: int = 0, extra: str = "", api_base: str 
     path = directory / "wecomd.conf"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def postgres_store():
+    """A Store on TEST_POSTGRES_URL with every table dropped, migrated afresh."""
+    from wecomd.store import Store
+
+    store = Store(PG_URL)
+    tables = store.db.get_tables()
+    if tables:
+        store.db.execute_sql("DROP TABLE IF EXISTS %s CASCADE" % ", ".join('"%s"' % t for t in tables))
+    store.migrate()
+    return store
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
+    """A migrated Store on a fresh SQLite file in tmp_path."""
+    from wecomd.store import Store
+
+    store = Store("wecomd.db", base_dir=tmp_path)
+    store.migrate()
+    yield store
+    store.close()
 
 
 def free_port() -> int:

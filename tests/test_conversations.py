@@ -8,7 +8,6 @@ must give exactly its rows.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from datetime import datetime, timedelta
 
@@ -17,6 +16,7 @@ from peewee import JOIN, Case, SqliteDatabase, fn
 from playhouse import migrations
 
 from base import WecomdTestCase
+from conftest import needs_postgres, postgres_store
 from peer import CORP_ID
 from wecomd import simulate
 from wecomd.messages import Message
@@ -27,7 +27,6 @@ NOW = datetime(2026, 11, 28, 12, 0, 0)
 OLD = NOW - timedelta(days=40)
 CUTOFF = NOW - timedelta(days=30)
 TRIGGERS = ("conversation_tally", "conversation_tally_no_user")
-PG_URL = os.environ.get("TEST_POSTGRES_URL")
 
 
 def grouped(store, app=None, now=NOW):
@@ -89,16 +88,13 @@ def _python_tally(store):
     store._count_new = store._tally
 
 
-@pytest.fixture(params=["trigger", "python", pytest.param("postgres", marks=pytest.mark.skipif(
-    not PG_URL, reason="set TEST_POSTGRES_URL to test against Postgres"))])
+@pytest.fixture(params=["trigger", "python", pytest.param("postgres", marks=needs_postgres)])
 def store(request, tmp_path):
     if request.param == "postgres":
-        store = Store(PG_URL)
-        store.db.execute_sql("DROP TABLE IF EXISTS message, conversation_read, conversation, rule_run, "
-                             "takeover, callback_failure, schema_migration")
+        store = postgres_store()
     else:
         store = Store("wecomd.db", base_dir=tmp_path)
-    store.migrate()
+        store.migrate()
     if request.param == "python":
         _python_tally(store)
     yield store

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import sqlite3
 import time
@@ -14,7 +13,7 @@ import pytest
 
 from conftest import ServerProcess, free_port, write_config
 from test_outbox import FakeClock, async_test
-from wecomd import config, services
+from wecomd import config
 from wecomd.messages import Message
 from wecomd.retention import Retention
 from wecomd.store import Store
@@ -26,11 +25,8 @@ CUTOFF = NOW - timedelta(days=30)
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = Store("wecomd.db", base_dir=tmp_path)
-    store.migrate()
-    yield store
-    store.close()
+def store(sqlite_store):
+    return sqlite_store
 
 
 def inbound(store, content, user="zhangsan", app="helpdesk", at=OLD, **fields):
@@ -341,8 +337,6 @@ def test_retention_days_option(tmp_path):
         assert problems == ["environment WECOMD_SERVER_RETENTION_DAYS: %s (got %r)" % (why, bad)]
 
 
-@pytest.mark.skipif("Retention" not in inspect.getsource(services),
-                    reason="Retention is not wired into Services yet")
 def test_serve_prunes_old_messages_at_start(tmp_path):
     store = Store("wecomd.db", base_dir=tmp_path)
     store.migrate()

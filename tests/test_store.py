@@ -1,7 +1,6 @@
 """Store tests on real SQLite files (and Postgres when TEST_POSTGRES_URL names one)."""
 import json
 import logging
-import os
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from playhouse import migrations
 from playhouse.schema_diff import diff_models
+from conftest import needs_postgres, postgres_store
 from samples import SAMPLES
 
 from wecomd.messages import Message, parse
@@ -27,7 +27,6 @@ AUTOMATION_KEYS = {"id", "rule", "action", "status", "path", "exit_code", "durat
 RUN_KEYS = AUTOMATION_KEYS | {"message_id", "app", "user", "reply_message_id", "url", "payload",
                               "attempts", "next_attempt_at"}
 BIG_MSG_ID = "7357159753458634752"  # above 2**53: a JSON number would lose digits
-PG_URL = os.environ.get("TEST_POSTGRES_URL")
 
 
 def text(user="zhangsan", content="hello", msg_id=None, raw=None, **extra):
@@ -47,13 +46,6 @@ def save(store, app="helpdesk", user="zhangsan", content="hello", key=None):
     key = key or "%s|%s|%s|%d" % (app, user, content, store.count())
     return store.save_inbound(app, text(user, content), key)[0]
 
-
-@pytest.fixture
-def sqlite_store(tmp_path):
-    store = Store("wecomd.db", base_dir=tmp_path)
-    store.migrate()
-    yield store
-    store.close()
 
 
 class StoreTests:
@@ -752,14 +744,11 @@ class TestSqliteStore(StoreTests):
         return sqlite_store
 
 
-@pytest.mark.skipif(not PG_URL, reason="set TEST_POSTGRES_URL to test against Postgres")
+@needs_postgres
 class TestPostgresStore(StoreTests):
     @pytest.fixture
     def store(self):
-        store = Store(PG_URL)
-        store.db.execute_sql("DROP TABLE IF EXISTS message, conversation_read, conversation, rule_run, "
-                            "takeover, schema_migration")
-        store.migrate()
+        store = postgres_store()
         yield store
         store.close()
 

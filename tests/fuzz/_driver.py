@@ -11,6 +11,15 @@ except ImportError:  # replay mode works without it
     atheris = None
 
 
+def by_first_byte(modes: list) -> Callable[[bytes], None]:
+    """The target's TestOneInput (the name atheris expects): an input's first byte picks the mode
+    ('a' = 0, 'b' = 1, ...), the rest is that mode's payload."""
+    def test_one_input(data: bytes) -> None:
+        if data:
+            modes[(data[0] - ord("a")) % len(modes)](data[1:])
+    return test_one_input
+
+
 def replay(test_one_input: Callable[[bytes], None], paths: Iterable) -> int:
     """Feed every file under `paths` to the target once."""
     paths = list(paths)

@@ -7,7 +7,7 @@
 The first byte of an input picks the mode ('a' = 0, 'b' = 1, ...); the rest is the payload. Any
 exception other than ConfigError from load (RuleError from rules), and any failed assertion, is a
 crash. Crashes already reported and pinned as xfail regression tests in tests/test_properties.py
-are skipped so that fuzzing can go past them; set WECOMD_FUZZ_STRICT=1 to stop on them too.
+are skipped so that fuzzing can go past them; set TEST_FUZZ_STRICT=1 to stop on them too.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ if __name__ == "__main__" and atheris is not None and "--replay" not in sys.argv
 else:
     from wecomd import config, messages, rules
 
-STRICT = os.environ.get("WECOMD_FUZZ_STRICT") == "1"
+STRICT = os.environ.get("TEST_FUZZ_STRICT") == "1"
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 VALID_APP = ("[app:main]\ncorp_id = ww1\nagent_id = 1\ntoken = T0kenForTests\nencoding_aes_key = %s\n"
              % KEY).encode()
@@ -145,10 +145,7 @@ def mode_render(payload: bytes) -> None:
 MODES = [mode_file, mode_file_with_app, mode_environment, mode_rules, mode_render]
 
 
-def TestOneInput(data: bytes) -> None:  # the name atheris expects
-    if not data:
-        return
-    MODES[(data[0] - ord("a")) % len(MODES)](data[1:])
+TestOneInput = _driver.by_first_byte(MODES)
 
 
 def main() -> int:

@@ -148,10 +148,7 @@ MODES = [mode_decrypt_text, mode_decrypt_bytes, mode_decrypt_base64, mode_decryp
          mode_round_trip, mode_tamper, mode_verify_url, mode_settings_and_reply]
 
 
-def TestOneInput(data: bytes) -> None:  # the name atheris expects
-    if not data:
-        return
-    MODES[(data[0] - ord("a")) % len(MODES)](data[1:])
+TestOneInput = _driver.by_first_byte(MODES)
 
 
 def main() -> int:

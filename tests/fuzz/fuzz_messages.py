@@ -130,10 +130,7 @@ MODES = [mode_parse_bytes, mode_parse_text, mode_envelope, mode_wrapped, mode_wr
          mode_reply_text, mode_template_card]
 
 
-def TestOneInput(data: bytes) -> None:  # the name atheris expects
-    if not data:
-        return
-    MODES[(data[0] - ord("a")) % len(MODES)](data[1:])
+TestOneInput = _driver.by_first_byte(MODES)
 
 
 def main() -> int:
