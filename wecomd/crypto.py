@@ -169,7 +169,7 @@ class WecomCrypto:
             raise ReceiveIdError("receive_id must be a UTF-8 encodable str") from exc
         self._token = token
         self.receive_id = receive_id
-        self._ecb = None  # made on first use: see _cbc_decrypt
+        self._ecb = AES.new(self._key, AES.MODE_ECB)  # stateless: see _cbc_decrypt
 
     def __repr__(self) -> str:
         return "WecomCrypto(receive_id=%r)" % self.receive_id
@@ -183,8 +183,6 @@ class WecomCrypto:
         The same bytes as a fresh CBC cipher's decrypt, but the ECB cipher is stateless and made
         once per app, so a callback costs one call into the AES library instead of three.
         """
-        if self._ecb is None:
-            self._ecb = AES.new(self._key, AES.MODE_ECB)
         blocks = self._ecb.decrypt(raw)
         chain = self._key[:16] + raw[:-16]
         xored = int.from_bytes(blocks, "big") ^ int.from_bytes(chain, "big")
