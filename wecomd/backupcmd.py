@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from wecomd.config import Config
+from wecomd.store_health import human_size
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -43,20 +44,10 @@ def run(config: Config, args: argparse.Namespace) -> int:
     finally:
         store.close()
     print("backed up to %s: %s, %d message(s), integrity ok, %.2f s"
-          % (result["path"], _size(result["bytes"]), result["messages"], result["seconds"]))
+          % (result["path"], human_size(result["bytes"]), result["messages"], result["seconds"]))
     return EXIT_OK
 
 
 def _fail(message: str, code: int) -> int:
     print("wecomd: backup: %s" % message, file=sys.stderr)
     return code
-
-
-def _size(count: float) -> str:
-    if count < 1024:
-        return "%d bytes" % count
-    for unit in ("KiB", "MiB"):
-        count /= 1024
-        if count < 1024:
-            return "%.1f %s" % (count, unit)
-    return "%.1f GiB" % (count / 1024)

@@ -17,8 +17,8 @@ from playhouse import db_url
 from wecomd import failures, store_failures
 from wecomd.config import Config
 from wecomd.doctor import Check, shown_url
-from wecomd.store import MIGRATIONS_DIR
-from wecomd.store_health import MIN_FREE_BYTES
+from wecomd.store import MIGRATIONS_DIR, sqlite_file
+from wecomd.store_health import MIN_FREE_BYTES, human_size
 
 LOW_SPACE = 1 << 30  # 1 GiB free: warn
 _ERRORS = (peewee.PeeweeException, sqlite3.Error, OSError)
@@ -27,7 +27,7 @@ _ERRORS = (peewee.PeeweeException, sqlite3.Error, OSError)
 def check_database(config: Config) -> Tuple[List[Check], Optional[peewee.Database]]:
     """The database's checks, and a read-only connection to it for the failure log (or None)."""
     url = config.server.database
-    path = _sqlite_path(url)
+    path = sqlite_file(url)
     if path is None:
         return _check_other(url)
     if not os.path.exists(path):
@@ -57,7 +57,7 @@ def _check_sqlite(db: peewee.Database, path: str) -> List[Check]:
     size = sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
     messages = _count(db, "message")
     summary = "%s: SQLite, %s, journal_mode %s, %s message(s)" % (
-        path, _size(size), journal, "no" if messages is None else messages)
+        path, human_size(size), journal, "no" if messages is None else messages)
     found = [Check("database", "ok", summary)]
     if integrity != ["ok"]:
         found.append(Check("database", "fail", "quick_check: %s" % "; ".join(integrity[:5]),
@@ -166,20 +166,12 @@ def check_media(config: Config) -> List[Check]:
 
 def _space_check(name: str, folder: str) -> Check:
     usage = shutil.disk_usage(folder)
-    message = "%s free on the filesystem of %s" % (_size(usage.free), folder)
+    message = "%s free on the filesystem of %s" % (human_size(usage.free), folder)
     if usage.free < MIN_FREE_BYTES:
         return Check(name, "fail", message, "the disk is full: free space, or callbacks fail with 503")
     if usage.free < LOW_SPACE:
         return Check(name, "warn", message, "free space soon; lower [server] retention_days to keep less")
     return Check(name, "ok", message)
-
-
-def _sqlite_path(url: str) -> Optional[str]:
-    if "://" not in url:
-        return url
-    if urllib.parse.urlparse(url).scheme.startswith("sqlite"):
-        return db_url.parse(url)["database"]
-    return None
 
 
 def _count(db: peewee.Database, table: str) -> Optional[int]:
@@ -201,13 +193,3 @@ def _owner_note(path: str) -> str:
         owner = str(st.st_uid)
     return " (checked as root; owner %s, mode %o: run doctor as the service user to check its access)" % (
         owner, st.st_mode & 0o777)
-
-
-def _size(count: float) -> str:
-    if count < 1024:
-        return "%d bytes" % count
-    for unit in ("KiB", "MiB", "GiB"):
-        count /= 1024
-        if count < 1024 or unit == "GiB":
-            break
-    return "%.1f %s" % (count, unit)

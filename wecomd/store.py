@@ -465,17 +465,25 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
         return self.Message.select().count()
 
 
+def sqlite_file(url: str, base_dir: Path = Path(".")) -> Optional[str]:
+    """The file of a SQLite path or sqlite:// URL, relative ones taken from base_dir (":memory:" as
+    is); None for any other database URL."""
+    if "://" not in url:
+        return str(base_dir / Path(url).expanduser())
+    if "sqlite" not in urlparse(url).scheme:
+        return None
+    path = db_url.parse(url)["database"]  # sqlite:///rel/path, sqlite:////abs/path
+    return path if path == ":memory:" else str(base_dir / Path(path).expanduser())
+
+
 def _open_database(url: str, base_dir: Path) -> tuple[peewee.Database, str]:
     """Open (lazily) a path or db URL; relative SQLite paths are taken from base_dir."""
-    if "://" not in url:
-        path = str(base_dir / Path(url).expanduser())
-        return SqliteDatabase(path, pragmas=SQLITE_PRAGMAS), path
-    parsed = urlparse(url)
-    if "sqlite" not in parsed.scheme:
+    path = sqlite_file(url, base_dir)
+    if path is None:
+        parsed = urlparse(url)
         return db_url.connect(url), "%s://%s%s" % (parsed.scheme, parsed.hostname or "", parsed.path)
-    path = db_url.parse(url)["database"]  # sqlite:///rel/path, sqlite:////abs/path
-    if path != ":memory:":
-        path = str(base_dir / Path(path).expanduser())
+    if "://" not in url:
+        return SqliteDatabase(path, pragmas=SQLITE_PRAGMAS), path
     return db_url.connect(url, database=path, pragmas=SQLITE_PRAGMAS), path
 
 

@@ -26,6 +26,17 @@ from peewee import SQL
 MIN_FREE_BYTES = 1 << 20  # 1 MiB
 
 
+def human_size(count: float) -> str:
+    """A byte count as people read it: "512 bytes", "3.4 KiB" ... "12.0 GiB" (free space, file sizes)."""
+    if count < 1024:
+        return "%d bytes" % count
+    for unit in ("KiB", "MiB"):
+        count /= 1024
+        if count < 1024:
+            return "%.1f %s" % (count, unit)
+    return "%.1f GiB" % (count / 1024)
+
+
 def check_writable(store: Any) -> None:
     """Raise unless `store`'s database can take (and, run by the writer, commit) a write now."""
     db = store.db
