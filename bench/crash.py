@@ -20,7 +20,6 @@ Prints the figures; exit status 0 when every check of every round passed. Needs 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import signal
@@ -168,15 +167,6 @@ def stored(db: Path) -> tuple:
     return {int(msg_id) - MSGID_BASE: deliveries for msg_id, deliveries in rows}, len(rows), repeated
 
 
-def start_wecomd(conf: Path, url: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log = open(conf.parent / "wecomd.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "wecomd", "serve", "-c", str(conf)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    load.wait_http(url + "/healthz", proc)
-    return proc
-
-
 def one_round(number: int, args: argparse.Namespace, rng: random.Random) -> bool:
     work = Path(tempfile.mkdtemp(prefix="wecomd-crash-"))
     data = work / "callbacks.txt"
@@ -189,7 +179,7 @@ def one_round(number: int, args: argparse.Namespace, rng: random.Random) -> bool
     low, high = args.kill_after
     kill_after = rng.uniform(low, high)
 
-    wecomd = start_wecomd(conf, base)
+    wecomd = load.start_wecomd(conf, base, work / "wecomd.log")
     wrk, output = start_wrk(url, work, all_lines, args.connections, "load", 600)
     time.sleep(kill_after)
     if wrk.poll() is not None or (work / "load.finished").exists():
@@ -210,7 +200,7 @@ def one_round(number: int, args: argparse.Namespace, rng: random.Random) -> bool
     cut_off_stored = set(before) & cut_off
 
     # Restart; WeCom retries every message it sent before the kill.
-    wecomd = start_wecomd(conf, base)
+    wecomd = load.start_wecomd(conf, base, work / "wecomd.log")
     retry_lines = work / "retry.txt"
     write_lines(data, retry_lines, sent)
     started = time.monotonic()

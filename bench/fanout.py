@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import re
 import shutil
 import signal
@@ -43,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from live_latency import PASSWORD, free_port, login, pct  # noqa: E402
-from load import AES_KEY, CORP_ID, TOKEN, cpu_seconds, generate, peak_rss_mb, wait_http  # noqa: E402
+from load import AES_KEY, CORP_ID, TOKEN, cpu_seconds, generate, peak_rss_mb, start_wecomd  # noqa: E402
 
 INDEX = re.compile(r"(\d+)$")  # load.generate's content is "压测消息 <i>"
 
@@ -168,11 +167,7 @@ def start_server(work: Path, port: int) -> subprocess.Popen:
         "[admin]\npassword_hash = %s\ncookie_secret = %s\n\n"
         "[app:bench]\ncorp_id = %s\nagent_id = 1000002\ntoken = %s\nencoding_aes_key = %s\n"
         % (port, hash_password(PASSWORD), "c" * 40, CORP_ID, TOKEN, AES_KEY), encoding="utf-8")
-    log = open(work / "wecomd.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "wecomd", "serve", "-c", str(conf)], stdout=log, stderr=log,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wait_http("http://127.0.0.1:%d/healthz" % port, proc)
-    return proc
+    return start_wecomd(conf, "http://127.0.0.1:%d" % port, work / "wecomd.log")
 
 
 def analyse(args, sent: dict, results: list, elapsed: float) -> tuple:

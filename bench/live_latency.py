@@ -13,7 +13,6 @@ import configparser
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,15 +27,10 @@ from tornado.websocket import websocket_connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from load import free_port  # noqa: E402  (bench/load.py, beside this file)
 from wecomd.simulate import Simulator, build  # noqa: E402
 
 PASSWORD = "bench-password-1234"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_ready(url: str, proc: subprocess.Popen) -> None:

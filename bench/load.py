@@ -91,6 +91,16 @@ def wait_http(url: str, proc: subprocess.Popen) -> None:
     raise SystemExit("server did not start: %s" % url)
 
 
+def start_wecomd(conf: Path, url: str, log: Path) -> subprocess.Popen:
+    """`wecomd serve -c conf` from this checkout, its output appended to `log`; returns once `url`
+    answers /healthz."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "wecomd", "serve", "-c", str(conf)], stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wait_http(url + "/healthz", proc)
+    return proc
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
