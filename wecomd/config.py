@@ -90,6 +90,17 @@ def _listen(value: str) -> Tuple[str, int]:
     return _matching(r"[A-Za-z0-9.-]+", "not a host name or IP address")(host), int(port)
 
 
+def _networks(value: str) -> Tuple[Any, ...]:
+    """Comma-separated addresses or CIDR networks, e.g. "127.0.0.1, 10.0.0.0/8"."""
+    found = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            found.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError("%r is not an IP address or network such as 10.0.0.0/8" % item) from None
+    return tuple(found)
+
+
 def _database(value: str) -> str:
     if "://" in value and value.split("://")[0].lower() not in ("sqlite", "postgres", "postgresql"):
         raise ValueError("a database URL must start with sqlite://, postgres:// or postgresql://")
@@ -181,10 +192,24 @@ SCHEMA: Dict[str, Dict[str, Option]] = {
         "max_body": Option("1048576", _integer(1), "Largest callback body in bytes; larger ones get 413."),
         "timestamp_window": Option("300", _integer(0), "Seconds of clock skew accepted on callback "
                                    "timestamps; 0 turns the check off."),
-        "xheaders": Option("no", _boolean, "yes: trust X-Real-IP / X-Forwarded-For from a reverse proxy "
-                           "(only behind one that sets them)."),
+        "xheaders": Option("no", _boolean, "yes: trust X-Real-IP / X-Forwarded-For from any peer (legacy; "
+                           "prefer trusted_proxies, which trusts only the proxies you name)."),
+        "trusted_proxies": Option("", _networks, "Addresses or networks of reverse proxies (comma-separated, "
+                                  "e.g. 127.0.0.1, 10.0.0.0/8) whose X-Forwarded-For / X-Real-IP give the "
+                                  "client address; empty: the TCP peer is the client."),
+        "idle_timeout": Option("60", _integer(1), "Seconds an idle keep-alive connection, or one that has "
+                               "not finished sending its request headers, is kept open."),
+        "body_timeout": Option("30", _integer(1), "Seconds a client may take to send a request body."),
+        "max_connections": Option("0", _integer(0), "Connections open at once, in total; more are refused. "
+                                  "0: automatic, from the open-file limit (LimitNOFILE) less a reserve."),
+        "max_connections_per_ip": Option("64", _integer(0), "Connections open at once from one client "
+                                         "address (trusted proxies exempt); 0: no per-address cap."),
         "log_level": Option("info", _matching(r"debug|info|warning|error", "must be debug, info, warning "
                                               "or error"), "debug, info, warning or error."),
+        "log_format": Option("text", _matching(r"text|json", "must be text or json"), "text, or json for "
+                             "one JSON object a line (log shippers). Under systemd each line carries its "
+                             "syslog priority."),
+        "log_content": Option("no", _boolean, "yes: the debug level may log message contents; no: never."),
     },
     "admin": {
         "username": Option("admin", _NONEMPTY, "Dashboard login name."),
@@ -194,6 +219,9 @@ SCHEMA: Dict[str, Dict[str, Option]] = {
                                 "(`wecomd init` generates one).", secret=True),
         "api_token": Option("", str, "Optional: scripts send `Authorization: Bearer <api_token>` to "
                             "/api/*; empty: off.", secret=True),
+        "metrics_token": Option("", str, "Optional: a token that opens /metrics and nothing else "
+                                "(`Authorization: Bearer <metrics_token>`), for Prometheus; empty: off.",
+                                secret=True),
     },
     "wecom": {
         "api_base": Option("https://qyapi.weixin.qq.com", _api_base, "Base URL of the WeCom API; tests "
@@ -244,6 +272,13 @@ class ServerConfig:
     xheaders: bool
     log_level: str
     retention_days: int = 0  # 0 = keep messages forever
+    trusted_proxies: Tuple[Any, ...] = ()  # ipaddress networks; () = the TCP peer is the client
+    idle_timeout: int = 60  # seconds
+    body_timeout: int = 30  # seconds
+    max_connections: int = 0  # 0 = automatic, from RLIMIT_NOFILE
+    max_connections_per_ip: int = 64  # 0 = no per-address cap
+    log_format: str = "text"  # text | json
+    log_content: bool = False  # debug lines may carry message contents only when True
 
 
 @dataclass(frozen=True)
@@ -252,6 +287,7 @@ class AdminConfig:
     password_hash: str = field(repr=False)  # "" = nobody can log in
     cookie_secret: str = field(repr=False)
     api_token: str = field(repr=False)  # "" = off
+    metrics_token: str = field(default="", repr=False)  # "" = off; opens /metrics only
 
 
 @dataclass(frozen=True)
