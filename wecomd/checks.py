@@ -1,15 +1,22 @@
 """What `wecomd check` reports beyond load errors: a deployment with no app, and likely mistakes."""
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from wecomd.config import MIN_SECRET_LENGTH, AdminConfig, AppConfig, Config, ConfigError, ServerConfig, load
 
 NO_APP = "no [app:NAME] section: wecomd would receive no callbacks"
+WHO = "the user wecomd runs as"
+
+
+class StartupError(Exception):
+    """Why `serve` cannot start, as one line that says what to do; `wecomd serve` prints it, exits 1."""
 
 
 def check(path: Union[str, Path], environ: Optional[Mapping[str, str]] = None) -> Tuple[List[str], List[str]]:
@@ -66,9 +73,66 @@ def _server_warnings(server: ServerConfig) -> List[str]:
     folder = Path(server.database).parent
     if "://" not in server.database and not (folder.is_dir() and os.access(folder, os.W_OK)):
         found.append("[server] database: directory %s does not exist or is not writable" % folder)
-    if server.media_dir.exists() and not server.media_dir.is_dir():
-        found.append("[server] media_dir: %s is not a directory" % server.media_dir)
+    problem = media_dir_problem(server.media_dir)
+    if problem:
+        found.append("[server] media_dir: `serve` would refuse to start: %s" % problem)
     return found
+
+
+# --- what `serve` checks as it starts ---------------------------------------------------------
+
+def media_dir_problem(path: Path, create: bool = False) -> Optional[str]:
+    """Why wecomd could not store media files in `path` (None: it can), tried for real, so root,
+    read-only filesystems and immutable directories are judged right. `create` (serve) makes a
+    missing directory; without it (check) a missing one only needs a parent that can hold it."""
+    path = Path(path)
+    try:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        elif not path.exists():
+            parent = next((p for p in path.parents if p.exists()), None)
+            if parent is not None and not parent.is_dir():
+                return "cannot create %s: %s is not a directory; change [server] media_dir" % (path, parent)
+            if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+                return ("cannot create %s: %s is not writable; create it for %s, or change [server] media_dir"
+                        % (path, parent, WHO))
+            return None
+        if not path.is_dir():
+            return "%s is not a directory; change [server] media_dir" % path
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".wecomd-write-test-"):
+            pass
+    except OSError as exc:
+        return "cannot write to %s (%s); make it writable for %s, or change [server] media_dir" % (
+            path, exc.strerror or exc, WHO)
+    return None
+
+
+def prepare_media_dir(path: Path) -> None:
+    """Create media_dir if missing and make sure files can be written there; else StartupError."""
+    problem = media_dir_problem(path, create=True)
+    if problem:
+        raise StartupError("media_dir: %s" % problem)
+
+
+def listen_problem(host: str, port: int, exc: OSError) -> str:
+    """The one line for a port `serve` cannot bind."""
+    hints = {
+        errno.EADDRINUSE: "address already in use; stop the other process or change [server] listen",
+        errno.EACCES: "permission denied (ports below 1024 need privileges); use a port above 1023 or "
+                      "change [server] listen",
+        errno.EADDRNOTAVAIL: "this machine has no such address; change [server] listen",
+    }
+    what = hints.get(exc.errno) or "%s; change [server] listen" % (exc.strerror or exc)
+    return "cannot listen on %s:%d: %s" % ("[%s]" % host if ":" in host else host, port, what)
+
+
+def database_problem(database: str, exc: Exception) -> str:
+    """The one line for a database `serve` cannot open, migrate or write (read-only, missing directory)."""
+    if "://" in database:
+        todo = "check [server] database and that the database server lets wecomd in and write"
+    else:
+        todo = "make the database file and its directory writable for %s, or change [server] database" % WHO
+    return "cannot use the database: %s; %s" % (" ".join(str(exc).split()), todo)
 
 
 def _is_loopback(host: str) -> bool:

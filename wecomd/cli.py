@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from wecomd import (__version__, backupcmd, checks, config as configmod, demo, doctor, dryrun, exporting,
-                    passwords, simulate)
+                    logs, passwords, simulate)
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +97,15 @@ def _load(args: argparse.Namespace) -> configmod.Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    _setup_logging(cfg.server.log_level)
+    _setup_logging(cfg.server)
     from wecomd import app  # tornado and peewee are only needed from here on
 
     logger.info("wecomd %s starting with %s", __version__, cfg.path)
-    asyncio.run(app.serve(cfg))
+    try:
+        asyncio.run(app.serve(cfg))
+    except checks.StartupError as exc:  # a busy port, an unwritable media_dir or database: one line
+        print(logs.error_line("wecomd: %s" % exc), file=sys.stderr)
+        return EXIT_PROBLEM
     return EXIT_OK
 
 
@@ -185,11 +189,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return backupcmd.run(_load(args), args)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _setup_logging(server: configmod.ServerConfig) -> None:
+    """[server] log_level, log_format and log_content; journald priorities under systemd (wecomd.logs)."""
+    logs.setup(server.log_level, server.log_format, server.log_content)
 
 
 def _indent(text: str) -> str:

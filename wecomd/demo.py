@@ -8,11 +8,12 @@ import logging
 import secrets
 import shutil
 import string
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from wecomd import app, config, passwords, paths, sandbox
+from wecomd import app, checks, config, logs, passwords, paths, sandbox
 from wecomd.simulate import Simulator, build
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(_main(args))
+    logs.setup("info")
+    try:
+        return asyncio.run(_main(args))
+    except checks.StartupError as exc:  # e.g. port 8080 busy: one line, no traceback
+        print(logs.error_line("wecomd demo: %s" % exc), file=sys.stderr)
+        return 1
 
 
 async def _main(args: argparse.Namespace) -> int:

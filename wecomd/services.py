@@ -10,7 +10,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
-from wecomd import config as configmod, rules
+from wecomd import config as configmod, logs, rules
 from wecomd.auth import LoginLimiter
 from wecomd.automation import Automation
 from wecomd.commands import CommandRunner
@@ -118,6 +118,9 @@ class Services:
 
     def message_stored(self, row: dict) -> None:
         """After an inbound message is committed: push it live and fetch its media."""
+        logger.debug("message id=%s app=%s type=%s from=%s stored: content %s, event_key %s", row.get("id"),
+                     row.get("app"), row.get("msgtype"), row.get("from_user"), logs.content(row.get("content") or ""),
+                     logs.content(row.get("event_key") or ""))
         self.hub.publish({"type": "message", "message": {k: v for k, v in row.items() if k != "reply"}})
         if (row.get("media") or {}).get("status") == "pending":
             self.media.wake()
