@@ -7,11 +7,18 @@ from setuptools.command.build_py import build_py
 
 
 class BuildPy(build_py):
-    """Ship the sample wecomd.conf inside the package: `wecomd demo` uses its example rules."""
+    """Ship the sample wecomd.conf inside the package: `wecomd demo` uses its example rules.
+
+    An editable install (`pip install -e .`) runs the package from this tree, where
+    `wecomd.paths.sample_config` finds the sample at the root: nothing to copy then."""
 
     def run(self):
         super().run()
-        self.copy_file(str(HERE / "wecomd.conf"), str(Path(self.build_lib) / "wecomd" / "wecomd.conf"))
+        if getattr(self, "editable_mode", False):
+            return
+        target = Path(self.build_lib) / "wecomd"
+        self.mkpath(str(target))
+        self.copy_file(str(HERE / "wecomd.conf"), str(target / "wecomd.conf"))
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "wecomd" / "__init__.py").read_text()).group(1)
@@ -23,6 +30,7 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
+    license_files=["LICENSE"],
     python_requires=">=3.9",
     packages=["wecomd", "wecomd.handlers", "wecomd.migrations", "wecomd.templates", "wecomd.static"],
     package_dir={"wecomd.templates": "templates", "wecomd.static": "static"},
@@ -48,6 +56,7 @@ setup(
             "hypothesis>=6.100",  # property tests (tests/test_properties.py)
             "playwright>=1.40",  # browser tests drive Debian's /usr/bin/chromium; never its own download
             "psycopg2-binary>=2.9",  # the store tests' PostgreSQL variants (TEST_POSTGRES_URL)
+            "ruff>=0.4",  # tests/test_lint.py: `ruff check .` (configured in pyproject.toml)
         ],
     },
     entry_points={"console_scripts": ["wecomd=wecomd.cli:main"]},

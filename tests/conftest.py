@@ -21,7 +21,20 @@ from peer import AES_KEY, AGENT_ID, CORP_ID, TOKEN  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 # A PostgreSQL database the store tests may empty and use (`.ci/run` starts one); None: skipped.
 PG_URL = os.environ.get("TEST_POSTGRES_URL")
-needs_postgres = pytest.mark.skipif(not PG_URL, reason="set TEST_POSTGRES_URL to test against Postgres")
+# The `postgres` marker (setup.cfg): `pytest -m postgres` selects these; without PG_URL they skip.
+needs_postgres = pytest.mark.postgres
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that drives Chromium (through the `browser` fixture) gets the `browser` marker."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("postgres") is not None and not PG_URL:
+        pytest.skip("set TEST_POSTGRES_URL to test against Postgres")
 
 
 ADMIN_PASSWORD = "correct horse battery staple"

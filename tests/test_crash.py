@@ -27,6 +27,8 @@ from conftest import API_TOKEN, ServerProcess, free_port, write_config
 from peer import AGENT_ID, CORP_ID, WecomPeer
 from wecomd import sandbox
 
+pytestmark = pytest.mark.slow  # SIGKILL under load, restarts: about a minute
+
 MSGID_BASE = 8_100_000_000_000_000_000
 TEXT = ("<xml><ToUserName><![CDATA[%s]]></ToUserName><FromUserName><![CDATA[user%d]]></FromUserName>"
         "<CreateTime>%d</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[crash test %d]]>"

@@ -18,7 +18,7 @@ from wecomd.crypto import (
     SignatureError, WecomCrypto,
 )
 
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "wecom-vectors.json"
+VECTORS_PATH = Path(__file__).parent / "data" / "wecom-vectors.json"  # the official vectors, in the repo
 DATA = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 VECTORS = {v["id"]: v for v in DATA["vectors"]}
 NEGATIVE = {v["id"]: v for v in DATA["negative"]}

@@ -18,7 +18,7 @@ from wecomd.messages import (
 )
 
 VECTORS = json.loads(
-    (Path(__file__).resolve().parents[2] / "shared/testdata/wecom-vectors.json").read_text(encoding="utf-8")
+    (Path(__file__).parent / "data" / "wecom-vectors.json").read_text(encoding="utf-8")
 )["vectors"]
 CORP = "ww0123456789abcdef"
 

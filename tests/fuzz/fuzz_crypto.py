@@ -16,6 +16,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from Crypto.Cipher import AES
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -29,8 +31,6 @@ if __name__ == "__main__" and atheris is not None and "--replay" not in sys.argv
         from wecomd import crypto
 else:
     from wecomd import crypto
-
-from Crypto.Cipher import AES
 
 TOKEN = "T0kenForTests1234567890abcdefXYZ"
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
