@@ -59,6 +59,10 @@ class WecomdTestCase(AsyncHTTPTestCase):
         rows, _ = self.db(self.services.store.messages, limit=500)
         return rows
 
+    def inbound(self) -> list[dict]:
+        """rows() without the outbound ones (e.g. the automatic answers of the app's `reply =`)."""
+        return [row for row in self.rows() if row["direction"] == "in"]
+
     def db(self, fn, *args, **kwargs):
         """Run a store call on the server's own database thread."""
         return self.io_loop.run_sync(lambda: self.services.db(fn, *args, **kwargs))

@@ -23,8 +23,10 @@ class MessagesApiTest(WecomdTestCase):
         status, data = self.api("/api/conversations")
         self.assertEqual(status, 200)
         convs = data["conversations"]
-        self.assertEqual([(c["user"], c["count"], c["unread"]) for c in convs], [("lisi", 1, 1), ("zhangsan", 2, 2)])
-        self.assertEqual(convs[1]["last_message"]["content"], "二")
+        # Each message has the app's automatic reply after it: counted, never unread, the newest.
+        self.assertEqual([(c["user"], c["count"], c["unread"]) for c in convs], [("lisi", 2, 1), ("zhangsan", 4, 2)])
+        last = convs[1]["last_message"]
+        self.assertEqual((last["content"], last["direction"], last["automatic"]), ("已收到", "out", "passive"))
         status, _ = self.api("/api/conversations/read", method="POST",
                              body={"app": "helpdesk", "user": "zhangsan", "up_to_id": convs[1]["last_id"]})
         self.assertEqual(status, 204)
@@ -41,7 +43,7 @@ class MessagesApiTest(WecomdTestCase):
                 params["before"] = str(cursor)
             status, data = self.api("/api/messages", **params)
             self.assertEqual(status, 200)
-            seen += [m["content"] for m in data["messages"]]
+            seen += [m["content"] for m in data["messages"] if m["direction"] == "in"]
             cursor = data["next"]
             if cursor is None:
                 break
@@ -62,7 +64,7 @@ class MessagesApiTest(WecomdTestCase):
 
     def test_one_message_and_errors_as_json(self):
         self.callback(msg(content="单条"))
-        row = self.rows()[0]
+        row = self.inbound()[0]
         status, data = self.api("/api/messages/%d" % row["id"])
         self.assertEqual((status, data["content"], data["fields"]["Content"]), (200, "单条", "单条"))
         self.assertNotIn("reply", data)
@@ -124,7 +126,7 @@ class MediaAndExportTest(WecomdTestCase):
 
         media = seed_samples(self.fake)
         self.callback(msg("image", media_id=media["image"]))
-        row = self.rows()[0]
+        row = self.inbound()[0]
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and (self.api("/api/messages/%d" % row["id"])[1]["media"] or {}).get("status") != "stored":
             self.io_loop.run_sync(lambda: __import__("asyncio").sleep(0.05))
@@ -148,5 +150,7 @@ class MediaAndExportTest(WecomdTestCase):
         self.assertEqual([r["content"] for r in rows], ["报表一", "报表二"])  # oldest first
         resp = self.fetch("/api/export?user=lisi&format=csv", headers=self.session())
         table = list(csv.DictReader(io.StringIO(resp.body.decode())))
-        self.assertEqual([r["content"] for r in table], ["报表二", "别的"])
+        # The app's automatic replies are in the download too, marked.
+        self.assertEqual([(r["content"], r["automatic"]) for r in table],
+                         [("报表二", ""), ("已收到", "passive"), ("别的", ""), ("已收到", "passive")])
         self.assertEqual(self.fetch("/api/export?format=xml", headers=self.session()).code, 400)

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import sys
 import time
 import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
 
 from tornado import web
 from tornado.httpserver import HTTPServer
@@ -13,6 +16,7 @@ from tornado.testing import bind_unused_port
 
 from base import WecomdTestCase
 from peer import CORP_ID
+from test_cli import wecomd
 from wecomd import simulate, webhooks
 
 PY = sys.executable
@@ -105,9 +109,6 @@ class AutomationTest(WecomdTestCase):
     def runs(self, message_id: int) -> list:
         return self.db(self.services.store.get, message_id)["automation"]
 
-    def inbound(self) -> list:
-        return [r for r in self.rows() if r["direction"] == "in"]
-
     # --- replies ----------------------------------------------------------------------------
 
     def test_keyword_reply_is_the_passive_reply_and_recorded(self):
@@ -145,8 +146,11 @@ class AutomationTest(WecomdTestCase):
         runs = {r["action"]: r for r in self.runs(row["id"])}
         self.assertEqual(set(runs), {"reply", "run"})  # the command started once
         self.assertEqual((runs["reply"]["path"], runs["run"]["path"]), ("passive", "api"))
-        outbound = [r for r in self.rows() if r["direction"] == "out"]
-        self.assertEqual([(o["content"], o["operator"]) for o in outbound], [("slow done", "rule:slow")])
+        # Both answers are in the thread once, oldest first: the passive one, then the API one.
+        outbound = [(o["content"], o["operator"], o["automatic"], o["rule"], o["status"])
+                    for o in reversed(self.rows()) if o["direction"] == "out"]
+        self.assertEqual(outbound, [("开始了", "rule:slow", "passive", "slow", "sent"),
+                                    ("slow done", "rule:slow", "api", "slow", "sent")])
 
     def test_command_past_the_budget_gets_an_empty_200_then_the_api(self):
         started = time.monotonic()
@@ -196,6 +200,108 @@ class AutomationTest(WecomdTestCase):
         self.io_loop.run_sync(lambda: asyncio.sleep(0.5))
         self.assertEqual([m["text"]["content"] for m in self.fake.sent], ["after retry"])
         self.assertEqual(len(self.hook["deliveries"]), 2)
+
+    # --- automatic answers are messages ------------------------------------------------------
+
+    def thread(self, user: str = "zhangsan") -> list:
+        """The conversation as /api/messages gives it, oldest first."""
+        status, data = self.api("/api/messages", app="helpdesk", user=user)
+        self.assertEqual(status, 200)
+        return list(reversed(data["messages"]))
+
+    def answers(self, user: str = "zhangsan") -> list:
+        return [(m["content"], m["automatic"], m["rule"], m["operator"], m["status"])
+                for m in self.thread(user) if m["direction"] == "out"]
+
+    def test_app_reply_is_an_automatic_message_in_the_thread(self):
+        self.assertEqual(self.reply_of(self.callback(text("something else"))), "已收到")
+        inbound, answer = self.thread()
+        self.assertEqual((inbound["direction"], inbound["automatic"], inbound["rule"]), ("in", None, None))
+        self.assertEqual((answer["direction"], answer["to_user"], answer["content"]), ("out", "zhangsan", "已收到"))
+        # Marked automatic, delivered passively, no rule: the app's own reply =.
+        self.assertEqual(self.answers(), [("已收到", "passive", None, None, "sent")])
+        self.assertEqual(answer["automation"], [])
+        # Delivered in the callback's answer: never the outbox's to send again.
+        self.assertEqual(self.db(self.services.store.due_outbound, datetime.now(timezone.utc)), [])
+        conv = {c["user"]: c for c in self.api("/api/conversations")[1]["conversations"]}["zhangsan"]
+        self.assertEqual((conv["count"], conv["unread"], conv["last_id"]), (2, 1, answer["id"]))
+
+    def test_keyword_rule_reply_names_its_rule(self):
+        self.assertEqual(self.reply_of(self.callback(text("你好呀"))), "你好，zhangsan！")
+        self.assertEqual(self.answers(), [("你好，zhangsan！", "passive", "greet", "rule:greet", "sent")])
+        inbound, answer = self.thread()
+        [run] = inbound["automation"]
+        self.assertEqual(self.db(self.services.store.get_run, run["id"])["reply_message_id"], answer["id"])
+        self.assertEqual(self.db(self.services.store.due_outbound, datetime.now(timezone.utc)), [])
+
+    def test_retries_store_no_second_answer(self):
+        for content in ("retry me", "你好 retry"):  # the app's reply; a rule's
+            req = self.peer.callback(text(content))
+            for _ in range(3):
+                resp = self.fetch("/callback/helpdesk?" + req.query, method="POST", body=req.body)
+                self.assertIn(self.reply_of(resp), ("已收到", "你好，zhangsan！"))
+        self.assertEqual([r["deliveries"] for r in reversed(self.inbound())], [3, 3])
+        self.assertEqual(self.answers(), [("已收到", "passive", None, None, "sent"),
+                                          ("你好，zhangsan！", "passive", "greet", "rule:greet", "sent")])
+
+    def test_no_answer_while_paused_or_for_events(self):
+        self.callback(click("NOTHING"))  # events get no app reply
+        self.assertEqual(self.answers("lisi"), [])
+        self.api("/api/messages", method="POST", body={"app": "helpdesk", "to_user": "zhangsan", "content": "我来"})
+        resp = self.callback(text("something"))
+        self.assertEqual((resp.code, resp.body), (200, b""))
+        self.assertEqual(self.answers(), [("我来", None, None, "admin", "sent")])
+
+    def test_app_reply_is_stored_in_the_messages_own_writer_call(self):
+        """The common case stays one commit: the message, its reply and its answer row together."""
+        names, real = [], self.services.writer.run
+
+        async def spy(fn, *args, **kwargs):
+            names.append(fn.__name__)
+            return await real(fn, *args, **kwargs)
+
+        self.services.writer.run = spy
+        self.assertEqual(self.reply_of(self.callback(text("one commit"))), "已收到")
+        self.services.writer.run = real
+        self.assertEqual([n for n in names if not n.startswith("due_")], ["store_answered"])
+        self.assertEqual(len(self.answers()), 1)
+
+    def test_live_feed_gets_the_automatic_answers(self):
+        headers = self.session()
+        ws = self.io_loop.run_sync(lambda: self.ws_connect(headers))
+        self.callback(text("live fallback"))
+        self.callback(text("你好 live"))
+        seen = []
+
+        async def read_until_two_answers():
+            while len([e for e in seen if e["message"]["direction"] == "out"]) < 2:
+                raw = await asyncio.wait_for(ws.read_message(), 5)
+                self.assertIsNotNone(raw, "socket closed")
+                seen.extend(e for e in json.loads(raw) if e.get("type") == "message")
+
+        self.io_loop.run_sync(read_until_two_answers)
+        ws.close()
+        answers = [(e["message"]["content"], e["message"]["automatic"], e["message"]["rule"])
+                   for e in seen if e["message"]["direction"] == "out"]
+        self.assertEqual(answers, [("已收到", "passive", None), ("你好，zhangsan！", "passive", "greet")])
+        self.assertTrue(all("reply" not in e["message"] for e in seen))
+
+    def test_export_includes_automatic_answers(self):
+        self.callback(text("export me"))
+        self.callback(text("你好 export"))
+        self.callback(click("SLOWONLY"))
+        self.wait_for(lambda: self.fake.sent)
+        jsonl = wecomd("export", "-c", str(self.config.path))
+        self.assertEqual(jsonl.returncode, 0, jsonl.stderr)
+        rows = [json.loads(line) for line in jsonl.stdout.splitlines()]
+        self.assertEqual([(r["content"], r["automatic"], r["rule"]) for r in rows if r["direction"] == "out"],
+                         [("已收到", "passive", None), ("你好，zhangsan！", "passive", "greet"),
+                          ("late result", "api", "slowonly")])
+        table = wecomd("export", "-c", str(self.config.path), "--format", "csv")
+        rows = list(csv.DictReader(io.StringIO(table.stdout)))
+        self.assertEqual([(r["content"], r["automatic"], r["rule"]) for r in rows if r["direction"] == "out"],
+                         [("已收到", "passive", ""), ("你好，zhangsan！", "passive", "greet"),
+                          ("late result", "api", "slowonly")])
 
     # --- takeover ---------------------------------------------------------------------------
 

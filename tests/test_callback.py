@@ -118,7 +118,7 @@ class ReceiveTest(WecomdTestCase):
         self.assertEqual(reply.findtext("Content"), "已收到")
         self.assertEqual(reply.findtext("ToUserName"), "zhangsan")
         self.assertEqual(reply.findtext("FromUserName"), CORP_ID)
-        [row] = self.rows()
+        [row] = self.inbound()
         self.assertEqual(row["app"], "helpdesk")
         self.assertEqual(row["direction"], "in")
         self.assertEqual(row["content"], "你好 <b>世界</b>")
@@ -142,7 +142,7 @@ class ReceiveTest(WecomdTestCase):
         for name, xml in SAMPLES.items():
             resp = self.callback(xml)
             self.assertEqual(resp.code, 200, name)
-        rows = self.rows()
+        rows = self.inbound()
         self.assertEqual(len(rows), len(SAMPLES))
         by_type = {(r["msgtype"], r["event"]) for r in rows}
         for name, xml in SAMPLES.items():
@@ -160,7 +160,7 @@ class ReceiveTest(WecomdTestCase):
             self.assertEqual(resp.code, 200)
             replies.append(ET.fromstring(self.peer.read_reply(resp.body)).findtext("Content"))
         self.assertEqual(replies, ["已收到"] * 4)
-        [row] = self.rows()
+        [row] = self.inbound()
         self.assertEqual(row["deliveries"], 4)
 
     def test_concurrent_retries_are_stored_once(self):
@@ -179,8 +179,9 @@ class ReceiveTest(WecomdTestCase):
         responses = self.io_loop.run_sync(deliver_four)
         self.assertEqual([r.code for r in responses], [200] * 4)
         self.assertEqual({ET.fromstring(self.peer.read_reply(r.body)).findtext("Content") for r in responses}, {"已收到"})
-        [row] = self.rows()
+        row, answer = self.rows()[::-1]  # the message, and the app's reply once
         self.assertEqual(row["deliveries"], 4)
+        self.assertEqual((answer["content"], answer["automatic"]), ("已收到", "passive"))
 
     def test_retry_with_fresh_signature_is_still_a_duplicate(self):
         for nonce in ("1", "2", "3"):
@@ -200,7 +201,7 @@ class ReceiveTest(WecomdTestCase):
         self.assertIn("]]]]><![CDATA[>", xml)
         resp = self.callback(xml)
         self.assertEqual(resp.code, 200)
-        self.assertEqual(self.rows()[0]["content"], "]]><script>alert(1)</script>")
+        self.assertEqual(self.inbound()[0]["content"], "]]><script>alert(1)</script>")
 
 
 class BadInputTest(WecomdTestCase):
@@ -286,7 +287,7 @@ class BadInputTest(WecomdTestCase):
         self.db(store.db.execute_sql, "PRAGMA query_only = 0")
         resp = self.fetch("/callback/helpdesk?" + req.query, method="POST", body=req.body)
         self.assertEqual(resp.code, 200)
-        [row] = self.rows()
+        [row] = self.inbound()
         self.assertEqual((row["content"], row["deliveries"]), ("must not be lost", 1))
 
 

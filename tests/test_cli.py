@@ -60,7 +60,8 @@ def test_sigterm_drains_an_in_flight_callback_and_exits_0(server):
     assert "outcome=stored" in log
     # the drained message is in the database: export it with the same config
     exported = wecomd("export", "-c", str(server.config))
-    assert json.loads(exported.stdout)["content"] == "in flight"
+    message, answer = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert (message["content"], answer["content"], answer["automatic"]) == ("in flight", "已收到", "passive")
 
 
 def test_sigterm_when_idle_exits_0_quickly(server):
@@ -80,6 +81,7 @@ def test_simulate_every_kind_against_a_running_server(server):
         result = wecomd("simulate", url, *creds, "--type", kind, "--no-verify")
         assert result.returncode == 0, (kind, result.stdout, result.stderr)
     exported = [json.loads(line) for line in wecomd("export", "-c", str(server.config)).stdout.splitlines()]
+    exported = [row for row in exported if row["direction"] == "in"]  # not the app's automatic replies
     assert len(exported) == 1 + len(simulate.KINDS)
     assert exported[0]["deliveries"] == 3
     assert TOKEN not in result.stdout + result.stderr and AES_KEY not in result.stdout + result.stderr
@@ -105,6 +107,9 @@ def test_export_round_trip_jsonl_and_csv(server):
     jsonl = wecomd("export", "-c", str(server.config), "--app", "helpdesk")
     assert jsonl.returncode == 0, jsonl.stderr
     rows = [json.loads(line) for line in jsonl.stdout.splitlines()]
+    # The text, image and location messages were answered by the app's reply, exported after each.
+    assert [r["content"] for r in rows if r["direction"] == "out"] == ["已收到"] * 3
+    rows = [r for r in rows if r["direction"] == "in"]
     assert [r["msgtype"] for r in rows] == [x.findtext("MsgType") for x in sent]
     for row, xml in zip(rows, sent):
         assert row["fields"]["CreateTime"] == xml.findtext("CreateTime")
@@ -116,9 +121,10 @@ def test_export_round_trip_jsonl_and_csv(server):
 
     out = server.config.parent / "export.csv"
     result = wecomd("export", "-c", str(server.config), "--format", "csv", "-o", str(out))
-    assert result.returncode == 0 and "exported 6 message(s)" in result.stderr
+    assert result.returncode == 0 and "exported 9 message(s)" in result.stderr
     table = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
-    assert len(table) == 6
+    assert len(table) == 9
+    table = [r for r in table if r["direction"] == "in"]
     assert table[0]["content"] == rows[0]["content"]
     assert json.loads(table[2]["fields"]) == rows[2]["fields"]
 

@@ -369,7 +369,7 @@ class ConversationsApiTest(WecomdTestCase):
         status, data = self.api("/api/conversations", headers=self.bearer(), limit="2")
         self.assertEqual(status, 200)
         self.assertEqual([c["user"] for c in data["conversations"]], ["u1", "u4"])
-        self.assertEqual(data["conversations"][0]["count"], 2)
+        self.assertEqual(data["conversations"][0]["count"], 4)  # two messages, each with the app's reply
         self.assertEqual(data["next"], data["conversations"][-1]["last_id"])
         users, cursor = [], None
         while True:
@@ -393,7 +393,7 @@ class ConversationsApiTest(WecomdTestCase):
         self.callback(msg(user="zhangsan", content="打印机卡纸了"))
         self.callback(msg(user="zhangsan", content="还在吗"))
         convs = self.api("/api/conversations")[1]["conversations"]
-        self.assertEqual([(c["count"], c["unread"]) for c in convs], [(2, 2)])
+        self.assertEqual([(c["count"], c["unread"]) for c in convs], [(4, 2)])  # and the app's 2 replies
         status, _ = self.api("/api/conversations/read", method="POST",
                              body={"app": "helpdesk", "user": "zhangsan", "up_to_id": convs[0]["last_id"]})
         self.assertEqual(status, 204)
@@ -401,7 +401,7 @@ class ConversationsApiTest(WecomdTestCase):
                                 body={"app": "helpdesk", "to_user": "zhangsan", "msgtype": "text", "content": "已处理"})
         self.assertEqual(status, 201)
         [conv] = self.api("/api/conversations")[1]["conversations"]
-        self.assertEqual((conv["count"], conv["unread"], conv["last_id"]), (3, 0, sent["id"]))
+        self.assertEqual((conv["count"], conv["unread"], conv["last_id"]), (5, 0, sent["id"]))
         self.assertEqual(conv["last_message"]["direction"], "out")
         self.assertIsNotNone(conv["paused_until"])  # the manual reply took the conversation over
         self.assertEqual(summary(self.services.store, now=datetime.utcnow()),

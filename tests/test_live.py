@@ -66,8 +66,10 @@ class LiveTest(WecomdTestCase):
         for _ in range(3):
             await self.http_client.fetch(self.get_url("/callback/helpdesk?" + req.query), method="POST", body=req.body)
         await self.post_callback(text("second"))
-        first, second = await self.next_event(ws), await self.next_event(ws)
-        self.assertEqual((first["message"]["content"], second["message"]["content"]), ("once", "second"))
+        events = [(await self.next_event(ws))["message"] for _ in range(4)]
+        # Each message, then the app's automatic reply to it: once, however often WeCom retried.
+        self.assertEqual([(m["content"], m["direction"]) for m in events],
+                         [("once", "in"), ("已收到", "out"), ("second", "in"), ("已收到", "out")])
         ws.close()
 
     @gen_test
@@ -124,10 +126,11 @@ class LiveTest(WecomdTestCase):
                                            for i, content in enumerate(sent)))
         self.assertEqual({r.code for r in responses}, {200})
         for ws in sockets:
-            events = [await self.next_event(ws) for _ in sent]
+            events = [await self.next_event(ws) for _ in range(2 * len(sent))]  # each with the app's reply
             ids = [e["message"]["id"] for e in events]
             self.assertEqual(ids, sorted(ids))
-            self.assertEqual(sorted(e["message"]["content"] for e in events), sorted(sent))
+            self.assertEqual(sorted(e["message"]["content"] for e in events if e["message"]["direction"] == "in"),
+                             sorted(sent))
             ws.close()
 
     @gen_test

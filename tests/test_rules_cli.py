@@ -32,6 +32,11 @@ def test_rules_test_shows_what_would_answer(tmp_path):
     out = wecomd("rules", "test", "-c", str(conf), "--from", "wangwu", "早上好，你好").stdout
     assert "rule hook (when any): webhook http://127.0.0.1:9/never; continue" in out
     assert "rule greet (when text contains 你好): reply '你好，wangwu！'" in out
+    assert "own reply" not in out  # greet answers
+    out = wecomd("rules", "test", "-c", str(conf), "别的").stdout  # only the forwarding webhook matches
+    assert out.splitlines() == [
+        "rule hook (when any): webhook http://127.0.0.1:9/never; continue",
+        "no rule replies; the app's own reply would answer (unless a webhook replies first): '已收到'"]
     out = wecomd("rules", "test", "-c", str(conf), "--click", "RUN_BACKUP").stdout
     assert "reply '备份已开始'; run ['/bin/echo', '备份', 'RUN_BACKUP']" in out
     out = wecomd("rules", "test", "-c", str(conf), "--app", "quiet", "--type", "image").stdout
@@ -57,9 +62,12 @@ def test_rules_replay_is_a_dry_run_over_history(tmp_path):
     lines = result.stdout.splitlines()
     assert sum("greet" in line for line in lines) == 1
     assert sum("run ['/bin/echo'" in line for line in lines) == 1
-    assert lines[-1] == "dry run over 3 stored message(s): hook 3, greet 1, backup 1"
+    assert [line.split(": ", 1)[1] for line in lines[:-1] if "own reply" in line] == ["the app's own reply '已收到'"]
+    assert lines[-1] == "dry run over 3 stored message(s): hook 3, greet 1, the app's own reply 1, backup 1"
     exported = [json.loads(line) for line in wecomd("export", "-c", str(conf)).stdout.splitlines()]
-    assert len(exported) == 3 and all(r["direction"] == "in" for r in exported)  # nothing was sent
+    # What the server stored (two texts answered by the app's reply), and nothing the replay sent.
+    assert [(r["direction"], r["automatic"]) for r in exported] == [
+        ("in", None), ("out", "passive"), ("in", None), ("out", "passive"), ("in", None)]
 
 
 def test_sighup_reloads_rules_and_keeps_serving(tmp_path):

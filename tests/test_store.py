@@ -20,7 +20,7 @@ from wecomd.store_rows import inbound_row
 MESSAGE_KEYS = {"id", "app", "direction", "msgtype", "event", "event_key", "from_user", "to_user",
                 "agent_id", "msg_id", "create_time", "received_at", "content", "status", "error",
                 "fields"}
-ROW_KEYS = MESSAGE_KEYS | {"deliveries", "operator", "attempts", "media", "automation"}
+ROW_KEYS = MESSAGE_KEYS | {"deliveries", "operator", "attempts", "media", "automation", "automatic", "rule"}
 MEDIA_KEYS = {"status", "size", "type", "name", "error"}
 AUTOMATION_KEYS = {"id", "rule", "action", "status", "path", "exit_code", "duration_ms", "output",
                    "error", "started_at", "finished_at"}
@@ -490,16 +490,39 @@ class StoreTests:
             assert exported == newest_first[::-1], filters
         assert len(list(store.iter_export(q="服务器", user="user1"))) == 14
 
-    def test_set_reply_keeps_the_first(self, store):
+    def test_save_passive_reply_keeps_the_first_and_stores_one_answer(self, store):
         row, _ = store.save_inbound("helpdesk", text(), "k1")
-        assert store.set_reply(row["id"], "<xml>A</xml>") == "<xml>A</xml>"
-        assert store.set_reply(row["id"], "<xml>B</xml>") == "<xml>A</xml>"
+        run = store.start_run(row["id"], "helpdesk", "zhangsan", "greet", "reply")
+        kept, answer = store.save_passive_reply(row["id"], "<xml>A</xml>", "A", "greet", run["id"])
+        assert kept == "<xml>A</xml>"
+        assert (answer["direction"], answer["content"], answer["automatic"], answer["rule"]) == \
+            ("out", "A", "passive", "greet")
+        assert store.get_run(run["id"])["reply_message_id"] == answer["id"]
+        assert store.save_passive_reply(row["id"], "<xml>B</xml>", "B") == ("<xml>A</xml>", None)
         again, created = store.save_inbound("helpdesk", text(), "k1", reply="<xml>C</xml>")
         assert (created, again["reply"]) == (False, "<xml>A</xml>")
-        out = store.save_outbound("helpdesk", "zhangsan", "text", "hi", {})
-        for message_id in (out["id"], 424242):
+        assert [m["content"] for m in store.messages()[0] if m["direction"] == "out"] == ["A"]
+        for message_id in (answer["id"], 424242):
             with pytest.raises(KeyError):
-                store.set_reply(message_id, "<xml/>")
+                store.save_passive_reply(message_id, "<xml/>", "x")
+
+    def test_save_answer_is_a_sent_automatic_message(self, store):
+        save(store, content="hi")
+        answer = store.save_answer("helpdesk", "zhangsan", "已收到")
+        assert answer == store.get(answer["id"])  # its JSON is built from the values inserted
+        assert set(answer) == ROW_KEYS
+        assert (answer["direction"], answer["status"], answer["to_user"], answer["content"]) == \
+            ("out", "sent", "zhangsan", "已收到")
+        assert (answer["automatic"], answer["rule"], answer["operator"]) == ("passive", None, None)
+        ruled = store.save_answer("helpdesk", "zhangsan", "你好", rule="greet")
+        assert (ruled["automatic"], ruled["rule"], ruled["operator"]) == ("passive", "greet", "rule:greet")
+        assert store.due_outbound(datetime.now(timezone.utc)) == []  # never the outbox's to send
+        [conv] = store.conversations()
+        assert (conv["count"], conv["unread"], conv["last_id"]) == (3, 1, ruled["id"])
+        assert [m["id"] for m in store.messages(q="已收到")[0]] == [answer["id"]]
+        api = store.save_outbound("helpdesk", "zhangsan", "text", "later", {}, operator="rule:slow",
+                                  automatic="api", rule="slow")
+        assert (api["automatic"], api["rule"], api["status"]) == ("api", "slow", "pending")
 
     # ---- rule runs
 
@@ -1007,6 +1030,27 @@ def test_0003_reverts_and_reapplies(sqlite_store):
     assert sqlite_store.migrate() == _from("0003_automation")
     assert sqlite_store.get(message["id"])["automation"] == []
     assert _contents(sqlite_store, q="服务器") == ["服务器宕机"]
+
+
+def test_0007_marks_earlier_rule_answers_and_reverts(tmp_path):
+    store = Store(str(tmp_path / "old.db"))
+    assert migrations.Runner(store.db, str(MIGRATIONS_DIR)).up("0005_failures")[-1] == "0005_failures"
+    for operator in ("rule:backup", "admin", None):
+        store.db.execute_sql(
+            "INSERT INTO message (app, direction, user, msgtype, to_user, received_at, content, status,"
+            " fields, raw, deliveries, operator, updated_at) VALUES ('helpdesk', 'out', 'lisi', 'text',"
+            " 'lisi', '2026-01-01 00:00:00', 'x', 'sent', '{}', '', 1, ?, '2026-01-01 00:00:00')", (operator,))
+    assert "0007_automatic_replies" in store.migrate()
+    rows = list(store.iter_export())
+    assert [(m["operator"], m["automatic"], m["rule"]) for m in rows] == \
+        [("rule:backup", "api", "backup"), ("admin", None, None), (None, None, None)]
+    runner = migrations.Runner(store.db, str(MIGRATIONS_DIR))
+    assert runner.down("0007_automatic_replies")[-1] == "0007_automatic_replies"
+    assert not {"automatic", "rule"} & {c.name for c in store.db.get_columns("message")}
+    assert store.migrate()[-1] == "0007_automatic_replies"
+    assert store.save_answer("helpdesk", "lisi", "已收到")["id"] == 4  # the triggers survived
+    assert [c["count"] for c in store.conversations()] == [4]
+    store.close()
 
 
 # SQLite specifics: the file, pragmas, query plans and failures.

@@ -6,11 +6,17 @@ through the send API, via the durable outbox. Each action is recorded as a rule 
 message, with the path its answer took. WeCom's retries never get here (`Services` calls `handle`
 only for a newly stored message), so an action never starts twice. After an operator replies by hand,
 replies and commands pause for that user for `takeover_minutes`; webhooks still forward.
+
+Every answer the user gets is also stored as an outbound message marked automatic, naming its rule
+(none for the app's own `reply =`): a passive one "sent" in the same writer call that keeps the
+passive reply (`store_answered`, `Store.save_passive_reply`), one sent later through the outbox as
+its pending rows. A WeCom retry never stores a second one.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, List, Optional
 
@@ -30,19 +36,30 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """The passive reply to a message: its text, the rule that gave it (None: the app's own
+    `reply =`) and that rule's run."""
+
+    text: str
+    rule: Optional[str] = None
+    run_id: Optional[int] = None
+
+
 class _Answers:
     """Decides, once per answer, whether it is the passive reply or goes through the send API."""
 
     def __init__(self) -> None:
-        self.passive: Optional[str] = None
+        self.passive: Optional[Answer] = None
         self.closed = False  # the budget is over, or the passive slot is taken
         self.ready = asyncio.Event()
 
-    def offer(self, text: str) -> bool:
-        """True when `text` becomes the passive reply; False means: send it through the API."""
+    def offer(self, text: str, run: dict) -> bool:
+        """True when `text` (the answer of `run`) becomes the passive reply; False means: send it
+        through the API."""
         if self.closed or self.passive is not None:
             return False
-        self.passive, self.closed = text, True
+        self.passive, self.closed = Answer(text, run["rule"], run["id"]), True
         self.ready.set()
         return True
 
@@ -63,8 +80,9 @@ class Automation:
         self._tasks: set[asyncio.Task] = set()
 
     async def handle(self, app: AppConfig, row: dict, message: Message, matches: List[rulesmod.Match],
-                     paused: bool) -> Optional[str]:
-        """Run the matched rules for a newly stored message; return the passive reply text, if any."""
+                     paused: bool) -> Optional[Answer]:
+        """Run the matched rules for a newly stored message; return the passive reply, if any: a
+        rule's, or else the app's own `reply =` (default_reply)."""
         answers, started = _Answers(), []
         for match in matches:
             started += await self._start(match, app, row, message, answers, paused)
@@ -72,7 +90,7 @@ class Automation:
         answers.close()
         await self._changed(row["id"])
         if answers.passive is None and not paused and default_reply(app, message, matches):
-            return app.reply
+            return Answer(app.reply)
         return answers.passive
 
     async def _wait(self, answers: _Answers, started: List[asyncio.Task], budget: float) -> None:
@@ -141,14 +159,14 @@ class Automation:
             await self.run_db(self.store.finish_run, run["id"], status)
         if not text.strip():
             await self.run_db(self.store.set_run_path, run["id"], "none")
-        elif answers.offer(text):
+        elif answers.offer(text, run):
             await self.run_db(self.store.set_run_path, run["id"], "passive")
         else:
             await self.send_later(run, app.name, row.get("from_user") or "", text)
 
     async def send_later(self, run: dict, app: str, user: str, text: str) -> None:
         """Deliver an answer that missed the passive budget through the send API (the outbox)."""
-        rows = await self.outbox.submit(app, user, text, operator="rule:%s" % run["rule"])
+        rows = await self.outbox.submit(app, user, text, operator="rule:%s" % run["rule"], rule=run["rule"])
         await self.run_db(self.store.set_run_path, run["id"], "api", rows[0]["id"])
 
     async def on_webhook_reply(self, run: dict, text: str) -> None:
@@ -195,12 +213,26 @@ def default_reply(app: AppConfig, message: Message, matches: List[rulesmod.Match
 
 
 @single_write
-def store_inbound(store: Any, app: str, message: Message, dedup_key: str, reply: Optional[str]) -> tuple:
-    """Save a callback in one writer call: (row, created, paused). The ready-made passive `reply`
-    (the app's default, when no rule matched) is kept unless automation is paused for the sender."""
+def store_inbound(store: Any, app: str, message: Message, dedup_key: str) -> tuple:
+    """Save a callback without a ready-made reply in one writer call: (row, created, paused, None)."""
+    paused = bool(message.from_user) and store.paused_until(app, message.from_user, utcnow()) is not None
+    row, created = store.save_inbound(app, message, dedup_key)
+    return row, created, paused, None
+
+
+def store_answered(store: Any, app: str, message: Message, dedup_key: str, reply: str, text: str) -> tuple:
+    """Save a callback and its ready-made passive reply (the app's own `reply =` when no rule
+    matched) in one writer call: (row, created, paused, answer).
+
+    Unless automation is paused for the sender, the reply (XML) is kept with the message and, for a
+    new message, its `text` is stored as an automatic answer (Store.save_answer), whose JSON is
+    `answer`; a retry (created False) stores none. Two statements, so not a single_write: the
+    writer's savepoint keeps them one change.
+    """
     paused = bool(message.from_user) and store.paused_until(app, message.from_user, utcnow()) is not None
     row, created = store.save_inbound(app, message, dedup_key, None if paused else reply)
-    return row, created, paused
+    answer = store.save_answer(app, message.from_user, text) if created and not paused else None
+    return row, created, paused, answer
 
 
 def command_answer(result: CommandResult, rule: rulesmod.Rule) -> str:

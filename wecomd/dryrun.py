@@ -1,6 +1,7 @@
 """Dry runs of the rules: `wecomd rules test` (one made-up message) and `wecomd rules replay` (history).
 
-Nothing here runs a command, calls a webhook or sends a message: it only says what would happen.
+Nothing here runs a command, calls a webhook or sends a message: it only says what would happen,
+the app's own `reply =` included when it would answer (automation.default_reply).
 """
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import sys
 from typing import IO, Optional
 
 from wecomd import exporting, messages, rules, simulate
+from wecomd.automation import default_reply
 from wecomd.config import Config
+
+APP_REPLY = "the app's own reply"  # its name in the replay's summary
 
 
 def add_arguments(p: argparse.ArgumentParser, config_arg) -> None:
@@ -38,8 +42,10 @@ def run_test(config: Config, args: argparse.Namespace, out: IO[str] = sys.stdout
         print("wecomd: no app %r in the config" % app, file=sys.stderr)
         return 2
     message = messages.parse(_sample(config, app, args))
-    described = explain(rules.compile_rules(config.rules), config, app, message)
-    for line in described or [_fallback(config, app, message)]:
+    compiled = rules.compile_rules(config.rules)
+    described = explain(compiled, config, app, message)
+    fallback = _fallback(config, app, message, rules.select(compiled, app, message))
+    for line in described + ([fallback] if fallback else []):
         print(line, file=out)
     return 0
 
@@ -57,10 +63,15 @@ def run_replay(config: Config, args: argparse.Namespace, out: IO[str] = sys.stdo
             if row["app"] not in config.apps:
                 continue
             message = messages.parse(row["raw"])
-            for match in rules.select(compiled, row["app"], message):
+            head = "#%d %s %s %s: " % (row["id"], row["received_at"], row["app"], message.from_user)
+            matches = rules.select(compiled, row["app"], message)
+            for match in matches:
                 hits[match.rule.name] += 1
-                print("#%d %s %s %s: %s" % (row["id"], row["received_at"], row["app"], message.from_user,
-                                           _action_text(rules.describe(match, row["app"], message))), file=out)
+                print(head + _action_text(rules.describe(match, row["app"], message)), file=out)
+            reply = default_reply(config.apps[row["app"]], message, matches)
+            if reply and message.from_user:
+                hits[APP_REPLY] += 1
+                print(head + "%s %r" % (APP_REPLY, reply), file=out)
     except StoreError as exc:
         print("wecomd: replay failed: %s" % exc, file=sys.stderr)
         return 1
@@ -88,11 +99,15 @@ def _action_text(d: dict) -> str:
     return "; ".join(parts) + ("; continue" if d.get("continue") else "")
 
 
-def _fallback(config: Config, app: str, message: messages.Message) -> str:
-    reply: Optional[str] = config.apps[app].reply
-    if reply and message.msgtype != "event":
-        return "no rule matches; the app's own reply would answer: %r" % reply
-    return "no rule matches: no answer (an empty 200)"
+def _fallback(config: Config, app: str, message: messages.Message, matches: list) -> Optional[str]:
+    """What the app's own `reply =` does for `message`: the line to print, or None when a rule that
+    answers matched (or a rule matched and the app has no reply)."""
+    reply = default_reply(config.apps[app], message, matches)
+    if reply and matches:
+        return "no rule replies; %s would answer (unless a webhook replies first): %r" % (APP_REPLY, reply)
+    if reply:
+        return "no rule matches; %s would answer: %r" % (APP_REPLY, reply)
+    return None if matches else "no rule matches: no answer (an empty 200)"
 
 
 def _sample(config: Config, app: str, args: argparse.Namespace) -> str:

@@ -13,7 +13,8 @@ from wecomd.config import Config
 # CSV columns: the Message JSON keys, with `fields` as a JSON string.
 COLUMNS = (
     "id", "app", "direction", "msgtype", "event", "event_key", "from_user", "to_user", "agent_id",
-    "msg_id", "create_time", "received_at", "content", "status", "error", "deliveries", "fields",
+    "msg_id", "create_time", "received_at", "content", "status", "error", "deliveries", "automatic", "rule",
+    "fields",
 )
 
 

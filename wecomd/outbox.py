@@ -53,10 +53,10 @@ class Outbox(Worker):
         self._unmarked: Dict[int, Tuple[Optional[str], Optional[str]]] = {}
 
     async def submit(self, app: str, to_user: str, content: str,
-                     operator: Optional[str] = None) -> list[dict]:
+                     operator: Optional[str] = None, rule: Optional[str] = None) -> list[dict]:
         """Store a text reply as pending rows (one per 2048-byte part), wake the sender, return them.
 
-        ValueError for an unknown app, no recipient or empty content. Every part is committed
+        With `rule`, the rows are that rule's automatic answer (marked automatic "api"). ValueError for an unknown app, no recipient or empty content. Every part is committed
         before the sender may take any of them.
         """
         if app not in self.apps:
@@ -73,7 +73,8 @@ class Outbox(Worker):
                     fields = {"msgtype": "text", "text": {"content": part}, "part": number,
                               "parts": len(parts)}
                     rows.append(await self.run_db(self.store.save_outbound, app, to_user, "text", part,
-                                                  fields, operator=operator))
+                                                  fields, operator=operator, rule=rule,
+                                                  automatic="api" if rule is not None else None))
             except StoreError:
                 await self._abandon(rows, len(parts))
                 raise

@@ -82,6 +82,9 @@ class MessageRecord(Model):
     media_error = TextField(null=True)
     attempts = IntegerField(default=0)  # outbound sends or media downloads tried
     next_attempt_at = DateTimeField(null=True)  # naive UTC; NULL = due now
+    # An automatic answer (outbound): "passive" (in the callback's answer) or "api"; NULL otherwise.
+    automatic = CharField(null=True)
+    rule = CharField(null=True)  # the rule that answered; NULL for the app's own `reply =`
 
     class Meta:
         table_name = "message"
@@ -209,25 +212,15 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
             cached = self._sql_cache[names] = (insert, select)
         return cached
 
-    @_guarded("save the passive reply")
-    def set_reply(self, message_id: int, reply: str) -> Optional[str]:
-        """Keep the passive reply (XML) the rules gave an inbound message; return the one kept.
-
-        The first reply saved wins, as in save_inbound, so every WeCom retry gets the same
-        answer. KeyError without such an inbound message.
-        """
-        M = self.Message
-        with self.db.atomic():
-            query = M.update({M.reply: fn.COALESCE(M.reply, reply), M.updated_at: utcnow()})
-            if not query.where((M.id == message_id) & (M.direction == "in")).execute():
-                raise KeyError("no inbound message with id %r" % (message_id,))
-            return M.select(M.reply).where(M.id == message_id).scalar()
-
     @_guarded("save the outbound message")
     def save_outbound(self, app: str, to_user: str, msgtype: str, content: Optional[str],
                       fields: dict, operator: Optional[str] = None,
-                      status: str = "pending") -> dict:
-        """Store a message sent to `to_user` (a manual or delayed reply); return its JSON."""
+                      status: str = "pending", automatic: Optional[str] = None,
+                      rule: Optional[str] = None) -> dict:
+        """Store a message sent to `to_user` (a manual or delayed reply); return its JSON.
+
+        `automatic` ("api": a rule's answer the outbox sends) and `rule` mark an automatic answer.
+        """
         _check_status(status)
         now = utcnow()
         with self.db.atomic():
@@ -235,7 +228,7 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
                 app=app, direction="out", user=to_user, msgtype=msgtype, to_user=to_user,
                 create_time=int(now.replace(tzinfo=timezone.utc).timestamp()),
                 received_at=now, content=content, status=status, fields=dumps(fields),
-                operator=operator, updated_at=now,
+                operator=operator, updated_at=now, automatic=automatic, rule=rule,
                 search_text=search_text(msgtype, content, fields))
             self._count_new(app, to_user, row.id, inbound=False)
             row = self.Message.get_by_id(row.id)

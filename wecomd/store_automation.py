@@ -1,18 +1,21 @@
-"""Storage of rules and automation: rule runs (with the webhook queue) and takeover pauses.
+"""Storage of rules and automation: rule runs (with the webhook queue), takeover pauses, and the
+automatic answers stored as outbound messages.
 
 `Store` inherits these queries from `AutomationQueries`; the models are declared here unbound and
 bound per Store, as the message models are.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import Iterator, Optional, Sequence, Union
 
 import peewee
 from peewee import (EXCLUDED, Case, CharField, DateTimeField, FloatField, IntegerField, Model,
                     TextField, fn)
 
-from .store_rows import automation_json, bound, guarded, iso, naive_utc, run_json, utcnow
+from .store_rows import (automation_json, bound, dumps, guarded, iso, naive_utc, run_json, search_text,
+                         to_json, utcnow)
 
 RUN_ACTIONS = ("reply", "run", "webhook")
 RUN_STATUSES = ("running", "pending", "ok", "failed", "timeout", "error", "skipped")
@@ -81,6 +84,69 @@ class AutomationQueries:
     Message: type
     RuleRun: type[RuleRun]
     Takeover: type[Takeover]
+    _sql_cache: dict
+    _blank_row: dict
+    _returning: bool
+
+    # ------------------------------------------------------------ automatic answers
+
+    @guarded("save the automatic answer")
+    def save_answer(self, app: str, user: str, text: str, rule: Optional[str] = None) -> dict:
+        """Store a passive reply (a rule's, or the app's own `reply =` when `rule` is None) as an
+        outbound message, in the caller's transaction; return its JSON.
+
+        The row is "sent" at once: WeCom got it in the callback's answer, so the outbox never
+        takes it. It is marked automatic ("passive") with its rule, and counted in its
+        conversation. On the callback path (automation.store_answered): one INSERT, its SQL built
+        once, and its JSON built from the values rather than read back.
+        """
+        now = utcnow()
+        fields = {"msgtype": "text", "text": {"content": text}}
+        values = dict(
+            app=app, direction="out", user=user, msgtype="text", to_user=user,
+            create_time=int(now.replace(tzinfo=timezone.utc).timestamp()), received_at=now,
+            content=text, status="sent", fields=dumps(fields), raw_xml="", deliveries=1,
+            operator="rule:%s" % rule if rule is not None else None, updated_at=now,
+            search_text=search_text("text", text, fields), attempts=0, automatic="passive", rule=rule)
+        sql = self._sql_cache.get("answer")
+        if sql is None:
+            model_fields = self.Message._meta.fields
+            sql = 'INSERT INTO "message" (%s) VALUES (%s)' % (
+                ", ".join('"%s"' % model_fields[name].column_name for name in values),
+                ", ".join([self.db.param] * len(values)))
+            if self._returning:
+                sql += ' RETURNING "id"'
+            self._sql_cache["answer"] = sql
+        model_fields = self.Message._meta.fields
+        cursor = self.db.execute_sql(sql, [model_fields[k].db_value(v) for k, v in values.items()])
+        row_id = cursor.fetchone()[0] if self._returning else cursor.lastrowid
+        self._count_new(app, user, row_id, inbound=False)  # type: ignore[attr-defined]  # Store's
+        return dict(to_json(SimpleNamespace(**{**self._blank_row, **values, "id": row_id})), automation=[])
+
+    @guarded("save the passive reply")
+    def save_passive_reply(self, message_id: int, reply: str, text: str, rule: Optional[str] = None,
+                           run_id: Optional[int] = None) -> tuple[str, Optional[dict]]:
+        """Keep the passive reply (XML) the rules gave an inbound message, and store its `text` as an
+        automatic answer (save_answer) linked to the rule run `run_id`; return (the reply kept, the
+        answer's JSON).
+
+        The first reply saved wins, as in save_inbound, so every WeCom retry gets the same answer;
+        a message that has one already gets no second answer row: (its reply, None). KeyError
+        without such an inbound message.
+        """
+        M = self.Message
+        with self.db.atomic():
+            row = M.select(M.app, M.user, M.reply).where((M.id == message_id) & (M.direction == "in")).first()
+            if row is None:
+                raise KeyError("no inbound message with id %r" % (message_id,))
+            if row.reply is not None:
+                return row.reply, None
+            M.update({M.reply: reply, M.updated_at: utcnow()}).where(M.id == message_id).execute()
+            answer = self.save_answer(row.app, row.user, text, rule)
+            if run_id is not None:
+                R = self.RuleRun
+                R.update({R.reply_message_id: answer["id"]}).where(R.id == run_id).execute()
+        return reply, answer
 
     # ------------------------------------------------------------ rule runs
 

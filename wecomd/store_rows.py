@@ -90,6 +90,8 @@ def to_json(row: Any) -> dict:
         "fields": json.loads(row.fields or "{}"), "deliveries": row.deliveries,
         "operator": row.operator if row.direction == "out" else None,
         "attempts": row.attempts or 0, "media": media_json(row),
+        # An automatic answer: how it went out ("passive" or "api") and the rule (None: the app's reply =).
+        "automatic": row.automatic, "rule": row.rule,
     }
 
 

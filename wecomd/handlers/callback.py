@@ -10,7 +10,7 @@ from typing import Any, Optional
 from tornado import web
 
 from wecomd import crypto, messages, metrics, rules
-from wecomd.automation import default_reply, store_inbound
+from wecomd.automation import default_reply, store_answered, store_inbound
 from wecomd.handlers.base import BaseHandler
 from wecomd.store import StoreError
 
@@ -84,10 +84,12 @@ class CallbackHandler(BaseHandler):
         kind = message.msgtype if message.msgtype != "event" else "event:%s" % message.event
         self._outcome.update(type=kind, sender=message.from_user)
         matches = rules.select(self.services.rules, app, message)
-        row, created, paused = await self._store(app, message, matches)
+        row, created, paused, answer = await self._store(app, message, matches)
         self._outcome.update(id=row.get("id"), outcome="stored" if created else "duplicate delivery=%d" % row.get("deliveries", 0))
         if created:
             self.services.message_stored(row)
+        if answer is not None:  # the app's own reply, stored as an automatic answer with the message
+            self.services.hub.publish({"type": "message", "message": answer})
         # Only a new message runs the rules; a retry gets the reply of the first delivery.
         if created and matches:
             reply = await self._first_delivery(row, message, matches, paused)
@@ -122,25 +124,34 @@ class CallbackHandler(BaseHandler):
             return None
 
     async def _automate(self, row: dict, message: messages.Message, matches: list, paused: bool) -> Optional[str]:
-        """Run the matched rules, and save the passive reply for WeCom's retries."""
+        """Run the matched rules, and save the passive reply for WeCom's retries, and as an
+        automatic answer in the thread."""
         try:
-            text = await self.services.automation.handle(self.wecom_app, row, message, matches, paused)
-            if not text or not message.from_user:
+            answer = await self.services.automation.handle(self.wecom_app, row, message, matches, paused)
+            if answer is None or not message.from_user:
                 return None
-            reply = messages.reply_text(message.from_user, self.wecom_app.corp_id, text)
-            return await self.services.db(self.services.store.set_reply, row["id"], reply)
+            reply = messages.reply_text(message.from_user, self.wecom_app.corp_id, answer.text)
+            kept, stored = await self.services.db(self.services.store.save_passive_reply, row["id"], reply,
+                                                  answer.text, answer.rule, answer.run_id)
+            if stored is not None:
+                self.services.hub.publish({"type": "message", "message": stored})
+            return kept
         except StoreError as exc:
             # The message itself is stored: acknowledge it, without an answer we could not record.
             self._outcome["detail"] = "automation: %s" % exc
             return None
 
     async def _store(self, app: str, message: messages.Message, matches: list) -> tuple:
-        """One writer call: (row, created, paused). With no rule to run, the app's own reply is
-        decided now and saved with the message, so the common case costs one commit."""
+        """One writer call: (row, created, paused, answer). With no rule to run, the app's own reply
+        is decided now and saved with the message, and stored as its automatic answer (`answer`,
+        None for a retry), so the common case costs one commit."""
         text = None if matches else default_reply(self.wecom_app, message, matches)
-        reply = messages.reply_text(message.from_user, self.wecom_app.corp_id, text) if text and message.from_user else None
+        key = messages.dedup_key(message)
         try:
-            return await self.services.db(store_inbound, self.services.store, app, message, messages.dedup_key(message), reply)
+            if text and message.from_user:
+                reply = messages.reply_text(message.from_user, self.wecom_app.corp_id, text)
+                return await self.services.db(store_answered, self.services.store, app, message, key, reply, text)
+            return await self.services.db(store_inbound, self.services.store, app, message, key)
         except StoreError as exc:
             # Non-200 on purpose: WeCom retries, so nothing unstored is ever acknowledged.
             self._outcome["detail"] = str(exc)
