@@ -11,16 +11,18 @@ const MEDIA_TYPES = new Set(["image", "voice", "video", "file"]);
 // Header fields every message has: left out of the "unknown type" field list.
 const HEADER_FIELDS = new Set(["ToUserName", "FromUserName", "CreateTime", "MsgType", "MsgId", "AgentID"]);
 
-/** The rule that sent an outbound message ("rule:NAME" operator), or null for a person. */
+/** The rule that sent an outbound message (its "rule", or a "rule:NAME" operator), or null. */
 export function ruleOperator(message) {
+  if (message && typeof message.rule === "string" && message.rule) return message.rule;
   const operator = message && message.operator;
   return typeof operator === "string" && operator.startsWith("rule:") ? operator.slice(5) : null;
 }
 
-/** The "You:" / "Rule:" prefix of an outbound message in lists. */
+/** The "You:" / "Rule:" / "Auto reply:" prefix of an outbound message in lists. */
 export function outboundPrefix(message) {
   if (!message || message.direction !== "out") return "";
-  return el("span", { class: "you" }, ruleOperator(message) !== null ? t("Rule:") : t("You:"));
+  const label = ruleOperator(message) !== null ? t("Rule:") : message.automatic ? t("Auto reply:") : t("You:");
+  return el("span", { class: "you" }, label);
 }
 
 /** The person a message belongs to in the conversation list. */
@@ -256,11 +258,15 @@ function statusLine(message, onRetry) {
   const date = messageDate(message);
   if (message.direction === "out") {
     const rule = ruleOperator(message);
-    meta.append(el("span", { class: "operator" + (rule !== null ? " operator-rule" : "") },
+    // An automatic answer: "automatic · rule NAME", or "automatic · app's reply" (the app's reply =).
+    if (message.automatic) meta.append(el("span", { class: "auto-badge" }, t("automatic")));
+    meta.append(el("span", { class: "operator" + (rule !== null || message.automatic ? " operator-rule" : "") },
       rule !== null ? t("rule {name}", { name: rule })
-        : message.operator ? t("by {operator}", { operator: message.operator }) : t("automatic")));
+        : message.automatic ? t("app's reply")
+          : message.operator ? t("by {operator}", { operator: message.operator }) : t("automatic")));
     const status = message.status;
-    const label = status === "sent" ? t("Sent") : status === "failed" ? t("Failed") : t("Sending…");
+    const label = message.automatic === "passive" && status === "sent" ? t("passive reply")
+      : status === "sent" ? t("Sent") : status === "failed" ? t("Failed") : t("Sending…");
     meta.append(el("span", { class: "status status-" + (status || "pending"), dataset: { status: status || "" } }, label));
     if (message.attempts > 1) meta.append(el("span", null, t("{n} attempts", { n: message.attempts })));
   } else if (message.deliveries > 1) {
@@ -302,7 +308,10 @@ function outcomeLabel(run) {
 function automationItem(run) {
   const status = typeof run.status === "string" ? run.status : "";
   const action = ACTION_LABELS[run.action] ? ACTION_LABELS[run.action]() : display(run.action);
-  const path = status !== "skipped" && PATH_LABELS[run.path] ? PATH_LABELS[run.path]() : "";
+  // A webhook that answered nothing forwarded the message: the user's reply, if any, came from
+  // another rule or the app's own reply (an automatic message in the thread), so never "no reply".
+  const forwarded = run.action === "webhook" && run.path === "none";
+  const path = status === "skipped" ? "" : forwarded ? t("forwarded") : PATH_LABELS[run.path] ? PATH_LABELS[run.path]() : "";
   const started = parseIso(run.started_at);
   const failed = FAILED.has(status);
   const line = el("span", { class: "auto-line" },
@@ -347,7 +356,9 @@ function eventRow(message) {
 export function messageRow(message, onRetry) {
   if (message.msgtype === "event" && message.direction !== "out") return eventRow(message);
   const side = message.direction === "out" ? "out" : "in";
-  return el("li", { class: "msg " + side, dataset: { id: message.id, msgtype: message.msgtype, status: message.status || "" } },
+  const dataset = { id: message.id, msgtype: message.msgtype, status: message.status || "" };
+  if (message.automatic) Object.assign(dataset, { automatic: message.automatic, rule: message.rule || "" });
+  return el("li", { class: "msg " + side + (message.automatic ? " automatic" : ""), dataset },
     el("div", { class: "bubble bubble-" + message.msgtype }, bodyFor(message)),
     statusLine(message, onRetry),
     automationList(message));

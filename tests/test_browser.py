@@ -32,6 +32,7 @@ TEMPLATES = ROOT / "templates"
 STATIC = ROOT / "static"
 TRANSLATIONS = ROOT / "wecomd" / "translations"
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+APP_REPLY = "自动回复：已收到，我们会尽快回复"  # a conversation's preview after the demo app's own reply
 _users = itertools.count(1)
 
 
@@ -185,8 +186,8 @@ def test_conversation_list_thread_and_read_mark(page, demo):
     demo.simulate(user, content="第二条 second")
     login(page, demo)
     row = conversation(page, user)
-    expect(row.locator(".conv-preview")).to_have_text("第二条 second")
-    expect(row.locator(".badge")).to_have_text("2")
+    expect(row.locator(".conv-preview")).to_have_text(APP_REPLY)  # the newest: the app's answer
+    expect(row.locator(".badge")).to_have_text("2")  # automatic answers are never unread
     open_thread(page, user)
     expect(page.locator("#message-list li.msg.in .text")).to_have_text(["第一条 first", "第二条 second"])
     expect(row.locator(".badge")).to_have_count(0)
@@ -239,7 +240,7 @@ def test_live_messages_arrive_without_reload(page, demo):
     demo.simulate(user, content="after, live")
     expect(page.locator("#message-list li.msg.in .text").last).to_have_text("after, live")
     demo.simulate(other, content="a new conversation")
-    expect(conversation(page, other).locator(".conv-preview")).to_have_text("a new conversation")
+    expect(conversation(page, other).locator(".conv-preview")).to_have_text(APP_REPLY)
     expect(conversation(page, other).locator(".badge")).to_have_text("1")
     expect(conversation(page, user).locator(".badge")).to_have_count(0)  # open thread: read as it arrives
     assert page.evaluate("window.__sameDocument") is True
@@ -277,10 +278,11 @@ def test_older_messages_load_on_scroll(page, demo):
     demo.simulate(user, "text", "bulk", "--count", "60")
     login(page, demo)
     open_thread(page, user)
-    messages = page.locator("#message-list li.msg")
+    messages = page.locator("#message-list li.msg")  # 60 messages, each with the app's reply: 120
     expect(messages).to_have_count(50)
-    page.locator("#messages").evaluate("(el) => { el.scrollTop = 0; }")
-    expect(messages).to_have_count(60)
+    for loaded in (100, 120):
+        page.locator("#messages").evaluate("(el) => { el.scrollTop = 0; }")
+        expect(messages).to_have_count(loaded)
     expect(page.locator("#load-older")).to_be_hidden()
 
 
@@ -319,9 +321,9 @@ def test_reply_is_sent_and_attributed(page, demo):
     box.fill("第一行")
     box.press("Shift+Enter")  # a newline, not a send
     box.type("second line")
-    expect(page.locator("#message-list li.msg.out")).to_have_count(0)
+    expect(page.locator("#message-list li.msg.out:not(.automatic)")).to_have_count(0)
     box.press("Enter")
-    reply = page.locator("#message-list li.msg.out").last
+    reply = page.locator("#message-list li.msg.out:not(.automatic)").last
     expect(reply.locator(".text")).to_have_text("第一行\nsecond line")
     expect(reply).to_have_attribute("data-status", "sent")
     expect(reply.locator(".status")).to_have_text("已发送")
@@ -360,11 +362,15 @@ def test_failed_delivery_shows_the_error_and_retries(page, demo):
 
 def test_html_in_messages_is_shown_as_text(page, demo):
     user = new_user("mallory")
-    demo.simulate(user, content=XSS)
+    demo.simulate(user, content="hi")
     login(page, demo)
-    expect(conversation(page, user).locator(".conv-preview")).to_have_text(XSS)
     open_thread(page, user)
-    expect(page.locator("#message-list li.msg.in .text")).to_have_text(XSS)
+    page.fill("#reply", "请讲")  # a manual reply pauses automation: no app reply comes after the next
+    page.press("#reply", "Enter")
+    expect(page.locator("#takeover")).to_be_visible()
+    demo.simulate(user, content=XSS)
+    expect(conversation(page, user).locator(".conv-preview")).to_have_text(XSS)
+    expect(page.locator("#message-list li.msg.in .text").last).to_have_text(XSS)
     assert page.locator("#message-list img, #conversations img").count() == 0
     page.fill("#q", "onerror")  # search results render the same text
     expect(page.locator("#results .result-text").first).to_contain_text(XSS)
@@ -503,8 +509,11 @@ def test_rule_runs_show_under_their_messages(page, demo):
     expect(forward).to_have_attribute("data-action", "webhook")
     expect(forward).to_have_attribute("data-status", "ok")
     expect(forward.locator(".auto-action")).to_have_text("Webhook")
-    # A passive reply is the callback's answer, not a stored message: only the line shows it.
-    expect(page.locator("#message-list li.msg.out")).to_have_count(0)
+    # The passive reply is in the thread too, as an automatic message naming its rule.
+    passive = page.locator("#message-list li.msg.out")
+    expect(passive).to_have_count(1)
+    expect(passive).to_have_attribute("data-rule", "greet")
+    expect(passive.locator(".operator")).to_have_text("规则 greet")
 
     page.evaluate("window.__sameDocument = true")
     demo.simulate(user, "click", "x", "--event-key", "RUN_BACKUP")
@@ -528,6 +537,39 @@ def test_rule_runs_show_under_their_messages(page, demo):
     expect(sent).to_have_attribute("data-status", "sent")
     expect(conversation(page, user).locator(".conv-preview")).to_have_text("规则：备份开始 RUN_BACKUP")
     assert page.evaluate("window.__sameDocument") is True  # all of it arrived without a reload
+
+
+def test_automatic_replies_show_in_the_thread(page, demo):
+    """The app's own reply and a rule's passive reply are messages, badged automatic, live too."""
+    user = new_user("auto")
+    demo.simulate(user, content="随便问问")  # only the forwarding webhook matches: the app's reply answers
+    demo.simulate(user, content="你好")  # greet answers
+    login(page, demo)
+    open_thread(page, user)
+    app_reply = page.locator("#message-list li.msg.out.automatic[data-rule='']")
+    expect(app_reply).to_have_count(1)
+    expect(app_reply).to_have_attribute("data-automatic", "passive")
+    expect(app_reply.locator(".text")).to_have_text("已收到，我们会尽快回复")
+    expect(app_reply.locator(".auto-badge")).to_have_text("自动回复")
+    expect(app_reply.locator(".operator")).to_have_text("应用默认回复")
+    expect(app_reply.locator(".status")).to_have_text("被动回复")
+    greet = page.locator("#message-list li.msg.out.automatic[data-rule='greet']")
+    expect(greet.locator(".auto-badge")).to_have_text("自动回复")
+    expect(greet.locator(".operator")).to_have_text("规则 greet")
+    expect(greet.locator(".text")).to_have_text(re.compile(r"^你好，%s！" % user))
+    # The webhook forwarded the first message and answered nothing: it says so, never "no reply",
+    # as the app's reply (the next row) did answer.
+    forward = page.locator("#message-list li.msg.in").first.locator("li.auto[data-rule='forward']")
+    expect(forward.locator(".auto-path")).to_have_text("已转发")
+    expect(page.locator("#message-list")).not_to_contain_text("无回复")
+    # A new message's automatic answer arrives live, and is the conversation's preview.
+    page.evaluate("window.__sameDocument = true")
+    demo.simulate(user, content="还有一件事")
+    expect(app_reply).to_have_count(2)
+    expect(conversation(page, user).locator(".conv-preview")).to_have_text(APP_REPLY)
+    assert page.evaluate("window.__sameDocument") is True
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "automatic-replies.png"), full_page=True)
 
 
 def test_failed_rule_runs_show_error_and_output_as_text(page, demo):
@@ -718,7 +760,7 @@ def test_rules_screenshot(browser, demo):
         assert (ARTIFACTS / "rules.png").stat().st_size > 10_000
         page.click("#nav-conversations")
         open_thread(page, user)
-        expect(page.locator("#message-list li.msg.out .operator")).to_have_text("规则 backup")
+        expect(page.locator("#message-list li.msg.out[data-automatic='api'] .operator")).to_have_text("规则 backup")
         page.locator("li.auto[data-rule='backup'][data-action='run'] summary").click()
         page.screenshot(path=str(ARTIFACTS / "automation.png"), full_page=True)
         assert page.problems == []
