@@ -91,7 +91,8 @@ def client_key(address: Any, exempt: Tuple[Any, ...] = ()) -> Optional[str]:
 
 class Throttled:
     """Log one kind of event at most once per `interval` seconds: the first at once, the ones in
-    between counted, with that count and the last of them logged when the interval ends."""
+    between counted, with that count and the last of them logged when the interval ends (or at
+    `close`)."""
 
     def __init__(self, log: logging.Logger, level: int, interval: float) -> None:
         self.log, self.level, self.interval = log, level, interval
@@ -112,10 +113,14 @@ class Throttled:
         if self._skipped:
             skipped, self._skipped = self._skipped, 0
             message, args = self._last
-            self.log.log(self.level, message + " (%d like this in the last %gs)", *args, skipped, self.interval)
+            self.log.log(self.level, message + " (%d like this within %gs)", *args, skipped, self.interval)
             self._timer = IOLoop.current().call_later(self.interval, self._flush)
 
-    def cancel(self) -> None:
+    def close(self) -> None:
+        """Log the count still held back, and stop."""
+        if self._timer is not None:
+            IOLoop.current().remove_timeout(self._timer)
+            self._flush()
         if self._timer is not None:
             IOLoop.current().remove_timeout(self._timer)
             self._timer = None
@@ -277,7 +282,7 @@ class LimitedHTTPServer(httpserver.HTTPServer):
         super().stop()
         gen_log.removeFilter(self._body_filter)
         for log in (self._log_refused, self._log_evicted, self._log_accept_error, self._log_body_timeout):
-            log.cancel()
+            log.close()
 
     # --- accepting ---------------------------------------------------------------------------
 
