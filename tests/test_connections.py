@@ -412,6 +412,9 @@ def test_idle_and_half_sent_floods_under_a_1024_file_limit(tmp_path):
             latencies = {name: timed(server.explained(getattr(legit, name))) for name in ("healthz", "login", "callback")}
             for name, seconds in latencies.items():
                 assert seconds < 1.0, (name, seconds, latencies)
+            lines = server.lines()
+            print("\nthe daemon logged %d lines up to here" % len(lines))
+            assert len(lines) < 100, "\n".join(lines[:150])
 
             # The callback's latency while the idle flood goes on (new sockets keep arriving).
             stop = threading.Event()
@@ -432,7 +435,7 @@ def test_idle_and_half_sent_floods_under_a_1024_file_limit(tmp_path):
                 flooder.join()
             during.sort()
             p99 = during[int(0.99 * (len(during) - 1))]
-            print("\ncallback under the idle flood: n=%d p50=%.1fms p99=%.1fms max=%.1fms; %d sockets opened"
+            print("callback under the idle flood: n=%d p50=%.1fms p99=%.1fms max=%.1fms; %d sockets opened"
                   % (len(during), 1000 * statistics.median(during), 1000 * p99, 1000 * during[-1], len(held)))
             assert during[-1] < 1.0, during
 
@@ -445,9 +448,10 @@ def test_idle_and_half_sent_floods_under_a_1024_file_limit(tmp_path):
         finally:
             for s in held:
                 s.close()
-        lines = server.lines()
+        # The 60 callbacks measured add one line each; the rest stays as short.
+        lines = [line for line in server.lines() if "callback app=helpdesk" not in line]
         assert len(lines) < 100, "\n".join(lines[:150])
-        assert not any("Traceback" in line for line in lines), "\n".join(lines)
+        assert not any("Traceback" in line for line in server.lines()), server.output()
 
 
 def test_running_out_of_descriptors_pauses_accepting_without_spinning_or_flooding_the_log(tmp_path):
