@@ -4,10 +4,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import urllib.parse
 
 import pytest
 
+from base import WecomdTestCase
+from peer import CORP_ID
 from test_outbox import APPS, Harness, async_test
+from wecomd import simulate
 from wecomd import media as mediamod
 from wecomd.media import MediaVault
 from wecomd.messages import Message
@@ -227,3 +231,73 @@ async def test_stop_lets_the_download_in_flight_finish(tmp_path):
         gate.set()
         await stopping
         assert (await h.row(row["id"]))["media"]["status"] == "stored"
+
+
+# ------------------------------------------------------------------ serving stored media over HTTP
+
+SERVED = [  # (stored type, name, kind, expected Content-Type, inline?)
+    ("image/png", "photo.png", "image", "image/png", True),
+    ("image/jpeg", "photo.jpg", "image", "image/jpeg", True),
+    ("image/gif", "a.gif", "image", "image/gif", True),
+    ("image/webp", "a.webp", "image", "image/webp", True),
+    ("audio/mpeg", "a.mp3", "voice", "audio/mpeg", True),
+    ("audio/ogg", "a.ogg", "voice", "audio/ogg", True),
+    ("video/mp4", "a.mp4", "video", "video/mp4", True),
+    ("video/webm", "a.webm", "video", "video/webm", True),
+    # Browsers cannot play AMR: a download, like every type off the allow-list.
+    ("audio/amr", "sample.amr", "voice", "application/octet-stream", False),
+    ("image/svg+xml", "report.svg", "image", "application/octet-stream", False),
+    ("text/html; charset=utf-8", "page.html", "file", "application/octet-stream", False),
+    ("application/xhtml+xml", "page.xhtml", "file", "application/octet-stream", False),
+    ("application/xml", "data.xml", "file", "application/octet-stream", False),
+    ("text/xml", "data.xml", "file", "application/octet-stream", False),
+    ("application/javascript", "evil.js", "file", "application/octet-stream", False),
+    ("text/javascript", "evil.mjs", "file", "application/octet-stream", False),
+    ("application/pdf", "报告.pdf", "file", "application/octet-stream", False),
+    ("application/x-unheard-of", "blob.bin", "file", "application/octet-stream", False),
+    ("", "noname", "file", "application/octet-stream", False),
+    # The type decides, never the name: an image named .html is an image, HTML named .png is not.
+    ("image/png", "evil.html", "image", "image/png", True),
+    ("text/html", "photo.png", "image", "application/octet-stream", False),
+    ("IMAGE/PNG; q=1", "caps.png", "image", "image/png", True),
+]
+
+
+@pytest.mark.parametrize("stored, expected, inline", [(s, e, i) for s, _, _, e, i in SERVED])
+def test_serving_type_allows_only_raster_images_audio_and_video_inline(stored, expected, inline):
+    assert mediamod.serving_type(stored) == (expected, inline)
+
+
+class MediaServingTest(WecomdTestCase):
+    """GET /api/media/ID against the real app, for each class of stored type."""
+
+    def stored(self, body: bytes, content_type: str, filename: str, kind: str) -> dict:
+        media_id = self.fake.add_media(body, content_type, filename)
+        self.callback(simulate.build(kind, corp_id=CORP_ID, agent_id="1000002", from_user="mallory",
+                                     media_id=media_id))
+
+        def done():
+            rows = self.api("/api/messages", user="mallory")[1]["messages"]
+            return next((r for r in rows if (r.get("fields") or {}).get("MediaId") == media_id
+                         and (r.get("media") or {}).get("status") == "stored"), None)
+        return self.wait_for(done)
+
+    def test_each_type_class_gets_its_type_disposition_and_sandbox(self):
+        for stored, name, kind, expected, inline in SERVED:
+            with self.subTest(stored=stored, name=name):
+                body = ("<svg onload=alert(1)>%s</svg>" % name).encode()
+                row = self.stored(body, stored or "application/octet-stream", name, kind)
+                resp = self.fetch("/api/media/%d" % row["id"], headers=self.session())
+                self.assertEqual(resp.code, 200)
+                self.assertEqual(resp.body, body)
+                self.assertEqual(resp.headers["Content-Type"], expected)
+                disposition = resp.headers["Content-Disposition"]
+                self.assertEqual(disposition.split(";")[0], "inline" if inline else "attachment")
+                self.assertIn("filename*=UTF-8''%s" % urllib.parse.quote(row["media"]["name"], safe=""),
+                              disposition)
+                self.assertEqual(resp.headers.get_list("X-Content-Type-Options"), ["nosniff"])
+                policy = resp.headers.get_list("Content-Security-Policy")
+                self.assertEqual(len(policy), 1)
+                self.assertEqual(policy[0].split(";")[0], "sandbox")
+                self.assertIn("default-src 'none'", policy[0])
+                self.assertNotIn("script-src", policy[0])

@@ -32,6 +32,16 @@ EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "a
               "voice/amr": ".amr", "audio/speex": ".speex", "video/mp4": ".mp4",
               "application/octet-stream": ".bin", "text/plain": ".txt"}
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
+# The only stored types served inline: raster images, audio and video a browser plays itself.
+# Anything else (SVG, HTML, XML, JavaScript, PDF, AMR voice, unknown) is served as an
+# application/octet-stream attachment, so nothing a user sent can run in the dashboard's origin.
+INLINE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp",
+                          "audio/mpeg", "audio/ogg", "audio/wav", "audio/mp4",
+                          "video/mp4", "video/webm", "video/ogg"})
+ATTACHMENT_TYPE = "application/octet-stream"
+# Media responses replace the dashboard's policy: a sandboxed document that loads and runs nothing.
+MEDIA_CSP = ("sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; "
+             "frame-ancestors 'none'")
 
 
 class MediaVault(Worker):
@@ -132,6 +142,18 @@ def safe_name(row: dict, mime: Optional[str], filename: Optional[str]) -> str:
         if name.strip("._ "):
             return _cap(name)
     return "%s%s" % (_clean(row.get("msgtype")) or "media", _extension(mime, fields.get("Format")))
+
+
+def serving_type(mime: Optional[str]) -> tuple[str, bool]:
+    """How a stored file is served: (Content-Type, inline?) from its stored type, never its name.
+
+    Only INLINE_TYPES keep their type and are shown inline; every other type is sent as
+    application/octet-stream, as an attachment.
+    """
+    bare = _bare_mime(mime)
+    if bare in INLINE_TYPES:
+        return bare, True
+    return ATTACHMENT_TYPE, False
 
 
 def write_atomically(path: Path, body: bytes) -> None:

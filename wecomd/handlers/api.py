@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 from typing import Any, Optional
+from urllib.parse import quote
 
 from tornado import web
 
@@ -11,6 +12,7 @@ from wecomd import exporting
 from wecomd.automation import pause_until
 from wecomd.handlers.base import ApiHandler
 from wecomd.handlers.dashboard import public_apps
+from wecomd.media import MEDIA_CSP, serving_type
 from wecomd.store_conversations import CONVERSATION_PAGE
 
 class AppsHandler(ApiHandler):
@@ -92,11 +94,13 @@ class MediaHandler(ApiHandler):
             raise web.HTTPError(404, "no downloaded media for message %s (%s)", message_id,
                                 (media or {}).get("status") or "none")
         path = self.services.media.path_for(media)
-        mime = media.get("type") or "application/octet-stream"
+        # Only allow-listed raster images, audio and video are shown; the rest is a download.
+        mime, inline = serving_type(media.get("type"))
         self.set_header("Content-Type", mime)
+        self.set_header("Content-Disposition", _disposition(inline, media, message_id))
+        self.set_header("Content-Security-Policy", MEDIA_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "private, max-age=86400")
-        disposition = "inline" if mime.startswith(("image/", "audio/", "video/")) else "attachment"
-        self.set_header("Content-Disposition", '%s; filename="%s"' % (disposition, _ascii_name(media, message_id)))
         await self.stream_file(str(path))
 
 
@@ -138,9 +142,12 @@ def _int_arg(handler: web.RequestHandler, name: str) -> Optional[int]:
     return int(value)
 
 
-def _ascii_name(media: dict, message_id: str) -> str:
+def _disposition(inline: bool, media: dict, message_id: str) -> str:
+    """inline or attachment, with an ASCII filename and the UTF-8 one (RFC 6266)."""
     name = media.get("name") or "media-%s" % message_id
-    return "".join(c if c.isascii() and c.isalnum() or c in "._-" else "_" for c in name)[:100]
+    ascii_name = "".join(c if c.isascii() and c.isalnum() or c in "._-" else "_" for c in name)[:100]
+    return "%s; filename=\"%s\"; filename*=UTF-8''%s" % (
+        "inline" if inline else "attachment", ascii_name, quote(name[:100], safe=""))
 
 
 def routes(services: Any) -> list:
