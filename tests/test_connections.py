@@ -502,3 +502,13 @@ def test_the_unit_raises_the_file_limit():
     limit = int(parser["Service"]["LimitNOFILE"])
     assert limit >= 65536
     assert connections.automatic_max_connections(limit) > 50000
+
+
+def test_the_deploy_guide_exempts_nginx_from_the_per_address_cap(tmp_path):
+    from test_deploy import write_doc_config
+    from wecomd import config as configmod
+
+    conf, _, environ = write_doc_config(tmp_path)
+    cfg = configmod.load(conf, environ)
+    for nginx in (("127.0.0.1", 40000), ("::1", 40000, 0, 0)):
+        assert connections.client_key(nginx, cfg.server.trusted_proxies) is None
