@@ -8,12 +8,13 @@ from typing import Any
 
 from tornado import httpserver, locale, netutil, web
 
-from wecomd import sdnotify
+from wecomd import checks, connections, sdnotify
 from wecomd.config import Config
-from wecomd.handlers import api, callback, dashboard, live, metrics, ops, rules
+from wecomd.handlers import api, callback, dashboard, live, metrics, ops, rules, static
 from wecomd.handlers.base import DEFAULT_LOCALE
 from wecomd.paths import TRANSLATIONS_DIR, resource_dir
 from wecomd.services import Services
+from wecomd.store import StoreError
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("wecomd.access")
@@ -33,6 +34,7 @@ def make_app(services: Services) -> web.Application:
         handlers,
         template_path=str(resource_dir("templates")),
         static_path=str(resource_dir("static")),
+        static_handler_class=static.StaticHandler,  # a NUL in the path is a 404, not a traceback
         cookie_secret=services.cookie_secret,
         xsrf_cookies=True,
         xsrf_cookie_kwargs=dict(samesite="Strict"),
@@ -46,7 +48,17 @@ def make_app(services: Services) -> web.Application:
 
 def server_options(config: Config) -> dict[str, Any]:
     """HTTPServer keyword arguments; the exact max_body is enforced per handler (413)."""
-    return dict(xheaders=config.server.xheaders, max_body_size=max(4 * config.server.max_body, 1 << 20))
+    return dict(xheaders=config.server.xheaders, max_body_size=max(4 * config.server.max_body, 1 << 20),
+                idle_connection_timeout=config.server.idle_timeout, body_timeout=config.server.body_timeout)
+
+
+def make_server(app: web.Application, services: Services) -> connections.LimitedHTTPServer:
+    """The HTTP server of `serve`: connection caps and timeouts from [server], counted in /metrics."""
+    config = services.config
+    server = connections.LimitedHTTPServer(app, limits=connections.Limits.from_config(config.server),
+                                           **server_options(config))
+    services.metrics.registry.register(connections.ConnectionCollector(server))
+    return server
 
 
 def _log_request(handler: web.RequestHandler) -> None:
@@ -63,10 +75,14 @@ def _log_request(handler: web.RequestHandler) -> None:
 
 async def serve(config: Config, ready: Any = None) -> None:
     """Run until SIGTERM/SIGINT, then stop accepting, drain in-flight requests and close."""
-    services = Services(config)
-    await services.start()
-    server = httpserver.HTTPServer(make_app(services), **server_options(config))
-    sockets = netutil.bind_sockets(config.server.listen_port, config.server.listen_host)
+    sockets = _listen(config)  # first: a busy port leaves nothing half-started
+    try:
+        services = await _start_services(config)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    server = make_server(make_app(services), services)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     logger.info("wecomd listening on http://%s:%d/ (apps: %s)", config.server.listen_host, port,
@@ -87,6 +103,26 @@ async def serve(config: Config, ready: Any = None) -> None:
     await stop.wait()
     loop.remove_signal_handler(signal.SIGHUP)
     await _shutdown(server, services)
+
+
+def _listen(config: Config) -> list:
+    try:
+        return netutil.bind_sockets(config.server.listen_port, config.server.listen_host)
+    except OSError as exc:
+        raise checks.StartupError(checks.listen_problem(config.server.listen_host, config.server.listen_port,
+                                                        exc)) from None
+
+
+async def _start_services(config: Config) -> Services:
+    """Services with the database migrated and writable and media_dir writable; else StartupError."""
+    checks.prepare_media_dir(config.server.media_dir)
+    services = Services(config)
+    try:
+        await services.start()
+    except StoreError as exc:
+        services.writer.close()
+        raise checks.StartupError(checks.database_problem(config.server.database, exc)) from None
+    return services
 
 
 def _reload(services: Services, summary: str) -> None:
