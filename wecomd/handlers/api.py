@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from typing import Any, Optional
 from urllib.parse import quote
@@ -14,6 +15,12 @@ from wecomd.handlers.base import ApiHandler
 from wecomd.handlers.dashboard import public_apps
 from wecomd.media import MEDIA_CSP, serving_type
 from wecomd.store_conversations import CONVERSATION_PAGE
+
+# A message id in a path: ASCII digits, at most 18 of them so that it always fits the database's
+# 64-bit integers (longer ones are answered 400 by IdOutOfRangeHandler, not passed to SQLite).
+ID = r"([0-9]{1,18})"
+_ID_ARG = re.compile(r"[0-9]{1,18}\Z")
+
 
 class AppsHandler(ApiHandler):
     def get(self) -> None:
@@ -32,7 +39,7 @@ class ReadHandler(ApiHandler):
     async def post(self) -> None:
         body = self.json_body()
         app, user, up_to = body.get("app"), body.get("user"), body.get("up_to_id")
-        if not isinstance(app, str) or not isinstance(user, str) or not isinstance(up_to, int):
+        if not isinstance(app, str) or not isinstance(user, str) or not _is_id(up_to):
             raise web.HTTPError(400, "send {\"app\": str, \"user\": str, \"up_to_id\": int}")
         await self.services.db(self.services.store.mark_read, app, user, up_to)
         self.set_status(204)
@@ -127,6 +134,15 @@ def _export_to_file(store: Any, path: str, fmt: str, filters: dict) -> int:
         return exporting.write(store.iter_export(**filters), out, fmt)
 
 
+class IdOutOfRangeHandler(ApiHandler):
+    """/api/messages/N, /api/messages/N/retry and /api/media/N with an N of 19 or more digits."""
+
+    def _refuse(self, *args: str) -> None:
+        raise web.HTTPError(400, "a message id has at most 18 digits")
+
+    get = post = _refuse
+
+
 def message_filters(handler: web.RequestHandler) -> dict:
     """app, user, msgtype and q from the query string; empty ones are left out."""
     names = ("app", "user", "msgtype", "q")
@@ -134,12 +150,19 @@ def message_filters(handler: web.RequestHandler) -> dict:
 
 
 def _int_arg(handler: web.RequestHandler, name: str) -> Optional[int]:
+    """A cursor or page size from the query string: ASCII digits, at most 18 (str.isdigit() would
+    take '²', and a number past 2**63 overflows the database's integers)."""
     value = handler.get_query_argument(name, "")
     if not value:
         return None
-    if not value.isdigit():
-        raise web.HTTPError(400, "%s must be a positive integer", name)
+    if not _ID_ARG.match(value):
+        raise web.HTTPError(400, "%s must be a positive integer of at most 18 digits", name)
     return int(value)
+
+
+def _is_id(value: Any) -> bool:
+    """A JSON number usable as a message id: an integer (not true/false) within 64 bits."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** 63
 
 
 def _disposition(inline: bool, media: dict, message_id: str) -> str:
@@ -157,8 +180,9 @@ def routes(services: Any) -> list:
         (r"/api/conversations", ConversationsHandler, kw),
         (r"/api/conversations/read", ReadHandler, kw),
         (r"/api/messages", MessagesHandler, kw),
-        (r"/api/messages/(\d+)", MessageHandler, kw),
-        (r"/api/messages/(\d+)/retry", RetryHandler, kw),
-        (r"/api/media/(\d+)", MediaHandler, kw),
+        (r"/api/messages/%s" % ID, MessageHandler, kw),
+        (r"/api/messages/%s/retry" % ID, RetryHandler, kw),
+        (r"/api/media/%s" % ID, MediaHandler, kw),
+        (r"/api/(?:messages|media)/[0-9]{19,}(?:/retry)?", IdOutOfRangeHandler, kw),
         (r"/api/export", ExportHandler, kw),
     ]

@@ -158,6 +158,10 @@ class ApiHandler(BaseHandler):
             raise web.HTTPError(400, "the body is not valid JSON")
         if not isinstance(body, dict):
             raise web.HTTPError(400, "the body must be a JSON object")
+        try:  # JSON's "\ud800" decodes to a lone surrogate, which no database or WeCom can take
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise web.HTTPError(400, "the body has a lone surrogate (an unpaired \\ud800-\\udfff escape)")
         return body
 
 

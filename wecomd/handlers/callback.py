@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from typing import Any, Optional
@@ -18,6 +19,9 @@ logger = logging.getLogger(__name__)
 
 # Crypto failures that mean "not from WeCom" (403); every other one means a malformed request (400).
 _FORBIDDEN = (crypto.SignatureError, crypto.ReceiveIdError)
+# ASCII digits only: str.isdigit() also takes '²' and '٣', which int() then refuses or misreads;
+# 20 digits hold any 64-bit value, and int() refuses strings past 4,300 digits anyway.
+_UNSIGNED = re.compile(r"[0-9]{1,20}\Z")
 
 
 @web.stream_request_body
@@ -34,17 +38,20 @@ class CallbackHandler(BaseHandler):
         pass  # see `public`: the message signature, not a cookie, proves the sender
 
     def prepare(self) -> None:
-        super().prepare()
+        # First: a refusal in BaseHandler.prepare (a cross-site request) is logged with these.
         self._chunks: list[bytes] = []
         self._size = 0
         self._outcome: dict[str, Any] = {"type": "verify" if self.request.method == "GET" else "-"}
+        super().prepare()
         name = self.path_kwargs["app"]
         self.wecom_app = self.services.app(name)
         if self.wecom_app is None:
             raise web.HTTPError(404, "unknown app %r", name)
         self.crypto = self.services.cryptos[name]
         declared = self.request.headers.get("Content-Length", "0")
-        if declared.isdigit() and int(declared) > self._max_body:
+        if _UNSIGNED.match(declared) and int(declared) > self._max_body:
+            # The answer closes the connection, so the body is never read: no outer limit to trip.
+            self.request.connection.set_max_body_size(int(declared))
             raise web.HTTPError(413, "body larger than max_body (%d bytes)", self._max_body)
         # An outer bound for chunked bodies; the exact limit is enforced in data_received.
         self.request.connection.set_max_body_size(2 * self._max_body + 65536)
@@ -54,9 +61,22 @@ class CallbackHandler(BaseHandler):
         return self.services.config.server.max_body
 
     def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
         self._size += len(chunk)
         if self._size <= self._max_body:
             self._chunks.append(chunk)
+            return
+        # A chunked body past max_body: answer 413 now, before the outer bound would cut the
+        # connection without an answer. Tornado then drops the rest and closes the connection.
+        self._chunks = []
+        error = web.HTTPError(413, "body larger than max_body (%d bytes)", self._max_body)
+        self.send_error(413, exc_info=(web.HTTPError, error, None))
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        # BaseHandler's skips RequestHandler's, which ends _execute's wait for a streamed body.
+        web.RequestHandler.on_connection_close(self)
 
     def get(self, app: str) -> None:
         sig, ts, nonce, echostr = self._query("msg_signature", "timestamp", "nonce", "echostr")
@@ -168,8 +188,8 @@ class CallbackHandler(BaseHandler):
         return values
 
     def _check_timestamp(self, ts: str) -> None:
-        if not ts.isdigit():
-            raise web.HTTPError(400, "timestamp is not an integer")
+        if not _UNSIGNED.match(ts):
+            raise web.HTTPError(400, "timestamp is not an integer of at most 20 ASCII digits")
         window = self.services.config.server.timestamp_window
         skew = int(time.time()) - int(ts)
         if window and abs(skew) > window:
@@ -207,13 +227,14 @@ class CallbackHandler(BaseHandler):
         latency = self.request.request_time()
         level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
         extra = "".join(" %s=%s" % (key, out[key]) for key in ("reason", "detail") if key in out)
+        # No path_kwargs when Tornado refused the method (405) before decoding them.
+        app = getattr(self, "path_kwargs", {}).get("app")
         logger.log(
             level, "callback app=%s type=%s from=%s id=%s status=%d outcome=%s%s latency=%.1fms",
-            self.path_kwargs.get("app"), out.get("type", "-"), out.get("sender") or "-", out.get("id") or "-",
+            app or "-", out.get("type", "-"), out.get("sender") or "-", out.get("id") or "-",
             status, outcome, extra, 1000.0 * latency,
         )
         # A configured app's name, never what an unknown request put in the path (bounded labels).
-        app = self.path_kwargs.get("app")
         self.services.metrics.callback(
             app if app in self.services.config.apps else metrics.UNKNOWN_APP, out.get("type", "-"),
             outcome.split(" ", 1)[0], latency, metrics.failure_reason(status, out.get("failure")))
