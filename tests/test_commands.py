@@ -8,11 +8,16 @@ import os
 import stat
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from base import WecomdTestCase
+from peer import CORP_ID
+from wecomd import rules as rulesmod, simulate
 from wecomd.commands import CommandResult, CommandRunner
+from wecomd.messages import Message
 
 PY = sys.executable
 
@@ -279,3 +284,154 @@ def test_log_line_has_no_arguments_or_env(caplog):
     line = record.getMessage()
     assert PY in line and "ok" in line and "exit code 0" in line
     assert "机密" not in line and "env-secret" not in line and " -c" not in line
+
+
+# ------------------------------------------------------------------ arguments from a message (rules)
+
+PASSWD = "/etc/passwd"
+DATE_RULES = """
+[rules]
+passive_budget = 4.0
+
+[rule:when]
+app = helpdesk
+when = msgtype text
+run = date {content}
+
+[rule:when_operands]
+app = quiet
+when = msgtype text
+run = date {content}
+end_of_options = yes
+"""
+
+
+def date_rule(**options):
+    return rulesmod.compile_rules({"d": {"when": "any", "run": "date {content}", **options}})[0]
+
+
+def test_templated_argument_starting_with_a_dash_is_refused():
+    rule = date_rule()
+    with pytest.raises(rulesmod.CommandRefused) as refused:
+        rulesmod.command_argv(rule, {"content": "-f" + PASSWD})
+    assert (refused.value.program, refused.value.position) == ("date", 1)
+    assert "'-f/etc/passwd'" in str(refused.value) and "nothing was run" in str(refused.value)
+    assert "end_of_options = yes" in str(refused.value)
+    assert "/etc/passwd" not in refused.value.why  # the log's version names the argument only
+    for value in ("-", "--", "--help", "-\n"):
+        with pytest.raises(rulesmod.CommandRefused):
+            rulesmod.command_argv(rule, {"content": value})
+    # Text that does not start with "-" is passed as always, as one argument.
+    assert rulesmod.command_argv(rule, {"content": "next -f monday"}) == ["date", "next -f monday"]
+    assert rulesmod.command_argv(rule, {"content": " -f x"}) == ["date", " -f x"]
+
+
+def test_only_text_from_the_message_at_the_start_counts():
+    fields = {"content": "-x", "event_key": "-k", "1": "", "2": "-y"}
+    compile_one = lambda run: rulesmod.compile_rules({"r": {"when": "text matches (a)(b)", "run": run}})[0]  # noqa: E731
+    # The operator's own text before the field: an option the operator chose, with a value.
+    assert rulesmod.command_argv(compile_one("prog --target={content}"), fields) == ["prog", "--target=-x"]
+    assert rulesmod.command_argv(compile_one("prog -n{event_key}"), fields) == ["prog", "-n-k"]
+    # After a literal "--" in the template, arguments are operands already.
+    assert rulesmod.command_argv(compile_one("prog -n -- {content} {2}"), fields) == ["prog", "-n", "--", "-x", "-y"]
+    # An empty group first does not hide the next one's dash.
+    with pytest.raises(rulesmod.CommandRefused) as refused:
+        rulesmod.command_argv(compile_one("prog {1}{2}"), fields)
+    assert refused.value.position == 1
+
+
+def test_end_of_options_puts_double_dash_before_the_first_templated_argument():
+    def compile_one(run):
+        return rulesmod.compile_rules({"r": {"when": "text matches (.*) (.*)", "run": run,
+                                             "end_of_options": "yes"}})[0]
+
+    rule = compile_one("prog -r --label=x{1} note {1} /srv {2}")
+    fields = {"1": "-f" + PASSWD, "2": "--include=x"}
+    assert rulesmod.command_argv(rule, fields) == [
+        "prog", "-r", "--label=x-f/etc/passwd", "note", "--", "-f/etc/passwd", "/srv", "--include=x"]
+    # The same argv whatever the text, so the command always sees its operands in the same place.
+    assert rulesmod.command_argv(rule, {"1": "a", "2": "b"}) == ["prog", "-r", "--label=xa", "note", "--", "a", "/srv", "b"]
+    # Nothing starts with a field: nothing to protect, nothing inserted.
+    assert rulesmod.command_argv(compile_one("uptime"), {}) == ["uptime"]
+    assert rulesmod.command_argv(compile_one("prog -n{1}"), fields) == ["prog", "-n-f/etc/passwd"]
+
+
+def test_end_of_options_is_checked():
+    def problems(**options):
+        return rulesmod.problems({"r": {"when": "any", **options}}, ["helpdesk"])
+
+    assert problems(run="date {content}", end_of_options="yes") == []
+    assert problems(run="date {content}", end_of_options="no") == []
+    assert problems(run="date {content}", end_of_options="maybe") == [
+        "[rule:r] end_of_options: not a boolean: use yes or no (got 'maybe')"]
+    assert problems(reply="x", end_of_options="yes") == ["[rule:r] end_of_options: set without a run"]
+    assert problems(run="date -- {content}", end_of_options="yes") == [
+        "[rule:r] end_of_options: run already has -- before {content}: remove end_of_options"]
+    assert problems(run="grep {content} -r /srv", end_of_options="yes") == [
+        "[rule:r] end_of_options: -r comes after {content}, so after the -- put before that field it is no "
+        "longer an option: move it before {content}"]
+    # `date -d -- -f/etc/passwd` would take "--" as the date and -f as an option again.
+    [between] = problems(run="date -d {content}", end_of_options="yes")
+    assert between.startswith("[rule:r] end_of_options: -d comes right before {content}: if -d takes a value, "
+                              "the -- put between them becomes that value; write -d{content} ")
+    assert problems(run="date -d{content}", end_of_options="yes") == []
+    assert problems(run="date -d {content}") == []  # refused at run time instead, if it starts with "-"
+    assert problems(run="date {content}", end_of_option="yes") == [
+        "[rule:r] end_of_option: unknown option (did you mean end_of_options?)"]
+
+
+def test_rules_test_shows_the_refusal_instead_of_an_argv():
+    rule = date_rule()
+    message = Message(msgtype="text", from_user="u", to_user="c", agent_id="1", content="-f" + PASSWD)
+    described = rulesmod.describe(rulesmod.Match(rule), "helpdesk", message)
+    assert described["run"].startswith("refused: argument 1 ({content} = '-f/etc/passwd') starts with \"-\"")
+
+
+class OptionInjectionTest(WecomdTestCase):
+    """`run = date {content}` on the real server: the message `-f/etc/passwd` must not read the file."""
+
+    extra_config = DATE_RULES
+
+    def reply_of(self, resp) -> str:
+        self.assertEqual(resp.code, 200)
+        self.assertTrue(resp.body, "no passive reply")
+        return ET.fromstring(self.peer.read_reply(resp.body)).findtext("Content")
+
+    def text(self, content: str) -> str:
+        return simulate.build("text", corp_id=CORP_ID, agent_id="1000002", from_user="mallory", content=content)
+
+    def assert_no_passwd(self, text: str) -> None:
+        """No line of /etc/passwd (`date -f` quotes each one it cannot parse) is in `text`."""
+        lines = [line for line in Path(PASSWD).read_text().splitlines() if line.strip()]
+        self.assertTrue(lines)
+        self.assertEqual([line for line in lines if line in text], [])
+
+    def everything_stored(self) -> str:
+        rows = self.rows()
+        runs = [run for row in rows for run in row["automation"] or []]
+        return json.dumps([rows, runs, self.fake.sent], ensure_ascii=False)
+
+    def test_dash_text_is_refused_and_nothing_runs(self):
+        with self.assertLogs("wecomd.commands", logging.WARNING) as logs:
+            reply = self.reply_of(self.callback(self.text("-f" + PASSWD)))
+        self.assert_no_passwd(reply)
+        self.assertTrue(reply.startswith("无法执行：argument 1 ({content} = '-f/etc/passwd') starts with \"-\""), reply)
+        [row] = self.inbound()
+        [run] = self.db(self.services.store.get, row["id"])["automation"]
+        self.assertEqual((run["rule"], run["action"], run["status"], run["exit_code"], run["output"] or ""),
+                         ("when", "run", "error", None, ""))
+        self.assertIn("so date would read it as an option: refused, nothing was run", run["error"])
+        self.assert_no_passwd(self.everything_stored())
+        self.assertEqual(logs.output, ['WARNING:wecomd.commands:command date: refused, argument 1 ({content}) '
+                                       'starts with "-"; nothing was run'])
+
+    def test_with_end_of_options_the_text_is_an_operand_and_fails_harmlessly(self):
+        reply = self.reply_of(self.callback(self.text("-f" + PASSWD), app="quiet", agent_id="1000003"))
+        self.assert_no_passwd(reply)
+        self.assertIn("invalid date", reply)  # `date -- -f/etc/passwd`: not a date, nothing read
+        self.assertTrue(reply.startswith("执行失败（退出码 1）"), reply)
+        [row] = self.inbound()
+        [run] = self.db(self.services.store.get, row["id"])["automation"]
+        self.assertEqual((run["rule"], run["status"], run["exit_code"]), ("when_operands", "failed", 1))
+        self.assertIn("-f/etc/passwd", run["output"])
+        self.assert_no_passwd(self.everything_stored())

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, List, Optional
 
 from wecomd import rules as rulesmod
-from wecomd.commands import CommandResult, CommandRunner
+from wecomd.commands import CommandResult, CommandRunner, refused
 from wecomd.config import AppConfig, RulesConfig
 from wecomd.messages import Message
 from wecomd.webhooks import WebhookSender, body_for
@@ -131,8 +131,12 @@ class Automation:
 
     async def _command(self, run: dict, rule: rulesmod.Rule, fields: dict, message: Message,
                        app: AppConfig, row: dict, answers: _Answers) -> None:
-        argv = rulesmod.command_argv(rule, fields)
-        result = await self.runner.run(argv, rulesmod.command_env(fields, message), rule.timeout)
+        try:
+            argv = rulesmod.command_argv(rule, fields)
+        except rulesmod.CommandRefused as exc:  # a message tried to pass an option: nothing runs
+            result = refused(exc.program, str(exc), exc.why)
+        else:
+            result = await self.runner.run(argv, rulesmod.command_env(fields, message), rule.timeout)
         await self.run_db(self.store.finish_run, run["id"], result.status, exit_code=result.exit_code,
                           duration_ms=result.duration_ms, output=result.excerpt(), error=result.error)
         await self._deliver(run, app, row, command_answer(result, rule), answers)

@@ -74,6 +74,16 @@ class _Output(asyncio.Protocol):
         return text
 
 
+def refused(program: str, error: str, why: str) -> CommandResult:
+    """The result of a command that was not started because its arguments were refused.
+
+    `error` (which may quote the message) is the run's recorded reason; `why` (no message text)
+    goes to the log, like the runner's own line for commands that ran.
+    """
+    logger.warning("command %s: refused, %s; nothing was run", program, why)
+    return CommandResult((program,), None, "error", 0.0, error=error)
+
+
 def _utf8_boundary(data: bytes) -> bytes:
     """Drop a multi-byte character cut in half at the end (at most 3 bytes)."""
     for back in range(1, min(4, len(data)) + 1):

@@ -12,11 +12,12 @@ import shlex
 import string
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Pattern, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Pattern, Sequence, Tuple
 
 from wecomd.messages import Message
 
-OPTIONS = ("app", "when", "reply", "run", "timeout", "webhook", "webhook_secret", "priority", "continue")
+OPTIONS = ("app", "when", "reply", "run", "end_of_options", "timeout", "webhook", "webhook_secret", "priority",
+           "continue")
 WHEN_FORMS = ("text equals X | text contains X | text matches REGEX | click KEY | event NAME | "
               "msgtype NAME | any")
 FIELDS = ("from_user", "content", "event_key", "app", "msgtype", "event", "to_user", "agent_id",
@@ -35,6 +36,23 @@ class RuleError(ValueError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class CommandRefused(RuleError):
+    """A `run` argument filled in from the message starts with "-": nothing may run.
+
+    A program would read it as an option (`date -f/etc/passwd` prints the file), so the command is
+    refused unless the rule says `end_of_options = yes`. `str()` is the reason for the run record
+    (the value included); `why` names only the argument, for the log, which never holds message text.
+    """
+
+    def __init__(self, rule: str, program: str, position: int, template: str, value: str) -> None:
+        self.program, self.position = program, position
+        self.why = "argument %d (%s) starts with \"-\"" % (position, template)
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        super().__init__(["argument %d (%s = %r) starts with \"-\", so %s would read it as an option: "
+                          "refused, nothing was run (the rule's end_of_options = yes passes such text "
+                          "after \"--\")" % (position, template, shown, program)])
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,7 @@ class Rule:
     arg: Optional[str]
     reply: Optional[str] = None
     run: Optional[str] = None
+    end_of_options: bool = False  # put "--" before the first argument of `run` that starts with a field
     timeout: float = DEFAULT_TIMEOUT
     webhook: Optional[str] = None
     webhook_secret: Optional[str] = field(default=None, repr=False)
@@ -150,14 +169,17 @@ def _compile(name: str, options: Mapping[str, str], order: int, found: List[str]
     if text["reply"]:
         for problem in _template_problems(text["reply"], groups, named):
             report("reply", problem)
+    end_of_options = _converted(text["end_of_options"], _boolean, False, "end_of_options", report)
     if text["run"]:
-        _check_run(text["run"], groups, named, report)
+        _check_run(text["run"], groups, named, end_of_options, report)
+    elif text["end_of_options"]:
+        report("end_of_options", "set without a run")
     if text["webhook"] and not _is_http_url(text["webhook"]):
         report("webhook", "must be an http:// or https:// URL")
     if text["webhook_secret"] and not text["webhook"]:
         report("webhook_secret", "set without a webhook")
     return Rule(name=name, app=text["app"], when=text["when"] or "", kind=kind, arg=arg,
-                reply=text["reply"], run=text["run"],
+                reply=text["reply"], run=text["run"], end_of_options=end_of_options,
                 timeout=_converted(text["timeout"], _timeout, DEFAULT_TIMEOUT, "timeout", report),
                 webhook=text["webhook"], webhook_secret=text["webhook_secret"],
                 priority=_converted(text["priority"], _priority, None, "priority", report),
@@ -195,7 +217,7 @@ def _regex(pattern: str, report) -> Optional[Pattern]:
         return None
 
 
-def _check_run(run: str, groups: Optional[int], named: set, report) -> None:
+def _check_run(run: str, groups: Optional[int], named: set, end_of_options: bool, report) -> None:
     try:
         argv = shlex.split(run)
     except ValueError as exc:
@@ -211,6 +233,31 @@ def _check_run(run: str, groups: Optional[int], named: set, report) -> None:
         if index == 0 and not problems_here and _field_names(argument):
             # The program itself must never come from a message: only its arguments may.
             report("run", "the command (first word) cannot contain a field")
+            return
+    if end_of_options:
+        _check_end_of_options(argv, report)
+
+
+def _check_end_of_options(argv: List[str], report) -> None:
+    """With end_of_options, "--" goes before the first argument that starts with a field."""
+    first = next((i for i, word in enumerate(argv) if _starts_with_field(i, word)), None)
+    if first is None:
+        return  # no argument can start with a message's text: nothing is inserted
+    if "--" in argv[1:first]:
+        report("end_of_options", "run already has -- before %s: remove end_of_options" % argv[first])
+        return
+    before = argv[first - 1]
+    if first > 1 and before.startswith("-"):
+        # Between an option and its value, "--" would become the value (in `date -d -- -x`, "--" is
+        # the date and -x an option again), and wecomd cannot know which options take one.
+        report("end_of_options", "%s comes right before %s: if %s takes a value, the -- put between them "
+                                 "becomes that value; write %s%s (or --option=%s) for an option's value, "
+                                 "or %s -- %s yourself, without end_of_options, for a flag"
+               % (before, argv[first], before, before, argv[first], argv[first], before, argv[first]))
+    for word in argv[first + 1:]:
+        if word.startswith("-") and len(word) > 1:
+            report("end_of_options", "%s comes after %s, so after the -- put before that field it is no "
+                                     "longer an option: move it before %s" % (word, argv[first], argv[first]))
 
 
 def _template_problems(template: str, groups: Optional[int], named: set) -> List[str]:
@@ -354,10 +401,34 @@ def command_argv(rule: Rule, fields: Mapping[str, str]) -> List[str]:
 
     So a field's value always stays inside exactly one argument (`; rm -rf /` from a user is one
     argument, never shell syntax); run it without a shell. NUL characters are dropped.
+
+    Nor can a message pass an option: an argument that starts with a field (no text of the
+    operator's before it) and comes out starting with "-" raises CommandRefused, unless it comes
+    after a literal "--" argument or the rule has `end_of_options = yes`, which puts "--" before
+    the first argument that starts with a field.
     """
     if not rule.run:
         raise RuleError(["[rule:%s] run: no command" % rule.name])
-    return [render(word, fields).replace("\0", "") for word in shlex.split(rule.run)]
+    words = shlex.split(rule.run)
+    argv: List[str] = []
+    operands = False  # after "--": arguments are operands, never options
+    for index, word in enumerate(words):
+        exposed = _starts_with_field(index, word) and not operands
+        if exposed and rule.end_of_options:
+            argv.append("--")
+            operands, exposed = True, False
+        value = render(word, fields).replace("\0", "")
+        if exposed and value.startswith("-"):
+            raise CommandRefused(rule.name, argv[0], index, word, value)
+        argv.append(value)
+        operands = operands or (index > 0 and word == "--")
+    return argv
+
+
+def _starts_with_field(index: int, word: str) -> bool:
+    """An argument (not the program) whose text starts with a field's value, not the operator's."""
+    parts = list(_FORMATTER.parse(word)) if index > 0 else []
+    return bool(parts) and parts[0][0] == "" and parts[0][1] is not None
 
 
 def command_env(fields: Mapping[str, str], message: Message) -> Dict[str, str]:
@@ -377,8 +448,11 @@ def describe(match: Match, app: str, message: Message) -> dict:
     """What a match would do, for `wecomd rules test`: nothing is run or sent."""
     rule = match.rule
     fields = template_fields(match, app, message)
+    try:
+        run: Any = command_argv(rule, fields) if rule.run else None
+    except CommandRefused as exc:
+        run = "refused: %s" % exc
     return {"rule": rule.name, "when": rule.when,
             "reply": render(rule.reply, fields) if rule.reply else None,
-            "run": command_argv(rule, fields) if rule.run else None,
-            "webhook": rule.webhook, "continue": rule.cont}
+            "run": run, "webhook": rule.webhook, "continue": rule.cont}
 
