@@ -1,7 +1,7 @@
 // The dashboard: conversation list, filters and search, routing, and the live connection.
 
 import { api, exportUrl, toLogin } from "./api.js";
-import { dayClock, el, fullTime, loadStrings, messageDate, parseIso, shortTime, t } from "./dom.js";
+import { dayClock, el, fullTime, loadStrings, messageDate, parseIso, shortTime, t, timeFlag } from "./dom.js";
 import { connectLive } from "./live.js";
 import { conversationUser, outboundPrefix, previewText, ruleOperator } from "./render.js";
 import { RulesView } from "./rules.js";
@@ -178,7 +178,8 @@ function conversationItem(conv) {
         paused ? el("span", {
           class: "paused-tag", title: t("Automation paused until {time} (human takeover)", { time: dayClock(paused) }),
         }, t("paused")) : null,
-        el("time", { class: "conv-time", title: fullTime(date) }, shortTime(date))),
+        el("time", { class: "conv-time", title: fullTime(date) }, shortTime(date)),
+        timeFlag(last)),
       el("span", { class: "conv-bottom" },
         el("span", { class: "conv-preview" }, outboundPrefix(last), previewText(last)),
         conv.unread > 0
@@ -250,7 +251,8 @@ function resultItem(message) {
       el("span", { class: "conv-top" },
         el("span", { class: "conv-user" }, user),
         state.apps.length > 1 ? el("span", { class: "app-tag" }, message.app) : null,
-        el("time", { class: "conv-time", title: fullTime(date) }, shortTime(date))),
+        el("time", { class: "conv-time", title: fullTime(date) }, shortTime(date)),
+        timeFlag(message)),
       el("span", { class: "result-text" },
         outboundPrefix(message), highlight(previewText(message), state.q))));
 }

@@ -104,11 +104,39 @@ const fullStamp = new Intl.DateTimeFormat(lang, {
   second: "2-digit", timeZoneName: "short",
 });
 
-/** When a message happened: WeCom's CreateTime when present, else when wecomd stored it. */
+// CreateTime is the sender's clock, stored as it came. One that is not a positive whole number of
+// seconds before the year 10000 (negative, 0, 999999999999999999, text) is flagged "time invalid",
+// and the message is placed by when wecomd stored it instead.
+const LAST_CREATE_TIME = 253402300799; // 9999-12-31T23:59:59Z
+
+/** Whether a message came with a CreateTime that is no usable time. */
+export function createTimeInvalid(message) {
+  const value = message.create_time;
+  if (value === null || value === undefined) {
+    const sent = (message.fields || {}).CreateTime; // a CreateTime the server could not read as a number
+    return typeof sent === "string" && sent.trim() !== "";
+  }
+  return !Number.isSafeInteger(value) || value <= 0 || value > LAST_CREATE_TIME;
+}
+
+/** The "time invalid" flag, with the CreateTime as sent in its tooltip; null for a usable time. */
+export function timeFlag(message) {
+  if (!createTimeInvalid(message)) return null;
+  const sent = (message.fields || {}).CreateTime; // exact digits (a JS number rounds 18 of them)
+  return el("span", { class: "time-invalid", title: "CreateTime " + display(sent ?? message.create_time) },
+    t("time invalid"));
+}
+
+/** When a message happened: WeCom's CreateTime when usable, else when wecomd stored it. */
 export function messageDate(message) {
-  if (message.create_time) return new Date(message.create_time * 1000);
+  if (message.create_time && !createTimeInvalid(message)) return new Date(message.create_time * 1000);
   const parsed = Date.parse(message.received_at || "");
   return isNaN(parsed) ? null : new Date(parsed);
+}
+
+/** A Date that the formatters can print (Intl throws on an invalid one), or null. */
+function usable(date) {
+  return date instanceof Date && !isNaN(date.getTime()) ? date : null;
 }
 
 function startOfDay(date) {
@@ -117,27 +145,27 @@ function startOfDay(date) {
 
 /** Local calendar day key, for day separators. */
 export function dayKey(date) {
-  return date ? startOfDay(date) : 0;
+  return usable(date) ? startOfDay(date) : 0;
 }
 
 /** "14:05" today, "Nov 28" on other days: for lists. */
 export function shortTime(date) {
-  if (!date) return "";
+  if (!usable(date)) return "";
   return startOfDay(date) === startOfDay(new Date()) ? clock.format(date) : shortDay.format(date);
 }
 
 export function clockTime(date) {
-  return date ? clock.format(date) : "";
+  return usable(date) ? clock.format(date) : "";
 }
 
 /** Full local timestamp with the zone name, for tooltips. */
 export function fullTime(date) {
-  return date ? fullStamp.format(date) : "";
+  return usable(date) ? fullStamp.format(date) : "";
 }
 
 /** "Today", "Yesterday" or a long date, for the separators in a thread. */
 export function dayLabel(date) {
-  if (!date) return "";
+  if (!usable(date)) return "";
   const days = Math.round((startOfDay(new Date()) - startOfDay(date)) / 86400000);
   if (days === 0) return t("Today");
   if (days === 1) return t("Yesterday");
@@ -153,7 +181,7 @@ export function parseIso(value) {
 
 /** "14:05" today, "Nov 28 14:05" on other days: a moment that may not be today. */
 export function dayClock(date) {
-  if (!date) return "";
+  if (!usable(date)) return "";
   return startOfDay(date) === startOfDay(new Date()) ? clock.format(date) : shortDay.format(date) + " " + clock.format(date);
 }
 
@@ -163,7 +191,7 @@ const RELATIVE_STEPS = [["second", 60], ["minute", 60], ["hour", 24], ["day", 7]
 
 /** "3 minutes ago" in the page's language (Intl does the wording); a date beyond a week. */
 export function relativeTime(date) {
-  if (!date) return "";
+  if (!usable(date)) return "";
   let amount = (date.getTime() - Date.now()) / 1000;
   if (!relative) return fullStamp.format(date);
   for (const [unit, size] of RELATIVE_STEPS) {

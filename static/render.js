@@ -4,7 +4,7 @@
 
 import { mediaUrl } from "./api.js";
 import {
-  clockTime, display, el, formatDuration, formatSize, fullTime, isWebUrl, messageDate, parseIso, t, tParts,
+  clockTime, display, el, formatDuration, formatSize, fullTime, isWebUrl, messageDate, parseIso, t, tParts, timeFlag,
 } from "./dom.js";
 
 const MEDIA_TYPES = new Set(["image", "voice", "video", "file"]);
@@ -274,6 +274,8 @@ function statusLine(message, onRetry) {
       t("delivered ×{n}", { n: message.deliveries })));
   }
   meta.append(el("time", { datetime: message.received_at || "", title: fullTime(date) }, clockTime(date)));
+  const flag = timeFlag(message);
+  if (flag) meta.append(flag);
   const rows = [meta];
   if (message.direction === "out" && message.status === "failed") {
     rows.push(el("div", { class: "failure" },
@@ -347,7 +349,8 @@ function eventRow(message) {
     el("details", { class: "system-line" },
       el("summary", null,
         el("span", { class: "system-text" }, eventParts(message)),
-        el("time", { datetime: message.received_at || "", title: fullTime(date) }, clockTime(date))),
+        el("time", { datetime: message.received_at || "", title: fullTime(date) }, clockTime(date)),
+        timeFlag(message)),
       fieldList(fields(message), false)),
     automationList(message));
 }

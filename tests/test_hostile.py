@@ -13,7 +13,11 @@ import urllib.parse
 
 from base import WecomdTestCase
 from conftest import ADMIN_PASSWORD, API_TOKEN
+from samples import _event, _message
 from wecomd import auth
+
+# The browser harness of test_browser.py; its fixtures must be names in this module to be used here.
+from test_browser import Demo, browser, conversation, demo, login, new_user, open_thread, page  # noqa: F401
 
 MAX_BODY = 65536
 TWO_63 = str(2 ** 63)  # one past SQLite's largest integer
@@ -126,9 +130,9 @@ class HostileTestCase(WecomdTestCase):
     def sign_in(self) -> dict:
         conn = http.client.HTTPConnection("127.0.0.1", self.get_http_port(), timeout=30)
         conn.request("GET", "/login")
-        page = conn.getresponse()
-        page.read()
-        xsrf = _set_cookie(page, "_xsrf")
+        form = conn.getresponse()
+        form.read()
+        xsrf = _set_cookie(form, "_xsrf")
         body = urllib.parse.urlencode({"username": "admin", "password": ADMIN_PASSWORD, "_xsrf": xsrf})
         conn.request("POST", "/login", body=body, headers={
             "Cookie": "_xsrf=%s" % xsrf, "Content-Type": "application/x-www-form-urlencoded"})
@@ -317,3 +321,88 @@ class CallbackBodyLimitTest(HostileTestCase):
         status, body, _ = self.in_thread(self.raw, _chunked_head("/callback/helpdesk", {}), [b"x" * MAX_BODY])
         self.assertEqual(status, 400)  # read whole, then refused as not XML
         self.assertIn(b"bad envelope", body)
+
+
+# ------------------------------------------------------------------ CreateTime out of range (item 4)
+
+FAR_FUTURE = "999999999999999999"  # 18 digits: fits the column, but no date anyone can print
+OUT_OF_RANGE = (FAR_FUTURE, "-5")
+
+
+class CreateTimeTest(HostileTestCase):
+    def test_out_of_range_create_time_is_kept_and_the_api_still_answers(self):
+        sent = {"future": FAR_FUTURE, "past": "-5", "overlong": "9" * 25, "normal": "1764370000"}
+        for n, (user, stamp) in enumerate(sent.items()):
+            xml = _message("text", "<Content>hi %s</Content><MsgId>8%d</MsgId>" % (user, n), user, stamp)
+            self.assertEqual(self.callback(xml).code, 200, user)
+        self.assertEqual(self.callback(_event("click", "<EventKey>K</EventKey>", "past", "-5")).code, 200)
+        kept = {row["from_user"]: row["create_time"] for row in self.inbound() if row["msgtype"] == "text"}
+        self.assertEqual(kept, {"future": int(FAR_FUTURE), "past": -5, "overlong": None, "normal": 1764370000})
+
+        status, answer = self.api("/api/conversations")
+        self.assertEqual(status, 200)
+        self.assertEqual({c["user"] for c in answer["conversations"]}, set(sent))
+        status, answer = self.api("/api/messages", user="future")
+        self.assertEqual(status, 200)
+        first = [m for m in answer["messages"] if m["direction"] == "in"][0]
+        self.assertEqual((first["create_time"], first["fields"]["CreateTime"]), (int(FAR_FUTURE), FAR_FUTURE))
+        status, answer = self.api("/api/messages", user="overlong")
+        self.assertEqual([m["fields"]["CreateTime"] for m in answer["messages"] if m["direction"] == "in"],
+                         ["9" * 25])  # too long for the column: as sent in fields and the raw XML
+        for fmt in ("jsonl", "csv"):
+            status, body = self.api("/api/export", format=fmt)
+            self.assertEqual(status, 200)
+            self.assertIn(FAR_FUTURE.encode(), body)
+        self.assertEqual(self.log.tracebacks(), [])
+
+
+def _send_xml(server: Demo, tmp_path, user: str, xml: str) -> None:
+    path = tmp_path / ("%s.xml" % user)
+    path.write_text(xml, encoding="utf-8")
+    server.simulate(user, "xml", "x", "--xml", str(path))
+
+
+def test_out_of_range_create_time_is_flagged_and_the_list_stays(page, demo, tmp_path):  # noqa: F811
+    from playwright.sync_api import expect
+
+    flag = "时间无效"  # "time invalid" in the page's Chinese
+    corp, agent = demo.app["corp_id"], demo.app["agent_id"]
+    before, future, past = new_user("intime"), new_user("future"), new_user("past")
+    demo.simulate(before, content="an ordinary message")
+    text = ("<xml><ToUserName>%s</ToUserName><FromUserName>%s</FromUserName><CreateTime>%s</CreateTime>"
+            "<MsgType>text</MsgType><Content>%s</Content><MsgId>%d</MsgId><AgentID>%s</AgentID></xml>")
+    click = ("<xml><ToUserName>%s</ToUserName><FromUserName>%s</FromUserName><CreateTime>%s</CreateTime>"
+             "<MsgType>event</MsgType><Event>click</Event><EventKey>NO_RULE</EventKey><AgentID>%s</AgentID></xml>")
+    for n, (user, stamp, content) in enumerate(((future, FAR_FUTURE, "from the far future"),
+                                                (past, "-5", "from before 1970"))):
+        _send_xml(demo, tmp_path, user, text % (corp, user, stamp, content, 9100 + n, agent))
+        # A click no rule answers gets no automatic answer: it stays the newest message, in the list.
+        _send_xml(demo, tmp_path, user, click % (corp, user, stamp, agent))
+    after = new_user("intime")
+    demo.simulate(after, content="another ordinary message")
+
+    login(page, demo)
+    # The whole list is there, newest first, as the API has it.
+    expected = page.evaluate("async () => (await (await fetch('/api/conversations')).json())"
+                             ".conversations.map((c) => c.user)")
+    assert {before, future, past, after} <= set(expected)
+    links = page.locator("#conversations a.conv")
+    expect(links).to_have_count(len(expected))
+    assert links.evaluate_all("(links) => links.map((a) => a.dataset.user)") == expected
+    for user, stamp in ((future, FAR_FUTURE), (past, "-5")):
+        expect(conversation(page, user).locator(".time-invalid")).to_have_text(flag)
+        expect(conversation(page, user).locator(".time-invalid")).to_have_attribute("title", "CreateTime " + stamp)
+        expect(conversation(page, user).locator(".conv-time")).not_to_have_text("")
+    for user in (before, after):
+        expect(conversation(page, user).locator(".conv-time")).not_to_have_text("")
+        expect(conversation(page, user).locator(".time-invalid")).to_have_count(0)
+
+    for user, stamp, content in ((future, FAR_FUTURE, "from the far future"), (past, "-5", "from before 1970")):
+        open_thread(page, user)
+        row = page.locator("#message-list li.msg.in", has_text=content)
+        expect(row.locator(".time-invalid")).to_have_text(flag)
+        expect(row.locator(".time-invalid")).to_have_attribute("title", "CreateTime " + stamp)
+        expect(row.locator(".meta time")).not_to_have_text("")  # placed by when wecomd stored it
+        expect(page.locator("#message-list li.system .time-invalid")).to_have_text(flag)
+        expect(page.locator("#message-list .time-invalid")).to_have_count(2)  # not on the app's reply
+        expect(page.locator("#message-list li.day")).to_have_count(1)  # today, not 1969 or year 31 billion

@@ -247,7 +247,9 @@ def test_only_msgtype_is_required():
 
 @pytest.mark.parametrize("value, expected", [
     ("1764370000", 1764370000), (" 1764370000\n", 1764370000), ("1764370000.5", None), ("", None),
-    ("abc", None), ("１２３", None), ("9" * 5000, None), ("-5", None),
+    ("abc", None), ("１２３", None), ("9" * 5000, None), ("9" * 19, None), ("-", None), ("--5", None),
+    # Out of range but kept as sent: the dashboard flags these "time invalid".
+    ("-5", -5), ("999999999999999999", 999999999999999999), ("-999999999999999999", -999999999999999999),
 ])
 def test_create_time_is_an_int_or_none(value, expected):
     assert parse("<xml><MsgType>text</MsgType><CreateTime>%s</CreateTime></xml>" % value).create_time == expected

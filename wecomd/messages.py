@@ -46,7 +46,10 @@ CARD_TAG_OVERRIDES = (
 )
 _CARD_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-_CREATE_TIME = re.compile(r"\s*([0-9]{1,18})\s*\Z")
+# CreateTime is the sender's clock and is kept as sent, negative or far in the future included (the
+# dashboard flags those "time invalid"); 18 digits always fit a 64-bit column. Anything else is
+# None, and the text stays in `fields` and the raw XML.
+_CREATE_TIME = re.compile(r"\s*(-?[0-9]{1,18})\s*\Z")
 
 
 class MessageError(ValueError):
