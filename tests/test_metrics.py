@@ -8,10 +8,14 @@ import urllib.parse
 
 import prometheus_client
 from prometheus_client.parser import text_string_to_metric_families
+from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.testing import gen_test
+from tornado.websocket import websocket_connect
 
 from base import WecomdTestCase
+from conftest import write_config
 from peer import CORP_ID, TOKEN, WecomPeer
+from wecomd import app as appmod, config, sandbox
 from wecomd.metrics import CALLBACK_BUCKETS, Metrics
 from wecomd.services import Services
 from wecomd.wecom_api import SEND
@@ -75,6 +79,48 @@ class AccessTest(MetricsTestCase):
         for reason in ("cold", "expired", "token_error"):
             self.assertEqual(samples[("wecomd_token_refreshes_total", (("reason", reason),))], 0)
         self.assertFalse([key for key in samples if key[0] == "wecomd_callbacks_total"])
+
+
+METRICS_TOKEN = "metrics-only-token-0123456789abcdef"
+
+
+class MetricsTokenTest(MetricsTestCase):
+    """`[admin] metrics_token` (set here through its environment variable) opens /metrics and nothing else."""
+
+    def get_app(self):
+        self.fake = sandbox.FakeWecom()
+        self.fake_server, api_base = self.io_loop.run_sync(lambda: sandbox.start(self.fake))
+        path = write_config(self.tmp, api_base=api_base)
+        self.config = config.load(path, {"WECOMD_ADMIN_METRICS_TOKEN": METRICS_TOKEN})
+        self.services = Services(self.config)
+        self.io_loop.run_sync(self.services.start)
+        return appmod.make_app(self.services)
+
+    def test_the_metrics_token_opens_metrics(self):
+        self.assertIn(("wecomd_outbox_pending", ()), self.scrape({"Authorization": "Bearer " + METRICS_TOKEN}))
+        self.assertEqual(self.fetch("/metrics", headers=self.bearer()).code, 200)  # the api token still does
+
+    def test_the_metrics_token_opens_nothing_else(self):
+        token = {"Authorization": "Bearer " + METRICS_TOKEN}
+        for path in ("/api/apps", "/api/messages", "/api/conversations", "/api/messages/1", "/api/export",
+                     "/api/rules", "/"):
+            resp = self.fetch(path, headers=token, follow_redirects=False)
+            self.assertEqual(resp.code, 401, path)
+            self.assertEqual(resp.headers["WWW-Authenticate"], "Bearer", path)
+        upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                   "Sec-WebSocket-Key": "x3JJHMbDL1EzLkh9GBhXDw=="}
+        self.assertEqual(self.fetch("/api/live", headers={**token, **upgrade}).code, 401)
+        status, _ = self.api("/api/messages", method="POST", headers=token,
+                             body={"app": "helpdesk", "to_user": "zhangsan", "content": "hi"})
+        self.assertEqual(status, 403)  # no XSRF token: refused before anything else, as for anyone
+
+    @gen_test
+    async def test_the_metrics_token_opens_no_live_feed(self):
+        request = HTTPRequest("ws://127.0.0.1:%d/api/live" % self.get_http_port(),
+                              headers={"Authorization": "Bearer " + METRICS_TOKEN})
+        with self.assertRaises(HTTPClientError) as caught:
+            await websocket_connect(request)
+        self.assertEqual(caught.exception.code, 401)
 
 
 class CallbackMetricsTest(MetricsTestCase):

@@ -1,11 +1,34 @@
-"""Operator sign-in: password and API-token checks, session values, failed-login rate limiting."""
+"""Operator sign-in: password and token checks, server-side sessions, failed-login backoff, and the
+bounded thread pool that runs the password hash off the event loop.
+
+The sign-in policy (README, "The dashboard"; docs/operations.md, "Sign-in limits"):
+
+- A client address that has not failed (no failed attempt in its current streak) always gets its
+  password checked: the right password from a fresh address is never refused.
+- Per client address: its first `free` failures cost nothing; after them it must wait `base` seconds,
+  then twice as long after each further failure (1 s, 2 s, 4 s ...), at most `cap`, before its next
+  attempt is checked. Meanwhile it gets 429 with Retry-After, right password or not.
+- Per account: once an account has `account_free` failures in its streak (from any addresses), each
+  further one doubles a wait that every client that has itself failed must also sit out. An attacker
+  with many addresses gets one guess per new address, then waits with the rest; the admin signing in
+  from an address that has not failed is never held back by it.
+- A streak is forgotten `forget` seconds after its last failure; a success clears its client's.
+- At most `workers` checks run at once and `max_waiting` more wait, at most `per_client` of them from
+  one address; beyond that a sign-in gets 503 (Retry-After: 1) at once.
+"""
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import hmac
+import secrets
 import time
 from collections import OrderedDict
-from typing import Callable, Optional
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 from wecomd.config import AdminConfig
 from wecomd.passwords import verify_password
@@ -13,71 +36,210 @@ from wecomd.passwords import verify_password
 SESSION_COOKIE = "wecomd_session"
 SESSION_DAYS = 7
 
+T = TypeVar("T")
+
 
 def check_login(admin: AdminConfig, username: str, password: str) -> bool:
-    """True when both match; always runs the password hash so timing tells nothing."""
+    """True when both match; always runs the password hash so timing tells nothing. Slow (scrypt):
+    the server runs it through a PasswordChecker, never on the event loop."""
     name_ok = hmac.compare_digest(username.encode(), admin.username.encode())
     password_ok = bool(admin.password_hash) and verify_password(password, admin.password_hash)
     return name_ok and password_ok
 
 
+def check_bearer(token: str, header: Optional[str]) -> bool:
+    """True for `Authorization: Bearer <token>` when `token` is set."""
+    if not token or not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[len("Bearer "):].strip().encode(), token.encode())
+
+
 def check_api_token(admin: AdminConfig, header: Optional[str]) -> bool:
     """True for `Authorization: Bearer <api_token>` when an api_token is configured."""
-    if not admin.api_token or not header or not header.startswith("Bearer "):
-        return False
-    return hmac.compare_digest(header[len("Bearer "):].strip().encode(), admin.api_token.encode())
+    return check_bearer(admin.api_token, header)
 
 
-def session_value(admin: AdminConfig) -> str:
-    """What the signed session cookie holds: the user and a fingerprint of the password hash,
+def check_metrics_token(admin: AdminConfig, header: Optional[str]) -> bool:
+    """True for `Authorization: Bearer <metrics_token>`; only /metrics asks."""
+    return check_bearer(admin.metrics_token, header)
+
+
+def credential(admin: AdminConfig, user: str) -> Optional[str]:
+    """A fingerprint of `user`'s password hash (None for an unknown user). A session remembers it,
     so that changing the password ends every existing session."""
-    return "%s|%s" % (admin.username, _fingerprint(admin))
-
-
-def session_user(admin: AdminConfig, value: Optional[bytes]) -> Optional[str]:
-    """The operator named by a verified cookie value, or None when it no longer holds."""
-    if not value:
+    if user != admin.username or not admin.password_hash:
         return None
-    user, _, fingerprint = value.decode("utf-8", "replace").rpartition("|")
-    if user == admin.username and hmac.compare_digest(fingerprint, _fingerprint(admin)):
-        return user
-    return None
-
-
-def _fingerprint(admin: AdminConfig) -> str:
     return hashlib.sha256(admin.password_hash.encode()).hexdigest()[:16]
 
 
-class LoginLimiter:
-    """Failed sign-ins per client address: `max_failures` within `window` seconds lock it out.
+# --- sessions ---------------------------------------------------------------------------------
 
-    Memory is bounded: at most `max_clients` addresses are remembered, oldest dropped first.
+class Sessions:
+    """Signed-in sessions, stored server-side (table `session`, wecomd.store_sessions).
+
+    The signed cookie carries a random token; a session holds only while its row does, so signing out
+    (`end`) stops a copied cookie at once. The rows are also kept in memory, loaded at start and
+    changed with the table, so checking a request's session costs no database query; the process is
+    the database's only writer.
     """
 
-    def __init__(self, max_failures: int = 5, window: float = 300.0, max_clients: int = 10000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_failures, self.window, self.max_clients = max_failures, window, max_clients
-        self._clock = clock
-        self._failures: OrderedDict[str, list[float]] = OrderedDict()
+    def __init__(self, db: Callable[..., Awaitable[Any]], store: Any, days: float = SESSION_DAYS,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self._db, self._store, self.days = db, store, days
+        self._clock = clock or _utcnow
+        self._live: dict[str, dict] = {}  # token hash -> row
 
-    def retry_after(self, client: str) -> float:
-        """Seconds until `client` may try again; 0 when it may try now."""
-        recent = self._recent(client)
-        if len(recent) < self.max_failures:
+    async def load(self) -> int:
+        """Read the unexpired sessions (the expired are deleted); returns how many."""
+        rows = await self._db(self._store.live_sessions, self._clock())
+        self._live = {row["token_hash"]: row for row in rows}
+        return len(self._live)
+
+    async def begin(self, user: str, credential: str, client: str) -> str:
+        """Store a new session of `user`; returns the token for the cookie."""
+        token = secrets.token_urlsafe(32)
+        now = self._clock()
+        row = dict(token_hash=_digest(token), user=user, credential=credential, client=client[:64],
+                   created_at=now, expires_at=now + timedelta(days=self.days))
+        await self._db(self._store.create_session, row, now)
+        self._live = {h: r for h, r in self._live.items() if r["expires_at"] > now}
+        self._live[row["token_hash"]] = row
+        return token
+
+    def user(self, token: Any, credential_of: Callable[[str], Optional[str]]) -> Optional[str]:
+        """The user of a live session, or None (no such session, expired, or the password changed)."""
+        if isinstance(token, bytes):
+            token = token.decode("ascii", "replace")
+        if not token:
+            return None
+        row = self._live.get(_digest(token))
+        if row is None or row["expires_at"] <= self._clock():
+            return None
+        current = credential_of(row["user"])
+        if current is None or not hmac.compare_digest(current, row["credential"]):
+            return None
+        return row["user"]
+
+    async def end(self, token: Any) -> bool:
+        """Sign a session out; False when there was none."""
+        if isinstance(token, bytes):
+            token = token.decode("ascii", "replace")
+        if not token:
+            return False
+        digest = _digest(token)
+        known = self._live.pop(digest, None) is not None
+        await self._db(self._store.end_session, digest)
+        return known
+
+    @property
+    def count(self) -> int:
+        return len(self._live)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+# --- failed sign-ins ------------------------------------------------------------------------
+
+@dataclass
+class _Streak:
+    failures: int = 0
+    last: float = 0.0  # clock() of the last failure
+
+
+class LoginLimiter:
+    """Exponential backoff of failed sign-ins, per client address and per account (the module's
+    docstring has the policy). Memory is bounded: at most `max_clients` addresses and `max_accounts`
+    account names are remembered, the least recently failed dropped first."""
+
+    def __init__(self, free: int = 3, base: float = 1.0, cap: float = 900.0, account_free: int = 10,
+                 forget: float = 3600.0, max_clients: int = 10000, max_accounts: int = 1000,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.free, self.base, self.cap = free, base, cap
+        self.account_free, self.forget = account_free, forget
+        self.max_clients, self.max_accounts = max_clients, max_accounts
+        self._clock = clock or time.monotonic
+        self._clients: OrderedDict[str, _Streak] = OrderedDict()
+        self._accounts: OrderedDict[str, _Streak] = OrderedDict()
+
+    def delay(self, failures: int, free: int) -> float:
+        """The wait after `failures` failures of which the first `free` are free."""
+        if failures < free:
             return 0.0
-        return max(0.0, recent[0] + self.window - self._clock())
+        return min(self.cap, self.base * 2.0 ** min(failures - free, 64))
 
-    def failed(self, client: str) -> None:
-        recent = self._recent(client)
-        recent.append(self._clock())
-        self._failures[client] = recent[-self.max_failures:]
-        self._failures.move_to_end(client)
-        while len(self._failures) > self.max_clients:
-            self._failures.popitem(last=False)
+    def retry_after(self, client: str, account: str) -> float:
+        """Seconds until `client` may try to sign in to `account`; 0 when it may try now."""
+        now = self._clock()
+        mine = self._streak(self._clients, client, now)
+        if mine is None:
+            return 0.0  # a client that has not failed is never held back
+        wait = mine.last + self.delay(mine.failures, self.free) - now
+        theirs = self._streak(self._accounts, account, now)
+        if theirs is not None:
+            wait = max(wait, theirs.last + self.delay(theirs.failures, self.account_free) - now)
+        return max(0.0, wait)
+
+    def failed(self, client: str, account: str) -> None:
+        now = self._clock()
+        for table, key, bound in ((self._clients, client, self.max_clients),
+                                  (self._accounts, account, self.max_accounts)):
+            streak = self._streak(table, key, now) or _Streak()
+            streak.failures += 1
+            streak.last = now
+            table[key] = streak
+            table.move_to_end(key)
+            while len(table) > bound:
+                table.popitem(last=False)
 
     def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
+        """The client's streak ends; the account's does not (an attack on it may go on)."""
+        self._clients.pop(client, None)
 
-    def _recent(self, client: str) -> list[float]:
-        cutoff = self._clock() - self.window
-        return [t for t in self._failures.get(client, []) if t > cutoff]
+    def _streak(self, table: OrderedDict, key: str, now: float) -> Optional[_Streak]:
+        streak = table.get(key)
+        if streak is not None and now - streak.last > self.forget:
+            del table[key]
+            return None
+        return streak
+
+
+# --- the password hash, off the event loop ------------------------------------------------------
+
+class Busy(Exception):
+    """Too many password checks are waiting; try again shortly."""
+
+
+class PasswordChecker:
+    """Runs password checks (scrypt: tens of milliseconds and 16 MiB each) on `workers` threads, so
+    the event loop keeps serving callbacks. At most `max_waiting` checks wait for a thread, and one
+    client address has at most `per_client` checks running or waiting (parallel guesses cannot outrun
+    its backoff); beyond either, `check` raises Busy at once rather than queueing without bound."""
+
+    def __init__(self, workers: int = 2, max_waiting: int = 64, per_client: int = 2) -> None:
+        self.workers, self.max_waiting, self.per_client = workers, max_waiting, per_client
+        self.pending = 0  # running or waiting
+        self._by_client: dict[str, int] = {}
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wecomd-login")
+
+    async def check(self, client: str, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on a worker thread, for `client`; Busy when too many are waiting."""
+        if self.pending >= self.workers + self.max_waiting or self._by_client.get(client, 0) >= self.per_client:
+            raise Busy()
+        self.pending += 1
+        self._by_client[client] = self._by_client.get(client, 0) + 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+        finally:
+            self.pending -= 1
+            self._by_client[client] -= 1
+            if not self._by_client[client]:
+                del self._by_client[client]
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

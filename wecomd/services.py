@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
 from wecomd import config as configmod, logs, rules
-from wecomd.auth import LoginLimiter
+from wecomd.auth import LoginLimiter, PasswordChecker, Sessions
 from wecomd.automation import Automation
 from wecomd.commands import CommandRunner
 from wecomd.config import AppConfig, Config
@@ -78,12 +78,14 @@ class Services:
         self.metrics = Metrics(websocket_clients=lambda: self.hub.count,
                                db_commits=lambda: (self.writer.batches, self.writer.calls))
         self.login_limiter = LoginLimiter()
+        self.password_checker = PasswordChecker()  # scrypt on its own threads, never on the event loop
         self.cookie_secret = config.admin.cookie_secret or _ephemeral_secret()
         self.wecom = WecomClient(config.wecom.api_base, on_refresh=self.metrics.token_refresh)
         # Writes (and everything on the callback path) go through one writer thread with group
         # commit; the dashboard's reads use their own connection on another thread (SQLite WAL lets
         # them run beside the writer), so a long search never holds up a callback.
         self.writer = DbWriter(self.store.db, lambda exc: StoreError("could not commit: %s" % exc))
+        self.sessions = Sessions(self.db, self.store)
         # Callback failures, for `wecomd doctor`: on the writer thread, but not through db(): a row the
         # log cannot write is the log's own loss (logged), not one more wecomd_store_failures_total.
         self.failures = FailureRecorder(self.writer.run, self.store)
@@ -162,6 +164,7 @@ class Services:
         interrupted = await self.db(self.store.interrupt_running, _utcnow())
         if interrupted:
             logger.warning("%d rule action(s) were cut off by the last stop", interrupted)
+        await self.sessions.load()
         self.outbox.start()
         self.media.start()
         self.webhooks.start()
@@ -176,6 +179,7 @@ class Services:
         await self.retention.stop()
         await self.failures.close()
         self.wecom.close()
+        self.password_checker.close()
         await self.read(self.store.close)
         self._reader.shutdown(wait=True)
         await self.writer.run(self.store.close, alone=True)

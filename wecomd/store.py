@@ -22,6 +22,7 @@ from .store_failures import FailureQueries, bind_model as bind_failure_model
 from .store_maintenance import MaintenanceQueries
 from .store_rows import (MEDIA_STATUSES, StoreError, bound, dumps, guarded as _guarded, inbound_row,
                          naive_utc, page_size as _page_size, search_text, to_json, utcnow)
+from .store_sessions import SessionQueries, bind_model as bind_session_model
 
 __all__ = ["Store", "StoreError", "search_text", "MEDIA_STATUSES", "OUTBOUND_STATUSES"]
 
@@ -94,7 +95,7 @@ class MessageRecord(Model):
         )
 
 
-class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQueries):
+class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQueries, SessionQueries):
     """wecomd's messages, conversations, rule runs and takeover pauses in one database, opened
     from a path or a URL.
 
@@ -103,7 +104,7 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
     marks live in store_conversations.ConversationQueries, backup and prune in
     store_maintenance.MaintenanceQueries, the rule-run and takeover queries in
     store_automation.AutomationQueries, the callback failure log in
-    store_failures.FailureQueries.
+    store_failures.FailureQueries, the dashboard's sessions in store_sessions.SessionQueries.
 
     Message JSON carries "automation", the message's rule runs (store_rows.AUTOMATION_KEYS),
     read with one extra query per call or page (per batch in iter_export).
@@ -119,6 +120,7 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
         self.ReadMark, self.Conversation = bind_conversation_models(self.db)
         self.RuleRun, self.Takeover = bind_models(self.db)
         self.CallbackFailure = bind_failure_model(self.db)
+        self.Session = bind_session_model(self.db)
         # Full-text search is SQLite's FTS5 (migration 0002); elsewhere q is a LIKE scan.
         self.fts = isinstance(self.db, SqliteDatabase)
         self._sql_cache: dict = {}

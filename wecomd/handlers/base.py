@@ -8,7 +8,7 @@ from typing import Any, Optional
 from tornado import locale, web
 from tornado.log import app_log, gen_log
 
-from wecomd import auth
+from wecomd import auth, clientaddr
 from wecomd.services import Services
 
 LOCALE_COOKIE = "wecomd_locale"
@@ -35,6 +35,11 @@ class BaseHandler(web.RequestHandler):
 
     def initialize(self, services: Services) -> None:
         self.services = services
+        # The client's address, behind the proxies of `[server] trusted_proxies` too (clientaddr):
+        # what the sign-in limits use, and, written back into the request, what every log line shows.
+        self.client_ip = clientaddr.client_ip(self.request, services.config.server.trusted_proxies)
+        if self.client_ip != "-":
+            self.request.remote_ip = self.client_ip
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -51,6 +56,9 @@ class BaseHandler(web.RequestHandler):
         if unsafe and self.request.headers.get("Sec-Fetch-Site") == "cross-site":
             raise web.HTTPError(403, "cross-site request refused")
         if not self.public and not self.current_user:
+            if self.request.headers.get("Authorization", "").startswith("Bearer "):
+                # A script's token that does not open this route (e.g. the metrics token): no login page.
+                raise web.HTTPError(401, "this bearer token does not open %s", self.request.path)
             self.deny()
 
     def deny(self) -> None:
@@ -63,14 +71,27 @@ class BaseHandler(web.RequestHandler):
     # --- who is asking --------------------------------------------------------------------
 
     def get_current_user(self) -> Optional[str]:
-        raw = self.get_signed_cookie(auth.SESSION_COOKIE, max_age_days=auth.SESSION_DAYS)
-        return auth.session_user(self.services.config.admin, raw)
+        return self.services.sessions.user(self.session_token(), self.credential_of)
 
-    def start_session(self) -> None:
+    def credential_of(self, user: str) -> Optional[str]:
+        return auth.credential(self.services.config.admin, user)
+
+    def session_token(self) -> Optional[bytes]:
+        """The token of the signed session cookie, or None."""
+        return self.get_signed_cookie(auth.SESSION_COOKIE, max_age_days=auth.SESSION_DAYS)
+
+    async def start_session(self, user: str) -> None:
+        """Store a new server-side session of `user` and hand its cookie to the browser."""
+        token = await self.services.sessions.begin(user, self.credential_of(user) or "", self.client_ip)
         self.set_signed_cookie(
-            auth.SESSION_COOKIE, auth.session_value(self.services.config.admin),
+            auth.SESSION_COOKIE, token,
             expires_days=None, httponly=True, samesite="Strict", secure=self.request.protocol == "https",
         )
+
+    async def end_session(self) -> None:
+        """Sign out: the session is deleted on the server, so a copy of the cookie stops working too."""
+        await self.services.sessions.end(self.session_token())
+        self.clear_cookie(auth.SESSION_COOKIE)
 
     def get_user_locale(self) -> Optional[locale.Locale]:
         chosen = self.get_cookie(LOCALE_COOKIE)
@@ -108,6 +129,7 @@ class BaseHandler(web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # Short plain-text errors: no traceback and no HTML, whatever the debug setting.
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        _challenge(self, status_code)
         self.finish("%d %s\n" % (status_code, self._error_text(status_code, kwargs)))
 
     def _error_text(self, status_code: int, kwargs: dict) -> str:
@@ -135,6 +157,7 @@ class ApiHandler(BaseHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
+        _challenge(self, status_code)
         self.finish(json.dumps({"error": self._error_text(status_code, kwargs)}, ensure_ascii=False))
 
     async def stream_file(self, path: str, chunk: int = 64 * 1024) -> None:
@@ -163,6 +186,11 @@ class ApiHandler(BaseHandler):
         except UnicodeEncodeError:
             raise web.HTTPError(400, "the body has a lone surrogate (an unpaired \\ud800-\\udfff escape)")
         return body
+
+
+def _challenge(handler: web.RequestHandler, status_code: int) -> None:
+    if status_code == 401:  # RFC 9110: a 401 names the scheme that would open the resource
+        handler.set_header("WWW-Authenticate", "Bearer")
 
 
 def _message(exc: web.HTTPError) -> str:

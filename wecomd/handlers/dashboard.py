@@ -9,6 +9,7 @@ from tornado import web
 
 from wecomd import auth
 from wecomd.handlers.base import LOCALE_COOKIE, LOCALES, BaseHandler
+from wecomd.store import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -30,35 +31,49 @@ class LoginHandler(BaseHandler):
     def get(self) -> None:
         self.render("login.html", error=None, next_url=safe_next(self.get_argument("next", "/")), username="")
 
-    def post(self) -> None:
-        client = self.request.remote_ip or "-"
-        limiter = self.services.login_limiter
+    async def post(self) -> None:
+        # The policy (who waits, who is never refused) is in wecomd.auth's docstring.
+        client, limiter = self.client_ip, self.services.login_limiter
         username = self.get_body_argument("username", "")
         next_url = safe_next(self.get_body_argument("next", "/"))
-        wait = limiter.retry_after(client)
+        account = username[:64]  # the limiter's key; a longer name cannot match anyway
+        wait = limiter.retry_after(client, account)
         if wait:
-            self.set_status(429)
             self.set_header("Retry-After", str(int(wait) + 1))
-            logger.warning("login: %s locked out for %.0fs after repeated failures", client, wait)
-            return self.render("login.html", error=self.locale.translate("Too many failed sign-ins. Try again later."),
-                               next_url=next_url, username=username)
-        if not auth.check_login(self.services.config.admin, username, self.get_body_argument("password", "")):
-            limiter.failed(client)
+            logger.debug("login: %s must wait %.0fs after failed sign-ins", client, wait)
+            return self._refuse(429, "Too many failed sign-ins. Try again later.", next_url, username)
+        try:
+            ok = await self.services.password_checker.check(
+                client, auth.check_login, self.services.config.admin, username, self.get_body_argument("password", ""))
+        except auth.Busy:
+            self.set_header("Retry-After", "1")
+            logger.debug("login: too many sign-ins being checked; %s asked to retry", client)
+            return self._refuse(503, "Too many sign-ins at once. Try again in a moment.", next_url, username)
+        if not ok:
+            limiter.failed(client, account)
             logger.warning("login: failed for user %r from %s", username[:64], client)
-            self.set_status(403)
-            return self.render("login.html", error=self.locale.translate("Wrong user name or password."),
-                               next_url=next_url, username=username)
+            return self._refuse(403, "Wrong user name or password.", next_url, username)
         limiter.succeeded(client)
-        self.start_session()
+        try:
+            await self.start_session(username)
+        except StoreError as exc:
+            raise web.HTTPError(503, "cannot store the session: %s", exc)
         logger.info("login: %s signed in from %s", username, client)
         self.redirect(next_url)
+
+    def _refuse(self, status: int, message: str, next_url: str, username: str) -> None:
+        self.set_status(status)
+        self.render("login.html", error=self.locale.translate(message), next_url=next_url, username=username)
 
 
 class LogoutHandler(BaseHandler):
     public = True  # signing out needs no session, only the XSRF token
 
-    def post(self) -> None:
-        self.clear_cookie(auth.SESSION_COOKIE)
+    async def post(self) -> None:
+        try:
+            await self.end_session()  # deleted on the server: a copied cookie stops working too
+        except StoreError as exc:
+            raise web.HTTPError(503, "cannot end the session: %s", exc)
         self.redirect("/login")
 
 

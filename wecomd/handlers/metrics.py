@@ -1,9 +1,10 @@
-"""GET /metrics: Prometheus text exposition format, for a signed-in operator or the api token."""
+"""GET /metrics: Prometheus text exposition format, for the metrics token, a signed-in operator or the api token."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Optional
 
+from wecomd import auth
 from wecomd.handlers.base import ApiHandler
 from wecomd.metrics import CONTENT_TYPE
 from wecomd.store import StoreError
@@ -12,7 +13,16 @@ logger = logging.getLogger(__name__)
 
 
 class MetricsHandler(ApiHandler):
-    """Scrape with `Authorization: Bearer <api_token>` (Prometheus: `authorization: {credentials: ...}`)."""
+    """Scrape with `Authorization: Bearer <metrics_token>` (Prometheus: `authorization: {credentials: ...}`).
+
+    `[admin] metrics_token` opens this handler and no other: only it asks for that token. The api token
+    and a dashboard session work here too.
+    """
+
+    def get_current_user(self) -> Optional[str]:
+        if auth.check_metrics_token(self.services.config.admin, self.request.headers.get("Authorization")):
+            return "metrics"
+        return super().get_current_user()
 
     async def get(self) -> None:
         metrics = self.services.metrics
