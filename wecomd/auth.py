@@ -1,7 +1,7 @@
 """Operator sign-in: password and token checks, server-side sessions, failed-login backoff, and the
 bounded thread pool that runs the password hash off the event loop.
 
-The sign-in policy (README, "The dashboard"; docs/operations.md, "Sign-in limits"):
+The sign-in policy (README, "The dashboard"; docs/operations.md, "Sign-in floods"):
 
 - A client address that has not failed (no failed attempt in its current streak) always gets its
   password checked: the right password from a fresh address is never refused.
