@@ -16,6 +16,8 @@ COLUMNS = (
     "msg_id", "create_time", "received_at", "content", "status", "error", "deliveries", "automatic", "rule",
     "fields",
 )
+# OWASP's CSV-injection rule: a cell starting with one of these is a formula to a spreadsheet.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,11 +57,20 @@ def write(rows: Iterable[dict], out: IO[str], fmt: str) -> int:
         writer.writeheader()
     for row in rows:
         if writer:
-            writer.writerow({**row, "fields": json.dumps(row.get("fields", {}), ensure_ascii=False)})
+            cells = {**row, "fields": json.dumps(row.get("fields", {}), ensure_ascii=False)}
+            writer.writerow({name: csv_cell(value) for name, value in cells.items()})
         else:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         count += 1
     return count
+
+
+def csv_cell(value: object) -> object:
+    """`value` made safe for a spreadsheet: text that starts like a formula (=, +, -, @, tab or CR)
+    gets a leading single quote, which shows the text as written instead of evaluating it."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def parse_iso(value: str) -> dt.datetime:
