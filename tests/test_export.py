@@ -85,3 +85,111 @@ def test_dashboard_csv_download_escapes_formulas(stored):
     check_csv(body.decode("utf-8"))
     status, body = api(stored, "/api/export?format=jsonl&app=quiet")
     assert [json.loads(line)["content"] for line in body.decode().splitlines()][:len(FORMULAS)] == FORMULAS
+
+
+# --- `wecomd export` on the command line (#9 item 14) -------------------------------------------
+
+def fill(directory, count: int, user: str = "zhangsan", msgtype: str = "text", app: str = "helpdesk",
+         text: str = "第%d条消息", padding: int = 0) -> None:
+    """`count` inbound messages stored straight into the config's SQLite file."""
+    from wecomd.messages import Message
+    from wecomd.store import Store
+
+    store = Store("wecomd.db", base_dir=directory)
+    store.migrate()
+    try:
+        for n in range(count):
+            content = (text % n) + "x" * padding
+            fields = {"Content": content} if msgtype == "text" else {"PicUrl": "http://p/%d" % n}
+            message = Message(msgtype=msgtype, from_user=user, to_user=CORP_ID, agent_id="1000002",
+                              create_time=1764370000 + n, msg_id="%s-%s-%d" % (user, msgtype, n),
+                              content=content if msgtype == "text" else None, fields=fields)
+            store.save_inbound(app, message, "%s|%s|%s|%d" % (app, user, msgtype, n))
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def conf(tmp_path):
+    from conftest import write_config
+
+    return write_config(tmp_path)
+
+
+def exported(conf, *args: str) -> list:
+    result = wecomd("export", "-c", str(conf), *args)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_export_takes_the_dashboards_filters(conf):
+    fill(conf.parent, 3, user="zhangsan", text="打印机卡纸 %d")
+    fill(conf.parent, 2, user="lisi", text="VPN 连不上 %d")
+    fill(conf.parent, 2, user="lisi", msgtype="image")
+    fill(conf.parent, 1, user="lisi", app="quiet", text="VPN quiet %d")
+
+    assert len(exported(conf)) == 8
+    assert {r["from_user"] for r in exported(conf, "--user", "lisi")} == {"lisi"}
+    assert len(exported(conf, "--user", "lisi")) == 5
+    assert [r["msgtype"] for r in exported(conf, "--type", "image")] == ["image", "image"]
+    assert [r["content"] for r in exported(conf, "-q", "vpn")] == ["VPN 连不上 0", "VPN 连不上 1", "VPN quiet 0"]
+    assert [r["content"] for r in exported(conf, "--query", "卡纸", "--user", "zhangsan")] == [
+        "打印机卡纸 0", "打印机卡纸 1", "打印机卡纸 2"]
+    assert exported(conf, "-q", "vpn", "--app", "quiet", "--type", "text", "--user", "lisi")[0]["content"] == \
+        "VPN quiet 0"
+    assert exported(conf, "--user", "nobody") == []
+
+
+def test_export_filters_match_the_dashboard_download(conf):
+    """The same filters give the same rows as GET /api/export, on the same database."""
+    from conftest import ServerProcess, free_port, write_config
+
+    fill(conf.parent, 4, user="zhangsan", text="hello %d")
+    fill(conf.parent, 3, user="lisi", text="VPN %d")
+    port = free_port()
+    server = ServerProcess(write_config(conf.parent, port), port)
+    try:
+        for query, args in (("user=lisi", ("--user", "lisi")), ("q=vpn", ("-q", "vpn")),
+                            ("msgtype=text&user=zhangsan", ("--type", "text", "--user", "zhangsan"))):
+            status, body = api(server, "/api/export?format=jsonl&" + query)
+            assert status == 200
+            assert [json.loads(line)["id"] for line in body.decode().splitlines()] == \
+                [r["id"] for r in exported(server.config, *args)], query
+    finally:
+        server.terminate()
+
+
+def test_an_unknown_app_is_a_usage_error_naming_the_known_apps(conf):
+    fill(conf.parent, 2)
+    result = wecomd("export", "-c", str(conf), "--app", "helpdsek")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "helpdsek" in result.stderr and "helpdesk, quiet" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_export_into_a_pipe_closed_early_exits_quietly(conf):
+    """`wecomd export | head -n 1`: the reader goes away after one line; no traceback, no noise."""
+    fill(conf.parent, 1500, padding=200)  # far more than a pipe buffer holds
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for fmt in ("jsonl", "csv"):
+        proc = subprocess.Popen([sys.executable, "-m", "wecomd", "export", "-c", str(conf), "--format", fmt],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        first = proc.stdout.readline()
+        proc.stdout.close()  # as `head` does once it has its line
+        stderr = proc.stderr.read().decode()
+        code = proc.wait(60)
+        proc.stderr.close()
+        assert first, fmt
+        assert code in (0, 141), (fmt, code, stderr)
+        assert stderr == "", (fmt, stderr)
+
+
+def test_export_through_a_shell_pipe_into_head(conf):
+    fill(conf.parent, 1500, padding=200)
+    command = "set -o pipefail 2>/dev/null; %s -m wecomd export -c '%s' | head -n 2" % (sys.executable, conf)
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert len(result.stdout.splitlines()) == 2
+    assert result.stderr == ""
+    assert result.returncode in (0, 141)
