@@ -149,7 +149,8 @@ def test_32_character_token_is_fine(tmp_path):
 def test_missing_required_options_are_each_named(tmp_path):
     found = problems(tmp_path, app_with(token=None, corp_id=None))
     assert found == ["%s: [app:helpdesk] corp_id: missing (required)" % (tmp_path / "wecomd.conf"),
-                     "%s: [app:helpdesk] token: missing (required)" % (tmp_path / "wecomd.conf")]
+                     "%s: [app:helpdesk] token: missing (required; or token_file, or WECOMD_APP_HELPDESK_TOKEN in the "
+                     "environment)" % (tmp_path / "wecomd.conf")]
 
 
 def test_agent_id_must_be_digits(tmp_path):

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from wecomd import (__version__, backupcmd, checks, config as configmod, demo, doctor, dryrun, exporting,
-                    logs, passwords, simulate)
+from wecomd import (__version__, backupcmd, checks, config as configmod, demo, doctor, dryrun, envfile,
+                    exporting, logs, passwords, simulate)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate a config file")
     _config_arg(p)
+    env_file_arg(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("doctor", help="check config, database, media directory, WeCom API and egress IP; "
@@ -60,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="write a fresh wecomd.conf with generated secrets")
     p.add_argument("dir", nargs="?", default=".", help="directory for wecomd.conf (default: .)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing wecomd.conf")
+    p.add_argument("--env-file", metavar="FILE", help="write the secrets to this systemd EnvironmentFile "
+                   "(mode 600) as WECOMD_... variables, and leave them out of wecomd.conf")
+    p.add_argument("--force", action="store_true", help="overwrite an existing wecomd.conf (and FILE)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("hash-password", help="read a password (tty or stdin), print its hash")
@@ -76,11 +79,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write stored messages, oldest first, as Message JSON")
     _config_arg(p)
+    env_file_arg(p)
     exporting.add_arguments(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("backup", help="copy the SQLite database to FILE, safely while wecomd serves")
     _config_arg(p)
+    env_file_arg(p)
     backupcmd.add_arguments(p)
     p.set_defaults(func=cmd_backup)
     return parser
@@ -90,9 +95,20 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="config file (default: $WECOMD_CONFIG, ./wecomd.conf, /etc/wecomd/wecomd.conf)")
 
 
+def env_file_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env-file", metavar="FILE", help="read this systemd EnvironmentFile (WECOMD_... secrets) "
+                   "over the environment first, as the service starts with it")
+
+
+def _environ(args: argparse.Namespace):
+    """The environment the config is loaded with: os.environ, with --env-file's variables over it."""
+    return envfile.environment(getattr(args, "env_file", None), os.environ)
+
+
 def _load(args: argparse.Namespace) -> configmod.Config:
-    path = configmod.find_config(args.config, os.environ)
-    return configmod.load(path, os.environ)
+    environ = _environ(args)
+    path = configmod.find_config(args.config, environ)
+    return configmod.load(path, environ)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -110,8 +126,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    path = configmod.find_config(args.config, os.environ)
-    problems, warnings = checks.check(path, os.environ)
+    environ = _environ(args)
+    path = configmod.find_config(args.config, environ)
+    problems, warnings = checks.check(path, environ)
     for problem in problems:
         print("error: %s" % problem)
     for warning in warnings:
@@ -125,19 +142,48 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     target = Path(args.dir) / "wecomd.conf"
-    if target.exists() and not args.force:
-        print("wecomd: %s exists; use --force to overwrite" % target, file=sys.stderr)
-        return EXIT_PROBLEM
+    env_file = Path(args.env_file) if args.env_file else None
+    for path in (target, env_file):
+        if path is not None and path.exists() and not args.force:
+            print("wecomd: %s exists; use --force to overwrite" % path, file=sys.stderr)
+            return EXIT_PROBLEM
     password = secrets.token_urlsafe(12)
     values = _initial_values(password)
+    elsewhere = {}
+    if env_file is not None:
+        moved = _secrets(values)
+        elsewhere = {key: "in %s as %s" % (env_file.absolute(), name) for name, key in moved.items()}
+        _write_private(env_file, envfile.render(
+            {name: values[section].pop(option) for name, (section, option) in moved.items()},
+            header="wecomd's secrets, for systemd: EnvironmentFile=%s (mode 600, owned by root).\n"
+                   "Each is WECOMD_<SECTION>_<OPTION> and wins over wecomd.conf; see docs/configuration.md."
+                   % env_file.absolute()))
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(str(target), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(configmod.render(values))
+    _write_private(target, configmod.render(values, elsewhere))
     print("wrote %s" % target)
+    if env_file is not None:
+        print("wrote %s (the secrets; mode 600)" % env_file)
     print("admin login: %s / %s   (shown once; only its hash is stored)" % (values["admin"]["username"], password))
     print("next: set corp_id and agent_id in [app:main], then enter its URL, token and encoding_aes_key in WeCom")
+    if env_file is not None:
+        print("check it as the service will load it: wecomd check -c %s --env-file %s" % (target, env_file))
     return EXIT_OK
+
+
+def _secrets(values: dict) -> dict:
+    """WECOMD_... name -> (section, option) of every secret `init` generated (not [server] database,
+    a path that is secret only as a URL with a password)."""
+    return {configmod.env_name(section, option): (section, option)
+            for section, options in values.items() for option, text in options.items()
+            if text and option in configmod.secret_options(section) and (section, option) != ("server", "database")}
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable by its owner only (also when it existed with another mode)."""
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def _initial_values(password: str) -> dict:

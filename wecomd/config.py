@@ -23,6 +23,11 @@ from wecomd import rules as _rules
 REQUIRED = object()  # the default of an option that has none
 SEARCH_PATHS = (Path("wecomd.conf"), Path("/etc/wecomd/wecomd.conf"))
 ENV_PREFIX, ENV_CONFIG = "WECOMD_", "WECOMD_CONFIG"
+# `<option>_file`: a secret option read from a file (systemd credentials: LoadCredential=), in the
+# INI or as WECOMD_..._FILE; a relative name is taken from $CREDENTIALS_DIRECTORY when it is set.
+FILE_SUFFIX, CREDENTIALS_DIRECTORY = "_file", "CREDENTIALS_DIRECTORY"
+RULE_SECRETS = ("webhook_secret",)  # the secret options of a [rule:NAME] section (wecomd.rules)
+MAX_SECRET_FILE = 65536  # bytes; a larger "secret" is a wrong path (/dev/zero, a log file)
 FIXED_SECTIONS = ("server", "admin", "wecom", "rules")
 MIN_SECRET_LENGTH = 32
 _APP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -366,6 +371,8 @@ def load(path: Union[str, Path, None], environ: Optional[Mapping[str, str]] = No
     label = str(path) if path is not None else "defaults"
     raw = _read_file(Path(path), label, problems) if path is not None else {}
     ignored = _apply_env(raw, environ, problems)
+    base = Path(path).absolute().parent if path is not None else Path.cwd()
+    _read_secret_files(raw, label, Path(environ.get(CREDENTIALS_DIRECTORY) or base), problems)
     values, sources, rules = {}, {}, {}
     for section in dict.fromkeys([*raw, *FIXED_SECTIONS]):
         kind = _kind(section)
@@ -373,6 +380,8 @@ def load(path: Union[str, Path, None], environ: Optional[Mapping[str, str]] = No
             problems.append("%s: [%s]: unknown section%s" % (label, section, _suggest(section, SCHEMA)))
         elif kind == "rule":
             rules[section[5:]] = {option: text for option, (text, _) in raw[section].items()}
+            sources.update(((section, option), source) for option, (_, source) in raw[section].items()
+                           if option in RULE_SECRETS)
         elif kind == "app:NAME" and not _APP_NAME.fullmatch(section[4:]):
             problems.append("%s: [%s]: an app name is 1 to 64 characters of A-Z a-z 0-9 _ -"
                             % (label, section))
@@ -465,23 +474,47 @@ def _duplicates(text: str, label: str) -> List[str]:
     return found
 
 
+def secret_options(section: str) -> Tuple[str, ...]:
+    """The options of `section` that hold secrets; each also has an `<option>_file` form."""
+    kind = _kind(section)
+    if kind == "rule":
+        return RULE_SECRETS
+    return tuple(name for name, option in SCHEMA[kind].items() if option.secret) if kind in SCHEMA else ()
+
+
+def _env_options(section: str) -> Tuple[str, ...]:
+    """What the environment may set in `section`: every option, and `<secret>_file` for its secrets."""
+    kind = _kind(section)
+    options = tuple(_rules.OPTIONS) if kind == "rule" else tuple(SCHEMA[kind])
+    return options + tuple(name + FILE_SUFFIX for name in secret_options(section))
+
+
 def _apply_env(raw: Raw, environ: Mapping[str, str], problems: List[str]) -> Tuple[str, ...]:
     """Overlay WECOMD_* variables onto `raw`; return the names that matched no option.
 
-    Only existing sections are targets (the fixed ones, and the app sections in the file): the
-    environment cannot create an app, since `app:my_app` and `app:my-app` would share a name.
+    Only existing sections are targets (the fixed ones, and the app and rule sections in the file):
+    the environment cannot create an app or a rule, since `app:my_app` and `app:my-app` would share
+    a name. A secret set from the environment, as itself or as `<option>_FILE`, replaces both forms
+    in the file.
     """
     targets: Dict[str, List[Tuple[str, str]]] = {}
     for section in dict.fromkeys([*FIXED_SECTIONS, *raw]):
         kind = _kind(section)
-        if kind in SCHEMA and (kind != "app:NAME" or _APP_NAME.fullmatch(section[4:])):
-            for option in SCHEMA[kind]:
+        if kind == "rule" or kind in SCHEMA and (kind != "app:NAME" or _APP_NAME.fullmatch(section[4:])):
+            for option in _env_options(section):
                 targets.setdefault(env_name(section, option), []).append((section, option))
     ignored = []
     for name in sorted(n for n in environ if n.startswith(ENV_PREFIX) and n != ENV_CONFIG):
         hits = targets.get(name, [])
         if len(hits) == 1:
-            raw.setdefault(hits[0][0], {})[hits[0][1]] = (environ[name].strip(), "environment " + name)
+            section, option = hits[0]
+            options = raw.setdefault(section, {})
+            secret = option[:-len(FILE_SUFFIX)] if option.endswith(FILE_SUFFIX) else option
+            if secret in secret_options(section):  # the file's value gives way, in either form
+                for form in (secret, secret + FILE_SUFFIX):
+                    if form in options and not options[form][1].startswith("environment "):
+                        del options[form]
+            options[option] = (environ[name].strip(), "environment " + name)
         elif hits:
             names = " and ".join("[%s] %s" % hit for hit in hits)
             problems.append("environment %s: ambiguous: %s" % (name, names))
@@ -490,14 +523,71 @@ def _apply_env(raw: Raw, environ: Mapping[str, str], problems: List[str]) -> Tup
     return tuple(ignored)
 
 
+def _read_secret_files(raw: Raw, label: str, folder: Path, problems: List[str]) -> None:
+    """Replace every `<secret>_file` in `raw` by the secret read from that file.
+
+    A relative file name is taken from `folder` ($CREDENTIALS_DIRECTORY, else the config file's
+    directory). One trailing newline is dropped. Problems name the file, never what it holds.
+    """
+    for section, options in raw.items():
+        for secret in secret_options(section):
+            entry = options.pop(secret + FILE_SUFFIX, None)
+            if entry is None:
+                continue
+            text, source = entry
+            where = source if source.startswith("environment ") else "%s: [%s] %s%s" % (
+                label, section, secret, FILE_SUFFIX)
+            if secret in options:
+                other = options[secret][1]
+                other = other if other.startswith("environment ") else "%s: [%s] %s" % (label, section, secret)
+                problems.append("%s: %s is set too: give the secret or a file, not both" % (where, other))
+                continue
+            if not text:
+                problems.append("%s: empty: name the file that holds [%s] %s" % (where, section, secret))
+                continue
+            file = Path(text).expanduser()
+            file = file if file.is_absolute() else folder / file
+            try:
+                options[secret] = (read_secret(file), "file %s (from %s)" % (file, where))
+            except ValueError as exc:
+                problems.append("%s: %s: %s" % (where, file, exc))
+
+
+def read_secret(path: Path) -> str:
+    """The secret held in the file at `path`, less one trailing newline; ValueError saying why it
+    cannot be read, without its contents."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SECRET_FILE + 1)
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except IsADirectoryError:
+        raise ValueError("a directory, not a file") from None
+    except OSError as exc:
+        raise ValueError("cannot read: %s" % (exc.strerror or type(exc).__name__)) from None
+    except ValueError:  # a NUL in the name
+        raise ValueError("not a usable file name") from None
+    if len(data) > MAX_SECRET_FILE:
+        raise ValueError("larger than %d bytes: not a secret" % MAX_SECRET_FILE)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError("not UTF-8 text (byte %d)" % exc.start) from None
+    if text.endswith("\n"):
+        text = text[:-2] if text.endswith("\r\n") else text[:-1]
+    return text
+
+
 def _convert(section: str, schema: Dict[str, Option], raw: Dict[str, Tuple[str, str]], label: str,
              problems: List[str], sources: dict) -> Dict[str, Any]:
     values = {}
     for name, option in schema.items():
         text, source = raw.get(name, (option.default, "default"))
-        where = source if source.startswith("environment") else "%s: [%s] %s" % (label, section, name)
+        where = source if source.startswith(("environment ", "file ")) else "%s: [%s] %s" % (label, section, name)
         if text is REQUIRED or (option.default is REQUIRED and not text):
-            problems.append("%s: %s (required)" % (where, "missing" if text is REQUIRED else "empty"))
+            elsewhere = "; or %s%s, or %s in the environment" % (name, FILE_SUFFIX, env_name(section, name))
+            problems.append("%s: %s (required%s)" % (where, "missing" if text is REQUIRED else "empty",
+                                                      elsewhere if option.secret and text is REQUIRED else ""))
             continue
         try:
             values[name], sources[(section, name)] = option.convert(text), source
@@ -534,21 +624,24 @@ def _build(path, base, values, rules, sources, ignored) -> Config:
 
 # --- rendering ---------------------------------------------------------------------------------
 
-def render(values: Dict[str, Dict[str, str]]) -> str:
+def render(values: Dict[str, Dict[str, str]], elsewhere: Optional[Mapping[Tuple[str, str], str]] = None) -> str:
     """A commented INI file built from the schema's help texts, with `values` over the defaults.
 
     `values` maps section → option → text; app sections are "app:NAME" and must carry their
-    required options. Raises ValueError for a section or option the schema does not know.
+    required options, except those in `elsewhere`, (section, option) → where the value is kept
+    instead (e.g. an environment file), written as a comment in the option's place. Raises
+    ValueError for a section or option the schema does not know.
     """
     lines = ["# wecomd configuration; every option is described in docs/configuration.md.",
              "# Any option can be overridden by an environment variable WECOMD_<SECTION>_<OPTION>,",
-             "# e.g. WECOMD_APP_HELPDESK_SECRET, so secrets can live in a systemd EnvironmentFile.", ""]
+             "# e.g. WECOMD_APP_HELPDESK_SECRET, so secrets can live in a systemd EnvironmentFile;",
+             "# a secret can also be read from a file: token_file = ..., or WECOMD_APP_HELPDESK_TOKEN_FILE.", ""]
     for section in dict.fromkeys([*FIXED_SECTIONS, *values]):
-        lines += _render_section(section, values.get(section, {}))
+        lines += _render_section(section, values.get(section, {}), elsewhere or {})
     return "\n".join(lines)
 
 
-def _render_section(section: str, given: Dict[str, str]) -> List[str]:
+def _render_section(section: str, given: Dict[str, str], elsewhere: Mapping[Tuple[str, str], str]) -> List[str]:
     kind = _kind(section)
     if kind == "rule":
         return ["[%s]" % section] + ["%s = %s" % (k, _render_value(v)) for k, v in given.items()] + [""]
@@ -559,6 +652,9 @@ def _render_section(section: str, given: Dict[str, str]) -> List[str]:
     help_text = SECTION_HELP[kind].replace("/NAME", "/" + section[4:])
     lines = _comment(help_text) + ["[%s]" % section]
     for name, option in SCHEMA[kind].items():
+        if (section, name) in elsewhere:
+            lines += _comment(option.help) + _comment("%s: %s" % (name, elsewhere[section, name]))
+            continue
         text = given.get(name, option.default)
         if text is REQUIRED:
             raise ValueError("[%s] %s: required" % (section, name))

@@ -17,7 +17,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from wecomd import __version__, checks as config_checks, config as configmod
+from wecomd import __version__, checks as config_checks, config as configmod, envfile
 
 EXIT_OK, EXIT_FAILED = 0, 1
 _LABELS = {"ok": "ok", "warn": "warn", "fail": "FAIL", "skip": "skip", "info": "info"}
@@ -41,6 +41,8 @@ def shown_url(url: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env-file", metavar="FILE", help="read this systemd EnvironmentFile (WECOMD_... secrets) "
+                   "over the environment first, as the service starts with it")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--failures", type=int, default=10, metavar="N",
                    help="how many recorded callback failures to list (default: 10)")
@@ -50,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     report = _Report(args.json)
-    config = _check_config(args.config, report)
+    config = _check_config(args.config, report, getattr(args, "env_file", None))
     if config is None:
         return report.finish(None)
     from wecomd import doctor_files, doctor_wecom  # peewee and tornado only from here on
@@ -67,11 +69,14 @@ def run(args: argparse.Namespace) -> int:
     return report.finish(config.path)
 
 
-def _check_config(explicit: Optional[str], report: "_Report") -> Optional[configmod.Config]:
-    """The loaded config, or None after reporting why it cannot be loaded (as `wecomd serve` says it)."""
+def _check_config(explicit: Optional[str], report: "_Report",
+                  env_file: Optional[str] = None) -> Optional[configmod.Config]:
+    """The loaded config, or None after reporting why it cannot be loaded (as `wecomd serve` says it);
+    `env_file`: a systemd EnvironmentFile whose variables go over the environment first."""
     try:
-        path = configmod.find_config(explicit, os.environ)
-        config = configmod.load(path, os.environ)
+        environ = envfile.environment(env_file, os.environ)
+        path = configmod.find_config(explicit, environ)
+        config = configmod.load(path, environ)
     except configmod.ConfigError as exc:
         report.add(*(Check("config", "fail", problem) for problem in exc.problems))
         report.add(Check("config", "fail", "%d problem(s): `wecomd serve` would not start" % len(exc.problems),
