@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -67,3 +68,87 @@ def test_demo_shows_live_traffic_media_and_rules_within_seconds(tmp_path):
     assert proc.returncode == 0
     assert "sign in as  admin / demo-pass-123" in out
     assert "Traceback" not in out
+
+
+def _start_demo(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "wecomd", "demo", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True)
+
+
+def _sign_in(url: str, password: str):
+    opener, _ = _opener()
+    page = opener.open(url + "/login").read().decode()
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
+    body = urllib.parse.urlencode({"username": "admin", "password": password, "_xsrf": xsrf}).encode()
+    opener.open(url + "/login", data=body)
+    return lambda path: json.loads(opener.open(url + path).read())  # raises 401/403 when not signed in
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
+    return out
+
+
+def test_demo_dir_keeps_an_existing_config(tmp_path):
+    """A second `demo --dir` runs on the first run's config as the user edited it, and never rewrites it."""
+    port = free_port()
+    first = _start_demo("--listen", "127.0.0.1:%d" % port, "--dir", str(tmp_path), "--password", "first-pass-1",
+                        "--no-traffic")
+    try:
+        wait_for_healthz("http://127.0.0.1:%d" % port, first)
+    finally:
+        _stop(first)
+    conf = tmp_path / "wecomd.conf"
+    edited = conf.read_text(encoding="utf-8").replace("reply = 已收到，我们会尽快回复", "reply = 自定义的回复 kept")
+    edited += "\n# my own note, kept\n"
+    conf.write_text(edited, encoding="utf-8")
+    before = conf.read_bytes()
+
+    # The first run's sandbox port is taken now: this run's sandbox URL comes in as overrides.
+    old_api = config.load(conf, {}).wecom.api_base
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", urllib.parse.urlsplit(old_api).port))
+    squatter.listen()
+    port = free_port()
+    url = "http://127.0.0.1:%d" % port
+    second = _start_demo("--listen", "127.0.0.1:%d" % port, "--dir", str(tmp_path))
+    try:
+        wait_for_healthz(url, second)
+        api = _sign_in(url, "first-pass-1")  # the kept config's password, not a new one
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            rows = api("/api/messages?limit=100")["messages"]
+            replies = [r for r in rows if r["direction"] == "out" and r["content"] == "自定义的回复 kept"]
+            forwarded = [a for r in rows for a in r["automation"] if a["rule"] == "forward" and a["status"] == "ok"]
+            if replies and forwarded:
+                break
+            time.sleep(0.5)
+        assert replies, "the edited reply = of the kept config did not answer"
+        assert forwarded, "the kept webhook rule did not reach this run's sandbox"
+    finally:
+        out = _stop(second)
+        squatter.close()
+    assert conf.read_bytes() == before
+    assert "kept from an earlier run" in out and "first-pass-1" not in out
+
+
+def test_demo_dir_with_a_hand_written_config_uses_it_as_it_is(tmp_path):
+    """A config that is not the demo's (no [app:demo]) is used, and left alone; --password still works."""
+    from conftest import write_config
+
+    conf = write_config(tmp_path)
+    before = conf.read_bytes()
+    port = free_port()
+    url = "http://127.0.0.1:%d" % port
+    proc = _start_demo("--listen", "127.0.0.1:%d" % port, "--dir", str(tmp_path), "--password", "override-pw-9")
+    try:
+        wait_for_healthz(url, proc)
+        api = _sign_in(url, "override-pw-9")
+        assert {a["name"] for a in api("/api/apps")["apps"]} == {"helpdesk", "quiet"}
+    finally:
+        out = _stop(proc)
+    assert conf.read_bytes() == before
+    assert "no simulated traffic" in out

@@ -10,6 +10,7 @@ import shutil
 import string
 import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,6 +20,7 @@ from wecomd.simulate import Simulator, build
 logger = logging.getLogger(__name__)
 
 APP = "demo"
+LISTEN = "127.0.0.1:8080"
 # (seconds after start, kind, sender, text or event key, sample media kind): a realistic first minute.
 SCRIPT = (
     (0.5, "text", "zhangsan", "你好，VPN 连不上了，能帮忙看下吗？", None),
@@ -47,9 +49,11 @@ TRICKLE = ("还在吗？", "收到，马上处理", "会议室的投影仪坏了
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--listen", default="127.0.0.1:8080", help="host:port for the dashboard (default: %(default)s)")
-    p.add_argument("--dir", help="keep the config and database here (default: a temporary directory, removed at exit)")
-    p.add_argument("--password", help="admin password (default: a generated one, printed)")
+    p.add_argument("--listen", help="host:port for the dashboard (default: %s, or the kept config's)" % LISTEN)
+    p.add_argument("--dir", help="keep the config and database here (default: a temporary directory, removed at "
+                   "exit); a wecomd.conf already there is kept and used, never overwritten")
+    p.add_argument("--password", help="admin password (default: a generated one, printed; with a kept config, "
+                   "the one it already has)")
     p.add_argument("--no-traffic", action="store_true", help="do not send simulated messages")
 
 
@@ -65,22 +69,29 @@ def run(args: argparse.Namespace) -> int:
 async def _main(args: argparse.Namespace) -> int:
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="wecomd-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    password = args.password or secrets.token_urlsafe(9)
     fake = sandbox.FakeWecom()
     media = sandbox.seed_samples(fake)
-    api_server, api_base = await sandbox.start(fake)
     path = workdir / "wecomd.conf"
-    values = {**_values(args.listen, api_base, password), **sample_rules(api_base)}
-    path.write_text(config.render(values), encoding="utf-8")
-    cfg = config.load(path, {})
+    kept = path.exists()
+    if kept:  # an earlier run's config, perhaps edited: used as it is, with this run's sandbox
+        password = args.password
+        cfg, api_server = await _reuse(path, fake, args.listen, password)
+    else:
+        password = args.password or secrets.token_urlsafe(9)
+        api_server, api_base = await sandbox.start(fake)
+        values = {**_values(args.listen or LISTEN, api_base, password), **sample_rules(api_base)}
+        path.write_text(config.render(values), encoding="utf-8")
+        cfg = config.load(path, {})
     ready: asyncio.Future = asyncio.get_running_loop().create_future()
     serving = asyncio.ensure_future(app.serve(cfg, ready=ready.set_result))
     traffic: Optional[asyncio.Task] = None
     try:
         port = await _first(ready, serving)
         url = "http://%s:%d" % (cfg.server.listen_host, port)
-        _banner(url, cfg.admin.username, password, path)
-        if not args.no_traffic:
+        _banner(url, cfg.admin.username, password, path, kept)
+        if not args.no_traffic and APP not in cfg.apps:
+            logger.warning("demo: the kept config has no [app:%s]: no simulated traffic", APP)
+        elif not args.no_traffic:
             traffic = asyncio.ensure_future(_traffic(url + "/callback/" + APP, cfg.apps[APP], media))
         await serving
     finally:
@@ -98,6 +109,37 @@ async def _first(ready: asyncio.Future, serving: asyncio.Future) -> Any:
         serving.result()  # re-raises why the daemon could not start
         raise RuntimeError("wecomd stopped before it was ready")
     return ready.result()
+
+
+async def _reuse(path: Path, fake: sandbox.FakeWecom, listen: Optional[str],
+                 password: Optional[str]) -> tuple:
+    """(config, sandbox server) for a config kept from an earlier run: its file is never written.
+
+    The sandbox is started on the port the config names, when it is a loopback one that is free;
+    otherwise this run's sandbox URL, `--listen` and `--password` come in as environment overrides.
+    """
+    old = config.load(path, {}).wecom.api_base
+    parts = urllib.parse.urlsplit(old)
+    api_server = None
+    if parts.scheme == "http" and parts.hostname == "127.0.0.1" and parts.port:
+        try:
+            api_server, api_base = await sandbox.start(fake, port=parts.port)
+        except OSError:  # taken by something else now
+            pass
+    if api_server is None:
+        api_server, api_base = await sandbox.start(fake)
+    environ = {}
+    if api_base != old:
+        environ = {config.env_name("wecom", "api_base"): api_base,
+                   config.env_name("wecom", "ip_echo_url"): api_base + sandbox.IP_ECHO}
+        for name, rule in config.load(path, {}).rules.items():  # webhooks to the old sandbox
+            if rule.get("webhook", "").startswith(old + "/"):
+                environ[config.env_name("rule:" + name, "webhook")] = api_base + rule["webhook"][len(old):]
+    if listen:
+        environ[config.env_name("server", "listen")] = listen
+    if password:
+        environ[config.env_name("admin", "password_hash")] = passwords.hash_password(password)
+    return config.load(path, environ), api_server
 
 
 def _values(listen: str, api_base: str, password: str) -> dict:
@@ -127,9 +169,11 @@ def sample_rules(api_base: str) -> dict:
     return sections
 
 
-def _banner(url: str, user: str, password: str, path: Path) -> None:
-    print("\n  wecomd demo is running: open %s\n  sign in as  %s / %s\n  config: %s (a sandbox WeCom API "
-          "stands in for qyapi.weixin.qq.com)\n  Ctrl-C stops it.\n" % (url, user, password, path), flush=True)
+def _banner(url: str, user: str, password: Optional[str], path: Path, kept: bool = False) -> None:
+    login = "%s / %s" % (user, password) if password else "%s, with the password of the run that wrote it" % user
+    print("\n  wecomd demo is running: open %s\n  sign in as  %s\n  config: %s%s (a sandbox WeCom API "
+          "stands in for qyapi.weixin.qq.com)\n  Ctrl-C stops it.\n"
+          % (url, login, path, ", kept from an earlier run" if kept else ""), flush=True)
 
 
 async def _traffic(url: str, wecom_app: config.AppConfig, media: dict) -> None:
