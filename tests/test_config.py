@@ -169,10 +169,12 @@ def test_unknown_section(tmp_path):
 
 
 @pytest.mark.parametrize("listen", ["8080", "localhost", "127.0.0.1:", "127.0.0.1:-1", "127.0.0.1:65536",
-                                    "::1:8080", "[nothere]:80", "bad host:80", ":8080"])
+                                    "::1:8080", "[nothere]:80", "bad host:80", ":8080",
+                                    "127.0.0.1:²", "127.0.0.1:٣", "127.0.0.1:0x50"])
 def test_bad_listen(tmp_path, listen):
     problem = one_problem(tmp_path, "[server]\nlisten = %s\n" % listen)
     assert "[server] listen: " in problem and repr(listen) in problem
+    assert "invalid literal" not in problem  # the reason is ours, not int()'s
 
 
 @pytest.mark.parametrize("listen,host,port", [("[::1]:8080", "::1", 8080), ("0.0.0.0:80", "0.0.0.0", 80),

@@ -83,7 +83,8 @@ def _boolean(value: str) -> bool:
 
 def _listen(value: str) -> Tuple[str, int]:
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
+    # ASCII digits only: str.isdigit() also takes '²' (int() refuses it) and '٣' (int() reads 3).
+    if not host or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
         raise ValueError("expected host:port with a port from 0 to 65535, e.g. 127.0.0.1:8080")
     if host.startswith("[") and host.endswith("]"):
         try:
