@@ -32,7 +32,8 @@ setup(
     license="MIT",
     license_files=["LICENSE"],
     python_requires=">=3.9",
-    packages=["wecomd", "wecomd.handlers", "wecomd.migrations", "wecomd.templates", "wecomd.static"],
+    packages=["wecomd", "wecomd.automation", "wecomd.cli", "wecomd.handlers", "wecomd.store",
+              "wecomd.store.migrations", "wecomd.wecom", "wecomd.workers", "wecomd.templates", "wecomd.static"],
     package_dir={"wecomd.templates": "templates", "wecomd.static": "static"},
     package_data={
         "wecomd": ["translations/*.csv"],

@@ -13,7 +13,9 @@ import time
 
 from tornado import web
 
-from wecomd import crypto, messages
+from wecomd.wecom import crypto
+
+from wecomd.wecom import messages
 
 
 class Protocol(web.RequestHandler):

@@ -8,7 +8,7 @@ spread over the last `--days` days, oldest first, in a few large transactions:
 - three apps (helpdesk, ops, hr), a few thousand users whose activity is skewed as in real teams;
 - inbound messages of every common kind (text in Chinese with some English, images, voice,
   video, files, locations, links, menu and scan events), each built as WeCom's XML
-  (wecomd.simulate.build) and turned into exactly the row the daemon stores for it
+  (wecomd.wecom.simulate.build) and turned into exactly the row the daemon stores for it
   (messages.parse, messages.dedup_key, store_rows.inbound_row); downloaded media as the media
   vault leaves it ("stored", with path, size and type);
 - outbound replies as the outbox leaves them: manual ones by operators, and rule replies, sent or
@@ -34,10 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wecomd import messages, simulate  # noqa: E402
-from wecomd.media import safe_name  # noqa: E402
+from wecomd.wecom import messages, simulate  # noqa: E402
+from wecomd.workers.media import safe_name  # noqa: E402
 from wecomd.store import Store  # noqa: E402
-from wecomd.store_rows import dumps, inbound_row, search_text  # noqa: E402
+from wecomd.store.rows import dumps, inbound_row, search_text  # noqa: E402
 
 CORP_ID = "ww0123456789abcdef"
 APPS = (("helpdesk", "1000002", 0.6), ("ops", "1000003", 0.25), ("hr", "1000004", 0.15))

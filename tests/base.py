@@ -16,7 +16,8 @@ from tornado.websocket import websocket_connect
 
 from conftest import ADMIN_PASSWORD, API_TOKEN, write_config
 from peer import WecomPeer
-from wecomd import app as appmod, auth, config, sandbox
+from wecomd import app as appmod, auth, config
+from wecomd.wecom import sandbox
 from wecomd.services import Services
 
 

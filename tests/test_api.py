@@ -8,7 +8,7 @@ import time
 
 from base import WecomdTestCase
 from peer import CORP_ID
-from wecomd import simulate
+from wecomd.wecom import simulate
 
 
 def msg(kind: str = "text", user: str = "zhangsan", content: str = "hello", **kw) -> str:
@@ -122,7 +122,7 @@ class ReplyApiTest(WecomdTestCase):
 
 class MediaAndExportTest(WecomdTestCase):
     def test_inbound_image_is_downloaded_and_served_to_signed_in_users(self):
-        from wecomd.sandbox import seed_samples
+        from wecomd.wecom.sandbox import seed_samples
 
         media = seed_samples(self.fake)
         self.callback(msg("image", media_id=media["image"]))

@@ -17,7 +17,8 @@ from tornado.testing import bind_unused_port
 from base import WecomdTestCase
 from peer import CORP_ID
 from test_cli import wecomd
-from wecomd import simulate, webhooks
+from wecomd.wecom import simulate
+from wecomd.workers import webhooks
 
 PY = sys.executable
 RULES = """

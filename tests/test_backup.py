@@ -15,8 +15,8 @@ import pytest
 
 from conftest import ROOT, ServerProcess, free_port, write_config
 from peer import AES_KEY, CORP_ID, TOKEN
-from wecomd import store_rows
-from wecomd.messages import Message
+from wecomd.store import rows as store_rows
+from wecomd.wecom.messages import Message
 from wecomd.store import Store, StoreError
 
 REPORT = re.compile(r"^backed up to (.+): (.+), (\d+) message\(s\), integrity ok, [0-9.]+ s$")

@@ -202,7 +202,7 @@ def test_conversation_list_thread_and_read_mark(page, demo):
 
 
 def test_more_conversations_than_a_page_load_on_demand(page, crowded_demo):
-    from wecomd.messages import Message
+    from wecomd.wecom.messages import Message
     from wecomd.store import Store
 
     # 130 conversations written straight into the demo's database (SQLite WAL: beside the daemon).

@@ -15,7 +15,8 @@ import xml.etree.ElementTree as ET
 
 from conftest import ROOT, ServerProcess, free_port, write_config
 from peer import AES_KEY, CORP_ID, TOKEN, WecomPeer
-from wecomd import __version__, simulate
+from wecomd import __version__
+from wecomd.wecom import simulate
 
 
 def wecomd(*args: str, stdin: str | None = None, cwd=None, env=None) -> subprocess.CompletedProcess:

@@ -15,9 +15,10 @@ import pytest
 
 from base import WecomdTestCase
 from peer import CORP_ID
-from wecomd import rules as rulesmod, simulate
-from wecomd.commands import CommandResult, CommandRunner
-from wecomd.messages import Message
+from wecomd.automation import rules as rulesmod
+from wecomd.wecom import simulate
+from wecomd.automation.commands import CommandResult, CommandRunner
+from wecomd.wecom.messages import Message
 
 PY = sys.executable
 
@@ -278,9 +279,9 @@ def test_excerpt_is_the_end():
 
 
 def test_log_line_has_no_arguments_or_env(caplog):
-    caplog.set_level(logging.INFO, logger="wecomd.commands")
+    caplog.set_level(logging.INFO, logger="wecomd.automation.commands")
     run(CommandRunner().run(py("pass") + ["user text 机密"], {"TOKEN": "env-secret"}, timeout=5))
-    (record,) = [r for r in caplog.records if r.name == "wecomd.commands"]
+    (record,) = [r for r in caplog.records if r.name == "wecomd.automation.commands"]
     line = record.getMessage()
     assert PY in line and "ok" in line and "exit code 0" in line
     assert "机密" not in line and "env-secret" not in line and " -c" not in line
@@ -412,7 +413,7 @@ class OptionInjectionTest(WecomdTestCase):
         return json.dumps([rows, runs, self.fake.sent], ensure_ascii=False)
 
     def test_dash_text_is_refused_and_nothing_runs(self):
-        with self.assertLogs("wecomd.commands", logging.WARNING) as logs:
+        with self.assertLogs("wecomd.automation.commands", logging.WARNING) as logs:
             reply = self.reply_of(self.callback(self.text("-f" + PASSWD)))
         self.assert_no_passwd(reply)
         self.assertTrue(reply.startswith("无法执行：argument 1 ({content} = '-f/etc/passwd') starts with \"-\""), reply)
@@ -422,7 +423,7 @@ class OptionInjectionTest(WecomdTestCase):
                          ("when", "run", "error", None, ""))
         self.assertIn("so date would read it as an option: refused, nothing was run", run["error"])
         self.assert_no_passwd(self.everything_stored())
-        self.assertEqual(logs.output, ['WARNING:wecomd.commands:command date: refused, argument 1 ({content}) '
+        self.assertEqual(logs.output, ['WARNING:wecomd.automation.commands:command date: refused, argument 1 ({content}) '
                                        'starts with "-"; nothing was run'])
 
     def test_with_end_of_options_the_text_is_an_operand_and_fails_harmlessly(self):

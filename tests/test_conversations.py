@@ -18,10 +18,10 @@ from playhouse import migrations
 from base import WecomdTestCase
 from conftest import needs_postgres, postgres_store
 from peer import CORP_ID
-from wecomd import simulate
-from wecomd.messages import Message
+from wecomd.wecom import simulate
+from wecomd.wecom.messages import Message
 from wecomd.store import MIGRATIONS_DIR, Store
-from wecomd.store_rows import inbound_row
+from wecomd.store.rows import inbound_row
 
 NOW = datetime(2026, 11, 28, 12, 0, 0)
 OLD = NOW - timedelta(days=40)

@@ -7,7 +7,7 @@ database.
   (deliveries go up, no new rows).
 - Outbox: replies left pending by a crash are sent after the restart, each exactly once; a crash
   in the middle of sending repeats at most the one message WeCom had accepted but wecomd had not
-  yet marked sent (the window documented in wecomd/outbox.py).
+  yet marked sent (the window documented in wecomd/workers/outbox.py).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import pytest
 
 from conftest import API_TOKEN, ServerProcess, free_port, write_config
 from peer import AGENT_ID, CORP_ID, WecomPeer
-from wecomd import sandbox
+from wecomd.wecom import sandbox
 
 pytestmark = pytest.mark.slow  # SIGKILL under load, restarts: about a minute
 

@@ -1,4 +1,4 @@
-"""Tests for wecomd.crypto: official vectors, every failure code, and wechatpy interop."""
+"""Tests for wecomd.wecom.crypto: official vectors, every failure code, and wechatpy interop."""
 import base64
 import inspect
 import json
@@ -11,8 +11,8 @@ from urllib.parse import parse_qs, quote
 import pytest
 from Crypto.Cipher import AES
 
-from wecomd import crypto
-from wecomd.crypto import (
+from wecomd.wecom import crypto
+from wecomd.wecom.crypto import (
     Base64DecodeError, CryptoError, DecryptError, EncryptError, InvalidKeyError,
     MalformedPlaintextError, ReceiveIdError, ReplyXmlError, SignatureComputeError,
     SignatureError, WecomCrypto,

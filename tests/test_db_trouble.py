@@ -19,8 +19,8 @@ import pytest
 from conftest import ServerProcess, free_port, write_config
 from peer import AGENT_ID, CORP_ID, WecomPeer
 from wecomd.store import Store, StoreError
-from wecomd.store_health import check_free_space
-from wecomd.writer import DbWriter
+from wecomd.store.health import check_free_space
+from wecomd.store.writer import DbWriter
 
 MSGID_BASE = 8_200_000_000_000_000_000
 TEXT = ("<xml><ToUserName><![CDATA[%s]]></ToUserName><FromUserName><![CDATA[lisi]]></FromUserName>"

@@ -12,7 +12,8 @@ import urllib.parse
 import urllib.request
 
 from conftest import ROOT, free_port, wait_for_healthz
-from wecomd import config, demo
+from wecomd import config
+from wecomd.cli import demo
 
 
 def test_sample_rules_are_the_shipped_ones_plus_a_live_webhook():

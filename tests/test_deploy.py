@@ -31,7 +31,7 @@ import pytest
 from conftest import ADMIN_PASSWORD, API_TOKEN, APP_SECRET, ROOT, ServerProcess, admin_hash, free_port, write_config
 from peer import AES_KEY, AGENT_ID, CORP_ID, TOKEN, WecomPeer
 from wecomd import config as configmod
-from wecomd import simulate
+from wecomd.wecom import simulate
 
 DOC = ROOT / "docs" / "deploy.md"
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])

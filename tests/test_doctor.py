@@ -24,10 +24,12 @@ from playhouse.schema_diff import diff_models
 from base import WecomdTestCase
 from conftest import API_TOKEN, APP_SECRET, ROOT, ServerProcess, free_port, write_config
 from peer import AES_KEY, CORP_ID, TOKEN, WecomPeer
-from wecomd import failures, sandbox, simulate
+from wecomd import failures
+from wecomd.wecom import sandbox
+from wecomd.wecom import simulate
 from wecomd.failures import FailureRecorder
 from wecomd.store import MIGRATIONS_DIR, Store
-from wecomd.store_rows import utcnow
+from wecomd.store.rows import utcnow
 
 EGRESS_IP = "203.0.113.7"  # what the sandbox tells callers their address is (TEST-NET-3)
 SECRETS = (APP_SECRET, TOKEN, AES_KEY, API_TOKEN, "test-cookie-secret-0123456789abcdef0123")

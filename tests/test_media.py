@@ -11,12 +11,12 @@ import pytest
 from base import WecomdTestCase
 from peer import CORP_ID
 from test_outbox import APPS, Harness, async_test
-from wecomd import simulate
-from wecomd import media as mediamod
-from wecomd.media import MediaVault
-from wecomd.messages import Message
-from wecomd.sandbox import sample_amr, sample_png
-from wecomd.wecom_api import MEDIA_GET
+from wecomd.wecom import simulate
+from wecomd.workers import media as mediamod
+from wecomd.workers.media import MediaVault
+from wecomd.wecom.messages import Message
+from wecomd.wecom.sandbox import sample_amr, sample_png
+from wecomd.wecom.api import MEDIA_GET
 
 _keys = itertools.count(1)
 

@@ -17,7 +17,8 @@ import pytest
 from conftest import ADMIN_PASSWORD, API_TOKEN, ServerProcess, free_port, write_config
 from peer import CORP_ID, WecomPeer
 from test_browser import browser, open_page  # noqa: F401  (the Chromium fixture)
-from wecomd import sandbox, simulate
+from wecomd.wecom import sandbox
+from wecomd.wecom import simulate
 
 try:
     from playwright.sync_api import Error as PlaywrightError, expect

@@ -1,4 +1,4 @@
-"""wecomd.messages: plaintext parsing, hostile XML, envelopes, dedup keys and passive replies."""
+"""wecomd.wecom.messages: plaintext parsing, hostile XML, envelopes, dedup keys and passive replies."""
 from __future__ import annotations
 
 import ast
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from samples import SAMPLES
-from wecomd import messages
-from wecomd.messages import (
+from wecomd.wecom import messages
+from wecomd.wecom.messages import (
     ForbiddenXmlError, MalformedXmlError, MessageError, MissingEncryptError, dedup_key, parse,
     parse_envelope, to_fields,
 )

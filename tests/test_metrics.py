@@ -15,10 +15,11 @@ from tornado.websocket import websocket_connect
 from base import WecomdTestCase
 from conftest import write_config
 from peer import CORP_ID, TOKEN, WecomPeer
-from wecomd import app as appmod, config, sandbox
+from wecomd import app as appmod, config
+from wecomd.wecom import sandbox
 from wecomd.metrics import CALLBACK_BUCKETS, Metrics
 from wecomd.services import Services
-from wecomd.wecom_api import SEND
+from wecomd.wecom.api import SEND
 
 TEXT = (
     "<xml><ToUserName><![CDATA[%s]]></ToUserName><FromUserName><![CDATA[zhangsan]]></FromUserName>"

@@ -9,12 +9,12 @@ from datetime import datetime, timedelta
 import pytest
 
 from peer import AES_KEY, CORP_ID, TOKEN
-from wecomd import sandbox
+from wecomd.wecom import sandbox
 from wecomd.config import AppConfig
-from wecomd.outbox import Outbox
-from wecomd.sandbox import FakeWecom
+from wecomd.workers.outbox import Outbox
+from wecomd.wecom.sandbox import FakeWecom
 from wecomd.store import Store, StoreError
-from wecomd.wecom_api import SEND, WecomClient
+from wecomd.wecom.api import SEND, WecomClient
 
 APPS = {
     "helpdesk": AppConfig("helpdesk", CORP_ID, "1000002", TOKEN, AES_KEY, "helpdesk-secret", ""),

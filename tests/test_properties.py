@@ -22,12 +22,16 @@ from Crypto.Cipher import AES
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from wecomd import config, messages, passwords, rules
-from wecomd.crypto import (
+from wecomd import config, passwords
+
+from wecomd.wecom import messages
+
+from wecomd.automation import rules
+from wecomd.wecom.crypto import (
     CryptoError, EncryptError, ReceiveIdError, ReplyXmlError, SignatureError, WecomCrypto,
     signature,
 )
-from wecomd.messages import REPEATABLE, MessageError
+from wecomd.wecom.messages import REPEATABLE, MessageError
 
 HERE = Path(__file__).resolve().parent
 SCALE = float(os.environ.get("TEST_HYPOTHESIS_SCALE", "1"))
@@ -517,7 +521,7 @@ VALID_APP = ("[app:main]\ncorp_id = ww1\nagent_id = 1\ntoken = %s\nencoding_aes_
 
 
 def _known_rules_bug(exc: BaseException) -> bool:
-    """Crashes already pinned by test_regression_rules_* below (xfail until wecomd/rules.py is fixed).
+    """Crashes already pinned by test_regression_rules_* below (xfail until wecomd/automation/rules.py is fixed).
 
     Remove each clause together with the matching xfail mark once the bug is fixed.
     """
@@ -742,7 +746,7 @@ def test_fuzz_targets_run_their_seed_corpus(name):
 
 # ============================================================== regressions found by fuzzing
 
-RULES_BUGS = "fixed: wecomd/rules.py let a non-RuleError escape from problems()/compile_rules(), so config.load crashed"
+RULES_BUGS = "fixed: wecomd/automation/rules.py let a non-RuleError escape from problems()/compile_rules(), so config.load crashed"
 
 
 def test_regression_rules_regex_repeat_overflow(conf_dir):

@@ -24,7 +24,8 @@ import pytest
 
 from conftest import ROOT, free_port
 from peer import WecomPeer
-from wecomd import envfile, simulate
+from wecomd import envfile
+from wecomd.wecom import simulate
 
 DOC = ROOT / "docs" / "operations.md"
 CORP_ID = "ww0123456789abcdef"

@@ -14,8 +14,8 @@ import pytest
 from conftest import ServerProcess, free_port, write_config
 from test_outbox import FakeClock, async_test
 from wecomd import config
-from wecomd.messages import Message
-from wecomd.retention import Retention
+from wecomd.wecom.messages import Message
+from wecomd.workers.retention import Retention
 from wecomd.store import Store
 
 NOW = datetime(2026, 11, 28, 23, 0, 0)  # FakeClock's time
@@ -233,7 +233,7 @@ class Harness:
 
 @async_test
 async def test_worker_prunes_at_start_removing_files_after_the_rows(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="wecomd.retention")
+    caplog.set_level(logging.INFO, logger="wecomd.workers.retention")
     async with Harness(tmp_path) as h:
         def media_message(msgtype, name):
             row = inbound(h.store, "", msgtype=msgtype, MediaId=name)

@@ -1,11 +1,13 @@
-"""Tests for wecomd.rules: validation, matching, ordering, templates and command arguments."""
+"""Tests for wecomd.automation.rules: validation, matching, ordering, templates and command arguments."""
 from pathlib import Path
 
 import pytest
 
-from wecomd import config, rules
-from wecomd.messages import Message
-from wecomd.rules import Match, RuleError
+from wecomd import config
+
+from wecomd.automation import rules
+from wecomd.wecom.messages import Message
+from wecomd.automation.rules import Match, RuleError
 
 REPO = Path(__file__).resolve().parent.parent
 INJECTION = "; rm -rf / && echo pwned $(id) `id` \"quoted\" 'q'"

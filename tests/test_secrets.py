@@ -17,8 +17,9 @@ import pytest
 
 from conftest import API_TOKEN, APP_SECRET, ROOT, ServerProcess, admin_hash, free_port
 from peer import AES_KEY, AGENT_ID, CORP_ID, TOKEN, WecomPeer
-from wecomd import config, envfile, simulate
-from wecomd.webhooks import SIGNATURE_HEADER, verify
+from wecomd import config, envfile
+from wecomd.wecom import simulate
+from wecomd.workers.webhooks import SIGNATURE_HEADER, verify
 
 WEBHOOK_SECRET = "whsec-from-a-credential-0123456789"
 

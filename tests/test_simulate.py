@@ -1,4 +1,4 @@
-"""wecomd.simulate against a real loopback Tornado server whose crypto is wechatpy's, not ours."""
+"""wecomd.wecom.simulate against a real loopback Tornado server whose crypto is wechatpy's, not ours."""
 from __future__ import annotations
 
 import argparse
@@ -16,8 +16,8 @@ from tornado.testing import bind_unused_port
 from wechatpy.enterprise.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidSignatureException
 
-from wecomd import simulate
-from wecomd.simulate import KINDS, Simulator, build
+from wecomd.wecom import simulate
+from wecomd.wecom.simulate import KINDS, Simulator, build
 
 TOKEN = "SimTok3n4Tests"
 AES_KEY = "Zy9xW8vU7tS6rQ5pO4nM3lK2jI1hG0fEdCbA9876543"
@@ -273,7 +273,7 @@ def test_unreachable_server_is_a_result_not_an_exception():
 
 
 def test_bad_aes_key_raises_crypto_error():
-    from wecomd.crypto import CryptoError
+    from wecomd.wecom.crypto import CryptoError
 
     with pytest.raises(CryptoError):
         Simulator("http://127.0.0.1:1/", token=TOKEN, aes_key="short", corp_id=CORP_ID)

@@ -14,10 +14,10 @@ from tornado import httpserver, netutil, web
 
 from conftest import free_port
 from wecomd import __version__
-from wecomd.messages import Message
+from wecomd.wecom.messages import Message
 from wecomd.store import Store
 from test_outbox import FakeClock, async_test, until  # the shared harness pieces
-from wecomd.webhooks import SIGNATURE_HEADER, WebhookSender, body_for, parse_reply, sign, verify
+from wecomd.workers.webhooks import SIGNATURE_HEADER, WebhookSender, body_for, parse_reply, sign, verify
 
 SECRET = "whsec-0123456789abcdef"
 

@@ -11,10 +11,10 @@ import zlib
 import pytest
 from tornado.testing import AsyncTestCase, gen_test
 
-from wecomd import sandbox
+from wecomd.wecom import sandbox
 from wecomd.config import AppConfig
-from wecomd.sandbox import CALLBACK_IPS, GETTOKEN, MEDIA_GET, SEND, FakeWecom
-from wecomd.wecom_api import WecomApiError, WecomClient, describe, split_text
+from wecomd.wecom.sandbox import CALLBACK_IPS, GETTOKEN, MEDIA_GET, SEND, FakeWecom
+from wecomd.wecom.api import WecomApiError, WecomClient, describe, split_text
 
 CORP_ID = "ww0123456789abcdef"
 SECRET = "S3cretOfTheHelpdeskApp-0123456789abcdefXYZ"
@@ -275,7 +275,7 @@ class WecomApiTest(AsyncTestCase):
         await self.client.send_text(APP, "u", "x")
         self.fake.fail_next(SEND, 60020)
         await self.raises(self.client.send_text(APP, "u", "x"))
-        lines = [r.getMessage() for r in self.capture.records if r.name == "wecomd.wecom_api"]
+        lines = [r.getMessage() for r in self.capture.records if r.name == "wecomd.wecom.api"]
         self.assertEqual(len(lines), 3, lines)
         self.assertRegex(lines[0], r"^wecom api GET /cgi-bin/gettoken errcode=0 \d+ms$")
         self.assertRegex(lines[2], r"^wecom api POST /cgi-bin/message/send errcode=60020 kind=config")

@@ -8,7 +8,7 @@ import peewee
 import pytest
 
 from wecomd.store import StoreError
-from wecomd.writer import DbWriter, single_write
+from wecomd.store.writer import DbWriter, single_write
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ def credential(admin: AdminConfig, user: str) -> Optional[str]:
 # --- sessions ---------------------------------------------------------------------------------
 
 class Sessions:
-    """Signed-in sessions, stored server-side (table `session`, wecomd.store_sessions).
+    """Signed-in sessions, stored server-side (table `session`, wecomd.store.sessions).
 
     The signed cookie carries a random token; a session holds only while its row does, so signing out
     (`end`) stops a copied cookie at once. The rows are also kept in memory, loaded at start and

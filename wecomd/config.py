@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from wecomd import passwords
-from wecomd import rules as _rules
+from wecomd.automation import rules as _rules
 
 REQUIRED = object()  # the default of an option that has none
 SEARCH_PATHS = (Path("wecomd.conf"), Path("/etc/wecomd/wecomd.conf"))
@@ -26,7 +26,7 @@ ENV_PREFIX, ENV_CONFIG = "WECOMD_", "WECOMD_CONFIG"
 # `<option>_file`: a secret option read from a file (systemd credentials: LoadCredential=), in the
 # INI or as WECOMD_..._FILE; a relative name is taken from $CREDENTIALS_DIRECTORY when it is set.
 FILE_SUFFIX, CREDENTIALS_DIRECTORY = "_file", "CREDENTIALS_DIRECTORY"
-RULE_SECRETS = ("webhook_secret",)  # the secret options of a [rule:NAME] section (wecomd.rules)
+RULE_SECRETS = ("webhook_secret",)  # the secret options of a [rule:NAME] section (wecomd.automation.rules)
 MAX_SECRET_FILE = 65536  # bytes; a larger "secret" is a wrong path (/dev/zero, a log file)
 FIXED_SECTIONS = ("server", "admin", "wecom", "rules")
 MIN_SECRET_LENGTH = 32
@@ -413,7 +413,7 @@ def _kind(section: str) -> Optional[str]:
     if section.startswith("app:"):
         return "app:NAME"
     if section.startswith("rule:") and len(section) > 5:
-        return "rule"  # kept raw here; wecomd.rules validates and compiles it
+        return "rule"  # kept raw here; wecomd.automation.rules validates and compiles it
     return None
 
 

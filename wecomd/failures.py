@@ -4,7 +4,7 @@ with its exact reason, kept in the database so that `wecomd doctor` (another pro
 The request path only pays for a call to `record`, made once a failed request is answered: it checks
 a token bucket (RATE a second, BURST at once, so a flood of junk requests cannot flood the database),
 queues a row and returns. One task at a time writes the queued rows through the database thread
-(wecomd.writer), pruning the table to its newest KEEP rows every PRUNE_EVERY rows. Failures the rate
+(wecomd.store.writer), pruning the table to its newest KEEP rows every PRUNE_EVERY rows. Failures the rate
 limit leaves out are counted on the next row recorded (`skipped`). Nothing here raises into a
 handler: a row that cannot be written is logged and dropped.
 """
@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional
 from tornado import httputil
 
 from wecomd import metrics
-from wecomd.store_rows import utcnow
+from wecomd.store.rows import utcnow
 
 logger = logging.getLogger(__name__)
 

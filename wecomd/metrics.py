@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Mapping, Optional, Tuple
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
-from wecomd import crypto
+from wecomd.wecom import crypto
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 

@@ -10,22 +10,24 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
-from wecomd import config as configmod, logs, rules
+from wecomd import config as configmod, logs
+
+from wecomd.automation import rules
 from wecomd.auth import LoginLimiter, PasswordChecker, Sessions
-from wecomd.automation import Automation
-from wecomd.commands import CommandRunner
+from wecomd.automation.runner import Automation
+from wecomd.automation.commands import CommandRunner
 from wecomd.config import AppConfig, Config
-from wecomd.crypto import WecomCrypto
+from wecomd.wecom.crypto import WecomCrypto
 from wecomd.failures import FailureRecorder
 from wecomd.live import Hub
-from wecomd.media import MediaVault
+from wecomd.workers.media import MediaVault
 from wecomd.metrics import Metrics
-from wecomd.outbox import Outbox
-from wecomd.retention import Retention
+from wecomd.workers.outbox import Outbox
+from wecomd.workers.retention import Retention
 from wecomd.store import Store, StoreError
-from wecomd.webhooks import WebhookSender
-from wecomd.wecom_api import WecomClient
-from wecomd.writer import DbWriter
+from wecomd.workers.webhooks import WebhookSender
+from wecomd.wecom.api import WecomClient
+from wecomd.store.writer import DbWriter
 
 logger = logging.getLogger(__name__)
 

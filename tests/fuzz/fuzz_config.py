@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Coverage-guided fuzz target (atheris) for wecomd.config (loader, environment, render) and wecomd.rules.
+"""Coverage-guided fuzz target (atheris) for wecomd.config (loader, environment, render) and wecomd.automation.rules.
 
     python tests/fuzz/fuzz_config.py -max_total_time=60 /tmp/fuzz-config tests/fuzz/corpus/config
     python tests/fuzz/fuzz_config.py --replay [DIR_OR_FILE ...]     # one pass, no atheris needed
@@ -27,9 +27,13 @@ atheris = _driver.atheris
 
 if __name__ == "__main__" and atheris is not None and "--replay" not in sys.argv:
     with atheris.instrument_imports(include=["wecomd", "configparser"]):
-        from wecomd import config, messages, rules
+        from wecomd import config
+        from wecomd.wecom import messages
+        from wecomd.automation import rules
 else:
-    from wecomd import config, messages, rules
+    from wecomd import config
+    from wecomd.wecom import messages
+    from wecomd.automation import rules
 
 STRICT = os.environ.get("TEST_FUZZ_STRICT") == "1"
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
@@ -46,14 +50,14 @@ EVENT = messages.Message(msgtype="event", event="click", event_key="K", from_use
 
 
 def known_bug(exc: BaseException) -> bool:
-    """The crashes pinned by test_regression_rules_* (reported, waiting for a fix in wecomd/rules.py):
+    """The crashes pinned by test_regression_rules_* (reported, waiting for a fix in wecomd/automation/rules.py):
     anything escaping re.compile in rules._regex, urlsplit in rules._is_http_url, or int() in
     rules._template_problems."""
     names, tb = set(), exc.__traceback__
     while tb is not None:
         names.add(tb.tb_frame.f_code.co_name)
         tb = tb.tb_next
-    return False  # all of them are fixed in wecomd/rules.py; any crash now stops the fuzzer
+    return False  # all of them are fixed in wecomd/automation/rules.py; any crash now stops the fuzzer
 
 
 def _load(text: bytes, environ=None):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Coverage-guided fuzz target (atheris) for wecomd.crypto.
+"""Coverage-guided fuzz target (atheris) for wecomd.wecom.crypto.
 
     python tests/fuzz/fuzz_crypto.py -max_total_time=60 /tmp/fuzz-crypto tests/fuzz/corpus/crypto
     python tests/fuzz/fuzz_crypto.py --replay [DIR_OR_FILE ...]     # one pass, no atheris needed
@@ -28,9 +28,9 @@ atheris = _driver.atheris
 
 if __name__ == "__main__" and atheris is not None and "--replay" not in sys.argv:
     with atheris.instrument_imports(include=["wecomd"]):
-        from wecomd import crypto
+        from wecomd.wecom import crypto
 else:
-    from wecomd import crypto
+    from wecomd.wecom import crypto
 
 TOKEN = "T0kenForTests1234567890abcdefXYZ"
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"

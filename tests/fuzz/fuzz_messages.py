@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Coverage-guided fuzz target (atheris) for wecomd.messages (the XML parser and reply builders).
+"""Coverage-guided fuzz target (atheris) for wecomd.wecom.messages (the XML parser and reply builders).
 
     python tests/fuzz/fuzz_messages.py -max_total_time=60 /tmp/fuzz-messages tests/fuzz/corpus/messages
     python tests/fuzz/fuzz_messages.py --replay [DIR_OR_FILE ...]     # one pass, no atheris needed
@@ -24,9 +24,9 @@ atheris = _driver.atheris
 
 if __name__ == "__main__" and atheris is not None and "--replay" not in sys.argv:
     with atheris.instrument_imports(include=["wecomd", "defusedxml"]):
-        from wecomd import messages
+        from wecomd.wecom import messages
 else:
-    from wecomd import messages
+    from wecomd.wecom import messages
 
 
 def _text(data: bytes) -> str:

@@ -10,11 +10,11 @@ from urllib.parse import quote
 from tornado import web
 
 from wecomd import exporting
-from wecomd.automation import pause_until
+from wecomd.automation.runner import pause_until
 from wecomd.handlers.base import ApiHandler
 from wecomd.handlers.dashboard import public_apps
-from wecomd.media import MEDIA_CSP, serving_type
-from wecomd.store_conversations import CONVERSATION_PAGE
+from wecomd.workers.media import MEDIA_CSP, serving_type
+from wecomd.store.conversations import CONVERSATION_PAGE
 
 # A message id in a path: ASCII digits, at most 18 of them so that it always fits the database's
 # 64-bit integers (longer ones are answered 400 by IdOutOfRangeHandler, not passed to SQLite).

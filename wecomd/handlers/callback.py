@@ -10,8 +10,14 @@ from typing import Any, Optional
 
 from tornado import web
 
-from wecomd import crypto, messages, metrics, rules
-from wecomd.automation import default_reply, store_answered, store_inbound
+from wecomd import metrics
+
+from wecomd.wecom import crypto
+
+from wecomd.wecom import messages
+
+from wecomd.automation import rules
+from wecomd.automation.runner import default_reply, store_answered, store_inbound
 from wecomd.handlers.base import BaseHandler
 from wecomd.store import StoreError
 

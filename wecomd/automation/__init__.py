@@ -1,0 +1,1 @@
+"""Rules and what they run: the rule runner, rule parsing and matching, commands."""

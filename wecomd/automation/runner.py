@@ -1,0 +1,261 @@
+"""Automation: runs the rules on each new inbound message and delivers every answer exactly once.
+
+An answer (a reply template, a command's result, a webhook's `{"reply": ...}`) that is ready within
+`[rules] passive_budget` seconds becomes the passive reply to WeCom; any other answer goes out later
+through the send API, via the durable outbox. Each action is recorded as a rule run linked to the
+message, with the path its answer took. WeCom's retries never get here (`Services` calls `handle`
+only for a newly stored message), so an action never starts twice. After an operator replies by hand,
+replies and commands pause for that user for `takeover_minutes`; webhooks still forward.
+
+Every answer the user gets is also stored as an outbound message marked automatic, naming its rule
+(none for the app's own `reply =`): a passive one "sent" in the same writer call that keeps the
+passive reply (`store_answered`, `Store.save_passive_reply`), one sent later through the outbox as
+its pending rows. A WeCom retry never stores a second one.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Awaitable, Callable, List, Optional
+
+from wecomd.automation import rules as rulesmod
+from wecomd.automation.commands import CommandResult, CommandRunner, refused
+from wecomd.config import AppConfig, RulesConfig
+from wecomd.wecom.messages import Message
+from wecomd.workers.webhooks import WebhookSender, body_for
+from wecomd.store.writer import single_write
+
+logger = logging.getLogger(__name__)
+
+PAUSED = "automation paused: an operator replied by hand (human takeover)"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The passive reply to a message: its text, the rule that gave it (None: the app's own
+    `reply =`) and that rule's run."""
+
+    text: str
+    rule: Optional[str] = None
+    run_id: Optional[int] = None
+
+
+class _Answers:
+    """Decides, once per answer, whether it is the passive reply or goes through the send API."""
+
+    def __init__(self) -> None:
+        self.passive: Optional[Answer] = None
+        self.closed = False  # the budget is over, or the passive slot is taken
+        self.ready = asyncio.Event()
+
+    def offer(self, text: str, run: dict) -> bool:
+        """True when `text` (the answer of `run`) becomes the passive reply; False means: send it
+        through the API."""
+        if self.closed or self.passive is not None:
+            return False
+        self.passive, self.closed = Answer(text, run["rule"], run["id"]), True
+        self.ready.set()
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self.ready.set()
+
+
+class Automation:
+    """One per process, owned by `Services`; rules and settings are read at use, so a reload applies."""
+
+    def __init__(self, run_db: Callable[..., Awaitable[Any]], store: Any, outbox: Any, webhooks: WebhookSender,
+                 runner: CommandRunner, current_rules: Callable[[], List[rulesmod.Rule]],
+                 settings: Callable[[], RulesConfig], publish: Optional[Callable[[dict], None]] = None) -> None:
+        self.run_db, self.store, self.outbox, self.webhooks = run_db, store, outbox, webhooks
+        self.publish = publish
+        self.runner, self.current_rules, self.settings = runner, current_rules, settings
+        self._tasks: set[asyncio.Task] = set()
+
+    async def handle(self, app: AppConfig, row: dict, message: Message, matches: List[rulesmod.Match],
+                     paused: bool) -> Optional[Answer]:
+        """Run the matched rules for a newly stored message; return the passive reply, if any: a
+        rule's, or else the app's own `reply =` (default_reply)."""
+        answers, started = _Answers(), []
+        for match in matches:
+            started += await self._start(match, app, row, message, answers, paused)
+        await self._wait(answers, started, self.settings().passive_budget)
+        answers.close()
+        await self._changed(row["id"])
+        if answers.passive is None and not paused and default_reply(app, message, matches):
+            return Answer(app.reply)
+        return answers.passive
+
+    async def _wait(self, answers: _Answers, started: List[asyncio.Task], budget: float) -> None:
+        """Until an answer is passive, every action of this message is done, or the budget is over."""
+        loop = asyncio.get_running_loop()
+        deadline, pending = loop.time() + budget, set(started)
+        waiter = asyncio.ensure_future(answers.ready.wait())
+        try:
+            while pending and not answers.closed and loop.time() < deadline:
+                _, pending = await asyncio.wait(pending | {waiter}, timeout=deadline - loop.time(),
+                                                return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(waiter)
+        finally:
+            waiter.cancel()
+
+    async def _start(self, match: rulesmod.Match, app: AppConfig, row: dict, message: Message,
+                     answers: _Answers, paused: bool) -> List[asyncio.Task]:
+        """Start one rule's actions; returns the tasks whose answers may still become passive."""
+        rule, started = match.rule, []
+        fields = rulesmod.template_fields(match, app.name, message)
+        if rule.webhook:
+            started.append(await self._webhook(rule, app, row, answers))
+        for action, configured in (("reply", rule.reply), ("run", rule.run)):
+            if configured and paused:
+                run = await self._record(row, app, rule, action, "skipped")
+                await self.run_db(self.store.finish_run, run["id"], "skipped", error=PAUSED, path="none")
+            elif configured and action == "reply":
+                run = await self._record(row, app, rule, "reply", "running")
+                await self._deliver(run, app, row, rulesmod.render(rule.reply, fields), answers, status="ok")
+            elif configured:
+                run = await self._record(row, app, rule, "run", "running")
+                started.append(self._spawn(self._command(run, rule, fields, message, app, row, answers)))
+        return started
+
+    async def _record(self, row: dict, app: AppConfig, rule: rulesmod.Rule, action: str, status: str, **kw: Any) -> dict:
+        return await self.run_db(self.store.start_run, row["id"], app.name, row.get("from_user") or "",
+                                 rule.name, action, status, **kw)
+
+    async def _command(self, run: dict, rule: rulesmod.Rule, fields: dict, message: Message,
+                       app: AppConfig, row: dict, answers: _Answers) -> None:
+        try:
+            argv = rulesmod.command_argv(rule, fields)
+        except rulesmod.CommandRefused as exc:  # a message tried to pass an option: nothing runs
+            result = refused(exc.program, str(exc), exc.why)
+        else:
+            result = await self.runner.run(argv, rulesmod.command_env(fields, message), rule.timeout)
+        await self.run_db(self.store.finish_run, run["id"], result.status, exit_code=result.exit_code,
+                          duration_ms=result.duration_ms, output=result.excerpt(), error=result.error)
+        await self._deliver(run, app, row, command_answer(result, rule), answers)
+        await self._changed(row["id"])
+
+    async def _webhook(self, rule: rulesmod.Rule, app: AppConfig, row: dict, answers: _Answers) -> asyncio.Task:
+        public = {k: v for k, v in row.items() if k != "reply"}
+        payload = body_for(public, rule.name, app.name).decode("utf-8")
+        run = await self._record(row, app, rule, "webhook", "pending", url=rule.webhook, payload=payload)
+
+        async def first_attempt() -> None:
+            delivered, reply = await self.webhooks.attempt(run)
+            if reply:
+                await self._deliver(run, app, row, reply, answers)
+            elif delivered:
+                await self.run_db(self.store.set_run_path, run["id"], "none")
+
+        return self._spawn(first_attempt())
+
+    async def _deliver(self, run: dict, app: AppConfig, row: dict, text: str, answers: _Answers,
+                       status: Optional[str] = None) -> None:
+        """Passive if still possible, else exactly one message through the outbox."""
+        if status:
+            await self.run_db(self.store.finish_run, run["id"], status)
+        if not text.strip():
+            await self.run_db(self.store.set_run_path, run["id"], "none")
+        elif answers.offer(text, run):
+            await self.run_db(self.store.set_run_path, run["id"], "passive")
+        else:
+            await self.send_later(run, app.name, row.get("from_user") or "", text)
+
+    async def send_later(self, run: dict, app: str, user: str, text: str) -> None:
+        """Deliver an answer that missed the passive budget through the send API (the outbox)."""
+        rows = await self.outbox.submit(app, user, text, operator="rule:%s" % run["rule"], rule=run["rule"])
+        await self.run_db(self.store.set_run_path, run["id"], "api", rows[0]["id"])
+
+    async def on_webhook_reply(self, run: dict, text: str) -> None:
+        """A retried webhook delivery answered with a reply: always too late to be passive."""
+        await self.send_later(run, run["app"], run["user"], text)
+
+    async def _changed(self, message_id: int) -> None:
+        """Push the message again with its automation list, as the dashboard merges by id."""
+        if self.publish is not None:
+            message = await self.run_db(self.store.get, message_id)
+            if message is not None:
+                self.publish({"type": "message", "message": message})
+
+    def _spawn(self, work: Awaitable[None]) -> asyncio.Task:
+        task = asyncio.ensure_future(self._guard(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _guard(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("automation: an action failed unexpectedly")
+
+    async def close(self) -> None:
+        """Cancel actions still running (their commands are killed); their runs stay recorded."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+
+def default_reply(app: AppConfig, message: Message, matches: List[rulesmod.Match]) -> Optional[str]:
+    """The app's own `reply =`, when it answers: ordinary messages that no rule answers (a
+    webhook-only rule, such as a forwarder with `continue = yes`, does not count unless it replies)."""
+    answering = any(m.rule.reply or m.rule.run for m in matches)
+    return app.reply if app.reply and message.msgtype != "event" and not answering else None
+
+
+@single_write
+def store_inbound(store: Any, app: str, message: Message, dedup_key: str) -> tuple:
+    """Save a callback without a ready-made reply in one writer call: (row, created, paused, None)."""
+    paused = bool(message.from_user) and store.paused_until(app, message.from_user, utcnow()) is not None
+    row, created = store.save_inbound(app, message, dedup_key)
+    return row, created, paused, None
+
+
+def store_answered(store: Any, app: str, message: Message, dedup_key: str, reply: str, text: str) -> tuple:
+    """Save a callback and its ready-made passive reply (the app's own `reply =` when no rule
+    matched) in one writer call: (row, created, paused, answer).
+
+    Unless automation is paused for the sender, the reply (XML) is kept with the message and, for a
+    new message, its `text` is stored as an automatic answer (Store.save_answer), whose JSON is
+    `answer`; a retry (created False) stores none. Two statements, so not a single_write: the
+    writer's savepoint keeps them one change.
+    """
+    paused = bool(message.from_user) and store.paused_until(app, message.from_user, utcnow()) is not None
+    row, created = store.save_inbound(app, message, dedup_key, None if paused else reply)
+    answer = store.save_answer(app, message.from_user, text) if created and not paused else None
+    return row, created, paused, answer
+
+
+def command_answer(result: CommandResult, rule: rulesmod.Rule) -> str:
+    """What the user is told when a command finishes: its output, or why it did not succeed."""
+    output = result.output.strip()
+    if result.status == "ok":
+        return output or "已完成"
+    if result.status == "timeout":
+        return "执行超时（%g 秒）" % rule.timeout
+    if result.status == "failed":
+        tail = ("\n" + output[-500:]) if output else ""
+        return "执行失败（退出码 %s）%s" % (result.exit_code, tail)
+    return "无法执行：%s" % (result.error or "unknown error")
+
+
+def pause_until(settings: RulesConfig, now: Optional[datetime] = None) -> Optional[datetime]:
+    """When automation resumes after an operator's manual reply now; None when takeover is off."""
+    if settings.takeover_minutes <= 0:
+        return None
+    return (now or utcnow()) + timedelta(minutes=settings.takeover_minutes)
+
+

@@ -1,0 +1,128 @@
+"""`wecomd doctor`: one line per check of a deployment, with what to do about each problem.
+
+It checks the config (as `wecomd serve` loads it, with `wecomd check`'s warnings), the database
+(read-only: never migrated or written, so it is safe while wecomd serves), the media directory,
+gettoken for every app with a secret, and this server's outgoing IP; then it lists the last
+verification and callback failures the daemon recorded (wecomd.failures). It never prints a secret.
+Exit status: 0 when no check failed, 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from wecomd import __version__, checks as config_checks, config as configmod, envfile
+
+EXIT_OK, EXIT_FAILED = 0, 1
+_LABELS = {"ok": "ok", "warn": "warn", "fail": "FAIL", "skip": "skip", "info": "info"}
+
+
+@dataclass
+class Check:
+    """One result line: `status` is ok, warn, fail, skip or info; `hint` says what to do."""
+
+    name: str
+    status: str
+    message: str
+    hint: str = ""
+    details: List[str] = field(default_factory=list)  # more lines, shown indented
+
+
+def shown_url(url: str) -> str:
+    """`url` without what may hold a credential (user:password@, the query), for printing."""
+    parts = urllib.parse.urlsplit(url)
+    return "%s://%s%s" % (parts.scheme, parts.netloc.rpartition("@")[2], parts.path)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env-file", metavar="FILE", help="read this systemd EnvironmentFile (WECOMD_... secrets) "
+                   "over the environment first, as the service starts with it")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--failures", type=int, default=10, metavar="N",
+                   help="how many recorded callback failures to list (default: 10)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="for each request to WeCom and to the IP echo service (default: 10)")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = _Report(args.json)
+    config = _check_config(args.config, report, getattr(args, "env_file", None))
+    if config is None:
+        return report.finish(None)
+    from wecomd.cli import doctor_files  # peewee and tornado only from here on
+    from wecomd.cli import doctor_wecom
+
+    db_checks, db = doctor_files.check_database(config)
+    report.add(*db_checks)
+    report.add(*doctor_files.check_media(config))
+    network, report.egress_ip = asyncio.run(doctor_wecom.check_wecom(config, args.timeout))
+    report.add(*network)
+    failure_check, report.failures = doctor_files.check_failure_log(db, max(1, args.failures))
+    report.add(failure_check)
+    if db is not None:
+        db.close()
+    return report.finish(config.path)
+
+
+def _check_config(explicit: Optional[str], report: "_Report",
+                  env_file: Optional[str] = None) -> Optional[configmod.Config]:
+    """The loaded config, or None after reporting why it cannot be loaded (as `wecomd serve` says it);
+    `env_file`: a systemd EnvironmentFile whose variables go over the environment first."""
+    try:
+        environ = envfile.environment(env_file, os.environ)
+        path = configmod.find_config(explicit, environ)
+        config = configmod.load(path, environ)
+    except configmod.ConfigError as exc:
+        report.add(*(Check("config", "fail", problem) for problem in exc.problems))
+        report.add(Check("config", "fail", "%d problem(s): `wecomd serve` would not start" % len(exc.problems),
+                         "fix the lines above (docs/configuration.md describes every option)"))
+        return None
+    apps = ", ".join(config.apps) or "none"
+    report.add(Check("config", "ok", "%s loads; apps: %s; api_base %s"
+                     % (config.path, apps, shown_url(config.wecom.api_base))))
+    if not config.apps:
+        report.add(Check("config", "fail", config_checks.NO_APP, "add an [app:NAME] section"))
+    report.add(*(Check("config", "warn", warning) for warning in config_checks.warnings(config)))
+    return config
+
+
+class _Report:
+    """Collects checks; prints each as it comes (text) or everything at the end (--json)."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.checks: List[Check] = []
+        self.failures: List[dict] = []
+        self.egress_ip: Optional[str] = None
+        if not as_json:
+            print("wecomd %s doctor" % __version__)
+
+    def add(self, *found: Check) -> None:
+        self.checks.extend(found)
+        if not self.as_json:
+            for check in found:
+                print("%-4s  %-16s %s" % (_LABELS[check.status], check.name, check.message))
+                for line in check.details:
+                    print("        %s" % line)
+                if check.hint and check.status != "ok":
+                    print("        what to do: %s" % check.hint)
+            sys.stdout.flush()
+
+    def finish(self, path) -> int:
+        failed = [check for check in self.checks if check.status == "fail"]
+        warned = [check for check in self.checks if check.status == "warn"]
+        if self.as_json:
+            print(json.dumps({"config": str(path) if path else None, "ok": not failed,
+                              "egress_ip": self.egress_ip, "failures": self.failures,
+                              "checks": [vars(check) for check in self.checks]}, ensure_ascii=False, indent=2))
+        elif failed:
+            print("%d check(s) failed, %d warning(s)" % (len(failed), len(warned)))
+        else:
+            print("no check failed%s" % (", %d warning(s)" % len(warned) if warned else ""))
+        return EXIT_FAILED if failed else EXIT_OK

@@ -1,0 +1,250 @@
+"""Storage of conversations: the summary behind /api/conversations, and the dashboard's read marks.
+
+`conversation` holds one row per (app, user) that has messages: the id of its newest message
+(`last_id`), how many messages it has, inbound and outbound, and how many of its inbound messages
+are unread (after the conversation's read mark; all of them when it was never read). That is what
+grouping all messages by (app, user) gives, and it stays so in the transaction of every change:
+
+- a new message, inbound or outbound, is counted by one UPSERT (INSERT ... ON CONFLICT (app,
+  user) DO UPDATE). On SQLite it is the body of the 0004 migration's AFTER INSERT trigger, so
+  save_inbound stays one statement, atomic without a savepoint (writer.single_write); elsewhere
+  `_tally` runs the same UPSERT, precompiled, after the INSERT. A retried delivery of a stored
+  message updates its row instead of inserting one, so it is never counted again;
+- `mark_read` counts the conversation's unread messages again from the new mark;
+- `prune` takes the messages it deletes off their conversations (`_untally`, `_settle`), and
+  deletes the conversations that have none left.
+
+The 0004 migration built the table from the messages already stored; `rebuild_conversations`
+builds it again the same way. A message without a user (no FromUserName) belongs to the
+conversation whose user is NULL, as in a GROUP BY; read marks and takeovers never match it.
+
+`Store` inherits these queries from `ConversationQueries`; the models are declared here unbound and
+bound per Store, as the message models are.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Optional, Sequence
+
+import peewee
+from peewee import EXCLUDED, JOIN, Case, CharField, IntegerField, Model, SqliteDatabase, fn
+
+from .rows import automation_json, bound, guarded, iso, naive_utc, page_size, to_json, utcnow
+
+CONVERSATION_PAGE = 100  # conversations per page when the caller does not say
+
+
+class ReadMark(Model):
+    """How far the dashboard has read one conversation."""
+
+    app = CharField()
+    user = CharField()
+    last_read_id = IntegerField(default=0)
+
+    class Meta:
+        table_name = "conversation_read"
+        indexes = ((("app", "user"), True),)
+
+
+class Conversation(Model):
+    """One (app, user) that has messages: its newest message and its counts (see the module doc)."""
+
+    app = CharField()
+    user = CharField(null=True)  # NULL: the messages that came without a FromUserName
+    last_id = IntegerField()  # the id of its newest message
+    messages = IntegerField(default=0)  # "count" in the JSON: inbound and outbound
+    unread = IntegerField(default=0)  # inbound messages after the read mark
+
+    class Meta:
+        table_name = "conversation"
+        indexes = (
+            (("app", "user"), True),
+            (("last_id",), False),  # newest first, all apps
+            (("app", "last_id"), False),  # newest first, one app
+        )
+
+
+def bind_models(db: peewee.Database) -> tuple[type[ReadMark], type[Conversation]]:
+    """Per-Store subclasses bound to `db` (store_rows.bound)."""
+    return bound(ReadMark, db), bound(Conversation, db)
+
+
+class ConversationQueries:
+    """The conversation list, read marks and the upkeep of the summary; a part of Store.
+
+    Expects `db`, `Message`, `ReadMark`, `Conversation`, `RuleRun`, `Takeover`, `_sql_cache` and
+    `_failures` from Store.
+    """
+
+    db: peewee.Database
+    Message: type
+    ReadMark: type[ReadMark]
+    Conversation: type[Conversation]
+    RuleRun: type
+    Takeover: type
+    _sql_cache: dict
+
+    # ------------------------------------------------------------ reading
+
+    @guarded("list conversations")
+    def conversations(self, app: Optional[str] = None, now: Optional[datetime] = None,
+                      before: Optional[int] = None, limit: Optional[int] = None) -> list[dict]:
+        """Conversations newest first (by their newest message), all of them unless `limit`.
+
+        Each row: app, user, count, unread (inbound messages after the read mark, all of them
+        when never read), last_id, last_message (Message JSON with its "automation") and
+        paused_until (ISO "Z" while automation is paused for the user at `now`, else None).
+        `before` keeps those whose last_id is below it. Two queries, whatever the number of rows.
+        """
+        return self._conversation_rows(app, before, None if limit is None else page_size(limit), now)
+
+    @guarded("list conversations")
+    def conversation_page(self, app: Optional[str] = None, before: Optional[int] = None,
+                          limit: int = CONVERSATION_PAGE,
+                          now: Optional[datetime] = None) -> tuple[list[dict], Optional[int]]:
+        """(one page of conversations(), cursor for the next page or None).
+
+        Keyset paging on last_id, as messages() pages on id: pass the cursor back as `before`.
+        """
+        limit = page_size(limit)
+        rows = self._conversation_rows(app, before, limit + 1, now)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1]["last_id"] if more else None)
+
+    def _conversation_rows(self, app: Optional[str], before: Optional[int], limit: Optional[int],
+                           now: Optional[datetime]) -> list[dict]:
+        C, T = self.Conversation, self.Takeover
+        paused = (T.app == C.app) & (T.user == C.user) & (T.until > naive_utc(now or utcnow()))
+        # (app, user) is unique in takeover: the join adds no rows. The order is an index's.
+        query = (C.select(C.app, C.user, C.last_id, C.messages.alias("count"), C.unread,
+                          T.until.alias("paused_until"))
+                 .join(T, JOIN.LEFT_OUTER, on=paused).order_by(C.last_id.desc()))
+        if app:
+            query = query.where(C.app == app)
+        if before is not None:
+            query = query.where(C.last_id < before)
+        if limit is not None:
+            query = query.limit(limit)
+        groups = list(query.dicts())
+        last = self._with_runs([group["last_id"] for group in groups])
+        return [dict(group, last_message=last.get(group["last_id"]),
+                     paused_until=iso(T.until.python_value(group["paused_until"])))
+                for group in groups]
+
+    def _with_runs(self, ids: list[int]) -> dict[int, dict]:
+        """Message JSON by id, its runs joined in: one query however many messages and runs."""
+        if not ids:
+            return {}
+        M, RR = self.Message, self.RuleRun
+        query = (M.select(M, RR).join(RR, JOIN.LEFT_OUTER, on=(RR.message_id == M.id), attr="run")
+                 .where(M.id.in_(ids)).order_by(M.id, RR.id))
+        found: dict[int, dict] = {}
+        for row in query:
+            message = found.setdefault(row.id, dict(to_json(row), automation=[]))
+            run = getattr(row, "run", None)
+            if run is not None and run.id is not None:
+                message["automation"].append(automation_json(run))
+        return found
+
+    # ------------------------------------------------------------ read marks
+
+    @guarded("mark the conversation read")
+    def mark_read(self, app: str, user: str, up_to_id: int) -> None:
+        """Record that (app, user) is read up to message `up_to_id`; never moves backwards."""
+        up_to_id = int(up_to_id)
+        if up_to_id < 0:
+            raise ValueError("up_to_id must not be negative")
+        M, R, C = self.Message, self.ReadMark, self.Conversation
+        with self.db.atomic():
+            R.insert(app=app, user=user, last_read_id=up_to_id).on_conflict(
+                conflict_target=[R.app, R.user],
+                update={R.last_read_id: EXCLUDED.last_read_id},
+                where=EXCLUDED.last_read_id > R.last_read_id).execute()
+            mark = R.select(R.last_read_id).where((R.app == app) & (R.user == user))
+            unread = M.select(fn.COUNT(M.id)).where(
+                (M.app == app) & (M.user == user) & (M.direction == "in") & (M.id > mark))
+            C.update({C.unread: unread}).where((C.app == app) & (C.user == user)).execute()
+
+    # ------------------------------------------------------------ upkeep of the summary
+
+    @guarded("rebuild the conversation list")
+    def rebuild_conversations(self) -> int:
+        """Build `conversation` again from all messages (as the 0004 migration did); return its rows.
+
+        One INSERT ... SELECT ... GROUP BY in one transaction: for repairs, and bulk loads that
+        write messages with plain SQL (bench/seed.py).
+        """
+        M, R, C = self.Message, self.ReadMark, self.Conversation
+        after_mark = (M.direction == "in") & (M.id > fn.COALESCE(R.last_read_id, 0))
+        groups = (M.select(M.app, M.user, fn.MAX(M.id), fn.COUNT(M.id), fn.COUNT(Case(None, [(after_mark, 1)])))
+                  .join(R, JOIN.LEFT_OUTER, on=(R.app == M.app) & (R.user == M.user))
+                  .group_by(M.app, M.user))
+        with self.db.atomic():
+            C.delete().execute()
+            C.insert_from(groups, [C.app, C.user, C.last_id, C.messages, C.unread]).execute()
+            return C.select().count()
+
+    def _count_new(self, app: str, user: Optional[str], message_id: int, inbound: bool) -> None:
+        """Count the message `message_id` just inserted in its conversation, unless the database
+        did already: on SQLite the 0004 triggers count it within the INSERT statement itself."""
+        if not isinstance(self.db, SqliteDatabase):
+            self._tally(app, user, message_id, inbound)
+
+    def _tally(self, app: str, user: Optional[str], message_id: int, inbound: bool) -> None:
+        """Count the new message `message_id` in its conversation, in the caller's transaction.
+
+        One UPSERT, its SQL built once (it runs on every callback). An inbound message is unread
+        unless the conversation's read mark is already at or past it.
+        """
+        if user is None:
+            return self._tally_without_user(app, message_id, inbound)
+        sql = self._sql_cache.get(("tally", inbound))
+        if sql is None:
+            unread = ('CASE WHEN {p} > COALESCE((SELECT r."last_read_id" FROM "conversation_read" AS r '
+                      'WHERE r."app" = {p} AND r."user" = {p}), 0) THEN 1 ELSE 0 END') if inbound else "0"
+            sql = ('INSERT INTO "conversation" ("app", "user", "last_id", "messages", "unread") '
+                   'VALUES ({p}, {p}, {p}, 1, %s) ON CONFLICT ("app", "user") DO UPDATE SET '
+                   '"last_id" = CASE WHEN excluded."last_id" > "conversation"."last_id" '
+                   'THEN excluded."last_id" ELSE "conversation"."last_id" END, '
+                   '"messages" = "conversation"."messages" + 1, '
+                   '"unread" = "conversation"."unread" + excluded."unread"' % unread)
+            sql = self._sql_cache[("tally", inbound)] = sql.replace("{p}", self.db.param)
+        params = (app, user, message_id, message_id, app, user) if inbound else (app, user, message_id)
+        self.db.execute_sql(sql, params)
+
+    def _tally_without_user(self, app: str, message_id: int, inbound: bool) -> None:
+        # NULLs never conflict in a unique index: the conversation of user NULL is found by hand.
+        C, unread = self.Conversation, int(inbound)
+        newest = Case(None, [(C.last_id < message_id, message_id)], C.last_id)
+        changes = {C.last_id: newest, C.messages: C.messages + 1, C.unread: C.unread + unread}
+        if not C.update(changes).where((C.app == app) & C.user.is_null()).execute():
+            C.insert(app=app, user=None, last_id=message_id, messages=1, unread=unread).execute()
+
+    def _untally(self, ids: Sequence[int]) -> list[tuple]:
+        """Before messages `ids` are deleted: (app, user, messages, unread) they take away, per
+        conversation. Pass the result to _settle once they are gone, in the same transaction."""
+        M, R = self.Message, self.ReadMark
+        after_mark = (M.direction == "in") & (M.id > fn.COALESCE(R.last_read_id, 0))
+        query = (M.select(M.app, M.user, fn.COUNT(M.id), fn.COUNT(Case(None, [(after_mark, 1)])))
+                 .join(R, JOIN.LEFT_OUTER, on=(R.app == M.app) & (R.user == M.user))
+                 .where(M.id.in_(list(ids))).group_by(M.app, M.user))
+        return list(query.tuples())
+
+    def _settle(self, removed: list[tuple]) -> None:
+        """Take deleted messages off their conversations; delete conversations left empty."""
+        M, C = self.Message, self.Conversation
+        for app, user, count, unread in removed:
+            newest = M.select(fn.MAX(M.id)).where((M.app == app) & _same_user(M.user, user))
+            C.update({C.messages: C.messages - count, C.unread: C.unread - unread,
+                      C.last_id: fn.COALESCE(newest, 0)}) \
+                .where((C.app == app) & _same_user(C.user, user)).execute()
+        if removed:
+            C.delete().where(C.messages <= 0).execute()
+
+    def _failures(self, action: str):  # provided by Store
+        raise NotImplementedError
+
+
+def _same_user(column: peewee.Field, user: Optional[str]) -> peewee.Expression:
+    return column.is_null() if user is None else column == user

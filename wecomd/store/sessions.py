@@ -1,0 +1,62 @@
+"""Storage of the dashboard's sessions (table `session`, migration 0006), used by wecomd.auth.Sessions.
+
+One row per sign-in. The cookie holds a random token; the row holds only its SHA-256, so a copy of the
+database (a backup) opens no session. `credential` is a fingerprint of the user's password hash at
+sign-in: a session whose user has since changed password no longer holds. Expired rows are deleted
+whenever a session is created or the sessions are loaded.
+
+`Store` inherits these queries from `SessionQueries`.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+import peewee
+from peewee import CharField, DateTimeField, Model
+
+from .rows import bound, guarded
+
+SESSION_FIELDS = ("token_hash", "user", "credential", "client", "created_at", "expires_at")
+
+
+class Session(Model):
+    """One signed-in browser."""
+
+    token_hash = CharField(unique=True)  # hex SHA-256 of the cookie's token
+    user = CharField()  # the operator who signed in
+    credential = CharField()  # fingerprint of that operator's password hash at sign-in
+    client = CharField(null=True)  # the client address it signed in from
+    created_at = DateTimeField()  # naive UTC
+    expires_at = DateTimeField(index=True)  # naive UTC
+
+    class Meta:
+        table_name = "session"
+
+
+def bind_model(db: peewee.Database) -> type[Session]:
+    """A subclass bound to `db` (store_rows.bound)."""
+    return bound(Session, db)
+
+
+class SessionQueries:
+    """The sessions; a part of Store. Expects `Session` and `_failures` from Store."""
+
+    Session: type[Session]
+
+    @guarded("save a session")
+    def create_session(self, row: dict, now: datetime) -> None:
+        """Insert a session (SESSION_FIELDS), deleting the expired ones first."""
+        self.Session.delete().where(self.Session.expires_at <= now).execute()
+        self.Session.insert(**{name: row[name] for name in SESSION_FIELDS}).execute()
+
+    @guarded("read sessions")
+    def live_sessions(self, now: datetime) -> list[dict]:
+        """Delete the expired sessions; return the others (SESSION_FIELDS each)."""
+        S = self.Session
+        S.delete().where(S.expires_at <= now).execute()
+        return list(S.select(*[getattr(S, name) for name in SESSION_FIELDS]).dicts())
+
+    @guarded("end a session")
+    def end_session(self, token_hash: str) -> int:
+        """Delete one session; returns how many rows went (0 or 1)."""
+        return self.Session.delete().where(self.Session.token_hash == token_hash).execute()
