@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 
@@ -32,8 +32,7 @@ setup(
     license="MIT",
     license_files=["LICENSE"],
     python_requires=">=3.9",
-    packages=["wecomd", "wecomd.automation", "wecomd.cli", "wecomd.handlers", "wecomd.store",
-              "wecomd.store.migrations", "wecomd.wecom", "wecomd.workers", "wecomd.templates", "wecomd.static"],
+    packages=find_packages(include=["wecomd", "wecomd.*"]) + ["wecomd.templates", "wecomd.static"],
     package_dir={"wecomd.templates": "templates", "wecomd.static": "static"},
     package_data={
         "wecomd": ["translations/*.csv"],

@@ -24,7 +24,7 @@ import pytest
 
 from conftest import ROOT, free_port
 from peer import WecomPeer
-from wecomd import envfile
+from wecomd.cli import envfile
 from wecomd.wecom import simulate
 
 DOC = ROOT / "docs" / "operations.md"
@@ -35,7 +35,7 @@ SYSTEMCTL = '''#!{python}
 """A stand-in for `systemctl start|stop wecomd`, as systemd/wecomd.service runs it."""
 import os, signal, subprocess, sys, time
 sys.path.insert(0, {root!r})
-from wecomd import envfile
+from wecomd.cli import envfile
 from conftest import wait_for_healthz
 
 action, unit = sys.argv[1:3]

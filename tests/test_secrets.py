@@ -17,7 +17,8 @@ import pytest
 
 from conftest import API_TOKEN, APP_SECRET, ROOT, ServerProcess, admin_hash, free_port
 from peer import AES_KEY, AGENT_ID, CORP_ID, TOKEN, WecomPeer
-from wecomd import config, envfile
+from wecomd import config
+from wecomd.cli import envfile
 from wecomd.wecom import simulate
 from wecomd.workers.webhooks import SIGNATURE_HEADER, verify
 

@@ -9,18 +9,25 @@ import argparse
 import sys
 from pathlib import Path
 
+from wecomd.cli.options import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, config_arg, env_file_arg, load
 from wecomd.config import Config
 from wecomd.store.health import human_size
 
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+NAME, HELP = "backup", "copy the SQLite database to FILE, safely while wecomd serves"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    config_arg(p)
+    env_file_arg(p)
     p.add_argument("file", metavar="FILE", help="the SQLite file to write (a new file, mode 0600)")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
 
 
-def run(config: Config, args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
+    return backup(load(args), args)
+
+
+def backup(config: Config, args: argparse.Namespace) -> int:
     """Back up the configured database into args.file; 0 done, 1 failed or refused, 2 not SQLite."""
     from wecomd.store import Store, StoreError  # peewee only from here on
 

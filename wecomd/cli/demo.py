@@ -47,6 +47,7 @@ SCRIPT = (
     (50.0, "text", "lisi", "报销单已提交，请审批", None),
     (55.0, "open_approval_change", "lisi", "", None),
 )
+NAME, HELP = "demo", "a live dashboard with simulated traffic; nothing to set up"
 TRICKLE = ("还在吗？", "收到，马上处理", "会议室的投影仪坏了", "能把上周的日志发我一份吗？", "👍")
 
 
@@ -59,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-traffic", action="store_true", help="do not send simulated messages")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     logs.setup("info")
     try:
         return asyncio.run(_main(args))

@@ -10,20 +10,18 @@ import collections
 import sys
 from typing import IO, Optional
 
-from wecomd import exporting
-
-from wecomd.wecom import messages
-
 from wecomd.automation import rules
-
-from wecomd.wecom import simulate
 from wecomd.automation.runner import default_reply
+from wecomd.cli.export import parse_iso
+from wecomd.cli.options import EXIT_USAGE, config_arg, load
 from wecomd.config import Config
+from wecomd.wecom import messages, simulate
 
+NAME, HELP = "rules", "dry runs of the rules: `rules test TEXT|--click KEY`, `rules replay --since ISO`"
 APP_REPLY = "the app's own reply"  # its name in the replay's summary
 
 
-def add_arguments(p: argparse.ArgumentParser, config_arg) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(metavar="ACTION")
     test = sub.add_parser("test", help="which rule would answer a message, and with what")
     config_arg(test)
@@ -37,9 +35,16 @@ def add_arguments(p: argparse.ArgumentParser, config_arg) -> None:
     test.set_defaults(rules_action=run_test)
     replay = sub.add_parser("replay", help="run the rules over stored messages as a dry run")
     config_arg(replay)
-    replay.add_argument("--since", type=exporting.parse_iso, help="only messages received at or after this ISO time")
+    replay.add_argument("--since", type=parse_iso, help="only messages received at or after this ISO time")
     replay.add_argument("--app", help="only this app")
     replay.set_defaults(rules_action=run_replay)
+
+
+def main(args: argparse.Namespace) -> int:
+    if not getattr(args, "rules_action", None):
+        print("wecomd rules: say `test` or `replay` (see wecomd rules --help)", file=sys.stderr)
+        return EXIT_USAGE
+    return args.rules_action(load(args), args)
 
 
 def run_test(config: Config, args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:

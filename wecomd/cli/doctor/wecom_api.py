@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 from tornado import httpclient, iostream
 
 from wecomd.config import AppConfig, Config
-from wecomd.cli.doctor import Check, shown_url
+from wecomd.cli.doctor.check import Check, shown_url
 from wecomd.wecom.api import WecomApiError, WecomClient
 
 UNTRUSTED_IP = 60020

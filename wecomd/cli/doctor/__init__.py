@@ -13,34 +13,21 @@ import asyncio
 import json
 import os
 import sys
-import urllib.parse
-from dataclasses import dataclass, field
 from typing import List, Optional
 
-from wecomd import __version__, checks as config_checks, config as configmod, envfile
+from wecomd import __version__, checks as config_checks, config as configmod
+from wecomd.cli import envfile
+from wecomd.cli.options import config_arg
+from wecomd.cli.doctor.check import Check, shown_url
 
+NAME, HELP = "doctor", ("check config, database, media directory, WeCom API and egress IP; "
+                        "list the last callback failures")
 EXIT_OK, EXIT_FAILED = 0, 1
 _LABELS = {"ok": "ok", "warn": "warn", "fail": "FAIL", "skip": "skip", "info": "info"}
 
 
-@dataclass
-class Check:
-    """One result line: `status` is ok, warn, fail, skip or info; `hint` says what to do."""
-
-    name: str
-    status: str
-    message: str
-    hint: str = ""
-    details: List[str] = field(default_factory=list)  # more lines, shown indented
-
-
-def shown_url(url: str) -> str:
-    """`url` without what may hold a credential (user:password@, the query), for printing."""
-    parts = urllib.parse.urlsplit(url)
-    return "%s://%s%s" % (parts.scheme, parts.netloc.rpartition("@")[2], parts.path)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    config_arg(p)
     p.add_argument("--env-file", metavar="FILE", help="read this systemd EnvironmentFile (WECOMD_... secrets) "
                    "over the environment first, as the service starts with it")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -50,13 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="for each request to WeCom and to the IP echo service (default: 10)")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     report = _Report(args.json)
     config = _check_config(args.config, report, getattr(args, "env_file", None))
     if config is None:
         return report.finish(None)
-    from wecomd.cli import doctor_files  # peewee and tornado only from here on
-    from wecomd.cli import doctor_wecom
+    from wecomd.cli.doctor import files as doctor_files  # peewee and tornado only from here on
+    from wecomd.cli.doctor import wecom_api as doctor_wecom
 
     db_checks, db = doctor_files.check_database(config)
     report.add(*db_checks)

@@ -18,7 +18,7 @@ from wecomd import failures
 
 from wecomd.store import failures as store_failures
 from wecomd.config import Config
-from wecomd.cli.doctor import Check, shown_url
+from wecomd.cli.doctor.check import Check, shown_url
 from wecomd.store import MIGRATIONS_DIR, sqlite_file
 from wecomd.store.health import MIN_FREE_BYTES, human_size
 

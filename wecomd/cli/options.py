@@ -1,0 +1,29 @@
+"""What the subcommands share: exit codes, the -c/--env-file options, and loading the config."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from wecomd import config as configmod
+from wecomd.cli import envfile
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+def config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="config file (default: $WECOMD_CONFIG, ./wecomd.conf, /etc/wecomd/wecomd.conf)")
+
+
+def env_file_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env-file", metavar="FILE", help="read this systemd EnvironmentFile (WECOMD_... secrets) "
+                   "over the environment first, as the service starts with it")
+
+
+def environ(args: argparse.Namespace):
+    """The environment the config is loaded with: os.environ, with --env-file's variables over it."""
+    return envfile.environment(getattr(args, "env_file", None), os.environ)
+
+
+def load(args: argparse.Namespace) -> configmod.Config:
+    env = environ(args)
+    return configmod.load(configmod.find_config(args.config, env), env)
