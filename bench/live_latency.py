@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from load import free_port  # noqa: E402  (bench/load.py, beside this file)
-from wecomd.wecom.simulate import Simulator, build  # noqa: E402
+from wecomd.wecom.samples import build  # noqa: E402
+from wecomd.wecom.simulate import Simulator  # noqa: E402
 
 PASSWORD = "bench-password-1234"
 

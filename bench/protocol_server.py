@@ -17,6 +17,8 @@ from wecomd.wecom import crypto
 
 from wecomd.wecom import messages
 
+from wecomd.wecom import replies
+
 
 class Protocol(web.RequestHandler):
     def initialize(self, codec: crypto.WecomCrypto, corp_id: str) -> None:
@@ -26,7 +28,7 @@ class Protocol(web.RequestHandler):
         query = [self.get_query_argument(name, strip=False) for name in ("msg_signature", "timestamp", "nonce")]
         envelope = messages.parse_envelope(self.request.body)
         message = messages.parse(self.codec.decrypt_message(*query, envelope.encrypt))
-        reply = messages.reply_text(message.from_user, self.corp_id, "已收到")
+        reply = replies.reply_text(message.from_user, self.corp_id, "已收到")
         self.set_header("Content-Type", "application/xml; charset=utf-8")
         self.finish(self.codec.encrypt_reply(reply, str(int(time.time())), "1234567890"))
 

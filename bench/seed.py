@@ -8,7 +8,7 @@ spread over the last `--days` days, oldest first, in a few large transactions:
 - three apps (helpdesk, ops, hr), a few thousand users whose activity is skewed as in real teams;
 - inbound messages of every common kind (text in Chinese with some English, images, voice,
   video, files, locations, links, menu and scan events), each built as WeCom's XML
-  (wecomd.wecom.simulate.build) and turned into exactly the row the daemon stores for it
+  (wecomd.wecom.samples.build) and turned into exactly the row the daemon stores for it
   (messages.parse, messages.dedup_key, store_rows.inbound_row); downloaded media as the media
   vault leaves it ("stored", with path, size and type);
 - outbound replies as the outbox leaves them: manual ones by operators, and rule replies, sent or
@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wecomd.wecom import messages, simulate  # noqa: E402
+from wecomd.wecom import messages, replies, samples  # noqa: E402
 from wecomd.workers.media import safe_name  # noqa: E402
 from wecomd.store import Store  # noqa: E402
 from wecomd.store.rows import dumps, inbound_row, search_text  # noqa: E402
@@ -116,7 +116,7 @@ class Seeder:
         kind = rng.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0]
         stamp = int(when.replace(tzinfo=timezone.utc).timestamp())
         content = {"text": text_of(rng, n), "link": rng.choice(LINKS)}.get(kind, "")
-        xml = simulate.build(kind, corp_id=CORP_ID, agent_id=agent, from_user=user, content=content,
+        xml = samples.build(kind, corp_id=CORP_ID, agent_id=agent, from_user=user, content=content,
                              create_time=stamp, msg_id=str(7 * 10 ** 18 + n))
         if kind == "file":
             xml = xml.replace("报告.pdf", rng.choice(FILES))
@@ -125,7 +125,7 @@ class Seeder:
         message = messages.parse(xml)
         reply = None
         if kind == "text" and rng.random() < 0.08:  # a rule answered at once (passive reply)
-            reply = messages.reply_text(user, CORP_ID, rng.choice(ANSWERS))
+            reply = replies.reply_text(user, CORP_ID, rng.choice(ANSWERS))
         values = inbound_row(app, message, messages.dedup_key(message), reply, when)
         values["id"] = message_id
         if kind in MEDIA:  # downloaded by the media vault a moment later

@@ -8,11 +8,11 @@ import time
 
 from base import WecomdTestCase
 from peer import CORP_ID
-from wecomd.wecom import simulate
+from wecomd.wecom import samples
 
 
 def msg(kind: str = "text", user: str = "zhangsan", content: str = "hello", **kw) -> str:
-    return simulate.build(kind, corp_id=CORP_ID, agent_id="1000002", from_user=user, content=content, **kw)
+    return samples.build(kind, corp_id=CORP_ID, agent_id="1000002", from_user=user, content=content, **kw)
 
 
 class MessagesApiTest(WecomdTestCase):

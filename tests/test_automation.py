@@ -17,7 +17,7 @@ from tornado.testing import bind_unused_port
 from base import WecomdTestCase
 from peer import CORP_ID
 from test_cli import wecomd
-from wecomd.wecom import simulate
+from wecomd.wecom import samples
 from wecomd.workers import webhooks
 
 PY = sys.executable
@@ -82,11 +82,11 @@ class Receiver(web.RequestHandler):
 
 
 def click(key: str, user: str = "lisi") -> str:
-    return simulate.build("click", corp_id=CORP_ID, agent_id="1000002", from_user=user, event_key=key)
+    return samples.build("click", corp_id=CORP_ID, agent_id="1000002", from_user=user, event_key=key)
 
 
 def text(content: str, user: str = "zhangsan") -> str:
-    return simulate.build("text", corp_id=CORP_ID, agent_id="1000002", from_user=user, content=content)
+    return samples.build("text", corp_id=CORP_ID, agent_id="1000002", from_user=user, content=content)
 
 
 class AutomationTest(WecomdTestCase):

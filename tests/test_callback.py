@@ -195,9 +195,9 @@ class ReceiveTest(WecomdTestCase):
         self.assertEqual(len(self.rows()), 2)
 
     def test_cdata_terminator_and_markup_in_user_text_are_kept_verbatim(self):
-        from wecomd.wecom import simulate
+        from wecomd.wecom import samples
 
-        xml = simulate.build("text", corp_id=CORP_ID, agent_id="1000002", content="]]><script>alert(1)</script>")
+        xml = samples.build("text", corp_id=CORP_ID, agent_id="1000002", content="]]><script>alert(1)</script>")
         self.assertIn("]]]]><![CDATA[>", xml)
         resp = self.callback(xml)
         self.assertEqual(resp.code, 200)

@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 from conftest import ROOT, ServerProcess, free_port, write_config
 from peer import AES_KEY, CORP_ID, TOKEN, WecomPeer
 from wecomd import __version__
-from wecomd.wecom import simulate
+from wecomd.wecom import samples
 
 
 def wecomd(*args: str, stdin: str | None = None, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -44,7 +44,7 @@ def test_version():
 
 def test_sigterm_drains_an_in_flight_callback_and_exits_0(server):
     peer = WecomPeer()
-    req = peer.callback(simulate.build("text", corp_id=CORP_ID, agent_id="1000002", content="in flight"))
+    req = peer.callback(samples.build("text", corp_id=CORP_ID, agent_id="1000002", content="in flight"))
     with socket.create_connection(("127.0.0.1", server.port), timeout=15) as s:
         head = "POST /callback/helpdesk?%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (req.query, len(req.body))
         s.sendall(head.encode() + req.body[:40])  # the request is now in flight
@@ -78,12 +78,12 @@ def test_simulate_every_kind_against_a_running_server(server):
     result = wecomd("simulate", url, *creds, "--type", "text", "--content", "你好", "--repeat", "3")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "已收到" in result.stdout  # the decrypted passive reply
-    for kind in simulate.KINDS:
+    for kind in samples.KINDS:
         result = wecomd("simulate", url, *creds, "--type", kind, "--no-verify")
         assert result.returncode == 0, (kind, result.stdout, result.stderr)
     exported = [json.loads(line) for line in wecomd("export", "-c", str(server.config)).stdout.splitlines()]
     exported = [row for row in exported if row["direction"] == "in"]  # not the app's automatic replies
-    assert len(exported) == 1 + len(simulate.KINDS)
+    assert len(exported) == 1 + len(samples.KINDS)
     assert exported[0]["deliveries"] == 3
     assert TOKEN not in result.stdout + result.stderr and AES_KEY not in result.stdout + result.stderr
 
@@ -98,11 +98,11 @@ def test_export_round_trip_jsonl_and_csv(server):
     peer = WecomPeer()
     sent = []
     for i, kind in enumerate(("text", "image", "location", "click", "template_card_event")):
-        xml = simulate.build(kind, corp_id=CORP_ID, agent_id="1000002", content="第%d条 \"quoted\", comma" % i, event_key="K%d" % i)
+        xml = samples.build(kind, corp_id=CORP_ID, agent_id="1000002", content="第%d条 \"quoted\", comma" % i, event_key="K%d" % i)
         req = peer.callback(xml)
         assert post("%s/callback/helpdesk?%s" % (server.url, req.query), req.body)[0] == 200
         sent.append(ET.fromstring(xml))
-    req = peer.callback(simulate.build("text", corp_id=CORP_ID, agent_id="1000003"))
+    req = peer.callback(samples.build("text", corp_id=CORP_ID, agent_id="1000003"))
     post("%s/callback/quiet?%s" % (server.url, req.query), req.body)
 
     jsonl = wecomd("export", "-c", str(server.config), "--app", "helpdesk")

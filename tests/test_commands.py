@@ -16,7 +16,7 @@ import pytest
 from base import WecomdTestCase
 from peer import CORP_ID
 from wecomd.automation import rules as rulesmod
-from wecomd.wecom import simulate
+from wecomd.wecom import samples
 from wecomd.automation.commands import CommandResult, CommandRunner
 from wecomd.wecom.messages import Message
 
@@ -399,7 +399,7 @@ class OptionInjectionTest(WecomdTestCase):
         return ET.fromstring(self.peer.read_reply(resp.body)).findtext("Content")
 
     def text(self, content: str) -> str:
-        return simulate.build("text", corp_id=CORP_ID, agent_id="1000002", from_user="mallory", content=content)
+        return samples.build("text", corp_id=CORP_ID, agent_id="1000002", from_user="mallory", content=content)
 
     def assert_no_passwd(self, text: str) -> None:
         """No line of /etc/passwd (`date -f` quotes each one it cannot parse) is in `text`."""

@@ -18,7 +18,7 @@ from playhouse import migrations
 from base import WecomdTestCase
 from conftest import needs_postgres, postgres_store
 from peer import CORP_ID
-from wecomd.wecom import simulate
+from wecomd.wecom import samples
 from wecomd.wecom.messages import Message
 from wecomd.store import MIGRATIONS_DIR, Store
 from wecomd.store.rows import inbound_row
@@ -356,7 +356,7 @@ def test_the_list_is_read_in_index_order(store):
 # ------------------------------------------------------------------ over HTTP
 
 def msg(user="zhangsan", content="hello", **kw) -> str:
-    return simulate.build("text", corp_id=CORP_ID, agent_id="1000002", from_user=user, content=content, **kw)
+    return samples.build("text", corp_id=CORP_ID, agent_id="1000002", from_user=user, content=content, **kw)
 
 
 class ConversationsApiTest(WecomdTestCase):

@@ -31,7 +31,7 @@ import pytest
 from conftest import ADMIN_PASSWORD, API_TOKEN, APP_SECRET, ROOT, ServerProcess, admin_hash, free_port, write_config
 from peer import AES_KEY, AGENT_ID, CORP_ID, TOKEN, WecomPeer
 from wecomd import config as configmod
-from wecomd.wecom import simulate
+from wecomd.wecom import samples
 
 DOC = ROOT / "docs" / "deploy.md"
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
@@ -216,7 +216,7 @@ def test_the_backup_service_command_snapshots_a_running_wecomd(tmp_path):
     server = ServerProcess(write_config(tmp_path / "live", port), port)
     try:
         peer = WecomPeer()
-        request = peer.callback(simulate.build("text", corp_id=CORP_ID, agent_id=AGENT_ID, content="备份我"))
+        request = peer.callback(samples.build("text", corp_id=CORP_ID, agent_id=AGENT_ID, content="备份我"))
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("POST", "/callback/helpdesk?" + request.query, body=request.body)
         assert conn.getresponse().status == 200
@@ -398,7 +398,7 @@ def test_url_verification_passes_the_percent_encoded_echostr_unchanged(stack):
 
 def test_a_callback_through_nginx_gets_its_encrypted_passive_reply(stack):
     peer = WecomPeer()
-    request = peer.callback(simulate.build("text", corp_id=CORP_ID, agent_id=AGENT_ID, content="经由 nginx"))
+    request = peer.callback(samples.build("text", corp_id=CORP_ID, agent_id=AGENT_ID, content="经由 nginx"))
     status, _, body = stack.request("POST", "/callback/helpdesk?" + request.query, body=request.body,
                                     headers={"Content-Type": "text/xml"})
     assert status == 200, body
@@ -459,7 +459,7 @@ def test_the_live_websocket_upgrades_through_nginx(stack):
 
     cookie = _login(stack)
     peer = WecomPeer()
-    request = peer.callback(simulate.build("text", corp_id=CORP_ID, agent_id=AGENT_ID, content="实时经由 nginx"))
+    request = peer.callback(samples.build("text", corp_id=CORP_ID, agent_id=AGENT_ID, content="实时经由 nginx"))
 
     async def signed_in() -> str:
         ws = await websocket_connect(HTTPRequest(url, headers={"Cookie": cookie, "Origin": stack.origin},

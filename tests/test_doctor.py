@@ -26,7 +26,7 @@ from conftest import API_TOKEN, APP_SECRET, ROOT, ServerProcess, free_port, writ
 from peer import AES_KEY, CORP_ID, TOKEN, WecomPeer
 from wecomd import failures
 from wecomd.wecom import sandbox
-from wecomd.wecom import simulate
+from wecomd.wecom import samples
 from wecomd.failures import FailureRecorder
 from wecomd.store import MIGRATIONS_DIR, Store
 from wecomd.store.rows import utcnow
@@ -303,7 +303,7 @@ def test_doctor_lists_the_failures_a_running_server_recorded(tmp_path, wecom):
     conf = deployment(tmp_path, wecom.url, port, ip_echo_url=wecom.url + "/ip")
     server = ServerProcess(conf, port)
     try:
-        peer, plain = WecomPeer(), simulate.build("text", corp_id=CORP_ID, agent_id="1000002", content="hi")
+        peer, plain = WecomPeer(), samples.build("text", corp_id=CORP_ID, agent_id="1000002", content="hi")
         query, _ = peer.verification("1")
         forged = urllib.parse.urlencode({**dict(urllib.parse.parse_qsl(query)), "msg_signature": "0" * 40})
         assert request("%s/callback/helpdesk?%s" % (server.url, forged)) == 403
@@ -336,7 +336,7 @@ def test_doctor_lists_the_failures_a_running_server_recorded(tmp_path, wecom):
 
 class RecordingTest(WecomdTestCase):
     def forged(self) -> int:
-        req = self.peer.callback(simulate.build("text", corp_id=CORP_ID, agent_id="1000002"))
+        req = self.peer.callback(samples.build("text", corp_id=CORP_ID, agent_id="1000002"))
         query = urllib.parse.urlencode({**dict(urllib.parse.parse_qsl(req.query)), "msg_signature": "f" * 40})
         return self.fetch("/callback/helpdesk?%s" % query, method="POST", body=req.body).code
 
@@ -369,10 +369,10 @@ class RecordingTest(WecomdTestCase):
             assert self.forged() == 403
             self.wait_for(lambda: self.services.failures.lost == 1)
         assert "could not write 1 callback failure(s) to the failure log" in logs.output[0]
-        assert self.callback(simulate.build("text", corp_id=CORP_ID, agent_id="1000002")).code == 200
+        assert self.callback(samples.build("text", corp_id=CORP_ID, agent_id="1000002")).code == 200
 
     def test_successes_record_nothing(self):
-        assert self.callback(simulate.build("text", corp_id=CORP_ID, agent_id="1000002")).code == 200
+        assert self.callback(samples.build("text", corp_id=CORP_ID, agent_id="1000002")).code == 200
         assert self.fetch("/callback/helpdesk?%s" % self.peer.verification("1")[0]).code == 200
         assert self.services.failures.recorded == 0 and self.failures() == []
 

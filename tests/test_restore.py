@@ -25,7 +25,7 @@ import pytest
 from conftest import ROOT, free_port
 from peer import WecomPeer
 from wecomd.cli import envfile
-from wecomd.wecom import simulate
+from wecomd.wecom import samples
 
 DOC = ROOT / "docs" / "operations.md"
 CORP_ID = "ww0123456789abcdef"
@@ -127,7 +127,7 @@ class Layout:
                               aes_key=secrets["WECOMD_APP_MAIN_ENCODING_AES_KEY"], corp_id=CORP_ID)
 
     def send(self, content: str) -> None:
-        req = self.peer.callback(simulate.build("text", corp_id=CORP_ID, agent_id="1000002", content=content))
+        req = self.peer.callback(samples.build("text", corp_id=CORP_ID, agent_id="1000002", content=content))
         request = urllib.request.Request("%s/callback/main?%s" % (self.url, req.query), data=req.body)
         with urllib.request.urlopen(request, timeout=10) as resp:
             assert resp.status == 200

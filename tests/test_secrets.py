@@ -19,7 +19,7 @@ from conftest import API_TOKEN, APP_SECRET, ROOT, ServerProcess, admin_hash, fre
 from peer import AES_KEY, AGENT_ID, CORP_ID, TOKEN, WecomPeer
 from wecomd import config
 from wecomd.cli import envfile
-from wecomd.wecom import simulate
+from wecomd.wecom import samples
 from wecomd.workers.webhooks import SIGNATURE_HEADER, verify
 
 WEBHOOK_SECRET = "whsec-from-a-credential-0123456789"
@@ -250,7 +250,7 @@ def test_a_served_webhook_is_signed_with_the_secret_from_a_credential(tmp_path, 
     monkeypatch.setenv("WECOMD_RULE_FORWARD_WEBHOOK_SECRET_FILE", "webhook")
     server = ServerProcess(path, port)
     try:
-        req = WecomPeer().callback(simulate.build("text", corp_id=CORP_ID, agent_id=AGENT_ID, content="转发我"))
+        req = WecomPeer().callback(samples.build("text", corp_id=CORP_ID, agent_id=AGENT_ID, content="转发我"))
         with urllib.request.urlopen(urllib.request.Request("%s/callback/helpdesk?%s" % (server.url, req.query),
                                                            data=req.body), timeout=10) as resp:
             assert resp.status == 200

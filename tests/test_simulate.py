@@ -17,7 +17,10 @@ from wechatpy.enterprise.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidSignatureException
 
 from wecomd.wecom import simulate
-from wecomd.wecom.simulate import KINDS, Simulator, build
+
+from wecomd.cli import simulate as simulate_cli
+from wecomd.wecom.simulate import Simulator
+from wecomd.wecom.samples import KINDS, build
 
 TOKEN = "SimTok3n4Tests"
 AES_KEY = "Zy9xW8vU7tS6rQ5pO4nM3lK2jI1hG0fEdCbA9876543"
@@ -284,7 +287,7 @@ def test_bad_aes_key_raises_crypto_error():
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="wecomd simulate")
-    simulate.add_arguments(parser)
+    simulate_cli.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -296,7 +299,7 @@ def run_cli(mode: str, *extra: str, url: Optional[str] = None, secrets: bool = T
     async def scenario(peer_url, seen):
         target = url or peer_url
         argv = secrets_args(target) if secrets else [target]
-        return await simulate.run(parse(*argv, *extra)), seen
+        return await simulate_cli.run(parse(*argv, *extra)), seen
 
     return against(mode, scenario)
 
@@ -370,13 +373,13 @@ def test_run_failed_verify_stops(capsys):
 ])
 def test_run_bad_options_exit_2_without_traceback(capsys, bad):
     argv = secrets_args("http://127.0.0.1:9/cb") + bad  # later flags win
-    code = asyncio.run(simulate.run(parse(*argv)))
+    code = asyncio.run(simulate_cli.run(parse(*argv)))
     out, err = capsys.readouterr()
     assert code == 2 and err.startswith("error: ") and "Traceback" not in err and not out
     assert AES_KEY not in err and (not bad[1] or bad[1] not in err)
 
 
 def test_run_unreadable_xml_exit_2(capsys, tmp_path):
-    code = asyncio.run(simulate.run(parse(*secrets_args("http://127.0.0.1:9/cb"), "--xml",
+    code = asyncio.run(simulate_cli.run(parse(*secrets_args("http://127.0.0.1:9/cb"), "--xml",
                                           str(tmp_path / "missing.xml"))))
     assert code == 2 and "cannot read --xml" in capsys.readouterr().err

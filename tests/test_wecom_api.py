@@ -1,4 +1,4 @@
-"""WecomClient against the fake WeCom (sandbox) over real loopback HTTP; split_text and describe."""
+"""WecomClient against the fake WeCom (sandbox) over real loopback HTTP; split_text and the errcode table."""
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +14,8 @@ from tornado.testing import AsyncTestCase, gen_test
 from wecomd.wecom import sandbox
 from wecomd.config import AppConfig
 from wecomd.wecom.sandbox import CALLBACK_IPS, GETTOKEN, MEDIA_GET, SEND, FakeWecom
-from wecomd.wecom.api import WecomApiError, WecomClient, describe, split_text
+from wecomd.wecom.api import WecomApiError, WecomClient, split_text
+from wecomd.wecom.errcodes import classify
 
 CORP_ID = "ww0123456789abcdef"
 SECRET = "S3cretOfTheHelpdeskApp-0123456789abcdefXYZ"
@@ -371,16 +372,16 @@ def test_split_text_edges():
     (-1, "retry"), (45009, "retry"), (45033, "retry"),
     (40003, "request"), (81013, "request"), (44004, "request"), (45002, "request"),
 ])
-def test_describe(errcode, kind):
-    assert describe(errcode)[0] == kind
-    assert describe(errcode)[1]
+def test_classify(errcode, kind):
+    assert classify(errcode)[0] == kind
+    assert classify(errcode)[1]
 
 
-def test_describe_unknown_and_the_documented_hints():
-    assert describe(12345) == ("request", "see WeCom error code 12345")
-    assert describe(60020)[1] == ("add this server's egress IP to the app's 企业可信IP (trusted IP) list in "
+def test_classify_unknown_and_the_documented_hints():
+    assert classify(12345) == ("request", "see WeCom error code 12345")
+    assert classify(60020)[1] == ("add this server's egress IP to the app's 企业可信IP (trusted IP) list in "
                                   "the WeCom admin console; the change takes about a minute")
-    assert describe(40001)[1] == ("the app's secret is wrong or was reset: copy it again into "
+    assert classify(40001)[1] == ("the app's secret is wrong or was reset: copy it again into "
                                   "[app:NAME] secret")
 
 

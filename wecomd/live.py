@@ -1,4 +1,7 @@
-"""The live hub: fans stored-message and status events out to dashboard websockets."""
+"""The live hub: fans stored-message and status events out to dashboard websockets.
+
+Every event is built by `message_event` or `status_event`, so the websocket frames have one shape.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +15,22 @@ logger = logging.getLogger(__name__)
 MAX_BEHIND = 256  # events a client may leave unsent before it is disconnected
 FLUSH_INTERVAL = 0.010  # seconds: at most one frame per client per interval, events published meanwhile share it
 CLOSE_TOO_SLOW = 1013  # "try again later": the page reconnects and re-fetches what it missed
+
+
+def message_event(message: dict) -> dict:
+    """The live event of a stored message that is new or changed: the dashboard merges it by id.
+
+    The passive reply kept with an inbound message (its "reply", the XML WeCom's retries get) is the
+    callback's business, never the dashboard's, so it is left out here, for every publisher.
+    """
+    if "reply" in message:
+        message = {key: value for key, value in message.items() if key != "reply"}
+    return {"type": "message", "message": message}
+
+
+def status_event(message: dict) -> dict:
+    """The live event of an outbound message whose delivery status changed."""
+    return {"type": "status", "id": message["id"], "status": message["status"], "error": message["error"]}
 
 
 class Subscriber:

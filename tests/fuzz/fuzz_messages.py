@@ -25,8 +25,10 @@ atheris = _driver.atheris
 if __name__ == "__main__" and atheris is not None and "--replay" not in sys.argv:
     with atheris.instrument_imports(include=["wecomd", "defusedxml"]):
         from wecomd.wecom import messages
+        from wecomd.wecom import replies
 else:
     from wecomd.wecom import messages
+    from wecomd.wecom import replies
 
 
 def _text(data: bytes) -> str:
@@ -110,7 +112,7 @@ def _expected_reply(content: str) -> str:
 
 def mode_reply_text(payload: bytes) -> None:
     content = _text(payload)
-    message = messages.parse(messages.reply_text("u", "c", content, create_time=1))
+    message = messages.parse(replies.reply_text("u", "c", content, create_time=1))
     assert message.content == _expected_reply(content), (message.content, content)
 
 
@@ -120,7 +122,7 @@ def mode_template_card(payload: bytes) -> None:
     except (ValueError, RecursionError):
         return
     try:
-        xml = messages.reply_update_template_card("u", "c", card, create_time=1)
+        xml = replies.reply_update_template_card("u", "c", card, create_time=1)
     except ValueError:
         return
     assert messages.parse(xml).msgtype == "update_template_card"

@@ -17,7 +17,8 @@ from typing import Any, Optional
 from wecomd import app, checks, config, logs, passwords, paths
 
 from wecomd.wecom import sandbox
-from wecomd.wecom.simulate import Simulator, build
+from wecomd.wecom.simulate import Simulator
+from wecomd.wecom.samples import build
 
 logger = logging.getLogger(__name__)
 

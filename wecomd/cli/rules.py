@@ -15,7 +15,7 @@ from wecomd.automation.runner import default_reply
 from wecomd.cli.export import parse_iso
 from wecomd.cli.options import EXIT_USAGE, config_arg, load
 from wecomd.config import Config
-from wecomd.wecom import messages, simulate
+from wecomd.wecom import messages, samples
 
 NAME, HELP = "rules", "dry runs of the rules: `rules test TEXT|--click KEY`, `rules replay --since ISO`"
 APP_REPLY = "the app's own reply"  # its name in the replay's summary
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     what = test.add_mutually_exclusive_group(required=True)
     what.add_argument("text", nargs="?", help="a text message")
     what.add_argument("--click", metavar="KEY", help="a menu click with this EventKey")
-    what.add_argument("--type", dest="kind", choices=simulate.KINDS, metavar="KIND",
+    what.add_argument("--type", dest="kind", choices=samples.KINDS, metavar="KIND",
                       help="any other message or event kind, as `wecomd simulate --type` (e.g. enter_agent, image)")
     test.set_defaults(rules_action=run_test)
     replay = sub.add_parser("replay", help="run the rules over stored messages as a dry run")
@@ -124,8 +124,8 @@ def _fallback(config: Config, app: str, message: messages.Message, matches: list
 def _sample(config: Config, app: str, args: argparse.Namespace) -> str:
     a = config.apps[app]
     if args.click:
-        return simulate.build("click", corp_id=a.corp_id, agent_id=a.agent_id, from_user=args.from_user,
+        return samples.build("click", corp_id=a.corp_id, agent_id=a.agent_id, from_user=args.from_user,
                               event_key=args.click)
     if args.kind:
-        return simulate.build(args.kind, corp_id=a.corp_id, agent_id=a.agent_id, from_user=args.from_user)
-    return simulate.build("text", corp_id=a.corp_id, agent_id=a.agent_id, from_user=args.from_user, content=args.text)
+        return samples.build(args.kind, corp_id=a.corp_id, agent_id=a.agent_id, from_user=args.from_user)
+    return samples.build("text", corp_id=a.corp_id, agent_id=a.agent_id, from_user=args.from_user, content=args.text)

@@ -1,17 +1,140 @@
-"""`wecomd simulate`: play WeCom against a callback URL (the simulator is wecomd.wecom.simulate)."""
+"""`wecomd simulate`: play WeCom against a callback URL (wecomd.wecom.simulate does the protocol)."""
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
+import sys
+import time
 
-from wecomd.wecom import simulate
+from wecomd.wecom.crypto import CryptoError
+from wecomd.wecom.samples import KINDS, build
+from wecomd.wecom.simulate import Result, Simulator
 
 NAME, HELP = "simulate", "play WeCom against a callback URL"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    simulate.add_arguments(p)
-
-
 def main(args: argparse.Namespace) -> int:
-    return asyncio.run(simulate.run(args))
+    return asyncio.run(run(args))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `wecomd simulate` options to `parser`."""
+    parser.add_argument("url", metavar="URL",
+                        help="callback URL, e.g. http://127.0.0.1:8080/callback/helpdesk")
+    parser.add_argument("--token", help="app Token (default: $WECOMD_SIM_TOKEN)")
+    parser.add_argument("--aes-key", help="app EncodingAESKey, 43 chars (default: $WECOMD_SIM_AES_KEY)")
+    parser.add_argument("--corp-id", help="CorpID (default: $WECOMD_SIM_CORP_ID)")
+    parser.add_argument("--agent-id", default="1000002", help="AgentID (default: %(default)s)")
+    checks = parser.add_mutually_exclusive_group()
+    checks.add_argument("--verify-only", action="store_true", help="only do the GET URL verification")
+    checks.add_argument("--no-verify", action="store_true", help="skip the GET URL verification")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--type", dest="kind", choices=KINDS, default="text", metavar="KIND",
+                      help="message or event kind (default: text); one of: " + ", ".join(KINDS))
+    what.add_argument("--xml", metavar="FILE", help="send this file's plaintext XML as-is")
+    parser.add_argument("--from", dest="from_user", default="zhangsan", help="sender UserID")
+    parser.add_argument("--content", default="hello", help="text content (text, link)")
+    parser.add_argument("--event-key", default="", help="EventKey for menu and card events")
+    parser.add_argument("--repeat", type=_positive_int, default=1,
+                        help="send each envelope N times, identical, as WeCom retries do")
+    parser.add_argument("--count", type=_positive_int, default=1,
+                        help="send N distinct messages (with --xml: the file N times)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default: 10)")
+
+
+class _UsageError(Exception):
+    """A bad option value: reported in one line with exit code 2."""
+
+
+def _setting(args: argparse.Namespace, attr: str, env: str, flag: str) -> str:
+    value = getattr(args, attr, None) or os.environ.get(env, "")
+    if not value:
+        raise _UsageError("%s is required (or set %s)" % (flag, env))
+    return value
+
+
+def _simulator(args: argparse.Namespace) -> Simulator:
+    token = _setting(args, "token", "WECOMD_SIM_TOKEN", "--token")
+    if not re.fullmatch(r"[A-Za-z0-9]{1,32}", token):
+        raise _UsageError("the token must be 1-32 letters or digits (got %d characters)" % len(token))
+    aes_key = _setting(args, "aes_key", "WECOMD_SIM_AES_KEY", "--aes-key")
+    corp_id = _setting(args, "corp_id", "WECOMD_SIM_CORP_ID", "--corp-id")
+    try:
+        return Simulator(args.url, token=token, aes_key=aes_key, corp_id=corp_id,
+                         agent_id=args.agent_id, timeout=args.timeout)
+    except CryptoError as exc:  # the message names lengths and rules, never the key itself
+        raise _UsageError("bad --aes-key: %s" % exc) from None
+
+
+def _plaintexts(args: argparse.Namespace, sim: Simulator) -> list[tuple[str, str]]:
+    if args.xml:
+        try:
+            with open(args.xml, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _UsageError("cannot read --xml %s: %s" % (args.xml, exc)) from None
+        return [("xml", text)] * args.count
+    # Distinct CreateTimes keep N events distinct under any dedup key (§4), ending at now.
+    start = int(time.time()) - args.count + 1
+    return [(args.kind, build(args.kind, corp_id=sim.corp_id, agent_id=sim.agent_id,
+                              from_user=args.from_user, content=args.content,
+                              event_key=args.event_key, create_time=start + i))
+            for i in range(args.count)]
+
+
+def _line(label: str, result: Result) -> str:
+    if result.error:
+        return "%s: %d, error: %s (%.1f ms)" % (label, result.status, result.error, result.elapsed_ms)
+    if result.reply is None:
+        return "%s: %d, no reply (%.1f ms)" % (label, result.status, result.elapsed_ms)
+    # One line per step: drop the newlines between elements, not inside them.
+    reply = re.sub(r">\s*\n\s*<", "><", result.reply.strip())
+    return "%s: %d, reply: %s (%.1f ms)" % (label, result.status, reply, result.elapsed_ms)
+
+
+async def _steps(args: argparse.Namespace, sim: Simulator,
+                 plaintexts: list[tuple[str, str]]) -> list[Result]:
+    results: list[Result] = []
+    if not args.no_verify:
+        result = await sim.verify()
+        results.append(result)
+        hint = "" if args.verify_only else "; no messages sent (--no-verify skips the GET)"
+        print("verify: ok (%.1f ms)" % result.elapsed_ms if result.ok else
+              "verify: failed: %s (%.1f ms)%s" % (result.error, result.elapsed_ms, hint), flush=True)
+        if not result.ok or args.verify_only:
+            return results
+    for number, (label, plaintext) in enumerate(plaintexts, 1):
+        for attempt, result in enumerate(await sim.send(plaintext, repeat=args.repeat), 1):
+            suffix = " try %d/%d" % (attempt, args.repeat) if args.repeat > 1 else ""
+            print(_line("POST %s #%d%s" % (label, number, suffix), result), flush=True)
+            results.append(result)
+    return results
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run `wecomd simulate`: 0 when every step succeeded, 1 on any failure, 2 on bad options."""
+    try:
+        sim = _simulator(args)
+        plaintexts = [] if args.verify_only else _plaintexts(args, sim)
+    except _UsageError as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        results = await _steps(args, sim, plaintexts)
+    finally:
+        sim.close()
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    failed = sum(1 for r in results if not r.ok)
+    print("sent %d, ok %d, failed %d, %.1f msg/s" % (
+        len(results), len(results) - failed, failed, len(results) / elapsed))
+    return 0 if failed == 0 and results else 1

@@ -16,6 +16,8 @@ from wecomd.wecom import crypto
 
 from wecomd.wecom import messages
 
+from wecomd.wecom import replies
+
 from wecomd.automation import rules
 from wecomd.automation.runner import default_reply, store_answered, store_inbound
 from wecomd.handlers.base import BaseHandler
@@ -156,7 +158,7 @@ class CallbackHandler(BaseHandler):
             answer = await self.services.automation.handle(self.wecom_app, row, message, matches, paused)
             if answer is None or not message.from_user:
                 return None
-            reply = messages.reply_text(message.from_user, self.wecom_app.corp_id, answer.text)
+            reply = replies.reply_text(message.from_user, self.wecom_app.corp_id, answer.text)
             kept, stored = await self.services.db(self.services.store.save_passive_reply, row["id"], reply,
                                                   answer.text, answer.rule, answer.run_id)
             if stored is not None:
@@ -175,7 +177,7 @@ class CallbackHandler(BaseHandler):
         key = messages.dedup_key(message)
         try:
             if text and message.from_user:
-                reply = messages.reply_text(message.from_user, self.wecom_app.corp_id, text)
+                reply = replies.reply_text(message.from_user, self.wecom_app.corp_id, text)
                 return await self.services.db(store_answered, self.services.store, app, message, key, reply, text)
             return await self.services.db(store_inbound, self.services.store, app, message, key)
         except StoreError as exc:

@@ -22,7 +22,7 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def describe(exc: Exception, with_hint: bool = False) -> str:
+def error_text(exc: Exception, with_hint: bool = False) -> str:
     """The error text stored on a row: "errcode N: errmsg", plus " — hint" for the operator."""
     if isinstance(exc, WecomApiError):
         text = "errcode %s: %s" % (exc.errcode, exc.errmsg) if exc.errcode is not None else str(exc.errmsg)

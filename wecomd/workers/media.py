@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 from wecomd.config import AppConfig
-from wecomd.workers.base import RETRY_KINDS, Publish, RunDb, Worker, describe, no_secret_error, utcnow
+from wecomd.live import message_event
+from wecomd.workers.base import RETRY_KINDS, Publish, RunDb, Worker, error_text, no_secret_error, utcnow
 from wecomd.wecom.api import WecomApiError
 
 logger = logging.getLogger(__name__)
@@ -96,17 +97,17 @@ class MediaVault(Worker):
             await asyncio.to_thread(write_atomically, self.media_dir / relative, body)
         except WecomApiError as exc:
             if exc.kind in RETRY_KINDS:
-                return await self._attempt_failed(row, describe(exc), exc.errcode)
-            return await self._fail(row, describe(exc, with_hint=True), exc.errcode)
+                return await self._attempt_failed(row, error_text(exc), exc.errcode)
+            return await self._fail(row, error_text(exc, with_hint=True), exc.errcode)
         except Exception as exc:  # a disk error, or a client bug: keep the row, try later
             logger.warning("media id=%s app=%s: %s", row["id"], row["app"], type(exc).__name__,
                            exc_info=not isinstance(exc, OSError))
-            return await self._attempt_failed(row, describe(exc), None)
+            return await self._attempt_failed(row, error_text(exc), None)
         mime = _bare_mime(mime)
         logger.info("media id=%s app=%s outcome=stored size=%d type=%s", row["id"], row["app"], len(body), mime)
         updated = await self.run_db(self.store.set_media, row["id"], "stored", path=relative,
                                     size=len(body), mime=mime, name=name)
-        self._publish({"type": "message", "message": updated})
+        self._publish(message_event(updated))
 
     def _relative_path(self, row: dict, name: str) -> str:
         month = (row.get("received_at") or "")[:7]
@@ -122,12 +123,12 @@ class MediaVault(Worker):
                        row["id"], row["app"], attempts, errcode)
         updated = await self.run_db(self.store.set_media, row["id"], "pending", error=error,
                                     next_attempt_at=self._next_attempt(attempts))
-        self._publish({"type": "message", "message": updated})
+        self._publish(message_event(updated))
 
     async def _fail(self, row: dict, error: str, errcode: Optional[int]) -> None:
         logger.warning("media id=%s app=%s outcome=failed errcode=%s", row["id"], row["app"], errcode)
         updated = await self.run_db(self.store.set_media, row["id"], "failed", error=error)
-        self._publish({"type": "message", "message": updated})
+        self._publish(message_event(updated))
 
 
 def safe_name(row: dict, mime: Optional[str], filename: Optional[str]) -> str:

@@ -22,9 +22,10 @@ from datetime import datetime
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
 from wecomd.config import AppConfig
+from wecomd.live import message_event, status_event
 from wecomd.store import StoreError
 from wecomd.wecom.api import WecomApiError, split_text
-from wecomd.workers.base import RETRY_KINDS, Publish, RunDb, Worker, describe, no_secret_error, utcnow
+from wecomd.workers.base import RETRY_KINDS, Publish, RunDb, Worker, error_text, no_secret_error, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Outbox(Worker):
                 await self._abandon(rows, len(parts))
                 raise
         for row in rows:
-            self._publish({"type": "message", "message": row})
+            self._publish(message_event(row))
         self.wake()
         return rows
 
@@ -129,12 +130,12 @@ class Outbox(Worker):
         except WecomApiError as exc:
             self._on_send_error(exc.errcode)
             if exc.kind in RETRY_KINDS:
-                return await self._attempt_failed(row, describe(exc), exc.errcode)
-            return await self._fail(row, describe(exc, with_hint=True), exc.errcode)
+                return await self._attempt_failed(row, error_text(exc), exc.errcode)
+            return await self._fail(row, error_text(exc, with_hint=True), exc.errcode)
         except Exception as exc:  # not the client's contract; treat as transient, keep the row
             logger.exception("send id=%s app=%s: unexpected error", row["id"], row["app"])
             self._on_send_error(None)
-            return await self._attempt_failed(row, describe(exc), None)
+            return await self._attempt_failed(row, error_text(exc), None)
         self._on_sent()
         await self._sent(row, answer or {})
 
@@ -191,7 +192,7 @@ class Outbox(Worker):
         self._publish_status(updated)
 
     def _publish_status(self, row: dict) -> None:
-        self._publish({"type": "status", "id": row["id"], "status": row["status"], "error": row["error"]})
+        self._publish(status_event(row))
 
 
 def _partial_delivery(answer: dict) -> Optional[str]:

@@ -27,8 +27,9 @@ from typing import Awaitable, Callable, Optional, Set, Tuple
 from tornado import httpclient
 
 from wecomd import __version__
+from wecomd.live import message_event
 from wecomd.store import StoreError
-from wecomd.workers.base import Publish, RunDb, Worker, describe, utcnow
+from wecomd.workers.base import Publish, RunDb, Worker, error_text, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class WebhookSender(Worker):
         try:
             response = await self._client().fetch(self._request(run, url, secret), raise_error=False)
         except Exception as exc:  # refused, reset, timed out, bad URL: all worth another try
-            error = describe(exc)
+            error = error_text(exc)
         else:
             duration_ms = round((time.monotonic() - started) * 1000, 1)
             if 200 <= response.code < 300:
@@ -264,7 +265,7 @@ class WebhookSender(Worker):
             logger.warning("webhook run=%s: reading its message to publish failed: %s", run["id"], exc)
             return
         if message is not None:
-            self._publish({"type": "message", "message": message})
+            self._publish(message_event(message))
 
 
 def _http_error(response: httpclient.HTTPResponse) -> str:

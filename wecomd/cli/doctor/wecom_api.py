@@ -1,5 +1,5 @@
 """`wecomd doctor`'s network checks: gettoken for every app with a secret, through the daemon's own
-WecomClient (whose error table, wecom_api.describe, says what each errcode means and what to do), and
+WecomClient (whose error table, wecomd.wecom.errcodes.classify, says what each errcode means and what to do), and
 this server's outgoing IP for the apps' trusted IP lists (企业可信IP)."""
 from __future__ import annotations
 
