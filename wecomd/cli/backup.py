@@ -11,7 +11,6 @@ from pathlib import Path
 
 from wecomd.cli.options import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, config_arg, env_file_arg, load
 from wecomd.config import Config
-from wecomd.store.health import human_size
 
 NAME, HELP = "backup", "copy the SQLite database to FILE, safely while wecomd serves"
 
@@ -30,6 +29,7 @@ def main(args: argparse.Namespace) -> int:
 def backup(config: Config, args: argparse.Namespace) -> int:
     """Back up the configured database into args.file; 0 done, 1 failed or refused, 2 not SQLite."""
     from wecomd.store import Store, StoreError  # peewee only from here on
+    from wecomd.store.health import human_size
 
     target = Path(args.file).expanduser()
     if target.is_dir():

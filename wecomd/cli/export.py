@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 
 from wecomd import exporting
-from wecomd.cli.options import config_arg, env_file_arg, load
+from wecomd.cli.options import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, config_arg, env_file_arg, load, parse_iso
 from wecomd.config import Config
 
 NAME, HELP = "export", "write stored messages, oldest first, as Message JSON"
-EXIT_USAGE, EXIT_BROKEN_PIPE = 2, 141  # 141 = 128 + SIGPIPE, what a shell reports for `cat big | head`
+EXIT_BROKEN_PIPE = 141  # 141 = 128 + SIGPIPE, what a shell reports for `cat big | head`
 
 
 def main(args: argparse.Namespace) -> int:
@@ -57,11 +56,11 @@ def export(config: Config, args: argparse.Namespace) -> int:
         return EXIT_BROKEN_PIPE
     except StoreError as exc:
         print("wecomd: export failed: %s" % exc, file=sys.stderr)
-        return 1
+        return EXIT_PROBLEM
     finally:
         store.close()
     print("exported %d message(s)" % count, file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def _silence_stdout() -> None:
@@ -71,13 +70,3 @@ def _silence_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
 
-
-def parse_iso(value: str) -> dt.datetime:
-    """An ISO 8601 time as naive UTC (a time without a zone is taken as UTC)."""
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError("not an ISO 8601 time: %r" % value)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)

@@ -1,7 +1,8 @@
-"""What the subcommands share: exit codes, the -c/--env-file options, and loading the config."""
+"""What the subcommands share: exit codes, the -c/--env-file options, --since's ISO times, and loading the config."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 
 from wecomd import config as configmod
@@ -27,3 +28,14 @@ def environ(args: argparse.Namespace):
 def load(args: argparse.Namespace) -> configmod.Config:
     env = environ(args)
     return configmod.load(configmod.find_config(args.config, env), env)
+
+
+def parse_iso(value: str) -> dt.datetime:
+    """An ISO 8601 time as naive UTC (a time without a zone is taken as UTC)."""
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an ISO 8601 time: %r" % value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)

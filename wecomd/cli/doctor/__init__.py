@@ -11,25 +11,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
+from types import MappingProxyType
 from typing import List, Optional
 
 from wecomd import __version__, checks as config_checks, config as configmod
-from wecomd.cli import envfile
-from wecomd.cli.options import config_arg
+from wecomd.cli.options import EXIT_OK, EXIT_PROBLEM, config_arg, env_file_arg, environ
 from wecomd.cli.doctor.check import Check, shown_url
 
 NAME, HELP = "doctor", ("check config, database, media directory, WeCom API and egress IP; "
                         "list the last callback failures")
-EXIT_OK, EXIT_FAILED = 0, 1
-_LABELS = {"ok": "ok", "warn": "warn", "fail": "FAIL", "skip": "skip", "info": "info"}
+_LABELS = MappingProxyType({"ok": "ok", "warn": "warn", "fail": "FAIL", "skip": "skip", "info": "info"})
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     config_arg(p)
-    p.add_argument("--env-file", metavar="FILE", help="read this systemd EnvironmentFile (WECOMD_... secrets) "
-                   "over the environment first, as the service starts with it")
+    env_file_arg(p)
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--failures", type=int, default=10, metavar="N",
                    help="how many recorded callback failures to list (default: 10)")
@@ -39,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     report = _Report(args.json)
-    config = _check_config(args.config, report, getattr(args, "env_file", None))
+    config = _check_config(args, report)
     if config is None:
         return report.finish(None)
     from wecomd.cli.doctor import files as doctor_files  # peewee and tornado only from here on
@@ -57,14 +54,12 @@ def main(args: argparse.Namespace) -> int:
     return report.finish(config.path)
 
 
-def _check_config(explicit: Optional[str], report: "_Report",
-                  env_file: Optional[str] = None) -> Optional[configmod.Config]:
-    """The loaded config, or None after reporting why it cannot be loaded (as `wecomd serve` says it);
-    `env_file`: a systemd EnvironmentFile whose variables go over the environment first."""
+def _check_config(args: argparse.Namespace, report: "_Report") -> Optional[configmod.Config]:
+    """The loaded config (with --env-file's variables over the environment), or None after reporting
+    why it cannot be loaded, as `wecomd serve` says it (an unreadable --env-file included)."""
     try:
-        environ = envfile.environment(env_file, os.environ)
-        path = configmod.find_config(explicit, environ)
-        config = configmod.load(path, environ)
+        env = environ(args)
+        config = configmod.load(configmod.find_config(args.config, env), env)
     except configmod.ConfigError as exc:
         report.add(*(Check("config", "fail", problem) for problem in exc.problems))
         report.add(Check("config", "fail", "%d problem(s): `wecomd serve` would not start" % len(exc.problems),
@@ -112,4 +107,4 @@ class _Report:
             print("%d check(s) failed, %d warning(s)" % (len(failed), len(warned)))
         else:
             print("no check failed%s" % (", %d warning(s)" % len(warned) if warned else ""))
-        return EXIT_FAILED if failed else EXIT_OK
+        return EXIT_PROBLEM if failed else EXIT_OK
