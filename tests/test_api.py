@@ -6,8 +6,8 @@ import io
 import json
 import time
 
-from base import WecomdTestCase
-from peer import CORP_ID
+from support.base import WecomdTestCase
+from support.peer import CORP_ID
 from wecomd.wecom import samples
 
 

@@ -12,8 +12,8 @@ import pytest
 from playhouse.schema_diff import diff_models
 from tornado import httputil, web
 
-from base import WecomdTestCase, _cookie
-from conftest import ADMIN_PASSWORD, API_TOKEN, admin_hash
+from support.base import WecomdTestCase, _cookie
+from support.config import ADMIN_PASSWORD, API_TOKEN, admin_hash
 from wecomd import auth, clientaddr
 from wecomd.handlers.base import BaseHandler
 from wecomd.passwords import hash_password

@@ -14,9 +14,9 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
-from base import WecomdTestCase
-from peer import CORP_ID
-from test_cli import wecomd
+from support.base import WecomdTestCase
+from support.cli import wecomd
+from support.peer import CORP_ID
 from wecomd.wecom import samples
 from wecomd.workers import webhooks
 

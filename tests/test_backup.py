@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, ServerProcess, free_port, write_config
-from peer import AES_KEY, CORP_ID, TOKEN
+from support import ROOT
+from support.config import write_config
+from support.peer import AES_KEY, CORP_ID, TOKEN
+from support.server import ServerProcess, free_port
 from wecomd.store import rows as store_rows
 from wecomd.wecom.messages import Message
 from wecomd.store import Store, StoreError

@@ -2,168 +2,26 @@
 from __future__ import annotations
 
 import ast
-import configparser
 import csv
 import datetime
-import itertools
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import pytest
-from conftest import ROOT, free_port, wait_for_healthz
+from support import ROOT
+from support.browser import PASSWORD, conversation, login, new_user, open_page, open_thread, serial
 
 try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # the translation and template checks below still run
-    sync_playwright = None
+    from playwright.sync_api import expect
+except ImportError:  # the translation and template checks below still run (the `browser` fixture skips)
+    expect = None
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-PASSWORD = "browser-test-password"
 ARTIFACTS = ROOT / "test-artifacts"
 TEMPLATES = ROOT / "templates"
 STATIC = ROOT / "static"
 TRANSLATIONS = ROOT / "wecomd" / "translations"
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
 APP_REPLY = "自动回复：已收到，我们会尽快回复"  # a conversation's preview after the demo app's own reply
-_users = itertools.count(1)
-
-
-def new_user(prefix: str) -> str:
-    """A UserID no other test uses, so tests share one server without seeing each other's threads."""
-    return "%s%d" % (prefix, next(_users))
-
-
-# ------------------------------------------------------------------ servers and browser
-
-class Demo:
-    """`python -m wecomd demo` on a free port, and `wecomd simulate` against its callback."""
-
-    def __init__(self, directory: Path, traffic: bool = False):
-        self.dir, self.port = directory, free_port()
-        self.url = "http://127.0.0.1:%d" % self.port
-        self.log = directory / "demo.log"
-        self._logfh = open(self.log, "wb")
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "wecomd", "demo", "--listen", "127.0.0.1:%d" % self.port,
-                   "--dir", str(directory), "--password", PASSWORD]
-        self.proc = subprocess.Popen(command + ([] if traffic else ["--no-traffic"]),
-                                     stdout=self._logfh, stderr=subprocess.STDOUT, env=self.env)
-        wait_for_healthz(self.url, self.proc, self.output, timeout=30)
-        parser = configparser.ConfigParser(interpolation=None)
-        parser.read(directory / "wecomd.conf", encoding="utf-8")
-        self.app = parser["app:demo"]
-
-    def output(self) -> str:
-        if not self._logfh.closed:
-            self._logfh.flush()
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-    def simulate(self, user: str, kind: str = "text", content: str = "hello", *extra: str) -> None:
-        command = [sys.executable, "-m", "wecomd", "simulate", self.url + "/callback/demo", "--no-verify",
-                   "--token", self.app["token"], "--aes-key", self.app["encoding_aes_key"],
-                   "--corp-id", self.app["corp_id"], "--agent-id", self.app["agent_id"],
-                   "--from", user, "--content", content, *extra]
-        if kind != "xml":
-            command += ["--type", kind]
-        done = subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=60,
-                              check=False)
-        assert done.returncode == 0, "simulate failed:\n%s\n%s" % (done.stdout, done.stderr)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._logfh.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if sync_playwright is None:
-        pytest.skip("Playwright for Python is not installed (pip install playwright; no browser download needed)")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian's Chromium is not at %s (apt-get install chromium; .ci/run installs it)" % CHROMIUM)
-    expect.set_options(timeout=15_000)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-def _start(factory, name: str, traffic: bool = False):
-    demo = Demo(factory.mktemp(name), traffic=traffic)
-    yield demo
-    demo.stop()
-    print("---- %s log ----\n%s" % (name, demo.output()[-4000:]))
-
-
-@pytest.fixture(scope="module")
-def demo(browser, tmp_path_factory):
-    yield from _start(tmp_path_factory, "demo")
-
-
-@pytest.fixture(scope="module")
-def crowded_demo(browser, tmp_path_factory):
-    """A demo of its own for a list longer than a page, so the shared demo's lists stay short."""
-    yield from _start(tmp_path_factory, "crowded-demo")
-
-
-@pytest.fixture(scope="module")
-def busy_demo(browser, tmp_path_factory):
-    """A demo with its scripted traffic: every message type, with real media downloads."""
-    yield from _start(tmp_path_factory, "busy-demo", traffic=True)
-
-
-def open_page(browser, width=1280, height=800, locale="zh-CN", timezone="Asia/Shanghai"):
-    context = browser.new_context(viewport={"width": width, "height": height}, locale=locale,
-                                  timezone_id=timezone)
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    page.problems = []  # script errors and CSP refusals: the page must produce none
-    page.on("pageerror", lambda exc: page.problems.append("page error: %s" % exc))
-    page.on("console", lambda msg: page.problems.append("console: " + msg.text)
-            if msg.type == "error" and "Refused" in msg.text else None)
-    return page
-
-
-@pytest.fixture
-def page(browser):
-    page = open_page(browser)
-    yield page
-    problems = page.problems
-    page.context.close()
-    assert problems == []
-
-
-def login(page, demo, password=PASSWORD):
-    page.goto(demo.url + "/")
-    expect(page).to_have_url(re.compile(r"/login\?next=%2F$"))
-    page.fill("#username", "admin")
-    page.fill("#password", password)
-    page.click(".login-card button[type=submit]")
-    if password == PASSWORD:
-        expect(page.locator("#conn")).to_have_attribute("data-state", "live")
-
-
-def conversation(page, user):
-    return page.locator("a.conv[data-user='%s']" % user)
-
-
-def open_thread(page, user):
-    conversation(page, user).click()
-    expect(page.locator("#thread-user")).to_have_text(user)
-    expect(page.locator("#message-list li.msg, #message-list li.system").first).to_be_visible()
 
 
 # ------------------------------------------------------------------ browser tests
@@ -388,7 +246,7 @@ def test_message_types_events_and_unknown_fields(page, demo, tmp_path):
     xml.write_text("<xml><ToUserName><![CDATA[%s]]></ToUserName><FromUserName><![CDATA[%s]]></FromUserName>"
                    "<CreateTime>%d</CreateTime><MsgType><![CDATA[hologram]]></MsgType>"
                    "<Beam><Color>green</Color></Beam><MsgId>77%d</MsgId><AgentID>%s</AgentID></xml>"
-                   % (demo.app["corp_id"], user, datetime.datetime.now().timestamp(), next(_users),
+                   % (demo.app["corp_id"], user, datetime.datetime.now().timestamp(), serial(),
                       demo.app["agent_id"]), encoding="utf-8")
     demo.simulate(user, "xml", "x", "--xml", str(xml))
     login(page, demo)

@@ -8,9 +8,9 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from base import WecomdTestCase
-from peer import AES_KEY, CORP_ID, TOKEN, WecomPeer
-from samples import SAMPLES
+from support.base import WecomdTestCase
+from support.peer import AES_KEY, CORP_ID, TOKEN, WecomPeer
+from support.samples import SAMPLES
 
 TEXT = (
     "<xml><ToUserName><![CDATA[%s]]></ToUserName><FromUserName><![CDATA[zhangsan]]></FromUserName>"

@@ -4,27 +4,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
 
 
-from conftest import ROOT, ServerProcess, free_port, write_config
-from peer import AES_KEY, CORP_ID, TOKEN, WecomPeer
+from support import ROOT
+from support.cli import wecomd
+from support.config import write_config
+from support.peer import AES_KEY, CORP_ID, TOKEN, WecomPeer
+from support.server import ServerProcess, free_port
 from wecomd import __version__
 from wecomd.wecom import samples
-
-
-def wecomd(*args: str, stdin: str | None = None, cwd=None, env=None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "wecomd", *args], input=stdin, capture_output=True, text=True,
-        cwd=cwd, env=full_env, timeout=120,
-    )
 
 
 def post(url: str, body: bytes) -> tuple[int, bytes]:

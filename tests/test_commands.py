@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from base import WecomdTestCase
-from peer import CORP_ID
+from support.base import WecomdTestCase
+from support.peer import CORP_ID
 from wecomd.automation import rules as rulesmod
 from wecomd.wecom import samples
 from wecomd.automation.commands import CommandResult, CommandRunner

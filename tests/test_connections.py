@@ -23,9 +23,11 @@ from tornado.iostream import StreamClosedError
 from tornado.tcpclient import TCPClient
 from tornado.testing import gen_test
 
-from base import WecomdTestCase
-from conftest import API_TOKEN, ROOT, free_port, wait_for_healthz, write_config
-from peer import AGENT_ID, CORP_ID, WecomPeer
+from support import ROOT
+from support.base import WecomdTestCase
+from support.config import API_TOKEN, write_config
+from support.peer import AGENT_ID, CORP_ID, WecomPeer
+from support.server import free_port, wait_for_healthz
 from wecomd import app as appmod
 from wecomd import connections
 
@@ -505,7 +507,7 @@ def test_the_unit_raises_the_file_limit():
 
 
 def test_the_deploy_guide_exempts_nginx_from_the_per_address_cap(tmp_path):
-    from test_deploy import write_doc_config
+    from support.deploydoc import write_doc_config
     from wecomd import config as configmod
 
     conf, _, environ = write_doc_config(tmp_path)

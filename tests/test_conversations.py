@@ -15,9 +15,9 @@ import pytest
 from peewee import JOIN, Case, SqliteDatabase, fn
 from playhouse import migrations
 
-from base import WecomdTestCase
-from conftest import needs_postgres, postgres_store
-from peer import CORP_ID
+from support.base import WecomdTestCase
+from support.peer import CORP_ID
+from support.postgres import needs_postgres, postgres_store
 from wecomd.wecom import samples
 from wecomd.wecom.messages import Message
 from wecomd.store import MIGRATIONS_DIR, Store

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import API_TOKEN, ServerProcess, free_port, write_config
-from peer import AGENT_ID, CORP_ID, WecomPeer
+from support.config import API_TOKEN, write_config
+from support.peer import AGENT_ID, CORP_ID, WecomPeer
+from support.server import ServerProcess, free_port
 from wecomd.wecom import sandbox
 
 pytestmark = pytest.mark.slow  # SIGKILL under load, restarts: about a minute

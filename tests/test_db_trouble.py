@@ -16,8 +16,9 @@ from pathlib import Path
 import peewee
 import pytest
 
-from conftest import ServerProcess, free_port, write_config
-from peer import AGENT_ID, CORP_ID, WecomPeer
+from support.config import write_config
+from support.peer import AGENT_ID, CORP_ID, WecomPeer
+from support.server import ServerProcess, free_port
 from wecomd.store import Store, StoreError
 from wecomd.store.health import check_free_space
 from wecomd.store.writer import DbWriter

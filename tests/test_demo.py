@@ -11,7 +11,8 @@ import time
 import urllib.parse
 import urllib.request
 
-from conftest import ROOT, free_port, wait_for_healthz
+from support import ROOT
+from support.server import free_port, wait_for_healthz
 from wecomd import config
 from wecomd.cli import demo
 
@@ -138,7 +139,7 @@ def test_demo_dir_keeps_an_existing_config(tmp_path):
 
 def test_demo_dir_with_a_hand_written_config_uses_it_as_it_is(tmp_path):
     """A config that is not the demo's (no [app:demo]) is used, and left alone; --password still works."""
-    from conftest import write_config
+    from support.config import write_config
 
     conf = write_config(tmp_path)
     before = conf.read_bytes()

@@ -21,9 +21,11 @@ import pytest
 from playhouse import migrations
 from playhouse.schema_diff import diff_models
 
-from base import WecomdTestCase
-from conftest import API_TOKEN, APP_SECRET, ROOT, ServerProcess, free_port, write_config
-from peer import AES_KEY, CORP_ID, TOKEN, WecomPeer
+from support import ROOT
+from support.base import WecomdTestCase
+from support.config import API_TOKEN, APP_SECRET, write_config
+from support.peer import AES_KEY, CORP_ID, TOKEN, WecomPeer
+from support.server import ServerProcess, free_port
 from wecomd import failures
 from wecomd.wecom import sandbox
 from wecomd.wecom import samples

@@ -13,8 +13,9 @@ import urllib.request
 
 import pytest
 
-from conftest import API_TOKEN, ROOT
-from peer import CORP_ID, WecomPeer
+from support import ROOT
+from support.config import API_TOKEN
+from support.peer import CORP_ID, WecomPeer
 from wecomd.wecom import samples
 
 # What a spreadsheet would run as a formula, and what it shows as text after the OWASP escape.
@@ -111,7 +112,7 @@ def fill(directory, count: int, user: str = "zhangsan", msgtype: str = "text", a
 
 @pytest.fixture
 def conf(tmp_path):
-    from conftest import write_config
+    from support.config import write_config
 
     return write_config(tmp_path)
 
@@ -142,7 +143,8 @@ def test_export_takes_the_dashboards_filters(conf):
 
 def test_export_filters_match_the_dashboard_download(conf):
     """The same filters give the same rows as GET /api/export, on the same database."""
-    from conftest import ServerProcess, free_port, write_config
+    from support.config import write_config
+    from support.server import ServerProcess, free_port
 
     fill(conf.parent, 4, user="zhangsan", text="hello %d")
     fill(conf.parent, 3, user="lisi", text="VPN %d")

@@ -11,13 +11,13 @@ import socket
 import time
 import urllib.parse
 
-from base import WecomdTestCase
-from conftest import ADMIN_PASSWORD, API_TOKEN
-from samples import _event, _message
+from support.base import WecomdTestCase
+from support.config import ADMIN_PASSWORD, API_TOKEN
+from support.samples import _event, _message
 from wecomd import auth
 
 # The browser harness of test_browser.py; its fixtures must be names in this module to be used here.
-from test_browser import Demo, browser, conversation, demo, login, new_user, open_thread, page  # noqa: F401
+from support.browser import Demo, conversation, login, new_user, open_thread
 
 MAX_BODY = 65536
 TWO_63 = str(2 ** 63)  # one past SQLite's largest integer

@@ -13,8 +13,8 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.testing import ExpectLog, gen_test
 from tornado.websocket import websocket_connect
 
-from base import WecomdTestCase
-from peer import CORP_ID
+from support.base import WecomdTestCase
+from support.peer import CORP_ID
 from wecomd.wecom import samples
 
 

@@ -16,8 +16,9 @@ import urllib.parse
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from conftest import ADMIN_PASSWORD, ServerProcess, free_port, write_config
-from peer import CORP_ID, WecomPeer
+from support.config import ADMIN_PASSWORD, write_config
+from support.peer import CORP_ID, WecomPeer
+from support.server import ServerProcess, free_port
 
 XSRF = "2|abcdef01|0123456789abcdef0123456789abcdef|1700000000"  # any value, the same in cookie and form
 TEXT = (

@@ -19,9 +19,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import ROOT, free_port, wait_for_healthz, write_config
-from peer import WecomPeer
-from samples import _event, _message
+from support import ROOT
+from support.config import write_config
+from support.peer import WecomPeer
+from support.samples import _event, _message
+from support.server import free_port, wait_for_healthz
 from wecomd import logs
 
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}")

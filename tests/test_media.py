@@ -8,9 +8,10 @@ import urllib.parse
 
 import pytest
 
-from base import WecomdTestCase
-from peer import CORP_ID
-from test_outbox import APPS, Harness, async_test
+from support.aio import async_test
+from support.base import WecomdTestCase
+from support.harness import APPS, WecomHarness
+from support.peer import CORP_ID
 from wecomd.wecom import samples
 from wecomd.workers import media as mediamod
 from wecomd.workers.media import MediaVault
@@ -21,7 +22,7 @@ from wecomd.wecom.api import MEDIA_GET
 _keys = itertools.count(1)
 
 
-class MediaHarness(Harness):
+class MediaHarness(WecomHarness):
     def vault(self, start: bool = True, **options) -> MediaVault:
         settings = dict(clock=self.clock, poll_interval=0.05, backoff_base=2.0, **options)
         vault = MediaVault(self.db, self.store, self.client, APPS, self.tmp_path / "media",

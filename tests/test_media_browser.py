@@ -14,9 +14,10 @@ import threading
 import urllib.request
 
 import pytest
-from conftest import ADMIN_PASSWORD, API_TOKEN, ServerProcess, free_port, write_config
-from peer import CORP_ID, WecomPeer
-from test_browser import browser, open_page  # noqa: F401  (the Chromium fixture)
+from support.browser import open_page
+from support.config import ADMIN_PASSWORD, API_TOKEN, write_config
+from support.peer import CORP_ID, WecomPeer
+from support.server import ServerProcess, free_port
 from wecomd.wecom import sandbox
 from wecomd.wecom import samples
 

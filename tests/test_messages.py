@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from samples import SAMPLES
+from support.samples import SAMPLES
 from wecomd.wecom import messages
 from wecomd.wecom import replies
 from wecomd.wecom.messages import (

@@ -12,9 +12,9 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.testing import gen_test
 from tornado.websocket import websocket_connect
 
-from base import WecomdTestCase
-from conftest import write_config
-from peer import CORP_ID, TOKEN, WecomPeer
+from support.base import WecomdTestCase
+from support.config import write_config
+from support.peer import CORP_ID, TOKEN, WecomPeer
 from wecomd import app as appmod, config
 from wecomd.wecom import sandbox
 from wecomd.metrics import CALLBACK_BUCKETS, Metrics

@@ -1,123 +1,20 @@
-"""Outbox: a real SQLite Store behind one db thread, a real WecomClient and the sandbox WeCom on loopback."""
+"""Outbox: a real SQLite Store behind the production DbWriter, a real WecomClient and the sandbox WeCom on loopback."""
 from __future__ import annotations
 
 import asyncio
-import functools
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
 
 import pytest
 
-from peer import AES_KEY, CORP_ID, TOKEN
-from wecomd.wecom import sandbox
-from wecomd.config import AppConfig
-from wecomd.workers.outbox import Outbox
-from wecomd.wecom.sandbox import FakeWecom
+from support.aio import async_test
+from support.harness import WecomHarness
 from wecomd.store import Store, StoreError
-from wecomd.wecom.api import SEND, WecomClient
-
-APPS = {
-    "helpdesk": AppConfig("helpdesk", CORP_ID, "1000002", TOKEN, AES_KEY, "helpdesk-secret", ""),
-    "nosecret": AppConfig("nosecret", CORP_ID, "1000003", TOKEN, AES_KEY, "", ""),
-}
-
-
-def async_test(fn):
-    """Run an async test function in a fresh event loop, bounded in time."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 30))
-    return wrapper
-
-
-async def until(predicate, timeout: float):
-    """Poll an async predicate until it returns something truthy; return that."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met within %ss" % timeout)
-        await asyncio.sleep(0.01)
-
-
-class FakeClock:
-    """A naive-UTC clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 28, 23, 0, 0)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-class Harness:
-    """The pieces Services wires together, built the same way, plus inspection helpers."""
-
-    def __init__(self, tmp_path) -> None:
-        self.tmp_path = tmp_path
-        self.fake = FakeWecom()
-        self.clock = FakeClock()
-        self.events: list[dict] = []
-        self.workers: list = []
-
-    async def __aenter__(self) -> "Harness":
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-db")
-        self.store = Store("wecomd.db", base_dir=self.tmp_path)
-        await self.db(self.store.migrate)
-        self.server, self.base_url = await sandbox.start(self.fake)
-        self.client = WecomClient(self.base_url)
-        return self
-
-    async def __aexit__(self, *exc_info) -> None:
-        for worker in self.workers:
-            await worker.stop()
-        self.client.close()
-        self.server.stop()
-        await self.db(self.store.close)
-        self.executor.shutdown(wait=True)
-
-    async def db(self, fn, *args, **kwargs):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
-
-    def outbox(self, start: bool = True, store=None, client=None, **options) -> Outbox:
-        settings = dict(clock=self.clock, poll_interval=0.05, backoff_base=2.0, **options)
-        outbox = Outbox(self.db, store or self.store, client or self.client, APPS, self.events.append,
-                        **settings)
-        self.workers.append(outbox)
-        if start:
-            outbox.start()
-        return outbox
-
-    async def row(self, message_id: int) -> dict:
-        return await self.db(self.store.get, message_id)
-
-    async def until(self, predicate, timeout: float = 3.0):
-        return await until(predicate, timeout)
-
-    async def until_status(self, message_id: int, status: str, attempts=None) -> dict:
-        async def check():
-            row = await self.row(message_id)
-            if row["status"] == status and (attempts is None or row["attempts"] == attempts):
-                return row
-        return await self.until(check)
-
-    def send_calls(self) -> int:
-        return sum(1 for path, _ in self.fake.calls if path == SEND)
-
-    def statuses(self, message_id: int) -> list[tuple]:
-        return [(e["status"], e["error"]) for e in self.events if e["type"] == "status" and e["id"] == message_id]
+from wecomd.wecom.api import SEND
 
 
 class SpyClient:
     """The real client, plus a snapshot of the outbound rows at the moment each send starts."""
 
-    def __init__(self, harness: Harness, gate: asyncio.Event = None) -> None:
+    def __init__(self, harness: WecomHarness, gate: asyncio.Event = None) -> None:
         self.harness, self.gate = harness, gate
         self.snapshots: list[list[tuple]] = []
         self.entered = asyncio.Event()
@@ -149,7 +46,7 @@ class FlakyStore:
 
 @async_test
 async def test_submit_stores_pending_row_then_sends_it(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         spy = SpyClient(h)
         outbox = h.outbox(client=spy)
         rows = await outbox.submit("helpdesk", "zhangsan", "你好，已处理", operator="admin")
@@ -175,7 +72,7 @@ async def test_submit_stores_pending_row_then_sends_it(tmp_path):
 async def test_long_text_is_sent_as_ordered_parts(tmp_path):
     content = "\n".join("第%d行：这是一条很长的回复，用来测试按字节拆分。" % i for i in range(100))
     assert len(content.encode("utf-8")) > 4096
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         rows = await h.outbox().submit("helpdesk", "zhangsan", content)
         count = len(rows)
         assert count > 2
@@ -192,7 +89,7 @@ async def test_long_text_is_sent_as_ordered_parts(tmp_path):
 @async_test
 async def test_5000_bytes_without_newlines_make_three_parts(tmp_path):
     content = "企业微信消息" * 278  # 5004 bytes
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         rows = await h.outbox().submit("helpdesk", "zhangsan", content)
         assert len(rows) == 3
         await h.until_status(rows[-1]["id"], "sent")
@@ -201,7 +98,7 @@ async def test_5000_bytes_without_newlines_make_three_parts(tmp_path):
 
 @async_test
 async def test_busy_is_retried_after_backoff(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         h.fake.fail_next(SEND, -1)
         outbox = h.outbox()
         (row,) = await outbox.submit("helpdesk", "zhangsan", "hello")
@@ -220,7 +117,7 @@ async def test_busy_is_retried_after_backoff(tmp_path):
 
 @async_test
 async def test_rate_limit_past_max_attempts_fails(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         h.fake.fail_next(SEND, 45009, times=10)
         outbox = h.outbox(max_attempts=3)
         (row,) = await outbox.submit("helpdesk", "zhangsan", "hello")
@@ -237,7 +134,7 @@ async def test_rate_limit_past_max_attempts_fails(tmp_path):
 
 @async_test
 async def test_untrusted_ip_fails_at_once_with_the_hint(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         h.fake.fail_next(SEND, 60020)
         outbox = h.outbox()
         (row,) = await outbox.submit("helpdesk", "zhangsan", "hello")
@@ -252,7 +149,7 @@ async def test_untrusted_ip_fails_at_once_with_the_hint(tmp_path):
 
 @async_test
 async def test_invalid_user_fails(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         h.fake.fail_next(SEND, 40003)
         (row,) = await h.outbox().submit("helpdesk", "nobody", "hello")
         failed = await h.until_status(row["id"], "failed")
@@ -262,7 +159,7 @@ async def test_invalid_user_fails(tmp_path):
 
 @async_test
 async def test_partial_delivery_is_sent_with_the_invalid_users(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         h.fake.unknown_users = {"ghost"}
         (row,) = await h.outbox().submit("helpdesk", "zhangsan|Ghost", "hello")
         sent = await h.until_status(row["id"], "sent")
@@ -272,7 +169,7 @@ async def test_partial_delivery_is_sent_with_the_invalid_users(tmp_path):
 
 @async_test
 async def test_app_without_secret_fails_naming_the_option(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         (row,) = await h.outbox().submit("nosecret", "zhangsan", "hello")
         failed = await h.until_status(row["id"], "failed")
         assert "[app:nosecret] secret" in failed["error"]
@@ -281,7 +178,7 @@ async def test_app_without_secret_fails_naming_the_option(tmp_path):
 
 @async_test
 async def test_retry_of_a_failed_message_sends_it(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         h.fake.fail_next(SEND, 60020)
         outbox = h.outbox()
         (row,) = await outbox.submit("helpdesk", "zhangsan", "hello")
@@ -298,7 +195,7 @@ async def test_retry_of_a_failed_message_sends_it(tmp_path):
 
 @async_test
 async def test_rows_left_pending_are_sent_once_after_a_restart(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         first = h.outbox()
         await first.stop()
         submitted = await first.submit("helpdesk", "zhangsan", "queued before the restart")
@@ -318,7 +215,7 @@ async def test_rows_left_pending_are_sent_once_after_a_restart(tmp_path):
 
 @async_test
 async def test_concurrent_submits_and_wakes_send_each_message_once(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         outbox = h.outbox()
 
         async def waker():
@@ -341,7 +238,7 @@ async def test_concurrent_submits_and_wakes_send_each_message_once(tmp_path):
 
 @async_test
 async def test_stop_lets_the_send_in_flight_finish(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         gate = asyncio.Event()
         spy = SpyClient(h, gate)
         outbox = h.outbox(client=spy)
@@ -359,7 +256,7 @@ async def test_stop_lets_the_send_in_flight_finish(tmp_path):
 
 @async_test
 async def test_store_errors_do_not_stop_the_loop(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         flaky = FlakyStore(h.store, 2, "due_outbound")
         outbox = h.outbox(store=flaky)
         (row,) = await outbox.submit("helpdesk", "zhangsan", "hello")
@@ -369,7 +266,7 @@ async def test_store_errors_do_not_stop_the_loop(tmp_path):
 
 @async_test
 async def test_a_sent_message_whose_mark_failed_is_not_sent_again(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         flaky = FlakyStore(h.store, 1, "set_status")
         outbox = h.outbox(store=flaky)
         (row,) = await outbox.submit("helpdesk", "zhangsan", "hello")
@@ -380,7 +277,7 @@ async def test_a_sent_message_whose_mark_failed_is_not_sent_again(tmp_path):
 
 @async_test
 async def test_submit_rejects_unknown_app_and_empty_content(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         outbox = h.outbox(start=False)
         for args in (("nope", "zhangsan", "hi"), ("helpdesk", "zhangsan", ""),
                      ("helpdesk", "zhangsan", " \n "), ("helpdesk", "", "hi")):
@@ -391,7 +288,7 @@ async def test_submit_rejects_unknown_app_and_empty_content(tmp_path):
 
 @async_test
 async def test_other_msgtypes_send_the_payload_kept_in_fields(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with WecomHarness(tmp_path) as h:
         markdown = await h.db(h.store.save_outbound, "helpdesk", "zhangsan", "markdown", "**done**",
                               {"msgtype": "markdown", "markdown": {"content": "**done**"}})
         bare = await h.db(h.store.save_outbound, "helpdesk", "zhangsan", "news", None, {})

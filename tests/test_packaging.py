@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, wait_for_healthz
+from support import ROOT
+from support.server import free_port, wait_for_healthz
 
 # What pip prints when it falls back to running setup.py itself (`setup.py develop`, `setup.py
 # bdist_wheel`, `setup.py install`) instead of the PEP 517 build that pyproject.toml declares.

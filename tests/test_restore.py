@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port
-from peer import WecomPeer
+from support import ROOT
+from support.peer import WecomPeer
+from support.server import free_port
 from wecomd.cli import envfile
 from wecomd.wecom import samples
 
@@ -36,7 +37,7 @@ SYSTEMCTL = '''#!{python}
 import os, signal, subprocess, sys, time
 sys.path.insert(0, {root!r})
 from wecomd.cli import envfile
-from conftest import wait_for_healthz
+from support.server import wait_for_healthz
 
 action, unit = sys.argv[1:3]
 assert unit == "wecomd", unit

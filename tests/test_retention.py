@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import ServerProcess, free_port, write_config
-from test_outbox import FakeClock, async_test
+from support.aio import async_test
+from support.config import write_config
+from support.harness import StoreHarness
+from support.server import ServerProcess, free_port
 from wecomd import config
 from wecomd.wecom.messages import Message
 from wecomd.workers.retention import Retention
@@ -188,44 +188,21 @@ def test_prune_takes_aware_times_and_an_empty_database(store):
 
 # --- the Retention worker ------------------------------------------------------------------------
 
-class Harness:
-    """A Store behind one db thread, as Services runs it, and a Retention on a fake clock."""
+class Harness(StoreHarness):
+    """The store behind the production writer, as Services runs it, and a Retention on a fake clock;
+    `calls` names every store call the worker made."""
 
     def __init__(self, tmp_path, days=30):
-        self.tmp_path, self.media = tmp_path, tmp_path / "media"
-        self.clock, self.days, self.calls = FakeClock(), days, []
-        self.workers = []
-
-    async def __aenter__(self):
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-db")
-        self.store = Store("wecomd.db", base_dir=self.tmp_path)
-        await self.db(self.store.migrate)
-        return self
-
-    async def __aexit__(self, *exc_info):
-        for worker in self.workers:
-            await worker.stop()
-        await self.db(self.store.close)
-        self.executor.shutdown(wait=True)
+        super().__init__(tmp_path)
+        self.media, self.days, self.calls = tmp_path / "media", days, []
 
     async def db(self, fn, *args, **kwargs):
         self.calls.append(getattr(fn, "__name__", fn))
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        return await super().db(fn, *args, **kwargs)
 
     def retention(self, start=True, **options):
-        worker = Retention(self.db, self.store, self.media, lambda: self.days, clock=self.clock,
-                           **options)
-        self.workers.append(worker)
-        if start:
-            worker.start()
-        return worker
-
-    async def until(self, predicate, timeout=5.0):
-        deadline = time.monotonic() + timeout
-        while not await predicate():
-            assert time.monotonic() < deadline, "condition not met within %ss" % timeout
-            await asyncio.sleep(0.01)
+        worker = Retention(self.db, self.store, self.media, lambda: self.days, clock=self.clock, **options)
+        return self.start(worker, start)
 
     async def ids(self):
         return await self.db(ids, self.store)

@@ -5,9 +5,10 @@ import json
 import signal
 import time
 
-from conftest import ServerProcess, free_port, write_config
-from peer import AES_KEY, CORP_ID, TOKEN
-from test_cli import wecomd
+from support.cli import wecomd
+from support.config import write_config
+from support.peer import AES_KEY, CORP_ID, TOKEN
+from support.server import ServerProcess, free_port
 
 RULES = """
 [rule:greet]

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, write_config
+from support import ROOT
+from support.config import write_config
+from support.server import free_port
 from wecomd import sdnotify
 
 
@@ -202,7 +204,7 @@ def test_serve_notifies_ready_status_reloading_and_stopping(notified, receiver):
 
 
 def test_serve_with_a_broken_notify_socket_runs_and_stops_as_usual(tmp_path, short_dir, monkeypatch):
-    from conftest import ServerProcess
+    from support.server import ServerProcess
 
     monkeypatch.setenv("NOTIFY_SOCKET", str(short_dir / "gone"))
     port = free_port()

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import API_TOKEN, APP_SECRET, ROOT, ServerProcess, admin_hash, free_port
-from peer import AES_KEY, AGENT_ID, CORP_ID, TOKEN, WecomPeer
+from support import ROOT
+from support.config import API_TOKEN, APP_SECRET, admin_hash
+from support.peer import AES_KEY, AGENT_ID, CORP_ID, TOKEN, WecomPeer
+from support.server import ServerProcess, free_port
 from wecomd import config
 from wecomd.cli import envfile
 from wecomd.wecom import samples

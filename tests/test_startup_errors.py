@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, wait_for_healthz, write_config
+from support import ROOT
+from support.config import write_config
+from support.server import free_port, wait_for_healthz
 from wecomd.store import Store
 
 IS_ROOT = os.geteuid() == 0

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from playhouse import migrations
 from playhouse.schema_diff import diff_models
-from conftest import needs_postgres, postgres_store
-from samples import SAMPLES
+from support.postgres import needs_postgres, postgres_store
+from support.samples import SAMPLES
 
 from wecomd.wecom.messages import Message, parse
 from wecomd.store import MIGRATIONS_DIR, Store, StoreError, search_text

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 from wechatpy.crypto.base import BasePrpCrypto
 
-from conftest import ROOT, ServerProcess, free_port, write_config
-from peer import AGENT_ID, CORP_ID, WecomPeer
+from support import ROOT
+from support.config import write_config
+from support.peer import AGENT_ID, CORP_ID, WecomPeer
+from support.server import ServerProcess, free_port
 
 WRONG_AES_KEY = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut"
 TEXT = ("<xml><ToUserName><![CDATA[%s]]></ToUserName><FromUserName><![CDATA[lisi]]></FromUserName>"

@@ -1,22 +1,20 @@
-"""Webhooks: a real SQLite Store behind one db thread and a real Tornado receiver on loopback."""
+"""Webhooks: a real SQLite Store behind the production DbWriter and a real Tornado receiver on loopback."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
 import json
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import pytest
 from tornado import httpserver, netutil, web
 
-from conftest import free_port
+from support.aio import async_test
+from support.harness import StoreHarness
+from support.server import free_port
 from wecomd import __version__
 from wecomd.wecom.messages import Message
-from wecomd.store import Store
-from test_outbox import FakeClock, async_test, until  # the shared harness pieces
 from wecomd.workers.webhooks import SIGNATURE_HEADER, WebhookSender, body_for, parse_reply, sign, verify
 
 SECRET = "whsec-0123456789abcdef"
@@ -63,22 +61,17 @@ class Receiver:
         return HookHandler
 
 
-class Harness:
-    """The store on its own thread, the receiver, and the sender wired as Services would."""
+class Harness(StoreHarness):
+    """The store behind the production writer, the receiver, and the sender wired as Services would."""
 
     def __init__(self, tmp_path) -> None:
-        self.tmp_path = tmp_path
-        self.clock = FakeClock()
+        super().__init__(tmp_path)
         self.receiver = Receiver()
-        self.events: list[dict] = []
         self.replies: list[tuple[int, str]] = []
-        self.senders: list[WebhookSender] = []
         self.rules: dict[str, tuple] = {}
 
     async def __aenter__(self) -> "Harness":
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-db")
-        self.store = Store("wecomd.db", base_dir=self.tmp_path)
-        await self.db(self.store.migrate)
+        await super().__aenter__()
         sockets = netutil.bind_sockets(0, "127.0.0.1")
         self.server = httpserver.HTTPServer(web.Application([("/hook", self.receiver.handler())]))
         self.server.add_sockets(sockets)
@@ -87,15 +80,9 @@ class Harness:
         return self
 
     async def __aexit__(self, *exc_info) -> None:
-        for sender in self.senders:
-            await sender.stop()
+        await self.stop_workers()
         self.server.stop()
-        await self.db(self.store.close)
-        self.executor.shutdown(wait=True)
-
-    async def db(self, fn, *args, **kwargs):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        await super().__aexit__(*exc_info)
 
     def sender(self, start: bool = False, **options) -> WebhookSender:
         async def on_reply(run: dict, text: str) -> None:
@@ -105,10 +92,7 @@ class Harness:
                     **options}
         sender = WebhookSender(self.db, self.store, lambda rule: self.rules.get(rule, (None, None)), on_reply,
                                self.events.append, **settings)
-        self.senders.append(sender)
-        if start:
-            sender.start()
-        return sender
+        return self.start(sender, start)
 
     async def message(self, content: str = "服务器宕机了", key: str = "k1") -> dict:
         fields = {"ToUserName": "ww0123", "FromUserName": "zhangsan", "MsgType": "text", "Content": content}
@@ -127,9 +111,6 @@ class Harness:
 
     async def run(self, run_id: int) -> dict:
         return await self.db(self.store.get_run, run_id)
-
-    async def until(self, predicate, timeout: float = 5.0):
-        return await until(predicate, timeout)
 
     async def until_run(self, run_id: int, status: str, attempts: Optional[int] = None) -> dict:
         async def check():
@@ -324,6 +305,8 @@ async def test_receiver_down_is_retried_then_fails(tmp_path):
         failed = await h.until_run(run["id"], "failed")
         assert "ConnectionRefusedError" in failed["error"] and "gave up after 3 attempts" in failed["error"]
         assert (failed["attempts"], failed["next_attempt_at"]) == (3, None) and failed["finished_at"]
+        # The live event follows the committed row (the sender reads the message back to publish it).
+        await h.until(lambda: asyncio.sleep(0, len(h.automation(run["id"])) == 3))
         assert [status for status, _ in h.automation(run["id"])] == ["pending", "pending", "failed"]
         h.clock.advance(3600)
         sender.wake()

@@ -14,8 +14,8 @@ from tornado.httputil import url_concat
 from tornado.testing import AsyncHTTPTestCase
 from tornado.websocket import websocket_connect
 
-from conftest import ADMIN_PASSWORD, API_TOKEN, write_config
-from peer import WecomPeer
+from support.config import ADMIN_PASSWORD, API_TOKEN, write_config
+from support.peer import WecomPeer
 from wecomd import app as appmod, auth, config
 from wecomd.wecom import sandbox
 from wecomd.services import Services
