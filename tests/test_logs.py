@@ -182,7 +182,7 @@ def test_debug_never_logs_message_contents_without_log_content(tmp_path):
     for secret in SECRETS:
         assert secret not in log
     # The debug level was really on, and saw the messages: it said what it withheld.
-    assert re.search(r"DEBUG wecomd.services: message id=\d+ app=helpdesk type=text from=zhangsan stored: "
+    assert re.search(r"DEBUG wecomd.inbox: message id=\d+ app=helpdesk type=text from=zhangsan stored: "
                      r"content \[%d characters withheld\]" % len(SECRET_TEXT), log), log[-3000:]
     assert re.search(r"DEBUG peewee: INSERT INTO \"message\" .* \[\d+ parameter\(s\) withheld\]", log)
 

@@ -1,4 +1,8 @@
-"""Services: everything one wecomd process owns, built once by `serve`, `demo` and the tests alike."""
+"""Services: everything one wecomd process owns, built once by `serve`, `demo` and the tests alike.
+
+Services only builds the pieces and runs their lifecycle (start, reload, close); what a piece does,
+and how it takes a new config on reload (`reconfigure`), is that piece's own business.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -7,27 +11,28 @@ import logging
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime, timezone
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, List, TypeVar
 
-from wecomd import config as configmod, logs
-
-from wecomd.automation import rules
+from wecomd import config as configmod
 from wecomd.auth import LoginLimiter, PasswordChecker, Sessions
-from wecomd.automation.runner import Automation
+from wecomd.automation import rules as rulesmod
 from wecomd.automation.commands import CommandRunner
+from wecomd.automation.runner import RuleRunner
+from wecomd.automation.takeover import Takeover
 from wecomd.config import AppConfig, Config
-from wecomd.wecom.crypto import WecomCrypto
 from wecomd.failures import FailureRecorder
+from wecomd.inbox import Inbox
 from wecomd.live import Hub
-from wecomd.workers.media import MediaVault
 from wecomd.metrics import Metrics
+from wecomd.store import Store, StoreError
+from wecomd.store.rows import utcnow
+from wecomd.store.writer import DbWriter
+from wecomd.wecom.api import WecomClient
+from wecomd.wecom.crypto import WecomCrypto
+from wecomd.workers.media import MediaVault
 from wecomd.workers.outbox import Outbox
 from wecomd.workers.retention import Retention
-from wecomd.store import Store, StoreError
 from wecomd.workers.webhooks import WebhookSender
-from wecomd.wecom.api import WecomClient
-from wecomd.store.writer import DbWriter
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +75,8 @@ class Services:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = Store(config.server.database)
-        self.cryptos = {name: _crypto_for(app) for name, app in config.apps.items()}
-        self.rules = rules.compile_rules(config.rules)
+        self.cryptos = _cryptos(config)
         self.inflight = Inflight()
-        # message id -> the passive reply of its first delivery, while that is still being worked out,
-        # so that a WeCom retry overlapping it gets the same answer (not an empty one).
-        self.first_deliveries: dict[int, asyncio.Future] = {}
         self.hub = Hub()
         self.metrics = Metrics(websocket_clients=lambda: self.hub.count,
                                db_commits=lambda: (self.writer.batches, self.writer.calls))
@@ -99,10 +100,20 @@ class Services:
         self.retention = Retention(self.db, self.store, config.server.media_dir,
                                    lambda: self.config.server.retention_days)
         settings = config.rules_settings
-        self.runner = CommandRunner(max_concurrent=settings.max_commands, output_limit=settings.output_limit)
-        self.webhooks = WebhookSender(self.db, self.store, self._webhook_target, self._webhook_reply, self.hub.publish)
-        self.automation = Automation(self.db, self.store, self.outbox, self.webhooks, self.runner,
-                                     lambda: self.rules, lambda: self.config.rules_settings, self.hub.publish)
+        self.commands = CommandRunner(max_concurrent=settings.max_commands, output_limit=settings.output_limit)
+        # The webhook sender and the rule runner need each other: the sender asks the runner for a
+        # rule's current URL and secret, and hands it the replies of retried deliveries.
+        self.webhooks = WebhookSender(self.db, self.store, lambda rule: self.rule_runner.webhook_target(rule),
+                                      lambda run, text: self.rule_runner.on_webhook_reply(run, text), self.hub.publish)
+        self.rule_runner = RuleRunner(self.db, self.store, self.outbox, self.webhooks, self.commands, config,
+                                      self.hub.publish)
+        self.takeover = Takeover(self.db, self.store, config)
+        self.inbox = Inbox(self.db, self.store, self.rule_runner, self.hub.publish, self.media.wake)
+
+    @property
+    def rules(self) -> List[rulesmod.Rule]:
+        """The rules in force, in the order they are tried."""
+        return self.rule_runner.rules
 
     def app(self, name: str) -> AppConfig | None:
         return self.config.apps.get(name)
@@ -120,23 +131,6 @@ class Services:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._reader, functools.partial(fn, *args, **kwargs))
 
-    def message_stored(self, row: dict) -> None:
-        """After an inbound message is committed: push it live and fetch its media."""
-        logger.debug("message id=%s app=%s type=%s from=%s stored: content %s, event_key %s", row.get("id"),
-                     row.get("app"), row.get("msgtype"), row.get("from_user"), logs.content(row.get("content") or ""),
-                     logs.content(row.get("event_key") or ""))
-        self.hub.publish({"type": "message", "message": {k: v for k, v in row.items() if k != "reply"}})
-        if (row.get("media") or {}).get("status") == "pending":
-            self.media.wake()
-
-    def _webhook_target(self, rule_name: str) -> tuple:
-        """(url, secret) of a rule in the current config; (None, None) once it is gone."""
-        rule = next((r for r in self.rules if r.name == rule_name), None)
-        return (rule.webhook, rule.webhook_secret) if rule else (None, None)
-
-    async def _webhook_reply(self, run: dict, text: str) -> None:
-        await self.automation.on_webhook_reply(run, text)
-
     def reload(self, environ: Any = None) -> bool:
         """Re-read the config file (SIGHUP): apps and rules change in place, connections stay.
 
@@ -145,17 +139,17 @@ class Services:
         """
         try:
             new = configmod.load(self.config.path, environ)
-            new_rules = rules.compile_rules(new.rules)
-            cryptos = {name: _crypto_for(app) for name, app in new.apps.items()}
-        except (configmod.ConfigError, rules.RuleError, ValueError) as exc:
+            new_rules = rulesmod.compile_rules(new.rules)  # refused here, before any piece has changed
+            cryptos = _cryptos(new)
+        except (configmod.ConfigError, rulesmod.RuleError, ValueError) as exc:
             logger.error("reload refused, keeping the running config: %s", str(exc).replace("\n", "; "))
             return False
         if new.server != self.config.server or new.admin != self.config.admin:
             logger.warning("reload: [server] and [admin] changes take effect after a restart")
             new = replace(new, server=self.config.server, admin=self.config.admin)
-        self.config, self.cryptos, self.rules = new, cryptos, new_rules
-        self.outbox.apps = self.media.apps = new.apps
-        self.outbox.duplicate_check = new.wecom.duplicate_check_interval
+        self.config, self.cryptos = new, cryptos
+        for piece in (self.rule_runner, self.takeover, self.outbox, self.media):
+            piece.reconfigure(new)
         logger.info("reloaded %s: apps %s; %d rule(s)", new.path, ", ".join(new.apps) or "none", len(new_rules))
         return True
 
@@ -163,7 +157,7 @@ class Services:
         applied = await self.writer.run(self.store.migrate, alone=True)
         if applied:
             logger.info("database migrated: %s", ", ".join(applied))
-        interrupted = await self.db(self.store.interrupt_running, _utcnow())
+        interrupted = await self.db(self.store.interrupt_running, utcnow())
         if interrupted:
             logger.warning("%d rule action(s) were cut off by the last stop", interrupted)
         await self.sessions.load()
@@ -174,7 +168,7 @@ class Services:
 
     async def close(self) -> None:
         self.hub.close_all()
-        await self.automation.close()
+        await self.rule_runner.close()
         await self.webhooks.stop()
         await self.outbox.stop()
         await self.media.stop()
@@ -189,12 +183,13 @@ class Services:
         logger.info("database writer: %d store calls in %d commits", self.writer.calls, self.writer.batches)
 
 
+def _cryptos(config: Config) -> dict[str, WecomCrypto]:
+    """Each app's callback crypto, by app name (ValueError for a key that is not one)."""
+    return {name: _crypto_for(app) for name, app in config.apps.items()}
+
+
 def _crypto_for(app: AppConfig) -> WecomCrypto:
     return WecomCrypto(app.token, app.encoding_aes_key, app.corp_id)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def _ephemeral_secret() -> str:

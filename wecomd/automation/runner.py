@@ -1,39 +1,33 @@
-"""Automation: runs the rules on each new inbound message and delivers every answer exactly once.
+"""RuleRunner: runs the rules on each new inbound message and delivers every answer exactly once.
 
 An answer (a reply template, a command's result, a webhook's `{"reply": ...}`) that is ready within
 `[rules] passive_budget` seconds becomes the passive reply to WeCom; any other answer goes out later
 through the send API, via the durable outbox. Each action is recorded as a rule run linked to the
-message, with the path its answer took. WeCom's retries never get here (`Services` calls `handle`
+message, with the path its answer took. WeCom's retries never get here (the inbox calls `handle`
 only for a newly stored message), so an action never starts twice. After an operator replies by hand,
-replies and commands pause for that user for `takeover_minutes`; webhooks still forward.
+replies and commands pause for that user (wecomd.automation.takeover); webhooks still forward.
 
 Every answer the user gets is also stored as an outbound message marked automatic, naming its rule
-(none for the app's own `reply =`): a passive one "sent" in the same writer call that keeps the
-passive reply (`store_answered`, `Store.save_passive_reply`), one sent later through the outbox as
-its pending rows. A WeCom retry never stores a second one.
+(none for the app's own `reply =`): a passive one by the inbox, "sent", in the writer call that keeps
+the passive reply, one sent later through the outbox as its pending rows. A WeCom retry never stores
+a second one.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable, List, Optional
+from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 from wecomd.automation import rules as rulesmod
 from wecomd.automation.commands import CommandResult, CommandRunner, refused
-from wecomd.config import AppConfig, RulesConfig
+from wecomd.automation.takeover import PAUSED
+from wecomd.config import AppConfig, Config
+from wecomd.live import message_event
 from wecomd.wecom.messages import Message
 from wecomd.workers.webhooks import WebhookSender, body_for
-from wecomd.store.writer import single_write
 
 logger = logging.getLogger(__name__)
-
-PAUSED = "automation paused: an operator replied by hand (human takeover)"
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
@@ -68,16 +62,32 @@ class _Answers:
         self.ready.set()
 
 
-class Automation:
-    """One per process, owned by `Services`; rules and settings are read at use, so a reload applies."""
+class RuleRunner:
+    """One per process, owned by `Services`. It holds the compiled rules and the [rules] settings;
+    `reconfigure` replaces both (a reload), and actions already started finish under the old ones."""
 
     def __init__(self, run_db: Callable[..., Awaitable[Any]], store: Any, outbox: Any, webhooks: WebhookSender,
-                 runner: CommandRunner, current_rules: Callable[[], List[rulesmod.Rule]],
-                 settings: Callable[[], RulesConfig], publish: Optional[Callable[[dict], None]] = None) -> None:
+                 commands: CommandRunner, config: Config, publish: Optional[Callable[[dict], None]] = None) -> None:
         self.run_db, self.store, self.outbox, self.webhooks = run_db, store, outbox, webhooks
         self.publish = publish
-        self.runner, self.current_rules, self.settings = runner, current_rules, settings
+        self.commands = commands
         self._tasks: set[asyncio.Task] = set()
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take the rules and settings of `config` (already checked by config.load: RuleError here
+        would be a bug)."""
+        self.rules = rulesmod.compile_rules(config.rules)
+        self.settings = config.rules_settings
+
+    def select(self, app: str, message: Message) -> List[rulesmod.Match]:
+        """The rules that fire for `message` of `app`, in the order they run."""
+        return rulesmod.select(self.rules, app, message)
+
+    def webhook_target(self, rule_name: str) -> Tuple[Optional[str], Optional[str]]:
+        """(url, secret) of a rule in the current config; (None, None) once it is gone."""
+        rule = next((r for r in self.rules if r.name == rule_name), None)
+        return (rule.webhook, rule.webhook_secret) if rule else (None, None)
 
     async def handle(self, app: AppConfig, row: dict, message: Message, matches: List[rulesmod.Match],
                      paused: bool) -> Optional[Answer]:
@@ -86,7 +96,7 @@ class Automation:
         answers, started = _Answers(), []
         for match in matches:
             started += await self._start(match, app, row, message, answers, paused)
-        await self._wait(answers, started, self.settings().passive_budget)
+        await self._wait(answers, started, self.settings.passive_budget)
         answers.close()
         await self._changed(row["id"])
         if answers.passive is None and not paused and default_reply(app, message, matches):
@@ -136,7 +146,7 @@ class Automation:
         except rulesmod.CommandRefused as exc:  # a message tried to pass an option: nothing runs
             result = refused(exc.program, str(exc), exc.why)
         else:
-            result = await self.runner.run(argv, rulesmod.command_env(fields, message), rule.timeout)
+            result = await self.commands.run(argv, rulesmod.command_env(fields, message), rule.timeout)
         await self.run_db(self.store.finish_run, run["id"], result.status, exit_code=result.exit_code,
                           duration_ms=result.duration_ms, output=result.excerpt(), error=result.error)
         await self._deliver(run, app, row, command_answer(result, rule), answers)
@@ -182,7 +192,7 @@ class Automation:
         if self.publish is not None:
             message = await self.run_db(self.store.get, message_id)
             if message is not None:
-                self.publish({"type": "message", "message": message})
+                self.publish(message_event(message))
 
     def _spawn(self, work: Awaitable[None]) -> asyncio.Task:
         task = asyncio.ensure_future(self._guard(work))
@@ -216,29 +226,6 @@ def default_reply(app: AppConfig, message: Message, matches: List[rulesmod.Match
     return app.reply if app.reply and message.msgtype != "event" and not answering else None
 
 
-@single_write
-def store_inbound(store: Any, app: str, message: Message, dedup_key: str) -> tuple:
-    """Save a callback without a ready-made reply in one writer call: (row, created, paused, None)."""
-    paused = bool(message.from_user) and store.paused_until(app, message.from_user, utcnow()) is not None
-    row, created = store.save_inbound(app, message, dedup_key)
-    return row, created, paused, None
-
-
-def store_answered(store: Any, app: str, message: Message, dedup_key: str, reply: str, text: str) -> tuple:
-    """Save a callback and its ready-made passive reply (the app's own `reply =` when no rule
-    matched) in one writer call: (row, created, paused, answer).
-
-    Unless automation is paused for the sender, the reply (XML) is kept with the message and, for a
-    new message, its `text` is stored as an automatic answer (Store.save_answer), whose JSON is
-    `answer`; a retry (created False) stores none. Two statements, so not a single_write: the
-    writer's savepoint keeps them one change.
-    """
-    paused = bool(message.from_user) and store.paused_until(app, message.from_user, utcnow()) is not None
-    row, created = store.save_inbound(app, message, dedup_key, None if paused else reply)
-    answer = store.save_answer(app, message.from_user, text) if created and not paused else None
-    return row, created, paused, answer
-
-
 def command_answer(result: CommandResult, rule: rulesmod.Rule) -> str:
     """What the user is told when a command finishes: its output, or why it did not succeed."""
     output = result.output.strip()
@@ -250,12 +237,3 @@ def command_answer(result: CommandResult, rule: rulesmod.Rule) -> str:
         tail = ("\n" + output[-500:]) if output else ""
         return "执行失败（退出码 %s）%s" % (result.exit_code, tail)
     return "无法执行：%s" % (result.error or "unknown error")
-
-
-def pause_until(settings: RulesConfig, now: Optional[datetime] = None) -> Optional[datetime]:
-    """When automation resumes after an operator's manual reply now; None when takeover is off."""
-    if settings.takeover_minutes <= 0:
-        return None
-    return (now or utcnow()) + timedelta(minutes=settings.takeover_minutes)
-
-

@@ -10,7 +10,6 @@ from urllib.parse import quote
 from tornado import web
 
 from wecomd import exporting
-from wecomd.automation.runner import pause_until
 from wecomd.handlers.base import ApiHandler
 from wecomd.handlers.dashboard import public_apps
 from wecomd.workers.media import MEDIA_CSP, serving_type
@@ -66,9 +65,8 @@ class MessagesHandler(ApiHandler):
         if not isinstance(content, str) or not content.strip():
             raise web.HTTPError(400, "content is required")
         rows = await self.services.outbox.submit(app, to_user.strip(), content, operator=self.current_user)
-        until = pause_until(self.services.config.rules_settings)
-        if until is not None:  # human takeover: automation leaves this user to the operator for a while
-            await self.services.db(self.services.store.pause, app, to_user.strip(), until, self.current_user)
+        # Human takeover: automation leaves this user to the operator for a while.
+        await self.services.takeover.operator_replied(app, to_user.strip(), self.current_user)
         first = dict(rows[0])
         if len(rows) > 1:
             first["parts"] = [row["id"] for row in rows]

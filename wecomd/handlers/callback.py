@@ -1,27 +1,22 @@
-"""/callback/<app>: WeCom URL verification (GET) and message receipt (POST)."""
+"""/callback/<app>: WeCom URL verification (GET) and message receipt (POST).
+
+The handler is the "app" channel's transport: HTTP, limits, crypto and parsing. What happens to a
+parsed message (storage, the live feed, media, rules, the passive reply) is the inbox's.
+"""
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import secrets
 import time
-from typing import Any, Optional
+from typing import Any
 
 from tornado import web
 
 from wecomd import metrics
-
-from wecomd.wecom import crypto
-
-from wecomd.wecom import messages
-
-from wecomd.wecom import replies
-
-from wecomd.automation import rules
-from wecomd.automation.runner import default_reply, store_answered, store_inbound
 from wecomd.handlers.base import BaseHandler
-from wecomd.store import StoreError
+from wecomd.inbox import NotStored
+from wecomd.wecom import crypto, messages
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +29,7 @@ _UNSIGNED = re.compile(r"[0-9]{1,20}\Z")
 
 @web.stream_request_body
 class CallbackHandler(BaseHandler):
-    """Verify, decrypt, parse and durably store a callback before answering 200.
+    """Verify, decrypt and parse a callback; answer 200 only once the inbox has stored it durably.
 
     Every request, accepted or not, ends in exactly one log line (see `on_finish`);
     the application's access log leaves these requests to it.
@@ -111,79 +106,21 @@ class CallbackHandler(BaseHandler):
             raise web.HTTPError(400, "bad message XML: %s", exc)
         kind = message.msgtype if message.msgtype != "event" else "event:%s" % message.event
         self._outcome.update(type=kind, sender=message.from_user)
-        matches = rules.select(self.services.rules, app, message)
-        row, created, paused, answer = await self._store(app, message, matches)
-        self._outcome.update(id=row.get("id"), outcome="stored" if created else "duplicate delivery=%d" % row.get("deliveries", 0))
-        if created:
-            self.services.message_stored(row)
-        if answer is not None:  # the app's own reply, stored as an automatic answer with the message
-            self.services.hub.publish({"type": "message", "message": answer})
-        # Only a new message runs the rules; a retry gets the reply of the first delivery.
-        if created and matches:
-            reply = await self._first_delivery(row, message, matches, paused)
-        else:
-            reply = row.get("reply") if created else await self._retry(row)
-        if not reply:
-            self.set_status(200)
-            return self.finish()
-        self.set_header("Content-Type", "application/xml; charset=utf-8")
-        self.finish(self.crypto.encrypt_reply(reply, str(int(time.time())), _nonce()))
-
-    async def _first_delivery(self, row: dict, message: messages.Message, matches: list, paused: bool) -> Optional[str]:
-        pending = self.services.first_deliveries
-        answer = pending[row["id"]] = asyncio.get_running_loop().create_future()
         try:
-            reply = await self._automate(row, message, matches, paused)
-            answer.set_result(reply)
-            return reply
-        finally:
-            if not answer.done():
-                answer.set_result(None)
-            pending.pop(row["id"], None)
-
-    async def _retry(self, row: dict) -> Optional[str]:
-        first = self.services.first_deliveries.get(row["id"])
-        if first is None:
-            return row.get("reply")
-        budget = self.services.config.rules_settings.passive_budget
-        try:
-            return await asyncio.wait_for(asyncio.shield(first), budget + 1.0)
-        except asyncio.TimeoutError:
-            return None
-
-    async def _automate(self, row: dict, message: messages.Message, matches: list, paused: bool) -> Optional[str]:
-        """Run the matched rules, and save the passive reply for WeCom's retries, and as an
-        automatic answer in the thread."""
-        try:
-            answer = await self.services.automation.handle(self.wecom_app, row, message, matches, paused)
-            if answer is None or not message.from_user:
-                return None
-            reply = replies.reply_text(message.from_user, self.wecom_app.corp_id, answer.text)
-            kept, stored = await self.services.db(self.services.store.save_passive_reply, row["id"], reply,
-                                                  answer.text, answer.rule, answer.run_id)
-            if stored is not None:
-                self.services.hub.publish({"type": "message", "message": stored})
-            return kept
-        except StoreError as exc:
-            # The message itself is stored: acknowledge it, without an answer we could not record.
-            self._outcome["detail"] = "automation: %s" % exc
-            return None
-
-    async def _store(self, app: str, message: messages.Message, matches: list) -> tuple:
-        """One writer call: (row, created, paused, answer). With no rule to run, the app's own reply
-        is decided now and saved with the message, and stored as its automatic answer (`answer`,
-        None for a retry), so the common case costs one commit."""
-        text = None if matches else default_reply(self.wecom_app, message, matches)
-        key = messages.dedup_key(message)
-        try:
-            if text and message.from_user:
-                reply = replies.reply_text(message.from_user, self.wecom_app.corp_id, text)
-                return await self.services.db(store_answered, self.services.store, app, message, key, reply, text)
-            return await self.services.db(store_inbound, self.services.store, app, message, key)
-        except StoreError as exc:
+            inbound = await self.services.inbox.receive("app", self.wecom_app, message)
+        except NotStored as exc:
             # Non-200 on purpose: WeCom retries, so nothing unstored is ever acknowledged.
             self._outcome["detail"] = str(exc)
             raise web.HTTPError(503, "message could not be stored")
+        self._outcome.update(id=inbound.id, outcome="stored" if inbound.created
+                             else "duplicate delivery=%d" % inbound.deliveries)
+        if inbound.detail:
+            self._outcome["detail"] = inbound.detail
+        if not inbound.reply:
+            self.set_status(200)
+            return self.finish()
+        self.set_header("Content-Type", "application/xml; charset=utf-8")
+        self.finish(self.crypto.encrypt_reply(inbound.reply, str(int(time.time())), _nonce()))
 
     def _query(self, *names: str) -> list[str]:
         values = []

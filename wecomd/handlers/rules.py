@@ -29,7 +29,7 @@ class ResumeHandler(ApiHandler):
         app, user = body.get("app"), body.get("user")
         if not isinstance(app, str) or not isinstance(user, str) or not user:
             raise web.HTTPError(400, "send {\"app\": str, \"user\": str}")
-        await self.services.db(self.services.store.resume, app, user)
+        await self.services.takeover.resume(app, user)
         self.set_status(204)
         self.finish()
 

@@ -168,7 +168,7 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
 
     @_guarded("save the inbound message")
     def save_inbound(self, app: str, message: Message, dedup_key: str,
-                     reply: Optional[str] = None) -> tuple[dict, bool]:
+                     reply: Optional[str] = None, brief: bool = False) -> tuple[dict, bool]:
         """Store an inbound message once per dedup key; return (row JSON, created).
 
         A repeated key (WeCom retrying a callback) adds one to `deliveries` of the
@@ -178,6 +178,10 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
         media vault. A new message is counted in its conversation in the same
         transaction (on SQLite by a trigger, inside the one INSERT). The transaction
         is committed (fsynced, synchronous=full) before returning.
+
+        `brief`: a retry's result is only {"id", "deliveries", "reply"}, what answering a retry
+        needs (the inbox); reading the whole row back with its rule runs costs a retry three
+        times the INSERT of a new message, and retries come when the daemon is slow already.
         """
         if not dedup_key:
             raise ValueError("an inbound message needs a dedup key")
@@ -190,6 +194,8 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
             row_id, deliveries, kept_reply = cursor.fetchone()
         else:
             row_id, deliveries, kept_reply = self.db.execute_sql(select_sql, (dedup_key,)).fetchone()
+        if deliveries != 1 and brief:
+            return {"id": row_id, "deliveries": deliveries, "reply": kept_reply}, False
         if deliveries != 1:  # a retry: the stored row as it is now, with its rule runs
             return dict(self._json([self.Message.get_by_id(row_id)])[0], reply=kept_reply), False
         self._count_new(app, values["user"], row_id, inbound=True)  # SQLite: the INSERT's trigger did

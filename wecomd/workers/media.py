@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from wecomd.config import AppConfig
+from wecomd.config import AppConfig, Config
 from wecomd.live import message_event
 from wecomd.workers.base import RETRY_KINDS, Publish, RunDb, Worker, error_text, no_secret_error, utcnow
 from wecomd.wecom.api import WecomApiError
@@ -59,6 +59,10 @@ class MediaVault(Worker):
         self.store, self.client, self.apps = store, client, apps
         self.media_dir = Path(media_dir).absolute()
         self.max_bytes = max_bytes
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload: the apps of `config` (their secrets), from the next download on; media_dir stays."""
+        self.apps = config.apps
 
     def path_for(self, media: dict) -> Path:
         """The absolute path of a stored file; ValueError if its stored path leaves media_dir."""

@@ -21,7 +21,7 @@ from contextlib import suppress
 from datetime import datetime
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
-from wecomd.config import AppConfig
+from wecomd.config import AppConfig, Config
 from wecomd.live import message_event, status_event
 from wecomd.store import StoreError
 from wecomd.wecom.api import WecomApiError, split_text
@@ -52,6 +52,10 @@ class Outbox(Worker):
         self._intake: Optional[asyncio.Lock] = None  # made on first use, on the running loop
         # WeCom accepted these but the "sent" mark failed: id -> (error, msgid). Never resent.
         self._unmarked: Dict[int, Tuple[Optional[str], Optional[str]]] = {}
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload: the apps and [wecom] duplicate_check_interval of `config`, from the next send on."""
+        self.apps, self.duplicate_check = config.apps, config.wecom.duplicate_check_interval
 
     async def submit(self, app: str, to_user: str, content: str,
                      operator: Optional[str] = None, rule: Optional[str] = None) -> list[dict]:
