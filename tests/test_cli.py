@@ -4,7 +4,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -155,6 +158,31 @@ def test_check_ok_and_env_override(tmp_path):
     assert wecomd("check", "-c", str(conf)).returncode == 0
     broken = wecomd("check", "-c", str(conf), env={"WECOMD_APP_HELPDESK_TOKEN": "bad token!"})
     assert broken.returncode == 1 and "WECOMD_APP_HELPDESK_TOKEN" in broken.stdout
+
+
+# Runs a command in-process, then names which of the daemon's heavy modules it loaded.
+LOADED_PROBE = """
+import sys
+from wecomd.cli import main
+code = main(sys.argv[1:])
+print(code, sorted(name for name in ("peewee", "wecomd.app", "wecomd.services", "wecomd.store") if name in sys.modules))
+"""
+
+
+def test_check_loads_neither_the_daemon_nor_the_database(tmp_path):
+    # The parser imports every subcommand's module; one that imported the daemon at module level
+    # would make `wecomd check`, `init` and `hash-password` load all of it first.
+    conf = write_config(tmp_path)
+
+    def probe(*argv: str) -> str:
+        result = subprocess.run([sys.executable, "-c", LOADED_PROBE, *argv], capture_output=True, text=True,
+                                cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()[-1]
+
+    assert probe("check", "-c", str(conf)) == "0 []"
+    # The probe sees what a command does load: export opens the database.
+    assert probe("export", "-c", str(conf)) == "0 ['peewee', 'wecomd.store']"
 
 
 def test_serve_refuses_a_broken_config(tmp_path):

@@ -14,7 +14,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Optional
 
-from wecomd import app, checks, config, logs, passwords, paths
+from wecomd import checks, config, logs, passwords, paths
 
 from wecomd.wecom import sandbox
 from wecomd.wecom.simulate import Simulator
@@ -71,6 +71,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    from wecomd import app  # the daemon (its handlers, store, workers) loads only when the demo runs
+
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="wecomd-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     fake = sandbox.FakeWecom()

@@ -11,9 +11,7 @@ import sys
 from typing import IO, Optional
 
 from wecomd.automation import rules
-from wecomd.automation.runner import default_reply
-from wecomd.cli.export import parse_iso
-from wecomd.cli.options import EXIT_USAGE, config_arg, load
+from wecomd.cli.options import EXIT_USAGE, config_arg, load, parse_iso
 from wecomd.config import Config
 from wecomd.wecom import messages, samples
 
@@ -62,6 +60,7 @@ def run_test(config: Config, args: argparse.Namespace, out: IO[str] = sys.stdout
 
 
 def run_replay(config: Config, args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
+    from wecomd.automation.runner import default_reply
     from wecomd.store import Store, StoreError
 
     compiled = rules.compile_rules(config.rules)
@@ -113,6 +112,8 @@ def _action_text(d: dict) -> str:
 def _fallback(config: Config, app: str, message: messages.Message, matches: list) -> Optional[str]:
     """What the app's own `reply =` does for `message`: the line to print, or None when a rule that
     answers matched (or a rule matched and the app has no reply)."""
+    from wecomd.automation.runner import default_reply  # with the workers and the store: only for a dry run
+
     reply = default_reply(config.apps[app], message, matches)
     if reply and matches:
         return "no rule replies; %s would answer (unless a webhook replies first): %r" % (APP_REPLY, reply)

@@ -39,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
     config = _check_config(args, report)
     if config is None:
         return report.finish(None)
-    from wecomd.cli.doctor import files as doctor_files  # peewee and tornado only from here on
+    from wecomd.cli.doctor import files as doctor_files  # peewee only from here on
     from wecomd.cli.doctor import wecom_api as doctor_wecom
 
     db_checks, db = doctor_files.check_database(config)
