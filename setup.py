@@ -47,6 +47,8 @@ setup(
         "prometheus_client>=0.17",  # GET /metrics
     ],
     extras_require={
+        # bench/profile_callback.py samples the daemon under load (bench/load.py also needs wrk and wechatpy)
+        "bench": ["py-spy>=0.3.14", "wechatpy>=1.8.18"],
         "fuzz": ["atheris>=2.3"],
         "postgres": ["psycopg2-binary>=2.9"],  # [server] database = postgresql://...
         "test": [
