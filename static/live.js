@@ -1,4 +1,8 @@
-// The live connection: WS /api/live with reconnect and exponential backoff.
+// The live feed panel: WS /api/live with reconnect and exponential backoff, and its indicator in
+// the top bar. app.js hands each event to the panels that show it.
+
+import { api } from "./api.js";
+import { t } from "./dom.js";
 
 const MIN_DELAY = 1000;
 const MAX_DELAY = 30000;
@@ -75,4 +79,36 @@ export function connectLive({ onEvent, onOpen, onState, onDrop }) {
   window.addEventListener("online", retryNow);
   connect();
   return { retryNow };
+}
+
+const CONNECTION_TEXT = {
+  connecting: () => t("Connecting…"),
+  live: () => t("Live"),
+  offline: (delay) => t("Offline, retrying in {n} s", { n: Math.max(1, Math.round(delay / 1000)) }),
+};
+
+/** The top bar's indicator: connecting, live, or offline until the next attempt. */
+export class LiveStatus {
+  constructor() {
+    this.indicator = document.getElementById("conn");
+    this.text = document.getElementById("conn-text");
+  }
+
+  render(name, delay) {
+    this.indicator.className = "conn conn-" + name;
+    this.indicator.dataset.state = name;
+    this.text.textContent = CONNECTION_TEXT[name](delay);
+  }
+}
+
+/** The feed as the dashboard uses it: `onEvent(data)` for each event, `onOpen()` after each (re)connect. */
+export function startLive({ onEvent, onOpen }) {
+  const status = new LiveStatus();
+  return connectLive({
+    onEvent,
+    onOpen,
+    onState: (name, delay) => status.render(name, delay),
+    // A closed socket may mean the session ended: a cheap API call redirects to the login page.
+    onDrop: () => api.apps().catch(() => {}),
+  });
 }

@@ -1,8 +1,10 @@
-// The Rules view: the configured rules in the order they are tried, and what each has done.
+// The rules panel: the configured rules in the order they are tried, and what each has done.
 // Rule texts (replies, commands, webhook URLs) are configuration, yet shown as text all the same.
+// The router shows it for "#/rules"; live messages tell it when the counts may have changed.
 
 import { api } from "./api.js";
 import { display, el, fullTime, parseIso, relativeTime, t } from "./dom.js";
+import { ruleOperator } from "./render.js";
 
 const CLOCK_REFRESH = 30000; // "3 minutes ago" stays right while the view is open
 
@@ -25,6 +27,8 @@ export class RulesView {
   }
 
   show() {
+    this.root.hidden = false;
+    document.body.classList.add("rules-open");
     if (this.visible) return;
     this.visible = true;
     this.load();
@@ -32,10 +36,20 @@ export class RulesView {
   }
 
   hide() {
+    this.root.hidden = true;
+    document.body.classList.remove("rules-open");
     this.visible = false;
     window.clearInterval(this.clock);
     window.clearTimeout(this.timer);
     this.clock = this.timer = null;
+  }
+
+  /** A message from the live feed; `isNew`: the conversation list did not count it yet. */
+  noteMessage(message, isNew) {
+    const ranRules = Array.isArray(message.automation) && message.automation.length > 0;
+    // Rules counted a hit: refresh the table. A new inbound message may fire rules a moment later.
+    if (ranRules || ruleOperator(message) !== null) this.changed(300);
+    else if (message.direction === "in" && isNew) this.changed(2500);
   }
 
   /** Something happened that may change the counts: reload within `delay` ms, once per burst. */

@@ -188,6 +188,16 @@ class ApiHandler(BaseHandler):
         return body
 
 
+def ui_strings(user_locale: locale.Locale) -> dict[str, str]:
+    """The translation catalog (wecomd/translations) in `user_locale`, msgid -> text, for the scripts.
+
+    The dashboard's scripts look every string up here (static/dom.js `t()`), so a string they use is
+    added to the catalog and nowhere else; one missing from it shows as its English msgid.
+    """
+    catalog = getattr(user_locale, "translations", {}).get("unknown", {})  # CSV rows without a plural
+    return {msgid: user_locale.translate(msgid) for msgid in catalog}
+
+
 def _challenge(handler: web.RequestHandler, status_code: int) -> None:
     if status_code == 401:  # RFC 9110: a 401 names the scheme that would open the resource
         handler.set_header("WWW-Authenticate", "Bearer")

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 from tornado import web
 
 from wecomd import auth
-from wecomd.handlers.base import LOCALE_COOKIE, LOCALES, BaseHandler
+from wecomd.handlers.base import LOCALE_COOKIE, LOCALES, BaseHandler, ui_strings
 from wecomd.store import StoreError
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,8 @@ class LocaleHandler(BaseHandler):
 
 class IndexHandler(BaseHandler):
     def get(self) -> None:
-        self.render("index.html", user=self.current_user, apps=public_apps(self.services.config.apps))
+        self.render("index.html", user=self.current_user, apps=public_apps(self.services.config.apps),
+                    strings=ui_strings(self.locale))
 
 
 def public_apps(apps: Any) -> list[dict]:
