@@ -11,18 +11,18 @@ from typing import Iterable, Iterator, Optional, Union
 from urllib.parse import urlparse
 
 import peewee
-from peewee import (SQL, BigIntegerField, CharField, DateTimeField, IntegerField, Model,
-                    SqliteDatabase, TextField, fn)
+from peewee import SQL, SqliteDatabase, fn
 from playhouse import db_url, migrations
 
 from wecomd.wecom.messages import Message
-from .automation import AutomationQueries, bind_models
-from .conversations import ConversationQueries, bind_models as bind_conversation_models
-from .failures import FailureQueries, bind_model as bind_failure_model
+from .automation import AutomationQueries
+from .conversations import ConversationQueries
+from .failures import FailureQueries
 from .maintenance import MaintenanceQueries
-from .rows import (MEDIA_STATUSES, StoreError, bound, dumps, guarded as _guarded, inbound_row,
+from .models import MEDIA_STATUSES, OUTBOUND_STATUSES, Message as MessageRecord, Models
+from .rows import (StoreError, dumps, guarded as _guarded, inbound_row,
                          naive_utc, page_size as _page_size, search_text, to_json, utcnow)
-from .sessions import SessionQueries, bind_model as bind_session_model
+from .sessions import SessionQueries
 
 __all__ = ["Store", "StoreError", "search_text", "MEDIA_STATUSES", "OUTBOUND_STATUSES"]
 
@@ -33,7 +33,6 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # callback answers 200, so an acknowledged message survives a power cut.
 SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "full", "foreign_keys": 1,
                   "busy_timeout": 5000}
-OUTBOUND_STATUSES = ("pending", "sent", "failed")
 # The trigram tokenizer indexes 3-character windows: shorter queries cannot MATCH as they are.
 # A shorter one is looked for among the newest SHORT_PROBE messages first: found in SHORT_COMMON
 # of them, it is common and a newest-first LIKE scan fills a page at once; else it is rare, and
@@ -46,53 +45,6 @@ _FTS_IDS = "(SELECT rowid FROM message_fts WHERE message_fts MATCH ?)"
 _FTS_TERMS = "SELECT term FROM message_fts_terms WHERE term >= ? AND term < ? LIMIT ?"
 
 _FAILURES = (peewee.PeeweeException, migrations.MigrationError, OSError, sqlite3.Error)
-
-
-class MessageRecord(Model):
-    """One stored message, inbound or outbound. Unbound: each Store binds its own subclass."""
-
-    app = CharField()
-    direction = CharField(max_length=3)
-    dedup_key = TextField(null=True, unique=True)  # NULL for outbound rows
-    user = CharField(null=True)  # the conversation counterpart
-    msgtype = CharField(index=True)
-    event = CharField(null=True)
-    event_key = TextField(null=True)
-    from_user = CharField(null=True)
-    to_user = CharField(null=True)
-    agent_id = CharField(null=True)
-    msg_id = CharField(null=True)  # text: MsgIds are 64-bit and lose precision as JS numbers
-    create_time = BigIntegerField(null=True)
-    received_at = DateTimeField(index=True)  # naive UTC
-    content = TextField(null=True)
-    status = CharField()
-    error = TextField(null=True)
-    fields = TextField(default="{}")
-    raw_xml = TextField(column_name="raw", default="")  # `raw` would shadow Model.raw()
-    reply = TextField(null=True)
-    deliveries = IntegerField(default=1)
-    operator = CharField(null=True)
-    wecom_msgid = CharField(null=True)
-    updated_at = DateTimeField()
-    search_text = TextField(null=True)  # store_rows.search_text; indexed by message_fts
-    media_status = CharField(null=True, index=True)  # NULL: no media; else MEDIA_STATUSES
-    media_path = TextField(null=True)  # relative to [server] media_dir
-    media_size = IntegerField(null=True)
-    media_type = CharField(null=True)
-    media_name = TextField(null=True)
-    media_error = TextField(null=True)
-    attempts = IntegerField(default=0)  # outbound sends or media downloads tried
-    next_attempt_at = DateTimeField(null=True)  # naive UTC; NULL = due now
-    # An automatic answer (outbound): "passive" (in the callback's answer) or "api"; NULL otherwise.
-    automatic = CharField(null=True)
-    rule = CharField(null=True)  # the rule that answered; NULL for the app's own `reply =`
-
-    class Meta:
-        table_name = "message"
-        indexes = (
-            (("app", "user", "id"), False),
-            (("direction", "status", "next_attempt_at"), False),
-        )
 
 
 class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQueries, SessionQueries):
@@ -116,11 +68,10 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
         except (RuntimeError, ValueError, peewee.PeeweeException) as exc:
             # Only the scheme: a database URL may carry a password.
             raise StoreError("cannot open %s database: %s" % (urlparse(url).scheme or "sqlite", exc)) from exc
-        self.Message = bound(MessageRecord, self.db)
-        self.ReadMark, self.Conversation = bind_conversation_models(self.db)
-        self.RuleRun, self.Takeover = bind_models(self.db)
-        self.CallbackFailure = bind_failure_model(self.db)
-        self.Session = bind_session_model(self.db)
+        self.models = Models.bound_to(self.db)
+        self.Message, self.ReadMark, self.Conversation = self.models.Message, self.models.ReadMark, self.models.Conversation
+        self.RuleRun, self.Takeover = self.models.RuleRun, self.models.Takeover
+        self.CallbackFailure, self.Session = self.models.CallbackFailure, self.models.Session
         # Full-text search is SQLite's FTS5 (migration 0002); elsewhere q is a LIKE scan.
         self.fts = isinstance(self.db, SqliteDatabase)
         self._sql_cache: dict = {}

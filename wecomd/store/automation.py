@@ -11,66 +11,13 @@ from types import SimpleNamespace
 from typing import Iterator, Optional, Sequence, Union
 
 import peewee
-from peewee import (EXCLUDED, Case, CharField, DateTimeField, FloatField, IntegerField, Model,
-                    TextField, fn)
+from peewee import EXCLUDED, Case, fn
 
-from .rows import (automation_json, bound, dumps, guarded, iso, naive_utc, run_json, search_text,
+from .models import OPEN_RUN_STATUSES, RUN_ACTIONS, RUN_FAILURE_STATUSES, RUN_PATHS, RUN_STATUSES, RuleRun, Takeover
+from .rows import (automation_json, dumps, guarded, iso, naive_utc, run_json, search_text,
                          to_json, utcnow)
 
-RUN_ACTIONS = ("reply", "run", "webhook")
-RUN_STATUSES = ("running", "pending", "ok", "failed", "timeout", "error", "skipped")
-OPEN_RUN_STATUSES = ("running", "pending")  # not finished yet: finished_at is NULL
-FAILURE_STATUSES = ("failed", "timeout", "error")
-RUN_PATHS = ("passive", "api", "none")
 INTERRUPTED = "interrupted: wecomd stopped while it ran"
-
-
-class RuleRun(Model):
-    """One action (reply, run or webhook) a rule fired for one inbound message."""
-
-    message_id = IntegerField(index=True)  # the triggering message's id (no foreign key)
-    app = CharField()
-    user = CharField(null=True)
-    rule = CharField()  # the [rule:NAME] name
-    action = CharField()  # RUN_ACTIONS
-    status = CharField()  # RUN_STATUSES
-    path = CharField(null=True)  # RUN_PATHS: how the answer went out; NULL until decided
-    exit_code = IntegerField(null=True)
-    duration_ms = FloatField(null=True)
-    output = TextField(null=True)  # an excerpt
-    error = TextField(null=True)
-    reply_message_id = IntegerField(null=True)  # the outbound row of an answer sent through the API
-    url = TextField(null=True)  # webhook
-    payload = TextField(null=True)  # webhook body: exactly the bytes signed, as UTF-8
-    attempts = IntegerField(default=0)  # failed webhook deliveries
-    next_attempt_at = DateTimeField(null=True)  # naive UTC; NULL = due now
-    started_at = DateTimeField()  # naive UTC
-    finished_at = DateTimeField(null=True)
-
-    class Meta:
-        table_name = "rule_run"
-        indexes = (
-            (("rule", "started_at"), False),
-            (("action", "status", "next_attempt_at"), False),
-        )
-
-
-class Takeover(Model):
-    """Automation paused for one user of one app until `until` (an operator answered by hand)."""
-
-    app = CharField()
-    user = CharField()
-    until = DateTimeField()  # naive UTC
-    operator = CharField(null=True)
-
-    class Meta:
-        table_name = "takeover"
-        indexes = ((("app", "user"), True),)
-
-
-def bind_models(db: peewee.Database) -> tuple[type[RuleRun], type[Takeover]]:
-    """Per-Store subclasses bound to `db` (store_rows.bound)."""
-    return bound(RuleRun, db), bound(Takeover, db)
 
 
 class AutomationQueries:
@@ -247,7 +194,7 @@ class AutomationQueries:
         query = R.select(
             R.rule, fn.COUNT(fn.DISTINCT(Case(None, [(fired, R.message_id)]))).alias("hits"),
             fn.MAX(Case(None, [(fired, R.started_at)])).alias("last_fired"),
-            fn.COUNT(Case(None, [(R.status.in_(FAILURE_STATUSES), 1)])).alias("failures"),
+            fn.COUNT(Case(None, [(R.status.in_(RUN_FAILURE_STATUSES), 1)])).alias("failures"),
         ).group_by(R.rule)
         return {row["rule"]: {"hits": row["hits"], "failures": row["failures"],
                               "last_fired": iso(R.started_at.python_value(row["last_fired"]))}

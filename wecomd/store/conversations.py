@@ -27,46 +27,12 @@ from datetime import datetime
 from typing import Optional, Sequence
 
 import peewee
-from peewee import EXCLUDED, JOIN, Case, CharField, IntegerField, Model, SqliteDatabase, fn
+from peewee import EXCLUDED, JOIN, Case, SqliteDatabase, fn
 
-from .rows import automation_json, bound, guarded, iso, naive_utc, page_size, to_json, utcnow
+from .models import Conversation, ReadMark
+from .rows import automation_json, guarded, iso, naive_utc, page_size, to_json, utcnow
 
 CONVERSATION_PAGE = 100  # conversations per page when the caller does not say
-
-
-class ReadMark(Model):
-    """How far the dashboard has read one conversation."""
-
-    app = CharField()
-    user = CharField()
-    last_read_id = IntegerField(default=0)
-
-    class Meta:
-        table_name = "conversation_read"
-        indexes = ((("app", "user"), True),)
-
-
-class Conversation(Model):
-    """One (app, user) that has messages: its newest message and its counts (see the module doc)."""
-
-    app = CharField()
-    user = CharField(null=True)  # NULL: the messages that came without a FromUserName
-    last_id = IntegerField()  # the id of its newest message
-    messages = IntegerField(default=0)  # "count" in the JSON: inbound and outbound
-    unread = IntegerField(default=0)  # inbound messages after the read mark
-
-    class Meta:
-        table_name = "conversation"
-        indexes = (
-            (("app", "user"), True),
-            (("last_id",), False),  # newest first, all apps
-            (("app", "last_id"), False),  # newest first, one app
-        )
-
-
-def bind_models(db: peewee.Database) -> tuple[type[ReadMark], type[Conversation]]:
-    """Per-Store subclasses bound to `db` (store_rows.bound)."""
-    return bound(ReadMark, db), bound(Conversation, db)
 
 
 class ConversationQueries:

@@ -9,30 +9,15 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import peewee
-from peewee import CharField, DateTimeField, IntegerField, Model, TextField, fn
+from peewee import fn
 
-from .rows import bound, guarded, iso
-
-
-class CallbackFailure(Model):
-    """One request to /callback/<app> answered with a 4xx or 5xx."""
-
-    at = DateTimeField()  # naive UTC
-    app = CharField()  # the name in the URL path, a configured app or not
-    kind = CharField()  # "verify" (GET) or "callback" (POST and anything else)
-    status = IntegerField()  # the HTTP status answered
-    category = CharField()  # metrics.FAILURE_REASONS: signature, timestamp, decrypt, ...
-    reason = TextField()  # the exact reason the handler logged
-    remote_ip = CharField(null=True)
-    skipped = IntegerField(default=0)  # failures just before this one left out by the rate limit
-
-    class Meta:
-        table_name = "callback_failure"
+from .models import CallbackFailure, bind
+from .rows import guarded, iso
 
 
 def bind_model(db: peewee.Database) -> type[CallbackFailure]:
-    """A subclass bound to `db` (store_rows.bound)."""
-    return bound(CallbackFailure, db)
+    """A subclass bound to `db` (models.bind)."""
+    return bind(CallbackFailure, db)
 
 
 def recent(model: type[CallbackFailure], limit: int = 20, app: Optional[str] = None) -> list[dict]:

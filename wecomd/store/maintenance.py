@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import peewee
 from peewee import SqliteDatabase, fn
 
-from .automation import OPEN_RUN_STATUSES
+from .models import OPEN_RUN_STATUSES
 from .rows import StoreError, copy_sqlite, guarded, naive_utc
 
 

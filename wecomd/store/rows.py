@@ -15,7 +15,6 @@ from typing import Any, Optional
 
 from wecomd.wecom.messages import Message
 
-MEDIA_STATUSES = ("pending", "stored", "failed")
 MAX_PAGE = 500  # the most rows one page of messages or conversations holds
 # One rule run as it appears in a Message's "automation" list: never its url or webhook body.
 AUTOMATION_KEYS = ("id", "rule", "action", "status", "path", "exit_code", "duration_ms", "output",
@@ -117,14 +116,6 @@ def media_json(row: Any) -> Optional[dict]:
 
 class StoreError(Exception):
     """The database could not be opened, read or written (wecomd.store re-exports it)."""
-
-
-def bound(model: type, db: Any) -> type:
-    """A subclass of `model` bound to `db`, with the same table. Per Store rather than
-    Model.bind(db): two stores in one process (tests, export next to serve) must not rebind
-    each other's models."""
-    meta = type("Meta", (), {"database": db, "table_name": model._meta.table_name})
-    return type("Bound" + model.__name__, (model,), {"Meta": meta, "__module__": model.__module__})
 
 
 def guarded(action: str):

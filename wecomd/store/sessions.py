@@ -11,31 +11,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import peewee
-from peewee import CharField, DateTimeField, Model
-
-from .rows import bound, guarded
+from .models import Session
+from .rows import guarded
 
 SESSION_FIELDS = ("token_hash", "user", "credential", "client", "created_at", "expires_at")
-
-
-class Session(Model):
-    """One signed-in browser."""
-
-    token_hash = CharField(unique=True)  # hex SHA-256 of the cookie's token
-    user = CharField()  # the operator who signed in
-    credential = CharField()  # fingerprint of that operator's password hash at sign-in
-    client = CharField(null=True)  # the client address it signed in from
-    created_at = DateTimeField()  # naive UTC
-    expires_at = DateTimeField(index=True)  # naive UTC
-
-    class Meta:
-        table_name = "session"
-
-
-def bind_model(db: peewee.Database) -> type[Session]:
-    """A subclass bound to `db` (store_rows.bound)."""
-    return bound(Session, db)
 
 
 class SessionQueries:
