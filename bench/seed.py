@@ -9,7 +9,7 @@ spread over the last `--days` days, oldest first, in a few large transactions:
 - inbound messages of every common kind (text in Chinese with some English, images, voice,
   video, files, locations, links, menu and scan events), each built as WeCom's XML
   (wecomd.wecom.samples.build) and turned into exactly the row the daemon stores for it
-  (messages.parse, messages.dedup_key, store_rows.inbound_row); downloaded media as the media
+  (messages.parse, messages.dedup_key, wecomd.store.messages.inbound_row); downloaded media as the media
   vault leaves it ("stored", with path, size and type);
 - outbound replies as the outbox leaves them: manual ones by operators, and rule replies, sent or
   (a few) failed; passive replies of rules as rule runs with the reply saved on the message;
@@ -37,7 +37,9 @@ sys.path.insert(0, str(ROOT))
 from wecomd.wecom import messages, replies, samples  # noqa: E402
 from wecomd.workers.media import safe_name  # noqa: E402
 from wecomd.store import Store  # noqa: E402
-from wecomd.store.rows import dumps, inbound_row, search_text  # noqa: E402
+from wecomd.store.messages import inbound_row  # noqa: E402
+from wecomd.store.search import search_text  # noqa: E402
+from wecomd.store.serialize import dumps  # noqa: E402
 
 CORP_ID = "ww0123456789abcdef"
 APPS = (("helpdesk", "1000002", 0.6), ("ops", "1000003", 0.25), ("hr", "1000004", 0.15))

@@ -17,7 +17,7 @@ from support import ROOT
 from support.config import write_config
 from support.peer import AES_KEY, CORP_ID, TOKEN
 from support.server import ServerProcess, free_port
-from wecomd.store import rows as store_rows
+from wecomd.store import backup as store_backup
 from wecomd.wecom.messages import Message
 from wecomd.store import Store, StoreError
 
@@ -230,7 +230,7 @@ def test_a_damaged_copy_is_never_renamed_into_place(tmp_path, monkeypatch):
     def damaged(source, path, pages):
         Path(path).write_bytes(b"half a copy")
         raise sqlite3.DatabaseError("the copy fails integrity_check: page 7 is never used")
-    monkeypatch.setattr(store_rows, "_backup_into", damaged)
+    monkeypatch.setattr(store_backup, "_backup_into", damaged)
     with pytest.raises(StoreError, match="could not back up the database: the copy fails integrity_check"):
         store.backup(tmp_path / "copy.db")
     store.close()

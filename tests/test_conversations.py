@@ -21,7 +21,7 @@ from support.postgres import needs_postgres, postgres_store
 from wecomd.wecom import samples
 from wecomd.wecom.messages import Message
 from wecomd.store import MIGRATIONS_DIR, Store
-from wecomd.store.rows import inbound_row
+from wecomd.store.messages import inbound_row
 
 NOW = datetime(2026, 11, 28, 12, 0, 0)
 OLD = NOW - timedelta(days=40)

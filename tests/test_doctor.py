@@ -31,7 +31,7 @@ from wecomd.wecom import sandbox
 from wecomd.wecom import samples
 from wecomd.failures import FailureRecorder
 from wecomd.store import MIGRATIONS_DIR, Store
-from wecomd.store.rows import utcnow
+from wecomd.store.times import utcnow
 
 EGRESS_IP = "203.0.113.7"  # what the sandbox tells callers their address is (TEST-NET-3)
 SECRETS = (APP_SECRET, TOKEN, AES_KEY, API_TOKEN, "test-cookie-secret-0123456789abcdef0123")
@@ -383,8 +383,8 @@ def test_the_log_keeps_the_newest_rows(tmp_path):
     store = Store(str(tmp_path / "wecomd.db"))
     store.migrate()
     row = {"app": "helpdesk", "kind": "callback", "status": 403, "category": "signature", "remote_ip": None}
-    store.record_failures([dict(row, at=utcnow(), reason="r%d" % n) for n in range(12)])
-    assert store.record_failures([dict(row, at=utcnow(), reason="r12")], keep=5) == 8
+    store.record_failures([dict(row, at=utcnow(whole_seconds=True), reason="r%d" % n) for n in range(12)])
+    assert store.record_failures([dict(row, at=utcnow(whole_seconds=True), reason="r12")], keep=5) == 8
     assert [r["reason"] for r in store.recent_failures(100)] == ["r12", "r11", "r10", "r9", "r8"]
     assert not diff_models(store.db, [store.CallbackFailure])  # the model matches migration 0005
     store.close()

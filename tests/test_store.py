@@ -15,7 +15,7 @@ from support.samples import SAMPLES
 
 from wecomd.wecom.messages import Message, parse
 from wecomd.store import MIGRATIONS_DIR, Store, StoreError, search_text
-from wecomd.store.rows import inbound_row
+from wecomd.store.messages import inbound_row
 
 MESSAGE_KEYS = {"id", "app", "direction", "msgtype", "event", "event_key", "from_user", "to_user",
                 "agent_id", "msg_id", "create_time", "received_at", "content", "status", "error",

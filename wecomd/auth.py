@@ -27,11 +27,12 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 from wecomd.config import AdminConfig
 from wecomd.passwords import verify_password
+from wecomd.store.times import utcnow
 
 SESSION_COOKIE = "wecomd_session"
 SESSION_DAYS = 7
@@ -86,7 +87,7 @@ class Sessions:
     def __init__(self, db: Callable[..., Awaitable[Any]], store: Any, days: float = SESSION_DAYS,
                  clock: Callable[[], datetime] | None = None) -> None:
         self._db, self._store, self.days = db, store, days
-        self._clock = clock or _utcnow
+        self._clock = clock or utcnow
         self._live: dict[str, dict] = {}  # token hash -> row
 
     async def load(self) -> int:
@@ -138,10 +139,6 @@ class Sessions:
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 # --- failed sign-ins ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional
 from tornado import httputil
 
 from wecomd import metrics
-from wecomd.store.rows import utcnow
+from wecomd.store.times import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class FailureRecorder:
         reason = str(outcome.get("reason") or httputil.responses.get(status, "HTTP %d" % status))
         if outcome.get("detail"):
             reason = "%s: %s" % (reason, outcome["detail"])
-        row = {"at": utcnow(), "app": str(app or "-")[:64],
+        row = {"at": utcnow(whole_seconds=True), "app": str(app or "-")[:64],
                "kind": "verify" if method in ("GET", "HEAD") else "callback", "status": int(status),
                "category": metrics.failure_reason(status, outcome.get("failure")) or "malformed",
                "reason": reason[:REASON_CHARS], "remote_ip": str(remote_ip)[:64] if remote_ip else None,

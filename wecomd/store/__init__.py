@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,7 +10,7 @@ from typing import Iterable, Iterator, Optional, Union
 from urllib.parse import urlparse
 
 import peewee
-from peewee import SQL, SqliteDatabase, fn
+from peewee import SqliteDatabase
 from playhouse import db_url, migrations
 
 from wecomd.wecom.messages import Message
@@ -20,8 +19,12 @@ from .conversations import ConversationQueries
 from .failures import FailureQueries
 from .maintenance import MaintenanceQueries
 from .models import MEDIA_STATUSES, OUTBOUND_STATUSES, Message as MessageRecord, Models
-from .rows import (StoreError, dumps, guarded as _guarded, inbound_row,
-                         naive_utc, page_size as _page_size, search_text, to_json, utcnow)
+from .errors import StoreError, guarded as _guarded, store_errors
+from .messages import inbound_row
+from .paging import page_size as _page_size
+from .search import Search, search_text
+from .serialize import dumps, to_json
+from .times import naive_utc, utcnow
 from .sessions import SessionQueries
 
 __all__ = ["Store", "StoreError", "search_text", "MEDIA_STATUSES", "OUTBOUND_STATUSES"]
@@ -33,18 +36,6 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # callback answers 200, so an acknowledged message survives a power cut.
 SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "full", "foreign_keys": 1,
                   "busy_timeout": 5000}
-# The trigram tokenizer indexes 3-character windows: shorter queries cannot MATCH as they are.
-# A shorter one is looked for among the newest SHORT_PROBE messages first: found in SHORT_COMMON
-# of them, it is common and a newest-first LIKE scan fills a page at once; else it is rare, and
-# matches the (at most SHORT_MAX_TERMS) indexed trigrams that start with it (migration 0004).
-FTS_MIN_CHARS = 3
-SHORT_PROBE = 2000
-SHORT_COMMON = 10
-SHORT_MAX_TERMS = 1000
-_FTS_IDS = "(SELECT rowid FROM message_fts WHERE message_fts MATCH ?)"
-_FTS_TERMS = "SELECT term FROM message_fts_terms WHERE term >= ? AND term < ? LIMIT ?"
-
-_FAILURES = (peewee.PeeweeException, migrations.MigrationError, OSError, sqlite3.Error)
 
 
 class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQueries, SessionQueries):
@@ -58,7 +49,7 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
     store_automation.AutomationQueries, the callback failure log in
     store_failures.FailureQueries, the dashboard's sessions in store_sessions.SessionQueries.
 
-    Message JSON carries "automation", the message's rule runs (store_rows.AUTOMATION_KEYS),
+    Message JSON carries "automation", the message's rule runs (serialize.AUTOMATION_KEYS),
     read with one extra query per call or page (per batch in iter_export).
     """
 
@@ -72,8 +63,7 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
         self.Message, self.ReadMark, self.Conversation = self.models.Message, self.models.ReadMark, self.models.Conversation
         self.RuleRun, self.Takeover = self.models.RuleRun, self.models.Takeover
         self.CallbackFailure, self.Session = self.models.CallbackFailure, self.models.Session
-        # Full-text search is SQLite's FTS5 (migration 0002); elsewhere q is a LIKE scan.
-        self.fts = isinstance(self.db, SqliteDatabase)
+        self.search = Search(self.db, self.Message)
         self._sql_cache: dict = {}
         # INSERT ... RETURNING: SQLite 3.35 and later, and PostgreSQL.
         self._returning = not isinstance(self.db, SqliteDatabase) or sqlite3.sqlite_version_info >= (3, 35)
@@ -84,12 +74,8 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
     def __repr__(self) -> str:
         return "<Store %s>" % self.name
 
-    @contextmanager
     def _failures(self, action: str):
-        try:
-            yield
-        except _FAILURES as exc:
-            raise StoreError("%s: could not %s: %s" % (self.name, action, exc)) from exc
+        return store_errors(self.name, action)
 
     @_guarded("apply migrations")
     def migrate(self) -> list[str]:
@@ -136,7 +122,7 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
         """
         if not dedup_key:
             raise ValueError("an inbound message needs a dedup key")
-        values = inbound_row(app, message, dedup_key, reply, utcnow())
+        values = inbound_row(app, message, dedup_key, reply, utcnow(whole_seconds=True))
         insert_sql, select_sql = self._upsert_sql(tuple(values))
         fields = self.Message._meta.fields
         # One statement: atomic on its own, so the writer runs it without a savepoint.
@@ -181,7 +167,7 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
         `automatic` ("api": a rule's answer the outbox sends) and `rule` mark an automatic answer.
         """
         _check_status(status)
-        now = utcnow()
+        now = utcnow(whole_seconds=True)
         with self.db.atomic():
             row = self.Message.create(
                 app=app, direction="out", user=to_user, msgtype=msgtype, to_user=to_user,
@@ -204,7 +190,7 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
         """
         _check_status(status)
         M = self.Message
-        changes = {M.status: status, M.error: error, M.updated_at: utcnow()}
+        changes = {M.status: status, M.error: error, M.updated_at: utcnow(whole_seconds=True)}
         if status != "pending":
             changes[M.next_attempt_at] = None
         if wecom_msgid is not None:
@@ -227,7 +213,7 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
         """
         M = self.Message
         changes = {M.attempts: M.attempts + 1, M.error: error,
-                   M.next_attempt_at: naive_utc(next_attempt_at), M.updated_at: utcnow()}
+                   M.next_attempt_at: naive_utc(next_attempt_at), M.updated_at: utcnow(whole_seconds=True)}
         return self._update_outbound(message_id, changes, only_if="pending")
 
     @_guarded("retry the outbound message")
@@ -238,7 +224,7 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
         """
         M = self.Message
         changes = {M.status: "pending", M.error: None, M.next_attempt_at: None,
-                   M.attempts: 0, M.updated_at: utcnow()}
+                   M.attempts: 0, M.updated_at: utcnow(whole_seconds=True)}
         if self._row(message_id).direction != "out":
             raise ValueError("message %r is inbound, not an outbound message" % (message_id,))
         return self._update_outbound(message_id, changes, only_if="failed")
@@ -279,7 +265,7 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
         if status not in MEDIA_STATUSES:
             raise ValueError("media status must be one of %s, not %r" % (", ".join(MEDIA_STATUSES), status))
         M = self.Message
-        changes = {M.media_status: status, M.media_error: error, M.updated_at: utcnow(),
+        changes = {M.media_status: status, M.media_error: error, M.updated_at: utcnow(whole_seconds=True),
                    M.next_attempt_at: naive_utc(next_attempt_at) if status == "pending" else None}
         for column, value in ((M.media_path, path), (M.media_size, size),
                               (M.media_type, mime), (M.media_name, name)):
@@ -384,32 +370,10 @@ class Store(ConversationQueries, MaintenanceQueries, AutomationQueries, FailureQ
             if value:
                 query = query.where(column == value)
         if q:
-            query = query.where(self._matches(q))
+            query = query.where(self.search.matches(q))
         if since is not None:
             query = query.where(M.received_at >= naive_utc(since))
         return query
-
-    def _matches(self, q: str):
-        M = self.Message
-        like = M.search_text.contains(q)  # peewee escapes % _ \ for LIKE
-        if not self.fts or "\n" in q:  # the index ends every text with newlines: LIKE is exact
-            return like
-        if len(q) >= FTS_MIN_CHARS:
-            # One FTS5 phrase, so operators and * in q stay literal; trigram phrases
-            # match substrings, case-insensitively.
-            return M.id.in_(SQL(_FTS_IDS, (_phrase(q),)))
-        newest = (M.select(fn.MAX(M.id)).scalar() or 0) - SHORT_PROBE
-        if len(M.select(M.id).where((M.id > newest) & like).limit(SHORT_COMMON).tuples()) >= SHORT_COMMON:
-            return like
-        # Every occurrence starts an indexed trigram, as the index adds two newlines to each text.
-        folded = q.lower()
-        terms = [row[0] for row in self.db.execute_sql(
-            _FTS_TERMS, (folded, folded + "\U0010ffff", SHORT_MAX_TERMS + 1))]
-        if len(terms) > SHORT_MAX_TERMS:
-            return like
-        if not terms:
-            return SQL("0 = 1")
-        return M.id.in_(SQL(_FTS_IDS, (" OR ".join(_phrase(term) for term in terms),)))
 
     @_guarded("count messages")
     def count(self) -> int:
@@ -437,11 +401,6 @@ def _open_database(url: str, base_dir: Path) -> tuple[peewee.Database, str]:
     if "://" not in url:
         return SqliteDatabase(path, pragmas=SQLITE_PRAGMAS), path
     return db_url.connect(url, database=path, pragmas=SQLITE_PRAGMAS), path
-
-
-def _phrase(text: str) -> str:
-    """`text` as one FTS5 string: operators, * and quotes inside it stay literal."""
-    return '"%s"' % text.replace('"', '""')
 
 
 def _check_status(status: str) -> None:

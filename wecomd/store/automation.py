@@ -14,8 +14,10 @@ import peewee
 from peewee import EXCLUDED, Case, fn
 
 from .models import OPEN_RUN_STATUSES, RUN_ACTIONS, RUN_FAILURE_STATUSES, RUN_PATHS, RUN_STATUSES, RuleRun, Takeover
-from .rows import (automation_json, dumps, guarded, iso, naive_utc, run_json, search_text,
-                         to_json, utcnow)
+from .errors import guarded
+from .search import search_text
+from .serialize import automation_json, dumps, run_json, to_json
+from .times import iso, naive_utc, utcnow
 
 INTERRUPTED = "interrupted: wecomd stopped while it ran"
 
@@ -47,7 +49,7 @@ class AutomationQueries:
         conversation. On the callback path (automation.store_answered): one INSERT, its SQL built
         once, and its JSON built from the values rather than read back.
         """
-        now = utcnow()
+        now = utcnow(whole_seconds=True)
         fields = {"msgtype": "text", "text": {"content": text}}
         values = dict(
             app=app, direction="out", user=user, msgtype="text", to_user=user,
@@ -88,7 +90,7 @@ class AutomationQueries:
                 raise KeyError("no inbound message with id %r" % (message_id,))
             if row.reply is not None:
                 return row.reply, None
-            M.update({M.reply: reply, M.updated_at: utcnow()}).where(M.id == message_id).execute()
+            M.update({M.reply: reply, M.updated_at: utcnow(whole_seconds=True)}).where(M.id == message_id).execute()
             answer = self.save_answer(row.app, row.user, text, rule)
             if run_id is not None:
                 R = self.RuleRun
@@ -111,7 +113,7 @@ class AutomationQueries:
         _check(status, RUN_STATUSES, "status")
         if isinstance(payload, bytes):
             payload = payload.decode("utf-8")
-        now = utcnow()
+        now = utcnow(whole_seconds=True)
         with self.db.atomic():
             if not self.Message.select().where(self.Message.id == message_id).exists():
                 raise KeyError("no message with id %r" % (message_id,))
@@ -137,7 +139,7 @@ class AutomationQueries:
             raise ValueError("finish_run needs a final status, not %r" % (status,))
         _check(status, RUN_STATUSES, "status")
         R = self.RuleRun
-        changes = {R.status: status, R.finished_at: utcnow(), R.next_attempt_at: None}
+        changes = {R.status: status, R.finished_at: utcnow(whole_seconds=True), R.next_attempt_at: None}
         if path is not None:
             _check(path, RUN_PATHS, "path")
         for column, value in ((R.exit_code, exit_code), (R.duration_ms, duration_ms),

@@ -30,7 +30,10 @@ import peewee
 from peewee import EXCLUDED, JOIN, Case, SqliteDatabase, fn
 
 from .models import Conversation, ReadMark
-from .rows import automation_json, guarded, iso, naive_utc, page_size, to_json, utcnow
+from .errors import guarded
+from .paging import page_size
+from .serialize import automation_json, to_json
+from .times import iso, naive_utc, utcnow
 
 CONVERSATION_PAGE = 100  # conversations per page when the caller does not say
 

@@ -12,7 +12,8 @@ import peewee
 from peewee import fn
 
 from .models import CallbackFailure, bind
-from .rows import guarded, iso
+from .errors import guarded
+from .times import iso
 
 
 def bind_model(db: peewee.Database) -> type[CallbackFailure]:

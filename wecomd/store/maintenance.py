@@ -14,7 +14,9 @@ import peewee
 from peewee import SqliteDatabase, fn
 
 from .models import OPEN_RUN_STATUSES
-from .rows import StoreError, copy_sqlite, guarded, naive_utc
+from .backup import copy_sqlite
+from .errors import StoreError, guarded
+from .times import naive_utc
 
 
 class MaintenanceQueries:
@@ -36,7 +38,7 @@ class MaintenanceQueries:
         """Copy the live SQLite database into the new file `target`, safely while wecomd writes.
 
         The copy is one consistent snapshot taken without blocking the writer, checked, and
-        renamed into place (store_rows.copy_sqlite); a file at `target` is replaced. Returns
+        renamed into place (backup.copy_sqlite); a file at `target` is replaced. Returns
         {"path", "bytes", "messages", "pages", "steps", "seconds"}. ValueError for a database
         that is not a SQLite file (back up PostgreSQL with pg_dump) or a `target` that is the
         live database itself; StoreError when the database file is missing or the copy fails.

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from .models import Session
-from .rows import guarded
+from .errors import guarded
 
 SESSION_FIELDS = ("token_hash", "user", "credential", "client", "created_at", "expires_at")
 

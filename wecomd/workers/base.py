@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import suppress
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Optional, Set
 
 from wecomd.store import StoreError
@@ -15,11 +15,6 @@ logger = logging.getLogger(__name__)
 RunDb = Callable[..., Awaitable[Any]]
 Publish = Callable[[dict], None]
 RETRY_KINDS = ("retry", "token")  # "token": the client's one refresh did not help; try later
-
-
-def utcnow() -> datetime:
-    """The default clock: naive UTC, as the store keeps times."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def error_text(exc: Exception, with_hint: bool = False) -> str:

@@ -21,7 +21,8 @@ from typing import Callable, Mapping, Optional
 
 from wecomd.config import AppConfig, Config
 from wecomd.live import message_event
-from wecomd.workers.base import RETRY_KINDS, Publish, RunDb, Worker, error_text, no_secret_error, utcnow
+from wecomd.store.times import utcnow
+from wecomd.workers.base import RETRY_KINDS, Publish, RunDb, Worker, error_text, no_secret_error
 from wecomd.wecom.api import WecomApiError
 
 logger = logging.getLogger(__name__)

@@ -24,8 +24,9 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 from wecomd.config import AppConfig, Config
 from wecomd.live import message_event, status_event
 from wecomd.store import StoreError
+from wecomd.store.times import utcnow
 from wecomd.wecom.api import WecomApiError, split_text
-from wecomd.workers.base import RETRY_KINDS, Publish, RunDb, Worker, error_text, no_secret_error, utcnow
+from wecomd.workers.base import RETRY_KINDS, Publish, RunDb, Worker, error_text, no_secret_error
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from wecomd.workers.base import RunDb, Worker, utcnow
+from wecomd.store.times import utcnow
+from wecomd.workers.base import RunDb, Worker
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from tornado import httpclient
 from wecomd import __version__
 from wecomd.live import message_event
 from wecomd.store import StoreError
-from wecomd.workers.base import Publish, RunDb, Worker, error_text, utcnow
+from wecomd.store.times import utcnow
+from wecomd.workers.base import Publish, RunDb, Worker, error_text
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@ from peewee import (SQL, CharField, DateTimeField, IntegerField, Model, SqliteDa
                     TextField)
 
 # Deliberately not frozen: old rows must become searchable exactly as new ones are.
-from wecomd.store.rows import media_columns, search_text
+from wecomd.store.media import media_columns
+from wecomd.store.search import search_text
 
 BATCH = 500
 

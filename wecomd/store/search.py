@@ -1,0 +1,92 @@
+"""Message search: the text each message is found by, and the `q` filter of the message list.
+
+The text (`search_text`) is stored with every message and, on SQLite, indexed by the trigram FTS5
+table message_fts (migrations 0002 and 0004); elsewhere `q` is a LIKE scan of it.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import peewee
+from peewee import SQL, SqliteDatabase, fn
+
+# Where the searchable words of each MsgType live in `fields`, besides `content` (which a
+# text message and every outbound reply carry). Paths descend into nested objects.
+_SEARCH_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "location": (("Label",), ("Poiname",)),
+    "link": (("Title",), ("Description",), ("Url",)),
+    "file": (("FileName",),),
+    "event": (("Event",), ("EventKey",), ("ScanCodeInfo", "ScanResult"),
+              ("SendLocationInfo", "Label"), ("SendLocationInfo", "Poiname")),
+}
+
+# The trigram tokenizer indexes 3-character windows: shorter queries cannot MATCH as they are.
+# A shorter one is looked for among the newest SHORT_PROBE messages first: found in SHORT_COMMON
+# of them, it is common and a newest-first LIKE scan fills a page at once; else it is rare, and
+# matches the (at most SHORT_MAX_TERMS) indexed trigrams that start with it (migration 0004).
+FTS_MIN_CHARS = 3
+SHORT_PROBE = 2000
+SHORT_COMMON = 10
+SHORT_MAX_TERMS = 1000
+_FTS_IDS = "(SELECT rowid FROM message_fts WHERE message_fts MATCH ?)"
+_FTS_TERMS = "SELECT term FROM message_fts_terms WHERE term >= ? AND term < ? LIMIT ?"
+
+
+def search_text(msgtype: str, content: Optional[str], fields: Optional[dict]) -> Optional[str]:
+    """Return the text message search covers, or None when a message has none.
+
+    `content` first (text messages, outbound replies), then the per-type fields of
+    _SEARCH_PATHS, joined with newlines. Pure: the 0002 migration back-fills old
+    rows with it, so old and new rows are searchable alike.
+    """
+    fields = fields if isinstance(fields, dict) else {}
+    if content is None and msgtype == "text":
+        content = fields.get("Content")
+    pieces = [content] + [_lookup(fields, path) for path in _SEARCH_PATHS.get(msgtype, ())]
+    text = "\n".join(p for p in pieces if isinstance(p, str) and p.strip())
+    return text or None
+
+
+class Search:
+    """The `q` filter over the message model `Message` of the database `db`."""
+
+    def __init__(self, db: peewee.Database, Message: type) -> None:
+        self.db, self.Message = db, Message
+        # Full-text search is SQLite's FTS5 (migration 0002); elsewhere q is a LIKE scan.
+        self.fts = isinstance(db, SqliteDatabase)
+
+    def matches(self, q: str) -> peewee.Expression:
+        """Messages whose search text holds `q`, case-insensitively and literally: quotes, *, OR,
+        % and _ match themselves. A short `q` on SQLite runs one or two lookups first."""
+        M = self.Message
+        like = M.search_text.contains(q)  # peewee escapes % _ \ for LIKE
+        if not self.fts or "\n" in q:  # the index ends every text with newlines: LIKE is exact
+            return like
+        if len(q) >= FTS_MIN_CHARS:
+            # One FTS5 phrase, so operators and * in q stay literal; trigram phrases
+            # match substrings, case-insensitively.
+            return M.id.in_(SQL(_FTS_IDS, (_phrase(q),)))
+        newest = (M.select(fn.MAX(M.id)).scalar() or 0) - SHORT_PROBE
+        if len(M.select(M.id).where((M.id > newest) & like).limit(SHORT_COMMON).tuples()) >= SHORT_COMMON:
+            return like
+        # Every occurrence starts an indexed trigram, as the index adds two newlines to each text.
+        folded = q.lower()
+        terms = [row[0] for row in self.db.execute_sql(
+            _FTS_TERMS, (folded, folded + "\U0010ffff", SHORT_MAX_TERMS + 1))]
+        if len(terms) > SHORT_MAX_TERMS:
+            return like
+        if not terms:
+            return SQL("0 = 1")
+        return M.id.in_(SQL(_FTS_IDS, (" OR ".join(_phrase(term) for term in terms),)))
+
+
+def _phrase(text: str) -> str:
+    """`text` as one FTS5 string: operators, * and quotes inside it stay literal."""
+    return '"%s"' % text.replace('"', '""')
+
+
+def _lookup(fields: dict, path: tuple[str, ...]) -> Any:
+    value: Any = fields
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
