@@ -101,7 +101,7 @@ class Seeder:
         self.days = days
         self.store = Store(str(path))
         self.store.migrate()
-        M = self.store.Message
+        M = self.store.models.Message
         self.fields = M._meta.sorted_fields
         self.blank = {f.name: (f.default if not callable(f.default) else None) for f in self.fields}
         self.insert = 'INSERT INTO "message" (%s) VALUES (%s)' % (
@@ -212,7 +212,7 @@ class Seeder:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
         # Read marks came last: count unread again, as mark_read would have along the way.
-        self.store.rebuild_conversations()
+        self.store.conversations.rebuild()
         self.store.close()
         conn = sqlite3.connect(str(self.path))
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -139,7 +139,7 @@ class LoginTest(WecomdTestCase):
 
     def test_sessions_are_stored_and_survive_a_restart(self):
         headers = self.login()
-        rows = self.db(self.services.store.live_sessions, datetime.utcnow())
+        rows = self.db(self.services.store.sessions.live, datetime.utcnow())
         self.assertEqual([(row["user"], row["client"]) for row in rows], [("admin", "127.0.0.1")])
         token = _cookie_token(headers)
         self.assertTrue(token and token.decode() not in str(rows))  # only its hash is stored
@@ -147,7 +147,7 @@ class LoginTest(WecomdTestCase):
         self.assertEqual(self.io_loop.run_sync(restarted.load), 1)
         self.assertEqual(restarted.user(token, self._credential), "admin")
         self.io_loop.run_sync(lambda: restarted.end(token))
-        self.assertEqual(self.db(self.services.store.live_sessions, datetime.utcnow()), [])
+        self.assertEqual(self.db(self.services.store.sessions.live, datetime.utcnow()), [])
 
     def _credential(self, user):
         return auth.credential(self.config.admin, user)
@@ -323,11 +323,11 @@ def test_client_ip_keeps_xheaders_for_untrusted_peers():
 
 
 def test_the_session_model_matches_its_migration(sqlite_store):
-    assert not diff_models(sqlite_store.db, [sqlite_store.Session])
+    assert not diff_models(sqlite_store.db, [sqlite_store.models.Session])
     now = datetime(2030, 1, 1)
     row = dict(token_hash="h1", user="admin", credential="c", client="::1", created_at=now - timedelta(days=8),
                expires_at=now - timedelta(days=1))
-    sqlite_store.create_session(row, now - timedelta(days=8))
-    sqlite_store.create_session(dict(row, token_hash="h2", expires_at=now + timedelta(days=1)), now)
-    assert [r["token_hash"] for r in sqlite_store.live_sessions(now)] == ["h2"]  # the expired one pruned
-    assert sqlite_store.end_session("h2") == 1 and sqlite_store.live_sessions(now) == []
+    sqlite_store.sessions.create(row, now - timedelta(days=8))
+    sqlite_store.sessions.create(dict(row, token_hash="h2", expires_at=now + timedelta(days=1)), now)
+    assert [r["token_hash"] for r in sqlite_store.sessions.live(now)] == ["h2"]  # the expired one pruned
+    assert sqlite_store.sessions.end("h2") == 1 and sqlite_store.sessions.live(now) == []

@@ -108,7 +108,7 @@ class AutomationTest(WecomdTestCase):
 
 
     def runs(self, message_id: int) -> list:
-        return self.db(self.services.store.get, message_id)["automation"]
+        return self.db(self.services.store.messages.get, message_id)["automation"]
 
     # --- replies ----------------------------------------------------------------------------
 
@@ -223,7 +223,7 @@ class AutomationTest(WecomdTestCase):
         self.assertEqual(self.answers(), [("已收到", "passive", None, None, "sent")])
         self.assertEqual(answer["automation"], [])
         # Delivered in the callback's answer: never the outbox's to send again.
-        self.assertEqual(self.db(self.services.store.due_outbound, datetime.now(timezone.utc)), [])
+        self.assertEqual(self.db(self.services.store.outbox.due, datetime.now(timezone.utc)), [])
         conv = {c["user"]: c for c in self.api("/api/conversations")[1]["conversations"]}["zhangsan"]
         self.assertEqual((conv["count"], conv["unread"], conv["last_id"]), (2, 1, answer["id"]))
 
@@ -232,8 +232,8 @@ class AutomationTest(WecomdTestCase):
         self.assertEqual(self.answers(), [("你好，zhangsan！", "passive", "greet", "rule:greet", "sent")])
         inbound, answer = self.thread()
         [run] = inbound["automation"]
-        self.assertEqual(self.db(self.services.store.get_run, run["id"])["reply_message_id"], answer["id"])
-        self.assertEqual(self.db(self.services.store.due_outbound, datetime.now(timezone.utc)), [])
+        self.assertEqual(self.db(self.services.store.runs.get, run["id"])["reply_message_id"], answer["id"])
+        self.assertEqual(self.db(self.services.store.outbox.due, datetime.now(timezone.utc)), [])
 
     def test_retries_store_no_second_answer(self):
         for content in ("retry me", "你好 retry"):  # the app's reply; a rule's

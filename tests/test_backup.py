@@ -38,7 +38,7 @@ def fill(store, count, start=0, user="zhangsan", padding=0):
         message = Message(msgtype="text", from_user=user, to_user="ww0123", agent_id="1000002",
                           create_time=1764370000 + n, msg_id=str(n), content=content,
                           fields={"Content": content})
-        store.save_inbound("helpdesk", message, "helpdesk|%s|%d" % (user, n))
+        store.messages.save_inbound("helpdesk", message, "helpdesk|%s|%d" % (user, n))
 
 
 def integrity(path):
@@ -115,8 +115,8 @@ def test_backup_while_the_daemon_takes_callbacks(tmp_path):
         snapshots.append(len(copied))
         copy = Store(str(target))
         try:
-            assert copy.count() == len(copied)
-            assert len(copy.messages(q="压力测试", limit=500)[0]) == len(copied) // 2
+            assert copy.messages.count() == len(copied)
+            assert len(copy.messages.page(q="压力测试", limit=500)[0]) == len(copied) // 2
         finally:
             copy.close()
     assert sorted(p.name for p in tmp_path.iterdir() if ".partial" in p.name) == []
@@ -143,7 +143,7 @@ def test_stepped_backup_is_not_restarted_by_a_busy_writer(tmp_path):
     thread.start()
     try:
         _wait_for(lambda: len(written) >= 5, "the writer to start")
-        result = store.backup(tmp_path / "copy.db", pages=1)
+        result = store.maintenance.backup(tmp_path / "copy.db", pages=1)
     finally:
         stop.set()
         thread.join(30)
@@ -232,7 +232,7 @@ def test_a_damaged_copy_is_never_renamed_into_place(tmp_path, monkeypatch):
         raise sqlite3.DatabaseError("the copy fails integrity_check: page 7 is never used")
     monkeypatch.setattr(store_backup, "_backup_into", damaged)
     with pytest.raises(StoreError, match="could not back up the database: the copy fails integrity_check"):
-        store.backup(tmp_path / "copy.db")
+        store.maintenance.backup(tmp_path / "copy.db")
     store.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wecomd.db"]
 

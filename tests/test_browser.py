@@ -64,7 +64,7 @@ def test_more_conversations_than_a_page_load_on_demand(page, crowded_demo):
     store, app = Store(str(crowded_demo.dir / "wecomd.db")), crowded_demo.app
     for n in range(130):
         user = "crowd%03d" % n
-        store.save_inbound("demo", Message(
+        store.messages.save_inbound("demo", Message(
             msgtype="text", from_user=user, to_user=app["corp_id"], agent_id=app["agent_id"],
             create_time=1764370000 + n, msg_id=str(7 * 10 ** 18 + n), content="第 %d 位" % n,
             fields={"FromUserName": user, "MsgType": "text", "Content": "第 %d 位" % n}), "crowd-%d" % n)

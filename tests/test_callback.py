@@ -124,7 +124,7 @@ class ReceiveTest(WecomdTestCase):
         self.assertEqual(row["content"], "你好 <b>世界</b>")
         self.assertEqual(row["msg_id"], "7357159753458634752")
         self.assertEqual(row["fields"]["AgentID"], "1000002")
-        raw = self.db(self.services.store.get_raw, row["id"])
+        raw = self.db(self.services.store.messages.get_raw, row["id"])
         self.assertIn("<Content><![CDATA[你好 <b>世界</b>]]></Content>", raw)
 
     def test_app_without_reply_answers_empty_200(self):

@@ -418,7 +418,7 @@ class OptionInjectionTest(WecomdTestCase):
         self.assert_no_passwd(reply)
         self.assertTrue(reply.startswith("无法执行：argument 1 ({content} = '-f/etc/passwd') starts with \"-\""), reply)
         [row] = self.inbound()
-        [run] = self.db(self.services.store.get, row["id"])["automation"]
+        [run] = self.db(self.services.store.messages.get, row["id"])["automation"]
         self.assertEqual((run["rule"], run["action"], run["status"], run["exit_code"], run["output"] or ""),
                          ("when", "run", "error", None, ""))
         self.assertIn("so date would read it as an option: refused, nothing was run", run["error"])
@@ -432,7 +432,7 @@ class OptionInjectionTest(WecomdTestCase):
         self.assertIn("invalid date", reply)  # `date -- -f/etc/passwd`: not a date, nothing read
         self.assertTrue(reply.startswith("执行失败（退出码 1）"), reply)
         [row] = self.inbound()
-        [run] = self.db(self.services.store.get, row["id"])["automation"]
+        [run] = self.db(self.services.store.messages.get, row["id"])["automation"]
         self.assertEqual((run["rule"], run["status"], run["exit_code"]), ("when_operands", "failed", 1))
         self.assertIn("-f/etc/passwd", run["output"])
         self.assert_no_passwd(self.everything_stored())

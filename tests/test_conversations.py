@@ -31,7 +31,7 @@ TRIGGERS = ("conversation_tally", "conversation_tally_no_user")
 
 def grouped(store, app=None, now=NOW):
     """The conversations as the pre-0004 query computed them: a GROUP BY over every message."""
-    M, R, T = store.Message, store.ReadMark, store.Takeover
+    M, R, T = store.models.Message, store.models.ReadMark, store.models.Takeover
     last_id = fn.MAX(M.id)
     after_mark = (M.direction == "in") & (M.id > fn.COALESCE(R.last_read_id, 0))
     paused = (T.app == M.app) & (T.user == M.user) & (T.until > now)
@@ -51,14 +51,14 @@ def grouped(store, app=None, now=NOW):
 def summary(store, app=None, now=NOW):
     """The same columns from Store.conversations (the summary table)."""
     keys = ("app", "user", "last_id", "count", "unread", "paused_until")
-    return [{k: row[k] for k in keys} for row in store.conversations(app=app, now=now)]
+    return [{k: row[k] for k in keys} for row in store.conversations.all(app=app, now=now)]
 
 
 def assert_same(store):
     for app in (None, "helpdesk", "ops"):
         assert summary(store, app) == grouped(store, app)
-    for row in store.conversations(now=NOW):
-        assert row["last_message"] == store.get(row["last_id"])
+    for row in store.conversations.all(now=NOW):
+        assert row["last_message"] == store.messages.get(row["last_id"])
 
 
 def inbound(user="zhangsan", content="hello", msg_id=None, **extra):
@@ -71,12 +71,12 @@ def inbound(user="zhangsan", content="hello", msg_id=None, **extra):
 
 
 def receive(store, app="helpdesk", user="zhangsan", content="hello", key=None):
-    key = key or "%s|%s|%s|%d" % (app, user, content, store.count())
-    return store.save_inbound(app, inbound(user, content), key)
+    key = key or "%s|%s|%s|%d" % (app, user, content, store.messages.count())
+    return store.messages.save_inbound(app, inbound(user, content), key)
 
 
 def age(store, message_id, at):
-    M = store.Message
+    M = store.models.Message
     M.update(received_at=at).where(M.id == message_id).execute()
 
 
@@ -85,7 +85,7 @@ def _python_tally(store):
     precompiled UPSERT from Python after each INSERT."""
     for name in TRIGGERS:
         store.db.execute_sql("DROP TRIGGER %s" % name)
-    store._count_new = store._tally
+    store.conversations.counted_by_triggers = False
 
 
 @pytest.fixture(params=["trigger", "python", pytest.param("postgres", marks=needs_postgres)])
@@ -104,7 +104,7 @@ def store(request, tmp_path):
 # ------------------------------------------------------------------ keeping the summary right
 
 def test_inbound_outbound_and_retried_deliveries(store):
-    assert store.conversations() == []
+    assert store.conversations.all() == []
     first, created = receive(store, content="一", key="k1")
     assert created
     for _ in range(3):  # WeCom retrying the callback: the same message, counted once
@@ -112,9 +112,9 @@ def test_inbound_outbound_and_retried_deliveries(store):
         assert not created and again["id"] == first["id"]
     receive(store, user="lisi", content="二")
     receive(store, app="ops", content="三")
-    reply = store.save_outbound("helpdesk", "zhangsan", "text", "收到", {})
-    store.set_status(reply["id"], "sent", wecom_msgid="m1")
-    rows = store.conversations(now=NOW)
+    reply = store.outbox.save("helpdesk", "zhangsan", "text", "收到", {})
+    store.outbox.set_status(reply["id"], "sent", wecom_msgid="m1")
+    rows = store.conversations.all(now=NOW)
     assert [(r["app"], r["user"], r["count"], r["unread"], r["last_id"]) for r in rows] == [
         ("helpdesk", "zhangsan", 2, 1, reply["id"]), ("ops", "zhangsan", 1, 1, rows[1]["last_id"]),
         ("helpdesk", "lisi", 1, 1, rows[2]["last_id"])]
@@ -124,17 +124,17 @@ def test_inbound_outbound_and_retried_deliveries(store):
 
 def test_read_marks_and_replies(store):
     ids = [receive(store, content="m%d" % n)[0]["id"] for n in range(5)]
-    store.mark_read("helpdesk", "zhangsan", ids[2])
-    assert [r["unread"] for r in store.conversations()] == [2]
-    store.mark_read("helpdesk", "zhangsan", ids[0])  # never backwards
-    assert [r["unread"] for r in store.conversations()] == [2]
-    store.save_outbound("helpdesk", "zhangsan", "text", "人工回复", {}, operator="admin")
-    assert [(r["count"], r["unread"]) for r in store.conversations()] == [(6, 2)]
-    store.mark_read("helpdesk", "zhangsan", ids[-1] + 10 ** 6)  # a mark past every message
+    store.conversations.mark_read("helpdesk", "zhangsan", ids[2])
+    assert [r["unread"] for r in store.conversations.all()] == [2]
+    store.conversations.mark_read("helpdesk", "zhangsan", ids[0])  # never backwards
+    assert [r["unread"] for r in store.conversations.all()] == [2]
+    store.outbox.save("helpdesk", "zhangsan", "text", "人工回复", {}, operator="admin")
+    assert [(r["count"], r["unread"]) for r in store.conversations.all()] == [(6, 2)]
+    store.conversations.mark_read("helpdesk", "zhangsan", ids[-1] + 10 ** 6)  # a mark past every message
     receive(store, content="later")  # its id is below the mark: read, as the GROUP BY says
-    assert [(r["count"], r["unread"]) for r in store.conversations()] == [(7, 0)]
-    store.mark_read("helpdesk", "nobody", 5)  # a mark without a conversation adds none
-    store.mark_read("ops", "lisi", 1)
+    assert [(r["count"], r["unread"]) for r in store.conversations.all()] == [(7, 0)]
+    store.conversations.mark_read("helpdesk", "nobody", 5)  # a mark without a conversation adds none
+    store.conversations.mark_read("ops", "lisi", 1)
     receive(store, app="ops", user="lisi")  # a new conversation after an old mark
     assert_same(store)
 
@@ -142,13 +142,13 @@ def test_read_marks_and_replies(store):
 def test_takeover_shows_and_ends(store):
     receive(store, user="zhangsan")
     receive(store, user="lisi")
-    store.pause("helpdesk", "zhangsan", NOW + timedelta(minutes=30), "admin")
-    store.pause("helpdesk", "lisi", NOW - timedelta(minutes=1), "admin")  # over
-    assert {r["user"]: r["paused_until"] for r in store.conversations(now=NOW)} == \
+    store.takeovers.pause("helpdesk", "zhangsan", NOW + timedelta(minutes=30), "admin")
+    store.takeovers.pause("helpdesk", "lisi", NOW - timedelta(minutes=1), "admin")  # over
+    assert {r["user"]: r["paused_until"] for r in store.conversations.all(now=NOW)} == \
         {"zhangsan": "2026-11-28T12:30:00Z", "lisi": None}
     assert_same(store)
-    store.resume("helpdesk", "zhangsan")
-    assert [r["paused_until"] for r in store.conversations(now=NOW)] == [None, None]
+    store.takeovers.resume("helpdesk", "zhangsan")
+    assert [r["paused_until"] for r in store.conversations.all(now=NOW)] == [None, None]
     assert_same(store)
 
 
@@ -157,7 +157,7 @@ def test_messages_without_a_sender_form_one_conversation(store):
     receive(store, user="zhangsan")
     receive(store, user=None, content="系统通知 2")
     receive(store, app="ops", user=None, content="系统通知 3")
-    rows = store.conversations()
+    rows = store.conversations.all()
     assert [(r["app"], r["user"], r["count"], r["unread"]) for r in rows] == [
         ("ops", None, 1, 1), ("helpdesk", None, 2, 2), ("helpdesk", "zhangsan", 1, 1)]
     assert_same(store)
@@ -165,26 +165,26 @@ def test_messages_without_a_sender_form_one_conversation(store):
 
 def test_pruning_shrinks_and_deletes_conversations(store):
     gone = [receive(store, user="lisi", content="lisi %d" % n)[0] for n in range(3)]
-    kept_old = store.save_outbound("helpdesk", "zhangsan", "text", "still pending", {})  # in use: kept
+    kept_old = store.outbox.save("helpdesk", "zhangsan", "text", "still pending", {})  # in use: kept
     old = receive(store, user="zhangsan", content="old")[0]
     new = receive(store, user="zhangsan", content="new")[0]
     nameless = receive(store, user=None, content="old, no sender")[0]
-    store.mark_read("helpdesk", "zhangsan", old["id"])
+    store.conversations.mark_read("helpdesk", "zhangsan", old["id"])
     for row in gone + [kept_old, old, nameless]:
         age(store, row["id"], OLD)
     age(store, new["id"], NOW)
 
-    result = store.prune(CUTOFF, batch=2)
+    result = store.maintenance.prune(CUTOFF, batch=2)
 
     assert result["messages"] == 5
-    rows = store.conversations(now=NOW)
+    rows = store.conversations.all(now=NOW)
     assert [(r["user"], r["count"], r["unread"], r["last_id"]) for r in rows] == \
         [("zhangsan", 2, 1, new["id"])]
     assert_same(store)
     age(store, new["id"], OLD)
-    store.set_status(kept_old["id"], "sent")
-    store.prune(CUTOFF)
-    assert store.conversations() == [] and grouped(store) == []
+    store.outbox.set_status(kept_old["id"], "sent")
+    store.maintenance.prune(CUTOFF)
+    assert store.conversations.all() == [] and grouped(store) == []
 
 
 def test_newest_message_pruned_leaves_the_previous_one_last(store):
@@ -192,8 +192,8 @@ def test_newest_message_pruned_leaves_the_previous_one_last(store):
     last = receive(store, content="last")[0]
     age(store, last["id"], OLD)
     age(store, first["id"], NOW)
-    store.prune(CUTOFF)
-    [row] = store.conversations()
+    store.maintenance.prune(CUTOFF)
+    [row] = store.conversations.all()
     assert (row["last_id"], row["count"], row["last_message"]["content"]) == (first["id"], 1, "first")
     assert_same(store)
 
@@ -210,21 +210,21 @@ def test_random_histories_match_the_group_by(store):
         if action < 0.45:
             key = "k%d" % step
             keys.append((app, user, key))
-            row = store.save_inbound(app, inbound(user, "m%d" % step), key)[0]
+            row = store.messages.save_inbound(app, inbound(user, "m%d" % step), key)[0]
             age(store, row["id"], rng.choice((OLD, NOW)))
         elif action < 0.55 and keys:
             app, user, key = rng.choice(keys)  # a retried delivery (maybe of a pruned message)
-            store.save_inbound(app, inbound(user, "again"), key)
+            store.messages.save_inbound(app, inbound(user, "again"), key)
         elif action < 0.7 and user is not None:
-            row = store.save_outbound(app, user, "text", "reply %d" % step, {}, operator="admin",
+            row = store.outbox.save(app, user, "text", "reply %d" % step, {}, operator="admin",
                                       status=rng.choice(("pending", "sent")))
             age(store, row["id"], rng.choice((OLD, NOW)))
         elif action < 0.85 and user is not None:
-            store.mark_read(app, user, rng.randrange(0, step + 5))
+            store.conversations.mark_read(app, user, rng.randrange(0, step + 5))
         elif action < 0.92 and user is not None:
-            store.pause(app, user, NOW + timedelta(minutes=rng.choice((-5, 5))), "admin")
+            store.takeovers.pause(app, user, NOW + timedelta(minutes=rng.choice((-5, 5))), "admin")
         else:
-            store.prune(CUTOFF, batch=rng.choice((1, 3, 500)))
+            store.maintenance.prune(CUTOFF, batch=rng.choice((1, 3, 500)))
         if step % 10 == 0:
             assert_same(store)
     assert_same(store)
@@ -233,11 +233,11 @@ def test_random_histories_match_the_group_by(store):
 def test_rebuild_gives_the_same_rows(store):
     for n in range(8):
         receive(store, user="u%d" % (n % 3), app=("helpdesk", "ops")[n % 2])
-    store.mark_read("helpdesk", "u0", 3)
-    before = store.conversations(now=NOW)
-    store.Conversation.delete().execute()
-    assert store.rebuild_conversations() == len(before)
-    assert store.conversations(now=NOW) == before
+    store.conversations.mark_read("helpdesk", "u0", 3)
+    before = store.conversations.all(now=NOW)
+    store.models.Conversation.delete().execute()
+    assert store.conversations.rebuild() == len(before)
+    assert store.conversations.all(now=NOW) == before
 
 
 # ------------------------------------------------------------------ the migration
@@ -253,7 +253,7 @@ def test_migration_backfills_an_existing_database(tmp_path):
     store = _at_0003(path)
     assert "conversation" not in store.db.get_tables()
     rng = random.Random(3)
-    M = store.Message
+    M = store.models.Message
     for n in range(400):
         app, user = rng.choice(("helpdesk", "ops", "hr")), rng.choice(["u%d" % i for i in range(25)] + [None])
         if user is not None and rng.random() < 0.3:
@@ -263,9 +263,9 @@ def test_migration_backfills_an_existing_database(tmp_path):
         else:
             M.create(**inbound_row(app, inbound(user, "m%d" % n), "k%d" % n, None, NOW))
     for n in range(10):
-        store.ReadMark.insert(app="helpdesk", user="u%d" % n, last_read_id=rng.randrange(400)) \
+        store.models.ReadMark.insert(app="helpdesk", user="u%d" % n, last_read_id=rng.randrange(400)) \
             .on_conflict_ignore().execute()
-    store.Takeover.create(app="ops", user="u1", until=NOW + timedelta(hours=1), operator="admin")
+    store.models.Takeover.create(app="ops", user="u1", until=NOW + timedelta(hours=1), operator="admin")
     expected = grouped(store)
     store.close()
 
@@ -276,7 +276,7 @@ def test_migration_backfills_an_existing_database(tmp_path):
     assert summary(store, "hr") == grouped(store, "hr")
     # ... and it is kept from then on, by the triggers the migration added.
     receive(store, app="hr", user="u3")
-    store.save_outbound("ops", "u1", "text", "好的", {})
+    store.outbox.save("ops", "u1", "text", "好的", {})
     assert_same(store)
     store.close()
 
@@ -286,7 +286,7 @@ def test_migration_reverts_and_reapplies(tmp_path):
     store.migrate()
     receive(store, content="one")
     receive(store, user="lisi", content="two")
-    before = store.conversations(now=NOW)
+    before = store.conversations.all(now=NOW)
     runner = migrations.Runner(store.db, str(MIGRATIONS_DIR))
     reverted = runner.down("0004_conversations")
     assert reverted[-1] == "0004_conversations"
@@ -295,7 +295,7 @@ def test_migration_reverts_and_reapplies(tmp_path):
     assert not triggers & set(TRIGGERS)
     receive(store, content="three")  # stored while the table is gone: the backfill counts it
     assert store.migrate() == reverted[::-1]
-    after = store.conversations(now=NOW)
+    after = store.conversations.all(now=NOW)
     assert [(r["user"], r["count"]) for r in after] == [("zhangsan", 2), ("lisi", 1)]
     assert after[1] == before[0]
     assert_same(store)
@@ -307,29 +307,29 @@ def test_migration_reverts_and_reapplies(tmp_path):
 def test_pages_follow_the_cursor(store):
     for n in range(7):
         receive(store, user="u%d" % n, app=("helpdesk", "ops")[n % 2])
-    everything = store.conversations(now=NOW)
+    everything = store.conversations.all(now=NOW)
     seen, cursor = [], None
     while True:
-        page, cursor = store.conversation_page(before=cursor, limit=3, now=NOW)
+        page, cursor = store.conversations.page(before=cursor, limit=3, now=NOW)
         seen += page
         if cursor is None:
             break
         assert cursor == page[-1]["last_id"]
     assert seen == everything
-    page, cursor = store.conversation_page(app="ops", limit=2, now=NOW)
+    page, cursor = store.conversations.page(app="ops", limit=2, now=NOW)
     assert [r["user"] for r in page] == ["u5", "u3"] and cursor == page[-1]["last_id"]
-    assert store.conversation_page(app="ops", before=cursor, now=NOW) == ([everything[-2]], None)
-    assert store.conversation_page(limit=10 ** 6)[1] is None  # capped at 500, not refused
+    assert store.conversations.page(app="ops", before=cursor, now=NOW) == ([everything[-2]], None)
+    assert store.conversations.page(limit=10 ** 6)[1] is None  # capped at 500, not refused
     with pytest.raises(ValueError):
-        store.conversation_page(limit=0)
+        store.conversations.page(limit=0)
 
 
 def test_a_page_is_two_queries(store, caplog):
     for n in range(12):
         receive(store, user="u%d" % (n % 5))
-        store.start_run(n + 1, "helpdesk", "u%d" % (n % 5), "greet", "reply")
+        store.runs.start(n + 1, "helpdesk", "u%d" % (n % 5), "greet", "reply")
     with caplog.at_level(logging.DEBUG, logger="peewee"):
-        page, _ = store.conversation_page(limit=3)
+        page, _ = store.conversations.page(limit=3)
     selects = [r for r in caplog.records if r.name == "peewee" and str(r.msg).startswith("('SELECT")]
     assert len(selects) == 2
     assert all(len(row["last_message"]["automation"]) == 1 for row in page)
@@ -345,7 +345,7 @@ def test_the_list_is_read_in_index_order(store):
         sql, params = query.sql()
         return " | ".join(r[-1] for r in store.db.execute_sql("EXPLAIN QUERY PLAN " + sql, params))
 
-    C, T = store.Conversation, store.Takeover
+    C, T = store.models.Conversation, store.models.Takeover
     base = lambda: C.select(C.last_id).join(T, JOIN.LEFT_OUTER, on=(T.app == C.app) & (T.user == C.user))  # noqa: E731
     everything = plan(lambda: base().order_by(C.last_id.desc()).limit(101))
     one_app = plan(lambda: base().where((C.app == "ops") & (C.last_id < 9)).order_by(C.last_id.desc()).limit(101))

@@ -86,13 +86,13 @@ def test_the_write_probe_fails_on_a_read_only_connection_and_changes_nothing(tmp
     path = tmp_path / "probe.db"
     with sqlite3.connect(str(path)) as conn:
         before = list(conn.iterdump())
-    store.check_writable()
+    store.health.check_writable()
     store.db.execute_sql("PRAGMA query_only = 1")  # as if the file or the filesystem were read-only
-    store.ping()  # reading still works: a read-only probe would say "healthy"
+    store.health.ping()  # reading still works: a read-only probe would say "healthy"
     with pytest.raises(StoreError, match="readonly"):
-        store.check_writable()
+        store.health.check_writable()
     store.db.execute_sql("PRAGMA query_only = 0")
-    store.check_writable()
+    store.health.check_writable()
     store.close()
     with sqlite3.connect(str(path)) as conn:
         assert list(conn.iterdump()) == before

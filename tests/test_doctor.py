@@ -343,7 +343,7 @@ class RecordingTest(WecomdTestCase):
         return self.fetch("/callback/helpdesk?%s" % query, method="POST", body=req.body).code
 
     def failures(self) -> list:
-        return self.db(self.services.store.recent_failures, 1000)
+        return self.db(self.services.store.failures.recent, 1000)
 
     def test_a_flood_is_recorded_at_the_rate_limit_and_the_rest_counted(self):
         now = [1000.0]
@@ -383,10 +383,10 @@ def test_the_log_keeps_the_newest_rows(tmp_path):
     store = Store(str(tmp_path / "wecomd.db"))
     store.migrate()
     row = {"app": "helpdesk", "kind": "callback", "status": 403, "category": "signature", "remote_ip": None}
-    store.record_failures([dict(row, at=utcnow(whole_seconds=True), reason="r%d" % n) for n in range(12)])
-    assert store.record_failures([dict(row, at=utcnow(whole_seconds=True), reason="r12")], keep=5) == 8
-    assert [r["reason"] for r in store.recent_failures(100)] == ["r12", "r11", "r10", "r9", "r8"]
-    assert not diff_models(store.db, [store.CallbackFailure])  # the model matches migration 0005
+    store.failures.record([dict(row, at=utcnow(whole_seconds=True), reason="r%d" % n) for n in range(12)])
+    assert store.failures.record([dict(row, at=utcnow(whole_seconds=True), reason="r12")], keep=5) == 8
+    assert [r["reason"] for r in store.failures.recent(100)] == ["r12", "r11", "r10", "r9", "r8"]
+    assert not diff_models(store.db, [store.models.CallbackFailure])  # the model matches migration 0005
     store.close()
 
 
@@ -403,5 +403,5 @@ def test_0005_applied_before_an_earlier_migration_still_lets_that_one_apply(tmp_
     assert migrations.run(store.db, str(early))[-1] == "0005_failures"
     between = [path.stem for path in files if not (early / path.name).exists()]  # 0004, and any later
     assert store.migrate() == between
-    assert store.migrate() == [] and store.recent_failures() == []
+    assert store.migrate() == [] and store.failures.recent() == []
     store.close()

@@ -105,7 +105,7 @@ def fill(directory, count: int, user: str = "zhangsan", msgtype: str = "text", a
             message = Message(msgtype=msgtype, from_user=user, to_user=CORP_ID, agent_id="1000002",
                               create_time=1764370000 + n, msg_id="%s-%s-%d" % (user, msgtype, n),
                               content=content if msgtype == "text" else None, fields=fields)
-            store.save_inbound(app, message, "%s|%s|%s|%d" % (app, user, msgtype, n))
+            store.messages.save_inbound(app, message, "%s|%s|%s|%d" % (app, user, msgtype, n))
     finally:
         store.close()
 

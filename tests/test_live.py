@@ -54,7 +54,7 @@ class LiveTest(WecomdTestCase):
         self.assertEqual(event["type"], "message")
         self.assertEqual(event["message"]["content"], "实时")
         self.assertNotIn("reply", event["message"])
-        stored = await self.services.db(self.services.store.get, event["message"]["id"])
+        stored = await self.services.db(self.services.store.messages.get, event["message"]["id"])
         self.assertEqual(stored["content"], "实时")  # it was committed before it was pushed
         self.assertLess(time.monotonic() - started, 5)
         ws.close()

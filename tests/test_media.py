@@ -38,7 +38,7 @@ class MediaHarness(WecomHarness):
                   "MediaId": media_id, **fields}
         message = Message(msgtype=msgtype, from_user="zhangsan", to_user="ww0123", agent_id="1000002",
                           create_time=1764370000, msg_id=str(next(_keys)), fields=fields)
-        row, _ = await self.db(self.store.save_inbound, app, message, "key-%d" % next(_keys))
+        row, _ = await self.db(self.store.messages.save_inbound, app, message, "key-%d" % next(_keys))
         assert row["media"]["status"] == "pending"
         return row
 
@@ -63,7 +63,7 @@ async def test_image_is_stored_with_its_bytes_size_and_type(tmp_path):
         stored = await h.until_media(row["id"], "stored")
         assert stored["media"] == {"status": "stored", "size": len(body), "type": "image/png",
                                    "name": "photo.png", "error": None}
-        media = await h.db(h.store.get_media, row["id"])
+        media = await h.db(h.store.media.get, row["id"])
         assert media["path"] == "helpdesk/%s/%d-photo.png" % (row["received_at"][:7], row["id"])
         path = vault.path_for(media)
         assert path == (tmp_path / "media" / media["path"]).resolve()
@@ -80,7 +80,7 @@ async def test_file_keeps_its_file_name(tmp_path):
         vault = h.vault()
         stored = await h.until_media(row["id"], "stored")
         assert stored["media"]["name"] == "2026 第四季度报告.pdf"
-        media = await h.db(h.store.get_media, row["id"])
+        media = await h.db(h.store.media.get, row["id"])
         assert media["path"].endswith("/%d-2026 第四季度报告.pdf" % row["id"])
         assert vault.path_for(media).read_bytes() == b"%PDF-1.4 quarterly"
 
@@ -106,7 +106,7 @@ async def test_hostile_file_names_stay_inside_media_dir(tmp_path, hostile):
         name = stored["media"]["name"]
         assert not any(c in name for c in "/\\\x00\r\n") and name not in ("", ".", "..")
         assert len(name.encode("utf-8")) <= mediamod.MAX_NAME_BYTES
-        media = await h.db(h.store.get_media, row["id"])
+        media = await h.db(h.store.media.get, row["id"])
         path = vault.path_for(media)
         assert (tmp_path / "media").resolve() in path.parents
         assert path.parent == (tmp_path / "media" / "helpdesk" / row["received_at"][:7]).resolve()
@@ -207,7 +207,7 @@ async def test_a_failed_write_leaves_no_file_and_is_retried(tmp_path, monkeypatc
         h.clock.advance(2)
         vault.wake()
         await h.until_media(row["id"], "stored")
-        media = await h.db(h.store.get_media, row["id"])
+        media = await h.db(h.store.media.get, row["id"])
         assert h.files() == [media["path"]] and vault.path_for(media).read_bytes() == body
 
 

@@ -20,7 +20,7 @@ class SpyClient:
         self.entered = asyncio.Event()
 
     async def send_text(self, app, to_user, content):
-        rows, _ = await self.harness.db(self.harness.store.messages, limit=100)
+        rows, _ = await self.harness.db(self.harness.store.messages.page, limit=100)
         self.snapshots.append([(row["id"], row["status"]) for row in rows if row["direction"] == "out"])
         self.entered.set()
         if self.gate is not None:
@@ -199,7 +199,7 @@ async def test_rows_left_pending_are_sent_once_after_a_restart(tmp_path):
         first = h.outbox()
         await first.stop()
         submitted = await first.submit("helpdesk", "zhangsan", "queued before the restart")
-        stored = await h.db(h.store.save_outbound, "helpdesk", "lisi", "text", "left by a crash",
+        stored = await h.db(h.store.outbox.save, "helpdesk", "lisi", "text", "left by a crash",
                             {"msgtype": "text", "text": {"content": "left by a crash"}})
         await asyncio.sleep(0.15)
         assert h.fake.calls == []  # the stopped outbox sends nothing
@@ -283,15 +283,15 @@ async def test_submit_rejects_unknown_app_and_empty_content(tmp_path):
                      ("helpdesk", "zhangsan", " \n "), ("helpdesk", "", "hi")):
             with pytest.raises(ValueError):
                 await outbox.submit(*args)
-        assert await h.db(h.store.count) == 0 and h.events == []
+        assert await h.db(h.store.messages.count) == 0 and h.events == []
 
 
 @async_test
 async def test_other_msgtypes_send_the_payload_kept_in_fields(tmp_path):
     async with WecomHarness(tmp_path) as h:
-        markdown = await h.db(h.store.save_outbound, "helpdesk", "zhangsan", "markdown", "**done**",
+        markdown = await h.db(h.store.outbox.save, "helpdesk", "zhangsan", "markdown", "**done**",
                               {"msgtype": "markdown", "markdown": {"content": "**done**"}})
-        bare = await h.db(h.store.save_outbound, "helpdesk", "zhangsan", "news", None, {})
+        bare = await h.db(h.store.outbox.save, "helpdesk", "zhangsan", "news", None, {})
         h.outbox()
         await h.until_status(markdown["id"], "sent")
         failed = await h.until_status(bare["id"], "failed")

@@ -34,14 +34,14 @@ def inbound(store, content, user="zhangsan", app="helpdesk", at=OLD, **fields):
     fields = {"FromUserName": user, "MsgType": msgtype, "Content": content, **fields}
     message = Message(msgtype=msgtype, from_user=user, to_user="ww0123", agent_id="1000002",
                       create_time=1764370000, msg_id=None, content=content, fields=fields)
-    row = store.save_inbound(app, message, "%s|%s|%s|%d" % (app, user, content, store.count()))[0]
+    row = store.messages.save_inbound(app, message, "%s|%s|%s|%d" % (app, user, content, store.messages.count()))[0]
     return _age(store, row["id"], at)
 
 
 def outbound(store, content, status, user="zhangsan", at=OLD):
-    row = store.save_outbound("helpdesk", user, "text", content, {"text": {"content": content}})
+    row = store.outbox.save("helpdesk", user, "text", content, {"text": {"content": content}})
     if status != "pending":
-        store.set_status(row["id"], status, error="x" if status == "failed" else None)
+        store.outbox.set_status(row["id"], status, error="x" if status == "failed" else None)
     return _age(store, row["id"], at)
 
 
@@ -50,25 +50,25 @@ def with_file(store, media_dir, row, name="photo.jpg"):
     relative = "helpdesk/%s/%d-%s" % (row["received_at"][:7], row["id"], name)
     (media_dir / relative).parent.mkdir(parents=True, exist_ok=True)
     (media_dir / relative).write_bytes(b"\xff\xd8 jpeg")
-    store.set_media(row["id"], "stored", path=relative, size=7, mime="image/jpeg", name=name)
+    store.media.record(row["id"], "stored", path=relative, size=7, mime="image/jpeg", name=name)
     return media_dir / relative
 
 
 def _age(store, message_id, at):
-    M = store.Message
+    M = store.models.Message
     M.update(received_at=at).where(M.id == message_id).execute()
-    return store.get(message_id)
+    return store.messages.get(message_id)
 
 
 def ids(store):
-    return [row.id for row in store.Message.select(store.Message.id).order_by(store.Message.id)]
+    return [row.id for row in store.models.Message.select(store.models.Message.id).order_by(store.models.Message.id)]
 
 
 def fts_ok(store):
     """The FTS5 index matches the message table: integrity-check passes, one entry per row."""
     store.db.execute_sql("INSERT INTO message_fts(message_fts) VALUES ('integrity-check')")
     indexed = store.db.execute_sql("SELECT count(*) FROM message_fts_docsize").fetchone()[0]
-    return indexed == store.count()
+    return indexed == store.messages.count()
 
 
 # --- Store.prune ---------------------------------------------------------------------------------
@@ -77,41 +77,41 @@ def test_prune_deletes_old_messages_with_their_runs_and_search_entries(store):
     old = [inbound(store, "旧的消息 number %d" % n) for n in range(3)]
     new = inbound(store, "新的消息 number 9", at=RECENT)
     for row in old + [new]:
-        run = store.start_run(row["id"], "helpdesk", "zhangsan", "greet", "reply")
-        store.finish_run(run["id"], "ok", path="passive")
-    assert store.messages(q="旧的消息")[0] and fts_ok(store)
+        run = store.runs.start(row["id"], "helpdesk", "zhangsan", "greet", "reply")
+        store.runs.finish(run["id"], "ok", path="passive")
+    assert store.messages.page(q="旧的消息")[0] and fts_ok(store)
 
-    result = store.prune(CUTOFF)
+    result = store.maintenance.prune(CUTOFF)
 
     assert result == {"messages": 3, "rule_runs": 3, "read_marks": 0, "takeovers": 0, "batches": 1,
                       "media": [], "more": False}
     assert ids(store) == [new["id"]]
-    assert store.messages(q="旧的消息") == ([], None)
-    assert store.messages(q="旧的")[0] == []  # the short-query LIKE scan too
-    assert [m["id"] for m in store.messages(q="新的消息")[0]] == [new["id"]]
+    assert store.messages.page(q="旧的消息") == ([], None)
+    assert store.messages.page(q="旧的")[0] == []  # the short-query LIKE scan too
+    assert [m["id"] for m in store.messages.page(q="新的消息")[0]] == [new["id"]]
     assert fts_ok(store)
-    assert store.runs_for([r["id"] for r in old]) == {r["id"]: [] for r in old}
-    assert store.RuleRun.select().count() == 1
-    assert len(store.get(new["id"])["automation"]) == 1
+    assert store.runs.for_messages([r["id"] for r in old]) == {r["id"]: [] for r in old}
+    assert store.models.RuleRun.select().count() == 1
+    assert len(store.messages.get(new["id"])["automation"]) == 1
 
 
 def test_conversations_vanish_or_shrink_and_their_read_marks_follow(store):
     gone = [inbound(store, "lisi %d" % n, user="lisi") for n in range(2)]
     kept_old = inbound(store, "zhangsan old")
     kept_new = inbound(store, "zhangsan new", at=RECENT)
-    store.mark_read("helpdesk", "lisi", gone[-1]["id"])
-    store.mark_read("helpdesk", "zhangsan", kept_old["id"])
-    store.pause("helpdesk", "lisi", OLD + timedelta(minutes=30))  # ended long ago
-    store.pause("helpdesk", "zhangsan", NOW + timedelta(minutes=30))
-    assert [c["user"] for c in store.conversations(now=NOW)] == ["zhangsan", "lisi"]
+    store.conversations.mark_read("helpdesk", "lisi", gone[-1]["id"])
+    store.conversations.mark_read("helpdesk", "zhangsan", kept_old["id"])
+    store.takeovers.pause("helpdesk", "lisi", OLD + timedelta(minutes=30))  # ended long ago
+    store.takeovers.pause("helpdesk", "zhangsan", NOW + timedelta(minutes=30))
+    assert [c["user"] for c in store.conversations.all(now=NOW)] == ["zhangsan", "lisi"]
 
-    result = store.prune(CUTOFF)
+    result = store.maintenance.prune(CUTOFF)
 
     assert (result["messages"], result["read_marks"], result["takeovers"]) == (3, 1, 1)
-    [conversation] = store.conversations(now=NOW)
+    [conversation] = store.conversations.all(now=NOW)
     assert (conversation["user"], conversation["count"], conversation["unread"]) == ("zhangsan", 1, 1)
     assert conversation["last_id"] == kept_new["id"] and conversation["paused_until"] is not None
-    assert [(r.user, r.last_read_id) for r in store.ReadMark.select()] == [("zhangsan", kept_old["id"])]
+    assert [(r.user, r.last_read_id) for r in store.models.ReadMark.select()] == [("zhangsan", kept_old["id"])]
 
 
 def test_messages_still_in_use_are_kept_whatever_their_age(store):
@@ -120,19 +120,19 @@ def test_messages_still_in_use_are_kept_whatever_their_age(store):
     failed = outbound(store, "gave up", "failed")
     downloading = inbound(store, "", msgtype="image", MediaId="MEDIA1")
     webhook = inbound(store, "forwarded")
-    store.start_run(webhook["id"], "helpdesk", "zhangsan", "forward", "webhook", status="pending",
+    store.runs.start(webhook["id"], "helpdesk", "zhangsan", "forward", "webhook", status="pending",
                     url="https://ops.example.com/", payload=b"{}")
     running = inbound(store, "command running")
-    store.start_run(running["id"], "helpdesk", "zhangsan", "backup", "run")
+    store.runs.start(running["id"], "helpdesk", "zhangsan", "backup", "run")
 
-    result = store.prune(CUTOFF)
+    result = store.maintenance.prune(CUTOFF)
 
     assert result["messages"] == 2
     assert ids(store) == [pending["id"], downloading["id"], webhook["id"], running["id"]]
     assert sent["id"] not in ids(store) and failed["id"] not in ids(store)
-    assert store.due_outbound(NOW)[0]["id"] == pending["id"]
-    assert store.get(downloading["id"])["media"]["status"] == "pending"
-    assert [r["status"] for r in store.due_webhooks(NOW)] == ["pending"]
+    assert store.outbox.due(NOW)[0]["id"] == pending["id"]
+    assert store.messages.get(downloading["id"])["media"]["status"] == "pending"
+    assert [r["status"] for r in store.runs.due_webhooks(NOW)] == ["pending"]
 
 
 def test_prune_returns_the_media_paths_of_deleted_rows_only(store, tmp_path):
@@ -140,9 +140,9 @@ def test_prune_returns_the_media_paths_of_deleted_rows_only(store, tmp_path):
     old_file = with_file(store, media, inbound(store, "", msgtype="image", MediaId="M1"))
     new_file = with_file(store, media, inbound(store, "", msgtype="image", MediaId="M2", at=RECENT), "new.jpg")
     failed = inbound(store, "", msgtype="voice", MediaId="M3")
-    store.set_media(failed["id"], "failed", error="errcode 40007")  # no file ever written
+    store.media.record(failed["id"], "failed", error="errcode 40007")  # no file ever written
 
-    result = store.prune(CUTOFF)
+    result = store.maintenance.prune(CUTOFF)
 
     assert result["messages"] == 2
     assert result["media"] == [str(old_file.relative_to(media))]
@@ -155,7 +155,7 @@ def test_prune_runs_in_batches_each_its_own_transaction(store, caplog):
     recent = inbound(store, "recent", at=RECENT)
     caplog.set_level(logging.DEBUG, logger="peewee")
 
-    result = store.prune(CUTOFF, batch=10)
+    result = store.maintenance.prune(CUTOFF, batch=10)
 
     assert (result["messages"], result["batches"], result["more"]) == (35, 4, False)
     assert ids(store) == [recent["id"]] and fts_ok(store)
@@ -169,21 +169,21 @@ def test_prune_with_max_batches_stops_and_says_there_is_more(store, tmp_path):
     other = sqlite3.connect(str(tmp_path / "wecomd.db"))
     counts = []
     while True:
-        result = store.prune(CUTOFF, batch=10, max_batches=1)
+        result = store.maintenance.prune(CUTOFF, batch=10, max_batches=1)
         counts.append(other.execute("SELECT count(*) FROM message").fetchone()[0])  # committed
         if not result["more"]:
             break
     other.close()
     assert counts == [15, 5, 0]
-    assert store.prune(CUTOFF, batch=10, max_batches=1) == {
+    assert store.maintenance.prune(CUTOFF, batch=10, max_batches=1) == {
         "messages": 0, "rule_runs": 0, "read_marks": 0, "takeovers": 0, "batches": 0, "media": [],
         "more": False}
 
 
 def test_prune_takes_aware_times_and_an_empty_database(store):
-    assert store.prune(datetime.now(timezone.utc))["messages"] == 0
+    assert store.maintenance.prune(datetime.now(timezone.utc))["messages"] == 0
     inbound(store, "old")
-    assert store.prune(CUTOFF.replace(tzinfo=timezone.utc))["messages"] == 1
+    assert store.maintenance.prune(CUTOFF.replace(tzinfo=timezone.utc))["messages"] == 1
 
 
 # --- the Retention worker ------------------------------------------------------------------------
@@ -291,7 +291,7 @@ async def test_worker_never_deletes_outside_media_dir(tmp_path, caplog):
     outside.write_text("keep me")
     async with Harness(tmp_path) as h:
         row = await h.db(inbound, h.store, "", msgtype="image", MediaId="M")
-        await h.db(h.store.set_media, row["id"], "stored", path="../precious.txt", size=7)
+        await h.db(h.store.media.record, row["id"], "stored", path="../precious.txt", size=7)
         worker = h.retention()
         await h.until(lambda: _done(worker, messages=1))
     assert outside.read_text() == "keep me"

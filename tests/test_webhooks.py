@@ -99,18 +99,18 @@ class Harness(StoreHarness):
         message = Message(msgtype="text", from_user="zhangsan", to_user="ww0123", agent_id="1000002",
                           create_time=1764370000, msg_id="7357159753458634752", content=content,
                           fields=fields, raw="<xml/>")
-        row, _ = await self.db(self.store.save_inbound, "helpdesk", message, key)
-        return await self.db(self.store.get, row["id"])
+        row, _ = await self.db(self.store.messages.save_inbound, "helpdesk", message, key)
+        return await self.db(self.store.messages.get, row["id"])
 
     async def pending(self, rule: str = "notify", message: Optional[dict] = None) -> dict:
         """A pending webhook run with its body, as the orchestrator stores it before the first try."""
         message = message or await self.message()
         body = body_for(message, rule, "helpdesk")
-        return await self.db(self.store.start_run, message["id"], "helpdesk", "zhangsan", rule, "webhook",
+        return await self.db(self.store.runs.start, message["id"], "helpdesk", "zhangsan", rule, "webhook",
                              status="pending", url=self.rules.get(rule, (None,))[0], payload=body)
 
     async def run(self, run_id: int) -> dict:
-        return await self.db(self.store.get_run, run_id)
+        return await self.db(self.store.runs.get, run_id)
 
     async def until_run(self, run_id: int, status: str, attempts: Optional[int] = None) -> dict:
         async def check():
@@ -208,7 +208,7 @@ async def test_attempt_delivers_signed_body_with_headers(tmp_path):
         assert done["duration_ms"] > 0 and done["finished_at"] is not None
         assert h.automation(run["id"]) == [("ok", None)]
         (event,) = h.events
-        assert event["message"] == await h.db(h.store.get, run["message_id"])
+        assert event["message"] == await h.db(h.store.messages.get, run["message_id"])
         assert h.replies == []
 
 

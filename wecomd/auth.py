@@ -92,7 +92,7 @@ class Sessions:
 
     async def load(self) -> int:
         """Read the unexpired sessions (the expired are deleted); returns how many."""
-        rows = await self._db(self._store.live_sessions, self._clock())
+        rows = await self._db(self._store.sessions.live, self._clock())
         self._live = {row["token_hash"]: row for row in rows}
         return len(self._live)
 
@@ -102,7 +102,7 @@ class Sessions:
         now = self._clock()
         row = dict(token_hash=_digest(token), user=user, credential=credential, client=client[:64],
                    created_at=now, expires_at=now + timedelta(days=self.days))
-        await self._db(self._store.create_session, row, now)
+        await self._db(self._store.sessions.create, row, now)
         self._live = {h: r for h, r in self._live.items() if r["expires_at"] > now}
         self._live[row["token_hash"]] = row
         return token
@@ -129,7 +129,7 @@ class Sessions:
             return False
         digest = _digest(token)
         known = self._live.pop(digest, None) is not None
-        await self._db(self._store.end_session, digest)
+        await self._db(self._store.sessions.end, digest)
         return known
 
     @property

@@ -130,7 +130,7 @@ class FailureRecorder:
             if self._since_prune >= PRUNE_EVERY:
                 keep, self._since_prune = self.keep, 0
             try:
-                await self._run_db(self._store.record_failures, rows, keep)
+                await self._run_db(self._store.failures.record, rows, keep)
                 self.recorded += len(rows)
             except Exception as exc:
                 self.lost += len(rows)

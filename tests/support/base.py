@@ -57,7 +57,7 @@ class WecomdTestCase(AsyncHTTPTestCase):
     # --- the database, through the server's own thread ------------------------------------
 
     def rows(self) -> list[dict]:
-        rows, _ = self.db(self.services.store.messages, limit=500)
+        rows, _ = self.db(self.services.store.messages.page, limit=500)
         return rows
 
     def inbound(self) -> list[dict]:

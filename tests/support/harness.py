@@ -2,7 +2,7 @@
 (outbox, media, webhooks, retention) without HTTP.
 
     async with StoreHarness(tmp_path) as h:        # a migrated SQLite file in tmp_path
-        row = await h.db(h.store.get, 1)           # on the writer thread, committed when it returns
+        row = await h.db(h.store.messages.get, 1)           # on the writer thread, committed when it returns
         worker = h.start(Retention(h.db, h.store, ..., clock=h.clock))  # stopped on exit
         await h.until(predicate)                   # poll an async predicate
 
@@ -97,7 +97,7 @@ class WecomHarness(StoreHarness):
         return self.start(outbox, start)
 
     async def row(self, message_id: int) -> dict:
-        return await self.db(self.store.get, message_id)
+        return await self.db(self.store.messages.get, message_id)
 
     async def until_status(self, message_id: int, status: str, attempts=None) -> dict:
         async def check():

@@ -43,7 +43,7 @@ def backup(config: Config, args: argparse.Namespace) -> int:
     except StoreError as exc:
         return _fail(str(exc), EXIT_PROBLEM)
     try:
-        result = store.backup(target)
+        result = store.maintenance.backup(target)
     except ValueError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except StoreError as exc:

@@ -43,7 +43,7 @@ def export(config: Config, args: argparse.Namespace) -> int:
     store = Store(config.server.database)
     try:
         store.migrate()
-        rows = store.iter_export(since=args.since, **filters)
+        rows = store.messages.iter_export(since=args.since, **filters)
         out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
         try:
             count = exporting.write(rows, out, args.format)

@@ -68,7 +68,7 @@ def run_replay(config: Config, args: argparse.Namespace, out: IO[str] = sys.stdo
     hits: collections.Counter = collections.Counter()
     seen = 0
     try:
-        for row in store.iter_inbound(since=args.since, app=args.app):
+        for row in store.messages.iter_inbound(since=args.since, app=args.app):
             seen += 1
             if row["app"] not in config.apps:
                 continue

@@ -13,7 +13,7 @@ from wecomd import exporting
 from wecomd.handlers.base import ApiHandler
 from wecomd.handlers.dashboard import public_apps
 from wecomd.workers.media import MEDIA_CSP, serving_type
-from wecomd.store.conversations import CONVERSATION_PAGE
+from wecomd.store import CONVERSATION_PAGE
 
 # A message id in a path: ASCII digits, at most 18 of them so that it always fits the database's
 # 64-bit integers (longer ones are answered 400 by IdOutOfRangeHandler, not passed to SQLite).
@@ -29,7 +29,7 @@ class AppsHandler(ApiHandler):
 class ConversationsHandler(ApiHandler):
     async def get(self) -> None:
         rows, cursor = await self.services.read(
-            self.services.store.conversation_page, app=self.get_query_argument("app", None) or None,
+            self.services.store.conversations.page, app=self.get_query_argument("app", None) or None,
             before=_int_arg(self, "before"), limit=_int_arg(self, "limit") or CONVERSATION_PAGE)
         self.write_json({"conversations": rows, "next": cursor})
 
@@ -40,7 +40,7 @@ class ReadHandler(ApiHandler):
         app, user, up_to = body.get("app"), body.get("user"), body.get("up_to_id")
         if not isinstance(app, str) or not isinstance(user, str) or not _is_id(up_to):
             raise web.HTTPError(400, "send {\"app\": str, \"user\": str, \"up_to_id\": int}")
-        await self.services.db(self.services.store.mark_read, app, user, up_to)
+        await self.services.db(self.services.store.conversations.mark_read, app, user, up_to)
         self.set_status(204)
         self.finish()
 
@@ -49,7 +49,7 @@ class MessagesHandler(ApiHandler):
     async def get(self) -> None:
         filters = message_filters(self)
         rows, cursor = await self.services.read(
-            self.services.store.messages, before=_int_arg(self, "before"), limit=_int_arg(self, "limit") or 50, **filters
+            self.services.store.messages.page, before=_int_arg(self, "before"), limit=_int_arg(self, "limit") or 50, **filters
         )
         self.write_json({"messages": rows, "next": cursor})
 
@@ -75,7 +75,7 @@ class MessagesHandler(ApiHandler):
 
 class MessageHandler(ApiHandler):
     async def get(self, message_id: str) -> None:
-        row = await self.services.read(self.services.store.get, int(message_id))
+        row = await self.services.read(self.services.store.messages.get, int(message_id))
         if row is None:
             raise web.HTTPError(404, "no message %s", message_id)
         self.write_json(row)
@@ -94,7 +94,7 @@ class RetryHandler(ApiHandler):
 
 class MediaHandler(ApiHandler):
     async def get(self, message_id: str) -> None:
-        media = await self.services.read(self.services.store.get_media, int(message_id))
+        media = await self.services.read(self.services.store.media.get, int(message_id))
         if not media or media.get("status") != "stored":
             raise web.HTTPError(404, "no downloaded media for message %s (%s)", message_id,
                                 (media or {}).get("status") or "none")
@@ -129,7 +129,7 @@ class ExportHandler(ApiHandler):
 
 def _export_to_file(store: Any, path: str, fmt: str, filters: dict) -> int:
     with open(path, "w", encoding="utf-8", newline="") as out:
-        return exporting.write(store.iter_export(**filters), out, fmt)
+        return exporting.write(store.messages.iter_export(**filters), out, fmt)
 
 
 class IdOutOfRangeHandler(ApiHandler):

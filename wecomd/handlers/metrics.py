@@ -28,7 +28,7 @@ class MetricsHandler(ApiHandler):
         metrics = self.services.metrics
         try:
             # One COUNT on the reader thread, so a scrape never waits behind the writer's queue.
-            depth = await self.services.read(self.services.store.outbox_depth)
+            depth = await self.services.read(self.services.store.outbox.depth)
         except StoreError as exc:
             logger.warning("metrics: cannot count the outbox: %s", exc)
             depth = float("nan")  # unknown, rather than a stale number

@@ -31,8 +31,8 @@ class HealthHandler(BaseHandler):
 
 
 def _probe(store: Any) -> None:
-    store.ping()
-    store.check_writable()
+    store.health.ping()
+    store.health.check_writable()
 
 
 def routes(services: Any) -> list:

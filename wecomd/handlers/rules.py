@@ -12,7 +12,7 @@ class RulesHandler(ApiHandler):
     """The rules in the order they are tried, with hit counts and when each last fired."""
 
     async def get(self) -> None:
-        stats = await self.services.read(self.services.store.rule_stats)
+        stats = await self.services.read(self.services.store.runs.stats)
         rules = [dict(public_rule(rule), **stats.get(rule.name, {"hits": 0, "last_fired": None, "failures": 0}))
                  for rule in self.services.rules]
         self.write_json({"rules": rules, "settings": {

@@ -1,4 +1,5 @@
-"""Storage of conversations: the summary behind /api/conversations, and the dashboard's read marks.
+"""Conversations (tables `conversation` and `conversation_read`): the summary behind
+/api/conversations, and the dashboard's read marks.
 
 `conversation` holds one row per (app, user) that has messages: the id of its newest message
 (`last_id`), how many messages it has, inbound and outbound, and how many of its inbound messages
@@ -7,19 +8,16 @@ grouping all messages by (app, user) gives, and it stays so in the transaction o
 
 - a new message, inbound or outbound, is counted by one UPSERT (INSERT ... ON CONFLICT (app,
   user) DO UPDATE). On SQLite it is the body of the 0004 migration's AFTER INSERT trigger, so
-  save_inbound stays one statement, atomic without a savepoint (writer.single_write); elsewhere
-  `_tally` runs the same UPSERT, precompiled, after the INSERT. A retried delivery of a stored
-  message updates its row instead of inserting one, so it is never counted again;
+  Messages.save_inbound stays one statement, atomic without a savepoint (writer.single_write);
+  elsewhere `count_new` runs the same UPSERT, precompiled, after the INSERT. A retried delivery of
+  a stored message updates its row instead of inserting one, so it is never counted again;
 - `mark_read` counts the conversation's unread messages again from the new mark;
-- `prune` takes the messages it deletes off their conversations (`_untally`, `_settle`), and
-  deletes the conversations that have none left.
+- Maintenance.prune takes the messages it deletes off their conversations (`before_delete`,
+  `after_delete`), and deletes the conversations that have none left.
 
-The 0004 migration built the table from the messages already stored; `rebuild_conversations`
-builds it again the same way. A message without a user (no FromUserName) belongs to the
-conversation whose user is NULL, as in a GROUP BY; read marks and takeovers never match it.
-
-`Store` inherits these queries from `ConversationQueries`; the models are declared here unbound and
-bound per Store, as the message models are.
+The 0004 migration built the table from the messages already stored; `rebuild` builds it again the
+same way. A message without a user (no FromUserName) belongs to the conversation whose user is
+NULL, as in a GROUP BY; read marks and takeovers never match it.
 """
 from __future__ import annotations
 
@@ -29,35 +27,32 @@ from typing import Optional, Sequence
 import peewee
 from peewee import EXCLUDED, JOIN, Case, SqliteDatabase, fn
 
-from .models import Conversation, ReadMark
 from .errors import guarded
-from .paging import page_size
+from .models import Models
+from .paging import keyset, page_size
 from .serialize import automation_json, to_json
 from .times import iso, naive_utc, utcnow
 
 CONVERSATION_PAGE = 100  # conversations per page when the caller does not say
 
 
-class ConversationQueries:
-    """The conversation list, read marks and the upkeep of the summary; a part of Store.
+class Conversations:
+    """The conversation list of the database `db` (named `name`), through the bound `models`: it
+    reads messages, read marks, takeovers and rule runs with the summary."""
 
-    Expects `db`, `Message`, `ReadMark`, `Conversation`, `RuleRun`, `Takeover`, `_sql_cache` and
-    `_failures` from Store.
-    """
-
-    db: peewee.Database
-    Message: type
-    ReadMark: type[ReadMark]
-    Conversation: type[Conversation]
-    RuleRun: type
-    Takeover: type
-    _sql_cache: dict
+    def __init__(self, db: peewee.Database, name: str, models: Models) -> None:
+        self.db, self.name = db, name
+        self.Message, self.ReadMark, self.Conversation = models.Message, models.ReadMark, models.Conversation
+        self.Takeover, self.RuleRun = models.Takeover, models.RuleRun
+        # On SQLite the 0004 migration's triggers count a new message inside its INSERT.
+        self.counted_by_triggers = isinstance(db, SqliteDatabase)
+        self._sql_cache: dict = {}
 
     # ------------------------------------------------------------ reading
 
     @guarded("list conversations")
-    def conversations(self, app: Optional[str] = None, now: Optional[datetime] = None,
-                      before: Optional[int] = None, limit: Optional[int] = None) -> list[dict]:
+    def all(self, app: Optional[str] = None, now: Optional[datetime] = None,
+            before: Optional[int] = None, limit: Optional[int] = None) -> list[dict]:
         """Conversations newest first (by their newest message), all of them unless `limit`.
 
         Each row: app, user, count, unread (inbound messages after the read mark, all of them
@@ -65,24 +60,20 @@ class ConversationQueries:
         paused_until (ISO "Z" while automation is paused for the user at `now`, else None).
         `before` keeps those whose last_id is below it. Two queries, whatever the number of rows.
         """
-        return self._conversation_rows(app, before, None if limit is None else page_size(limit), now)
+        return self._rows(app, before, None if limit is None else page_size(limit), now)
 
     @guarded("list conversations")
-    def conversation_page(self, app: Optional[str] = None, before: Optional[int] = None,
-                          limit: int = CONVERSATION_PAGE,
-                          now: Optional[datetime] = None) -> tuple[list[dict], Optional[int]]:
-        """(one page of conversations(), cursor for the next page or None).
+    def page(self, app: Optional[str] = None, before: Optional[int] = None,
+             limit: int = CONVERSATION_PAGE, now: Optional[datetime] = None) -> tuple[list[dict], Optional[int]]:
+        """(one page of all(), cursor for the next page or None).
 
-        Keyset paging on last_id, as messages() pages on id: pass the cursor back as `before`.
+        Keyset paging on last_id, as Messages.page pages on id: pass the cursor back as `before`.
         """
         limit = page_size(limit)
-        rows = self._conversation_rows(app, before, limit + 1, now)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return rows, (rows[-1]["last_id"] if more else None)
+        return keyset(self._rows(app, before, limit + 1, now), limit, lambda row: row["last_id"])
 
-    def _conversation_rows(self, app: Optional[str], before: Optional[int], limit: Optional[int],
-                           now: Optional[datetime]) -> list[dict]:
+    def _rows(self, app: Optional[str], before: Optional[int], limit: Optional[int],
+              now: Optional[datetime]) -> list[dict]:
         C, T = self.Conversation, self.Takeover
         paused = (T.app == C.app) & (T.user == C.user) & (T.until > naive_utc(now or utcnow()))
         # (app, user) is unique in takeover: the join adds no rows. The order is an index's.
@@ -138,7 +129,7 @@ class ConversationQueries:
     # ------------------------------------------------------------ upkeep of the summary
 
     @guarded("rebuild the conversation list")
-    def rebuild_conversations(self) -> int:
+    def rebuild(self) -> int:
         """Build `conversation` again from all messages (as the 0004 migration did); return its rows.
 
         One INSERT ... SELECT ... GROUP BY in one transaction: for repairs, and bulk loads that
@@ -154,21 +145,18 @@ class ConversationQueries:
             C.insert_from(groups, [C.app, C.user, C.last_id, C.messages, C.unread]).execute()
             return C.select().count()
 
-    def _count_new(self, app: str, user: Optional[str], message_id: int, inbound: bool) -> None:
-        """Count the message `message_id` just inserted in its conversation, unless the database
-        did already: on SQLite the 0004 triggers count it within the INSERT statement itself."""
-        if not isinstance(self.db, SqliteDatabase):
-            self._tally(app, user, message_id, inbound)
-
-    def _tally(self, app: str, user: Optional[str], message_id: int, inbound: bool) -> None:
-        """Count the new message `message_id` in its conversation, in the caller's transaction.
+    def count_new(self, app: str, user: Optional[str], message_id: int, inbound: bool) -> None:
+        """Count the message `message_id` just inserted in its conversation, in the caller's
+        transaction, unless the triggers did already (counted_by_triggers).
 
         One UPSERT, its SQL built once (it runs on every callback). An inbound message is unread
         unless the conversation's read mark is already at or past it.
         """
+        if self.counted_by_triggers:
+            return
         if user is None:
-            return self._tally_without_user(app, message_id, inbound)
-        sql = self._sql_cache.get(("tally", inbound))
+            return self._count_without_user(app, message_id, inbound)
+        sql = self._sql_cache.get(inbound)
         if sql is None:
             unread = ('CASE WHEN {p} > COALESCE((SELECT r."last_read_id" FROM "conversation_read" AS r '
                       'WHERE r."app" = {p} AND r."user" = {p}), 0) THEN 1 ELSE 0 END') if inbound else "0"
@@ -178,11 +166,11 @@ class ConversationQueries:
                    'THEN excluded."last_id" ELSE "conversation"."last_id" END, '
                    '"messages" = "conversation"."messages" + 1, '
                    '"unread" = "conversation"."unread" + excluded."unread"' % unread)
-            sql = self._sql_cache[("tally", inbound)] = sql.replace("{p}", self.db.param)
+            sql = self._sql_cache[inbound] = sql.replace("{p}", self.db.param)
         params = (app, user, message_id, message_id, app, user) if inbound else (app, user, message_id)
         self.db.execute_sql(sql, params)
 
-    def _tally_without_user(self, app: str, message_id: int, inbound: bool) -> None:
+    def _count_without_user(self, app: str, message_id: int, inbound: bool) -> None:
         # NULLs never conflict in a unique index: the conversation of user NULL is found by hand.
         C, unread = self.Conversation, int(inbound)
         newest = Case(None, [(C.last_id < message_id, message_id)], C.last_id)
@@ -190,9 +178,9 @@ class ConversationQueries:
         if not C.update(changes).where((C.app == app) & C.user.is_null()).execute():
             C.insert(app=app, user=None, last_id=message_id, messages=1, unread=unread).execute()
 
-    def _untally(self, ids: Sequence[int]) -> list[tuple]:
+    def before_delete(self, ids: Sequence[int]) -> list[tuple]:
         """Before messages `ids` are deleted: (app, user, messages, unread) they take away, per
-        conversation. Pass the result to _settle once they are gone, in the same transaction."""
+        conversation. Pass the result to after_delete once they are gone, in the same transaction."""
         M, R = self.Message, self.ReadMark
         after_mark = (M.direction == "in") & (M.id > fn.COALESCE(R.last_read_id, 0))
         query = (M.select(M.app, M.user, fn.COUNT(M.id), fn.COUNT(Case(None, [(after_mark, 1)])))
@@ -200,7 +188,7 @@ class ConversationQueries:
                  .where(M.id.in_(list(ids))).group_by(M.app, M.user))
         return list(query.tuples())
 
-    def _settle(self, removed: list[tuple]) -> None:
+    def after_delete(self, removed: list[tuple]) -> None:
         """Take deleted messages off their conversations; delete conversations left empty."""
         M, C = self.Message, self.Conversation
         for app, user, count, unread in removed:
@@ -210,9 +198,6 @@ class ConversationQueries:
                 .where((C.app == app) & _same_user(C.user, user)).execute()
         if removed:
             C.delete().where(C.messages <= 0).execute()
-
-    def _failures(self, action: str):  # provided by Store
-        raise NotImplementedError
 
 
 def _same_user(column: peewee.Field, user: Optional[str]) -> peewee.Expression:

@@ -1,4 +1,5 @@
-"""The write probe behind /healthz (Store.check_writable): can the database take a write right now?
+"""The database's health behind /healthz: can it be read (Health.ping), and can it take a write right
+now (Health.check_writable)?
 
 Reading is not enough: a database that is locked by another process, read-only, or on a full disk
 still answers SELECTs while every callback fails with 503. The probe therefore
@@ -11,17 +12,19 @@ still answers SELECTs while every callback fails with 503. The probe therefore
    changes: nothing is left behind in the database. Elsewhere it runs an UPDATE that matches no
    row, which a read-only connection or transaction still refuses.
 
-A probe that fails raises (OSError or a database error; Store.check_writable turns them into
-StoreError). Once the trouble is gone the next probe succeeds: nothing is remembered between probes.
+A probe that fails raises StoreError (from OSError or a database error). Once the trouble is gone
+the next probe succeeds: nothing is remembered between probes.
 """
 from __future__ import annotations
 
 import errno
 import os
-from typing import Any
 
 import peewee
 from peewee import SQL
+
+from .errors import guarded
+from .models import Message
 
 MIN_FREE_BYTES = 1 << 20  # 1 MiB
 
@@ -37,16 +40,29 @@ def human_size(count: float) -> str:
     return "%.1f GiB" % (count / 1024)
 
 
-def check_writable(store: Any) -> None:
-    """Raise unless `store`'s database can take (and, run by the writer, commit) a write now."""
-    db = store.db
-    if not isinstance(db, peewee.SqliteDatabase):
-        M = store.Message
-        M.update(id=M.id).where(SQL("1 = 0")).execute()
-        return
-    check_free_space(store.name)
-    value = db.execute_sql("PRAGMA application_id").fetchone()[0]
-    db.execute_sql("PRAGMA application_id = %d" % int(value))
+class Health:
+    """The probes of the database `db` (named `name`: its file for a SQLite one), reading the bound
+    model `Message`."""
+
+    def __init__(self, db: peewee.Database, name: str, Message: type[Message]) -> None:
+        self.db, self.name, self.Message = db, name, Message
+
+    @guarded("read the database")
+    def ping(self) -> None:
+        """Raise StoreError unless the message table can be read."""
+        self.Message.select(self.Message.id).limit(1).execute()
+
+    @guarded("write to the database")
+    def check_writable(self) -> None:
+        """Raise StoreError unless the database can take (and, run by the writer, commit) a write now;
+        changes nothing."""
+        if not isinstance(self.db, peewee.SqliteDatabase):
+            M = self.Message
+            M.update(id=M.id).where(SQL("1 = 0")).execute()
+            return
+        check_free_space(self.name)
+        value = self.db.execute_sql("PRAGMA application_id").fetchone()[0]
+        self.db.execute_sql("PRAGMA application_id = %d" % int(value))
 
 
 def check_free_space(path: str, minimum: int = MIN_FREE_BYTES) -> None:

@@ -1,7 +1,5 @@
-"""Storage upkeep: the online backup of a SQLite database, and pruning old messages (retention).
-
-`Store` inherits these from `MaintenanceQueries`.
-"""
+"""Upkeep across the tables: the online backup of a SQLite database, and pruning old messages with
+what hangs on them (retention)."""
 from __future__ import annotations
 
 import time
@@ -13,25 +11,21 @@ from urllib.parse import urlparse
 import peewee
 from peewee import SqliteDatabase, fn
 
-from .models import OPEN_RUN_STATUSES
 from .backup import copy_sqlite
+from .conversations import Conversations
 from .errors import StoreError, guarded
+from .models import OPEN_RUN_STATUSES, Models
 from .times import naive_utc
 
 
-class MaintenanceQueries:
-    """Backup and prune; a part of Store.
+class Maintenance:
+    """Backup and prune of the database `db` (named `name`, its file for a SQLite one), through the
+    bound `models`; pruned messages are taken off their `conversations`."""
 
-    Expects `db`, `name`, `Message`, `ReadMark`, `RuleRun`, `Takeover`, `_failures` and the
-    conversation upkeep (`_untally`, `_settle`) from Store.
-    """
-
-    db: peewee.Database
-    name: str
-    Message: type
-    ReadMark: type
-    RuleRun: type
-    Takeover: type
+    def __init__(self, db: peewee.Database, name: str, models: Models, conversations: Conversations) -> None:
+        self.db, self.name, self.conversations = db, name, conversations
+        self.Message, self.ReadMark = models.Message, models.ReadMark
+        self.RuleRun, self.Takeover = models.RuleRun, models.Takeover
 
     @guarded("back up the database")
     def backup(self, target: Union[str, Path], pages: int = 1024) -> dict:
@@ -99,10 +93,10 @@ class MaintenanceQueries:
                         .order_by(M.received_at, M.id).limit(batch).tuples())
             ids = [message_id for message_id, _ in rows]
             if ids:
-                removed = self._untally(ids)
+                removed = self.conversations.before_delete(ids)
                 result["rule_runs"] += RR.delete().where(RR.message_id.in_(ids)).execute()
                 result["messages"] += M.delete().where(M.id.in_(ids)).execute()
-                self._settle(removed)
+                self.conversations.after_delete(removed)
         if ids:
             result["batches"] += 1
             result["media"] += [path for _, path in rows if path]
@@ -114,6 +108,3 @@ class MaintenanceQueries:
         with self.db.atomic():
             result["read_marks"] = R.delete().where(~fn.EXISTS(messages)).execute()
             result["takeovers"] = T.delete().where(T.until < before).execute()
-
-    def _failures(self, action: str):  # provided by Store
-        raise NotImplementedError

@@ -78,7 +78,7 @@ class MediaVault(Worker):
 
     async def _pass(self) -> None:
         while not self._stopping:
-            rows = await self.run_db(self.store.due_media, self.clock(), BATCH)
+            rows = await self.run_db(self.store.media.due, self.clock(), BATCH)
             for row in sorted(rows, key=lambda r: r["id"]):
                 if self._stopping:
                     return
@@ -110,7 +110,7 @@ class MediaVault(Worker):
             return await self._attempt_failed(row, error_text(exc), None)
         mime = _bare_mime(mime)
         logger.info("media id=%s app=%s outcome=stored size=%d type=%s", row["id"], row["app"], len(body), mime)
-        updated = await self.run_db(self.store.set_media, row["id"], "stored", path=relative,
+        updated = await self.run_db(self.store.media.record, row["id"], "stored", path=relative,
                                     size=len(body), mime=mime, name=name)
         self._publish(message_event(updated))
 
@@ -126,13 +126,13 @@ class MediaVault(Worker):
             return await self._fail(row, "%s (gave up after %d attempts)" % (error, attempts), errcode)
         logger.warning("media id=%s app=%s outcome=retry attempt=%d errcode=%s",
                        row["id"], row["app"], attempts, errcode)
-        updated = await self.run_db(self.store.set_media, row["id"], "pending", error=error,
+        updated = await self.run_db(self.store.media.record, row["id"], "pending", error=error,
                                     next_attempt_at=self._next_attempt(attempts))
         self._publish(message_event(updated))
 
     async def _fail(self, row: dict, error: str, errcode: Optional[int]) -> None:
         logger.warning("media id=%s app=%s outcome=failed errcode=%s", row["id"], row["app"], errcode)
-        updated = await self.run_db(self.store.set_media, row["id"], "failed", error=error)
+        updated = await self.run_db(self.store.media.record, row["id"], "failed", error=error)
         self._publish(message_event(updated))
 
 

@@ -78,7 +78,7 @@ class Outbox(Worker):
                 for number, part in enumerate(parts, 1):
                     fields = {"msgtype": "text", "text": {"content": part}, "part": number,
                               "parts": len(parts)}
-                    rows.append(await self.run_db(self.store.save_outbound, app, to_user, "text", part,
+                    rows.append(await self.run_db(self.store.outbox.save, app, to_user, "text", part,
                                                   fields, operator=operator, rule=rule,
                                                   automatic="api" if rule is not None else None))
             except StoreError:
@@ -91,7 +91,7 @@ class Outbox(Worker):
 
     async def retry(self, message_id: int) -> dict:
         """Queue a failed message again; ValueError unless it failed."""
-        row = await self.run_db(self.store.retry_outbound, message_id)
+        row = await self.run_db(self.store.outbox.retry, message_id)
         self._publish_status(row)
         self.wake()
         return row
@@ -105,7 +105,7 @@ class Outbox(Worker):
         """Storing a later part failed: fail the stored ones, so no reply goes out half-told."""
         for row in rows:
             with suppress(StoreError):
-                row = await self.run_db(self.store.set_status, row["id"], "failed",
+                row = await self.run_db(self.store.outbox.set_status, row["id"], "failed",
                                         "not sent: storing all %d parts failed" % parts)
                 self._publish_status(row)
 
@@ -113,7 +113,7 @@ class Outbox(Worker):
         await self._mark_unmarked()
         while not self._stopping:
             async with self._lock():
-                rows = await self.run_db(self.store.due_outbound, self.clock(), BATCH)
+                rows = await self.run_db(self.store.outbox.due, self.clock(), BATCH)
             todo = sorted((row for row in rows if row["id"] not in self._unmarked), key=lambda r: r["id"])
             for row in todo:
                 if self._stopping:
@@ -164,7 +164,7 @@ class Outbox(Worker):
 
     async def _mark_sent(self, message_id: int, error: Optional[str], msgid: Optional[str]) -> None:
         try:
-            updated = await self.run_db(self.store.set_status, message_id, "sent", error, msgid)
+            updated = await self.run_db(self.store.outbox.set_status, message_id, "sent", error, msgid)
         except StoreError as exc:
             logger.warning("send id=%s: WeCom accepted it but marking it sent failed (kept in memory, "
                            "will not resend): %s", message_id, exc)
@@ -187,13 +187,13 @@ class Outbox(Worker):
             return await self._fail(row, "%s (gave up after %d attempts)" % (error, attempts), errcode)
         logger.warning("send id=%s app=%s outcome=retry attempt=%d errcode=%s",
                        row["id"], row["app"], attempts, errcode)
-        updated = await self.run_db(self.store.record_attempt, row["id"], error,
+        updated = await self.run_db(self.store.outbox.record_attempt, row["id"], error,
                                     self._next_attempt(attempts))
         self._publish_status(updated)
 
     async def _fail(self, row: dict, error: str, errcode: Optional[int]) -> None:
         logger.warning("send id=%s app=%s outcome=failed errcode=%s", row["id"], row["app"], errcode)
-        updated = await self.run_db(self.store.set_status, row["id"], "failed", error)
+        updated = await self.run_db(self.store.outbox.set_status, row["id"], "failed", error)
         self._publish_status(updated)
 
     def _publish_status(self, row: dict) -> None:

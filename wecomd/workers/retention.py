@@ -62,7 +62,7 @@ class Retention(Worker):
                    time.monotonic() - started)
 
     async def _batch(self, cutoff: datetime, totals: dict) -> None:
-        result = await self.run_db(self.store.prune, cutoff, self.batch, max_batches=1)
+        result = await self.run_db(self.store.maintenance.prune, cutoff, self.batch, max_batches=1)
         totals["files"] += await asyncio.to_thread(self._remove_files, result["media"])
         for key in COUNTS:
             totals[key] += result[key]

@@ -148,7 +148,7 @@ class WebhookSender(Worker):
 
     async def _pass(self) -> None:
         while not self._stopping:
-            runs = await self.run_db(self.store.due_webhooks, self.clock(), BATCH)
+            runs = await self.run_db(self.store.runs.due_webhooks, self.clock(), BATCH)
             todo = sorted((run for run in runs if run["id"] not in self._inflight), key=lambda r: r["id"])
             for run in todo:
                 if self._stopping:
@@ -184,7 +184,7 @@ class WebhookSender(Worker):
         """Deliver `run` unless someone else tried it since it was read; its id is in flight."""
         try:
             # Read again: the loop and attempt() each see the other's finished tries here.
-            current = await self.run_db(self.store.get_run, run["id"])
+            current = await self.run_db(self.store.runs.get, run["id"])
             if current is None or current["status"] != "pending" or current["attempts"] != run["attempts"]:
                 return False, None
             return await self._deliver(current)
@@ -244,7 +244,7 @@ class WebhookSender(Worker):
 
     async def _failed_try(self, run: dict, error: str, duration_ms: float) -> None:
         attempts = int(run.get("attempts") or 0) + 1
-        updated = await self.run_db(self.store.record_run_attempt, run["id"], error,
+        updated = await self.run_db(self.store.runs.record_webhook_attempt, run["id"], error,
                                     self._next_attempt(attempts))
         if attempts >= self.max_attempts:
             logger.warning("webhook run=%s rule=%s outcome=failed attempts=%d", run["id"], run["rule"], attempts)
@@ -255,13 +255,13 @@ class WebhookSender(Worker):
         await self._publish_message(updated)
 
     async def _finish(self, run: dict, status: str, **values) -> None:
-        updated = await self.run_db(self.store.finish_run, run["id"], status, **values)
+        updated = await self.run_db(self.store.runs.finish, run["id"], status, **values)
         await self._publish_message(updated)
 
     async def _publish_message(self, run: dict) -> None:
         """Push the triggering message again, so the dashboard shows the run's new status."""
         try:
-            message = await self.run_db(self.store.get, run["message_id"])
+            message = await self.run_db(self.store.messages.get, run["message_id"])
         except StoreError as exc:
             logger.warning("webhook run=%s: reading its message to publish failed: %s", run["id"], exc)
             return

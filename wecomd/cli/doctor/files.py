@@ -15,12 +15,12 @@ import peewee
 from playhouse import db_url
 
 from wecomd import failures
-
-from wecomd.store import failures as store_failures
 from wecomd.config import Config
 from wecomd.cli.doctor.check import Check, shown_url
-from wecomd.store import MIGRATIONS_DIR, sqlite_file
+from wecomd.store import MIGRATIONS_DIR, StoreError, sqlite_file
+from wecomd.store.failures import Failures
 from wecomd.store.health import MIN_FREE_BYTES, human_size
+from wecomd.store.models import CallbackFailure, bind
 
 LOW_SPACE = 1 << 30  # 1 GiB free: warn
 _ERRORS = (peewee.PeeweeException, sqlite3.Error, OSError)
@@ -121,8 +121,10 @@ def check_failure_log(db: Optional[peewee.Database], limit: int) -> Tuple[Check,
         if not db.table_exists("callback_failure"):
             return Check("failures", "skip", "no failure log in this database yet",
                          "`wecomd serve` adds it (migration 0005) when it starts"), []
-        model = store_failures.bind_model(db)
-        rows, totals = store_failures.recent(model, limit), store_failures.totals(model)
+        log = Failures(str(db.database), bind(CallbackFailure, db))
+        rows, totals = log.recent(limit), log.totals()
+    except StoreError as exc:  # its message names the database, which doctor has shown already
+        return Check("failures", "warn", "cannot read the failure log: %s" % exc.__cause__), []
     except _ERRORS as exc:
         return Check("failures", "warn", "cannot read the failure log: %s" % exc), []
     if not rows:
