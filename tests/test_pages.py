@@ -118,3 +118,22 @@ def test_pages_stay_within_the_content_security_policy():
         text = path.read_text(encoding="utf-8")
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
             assert sink not in text, (path.name, sink)
+
+
+def test_each_panel_is_a_handler_module_and_a_view_module():
+    """app.PANELS, the route table's dashboard panels: each serves its own routes and has its view,
+    static/<name>.js, which static/app.js builds; the views import no other panel's view."""
+    from wecomd import app
+
+    names = [module.__name__.rsplit(".", 1)[1] for module in app.PANELS]
+    assert names == ["conversations", "thread", "rules", "live"]
+    entry = (STATIC / "app.js").read_text(encoding="utf-8")
+    routes = {rule[0] for module in app.PANELS for rule in module.routes(None)}
+    assert {"/api/conversations", "/api/messages", "/api/rules", "/api/live"} <= routes
+    for name in names:
+        assert 'from "./%s.js"' % name in entry, name
+        view = (STATIC / (name + ".js")).read_text(encoding="utf-8")
+        others = sorted(other for other in names if other != name and '"./%s.js"' % other in view)
+        assert others == [], name
+    # The router knows the hash, not the views: app.js mounts them.
+    assert re.findall(r'from "\./(\w+)\.js"', (STATIC / "router.js").read_text(encoding="utf-8")) == []

@@ -10,7 +10,7 @@ from tornado import httpserver, locale, netutil, web
 
 from wecomd import checks, connections, sdnotify
 from wecomd.config import Config
-from wecomd.handlers import api, callback, dashboard, live, metrics, ops, rules, static
+from wecomd.handlers import callback, conversations, dashboard, live, metrics, ops, rules, static, thread
 from wecomd.handlers.base import DEFAULT_LOCALE
 from wecomd.paths import TRANSLATIONS_DIR, resource_dir
 from wecomd.services import Services
@@ -21,11 +21,15 @@ access_log = logging.getLogger("wecomd.access")
 
 DRAIN_SECONDS = 25.0  # below systemd's default 90 s stop timeout, above WeCom's 5 s budget
 
+# The dashboard's panels: each is a handler module with its routes and a view module
+# static/<name>.js that static/app.js builds (tests/test_pages.py holds them to that).
+PANELS = (conversations, thread, rules, live)
+
 
 def make_app(services: Services) -> web.Application:
-    """Build the application from every handler module's `routes(services)`."""
+    """Build the application from every handler module's `routes(services)`: the one route table."""
     handlers: list = []
-    for module in (callback, ops, dashboard, api, live, rules, metrics):
+    for module in (callback, ops, metrics, dashboard) + PANELS:
         handlers.extend(module.routes(services))
     # Tornado keeps translations process-wide; loading the same files again is harmless.
     locale.load_translations(str(TRANSLATIONS_DIR))

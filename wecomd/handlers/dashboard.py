@@ -1,4 +1,5 @@
-"""The pages: /login, /logout, /locale and the dashboard at /."""
+"""The pages: /login, /logout, /locale and the dashboard at / (whose panels are app.PANELS), and
+/api/apps, the apps the dashboard knows."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,7 @@ from urllib.parse import urlparse
 from tornado import web
 
 from wecomd import auth
-from wecomd.handlers.base import LOCALE_COOKIE, LOCALES, BaseHandler, ui_strings
+from wecomd.handlers.base import LOCALE_COOKIE, LOCALES, ApiHandler, BaseHandler, ui_strings
 from wecomd.store import StoreError
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,11 @@ class IndexHandler(BaseHandler):
                     strings=ui_strings(self.locale))
 
 
+class AppsHandler(ApiHandler):
+    def get(self) -> None:
+        self.write_json({"apps": public_apps(self.services.config.apps)})
+
+
 def public_apps(apps: Any) -> list[dict]:
     """What the dashboard and /api/apps may know of each app: never its token, key or secret."""
     return [
@@ -110,4 +116,5 @@ def routes(services: Any) -> list:
         (r"/login", LoginHandler, kw),
         (r"/logout", LogoutHandler, kw),
         (r"/locale", LocaleHandler, kw),
+        (r"/api/apps", AppsHandler, kw),
     ]

@@ -1,4 +1,5 @@
-"""WS /api/live: the dashboard's live feed of stored messages and delivery status changes."""
+"""The live feed panel's route (its view: static/live.js): WS /api/live, the dashboard's feed of stored
+messages and delivery status changes."""
 from __future__ import annotations
 
 import logging

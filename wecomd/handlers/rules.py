@@ -1,9 +1,8 @@
-"""/api/rules and /api/takeover/*: what the automation is configured to do and has done, and pausing it."""
+"""The rules panel's route (its view: static/rules.js): /api/rules, what the automation is configured to
+do and what each rule has done. Resuming a paused conversation is the thread's (handlers/thread.py)."""
 from __future__ import annotations
 
 from typing import Any
-
-from tornado import web
 
 from wecomd.handlers.base import ApiHandler
 
@@ -21,19 +20,6 @@ class RulesHandler(ApiHandler):
         }})
 
 
-class ResumeHandler(ApiHandler):
-    """The thread's "resume now" button: automation answers this user again at once."""
-
-    async def post(self) -> None:
-        body = self.json_body()
-        app, user = body.get("app"), body.get("user")
-        if not isinstance(app, str) or not isinstance(user, str) or not user:
-            raise web.HTTPError(400, "send {\"app\": str, \"user\": str}")
-        await self.services.takeover.resume(app, user)
-        self.set_status(204)
-        self.finish()
-
-
 def public_rule(rule: Any) -> dict:
     """A rule as the dashboard may see it: never its webhook secret."""
     return {"name": rule.name, "app": rule.app, "when": rule.when, "reply": rule.reply, "run": rule.run,
@@ -42,4 +28,4 @@ def public_rule(rule: Any) -> dict:
 
 def routes(services: Any) -> list:
     kw = dict(services=services)
-    return [(r"/api/rules", RulesHandler, kw), (r"/api/takeover/resume", ResumeHandler, kw)]
+    return [(r"/api/rules", RulesHandler, kw)]

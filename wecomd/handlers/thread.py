@@ -1,55 +1,22 @@
-"""/api/*: apps, conversations, messages, manual replies, media and export, as JSON."""
+"""The thread panel's routes (its view: static/thread.js): a conversation's messages (the
+conversations panel's search too), manual replies and their retries, media, resuming automation."""
 from __future__ import annotations
 
-import os
-import re
-import tempfile
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import quote
 
 from tornado import web
 
-from wecomd import exporting
+from wecomd.handlers.args import ID, int_arg, message_filters
 from wecomd.handlers.base import ApiHandler
-from wecomd.handlers.dashboard import public_apps
 from wecomd.workers.media import MEDIA_CSP, serving_type
-from wecomd.store import CONVERSATION_PAGE
-
-# A message id in a path: ASCII digits, at most 18 of them so that it always fits the database's
-# 64-bit integers (longer ones are answered 400 by IdOutOfRangeHandler, not passed to SQLite).
-ID = r"([0-9]{1,18})"
-_ID_ARG = re.compile(r"[0-9]{1,18}\Z")
-
-
-class AppsHandler(ApiHandler):
-    def get(self) -> None:
-        self.write_json({"apps": public_apps(self.services.config.apps)})
-
-
-class ConversationsHandler(ApiHandler):
-    async def get(self) -> None:
-        rows, cursor = await self.services.read(
-            self.services.store.conversations.page, app=self.get_query_argument("app", None) or None,
-            before=_int_arg(self, "before"), limit=_int_arg(self, "limit") or CONVERSATION_PAGE)
-        self.write_json({"conversations": rows, "next": cursor})
-
-
-class ReadHandler(ApiHandler):
-    async def post(self) -> None:
-        body = self.json_body()
-        app, user, up_to = body.get("app"), body.get("user"), body.get("up_to_id")
-        if not isinstance(app, str) or not isinstance(user, str) or not _is_id(up_to):
-            raise web.HTTPError(400, "send {\"app\": str, \"user\": str, \"up_to_id\": int}")
-        await self.services.db(self.services.store.conversations.mark_read, app, user, up_to)
-        self.set_status(204)
-        self.finish()
 
 
 class MessagesHandler(ApiHandler):
     async def get(self) -> None:
         filters = message_filters(self)
         rows, cursor = await self.services.read(
-            self.services.store.messages.page, before=_int_arg(self, "before"), limit=_int_arg(self, "limit") or 50, **filters
+            self.services.store.messages.page, before=int_arg(self, "before"), limit=int_arg(self, "limit") or 50, **filters
         )
         self.write_json({"messages": rows, "next": cursor})
 
@@ -109,29 +76,6 @@ class MediaHandler(ApiHandler):
         await self.stream_file(str(path))
 
 
-class ExportHandler(ApiHandler):
-    """The dashboard's download button: the same query and writer as `wecomd export`."""
-
-    async def get(self) -> None:
-        fmt = self.get_query_argument("format", "jsonl")
-        if fmt not in ("jsonl", "csv"):
-            raise web.HTTPError(400, "format must be jsonl or csv")
-        fd, path = tempfile.mkstemp(prefix="wecomd-export-", suffix="." + fmt)
-        os.close(fd)
-        try:
-            await self.services.read(_export_to_file, self.services.store, path, fmt, message_filters(self))
-            self.set_header("Content-Type", "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson")
-            self.set_header("Content-Disposition", 'attachment; filename="wecomd-export.%s"' % fmt)
-            await self.stream_file(path)
-        finally:
-            os.unlink(path)
-
-
-def _export_to_file(store: Any, path: str, fmt: str, filters: dict) -> int:
-    with open(path, "w", encoding="utf-8", newline="") as out:
-        return exporting.write(store.messages.iter_export(**filters), out, fmt)
-
-
 class IdOutOfRangeHandler(ApiHandler):
     """/api/messages/N, /api/messages/N/retry and /api/media/N with an N of 19 or more digits."""
 
@@ -141,26 +85,17 @@ class IdOutOfRangeHandler(ApiHandler):
     get = post = _refuse
 
 
-def message_filters(handler: web.RequestHandler) -> dict:
-    """app, user, msgtype and q from the query string; empty ones are left out."""
-    names = ("app", "user", "msgtype", "q")
-    return {name: value for name in names if (value := handler.get_query_argument(name, "").strip())}
+class ResumeHandler(ApiHandler):
+    """The thread's "resume now" button: automation answers this user again at once."""
 
-
-def _int_arg(handler: web.RequestHandler, name: str) -> Optional[int]:
-    """A cursor or page size from the query string: ASCII digits, at most 18 (str.isdigit() would
-    take '²', and a number past 2**63 overflows the database's integers)."""
-    value = handler.get_query_argument(name, "")
-    if not value:
-        return None
-    if not _ID_ARG.match(value):
-        raise web.HTTPError(400, "%s must be a positive integer of at most 18 digits", name)
-    return int(value)
-
-
-def _is_id(value: Any) -> bool:
-    """A JSON number usable as a message id: an integer (not true/false) within 64 bits."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** 63
+    async def post(self) -> None:
+        body = self.json_body()
+        app, user = body.get("app"), body.get("user")
+        if not isinstance(app, str) or not isinstance(user, str) or not user:
+            raise web.HTTPError(400, "send {\"app\": str, \"user\": str}")
+        await self.services.takeover.resume(app, user)
+        self.set_status(204)
+        self.finish()
 
 
 def _disposition(inline: bool, media: dict, message_id: str) -> str:
@@ -174,13 +109,10 @@ def _disposition(inline: bool, media: dict, message_id: str) -> str:
 def routes(services: Any) -> list:
     kw = dict(services=services)
     return [
-        (r"/api/apps", AppsHandler, kw),
-        (r"/api/conversations", ConversationsHandler, kw),
-        (r"/api/conversations/read", ReadHandler, kw),
         (r"/api/messages", MessagesHandler, kw),
         (r"/api/messages/%s" % ID, MessageHandler, kw),
         (r"/api/messages/%s/retry" % ID, RetryHandler, kw),
         (r"/api/media/%s" % ID, MediaHandler, kw),
         (r"/api/(?:messages|media)/[0-9]{19,}(?:/retry)?", IdOutOfRangeHandler, kw),
-        (r"/api/export", ExportHandler, kw),
+        (r"/api/takeover/resume", ResumeHandler, kw),
     ]
