@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from support.config import write_config  # noqa: E402
+from support.database import migrated_sqlite  # noqa: E402
 from support.postgres import PG_URL  # noqa: E402
 from support.server import ServerProcess, free_port  # noqa: E402
 
@@ -35,11 +36,12 @@ def pytest_runtest_setup(item):
 
 @pytest.fixture
 def sqlite_store(tmp_path):
-    """A migrated Store on a fresh SQLite file in tmp_path."""
+    """A migrated Store on a fresh SQLite file in tmp_path (support.database's copy)."""
     from wecomd.store import Store
 
+    migrated_sqlite(tmp_path)
     store = Store("wecomd.db", base_dir=tmp_path)
-    store.migrate()
+    store.migrate()  # as the daemon does at start: nothing to apply on the copy
     yield store
     store.close()
 

@@ -72,6 +72,7 @@ def filled(tmp_path):
 
 # --- while serving -------------------------------------------------------------------------------
 
+@pytest.mark.slow  # backups under load: 300 callbacks
 def test_backup_while_the_daemon_takes_callbacks(tmp_path):
     """Backups taken during 300 callbacks are consistent snapshots, and no callback failed."""
     port = free_port()

@@ -8,6 +8,8 @@ import json
 import re
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from support import ROOT
 from support.browser import PASSWORD, conversation, login, new_user, open_page, open_thread, serial
 
@@ -313,6 +315,7 @@ def test_phone_shows_the_list_then_the_thread(browser, demo):
         page.context.close()
 
 
+@pytest.mark.slow  # waits for the busy demo's scripted traffic, every type
 def test_every_type_live_with_media_and_screenshot(browser, busy_demo):
     """The demo's own traffic: stored images preview, voice downloads, events; then the screenshot."""
     page = open_page(browser, width=1280, height=860)

@@ -13,8 +13,10 @@ import urllib.request
 import xml.etree.ElementTree as ET
 
 
+import pytest
+
 from support import ROOT
-from support.cli import wecomd
+from support.cli import wecomd, wecomd_each
 from support.config import write_config
 from support.peer import AES_KEY, CORP_ID, TOKEN, WecomPeer
 from support.server import ServerProcess, free_port
@@ -67,14 +69,15 @@ def test_sigterm_when_idle_exits_0_quickly(server):
     assert "stopped" in server.output()
 
 
+@pytest.mark.slow  # a sweep: one `wecomd simulate` per message kind
 def test_simulate_every_kind_against_a_running_server(server):
     url = server.url + "/callback/helpdesk"
     creds = ["--token", TOKEN, "--aes-key", AES_KEY, "--corp-id", CORP_ID]
     result = wecomd("simulate", url, *creds, "--type", "text", "--content", "你好", "--repeat", "3")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "已收到" in result.stdout  # the decrypted passive reply
-    for kind in samples.KINDS:
-        result = wecomd("simulate", url, *creds, "--type", kind, "--no-verify")
+    runs = wecomd_each(*(["simulate", url, *creds, "--type", kind, "--no-verify"] for kind in samples.KINDS))
+    for kind, result in zip(samples.KINDS, runs):
         assert result.returncode == 0, (kind, result.stdout, result.stderr)
     exported = [json.loads(line) for line in wecomd("export", "-c", str(server.config)).stdout.splitlines()]
     exported = [row for row in exported if row["direction"] == "in"]  # not the app's automatic replies

@@ -19,6 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from tornado.iostream import StreamClosedError
 from tornado.tcpclient import TCPClient
 from tornado.testing import gen_test
@@ -395,6 +396,7 @@ class Legit:
             return resp.read().decode()
 
 
+@pytest.mark.slow  # a flood: 2,000 idle and 200 half-sent connections
 def test_idle_and_half_sent_floods_under_a_1024_file_limit(tmp_path):
     assert _raise_own_file_limit() >= 4000, "the test itself needs about 3,000 descriptors"
     held: list = []
@@ -456,6 +458,7 @@ def test_idle_and_half_sent_floods_under_a_1024_file_limit(tmp_path):
         assert not any("Traceback" in line for line in server.lines()), server.output()
 
 
+@pytest.mark.slow  # a flood that runs the daemon out of descriptors, then waits it out
 def test_running_out_of_descriptors_pauses_accepting_without_spinning_or_flooding_the_log(tmp_path):
     """max_connections set above the file limit: accept() fails with EMFILE. wecomd must log that at
     most once a second, not spin on the still-readable listening socket, and recover afterwards."""

@@ -136,6 +136,7 @@ def test_a_locked_database_fails_a_whole_batch_after_one_busy_timeout(tmp_path):
         writer.close()
 
 
+@pytest.mark.slow  # waits out the 5 s busy_timeout twice
 def test_a_locked_database_answers_503_then_recovers_by_itself(tmp_path):
     port = free_port()
     server = ServerProcess(write_config(tmp_path, port), port)

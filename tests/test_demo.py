@@ -11,6 +11,8 @@ import time
 import urllib.parse
 import urllib.request
 
+import pytest
+
 from support import ROOT
 from support.server import free_port, wait_for_healthz
 from wecomd import config
@@ -30,6 +32,7 @@ def _opener():
     return urllib.request.build_opener(jar), jar
 
 
+@pytest.mark.slow  # waits for the demo's scripted traffic
 def test_demo_shows_live_traffic_media_and_rules_within_seconds(tmp_path):
     port = free_port()
     url = "http://127.0.0.1:%d" % port

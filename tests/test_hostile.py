@@ -11,6 +11,8 @@ import socket
 import time
 import urllib.parse
 
+import pytest
+
 from support.base import WecomdTestCase
 from support.config import ADMIN_PASSWORD, API_TOKEN
 from support.samples import _event, _message
@@ -193,6 +195,7 @@ def _paths(pattern: str) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
+@pytest.mark.slow  # a sweep: more than 2,000 requests over every route
 class HostileSweepTest(HostileTestCase):
     def test_every_route_answers_hostile_input_with_4xx_and_no_traceback(self):
         patterns = [rule.matcher.regex.pattern for rule in self._app.wildcard_router.rules]

@@ -20,6 +20,8 @@ from support.config import ADMIN_PASSWORD, write_config
 from support.peer import CORP_ID, WecomPeer
 from support.server import ServerProcess, free_port
 
+pytestmark = pytest.mark.slow  # floods: 400 failed sign-ins, then 64 scrypt checks at once
+
 XSRF = "2|abcdef01|0123456789abcdef0123456789abcdef|1700000000"  # any value, the same in cookie and form
 TEXT = (
     "<xml><ToUserName><![CDATA[%s]]></ToUserName><FromUserName><![CDATA[zhangsan]]></FromUserName>"

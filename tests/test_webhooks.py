@@ -461,10 +461,15 @@ async def test_rows_left_pending_are_delivered_after_a_restart(tmp_path):
 async def test_stop_waits_for_a_delivery_in_flight(tmp_path):
     async with Harness(tmp_path) as h:
         h.receiver.delay = 0.2
-        sender = h.sender(start=True)
+        sender = h.sender()
         run = await h.pending()
         attempt = asyncio.ensure_future(sender.attempt(run))
         await h.until(lambda: asyncio.sleep(0, h.receiver.deliveries))
+        # The loop starts once attempt() holds the run: started earlier, it could take the run
+        # first, and attempt() would rightly answer (False, None).
+        sender.start()
         await sender.stop()
-        assert attempt.done() and attempt.result() == (True, None)
+        # Recorded before stop() returned (a stop that did not wait would leave it pending); the
+        # caller of attempt() resumes on a later turn of the loop.
         assert (await h.run(run["id"]))["status"] == "ok"
+        assert await attempt == (True, None)

@@ -6,12 +6,15 @@ conftest.py; each demo is started once per test module that asks for it.
 from __future__ import annotations
 
 import configparser
+import contextlib
+import io
 import itertools
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,25 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORD = "browser-test-password"
 _serials = itertools.count(1)
+
+
+def run_cli(argv: list, timeout: float = 60) -> tuple:
+    """(exit code, output) of `wecomd ARGV` run in this process on a thread of its own: Playwright's
+    sync API keeps an event loop on the test's thread, and the command runs its own."""
+    from wecomd import cli
+
+    output, result = io.StringIO(), {}
+
+    def run() -> None:
+        # The test's thread waits in join() meanwhile: nothing else writes to sys.stdout/stderr.
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            result["code"] = cli.main(argv)
+
+    thread = threading.Thread(target=run, name="wecomd-cli")
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "wecomd %s still running after %ss" % (" ".join(argv[:2]), timeout)
+    return result.get("code"), output.getvalue()
 
 
 def serial() -> int:
@@ -67,15 +89,16 @@ class Demo:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
     def simulate(self, user: str, kind: str = "text", content: str = "hello", *extra: str) -> None:
-        command = [sys.executable, "-m", "wecomd", "simulate", self.url + "/callback/demo", "--no-verify",
-                   "--token", self.app["token"], "--aes-key", self.app["encoding_aes_key"],
-                   "--corp-id", self.app["corp_id"], "--agent-id", self.app["agent_id"],
-                   "--from", user, "--content", content, *extra]
+        """`wecomd simulate` against the demo's callback: the command's own code and arguments, run
+        in this process (a thread with its own event loop) rather than a new interpreter per message."""
+        argv = ["simulate", self.url + "/callback/demo", "--no-verify",
+                "--token", self.app["token"], "--aes-key", self.app["encoding_aes_key"],
+                "--corp-id", self.app["corp_id"], "--agent-id", self.app["agent_id"],
+                "--from", user, "--content", content, *extra]
         if kind != "xml":
-            command += ["--type", kind]
-        done = subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=60,
-                              check=False)
-        assert done.returncode == 0, "simulate failed:\n%s\n%s" % (done.stdout, done.stderr)
+            argv += ["--type", kind]
+        code, output = run_cli(argv)
+        assert code == 0, "simulate failed:\n%s" % output
 
     def stop(self) -> None:
         if self.proc.poll() is None:

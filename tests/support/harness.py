@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from support.aio import FakeClock, until
+from support.database import migrated_sqlite
 from support.peer import AES_KEY, CORP_ID, TOKEN
 from wecomd.config import AppConfig
 from wecomd.store import Store, StoreError
@@ -30,9 +31,9 @@ APPS = {
 
 
 class StoreHarness:
-    """A migrated Store on tmp_path/wecomd.db whose calls run on the production DbWriter (group
-    commit, one savepoint per call), a fake clock, the live events the workers publish, and the
-    workers to stop on exit."""
+    """A migrated Store on tmp_path/wecomd.db (support.database's copy) whose calls run on the
+    production DbWriter (group commit, one savepoint per call), a fake clock, the live events the
+    workers publish, and the workers to stop on exit."""
 
     def __init__(self, tmp_path) -> None:
         self.tmp_path = tmp_path
@@ -41,8 +42,10 @@ class StoreHarness:
         self.workers: list = []
 
     async def __aenter__(self):
+        migrated_sqlite(self.tmp_path)
         self.store = Store("wecomd.db", base_dir=self.tmp_path)
-        # The same writer and error wrapping as Services; migrations run alone, as at start-up.
+        # The same writer and error wrapping as Services; migrations run alone, as at start-up
+        # (on the copy they apply nothing).
         self.writer = DbWriter(self.store.db, lambda exc: StoreError("could not commit: %s" % exc))
         await self.writer.run(self.store.migrate, alone=True)
         return self
