@@ -18,8 +18,11 @@ Each round, on this machine, one server after the other (never two at once):
 
 Prints requests/s, p50/p99 latency, CPU per request (and the event loop thread's share of it), peak
 RSS, the ratios wecomd / protocol-only, wecomd / hello and replay / new of each round, and with
---rounds > 1 their median and range. Ratios are what to compare: this machine's other load moves
-absolute rates, and the servers of one round run within a minute of each other.
+--rounds > 1 their median and range. Ratios are what to compare: other load on the machine moves
+absolute rates, and the servers of one round run within a minute of each other. Under such load
+wecomd's rate suffers more than the single-threaded servers' (each callback waits for the writer
+thread and a commit, each a wake-up to be scheduled): the ratio of CPU per request, also printed,
+is steadier, and is where the rate ratio tends when both are CPU-bound.
 
 --source DIR runs wecomd and the protocol-only server from another checkout (for instance
 `git archive HEAD | tar -x -C /tmp/head`: a committed state while the working tree is being edited).
@@ -204,12 +207,14 @@ def inbound_counts(db: Path) -> tuple:
         rows, dups, deliveries, most = conn.execute(
             "SELECT COUNT(*), COUNT(*) - COUNT(DISTINCT dedup_key), COALESCE(SUM(deliveries), 0), "
             "MAX(deliveries) FROM message WHERE direction = 'in'").fetchone()
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(message)")}
+        # A checkout from before automatic answers (migration 0007, --source) stores none: None.
         answers = conn.execute("SELECT COUNT(*) FROM message WHERE direction = 'out' AND automatic = 'passive'"
-                               ).fetchone()[0]
+                               ).fetchone()[0] if "automatic" in columns else None
     return rows, dups, deliveries, most, answers
 
 
-def settle(db: Path, quiet: float = 0.3, limit: float = 30.0) -> tuple:
+def settle(db: Path, quiet: float = 1.0, limit: float = 30.0) -> tuple:
     """inbound_counts once they stop changing: requests in flight when wrk stopped are still being
     stored (and answered to a closed connection) for a moment."""
     previous, deadline = None, time.monotonic() + limit
@@ -243,20 +248,24 @@ def fsync_ms(directory: Path, count: int = 50) -> tuple:
 def verify_new(db: Path, acknowledged: int, in_flight: int) -> tuple:
     """Every acknowledged message stored exactly once, with its app's automatic answer."""
     rows, dups, _, most, answers = settle(db)
-    ok = dups == 0 and most == 1 and acknowledged <= rows <= acknowledged + in_flight and answers == rows
+    ok = dups == 0 and most == 1 and acknowledged <= rows <= acknowledged + in_flight and answers in (rows, None)
     return ok, ("%s: %d acknowledged, %d stored (the difference were in flight when wrk stopped), duplicate "
-                "rows %d, max deliveries per message %s, automatic answers %d" % (
+                "rows %d, max deliveries per message %s, automatic answers %s" % (
                     "OK" if ok else "FAILED", acknowledged, rows, dups, most, answers))
 
 
 def verify_replay(db: Path, before: tuple, acknowledged: int, in_flight: int) -> tuple:
-    """A replay adds no row and no answer; each acknowledged retry counts one more delivery."""
+    """A replay adds no answer of its own, and each acknowledged retry counts one more delivery.
+    Rows may still grow by the new messages that were in flight when the first phase's wrk stopped
+    (answered to a closed connection, stored after its check): at most one per connection."""
     rows, dups, deliveries, most, answers = settle(db)
-    added = deliveries - before[2]
-    ok = (rows, dups, answers) == (before[0], 0, before[4]) and acknowledged <= added <= acknowledged + in_flight
-    return ok, ("%s: %d retries acknowledged, %d deliveries counted, rows %d -> %d, automatic answers %d -> %d, "
-                "max deliveries per message %s" % ("OK" if ok else "FAILED", acknowledged, added, before[0],
-                                                   rows, before[4], answers, most))
+    retries = (deliveries - rows) - (before[2] - before[0])
+    late = rows - before[0]
+    ok = (dups == 0 and answers in (rows, None) and 0 <= late <= in_flight
+          and acknowledged <= retries <= acknowledged + in_flight)
+    return ok, ("%s: %d retries acknowledged, %d counted as deliveries, no row or answer added (%d new messages "
+                "from the first phase stored late), max deliveries per message %s" % (
+                    "OK" if ok else "FAILED", acknowledged, retries, late, most))
 
 
 def stored_msg_ids(db: Path) -> list:
@@ -322,7 +331,10 @@ def run_round(work: Path, data: Path, args: argparse.Namespace) -> dict:
             "ratios": {"wecomd / protocol only": new["rps"] / protocol["rps"],
                        "wecomd / bare tornado": new["rps"] / hello["rps"],
                        "protocol only / bare tornado": protocol["rps"] / hello["rps"],
-                       "replay / new": replay["rps"] / new["rps"]}}
+                       "replay / new": replay["rps"] / new["rps"],
+                       # What the rate ratio tends to when both are CPU-bound; steadier on a busy machine.
+                       "CPU per request protocol only / wecomd": (protocol["cpu_s"] / max(protocol["requests"], 1))
+                       / (new["cpu_s"] / max(new["requests"], 1))}}
 
 
 def print_round(number: int, result: dict) -> None:
@@ -371,10 +383,10 @@ def main() -> int:
         print("\nover %d rounds: median (min-max)" % len(results))
         for name in results[0]["ratios"]:
             values = [r["ratios"][name] for r in results]
-            print("  %-28s %.2f (%.2f-%.2f)" % (name, statistics.median(values), min(values), max(values)))
+            print("  %-40s %.2f (%.2f-%.2f)" % (name, statistics.median(values), min(values), max(values)))
         for index, r in enumerate(results[0]["servers"]):
             values = [res["servers"][index]["rps"] for res in results]
-            print("  %-28s %.0f req/s (%.0f-%.0f)" % (r["name"], statistics.median(values), min(values), max(values)))
+            print("  %-40s %.0f req/s (%.0f-%.0f)" % (r["name"], statistics.median(values), min(values), max(values)))
     return 0 if all(ok for r in results for ok, _ in r["checks"]) else 1
 
 

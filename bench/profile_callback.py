@@ -1,23 +1,25 @@
 """Where a callback's time goes: py-spy samples of wecomd under bench/load.py's load.
 
-    python bench/profile_callback.py [--seconds 20] [--connections 16] [--rate 200] [--source DIR]
+    python bench/profile_callback.py [--seconds 24] [--connections 16] [--rate 200] [--source DIR]
                                      [--keep]
 
 1. Starts `wecomd serve` as bench/load.py does (one app with a passive text reply, SQLite WAL,
    synchronous=FULL) and drives it with wrk and the same wechatpy callbacks: first new messages,
    then (phase "replay") the same callbacks again, already stored, as WeCom's retries are; then
    bench/protocol_server.py under the same load (--no-protocol skips it), the floor to compare with.
-2. In each phase, after a second of warm-up, samples the process with py-spy twice in a row:
-   once with --idle (wall time: where each thread waits too, the commit's fsync included) and once
-   without (what runs on a CPU). The callbacks stored in each window are counted in the database,
-   so every figure is in microseconds per callback.
+2. In each phase, after a second of warm-up, samples the process with py-spy three times in a
+   row: with --idle (wall time: where each thread waits too, the commit's fsync included), without
+   (what runs on a CPU), and with --gil (what holds the GIL, which the two threads share). The
+   callbacks stored in each window are counted in the database, so every figure is in microseconds
+   per callback.
 3. Groups the samples per thread (the event loop, MainThread; the database writer, wecomd-db) by
    what they are: crypto, XML parse, logging, metrics, rules, tornado HTTP ... on the loop; BEGIN,
    each store call's SQL, savepoints, COMMIT, Python on the writer. Then the innermost wecomd
    functions, the most expensive first. "CPU us" is the group's share of the thread's on-CPU
-   samples times the thread's CPU time from /proc, per callback; "wall us" counts waiting too (for
-   epoll, the writer's queue, the disk, the GIL). The two threads share one GIL: only SQLite's own
-   work (statements, COMMIT) runs beside the loop.
+   samples times the thread's CPU time from /proc, per callback; "GIL us" is time holding the GIL;
+   "wall us" counts waiting too (for epoll, the writer's queue, the disk, the GIL). The two threads
+   share one GIL: only SQLite's own work (statements, COMMIT) runs beside the loop, so the sum of
+   both threads' "GIL us" bounds the rate (1e6 / that sum callbacks per second).
 4. Splits a message INSERT's time inside SQLite (statement and COMMIT, synchronous=OFF) into the
    row, the FTS index and the conversation summary (triggers dropped one at a time in copies of the
    database), and times COMMIT's fsync at the run's batch size: what py-spy cannot see in SQLite.
@@ -108,6 +110,8 @@ class Profile:
 
 def loop_group(frames: list) -> str:
     for frame in reversed(frames):
+        if frame.file.startswith(ENTRY):  # `wecomd serve` runs the loop: below it is the loop's own work
+            continue
         for name, test in LOOP_GROUPS:
             if test(frame.fn, frame.file):
                 return name
@@ -200,10 +204,14 @@ class Window:
     cpu: dict  # thread id -> CPU seconds in the window
 
 
-def record(pid: int, db: Optional[Path], out: Path, seconds: int, rate: int, idle: bool) -> Window:
-    """One py-spy window; its callbacks counted in `db`, or (None) left for the caller to estimate."""
+MODES = {"wall": ["--idle"], "cpu": [], "gil": ["--gil"]}
+
+
+def record(pid: int, db: Optional[Path], out: Path, seconds: int, rate: int, mode: str) -> Window:
+    """One py-spy window: every sample ("wall"), running threads only ("cpu"), or only the thread
+    holding the GIL ("gil"). Its callbacks are counted in `db`, or (None) left to the caller."""
     cmd = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--threads", "--rate", str(rate),
-           "--duration", str(seconds), "-o", str(out)] + (["--idle"] if idle else [])
+           "--duration", str(seconds), "-o", str(out)] + MODES[mode]
     before, cpu0, started = delivered(db) if db else 0, load.thread_cpu_seconds(pid), time.monotonic()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elapsed, cpu1, after = time.monotonic() - started, load.thread_cpu_seconds(pid), delivered(db) if db else 0
@@ -213,22 +221,23 @@ def record(pid: int, db: Optional[Path], out: Path, seconds: int, rate: int, idl
 
 def profile_phase(name: str, url: str, data: Path, pid: int, db: Optional[Path], work: Path,
                   args: argparse.Namespace) -> dict:
-    """wrk on `data` for --seconds; meanwhile a wall (--idle) and an on-CPU py-spy window. Without
-    a database (the protocol-only server) a window's callbacks are wrk's rate times its length."""
+    """wrk on `data` for --seconds; meanwhile a wall, an on-CPU and a GIL py-spy window, one after
+    the other. Without a database (the protocol-only server) a window's callbacks are wrk's rate
+    times its length."""
     wrk = subprocess.Popen(load.wrk_command(url, args.seconds, args.connections, data), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(1.0)  # warm-up: connections open, the first batches committed
-        each = max(1, (args.seconds - 3) // 2)
-        wall = record(pid, db, work / ("%s-wall.txt" % name), each, args.rate, idle=True)
-        busy = record(pid, db, work / ("%s-cpu.txt" % name), each, args.rate, idle=False)
+        each = max(1, (args.seconds - 3) // 3)
+        wall, busy, gil = (record(pid, db, work / ("%s-%s.txt" % (name, mode)), each, args.rate, mode)
+                           for mode in ("wall", "cpu", "gil"))
     finally:
         out = wrk.communicate()[0]
     result = load.wrk_result(out)
     if db is None:
-        for window in (wall, busy):
+        for window in (wall, busy, gil):
             window.callbacks = round(result["rps"] * window.seconds)
-    return {"name": name, "wrk": result, "wall": wall, "busy": busy}
+    return {"name": name, "wrk": result, "wall": wall, "busy": busy, "gil": gil}
 
 
 def profile_protocol(data: Path, work: Path, args: argparse.Namespace) -> dict:
@@ -252,27 +261,32 @@ def _us(samples: int, window: Window, rate: int) -> float:
 
 def report_thread(thread: str, phase: dict, rate: int, top: int) -> None:
     """The thread's groups: share of its on-CPU samples, that share of its CPU time (/proc) per
-    callback, and wall time per callback. On a machine with other load, py-spy also counts a thread
-    that is runnable but waiting for a core as on CPU; /proc's CPU time does not, hence the scaling."""
-    wall, busy = phase["wall"], phase["busy"]
+    callback, time holding the GIL and wall time per callback. On a machine with other load, py-spy
+    also counts a thread that is runnable but waiting for a core (or in fsync) as on CPU; /proc's CPU
+    time does not, hence the scaling."""
+    wall, busy, gil = phase["wall"], phase["busy"], phase["gil"]
     ticks = max(wall.profile.ticks[thread], 1)  # the on-CPU window is as long as the wall one
     groups = busy.profile.groups[thread]
     samples = max(sum(groups.values()), 1)
     tid = wall.profile.tids.get(thread)
     cpu_s = busy.cpu.get(tid, 0.0) if tid else 0.0
     cpu_us = 1e6 * cpu_s / max(busy.callbacks, 1)
+    held = sum(gil.profile.groups[thread].values())
     print("\n  %s: CPU %.0f%% of the time (/proc), %.0f us per callback; running or runnable in %.0f%% of "
-          "py-spy's samples" % (thread, 100 * cpu_s / busy.seconds, cpu_us, 100 * samples / ticks))
-    print("    %-62s %7s %8s %8s" % ("per callback", "CPU %", "CPU us", "wall us"))
+          "py-spy's samples; holds the GIL %.0f%% of the time" % (
+              thread, 100 * cpu_s / busy.seconds, cpu_us, 100 * samples / ticks,
+              100 * held / max(gil.seconds * rate, 1)))
+    print("    %-62s %7s %8s %8s %8s" % ("per callback", "CPU %", "CPU us", "GIL us", "wall us"))
     names = sorted(set(wall.profile.groups[thread]) | set(groups),
                    key=lambda g: (-groups[g], -wall.profile.groups[thread][g]))
-    total_wall = 0.0
+    total_wall = total_gil = 0.0
     for group in names:
-        walled = _us(wall.profile.groups[thread][group], wall, rate)
+        walled, holding = _us(wall.profile.groups[thread][group], wall, rate), _us(gil.profile.groups[thread][group], gil, rate)
         total_wall += walled
-        print("    %-62s %6.0f%% %8.0f %8.0f" % (group[:62], 100 * groups[group] / samples,
-                                               cpu_us * groups[group] / samples, walled))
-    print("    %-62s %6.0f%% %8.0f %8.0f" % ("total", 100, cpu_us, total_wall))
+        total_gil += holding
+        print("    %-62s %6.0f%% %8.0f %8.0f %8.0f" % (group[:62], 100 * groups[group] / samples,
+                                                     cpu_us * groups[group] / samples, holding, walled))
+    print("    %-62s %6.0f%% %8.0f %8.0f %8.0f" % ("total", 100, cpu_us, total_gil, total_wall))
     print("    innermost wecomd function (-> the library below it): share of CPU samples, CPU us per callback")
     for function, count in busy.profile.functions[thread].most_common(top):
         print("      %5.1f%% %6.0f  %s" % (100 * count / samples, cpu_us * count / samples, function[:104]))
@@ -284,6 +298,11 @@ def report_phase(phase: dict, args: argparse.Namespace) -> None:
           "with %d callbacks, on CPU %.1f s with %d" % (
               phase["name"], w["rps"], w["p50_us"] / 1000, w["p99_us"] / 1000, w["non200"] + w["errors"],
               phase["wall"].seconds, phase["wall"].callbacks, phase["busy"].seconds, phase["busy"].callbacks))
+    gil = phase["gil"]
+    held = sum(sum(groups.values()) for groups in gil.profile.groups.values())
+    per_callback = 1e6 * held / args.rate / max(gil.callbacks, 1)
+    print("  the GIL is held %.0f%% of the time, %.0f us per callback: at most %.0f callbacks/s on one GIL" % (
+        100 * held / max(gil.seconds * args.rate, 1), per_callback, 1e6 / max(per_callback, 1)))
     for thread in (LOOP, WRITER):
         if phase["wall"].profile.ticks[thread]:
             report_thread(thread, phase, args.rate, args.top)
@@ -351,11 +370,11 @@ def sqlite_split(source_db: Path, work: Path, batch: int, limit: int = 4000) -> 
     print("\n== inside SQLite: the run's last %d rows (%d messages and their automatic answers) inserted again into "
           "a copy of its database, %d rows per transaction (the run's %d store calls per commit)"
           % (len(rows), inbound, per_commit, batch))
-    print("   %-40s %14s %14s %14s" % ("us per callback, synchronous=OFF", "statements", "COMMIT", "together"))
+    print("   %-40s %14s %14s %14s" % ("us per callback (sync OFF, least of 5)", "statements", "COMMIT", "together"))
     variants = [("as stored (both triggers)", ())] + [("without the %s" % k, v) for k, v in TRIGGERS.items()] + [
         ("without both", sum(TRIGGERS.values(), ()))]
     # CPU work inside SQLite, without the fsync (it varies with the disk's other load more than these
-    # differ): the median of five, the variants interleaved.
+    # differ): the least of five, the variants interleaved; other load only ever adds time.
     runs: dict = defaultdict(list)
     for _ in range(5):
         for label, drop in variants:
@@ -364,8 +383,8 @@ def sqlite_split(source_db: Path, work: Path, batch: int, limit: int = 4000) -> 
             runs[label].append((statements, commits))
     figures = {}
     for label, _ in variants:
-        statements = statistics.median(r[0] for r in runs[label])
-        commits = statistics.median(r[1] for r in runs[label])
+        statements = min(r[0] for r in runs[label])
+        commits = min(r[1] for r in runs[label])
         figures[label] = statements + commits
         print("   %-40s %14.0f %14.0f %14.0f" % (label, 1e6 * statements / inbound, 1e6 * commits / inbound,
                                                 1e6 * (statements + commits) / inbound))
@@ -377,7 +396,7 @@ def sqlite_split(source_db: Path, work: Path, batch: int, limit: int = 4000) -> 
     for _ in range(5):
         _, full, count = _timed_inserts(_copy(source_db, work / "split.db"), rows, columns, per_commit, (), "full")
         fsyncs.append(full / count)
-    off = statistics.median(r[1] for r in runs[variants[0][0]]) / count
+    off = min(r[1] for r in runs[variants[0][0]]) / count
     fsync = statistics.median(fsyncs) - off
     print("   COMMIT's fsync (synchronous=FULL less OFF): %.2f ms per transaction (median of 5, range %.2f-%.2f ms "
           "with FULL); %.0f us per callback at %d callbacks per commit" % (
@@ -386,7 +405,7 @@ def sqlite_split(source_db: Path, work: Path, batch: int, limit: int = 4000) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=20, help="wrk's run per phase (default 20)")
+    parser.add_argument("--seconds", type=int, default=24, help="wrk's run per phase (default 24)")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--messages", type=int, default=40000)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second (default 200)")
