@@ -17,7 +17,7 @@ spread over the last `--days` days, oldest first, in a few large transactions:
 
 The search index (FTS5) and the conversation summary are maintained by wecomd's own triggers as
 rows go in; read marks are written last, so the summary is then rebuilt from all messages
-(Store.rebuild_conversations), which gives what the daemon would have. Only `synchronous=off`
+(store.conversations.rebuild), which gives what the daemon would have. Only `synchronous=off`
 (seeding only; the daemon runs synchronous=full) and big transactions make it fast.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`wecomd backup` and Store.backup: real SQLite files, a real `wecomd serve` taking callbacks meanwhile."""
+"""`wecomd backup` and store.maintenance.backup: real SQLite files, a real `wecomd serve` taking callbacks meanwhile."""
 from __future__ import annotations
 
 import os

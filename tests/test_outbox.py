@@ -29,19 +29,34 @@ class SpyClient:
 
 
 class FlakyStore:
-    """The real store, but the named methods raise StoreError the first `times` calls."""
+    """The real store, but the named queries ("part.method", e.g. "outbox.due") raise StoreError the
+    first `times` calls."""
 
-    def __init__(self, store: Store, times: int = 1, *methods: str) -> None:
-        self._store, self._left = store, {name: times for name in methods}
+    def __init__(self, store: Store, times: int = 1, *queries: str) -> None:
+        self._store, self.left = store, {query: times for query in queries}
+        for query in queries:  # a name that is not a query would inject nothing
+            part, method = query.split(".")
+            assert callable(getattr(getattr(store, part), method)), query
 
     def __getattr__(self, name):
-        method = getattr(self._store, name)
-        if self._left.get(name):
+        target = getattr(self._store, name)
+        if any(query.startswith(name + ".") for query in self.left):
+            return _FlakyPart(target, name, self.left)
+        return target
+
+
+class _FlakyPart:
+    def __init__(self, part, name: str, left: dict) -> None:
+        self._part, self._name, self._left = part, name, left
+
+    def __getattr__(self, method):
+        query = "%s.%s" % (self._name, method)
+        if self._left.get(query):
             def failing(*args, **kwargs):
-                self._left[name] -= 1
-                raise StoreError("injected failure of %s" % name)
+                self._left[query] -= 1
+                raise StoreError("injected failure of %s" % query)
             return failing
-        return method
+        return getattr(self._part, method)
 
 
 @async_test
@@ -257,22 +272,22 @@ async def test_stop_lets_the_send_in_flight_finish(tmp_path):
 @async_test
 async def test_store_errors_do_not_stop_the_loop(tmp_path):
     async with WecomHarness(tmp_path) as h:
-        flaky = FlakyStore(h.store, 2, "due_outbound")
+        flaky = FlakyStore(h.store, 2, "outbox.due")
         outbox = h.outbox(store=flaky)
         (row,) = await outbox.submit("helpdesk", "zhangsan", "hello")
         await h.until_status(row["id"], "sent")
-        assert len(h.fake.sent) == 1
+        assert len(h.fake.sent) == 1 and flaky.left == {"outbox.due": 0}
 
 
 @async_test
 async def test_a_sent_message_whose_mark_failed_is_not_sent_again(tmp_path):
     async with WecomHarness(tmp_path) as h:
-        flaky = FlakyStore(h.store, 1, "set_status")
+        flaky = FlakyStore(h.store, 1, "outbox.set_status")
         outbox = h.outbox(store=flaky)
         (row,) = await outbox.submit("helpdesk", "zhangsan", "hello")
         sent = await h.until_status(row["id"], "sent")  # marked on the next pass
         assert sent["msg_id"] == h.fake.sent[0]["msgid"]
-        assert len(h.fake.sent) == 1 and h.send_calls() == 1
+        assert len(h.fake.sent) == 1 and h.send_calls() == 1 and flaky.left == {"outbox.set_status": 0}
 
 
 @async_test

@@ -1,4 +1,4 @@
-"""Retention: Store.prune and the Retention worker on a real SQLite file and a real media_dir."""
+"""Retention: store.maintenance.prune and the Retention worker on a real SQLite file and a real media_dir."""
 from __future__ import annotations
 
 import asyncio
@@ -61,7 +61,8 @@ def _age(store, message_id, at):
 
 
 def ids(store):
-    return [row.id for row in store.models.Message.select(store.models.Message.id).order_by(store.models.Message.id)]
+    M = store.models.Message
+    return [row.id for row in M.select(M.id).order_by(M.id)]
 
 
 def fts_ok(store):
@@ -71,7 +72,7 @@ def fts_ok(store):
     return indexed == store.messages.count()
 
 
-# --- Store.prune ---------------------------------------------------------------------------------
+# --- store.maintenance.prune ----------------------------------------------------------------------
 
 def test_prune_deletes_old_messages_with_their_runs_and_search_entries(store):
     old = [inbound(store, "旧的消息 number %d" % n) for n in range(3)]
@@ -121,7 +122,7 @@ def test_messages_still_in_use_are_kept_whatever_their_age(store):
     downloading = inbound(store, "", msgtype="image", MediaId="MEDIA1")
     webhook = inbound(store, "forwarded")
     store.runs.start(webhook["id"], "helpdesk", "zhangsan", "forward", "webhook", status="pending",
-                    url="https://ops.example.com/", payload=b"{}")
+                     url="https://ops.example.com/", payload=b"{}")
     running = inbound(store, "command running")
     store.runs.start(running["id"], "helpdesk", "zhangsan", "backup", "run")
 

@@ -14,7 +14,7 @@ class HealthHandler(BaseHandler):
     """200 {"status": "ok"} when the database answers and takes a write, else 503.
 
     The probe runs on the writer thread like a callback's store call, so it fails exactly when
-    callbacks would: database locked past busy_timeout, read-only, disk full (store_health). It
+    callbacks would: database locked past busy_timeout, read-only, disk full (wecomd.store.health). It
     remembers nothing: the first probe after the trouble ends answers 200 again.
     """
 

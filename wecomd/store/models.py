@@ -172,10 +172,10 @@ class Session(Model):
         table_name = "session"
 
 
-M = TypeVar("M", bound=Model)
+ModelT = TypeVar("ModelT", bound=Model)
 
 
-def bind(model: type[M], db: peewee.Database) -> type[M]:
+def bind(model: type[ModelT], db: peewee.Database) -> type[ModelT]:
     """A subclass of `model` bound to `db`, with the same table. Per database rather than
     Model.bind(db): two stores in one process (tests, export next to serve, doctor's read-only
     connection) must not rebind each other's models."""
@@ -198,7 +198,7 @@ class Models:
     @classmethod
     def bound_to(cls, db: peewee.Database) -> "Models":
         declared = {model.__name__: model for model in (Message, ReadMark, Conversation, RuleRun, Takeover,
-                                                          CallbackFailure, Session)}
+                                                        CallbackFailure, Session)}
         return cls(**{field.name: bind(declared[field.name], db) for field in fields(cls)})
 
     def all(self) -> list[type[Model]]:

@@ -4,7 +4,7 @@ Once at start and then every `interval` (an hour), when retention_days is above 
 before now − retention_days are deleted oldest first, one batch per database transaction and per
 trip to the database thread, so callbacks keep being stored in between. Their media files are
 removed after the rows are committed: a crash in between leaves a stray file, never a message whose
-file is gone. Rows still in use are kept whatever their age (see Store.prune): outbound messages
+file is gone. Rows still in use are kept whatever their age (see store.maintenance.prune): outbound messages
 still pending, media downloads pending, rule runs running and webhooks pending.
 """
 from __future__ import annotations
