@@ -74,11 +74,11 @@ class InboxHarness(StoreHarness):
         return self.inbox.receive("app", self.config.apps[app], message)
 
     async def inbound(self) -> list[dict]:
-        rows, _ = await self.db(self.store.messages)
+        rows, _ = await self.db(self.store.messages.page)
         return [row for row in rows if row["direction"] == "in"]
 
     async def answers(self) -> list[tuple]:
-        rows, _ = await self.db(self.store.messages)
+        rows, _ = await self.db(self.store.messages.page)
         return [(row["to_user"], row["content"], row["rule"]) for row in reversed(rows) if row["direction"] == "out"]
 
 
@@ -125,7 +125,7 @@ async def test_a_new_message_is_pushed_live_and_its_media_fetched(tmp_path):
     async with InboxHarness(tmp_path) as h:
         first = await h.receive(text("随便说说"))
         (row,) = await h.inbound()
-        answer = await h.db(h.store.get, row["id"] + 1)
+        answer = await h.db(h.store.messages.get, row["id"] + 1)
         assert h.events == [message_event(dict(row, automation=[])), message_event(answer)]
         assert "reply" not in h.events[0]["message"]  # the passive reply XML is not the dashboard's
         assert h.events[0]["message"]["id"] == first.id and h.woken == 0

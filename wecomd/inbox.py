@@ -150,7 +150,7 @@ class Inbox:
             if answer is None or not message.from_user:
                 return None, None
             reply = passive(app, message, answer.text)
-            kept, stored = await self.run_db(self.store.save_passive_reply, row["id"], reply, answer.text,
+            kept, stored = await self.run_db(self.store.messages.save_passive_reply, row["id"], reply, answer.text,
                                              answer.rule, answer.run_id)
             if stored is not None:
                 self.publish(message_event(stored))
@@ -167,7 +167,7 @@ def store_inbound(store: Any, app: str, message: Message, key: str) -> tuple:
     """Save a delivery without a ready-made reply: (row, created, paused, None). A retry's row is
     brief (id, deliveries and the first delivery's reply): a retry is answered, never shown."""
     paused = is_paused(store, app, message.from_user)
-    row, created = store.save_inbound(app, message, key, brief=True)
+    row, created = store.messages.save_inbound(app, message, key, brief=True)
     return row, created, paused, None
 
 
@@ -181,6 +181,6 @@ def store_answered(store: Any, app: str, message: Message, key: str, reply: str,
     savepoint keeps them one change.
     """
     paused = is_paused(store, app, message.from_user)
-    row, created = store.save_inbound(app, message, key, None if paused else reply, brief=True)
-    answer = store.save_answer(app, message.from_user, text) if created and not paused else None
+    row, created = store.messages.save_inbound(app, message, key, None if paused else reply, brief=True)
+    answer = store.messages.save_answer(app, message.from_user, text) if created and not paused else None
     return row, created, paused, answer

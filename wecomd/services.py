@@ -25,7 +25,7 @@ from wecomd.inbox import Inbox
 from wecomd.live import Hub
 from wecomd.metrics import Metrics
 from wecomd.store import Store, StoreError
-from wecomd.store.rows import utcnow
+from wecomd.store.times import utcnow
 from wecomd.store.writer import DbWriter
 from wecomd.wecom.api import WecomClient
 from wecomd.wecom.crypto import WecomCrypto
@@ -157,7 +157,7 @@ class Services:
         applied = await self.writer.run(self.store.migrate, alone=True)
         if applied:
             logger.info("database migrated: %s", ", ".join(applied))
-        interrupted = await self.db(self.store.interrupt_running, utcnow())
+        interrupted = await self.db(self.store.runs.interrupt_running, utcnow(whole_seconds=True))
         if interrupted:
             logger.warning("%d rule action(s) were cut off by the last stop", interrupted)
         await self.sessions.load()

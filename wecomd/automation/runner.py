@@ -126,7 +126,7 @@ class RuleRunner:
         for action, configured in (("reply", rule.reply), ("run", rule.run)):
             if configured and paused:
                 run = await self._record(row, app, rule, action, "skipped")
-                await self.run_db(self.store.finish_run, run["id"], "skipped", error=PAUSED, path="none")
+                await self.run_db(self.store.runs.finish, run["id"], "skipped", error=PAUSED, path="none")
             elif configured and action == "reply":
                 run = await self._record(row, app, rule, "reply", "running")
                 await self._deliver(run, app, row, rulesmod.render(rule.reply, fields), answers, status="ok")
@@ -136,7 +136,7 @@ class RuleRunner:
         return started
 
     async def _record(self, row: dict, app: AppConfig, rule: rulesmod.Rule, action: str, status: str, **kw: Any) -> dict:
-        return await self.run_db(self.store.start_run, row["id"], app.name, row.get("from_user") or "",
+        return await self.run_db(self.store.runs.start, row["id"], app.name, row.get("from_user") or "",
                                  rule.name, action, status, **kw)
 
     async def _command(self, run: dict, rule: rulesmod.Rule, fields: dict, message: Message,
@@ -147,7 +147,7 @@ class RuleRunner:
             result = refused(exc.program, str(exc), exc.why)
         else:
             result = await self.commands.run(argv, rulesmod.command_env(fields, message), rule.timeout)
-        await self.run_db(self.store.finish_run, run["id"], result.status, exit_code=result.exit_code,
+        await self.run_db(self.store.runs.finish, run["id"], result.status, exit_code=result.exit_code,
                           duration_ms=result.duration_ms, output=result.excerpt(), error=result.error)
         await self._deliver(run, app, row, command_answer(result, rule), answers)
         await self._changed(row["id"])
@@ -162,7 +162,7 @@ class RuleRunner:
             if reply:
                 await self._deliver(run, app, row, reply, answers)
             elif delivered:
-                await self.run_db(self.store.set_run_path, run["id"], "none")
+                await self.run_db(self.store.runs.set_path, run["id"], "none")
 
         return self._spawn(first_attempt())
 
@@ -170,18 +170,18 @@ class RuleRunner:
                        status: Optional[str] = None) -> None:
         """Passive if still possible, else exactly one message through the outbox."""
         if status:
-            await self.run_db(self.store.finish_run, run["id"], status)
+            await self.run_db(self.store.runs.finish, run["id"], status)
         if not text.strip():
-            await self.run_db(self.store.set_run_path, run["id"], "none")
+            await self.run_db(self.store.runs.set_path, run["id"], "none")
         elif answers.offer(text, run):
-            await self.run_db(self.store.set_run_path, run["id"], "passive")
+            await self.run_db(self.store.runs.set_path, run["id"], "passive")
         else:
             await self.send_later(run, app.name, row.get("from_user") or "", text)
 
     async def send_later(self, run: dict, app: str, user: str, text: str) -> None:
         """Deliver an answer that missed the passive budget through the send API (the outbox)."""
         rows = await self.outbox.submit(app, user, text, operator="rule:%s" % run["rule"], rule=run["rule"])
-        await self.run_db(self.store.set_run_path, run["id"], "api", rows[0]["id"])
+        await self.run_db(self.store.runs.set_path, run["id"], "api", rows[0]["id"])
 
     async def on_webhook_reply(self, run: dict, text: str) -> None:
         """A retried webhook delivery answered with a reply: always too late to be passive."""
@@ -190,7 +190,7 @@ class RuleRunner:
     async def _changed(self, message_id: int) -> None:
         """Push the message again with its automation list, as the dashboard merges by id."""
         if self.publish is not None:
-            message = await self.run_db(self.store.get, message_id)
+            message = await self.run_db(self.store.messages.get, message_id)
             if message is not None:
                 self.publish(message_event(message))
 

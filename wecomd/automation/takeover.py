@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Optional
 
 from wecomd.config import Config, RulesConfig
-from wecomd.store.rows import utcnow
+from wecomd.store.times import utcnow
 
 PAUSED = "automation paused: an operator replied by hand (human takeover)"
 
@@ -31,22 +31,22 @@ class Takeover:
         takeover is off)."""
         until = pause_until(self.settings)
         if until is not None:
-            await self.run_db(self.store.pause, app, user, until, operator)
+            await self.run_db(self.store.takeovers.pause, app, user, until, operator)
         return until
 
     async def resume(self, app: str, user: str) -> None:
         """The thread's "resume now": automation answers this user again at once."""
-        await self.run_db(self.store.resume, app, user)
+        await self.run_db(self.store.takeovers.resume, app, user)
 
 
 def is_paused(store: Any, app: str, user: Optional[str], now: Optional[datetime] = None) -> bool:
     """Whether automation is paused for (app, user); a store call, run inside the writer call that
     stores the message, so the answer and the message are one decision."""
-    return bool(user) and store.paused_until(app, user, now or utcnow()) is not None
+    return bool(user) and store.takeovers.paused_until(app, user, now or utcnow(whole_seconds=True)) is not None
 
 
 def pause_until(settings: RulesConfig, now: Optional[datetime] = None) -> Optional[datetime]:
     """When automation resumes after an operator's manual reply now; None when takeover is off."""
     if settings.takeover_minutes <= 0:
         return None
-    return (now or utcnow()) + timedelta(minutes=settings.takeover_minutes)
+    return (now or utcnow(whole_seconds=True)) + timedelta(minutes=settings.takeover_minutes)

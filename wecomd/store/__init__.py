@@ -70,17 +70,6 @@ class Store:
         self.health = Health(db, name, models.Message)
 
         # The old method names, for the modules being rewritten now (#10); they go with them.
-        self.save_inbound = self.messages.save_inbound  # TEMPORARY(#10): used by wecomd/inbox.py
-        self.save_answer = self.messages.save_answer  # TEMPORARY(#10): used by wecomd/inbox.py
-        self.save_passive_reply = self.messages.save_passive_reply  # TEMPORARY(#10): used by wecomd/inbox.py
-        self.get = self.messages.get  # TEMPORARY(#10): used by wecomd/automation/runner.py, tests/test_inbox.py
-        self.start_run = self.runs.start  # TEMPORARY(#10): used by wecomd/automation/runner.py
-        self.finish_run = self.runs.finish  # TEMPORARY(#10): used by wecomd/automation/runner.py
-        self.set_run_path = self.runs.set_path  # TEMPORARY(#10): used by wecomd/automation/runner.py
-        self.interrupt_running = self.runs.interrupt_running  # TEMPORARY(#10): used by wecomd/services.py
-        self.pause = self.takeovers.pause  # TEMPORARY(#10): used by wecomd/automation/takeover.py
-        self.resume = self.takeovers.resume  # TEMPORARY(#10): used by wecomd/automation/takeover.py
-        self.paused_until = self.takeovers.paused_until  # TEMPORARY(#10): used by wecomd/automation/takeover.py
 
     def __repr__(self) -> str:
         return "<Store %s>" % self.name

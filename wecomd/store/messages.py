@@ -58,11 +58,6 @@ class Messages:
         self._blank_row = {column: field.default if not callable(field.default) else None
                            for column, field in self.Message._meta.fields.items()}
 
-    # TEMPORARY(#10): used by tests/test_inbox.py, which calls store.messages(...) as the method it
-    # was; Messages.page is its new name.
-    def __call__(self, *args: Any, **kwargs: Any) -> tuple[list[dict], Optional[int]]:
-        return self.page(*args, **kwargs)
-
     # ------------------------------------------------------------ writing
 
     @guarded("save the inbound message")
