@@ -58,7 +58,7 @@ LOOP_GROUPS = (
     ("crypto: signature, AES, base64, nonce", lambda fn, f: f.startswith((
         "wecomd/wecom/crypto.py", "Crypto/", "base64.py", "hashlib.py", "secrets.py", "random.py"))),
     ("XML parse: envelope, message, dedup key", lambda fn, f: f.startswith((
-        "wecomd/wecom/messages.py", "xml/", "defusedxml/", "pyexpat"))),
+        "wecomd/wecom/messages.py", "wecomd/wecom/envelopes.py", "xml/", "defusedxml/", "pyexpat"))),
     ("reply XML", lambda fn, f: f.startswith("wecomd/wecom/replies.py")),
     ("logging: the request's log line", lambda fn, f: f.startswith(("logging/", "wecomd/logs.py"))),
     ("metrics", lambda fn, f: f.startswith(("wecomd/metrics.py", "prometheus_client/"))),

@@ -1,9 +1,10 @@
 """A diagnostic for bench/load.py: bare Tornado plus the WeCom protocol work alone.
 
-A plain RequestHandler that does what every callback must, with wecomd's own crypto and message
-modules (verify the signature, decrypt, parse the message XML, build and encrypt the passive
-reply) and nothing else: no storage, no rules, no log line, no metrics. Its rate against the
-bare "hello" handler shows how much of the ceiling the protocol itself leaves in CPython.
+A plain RequestHandler that does what every callback must, with wecomd's own protocol modules
+(parse the envelope, verify the signature, decrypt, parse the message XML, build and encrypt the
+passive reply) and nothing else: no storage, no rules, no log line, no metrics. Its rate against
+the bare "hello" handler shows how much of the ceiling the protocol itself leaves in CPython;
+bench/parse.py times its pieces one by one.
 
     python bench/protocol_server.py PORT TOKEN AES_KEY CORP_ID
 """
@@ -13,11 +14,7 @@ import time
 
 from tornado import web
 
-from wecomd.wecom import crypto
-
-from wecomd.wecom import messages
-
-from wecomd.wecom import replies
+from wecomd.wecom import crypto, envelopes, messages, replies
 
 
 class Protocol(web.RequestHandler):
@@ -26,7 +23,7 @@ class Protocol(web.RequestHandler):
 
     def post(self, *args) -> None:
         query = [self.get_query_argument(name, strip=False) for name in ("msg_signature", "timestamp", "nonce")]
-        envelope = messages.parse_envelope(self.request.body)
+        envelope = envelopes.parse_xml(self.request.body)
         message = messages.parse(self.codec.decrypt_message(*query, envelope.encrypt))
         reply = replies.reply_text(message.from_user, self.corp_id, "已收到")
         self.set_header("Content-Type", "application/xml; charset=utf-8")

@@ -1,4 +1,4 @@
-"""wecomd.wecom.messages: plaintext parsing, hostile XML, envelopes, dedup keys and passive replies."""
+"""wecomd.wecom.messages and envelopes: plaintext parsing, hostile XML, envelopes, dedup keys and passive replies."""
 from __future__ import annotations
 
 import ast
@@ -11,12 +11,9 @@ from pathlib import Path
 import pytest
 
 from support.samples import SAMPLES
-from wecomd.wecom import messages
-from wecomd.wecom import replies
-from wecomd.wecom.messages import (
-    ForbiddenXmlError, MalformedXmlError, MessageError, MissingEncryptError, dedup_key, parse,
-    parse_envelope, to_fields,
-)
+from wecomd.wecom import envelopes, messages, replies
+from wecomd.wecom.envelopes import MissingEncryptError, parse_xml
+from wecomd.wecom.messages import ForbiddenXmlError, MalformedXmlError, MessageError, dedup_key, parse, to_fields
 
 VECTORS = json.loads(
     (Path(__file__).parent / "data" / "wecom-vectors.json").read_text(encoding="utf-8")
@@ -283,12 +280,36 @@ BILLION_LAUGHS = ('<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY a "lol">'
     '<!DOCTYPE xml [<!ENTITY x SYSTEM "file:///etc/passwd">]><xml><MsgType>&x;</MsgType></xml>',
     '<!DOCTYPE xml SYSTEM "http://203.0.113.1/evil.dtd"><xml><MsgType>text</MsgType></xml>',
     '<!DOCTYPE xml [<!ENTITY % p SYSTEM "http://203.0.113.1/p.dtd"> %p;]><xml/>',
+    '\ufeff<?xml version="1.0" encoding="UTF-16"?>\n<!-- c -->\n<!DOCTYPE xml [<!ENTITY e "x">]><xml>&e;</xml>',
+    '<!DOCTYPE xml [<!ENTITY e "<Encrypt>abc</Encrypt>">]><xml>&e;<MsgType>text</MsgType></xml>',
 ])
 def test_dtds_and_entities_are_forbidden(xml):
     with pytest.raises(ForbiddenXmlError):
         parse(xml)
     with pytest.raises(ForbiddenXmlError):
-        parse_envelope(xml.encode("utf-8"))
+        parse_xml(xml.encode("utf-8"))
+
+
+_DTD = '<!DOCTYPE xml [<!ENTITY e "x">]><xml><MsgType>&e;</MsgType><Encrypt>a</Encrypt></xml>'
+
+
+@pytest.mark.parametrize("body,error", [
+    # Without a BOM, UTF-16 is valid UTF-8 (ASCII with NULs between), but expat reads it as UTF-16.
+    (_DTD.encode("utf-16-be"), ForbiddenXmlError),
+    (_DTD.encode("utf-16-le"), ForbiddenXmlError),
+    ("\x00" + _DTD, MalformedXmlError),
+    (_DTD.encode("utf-16"), MalformedXmlError),  # with its BOM: not UTF-8 at all
+    (_DTD.encode("utf-32-be"), MalformedXmlError),
+    (_DTD.replace("DOCTYPE", "doctype").encode(), MalformedXmlError),
+    (_DTD.replace("<!DOCTYPE", "<! DOCTYPE").encode(), MalformedXmlError),
+    (_DTD.replace("DOCTYPE", "DOC&#84;YPE").encode(), MalformedXmlError),
+    (b'<xml><MsgType>text</MsgType><Encrypt>a</Encrypt><!ENTITY e "x"></xml>', MalformedXmlError),
+])
+def test_a_dtd_in_disguise_is_refused_or_not_xml(body, error):
+    with pytest.raises(error):
+        parse(body)
+    with pytest.raises(error):
+        parse_xml(body)
 
 
 def test_doctype_text_inside_a_value_is_just_text():
@@ -330,11 +351,17 @@ def test_utf8_bom_is_accepted():
     assert parse(b"\xef\xbb\xbf<xml><MsgType>text</MsgType></xml>").msgtype == "text"
 
 
-def test_module_is_pure():
-    tree = ast.parse(Path(messages.__file__).read_text(encoding="utf-8"))
+def _imports(module) -> set:
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert not {name for name in imported if name and name.split(".")[0] in ("tornado", "wecomd", "peewee")}
+    return imported | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+
+
+def test_modules_are_pure():
+    assert not {name for name in _imports(messages) if name and name.split(".")[0] in ("tornado", "wecomd", "peewee")}
+    # The envelope readers build on messages' safe parse, and on nothing else of wecomd's.
+    assert {name for name in _imports(envelopes) if name and name.split(".")[0] in ("tornado", "wecomd", "peewee")
+            } == {"wecomd.wecom.messages"}
 
 
 # ---------------------------------------------------------------- envelope
@@ -342,20 +369,20 @@ def test_module_is_pure():
 def test_envelope_with_encrypt_first_and_newlines():
     body = ("<xml>\n<Encrypt><![CDATA[RypEvHKD8QQKFhvQ6QleEB4J58tiPdvo+rtK1I9qca6aM/wvqnLSV5zE==]]></Encrypt>\n"
             "<ToUserName><![CDATA[ww0123456789abcdef]]></ToUserName>\n<AgentID><![CDATA[1000002]]></AgentID>\n</xml>")
-    envelope = parse_envelope(body.encode("utf-8"))
-    assert envelope == messages.Envelope(
+    envelope = parse_xml(body.encode("utf-8"))
+    assert envelope == envelopes.Envelope(
         encrypt="RypEvHKD8QQKFhvQ6QleEB4J58tiPdvo+rtK1I9qca6aM/wvqnLSV5zE==",
         to_user="ww0123456789abcdef", agent_id="1000002")
 
 
 @pytest.mark.parametrize("vector", [v for v in VECTORS if "post_body" in v], ids=lambda v: v["id"])
 def test_envelope_of_official_vectors(vector):
-    envelope = parse_envelope(vector["post_body"].encode("utf-8"))
+    envelope = parse_xml(vector["post_body"].encode("utf-8"))
     assert (envelope.encrypt, envelope.to_user) == (vector["encrypt"], vector["receive_id"])
 
 
 def test_envelope_without_agent_id():
-    envelope = parse_envelope(b"<xml><ToUserName>ww1</ToUserName><Encrypt>abc</Encrypt></xml>")
+    envelope = parse_xml(b"<xml><ToUserName>ww1</ToUserName><Encrypt>abc</Encrypt></xml>")
     assert (envelope.encrypt, envelope.agent_id) == ("abc", None)
 
 
@@ -368,18 +395,18 @@ def test_envelope_without_agent_id():
 ])
 def test_envelope_without_encrypt(body):
     with pytest.raises(MissingEncryptError):
-        parse_envelope(body)
+        parse_xml(body)
 
 
 def test_envelope_with_two_encrypts_is_refused():
     with pytest.raises(MalformedXmlError):
-        parse_envelope(b"<xml><Encrypt>abc</Encrypt><Encrypt>def</Encrypt></xml>")
+        parse_xml(b"<xml><Encrypt>abc</Encrypt><Encrypt>def</Encrypt></xml>")
 
 
 @pytest.mark.parametrize("body", [b"", b"junk", b"<Envelope><Encrypt>a</Encrypt></Envelope>"])
 def test_envelope_that_is_not_xml(body):
     with pytest.raises(MalformedXmlError):
-        parse_envelope(body)
+        parse_xml(body)
 
 
 # ---------------------------------------------------------------- dedup

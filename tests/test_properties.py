@@ -17,16 +17,16 @@ import string
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import defusedxml
 import pytest
 from Crypto.Cipher import AES
+from defusedxml import ElementTree as DefusedElementTree
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from wecomd import config, passwords
 
-from wecomd.wecom import messages
-
-from wecomd.wecom import replies
+from wecomd.wecom import envelopes, messages, replies
 
 from wecomd.automation import rules
 from wecomd.wecom.crypto import (
@@ -244,7 +244,7 @@ def test_encrypt_reply_is_refused_or_an_envelope_that_decrypts(reply, ts, nonce)
     root = ET.fromstring(envelope)
     assert root.findtext("TimeStamp") == ts and root.findtext("Nonce") == nonce
     assert CRYPTO.decrypt_message(root.findtext("MsgSignature"), ts, nonce,
-                                  messages.parse_envelope(envelope).encrypt) == reply.encode()
+                                  envelopes.parse_xml(envelope).encrypt) == reply.encode()
 
 
 # ============================================================== messages
@@ -326,11 +326,42 @@ _ARBITRARY_XML = st.one_of(st.text(), st.binary(), _xml_fragments(), _xml_fragme
 @example(data="<xml>" * 40 + "</xml>" * 40)
 @example(data="<xml><MsgType>text</MsgType>" + "<a>" * 40 + "</a>" * 40 + "</xml>")
 def test_parse_arbitrary_input_raises_only_message_error(data):
-    for function in (messages.parse, messages.parse_envelope, messages.to_fields):
+    for function in (messages.parse, envelopes.parse_xml, messages.to_fields):
         try:
             function(data)
         except MessageError:
             pass
+
+
+def _defused_only(data):
+    """parse_document as it was before its C parser fast path: defusedxml's parser for every document."""
+    try:
+        text = data if isinstance(data, str) else bytes(data).decode("utf-8").lstrip("\ufeff")
+        root = DefusedElementTree.fromstring(text, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except defusedxml.DefusedXmlException:
+        return messages.ForbiddenXmlError
+    except (ET.ParseError, ValueError, RecursionError):  # ExpatError and UnicodeError are ValueErrors
+        return messages.MalformedXmlError
+    return messages.MalformedXmlError if root.tag != "xml" else (text, ET.tostring(root))
+
+
+@examples(400)
+@given(data=st.one_of(_ARBITRARY_XML, _xml_fragments().map(lambda s: s.encode("utf-16-be", "surrogatepass")),
+                      _xml_fragments().map(lambda s: s.encode("utf-16-le", "surrogatepass"))))
+@example(data='<!DOCTYPE xml [<!ENTITY e "x">]><xml>&e;</xml>'.encode("utf-16-be"))
+@example(data='<!DOCTYPE xml [<!ENTITY e "x">]><xml>&e;</xml>'.encode("utf-16-le"))
+@example(data='<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x><xml/>')
+@example(data="<xml><a><![CDATA[<!DOCTYPE x>]]></a></xml>")
+@example(data=b"\xef\xbb\xbf\xef\xbb\xbf<xml/>")
+def test_parse_document_agrees_with_defusedxml_alone(data):
+    # The C parser takes the documents that cannot hold a DTD: same trees, same refusals.
+    expected = _defused_only(data)
+    try:
+        text, root = messages.parse_document(data)
+    except messages.MessageError as exc:
+        assert type(exc) is expected
+    else:
+        assert (text, ET.tostring(root)) == expected
 
 
 @examples(100)
@@ -455,14 +486,14 @@ def test_dedup_key_is_bounded_for_long_fields(msgtype, agent, user, msg_id, even
 @examples(30)
 @given(encrypt=st.text(ALNUM + "+/=", min_size=1, max_size=60), before=CHILDREN, after=CHILDREN,
        pad=st.sampled_from(["", "\n", "\n  ", " \t"]), rnd=st.randoms(use_true_random=False))
-def test_parse_envelope_finds_encrypt_anywhere(encrypt, before, after, pad, rnd):
+def test_parse_xml_envelope_finds_encrypt_anywhere(encrypt, before, after, pad, rnd):
     before = [c for c in before if c[0] != "Encrypt"]
     after = [c for c in after if c[0] != "Encrypt"]
     body = "<xml>%s<Encrypt>%s</Encrypt>%s</xml>" % (
         _serialise(before, rnd), _cdata(pad + encrypt + pad) if rnd.random() < 0.5 else pad + encrypt + pad,
         _serialise(after, rnd))
     try:
-        envelope = messages.parse_envelope(body.encode())
+        envelope = envelopes.parse_xml(body.encode())
     except MessageError:
         # Only hostile nesting (beyond MAX_DEPTH) may refuse a well-formed envelope.
         return

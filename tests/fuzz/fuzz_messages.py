@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Coverage-guided fuzz target (atheris) for wecomd.wecom.messages (the XML parser and reply builders).
+"""Coverage-guided fuzz target (atheris) for wecomd.wecom.messages, envelopes and replies (XML in and out).
 
     python tests/fuzz/fuzz_messages.py -max_total_time=60 /tmp/fuzz-messages tests/fuzz/corpus/messages
     python tests/fuzz/fuzz_messages.py --replay [DIR_OR_FILE ...]     # one pass, no atheris needed
@@ -24,11 +24,12 @@ atheris = _driver.atheris
 
 if __name__ == "__main__" and atheris is not None and "--replay" not in sys.argv:
     with atheris.instrument_imports(include=["wecomd", "defusedxml"]):
-        from wecomd.wecom import messages
-        from wecomd.wecom import replies
+        from wecomd.wecom import envelopes, messages, replies
 else:
-    from wecomd.wecom import messages
-    from wecomd.wecom import replies
+    from wecomd.wecom import envelopes, messages, replies
+
+import defusedxml  # noqa: E402
+from defusedxml import ElementTree as DefusedElementTree  # noqa: E402
 
 
 def _text(data: bytes) -> str:
@@ -83,7 +84,7 @@ def mode_parse_text(payload: bytes) -> None:
 
 def mode_envelope(payload: bytes) -> None:
     try:
-        envelope = messages.parse_envelope(payload)
+        envelope = envelopes.parse_xml(payload)
     except messages.MessageError:
         return
     assert envelope.encrypt and envelope.encrypt == envelope.encrypt.strip()
@@ -128,8 +129,32 @@ def mode_template_card(payload: bytes) -> None:
     assert messages.parse(xml).msgtype == "update_template_card"
 
 
+def _defused_only(data):
+    """parse_document as it was before its C parser fast path: defusedxml's parser for every document."""
+    try:
+        text = data if isinstance(data, str) else data.decode("utf-8").lstrip("\ufeff")
+        root = DefusedElementTree.fromstring(text, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except defusedxml.DefusedXmlException:
+        return messages.ForbiddenXmlError
+    except (ET.ParseError, ValueError, RecursionError):
+        return messages.MalformedXmlError
+    return messages.MalformedXmlError if root.tag != "xml" else (text, ET.tostring(root))
+
+
+def mode_parse_document(payload: bytes) -> None:
+    # The C parser takes the documents that cannot hold a DTD: same trees and refusals as defusedxml's.
+    for data in (payload, _text(payload)):
+        expected = _defused_only(data)
+        try:
+            text, root = messages.parse_document(data)
+        except messages.MessageError as exc:
+            assert type(exc) is expected, (data, exc, expected)
+        else:
+            assert (text, ET.tostring(root)) == expected, data
+
+
 MODES = [mode_parse_bytes, mode_parse_text, mode_envelope, mode_wrapped, mode_wrapped_event,
-         mode_reply_text, mode_template_card]
+         mode_reply_text, mode_template_card, mode_parse_document]
 
 
 TestOneInput = _driver.by_first_byte(MODES)

@@ -16,7 +16,7 @@ from tornado import web
 from wecomd import metrics
 from wecomd.handlers.base import BaseHandler
 from wecomd.inbox import NotStored
-from wecomd.wecom import crypto, messages
+from wecomd.wecom import crypto, envelopes, messages
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class CallbackHandler(BaseHandler):
         sig, ts, nonce = self._query("msg_signature", "timestamp", "nonce")
         self._check_timestamp(ts)
         try:
-            envelope = messages.parse_envelope(b"".join(self._chunks))
+            envelope = envelopes.parse_xml(b"".join(self._chunks))
         except messages.MessageError as exc:
             raise web.HTTPError(400, "bad envelope: %s", exc)
         plain = self._crypto_call(self.crypto.decrypt_message, sig, ts, nonce, envelope.encrypt)

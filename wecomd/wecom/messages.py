@@ -1,6 +1,7 @@
-"""XML -> Message: the normalised record of one callback, its envelope and its dedup key.
+"""XML -> Message: the safe parse, the normalised record of one callback and its dedup key.
 
-Passive reply XML is built in wecomd.wecom.replies."""
+The encrypted envelope around a message is read in wecomd.wecom.envelopes; passive reply XML is
+built in wecomd.wecom.replies."""
 from __future__ import annotations
 
 import hashlib
@@ -27,6 +28,7 @@ REPEATABLE = frozenset((
     "Details", "Notifyer", "Comments", "PicList",
 ))
 MAX_DEPTH = 32  # WeCom nests about 7 levels; anything deeper is hostile, not a callback.
+_DOCTYPE = "<!DOCTYPE"  # the only way into a DTD, with a NUL for UTF-16: see parse_document
 
 # Event ids that tell apart events sharing sender and second (protocol §4: WxJava's list + ours).
 EVENT_ID_PATHS = (
@@ -52,19 +54,6 @@ class ForbiddenXmlError(MessageError):
 
 class MalformedXmlError(MessageError):
     """The XML is not well-formed, not an <xml> document, or lacks a required element."""
-
-
-class MissingEncryptError(MessageError):
-    """A callback envelope without a usable <Encrypt> element."""
-
-
-@dataclass
-class Envelope:
-    """The outer, still encrypted POST body of a callback (protocol §4)."""
-
-    encrypt: str
-    to_user: Optional[str]
-    agent_id: Optional[str]
 
 
 @dataclass
@@ -106,12 +95,25 @@ def _decode(xml: XmlInput) -> str:
         raise MalformedXmlError("XML is not valid UTF-8: %s" % exc) from None
 
 
-def _parse_root(xml: XmlInput) -> tuple[str, ElementTree.Element]:
-    """Parse with DTDs, entities and external references refused; return (text, root)."""
+def parse_document(xml: XmlInput) -> tuple[str, ElementTree.Element]:
+    """Parse with DTDs, entities and external references refused; return (text, root).
+
+    Entities (internal, external or parameter) can only be declared in a DTD, and a DTD only by a
+    literal "<!DOCTYPE": markup has no escapes and the keyword is case-sensitive. The parser reads
+    the text as the UTF-8 it is searched in (a str is always parsed as UTF-8, whatever the XML
+    declaration says) unless a NUL among its first bytes makes expat take it for UTF-16, and NUL
+    is never legal XML. A document with neither cannot use a DTD, so it goes to the C parser;
+    one with either (a CDATA section quoting "<!DOCTYPE" included) goes to defusedxml's parser,
+    which refuses the DTD itself. That one is pure Python and two to three times slower; WeCom's
+    own documents never need it.
+    """
     text = _decode(xml)
     try:
-        root = DefusedElementTree.fromstring(
-            text, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+        if _DOCTYPE in text or "\x00" in text:
+            root = DefusedElementTree.fromstring(
+                text, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+        else:
+            root = ElementTree.fromstring(text)
     except defusedxml.DefusedXmlException as exc:
         raise ForbiddenXmlError("XML uses a forbidden construct: %s" % exc) from None
     except (ElementTree.ParseError, expat.ExpatError, ValueError, RecursionError) as exc:
@@ -129,18 +131,31 @@ def _value(element: ElementTree.Element, depth: int) -> Any:
 
 
 def _children(element: ElementTree.Element, depth: int) -> dict[str, Any]:
+    """The children of `element` by tag, in order of first appearance (see to_fields)."""
     if depth > MAX_DEPTH:
         raise MalformedXmlError("XML is nested deeper than %d levels" % MAX_DEPTH)
-    groups: dict[str, list[Any]] = {}
+    fields: dict[str, Any] = {}
     for child in element:
-        values = groups.setdefault(child.tag, [])
-        if child.tag == "PicList":
+        tag = child.tag
+        if tag == "PicList":
             # protocol §6: several pictures arrive as sibling PicList blocks of one item each.
-            values.extend(_value(item, depth + 1) for item in child)
+            fields.setdefault(tag, []).extend(_value(item, depth + 1) for item in child)
+            continue
+        # _value inlined: this line runs for every element of every callback.
+        value = (child.text or "") if len(child) == 0 else _children(child, depth + 1)
+        if tag in REPEATABLE:
+            fields.setdefault(tag, []).append(value)
+        elif tag in fields:
+            # A repeated name outside REPEATABLE is a list from its second appearance on. A single
+            # value is never a list (a leaf is a str, a parent a dict), so the type tells them apart.
+            first = fields[tag]
+            if isinstance(first, list):
+                first.append(value)
+            else:
+                fields[tag] = [first, value]
         else:
-            values.append(_value(child, depth))
-    return {tag: values if tag in REPEATABLE or len(values) > 1 else values[0]
-            for tag, values in groups.items()}
+            fields[tag] = value
+    return fields
 
 
 def to_fields(xml: Union[XmlInput, ElementTree.Element]) -> dict[str, Any]:
@@ -151,16 +166,7 @@ def to_fields(xml: Union[XmlInput, ElementTree.Element]) -> dict[str, Any]:
     """
     if isinstance(xml, ElementTree.Element):
         return _children(xml, 0)
-    return _children(_parse_root(xml)[1], 0)
-
-
-def _text(fields: Mapping[str, Any], *names: str) -> Optional[str]:
-    """The first of `names` that is a leaf in `fields`, else None."""
-    for name in names:
-        value = fields.get(name)
-        if isinstance(value, str):
-            return value
-    return None
+    return _children(parse_document(xml)[1], 0)
 
 
 def _create_time(value: Optional[str]) -> Optional[int]:
@@ -174,39 +180,28 @@ def parse(xml: XmlInput) -> Message:
     Every element is optional except MsgType. Unknown MsgType and Event values are
     kept as sent, with every element in `fields`. `raw` is the decoded XML text.
     """
-    text, root = _parse_root(xml)
+    text, root = parse_document(xml)
     fields = _children(root, 0)
-    msgtype = _text(fields, "MsgType")
+    # The columns take leaves only: a name that was repeated (a list) or has children (a dict) is None.
+    leaves = {tag: value for tag, value in fields.items() if isinstance(value, str)}
+    msgtype = leaves.get("MsgType")
     if not msgtype:
         raise MalformedXmlError("plaintext has no MsgType")
+    agent_id = leaves.get("AgentID")
     return Message(
         msgtype=msgtype,
-        from_user=_text(fields, "FromUserName"),
-        to_user=_text(fields, "ToUserName"),
-        agent_id=_text(fields, "AgentID", "AgentId"),  # taskcard_click spells it AgentId (§6)
-        create_time=_create_time(_text(fields, "CreateTime")),
-        msg_id=_text(fields, "MsgId"),
-        event=_text(fields, "Event"),
-        event_key=_text(fields, "EventKey"),
-        content=_text(fields, "Content") if msgtype == "text" else None,
+        from_user=leaves.get("FromUserName"),
+        to_user=leaves.get("ToUserName"),
+        # taskcard_click spells it AgentId (§6)
+        agent_id=leaves.get("AgentId") if agent_id is None else agent_id,
+        create_time=_create_time(leaves.get("CreateTime")),
+        msg_id=leaves.get("MsgId"),
+        event=leaves.get("Event"),
+        event_key=leaves.get("EventKey"),
+        content=leaves.get("Content") if msgtype == "text" else None,
         fields=fields,
         raw=text,
     )
-
-
-def parse_envelope(body: XmlInput) -> Envelope:
-    """Read the POST body of a callback: <Encrypt> by name, in any position (§4)."""
-    root = _parse_root(body)[1]
-    found = [child for child in root if child.tag == "Encrypt"]
-    if len(found) > 1:
-        raise MalformedXmlError("envelope has %d <Encrypt> elements" % len(found))
-    # Base64 never contains whitespace, so surrounding newlines are formatting, not data.
-    encrypt = (found[0].text or "").strip() if found and len(found[0]) == 0 else ""
-    if not encrypt:
-        raise MissingEncryptError("envelope has no <Encrypt> text")
-    fields = _children(root, 0)
-    return Envelope(encrypt=encrypt, to_user=_text(fields, "ToUserName"),
-                    agent_id=_text(fields, "AgentID", "AgentId"))
 
 
 # ---------------------------------------------------------------- dedup
