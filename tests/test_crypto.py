@@ -5,6 +5,7 @@ import json
 import random
 import string
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs, quote
 
@@ -335,6 +336,48 @@ def test_every_padding_length_round_trips():
         assert len(raw) % 32 == 0
         pads.add(raw[-1])
     assert pads == set(range(1, 33))
+
+
+def _prefix(rnd: random.Random) -> bytes:
+    return "".join(rnd.choice(string.ascii_letters + string.digits) for _ in range(16)).encode()
+
+
+def test_every_encryption_is_a_fresh_ciphers_whatever_came_before():
+    # encrypt keeps one CBC cipher across calls (_cbc_encrypt): each ciphertext must still be the
+    # one a fresh AES-CBC cipher (IV key[:16]) gives, after any mix of lengths and other calls.
+    c, rnd = _doc_crypto(), random.Random(10)
+    for n in (0, 1, 15, 16, 17, 31, 32, 33, 500, 2048, 3, 0, 70):
+        msg, prefix = "回".encode() * (n // 3) + b"m" * (n % 3), _prefix(rnd)
+        assert c.encrypt(msg, random_prefix=prefix) == _raw_encrypt(_frame(msg, prefix=prefix))
+        c.encrypt_reply("<xml>%d</xml>" % n, "1700000000", "abc")
+        assert c.decrypt(c.encrypt(msg)) == msg
+
+
+def test_threads_sharing_one_crypto_each_get_a_fresh_ciphers_ciphertext():
+    c = _doc_crypto()
+
+    def encrypt_many(worker: int) -> int:
+        rnd, wrong = random.Random(worker), 0
+        for i in range(300):
+            msg, prefix = b"w%d-%d" % (worker, i) * rnd.randint(1, 40), _prefix(rnd)
+            wrong += c.encrypt(msg, random_prefix=prefix) != _raw_encrypt(_frame(msg, prefix=prefix))
+        return wrong
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(encrypt_many, range(6))) == [0] * 6
+
+
+def test_a_failed_encryption_leaves_the_next_one_correct():
+    class Failing:
+        def encrypt(self, data):
+            raise MemoryError("out of memory halfway through")
+
+    c, prefix = _doc_crypto(), b"0123456789abcdef"
+    c.encrypt(b"before")
+    c._encryptor = Failing()  # the cipher's state after such a failure is unknown
+    with pytest.raises(MemoryError):
+        c.encrypt(b"lost")
+    assert c.encrypt(b"next", random_prefix=prefix) == _raw_encrypt(_frame(b"next", prefix=prefix))
 
 
 def test_default_prefix_is_random_alphanumeric():

@@ -8,9 +8,10 @@ import base64
 import hashlib
 import hmac
 import logging
+import os
 import re
-import secrets
 import string
+import threading
 
 from Crypto.Cipher import AES
 
@@ -24,7 +25,8 @@ _TIMESTAMP_RE = re.compile(r"[0-9]{1,20}")
 _NONCE_RE = re.compile(r"[A-Za-z0-9]{1,64}")
 _PREFIX_ALPHABET = string.ascii_letters + string.digits
 # Random bytes map onto the 62 alphanumerics; the top 8 byte values are dropped so that every
-# character stays equally likely. One read of the OS's random source per prefix.
+# character stays equally likely. One read of the OS's random source per prefix (os.urandom, which
+# is what secrets.token_bytes calls).
 _PREFIX_TABLE = bytes(ord(_PREFIX_ALPHABET[b % 62]) for b in range(256))
 _PREFIX_DROP = bytes(range(248, 256))
 _REPLY_XML = (
@@ -104,7 +106,8 @@ class ReplyXmlError(CryptoError):
 def signature(token: str, timestamp: str, nonce: str, encrypt: str) -> str:
     """Return the lowercase sha1 hex of the four values sorted and joined (§3)."""
     parts = [token, timestamp, nonce, encrypt]
-    if not all(isinstance(p, str) for p in parts):
+    if not (isinstance(token, str) and isinstance(timestamp, str) and isinstance(nonce, str)
+            and isinstance(encrypt, str)):
         raise SignatureComputeError("signature inputs must all be str")
     try:
         data = "".join(sorted(parts)).encode("utf-8")
@@ -135,7 +138,7 @@ def _random_prefix() -> bytes:
     """16 random alphanumerics, the shape of prefix the official libraries send."""
     prefix = b""
     while len(prefix) < PREFIX_LEN:
-        prefix += secrets.token_bytes(32).translate(_PREFIX_TABLE, _PREFIX_DROP)
+        prefix += os.urandom(32).translate(_PREFIX_TABLE, _PREFIX_DROP)
     return prefix[:PREFIX_LEN]
 
 
@@ -170,12 +173,35 @@ class WecomCrypto:
         self._token = token
         self.receive_id = receive_id
         self._ecb = AES.new(self._key, AES.MODE_ECB)  # stateless: see _cbc_decrypt
+        self._iv = int.from_bytes(self._key[:16], "big")
+        self._encrypt_lock = threading.Lock()
+        self._new_encryptor()
 
     def __repr__(self) -> str:
         return "WecomCrypto(receive_id=%r)" % self.receive_id
 
-    def _cipher(self):
-        return AES.new(self._key, AES.MODE_CBC, iv=self._key[:16])
+    def _new_encryptor(self) -> None:
+        self._encryptor = AES.new(self._key, AES.MODE_CBC, iv=self._key[:16])
+        self._carry = 0  # the encryptor's chaining value XOR the IV: see _cbc_encrypt
+
+    def _cbc_encrypt(self, plain: bytes) -> bytes:
+        """AES-CBC encryption with IV key[:16], on one long-lived cipher instead of a fresh one per call.
+
+        A fresh cipher (AES.new) costs more than encrypting a reply, but a CBC cipher carries its
+        chaining value S (the last ciphertext block) into the next call. So the first block goes
+        in XORed with S xor IV (`_carry`): the cipher computes E((P[0] xor S xor IV) xor S) =
+        E(P[0] xor IV), a fresh cipher's first block, and the rest chains from there as usual.
+        The lock keeps the cipher and `_carry` in step when threads share this object.
+        """
+        with self._encrypt_lock:
+            first = (int.from_bytes(plain[:16], "big") ^ self._carry).to_bytes(16, "big")
+            try:
+                out = self._encryptor.encrypt(first + plain[16:])
+            except BaseException:
+                self._new_encryptor()  # whatever state it was left in, the next call starts afresh
+                raise
+            self._carry = int.from_bytes(out[-16:], "big") ^ self._iv
+        return out
 
     def _cbc_decrypt(self, raw: bytes) -> bytes:
         """AES-CBC decryption as one ECB pass and one XOR: P[i] = D(C[i]) xor C[i-1], C[-1] = IV.
@@ -263,7 +289,7 @@ class WecomCrypto:
         if len(msg) >= 2 ** 32:
             raise EncryptError("msg too long")
         plain = random_prefix + len(msg).to_bytes(4, "big") + msg + self._receive_id_bytes
-        return base64.b64encode(self._cipher().encrypt(_pad(plain))).decode("ascii")
+        return base64.b64encode(self._cbc_encrypt(_pad(plain))).decode("ascii")
 
     def verify_url(self, msg_signature: str, timestamp: str, nonce: str, echostr: str) -> bytes:
         """Verify and decrypt a GET echostr; reply 200 with exactly these bytes (§2)."""
