@@ -1,1 +1,1 @@
-"""WeCom's protocol: crypto, XML messages and passive replies, the API client, the sandbox and the simulator."""
+"""WeCom's protocol: crypto, callback envelopes, XML messages and passive replies, the API client, the sandbox and the simulator."""
