@@ -54,6 +54,7 @@ setup(
         "test": [
             "pytest>=7.4",
             "pytest-timeout>=2.1",
+            "pytest-xdist>=3.5",  # the suite runs on two workers (setup.cfg addopts)
             "wechatpy>=1.8.18",  # independent crypto implementation for interop tests
             "hypothesis>=6.100",  # property tests (tests/test_properties.py)
             "playwright>=1.40",  # browser tests drive Debian's /usr/bin/chromium; never its own download

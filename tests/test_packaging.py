@@ -155,7 +155,7 @@ def test_the_vector_tests_pass_in_a_clone_with_nothing_beside_it(tmp_path):
     src = tracked_copy(tmp_path / "alone" / "wecomd")
     assert not (src.parent / "shared").exists()
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "vector or Vector",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "-k", "vector or Vector",
          "tests/test_crypto.py", "tests/test_messages.py", "tests/test_callback.py"],
         cwd=str(src), env=clean_env(), capture_output=True, text=True, timeout=300,
     )
@@ -196,7 +196,8 @@ def test_pytest_reports_skips_and_refuses_unknown_markers():
 
 
 def collected(*args: str) -> set:
-    run = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+    run = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0",
+                          *args],
                          cwd=str(ROOT), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return {line.split("::")[0] for line in run.stdout.splitlines() if "::" in line}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -14,9 +15,34 @@ from support import ROOT
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port for a server that binds it later. Taken below the kernel's ephemeral range,
+    which every client connection draws from (a flood test's thousands in another xdist worker
+    included), and from this worker's own slice of it, so that nothing else takes the port before
+    the server binds it."""
+    first, last = _port_slice()
+    for port in random.sample(range(first, last), min(200, last - first)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # no room below the ephemeral range: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _port_slice() -> tuple:
+    """[first, last) of this xdist worker's ports, between 10000 and the ephemeral range's start."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    worker = int((os.environ.get("PYTEST_XDIST_WORKER") or "gw0")[2:] or 0) % workers
+    size = max(0, ephemeral - 10000) // workers
+    first = 10000 + worker * size
+    return first, first + size
 
 
 def wait_for_healthz(url: str, proc: subprocess.Popen, output=lambda: "", timeout: float = 20.0) -> None:
