@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 import peewee
 from playhouse import migrations
 
+from .audit import Audit
 from .conversations import CONVERSATION_PAGE, Conversations
 from .database import open_database, sqlite_file, supports_returning
 from .errors import StoreError, guarded
@@ -23,6 +24,7 @@ from .maintenance import Maintenance
 from .media import Media
 from .messages import Messages
 from .models import Models
+from .operators import Operators
 from .outbox import Outbox
 from .rule_runs import RuleRuns
 from .search import search_text
@@ -44,6 +46,7 @@ class Store:
     - `conversations`: the conversation list and read marks; `runs`: rule runs and the webhook
       queue; `takeovers`: automation paused while an operator answers;
     - `failures`: the callback failure log; `sessions`: the dashboard's sign-ins;
+    - `operators`: operator accounts and their API tokens; `audit`: the audit log;
     - `maintenance`: backup and pruning; `health`: the probes behind /healthz.
 
     Each part gets the database, its name (for StoreError messages) and the models it reads, bound to
@@ -66,6 +69,8 @@ class Store:
         self.takeovers = Takeovers(db, name, models.Takeover)
         self.failures = Failures(name, models.CallbackFailure)
         self.sessions = Sessions(name, models.Session)
+        self.operators = Operators(db, name, models.Operator, models.ApiToken)
+        self.audit = Audit(db, name, models.AuditEvent)
         self.maintenance = Maintenance(db, name, models, self.conversations)
         self.health = Health(db, name, models.Message)
 

@@ -172,6 +172,114 @@ class Session(Model):
         table_name = "session"
 
 
+OPERATOR_ROLES = ("viewer", "operator", "admin")  # each can do what the one before can, and more
+CONVERSATION_STATES = ("open", "closed")
+
+
+class Operator(Model):
+    """A dashboard account (`wecomd user`); the `[admin]` of the config file is not one of these."""
+
+    name = CharField(unique=True)
+    role = CharField()  # OPERATOR_ROLES
+    apps = TextField(null=True)  # comma-separated app names it may see; NULL: every app
+    password_hash = TextField()  # passwords.hash_password's "scrypt$..." form
+    disabled = IntegerField(default=0)  # 1: no sign-in, its sessions and tokens stop at once
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+
+    class Meta:
+        table_name = "operator"
+
+
+class ApiToken(Model):
+    """A bearer token for /api/* and the websocket, with its operator's role and apps."""
+
+    token_hash = CharField(unique=True)  # hex SHA-256 of the token, which is shown once
+    operator = CharField(index=True)  # an Operator's name
+    label = CharField(null=True)
+    created_by = CharField()
+    created_at = DateTimeField()
+    last_used_at = DateTimeField(null=True)
+    revoked_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "api_token"
+
+
+class AuditEvent(Model):
+    """One thing an operator (or someone trying to be one) did: who, when, what, to what."""
+
+    at = DateTimeField(index=True)
+    actor = CharField(index=True)  # the operator's name; the name tried for a failed sign-in
+    action = CharField(index=True)  # e.g. "login", "login_failed", "reply", "assign"
+    target = TextField(null=True)  # what it acted on: "message:12", "conversation:app/user", "operator:li"
+    detail = TextField(null=True)  # JSON object: the rest (the new role, the note's id, ...)
+    client = CharField(null=True)  # the client address
+
+    class Meta:
+        table_name = "audit"
+
+
+class Contact(Model):
+    """What WeCom's user/get and department/list said about one UserID of one corp (a cache)."""
+
+    corp_id = CharField()
+    userid = CharField()
+    name = CharField(null=True)  # NULL: unknown (an error, or not fetched yet)
+    departments = TextField(null=True)  # JSON list of department names
+    position = CharField(null=True)
+    errcode = IntegerField(null=True)  # WeCom's errcode of the last failed lookup; NULL when it worked
+    error = TextField(null=True)
+    fetched_at = DateTimeField()
+
+    class Meta:
+        table_name = "contact"
+        indexes = ((("corp_id", "userid"), True), (("name",), False))
+
+
+class ConversationState(Model):
+    """A conversation's assignment and open/closed state; no row: unassigned and open."""
+
+    app = CharField()
+    user = CharField()
+    assignee = CharField(null=True)  # an operator's name
+    state = CharField(default="open")  # CONVERSATION_STATES
+    updated_at = DateTimeField()
+    updated_by = CharField(null=True)
+
+    class Meta:
+        table_name = "conversation_state"
+        indexes = ((("app", "user"), True), (("assignee",), False))
+
+
+class Note(Model):
+    """An internal note in a conversation's thread: never sent to WeCom."""
+
+    app = CharField()
+    user = CharField()
+    author = CharField()
+    text = TextField()
+    created_at = DateTimeField()
+
+    class Meta:
+        table_name = "note"
+        indexes = ((("app", "user", "id"), False),)
+
+
+class QuickReply(Model):
+    """A saved snippet for the reply box; `owner` NULL: shared with everyone."""
+
+    shortcut = CharField()
+    text = TextField()
+    owner = CharField(null=True)
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+
+    class Meta:
+        table_name = "quick_reply"
+        indexes = ((("owner", "shortcut"), False),)
+
+
 ModelT = TypeVar("ModelT", bound=Model)
 
 
@@ -194,11 +302,20 @@ class Models:
     Takeover: type[Takeover]
     CallbackFailure: type[CallbackFailure]
     Session: type[Session]
+    Operator: type[Operator]
+    ApiToken: type[ApiToken]
+    AuditEvent: type[AuditEvent]
+    Contact: type[Contact]
+    ConversationState: type[ConversationState]
+    Note: type[Note]
+    QuickReply: type[QuickReply]
 
     @classmethod
     def bound_to(cls, db: peewee.Database) -> "Models":
         declared = {model.__name__: model for model in (Message, ReadMark, Conversation, RuleRun, Takeover,
-                                                        CallbackFailure, Session)}
+                                                        CallbackFailure, Session, Operator, ApiToken,
+                                                        AuditEvent, Contact, ConversationState, Note,
+                                                        QuickReply)}
         return cls(**{field.name: bind(declared[field.name], db) for field in fields(cls)})
 
     def all(self) -> list[type[Model]]:
