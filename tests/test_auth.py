@@ -14,7 +14,7 @@ from tornado import httputil, web
 
 from support.base import WecomdTestCase, _cookie
 from support.config import ADMIN_PASSWORD, API_TOKEN, admin_hash
-from wecomd import auth, clientaddr
+from wecomd import accounts, auth, clientaddr
 from wecomd.handlers.base import BaseHandler
 from wecomd.passwords import hash_password
 
@@ -145,12 +145,12 @@ class LoginTest(WecomdTestCase):
         self.assertTrue(token and token.decode() not in str(rows))  # only its hash is stored
         restarted = auth.Sessions(self.services.db, self.services.store)
         self.assertEqual(self.io_loop.run_sync(restarted.load), 1)
-        self.assertEqual(restarted.user(token, self._credential), "admin")
+        user, credential = restarted.lookup(token)
+        self.assertEqual(user, "admin")
+        identity = self.io_loop.run_sync(lambda: self.services.accounts.for_session(user, credential))
+        self.assertEqual((identity.name, identity.role, identity.apps), ("admin", "admin", None))
         self.io_loop.run_sync(lambda: restarted.end(token))
         self.assertEqual(self.db(self.services.store.sessions.live, datetime.utcnow()), [])
-
-    def _credential(self, user):
-        return auth.credential(self.config.admin, user)
 
 
 class TokenAndHeadersTest(WecomdTestCase):
@@ -276,12 +276,13 @@ def test_password_checker_refuses_beyond_its_queue_at_once():
     assert checker.pending == 0 and not checker._by_client
 
 
-def test_check_login_runs_in_the_checker_threads():
+def test_check_password_runs_in_the_checker_threads():
     checker = auth.PasswordChecker()
-    admin = type("Admin", (), {"username": "admin", "password_hash": admin_hash()})()
     try:
-        assert asyncio.run(checker.check("a", auth.check_login, admin, "admin", ADMIN_PASSWORD)) is True
-        assert asyncio.run(checker.check("a", auth.check_login, admin, "admin", "wrong")) is False
+        assert asyncio.run(checker.check("a", accounts.check_password, ADMIN_PASSWORD, admin_hash())) is True
+        assert asyncio.run(checker.check("a", accounts.check_password, "wrong", admin_hash())) is False
+        # An unknown account (no hash) is refused, after the same scrypt work.
+        assert asyncio.run(checker.check("a", accounts.check_password, ADMIN_PASSWORD, None)) is False
     finally:
         checker.close()
 

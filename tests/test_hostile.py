@@ -179,6 +179,7 @@ def _paths(pattern: str) -> list[str]:
     def fill(number: str) -> str:
         path = re.sub(r"\(\?P<app>[^)]*\)", "helpdesk", pattern.rstrip("$"))
         path = ids.sub(number, path)
+        path = re.sub(r"\(\[A-Za-z0-9\._@-\]\{1,64\}\)", "li", path)  # an operator's name
         path = re.sub(r"\[0-9\]\{\d+,\d*\}", HUGE, path)  # a route for ids that are too long
         path = re.sub(r"\(\?:[^)]*\)\?", "", path)  # an optional part
         path = re.sub(r"\(\?:([^|)]*)\|[^)]*\)", r"\1", path)  # the first of alternatives

@@ -82,7 +82,8 @@ class LiveTest(WecomdTestCase):
         created = await self.next_event(ws)
         self.assertEqual((created["type"], created["message"]["status"]), ("message", "pending"))
         status = await self.next_event(ws)
-        self.assertEqual(status, {"type": "status", "id": created["message"]["id"], "status": "sent", "error": None})
+        self.assertEqual(status, {"type": "status", "id": created["message"]["id"], "app": "helpdesk", "status": "sent",
+                                  "error": None})
         ws.close()
 
     @gen_test

@@ -80,7 +80,7 @@ async def test_submit_stores_pending_row_then_sends_it(tmp_path):
         assert sent["msg_id"] == message["msgid"]
         assert (sent["error"], sent["attempts"], sent["operator"]) == (None, 0, "admin")
         assert h.events == [{"type": "message", "message": row},
-                            {"type": "status", "id": row["id"], "status": "sent", "error": None}]
+                            {"type": "status", "id": row["id"], "app": "helpdesk", "status": "sent", "error": None}]
 
 
 @async_test

@@ -1,4 +1,4 @@
-"""Operator sign-in: password and token checks, server-side sessions, failed-login backoff, and the
+"""Operator sign-in: server-side sessions, the metrics token, failed-login backoff, and the
 bounded thread pool that runs the password hash off the event loop.
 
 The sign-in policy (README, "The dashboard"; docs/operations.md, "Sign-in floods"):
@@ -31,7 +31,6 @@ from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 from wecomd.config import AdminConfig
-from wecomd.passwords import verify_password
 from wecomd.store.times import utcnow
 
 SESSION_COOKIE = "wecomd_session"
@@ -40,37 +39,11 @@ SESSION_DAYS = 7
 T = TypeVar("T")
 
 
-def check_login(admin: AdminConfig, username: str, password: str) -> bool:
-    """True when both match; always runs the password hash so timing tells nothing. Slow (scrypt):
-    the server runs it through a PasswordChecker, never on the event loop."""
-    name_ok = hmac.compare_digest(username.encode(), admin.username.encode())
-    password_ok = bool(admin.password_hash) and verify_password(password, admin.password_hash)
-    return name_ok and password_ok
-
-
-def check_bearer(token: str, header: Optional[str]) -> bool:
-    """True for `Authorization: Bearer <token>` when `token` is set."""
-    if not token or not header or not header.startswith("Bearer "):
-        return False
-    return hmac.compare_digest(header[len("Bearer "):].strip().encode(), token.encode())
-
-
-def check_api_token(admin: AdminConfig, header: Optional[str]) -> bool:
-    """True for `Authorization: Bearer <api_token>` when an api_token is configured."""
-    return check_bearer(admin.api_token, header)
-
-
 def check_metrics_token(admin: AdminConfig, header: Optional[str]) -> bool:
-    """True for `Authorization: Bearer <metrics_token>`; only /metrics asks."""
-    return check_bearer(admin.metrics_token, header)
-
-
-def credential(admin: AdminConfig, user: str) -> Optional[str]:
-    """A fingerprint of `user`'s password hash (None for an unknown user). A session remembers it,
-    so that changing the password ends every existing session."""
-    if user != admin.username or not admin.password_hash:
-        return None
-    return hashlib.sha256(admin.password_hash.encode()).hexdigest()[:16]
+    """True for `Authorization: Bearer <metrics_token>` when one is configured; only /metrics asks."""
+    if not admin.metrics_token or not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[len("Bearer "):].strip().encode(), admin.metrics_token.encode())
 
 
 # --- sessions ---------------------------------------------------------------------------------
@@ -107,8 +80,9 @@ class Sessions:
         self._live[row["token_hash"]] = row
         return token
 
-    def user(self, token: Any, credential_of: Callable[[str], Optional[str]]) -> Optional[str]:
-        """The user of a live session, or None (no such session, expired, or the password changed)."""
+    def lookup(self, token: Any) -> Optional[tuple[str, str]]:
+        """(user, credential) of a live session, or None (no such session, or expired). Whether the
+        account still holds (enabled, same password) is wecomd.accounts' question."""
         if isinstance(token, bytes):
             token = token.decode("ascii", "replace")
         if not token:
@@ -116,10 +90,7 @@ class Sessions:
         row = self._live.get(_digest(token))
         if row is None or row["expires_at"] <= self._clock():
             return None
-        current = credential_of(row["user"])
-        if current is None or not hmac.compare_digest(current, row["credential"]):
-            return None
-        return row["user"]
+        return row["user"], row["credential"]
 
     async def end(self, token: Any) -> bool:
         """Sign a session out; False when there was none."""

@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, FrozenSet, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +29,19 @@ def message_event(message: dict) -> dict:
 
 
 def status_event(message: dict) -> dict:
-    """The live event of an outbound message whose delivery status changed."""
-    return {"type": "status", "id": message["id"], "status": message["status"], "error": message["error"]}
+    """The live event of an outbound message whose delivery status changed (with its app: only who
+    may see that app gets it)."""
+    return {"type": "status", "id": message["id"], "app": message["app"], "status": message["status"],
+            "error": message["error"]}
 
 
 class Subscriber:
     """One websocket. `behind` counts the events in frames written but not yet taken by its socket."""
 
-    def __init__(self, send: Callable[[bytes], Awaitable[Any]], close: Callable[[int, str], None]) -> None:
+    def __init__(self, send: Callable[[bytes], Awaitable[Any]], close: Callable[[int, str], None],
+                 apps: Optional[FrozenSet[str]] = None) -> None:
         self._send, self._close = send, close
+        self.apps = apps  # None: every app's events; else only those of these apps
         self.behind = 0
 
     def offer(self, frame: bytes, events: int) -> None:
@@ -61,13 +65,14 @@ class Hub:
     `publish` encodes an event at once (later changes to the dict are not sent) and queues it;
     one flush on the IOLoop, soon after and at most every `interval` seconds, joins everything
     queued into one frame, a JSON array, and writes those same bytes to every subscriber. So the
-    cost per client is one websocket write per flush, however many events there were.
+    cost per client is one websocket write per flush, however many events there were. A subscriber
+    limited to some apps (an operator account's `apps`) gets a frame of its own, of those apps' events.
     """
 
     def __init__(self, max_behind: int = MAX_BEHIND, interval: float = FLUSH_INTERVAL) -> None:
         self.max_behind, self.interval = max_behind, interval
         self._subscribers: set[Subscriber] = set()
-        self._pending: list[str] = []
+        self._pending: list[tuple[Optional[str], str]] = []  # (the event's app, its JSON)
         self._flush_at: Optional[asyncio.Handle] = None
         self._flushed = 0.0  # time.monotonic() of the last flush
 
@@ -75,8 +80,9 @@ class Hub:
     def count(self) -> int:
         return len(self._subscribers)
 
-    def subscribe(self, send: Callable[[bytes], Awaitable[Any]], close: Callable[[int, str], None]) -> Subscriber:
-        subscriber = Subscriber(send, close)
+    def subscribe(self, send: Callable[[bytes], Awaitable[Any]], close: Callable[[int, str], None],
+                  apps: Optional[FrozenSet[str]] = None) -> Subscriber:
+        subscriber = Subscriber(send, close, apps)
         self._subscribers.add(subscriber)
         return subscriber
 
@@ -84,10 +90,12 @@ class Hub:
         self._subscribers.discard(subscriber)
 
     def publish(self, event: dict) -> None:
-        """Send `event` to every subscriber; call it only after the change is committed."""
+        """Send `event` to every subscriber that may see its app (a message event's message's, a
+        status event's own); call it only after the change is committed."""
         if not self._subscribers:
             return
-        self._pending.append(json.dumps(event, ensure_ascii=False))
+        app = event["message"].get("app") if "message" in event else event.get("app")
+        self._pending.append((app, json.dumps(event, ensure_ascii=False)))
         if self._flush_at is None:  # the first event since the last flush: schedule the next one
             loop = asyncio.get_running_loop()
             wait = self._flushed + self.interval - time.monotonic()
@@ -101,9 +109,15 @@ class Hub:
         if not self._pending:
             return
         self._flushed = time.monotonic()
-        texts, self._pending = self._pending, []
-        frame, events = ("[" + ",".join(texts) + "]").encode(), len(texts)
+        pending, self._pending = self._pending, []
+        frames: dict = {}  # apps -> (frame, events): one encoding per distinct scope
         for subscriber in list(self._subscribers):
+            if subscriber.apps not in frames:
+                texts = [text for app, text in pending if subscriber.apps is None or app in subscriber.apps]
+                frames[subscriber.apps] = ("[" + ",".join(texts) + "]").encode(), len(texts)
+            frame, events = frames[subscriber.apps]
+            if not events:
+                continue
             # Checked before writing, so one big frame alone never drops a healthy client; a slow one
             # holds at most max_behind events plus this frame. A write the socket takes at once only
             # counts until its future's callback runs, on the next loop iteration.

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any, Callable, List, TypeVar
 
 from wecomd import config as configmod
+from wecomd.accounts import Accounts
 from wecomd.auth import LoginLimiter, PasswordChecker, Sessions
 from wecomd.automation import rules as rulesmod
 from wecomd.automation.commands import CommandRunner
@@ -89,6 +90,8 @@ class Services:
         # them run beside the writer), so a long search never holds up a callback.
         self.writer = DbWriter(self.store.db, lambda exc: StoreError("could not commit: %s" % exc))
         self.sessions = Sessions(self.db, self.store)
+        self.accounts = Accounts(lambda: self.config.admin, self.store, self.read, self.db,
+                                 lambda: utcnow(whole_seconds=True))
         # Callback failures, for `wecomd doctor`: on the writer thread, but not through db(): a row the
         # log cannot write is the log's own loss (logged), not one more wecomd_store_failures_total.
         self.failures = FailureRecorder(self.writer.run, self.store)

@@ -3,6 +3,7 @@ file, and the sandbox WeCom API on another loopback port."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import shutil
@@ -18,6 +19,7 @@ from support.config import ADMIN_PASSWORD, API_TOKEN, write_config
 from support.database import migrated_sqlite
 from support.peer import WecomPeer
 from wecomd import app as appmod, auth, config
+from wecomd.passwords import hash_password
 from wecomd.wecom import sandbox
 from wecomd.services import Services
 
@@ -83,11 +85,11 @@ class WecomdTestCase(AsyncHTTPTestCase):
 
     # --- an operator ----------------------------------------------------------------------
 
-    def login(self) -> dict:
+    def login(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> dict:
         """Sign in through the real form; return the headers (cookies) a browser would send."""
         page = self.fetch("/login")
         xsrf = _cookie(page, "_xsrf")
-        body = urllib.parse.urlencode({"username": "admin", "password": ADMIN_PASSWORD, "_xsrf": xsrf, "next": "/"})
+        body = urllib.parse.urlencode({"username": username, "password": password, "_xsrf": xsrf, "next": "/"})
         resp = self.fetch("/login", method="POST", body=body, follow_redirects=False,
                           headers={"Cookie": "_xsrf=%s" % xsrf})
         assert resp.code == 302, (resp.code, resp.body)
@@ -112,8 +114,12 @@ class WecomdTestCase(AsyncHTTPTestCase):
             self._session = self.login()
         return self._session
 
-    def bearer(self) -> dict:
-        return {"Authorization": "Bearer %s" % API_TOKEN}
+    def bearer(self, token: str = API_TOKEN) -> dict:
+        return {"Authorization": "Bearer %s" % token}
+
+    def add_operator(self, name: str, role: str, password: str = "pw-" + "x" * 12, apps=None) -> dict:
+        """An operator account, as `wecomd user add` makes it (the hash made once per password)."""
+        return self.db(self.services.store.operators.add, name, role, _hash(password), apps)
 
     def ws_connect(self, headers=None):
         url = "ws://127.0.0.1:%d/api/live" % self.get_http_port()
@@ -121,6 +127,11 @@ class WecomdTestCase(AsyncHTTPTestCase):
 
         request = HTTPRequest(url, headers=headers if headers is not None else self.session())
         return websocket_connect(request)
+
+
+@functools.lru_cache(maxsize=None)
+def _hash(password: str) -> str:
+    return hash_password(password)
 
 
 def _cookie(resp, name: str) -> str:

@@ -10,10 +10,10 @@ import sys
 from typing import Optional, Sequence
 
 from wecomd import __version__, config as configmod
-from wecomd.cli import backup, check, demo, doctor, export, hash_password, init, rules, serve, simulate
+from wecomd.cli import audit, backup, check, demo, doctor, export, hash_password, init, rules, serve, simulate, user
 from wecomd.cli.options import EXIT_USAGE
 
-SUBCOMMANDS = (serve, demo, check, doctor, init, hash_password, simulate, rules, export, backup)
+SUBCOMMANDS = (serve, demo, check, doctor, init, hash_password, user, audit, simulate, rules, export, backup)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import getpass
-import sys
 
 from wecomd import passwords
-from wecomd.cli.options import EXIT_OK, EXIT_PROBLEM
+from wecomd.cli.options import EXIT_OK, EXIT_PROBLEM, read_new_password
 
 NAME, HELP = "hash-password", "read a password (tty or stdin), print its hash"
 
@@ -16,15 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if sys.stdin.isatty():
-        password = getpass.getpass("password: ")
-        if password != getpass.getpass("again: "):
-            print("wecomd: passwords differ", file=sys.stderr)
-            return EXIT_PROBLEM
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        print("wecomd: empty password", file=sys.stderr)
+    password = read_new_password()
+    if password is None:
         return EXIT_PROBLEM
     print(passwords.hash_password(password))
     return EXIT_OK

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import getpass
 import os
+import sys
+from typing import Optional
 
 from wecomd import config as configmod
 from wecomd.cli import envfile
@@ -39,3 +42,19 @@ def parse_iso(value: str) -> dt.datetime:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
     return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+def read_new_password() -> Optional[str]:
+    """A new password: asked twice on a terminal, else the first line of stdin (never an argument,
+    where `ps` would show it). None, with the reason on stderr, when empty or the two differ."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if password != getpass.getpass("again: "):
+            print("wecomd: passwords differ", file=sys.stderr)
+            return None
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("wecomd: empty password", file=sys.stderr)
+        return None
+    return password

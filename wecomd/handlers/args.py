@@ -12,10 +12,15 @@ ID = r"([0-9]{1,18})"
 _ID_ARG = re.compile(r"[0-9]{1,18}\Z")
 
 
-def message_filters(handler: web.RequestHandler) -> dict:
-    """app, user, msgtype and q from the query string; empty ones are left out."""
-    names = ("app", "user", "msgtype", "q")
-    return {name: value for name in names if (value := handler.get_query_argument(name, "").strip())}
+def message_filters(handler: Any) -> dict:
+    """app, user, msgtype and q from the query string; empty ones are left out. The app is scoped to
+    what the handler's identity may see (BaseHandler.app_scope)."""
+    names = ("user", "msgtype", "q")
+    filters = {name: value for name in names if (value := handler.get_query_argument(name, "").strip())}
+    app = handler.app_scope(handler.get_query_argument("app", "").strip() or None)
+    if app is not None:
+        filters["app"] = app
+    return filters
 
 
 def int_arg(handler: web.RequestHandler, name: str) -> Optional[int]:

@@ -8,7 +8,8 @@ from typing import Any, Optional
 from tornado import locale, web
 from tornado.log import app_log, gen_log
 
-from wecomd import auth, clientaddr
+from wecomd import accounts, auth, clientaddr
+from wecomd.accounts import Identity
 from wecomd.services import Services
 
 LOCALE_COOKIE = "wecomd_locale"
@@ -25,11 +26,14 @@ class BaseHandler(web.RequestHandler):
     """Base of every wecomd handler; routes pass `services` into `initialize`.
 
     Every route needs a signed-in operator unless its handler sets `public = True`
-    (only the callback, /healthz, /login, /locale and static files do); a test walks
-    the route table to keep it that way.
+    (only the callback, /healthz, /login, /locale and static files do), and that operator's
+    role must be at least the handler's `role` for the request's method (`required_role`: by
+    default a viewer reads, an operator writes); a test walks the route table to keep it that way.
     """
 
     public = False
+    role: Optional[str] = None  # the least role of every method; None: viewer to read, operator to write
+    identity: Optional[Identity] = None
     count_inflight = True  # websockets are not requests to drain on shutdown
     _counted = False
 
@@ -55,11 +59,56 @@ class BaseHandler(web.RequestHandler):
         unsafe = self.request.method not in ("GET", "HEAD", "OPTIONS")
         if unsafe and self.request.headers.get("Sec-Fetch-Site") == "cross-site":
             raise web.HTTPError(403, "cross-site request refused")
-        if not self.public and not self.current_user:
-            if self.request.headers.get("Authorization", "").startswith("Bearer "):
-                # A script's token that does not open this route (e.g. the metrics token): no login page.
+        if not self.public:
+            return self._authorize()
+        return None
+
+    @classmethod
+    def required_role(cls, method: str) -> str:
+        """The least role that may send `method` to this handler."""
+        if cls.role is not None:
+            return cls.role
+        return "viewer" if method in ("GET", "HEAD", "OPTIONS") else "operator"
+
+    async def _authorize(self) -> None:
+        identity = await self.identify()
+        if identity is None:
+            if accounts.bearer(self.request.headers.get("Authorization")):
+                # A token that does not open this route (the metrics token, a revoked one): no login page.
                 raise web.HTTPError(401, "this bearer token does not open %s", self.request.path)
             self.deny()
+        self.identity, self.current_user = identity, identity.name
+        needed = self.required_role(self.request.method)
+        if not identity.can(needed):
+            raise web.HTTPError(403, "%s is a %s; this needs %s", identity.name, identity.role, needed)
+
+    async def identify(self) -> Optional[Identity]:
+        """Who is asking: the signed-in session's account, or None."""
+        session = self.services.sessions.lookup(self.session_token())
+        if session is None:
+            return None
+        return await self.services.accounts.for_session(*session)
+
+    def check_app(self, app: Optional[str]) -> None:
+        """403 unless the identity may see `app` (an account limited to some apps)."""
+        if self.identity is not None and not self.identity.sees(app):
+            raise web.HTTPError(403, "%s may not see app %r", self.identity.name, app)
+
+    def app_scope(self, app: Optional[str]) -> Any:
+        """The app filter of a list or export: the app asked for (403 when not visible), else the
+        apps the identity may see (a list), else None (every app)."""
+        if app:
+            self.check_app(app)
+            return app
+        if self.identity is not None and self.identity.apps is not None:
+            return sorted(self.identity.apps)
+        return None
+
+    async def audit(self, action: str, target: Optional[str] = None, detail: Optional[dict] = None,
+                    actor: Optional[str] = None) -> None:
+        """Write one row of the audit log: this request's operator did `action` to `target`."""
+        await self.services.db(self.services.store.audit.record, actor or self.current_user or "-", action,
+                               target, detail, self.client_ip)
 
     def deny(self) -> None:
         """Answer a request without a session: pages redirect to /login, the rest get 403."""
@@ -71,18 +120,16 @@ class BaseHandler(web.RequestHandler):
     # --- who is asking --------------------------------------------------------------------
 
     def get_current_user(self) -> Optional[str]:
-        return self.services.sessions.user(self.session_token(), self.credential_of)
-
-    def credential_of(self, user: str) -> Optional[str]:
-        return auth.credential(self.services.config.admin, user)
+        return self.identity.name if self.identity is not None else None
 
     def session_token(self) -> Optional[bytes]:
         """The token of the signed session cookie, or None."""
         return self.get_signed_cookie(auth.SESSION_COOKIE, max_age_days=auth.SESSION_DAYS)
 
-    async def start_session(self, user: str) -> None:
-        """Store a new server-side session of `user` and hand its cookie to the browser."""
-        token = await self.services.sessions.begin(user, self.credential_of(user) or "", self.client_ip)
+    async def start_session(self, user: str, password_hash: str) -> None:
+        """Store a new server-side session of `user` (who signed in against `password_hash`) and hand
+        its cookie to the browser."""
+        token = await self.services.sessions.begin(user, accounts.fingerprint(password_hash), self.client_ip)
         self.set_signed_cookie(
             auth.SESSION_COOKIE, token,
             expires_days=None, httponly=True, samesite="Strict", secure=self.request.protocol == "https",
@@ -140,20 +187,23 @@ class BaseHandler(web.RequestHandler):
 
 
 class ApiHandler(BaseHandler):
-    """JSON in and out for /api/*: errors are {"error": ...}; scripts may use the api token."""
+    """JSON in and out for /api/*: errors are {"error": ...}; scripts may use a bearer token."""
 
-    def get_current_user(self) -> Optional[str]:
-        if auth.check_api_token(self.services.config.admin, self.request.headers.get("Authorization")):
-            return "api"
-        return super().get_current_user()
+    async def identify(self) -> Optional[Identity]:
+        # A request with a bearer token is that token's, or nobody's: never the cookie's.
+        header = self.request.headers.get("Authorization")
+        if accounts.bearer(header):
+            return await self.services.accounts.for_bearer(header)
+        return await super().identify()
 
     def check_xsrf_cookie(self) -> None:
-        # A bearer token cannot be sent by another site's page, so it needs no XSRF token.
-        if not auth.check_api_token(self.services.config.admin, self.request.headers.get("Authorization")):
+        # Another site's page cannot send an Authorization header (that needs CORS, which wecomd never
+        # grants), so a request with a bearer token is no forgery; the token itself is checked in prepare.
+        if not accounts.bearer(self.request.headers.get("Authorization")):
             super().check_xsrf_cookie()
 
     def deny(self) -> None:
-        raise web.HTTPError(401, "sign in or send Authorization: Bearer <api_token>")
+        raise web.HTTPError(401, "sign in or send Authorization: Bearer <token>")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")

@@ -17,17 +17,20 @@ from wecomd.store import CONVERSATION_PAGE
 class ConversationsHandler(ApiHandler):
     async def get(self) -> None:
         rows, cursor = await self.services.read(
-            self.services.store.conversations.page, app=self.get_query_argument("app", None) or None,
+            self.services.store.conversations.page, app=self.app_scope(self.get_query_argument("app", None) or None),
             before=int_arg(self, "before"), limit=int_arg(self, "limit") or CONVERSATION_PAGE)
         self.write_json({"conversations": rows, "next": cursor})
 
 
 class ReadHandler(ApiHandler):
+    role = "viewer"  # marking what one has read is reading, whatever the role
+
     async def post(self) -> None:
         body = self.json_body()
         app, user, up_to = body.get("app"), body.get("user"), body.get("up_to_id")
         if not isinstance(app, str) or not isinstance(user, str) or not is_id(up_to):
             raise web.HTTPError(400, "send {\"app\": str, \"user\": str, \"up_to_id\": int}")
+        self.check_app(app)
         await self.services.db(self.services.store.conversations.mark_read, app, user, up_to)
         self.set_status(204)
         self.finish()

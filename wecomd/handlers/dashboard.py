@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 from tornado import web
 
-from wecomd import auth
+from wecomd import accounts, auth
 from wecomd.handlers.base import LOCALE_COOKIE, LOCALES, ApiHandler, BaseHandler, ui_strings
 from wecomd.store import StoreError
 
@@ -44,8 +44,11 @@ class LoginHandler(BaseHandler):
             logger.debug("login: %s must wait %.0fs after failed sign-ins", client, wait)
             return self._refuse(429, "Too many failed sign-ins. Try again later.", next_url, username)
         try:
+            password_hash = await self.services.accounts.password_hash_of(username)
             ok = await self.services.password_checker.check(
-                client, auth.check_login, self.services.config.admin, username, self.get_body_argument("password", ""))
+                client, accounts.check_password, self.get_body_argument("password", ""), password_hash)
+        except StoreError as exc:
+            raise web.HTTPError(503, "cannot read the accounts: %s", exc)
         except auth.Busy:
             self.set_header("Retry-After", "1")
             logger.debug("login: too many sign-ins being checked; %s asked to retry", client)
@@ -53,14 +56,23 @@ class LoginHandler(BaseHandler):
         if not ok:
             limiter.failed(client, account)
             logger.warning("login: failed for user %r from %s", username[:64], client)
+            await self._audit_quietly("login_failed", account)
             return self._refuse(403, "Wrong user name or password.", next_url, username)
         limiter.succeeded(client)
         try:
-            await self.start_session(username)
+            await self.start_session(username, password_hash)
+            await self.audit("login", actor=username)
         except StoreError as exc:
             raise web.HTTPError(503, "cannot store the session: %s", exc)
         logger.info("login: %s signed in from %s", username, client)
         self.redirect(next_url)
+
+    async def _audit_quietly(self, action: str, actor: str) -> None:
+        # A failed sign-in is refused whether or not its audit row can be written.
+        try:
+            await self.audit(action, actor=actor)
+        except StoreError as exc:
+            logger.warning("login: cannot write the audit log: %s", exc)
 
     def _refuse(self, status: int, message: str, next_url: str, username: str) -> None:
         self.set_status(status)
@@ -90,14 +102,19 @@ class LocaleHandler(BaseHandler):
 
 
 class IndexHandler(BaseHandler):
+    def _visible_apps(self) -> dict:
+        apps = self.services.config.apps
+        return {name: apps[name] for name in self.identity.visible(apps)}
+
     def get(self) -> None:
-        self.render("index.html", user=self.current_user, apps=public_apps(self.services.config.apps),
+        self.render("index.html", user=self.current_user, apps=public_apps(self._visible_apps()),
                     strings=ui_strings(self.locale))
 
 
 class AppsHandler(ApiHandler):
     def get(self) -> None:
-        self.write_json({"apps": public_apps(self.services.config.apps)})
+        apps = self.services.config.apps
+        self.write_json({"apps": public_apps({name: apps[name] for name in self.identity.visible(apps)})})
 
 
 def public_apps(apps: Any) -> list[dict]:

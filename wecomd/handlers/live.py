@@ -7,14 +7,14 @@ from typing import Any, Optional
 
 from tornado import web, websocket
 
-from wecomd.handlers.base import BaseHandler
+from wecomd.handlers.base import ApiHandler
 from wecomd.live import Subscriber
 
 logger = logging.getLogger(__name__)
 
 
-class LiveHandler(websocket.WebSocketHandler, BaseHandler):
-    """Signed-in operators only: BaseHandler.prepare checks the session before the upgrade.
+class LiveHandler(websocket.WebSocketHandler, ApiHandler):
+    """Signed-in operators, or a bearer token as for /api/*: checked in prepare, before the upgrade.
 
     Tornado's default `check_origin` (same host only) stays in force.
     """
@@ -29,7 +29,8 @@ class LiveHandler(websocket.WebSocketHandler, BaseHandler):
         # The hub already batches events into frames; Nagle's algorithm would hold a frame back
         # until the previous one is acknowledged (up to the peer's delayed-ACK time, ~40 ms).
         self.set_nodelay(True)
-        self.subscriber = self.services.hub.subscribe(self.write_message, self.close)
+        # An account limited to some apps gets only their events.
+        self.subscriber = self.services.hub.subscribe(self.write_message, self.close, self.identity.apps)
         logger.info("live: %s connected (%d clients)", self.current_user, self.services.hub.count)
 
     def on_message(self, message: Any) -> None:

@@ -5,6 +5,7 @@ import logging
 from typing import Any, Optional
 
 from wecomd import auth
+from wecomd.accounts import Identity
 from wecomd.handlers.base import ApiHandler
 from wecomd.metrics import CONTENT_TYPE
 from wecomd.store import StoreError
@@ -19,10 +20,10 @@ class MetricsHandler(ApiHandler):
     and a dashboard session work here too.
     """
 
-    def get_current_user(self) -> Optional[str]:
+    async def identify(self) -> Optional[Identity]:
         if auth.check_metrics_token(self.services.config.admin, self.request.headers.get("Authorization")):
-            return "metrics"
-        return super().get_current_user()
+            return Identity("metrics", "viewer", frozenset(), "metrics_token")
+        return await super().identify()
 
     async def get(self) -> None:
         metrics = self.services.metrics

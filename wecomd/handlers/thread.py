@@ -27,6 +27,7 @@ class MessagesHandler(ApiHandler):
             raise web.HTTPError(400, "only msgtype \"text\" can be sent from here")
         if not isinstance(app, str) or self.services.app(app) is None:
             raise web.HTTPError(400, "unknown app %r", app)
+        self.check_app(app)
         if not isinstance(to_user, str) or not to_user.strip():
             raise web.HTTPError(400, "to_user is required")
         if not isinstance(content, str) or not content.strip():
@@ -37,6 +38,8 @@ class MessagesHandler(ApiHandler):
         first = dict(rows[0])
         if len(rows) > 1:
             first["parts"] = [row["id"] for row in rows]
+        await self.audit("reply", "conversation:%s/%s" % (app, to_user.strip()),
+                         dict(message_ids=[row["id"] for row in rows]))
         self.write_json(first, status=201)
 
 
@@ -45,22 +48,32 @@ class MessageHandler(ApiHandler):
         row = await self.services.read(self.services.store.messages.get, int(message_id))
         if row is None:
             raise web.HTTPError(404, "no message %s", message_id)
+        self.check_app(row["app"])
         self.write_json(row)
 
 
 class RetryHandler(ApiHandler):
     async def post(self, message_id: str) -> None:
+        if self.identity.apps is not None:  # an account limited to some apps retries only theirs
+            row = await self.services.read(self.services.store.messages.get, int(message_id))
+            if row is not None:
+                self.check_app(row["app"])
         try:
             row = await self.services.outbox.retry(int(message_id))
         except KeyError:
             raise web.HTTPError(404, "no outbound message %s", message_id)
         except ValueError as exc:
             raise web.HTTPError(409, "%s", exc)
+        await self.audit("retry", "message:%s" % message_id)
         self.write_json(row)
 
 
 class MediaHandler(ApiHandler):
     async def get(self, message_id: str) -> None:
+        if self.identity.apps is not None:  # an account limited to some apps sees only their media
+            row = await self.services.read(self.services.store.messages.get, int(message_id))
+            if row is not None:
+                self.check_app(row["app"])
         media = await self.services.read(self.services.store.media.get, int(message_id))
         if not media or media.get("status") != "stored":
             raise web.HTTPError(404, "no downloaded media for message %s (%s)", message_id,
@@ -79,6 +92,8 @@ class MediaHandler(ApiHandler):
 class IdOutOfRangeHandler(ApiHandler):
     """/api/messages/N, /api/messages/N/retry and /api/media/N with an N of 19 or more digits."""
 
+    role = "viewer"  # it only ever answers 400
+
     def _refuse(self, *args: str) -> None:
         raise web.HTTPError(400, "a message id has at most 18 digits")
 
@@ -93,7 +108,9 @@ class ResumeHandler(ApiHandler):
         app, user = body.get("app"), body.get("user")
         if not isinstance(app, str) or not isinstance(user, str) or not user:
             raise web.HTTPError(400, "send {\"app\": str, \"user\": str}")
+        self.check_app(app)
         await self.services.takeover.resume(app, user)
+        await self.audit("resume", "conversation:%s/%s" % (app, user))
         self.set_status(204)
         self.finish()
 

@@ -24,14 +24,14 @@ from .maintenance import Maintenance
 from .media import Media
 from .messages import Messages
 from .models import Models
-from .operators import Operators
+from .operators import OperatorExists, Operators
 from .outbox import Outbox
 from .rule_runs import RuleRuns
 from .search import search_text
 from .sessions import Sessions
 from .takeovers import Takeovers
 
-__all__ = ["Store", "StoreError", "CONVERSATION_PAGE", "MIGRATIONS_DIR", "search_text", "sqlite_file"]
+__all__ = ["Store", "StoreError", "OperatorExists", "CONVERSATION_PAGE", "MIGRATIONS_DIR", "search_text", "sqlite_file"]
 
 logger = logging.getLogger(__name__)
 

@@ -80,7 +80,9 @@ class Conversations:
         query = (C.select(C.app, C.user, C.last_id, C.messages.alias("count"), C.unread,
                           T.until.alias("paused_until"))
                  .join(T, JOIN.LEFT_OUTER, on=paused).order_by(C.last_id.desc()))
-        if app:
+        if isinstance(app, (list, tuple, set, frozenset)):  # an operator limited to some apps
+            query = query.where(C.app.in_(sorted(app)))
+        elif app:
             query = query.where(C.app == app)
         if before is not None:
             query = query.where(C.last_id < before)

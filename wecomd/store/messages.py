@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from types import SimpleNamespace
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import peewee
 
@@ -253,13 +253,17 @@ class Messages:
         """Return the number of stored messages."""
         return self.Message.select().count()
 
-    def _select(self, app: Optional[str] = None, user: Optional[str] = None,
+    def _select(self, app: Union[str, Iterable[str], None] = None, user: Optional[str] = None,
                 msgtype: Optional[str] = None, q: Optional[str] = None,
                 since: Optional[datetime] = None) -> peewee.ModelSelect:
-        """The one filter of page() and iter_export(), unordered."""
+        """The one filter of page() and iter_export(), unordered. `app` may be a list: any of them."""
         M = self.Message
         query = M.select()
-        for column, value in ((M.app, app), (M.user, user), (M.msgtype, msgtype)):
+        if isinstance(app, (list, tuple, set, frozenset)):  # an operator limited to some apps
+            query = query.where(M.app.in_(sorted(app)))
+        elif app:
+            query = query.where(M.app == app)
+        for column, value in ((M.user, user), (M.msgtype, msgtype)):
             if value:
                 query = query.where(column == value)
         if q:
