@@ -165,22 +165,29 @@ class Inbox:
 @single_write
 def store_inbound(store: Any, app: str, message: Message, key: str) -> tuple:
     """Save a delivery without a ready-made reply: (row, created, paused, None). A retry's row is
-    brief (id, deliveries and the first delivery's reply): a retry is answered, never shown."""
+    brief (id, deliveries and the first delivery's reply): a retry is answered, never shown.
+    One statement where the store can (Messages.save_delivery), the pause read inside it."""
+    if store.messages.one_statement:
+        return store.messages.save_delivery(app, message, key)
     paused = is_paused(store, app, message.from_user)
     row, created = store.messages.save_inbound(app, message, key, brief=True)
     return row, created, paused, None
 
 
+@single_write
 def store_answered(store: Any, app: str, message: Message, key: str, reply: str, text: str) -> tuple:
     """Save a delivery and its ready-made passive reply (the app's own `reply =` when no rule
     matched): (row, created, paused, answer).
 
     Unless automation is paused for the sender, the reply is kept with the message and, for a new
     message, its `text` is stored as an automatic answer (Store.save_answer), whose JSON is `answer`;
-    a retry (created False) stores none. Two statements, so not a single_write: the writer's
-    savepoint keeps them one change.
+    a retry (created False) stores none. One statement where the store can
+    (Messages.save_delivery); elsewhere two INSERTs in a savepoint of their own, one change.
     """
-    paused = is_paused(store, app, message.from_user)
-    row, created = store.messages.save_inbound(app, message, key, None if paused else reply, brief=True)
-    answer = store.messages.save_answer(app, message.from_user, text) if created and not paused else None
+    if store.messages.one_statement:
+        return store.messages.save_delivery(app, message, key, reply, text)
+    with store.db.atomic():
+        paused = is_paused(store, app, message.from_user)
+        row, created = store.messages.save_inbound(app, message, key, None if paused else reply, brief=True)
+        answer = store.messages.save_answer(app, message.from_user, text) if created and not paused else None
     return row, created, paused, answer

@@ -23,6 +23,7 @@ from support.samples import SAMPLES
 from support.store import (AUTOMATION_KEYS, BIG_MSG_ID, CUTOFF, MEDIA_KEYS, NOW, OLD, ROW_KEYS, RUN_KEYS,
                            age, assert_same, click, contents_of, drop_triggers, grouped, is_recent, key_of,
                            next_attempt_at_of, public_run, receive, save, selects, set_received_at, text)
+from wecomd.inbox import store_answered, store_inbound
 from wecomd.wecom.messages import parse
 
 
@@ -491,6 +492,47 @@ class StoreTests:
         api = store.outbox.save("helpdesk", "zhangsan", "text", "later", {}, operator="rule:slow",
                                 automatic="api", rule="slow")
         assert (api["automatic"], api["rule"], api["status"]) == ("api", "slow", "pending")
+
+    def test_the_callback_paths_writer_calls_store_the_message_and_the_apps_answer_once(self, store):
+        # inbox.store_answered / store_inbound: one statement on SQLite with RETURNING
+        # (Messages.save_delivery), the pause read, save_inbound and save_answer elsewhere.
+        row, created, paused, answer = store_answered(store, "helpdesk", text(msg_id=BIG_MSG_ID), "k1",
+                                                      "<xml>A</xml>", "已收到")
+        assert (created, paused, row["reply"], row["deliveries"]) == (True, False, "<xml>A</xml>", 1)
+        assert {k: v for k, v in row.items() if k != "reply"} == store.messages.get(row["id"])
+        assert answer == store.messages.get(answer["id"]) and answer["id"] > row["id"]
+        assert (answer["direction"], answer["to_user"], answer["content"], answer["automatic"], answer["rule"]) == \
+            ("out", "zhangsan", "已收到", "passive", None)
+        for attempt in (2, 3):  # retries: brief, the first reply kept, no second answer
+            again = store_answered(store, "helpdesk", text(msg_id=BIG_MSG_ID), "k1", "<xml>B</xml>", "B")
+            assert again == ({"id": row["id"], "deliveries": attempt, "reply": "<xml>A</xml>"}, False, False, None)
+        new, created, paused, none = store_inbound(store, "helpdesk", click(), "e1")
+        assert (created, paused, none, new["reply"]) == (True, False, None, None)
+        assert store_inbound(store, "helpdesk", click(), "e1") == \
+            ({"id": new["id"], "deliveries": 2, "reply": None}, False, False, None)
+        assert [m["content"] for m in store.messages.page()[0] if m["direction"] == "out"] == ["已收到"]
+        assert store.messages.count() == 3
+        assert_same(store)
+
+    def test_the_callback_paths_writer_calls_honour_the_takeover_pause(self, store):
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        store.takeovers.pause("helpdesk", "zhangsan", now + timedelta(minutes=30), "admin")
+        store.takeovers.pause("helpdesk", "over", now - timedelta(minutes=1), "admin")
+        row, created, paused, answer = store_answered(store, "helpdesk", text(), "k1", "<xml>A</xml>", "A")
+        assert (created, paused, answer, row["reply"]) == (True, True, None, None)
+        again = store_answered(store, "helpdesk", text(), "k1", "<xml>A</xml>", "A")
+        assert again == ({"id": row["id"], "deliveries": 2, "reply": None}, False, True, None)
+        assert store_inbound(store, "helpdesk", click(), "e1")[1:] == (True, True, None)
+        assert store_inbound(store, "ops", click(), "e2")[1:] == (True, False, None)  # another app
+        for user in ("lisi", "over"):  # not paused, or a pause that is over
+            row, created, paused, answer = store_answered(store, "helpdesk", text(user), "k-" + user,
+                                                          "<xml>A</xml>", "A")
+            assert (created, paused, row["reply"], answer["to_user"]) == (True, False, "<xml>A</xml>", user)
+        store.takeovers.pause("helpdesk", "", now + timedelta(minutes=30), "admin")
+        nobody, created, paused, _ = store_inbound(store, "helpdesk", text(""), "k-empty")
+        assert (created, paused) == (True, False)  # no sender: never paused
+        assert [m["to_user"] for m in store.messages.page()[0] if m["direction"] == "out"] == ["over", "lisi"]
+        assert_same(store)
 
     def test_start_run_and_finish_run(self, store):
         message = save(store, content="deploy")

@@ -22,6 +22,7 @@ from .paging import keyset, page_size
 from .rule_runs import RuleRuns
 from .search import Search, search_text
 from .serialize import dumps, to_json
+from .takeovers import PAUSED_SQL
 from .times import iso, naive_utc, utcnow
 
 
@@ -40,6 +41,17 @@ def inbound_row(app: str, message: Message, dedup_key: str, reply: Optional[str]
         **media_columns(message.fields))
 
 
+
+def answer_row(app: str, user: Optional[str], text: str, rule: Optional[str], now: datetime) -> dict[str, Any]:
+    """Column values for an automatic answer (Messages.save_answer)."""
+    fields = {"msgtype": "text", "text": {"content": text}}
+    return dict(
+        app=app, direction="out", user=user, msgtype="text", to_user=user,
+        create_time=int(now.replace(tzinfo=timezone.utc).timestamp()), received_at=now,
+        content=text, status="sent", fields=dumps(fields), raw_xml="", deliveries=1,
+        operator="rule:%s" % rule if rule is not None else None, updated_at=now,
+        search_text=search_text("text", text, fields), attempts=0, automatic="passive", rule=rule)
+
 class Messages:
     """The messages of the database `db` (named `name`), through the bound `models`. A new message is
     counted in its conversation (`conversations`); `runs` gives Message JSON its "automation".
@@ -52,6 +64,7 @@ class Messages:
                  conversations: Conversations, returning: bool) -> None:
         self.db, self.name, self.Message = db, name, models.Message
         self.runs, self.conversations, self.returning = runs, conversations, returning
+        self._sqlite = isinstance(db, peewee.SqliteDatabase)
         self.search = Search(db, models.Message)
         self._sql_cache: dict = {}
         # Every column of a message row, None or its default: a fresh row's JSON starts from it.
@@ -59,6 +72,12 @@ class Messages:
                            for column, field in self.Message._meta.fields.items()}
 
     # ------------------------------------------------------------ writing
+
+    @property
+    def one_statement(self) -> bool:
+        """save_delivery can be used: the callback path's writer call is one statement (SQLite with
+        RETURNING); elsewhere the caller runs the pause read, save_inbound and save_answer."""
+        return self.returning and self._sqlite
 
     @guarded("save the inbound message")
     def save_inbound(self, app: str, message: Message, dedup_key: str,
@@ -114,6 +133,87 @@ class Messages:
             cached = self._sql_cache[names] = (insert, select)
         return cached
 
+    @guarded("save the inbound message")
+    def save_delivery(self, app: str, message: Message, dedup_key: str, reply: Optional[str] = None,
+                      text: Optional[str] = None) -> tuple[dict, bool, bool, Optional[dict]]:
+        """The callback path's writer call in one statement, where `one_statement` (SQLite with
+        RETURNING): save_inbound with brief=True, the takeover pause of the sender read in the same
+        statement and, when the inbox has a ready-made passive reply (`reply`, its `text`) and
+        automation is not paused, that reply kept with the message and, for a new message, `text`
+        stored as an automatic answer (save_answer). Returns (row, created, paused, the answer's
+        JSON or None).
+
+        One statement is atomic on its own: no savepoint, no separate pause SELECT. Every SQL
+        statement also hands the GIL to the busy event loop and back, so the callback path's
+        several statements cost more than their SQLite work.
+        """
+        if not dedup_key:
+            raise ValueError("an inbound message needs a dedup key")
+        now = utcnow(whole_seconds=True)
+        user = message.from_user
+        values = inbound_row(app, message, dedup_key, None, now)
+        # An empty user is never paused (automation.takeover.is_paused): NULL matches no pause.
+        pause = (app, user or None, self.Message.updated_at.db_value(now))
+        answer = None
+        if reply is None:
+            names = tuple(values)
+            sql, converters = self._delivery_sql(names, False)
+            params = [convert(value) for convert, value in zip(converters, values.values())]
+        else:
+            values.update(_INBOUND_EXTRA)
+            answer = answer_row(app, user, text or "", None, now)
+            names = tuple(values)
+            sql, converters = self._delivery_sql(names, True)
+            params = [convert(value) for convert, value in zip(converters, values.values())]
+            at = names.index("reply")
+            params[at:at + 1] = [*pause, reply]
+            params += [convert(answer.get(name)) for name, convert in zip(names, converters)]
+            params += [*pause, dedup_key]
+        params += pause
+        row_id = answer_id = None
+        for stored_id, deliveries, kept_reply, direction, paused in self.db.execute_sql(sql, params).fetchall():
+            if direction == "in":
+                row_id, row_deliveries, row_reply, row_paused = stored_id, deliveries, kept_reply, bool(paused)
+            else:
+                answer_id = stored_id
+        if row_deliveries != 1:
+            return {"id": row_id, "deliveries": row_deliveries, "reply": row_reply}, False, row_paused, None
+        self.conversations.count_new(app, user, row_id, inbound=True)
+        row = dict(to_json(SimpleNamespace(**{**self._blank_row, **values, "id": row_id})), automation=[],
+                   reply=row_reply)
+        if answer_id is None:
+            return row, True, row_paused, None
+        self.conversations.count_new(app, user, answer_id, inbound=False)
+        return row, True, row_paused, dict(
+            to_json(SimpleNamespace(**{**self._blank_row, **answer, "id": answer_id})), automation=[])
+
+    def _delivery_sql(self, names: tuple, answered: bool) -> tuple[str, list]:
+        """save_delivery's statement and its columns' converters (Field.db_value), built once.
+
+        With an answer it inserts from a SELECT of two rows: SQLite runs a SELECT that reads the
+        table it inserts into to its end before inserting, so "no row with this dedup key yet"
+        holds for the answer exactly when the message is new.
+        """
+        cached = self._sql_cache.get((names, answered))
+        if cached is None:
+            fields = self.Message._meta.fields
+            paused = PAUSED_SQL.format(p="?")
+            columns = ", ".join('"%s"' % fields[name].column_name for name in names)
+            returning = ' RETURNING "id", "deliveries", "reply", "direction", %s' % paused
+            conflict = ('ON CONFLICT ("dedup_key") DO UPDATE SET "deliveries" = "message"."deliveries" + 1, '
+                        '"updated_at" = excluded."updated_at", "reply" = COALESCE("message"."reply", excluded."reply")')
+            if answered:
+                inbound = ", ".join("CASE WHEN %s THEN NULL ELSE ? END" % paused if name == "reply" else "?"
+                                    for name in names)
+                sql = ('INSERT INTO "message" (%s) SELECT %s UNION ALL SELECT %s WHERE NOT %s AND NOT EXISTS '
+                       '(SELECT 1 FROM "message" WHERE "dedup_key" = ?) %s%s'
+                       % (columns, inbound, ", ".join("?" * len(names)), paused, conflict, returning))
+            else:
+                sql = 'INSERT INTO "message" (%s) VALUES (%s) %s%s' % (
+                    columns, ", ".join("?" * len(names)), conflict, returning)
+            cached = self._sql_cache[(names, answered)] = (sql, [fields[name].db_value for name in names])
+        return cached
+
     @guarded("save the automatic answer")
     def save_answer(self, app: str, user: str, text: str, rule: Optional[str] = None) -> dict:
         """Store a passive reply (a rule's, or the app's own `reply =` when `rule` is None) as an
@@ -124,14 +224,7 @@ class Messages:
         conversation. On the callback path (the inbox): one INSERT, its SQL built once, and its
         JSON built from the values rather than read back.
         """
-        now = utcnow(whole_seconds=True)
-        fields = {"msgtype": "text", "text": {"content": text}}
-        values = dict(
-            app=app, direction="out", user=user, msgtype="text", to_user=user,
-            create_time=int(now.replace(tzinfo=timezone.utc).timestamp()), received_at=now,
-            content=text, status="sent", fields=dumps(fields), raw_xml="", deliveries=1,
-            operator="rule:%s" % rule if rule is not None else None, updated_at=now,
-            search_text=search_text("text", text, fields), attempts=0, automatic="passive", rule=rule)
+        values = answer_row(app, user, text, rule, utcnow(whole_seconds=True))
         model_fields = self.Message._meta.fields
         sql = self._sql_cache.get("answer")
         if sql is None:
@@ -271,6 +364,10 @@ class Messages:
         if since is not None:
             query = query.where(M.received_at >= naive_utc(since))
         return query
+
+
+# The inbound row's values of the columns only an automatic answer sets, as the table's defaults give them.
+_INBOUND_EXTRA = {"operator": None, "attempts": 0, "automatic": None, "rule": None}
 
 
 def _text(value: Any) -> Optional[str]:

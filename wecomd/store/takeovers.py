@@ -12,6 +12,10 @@ from .errors import guarded
 from .models import Takeover
 from .times import naive_utc
 
+# Whether automation is paused for (app, user) at a time ({p}: the database's parameter mark),
+# as an SQL expression: Messages.save_delivery reads it inside the message's INSERT.
+PAUSED_SQL = 'EXISTS (SELECT 1 FROM "takeover" WHERE "app" = {p} AND "user" = {p} AND "until" > {p})'
+
 
 class Takeovers:
     """The pauses in the database `db` (named `name`), through the bound model `Takeover`."""
