@@ -40,7 +40,10 @@ def guarded(action: str) -> Callable[[F], F]:
     def decorate(method: F) -> F:
         @functools.wraps(method)
         def wrapper(self: Named, *args, **kwargs):
-            with store_errors(self.name, action):
+            # store_errors inline: a generator context manager per call cost more than some queries
+            try:
                 return method(self, *args, **kwargs)
+            except DATABASE_ERRORS as exc:
+                raise StoreError("%s: could not %s: %s" % (self.name, action, exc)) from exc
         return wrapper  # type: ignore[return-value]
     return decorate

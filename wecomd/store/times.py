@@ -30,4 +30,8 @@ def naive_utc(moment: Optional[datetime]) -> Optional[datetime]:
 
 def iso(moment: Optional[datetime]) -> Optional[str]:
     """A stored time as JSON shows it: "2026-11-28T12:00:00Z" (whole seconds), or None."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else None
+    if moment is None:
+        return None
+    if moment.tzinfo is None and moment.year >= 1000:  # the same text, at a fifth of strftime's cost
+        return moment.isoformat(timespec="seconds") + "Z"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
