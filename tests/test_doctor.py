@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -133,7 +134,8 @@ def test_json_output(conf, wecom):
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["egress_ip"] == EGRESS_IP and report["failures"] == []
     assert {check["status"] for check in report["checks"]} <= {"ok", "skip"}
-    assert {"config", "database", "media", "wecom:helpdesk", "wecom:quiet", "egress-ip", "failures"} == \
+    assert {"config", "database", "media", "wecom:helpdesk", "wecom:quiet", "egress-ip", "failures",
+            "contacts"} == \
         {check["name"] for check in report["checks"]}
     assert_no_secret(result, issued=wecom.fake.tokens)
 
@@ -332,6 +334,24 @@ def test_doctor_lists_the_failures_a_running_server_recorded(tmp_path, wecom):
         assert_no_secret(result)
     finally:
         assert server.terminate() == 0, server.output()
+
+
+def test_doctor_says_once_why_some_users_show_as_userids(tmp_path, wecom):
+    conf = deployment(tmp_path, wecom.url)
+    assert "ok    contacts" in line(doctor(conf), "ok    contacts")
+    from wecomd.store import Store
+
+    store = Store(str(tmp_path / "wecomd.db"))
+    for user in ("zhangsan", "lisi", "wangwu"):
+        store.contacts.save(CORP_ID, user, datetime.utcnow(), errcode=60011,
+                            error="errcode 60011: no privilege to access/modify contact/party/agent")
+    store.contacts.save(CORP_ID, "zhaoliu", datetime.utcnow(), name="赵六")
+    store.close()
+    result = doctor(conf)
+    assert "3 user(s) shown by UserID" in line(result, "warn  contacts")
+    details = [text.strip() for text in result.stdout.splitlines() if "errcode 60011: 3 user(s)" in text]
+    assert len(details) == 1, result.stdout  # the reason once, not once per user
+    assert "可见范围" in result.stdout
 
 
 # --- recording: rate-limited, bounded, never in the way ------------------------------------------

@@ -44,6 +44,7 @@ ROLE_MATRIX = {
     "/api/tokens$": {"GET": "admin", "POST": "admin"},
     "/api/tokens/([0-9]{1,18})/revoke$": {"POST": "admin"},
     "/api/audit$": {"GET": "admin"},
+    "/api/contact$": {"GET": "viewer"},
 }
 
 

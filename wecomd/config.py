@@ -240,6 +240,8 @@ SCHEMA: Dict[str, Dict[str, Option]] = {
                                            "same user within this time (enable_duplicate_check), so a "
                                            "reply resent after a crash is not delivered twice; but two "
                                            "identical replies within it arrive once. 0: off."),
+        "contact_refresh_hours": Option("24", _integer(1), "Hours a contact's name and departments (WeCom's "
+                                        "user/get and department/list) are kept before they are asked again."),
     },
     "rules": {
         "takeover_minutes": Option("30", _integer(0), "After an operator replies by hand, automation pauses "
@@ -301,6 +303,7 @@ class WecomConfig:
     api_base: str  # no trailing slash
     ip_echo_url: str = "https://api.ipify.org"  # "" = off; only `wecomd doctor` asks it
     duplicate_check_interval: int = 0  # seconds; 0 = off (wecom-protocol.md, message/send)
+    contact_refresh_hours: int = 24  # the contact directory's cache lifetime
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import IO, Iterable
 
 # CSV columns: the Message JSON keys, with `fields` as a JSON string.
 COLUMNS = (
-    "id", "app", "direction", "msgtype", "event", "event_key", "from_user", "to_user", "agent_id",
+    "id", "app", "direction", "msgtype", "event", "event_key", "from_user", "to_user", "user_name", "agent_id",
     "msg_id", "create_time", "received_at", "content", "status", "error", "deliveries", "automatic", "rule",
     "fields",
 )

@@ -21,6 +21,7 @@ from wecomd.automation.commands import CommandRunner
 from wecomd.automation.runner import RuleRunner
 from wecomd.automation.takeover import Takeover
 from wecomd.config import AppConfig, Config
+from wecomd.contacts import Directory
 from wecomd.failures import FailureRecorder
 from wecomd.inbox import Inbox
 from wecomd.live import Hub
@@ -96,10 +97,13 @@ class Services:
         # log cannot write is the log's own loss (logged), not one more wecomd_store_failures_total.
         self.failures = FailureRecorder(self.writer.run, self.store)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wecomd-read")
-        self.outbox = Outbox(self.db, self.store, self.wecom, config.apps, self.hub.publish,
+        # Names behind UserIDs for the dashboard; live events get theirs on the way out (publish).
+        self.directory = Directory(self.store, self.read, self.db, self.wecom, config, self.hub.publish,
+                                   lambda: utcnow(whole_seconds=True))
+        self.outbox = Outbox(self.db, self.store, self.wecom, config.apps, self.publish,
                              duplicate_check=config.wecom.duplicate_check_interval,
                              on_sent=self.metrics.sent, on_send_error=self.metrics.send_error)
-        self.media = MediaVault(self.db, self.store, self.wecom, config.apps, config.server.media_dir, self.hub.publish)
+        self.media = MediaVault(self.db, self.store, self.wecom, config.apps, config.server.media_dir, self.publish)
         self.retention = Retention(self.db, self.store, config.server.media_dir,
                                    lambda: self.config.server.retention_days)
         settings = config.rules_settings
@@ -107,16 +111,21 @@ class Services:
         # The webhook sender and the rule runner need each other: the sender asks the runner for a
         # rule's current URL and secret, and hands it the replies of retried deliveries.
         self.webhooks = WebhookSender(self.db, self.store, lambda rule: self.rule_runner.webhook_target(rule),
-                                      lambda run, text: self.rule_runner.on_webhook_reply(run, text), self.hub.publish)
+                                      lambda run, text: self.rule_runner.on_webhook_reply(run, text), self.publish)
         self.rule_runner = RuleRunner(self.db, self.store, self.outbox, self.webhooks, self.commands, config,
-                                      self.hub.publish)
+                                      self.publish)
         self.takeover = Takeover(self.db, self.store, config)
-        self.inbox = Inbox(self.db, self.store, self.rule_runner, self.hub.publish, self.media.wake)
+        self.inbox = Inbox(self.db, self.store, self.rule_runner, self.publish, self.media.wake)
 
     @property
     def rules(self) -> List[rulesmod.Rule]:
         """The rules in force, in the order they are tried."""
         return self.rule_runner.rules
+
+    def publish(self, event: dict) -> None:
+        """Push a live event to the dashboards, a message's with its user's name (Directory)."""
+        if self.hub.count:  # nobody listening: nothing to name (the callback path stays as it was)
+            self.hub.publish(self.directory.annotate_event(event))
 
     def app(self, name: str) -> AppConfig | None:
         return self.config.apps.get(name)
@@ -151,7 +160,7 @@ class Services:
             logger.warning("reload: [server] and [admin] changes take effect after a restart")
             new = replace(new, server=self.config.server, admin=self.config.admin)
         self.config, self.cryptos = new, cryptos
-        for piece in (self.rule_runner, self.takeover, self.outbox, self.media):
+        for piece in (self.rule_runner, self.takeover, self.outbox, self.media, self.directory):
             piece.reconfigure(new)
         logger.info("reloaded %s: apps %s; %d rule(s)", new.path, ", ".join(new.apps) or "none", len(new_rules))
         return True
@@ -171,6 +180,7 @@ class Services:
 
     async def close(self) -> None:
         self.hub.close_all()
+        await self.directory.close()
         await self.rule_runner.close()
         await self.webhooks.stop()
         await self.outbox.stop()

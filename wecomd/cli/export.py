@@ -43,7 +43,9 @@ def export(config: Config, args: argparse.Namespace) -> int:
     store = Store(config.server.database)
     try:
         store.migrate()
-        rows = store.messages.iter_export(since=args.since, **filters)
+        # Each with its user's name as the dashboard last learned it (the contact cache; no WeCom call).
+        corps = {name: app.corp_id for name, app in config.apps.items()}
+        rows = store.contacts.with_names(store.messages.iter_export(since=args.since, **filters), corps)
         out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
         try:
             count = exporting.write(rows, out, args.format)

@@ -19,7 +19,7 @@ class ConversationsHandler(ApiHandler):
         rows, cursor = await self.services.read(
             self.services.store.conversations.page, app=self.app_scope(self.get_query_argument("app", None) or None),
             before=int_arg(self, "before"), limit=int_arg(self, "limit") or CONVERSATION_PAGE)
-        self.write_json({"conversations": rows, "next": cursor})
+        self.write_json({"conversations": await self.services.directory.annotate(rows), "next": cursor})
 
 
 class ReadHandler(ApiHandler):
@@ -46,7 +46,8 @@ class ExportHandler(ApiHandler):
         fd, path = tempfile.mkstemp(prefix="wecomd-export-", suffix="." + fmt)
         os.close(fd)
         try:
-            await self.services.read(_export_to_file, self.services.store, path, fmt, message_filters(self))
+            corps = {name: app.corp_id for name, app in self.services.config.apps.items()}
+            await self.services.read(_export_to_file, self.services.store, path, fmt, message_filters(self), corps)
             self.set_header("Content-Type", "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson")
             self.set_header("Content-Disposition", 'attachment; filename="wecomd-export.%s"' % fmt)
             await self.stream_file(path)
@@ -54,9 +55,10 @@ class ExportHandler(ApiHandler):
             os.unlink(path)
 
 
-def _export_to_file(store: Any, path: str, fmt: str, filters: dict) -> int:
+def _export_to_file(store: Any, path: str, fmt: str, filters: dict, corps: dict) -> int:
+    """The export, each message with its user's name from the contact cache (`corps`: app -> corp_id)."""
     with open(path, "w", encoding="utf-8", newline="") as out:
-        return exporting.write(store.messages.iter_export(**filters), out, fmt)
+        return exporting.write(store.contacts.with_names(store.messages.iter_export(**filters), corps), out, fmt)
 
 
 def routes(services: Any) -> list:

@@ -18,7 +18,7 @@ class MessagesHandler(ApiHandler):
         rows, cursor = await self.services.read(
             self.services.store.messages.page, before=int_arg(self, "before"), limit=int_arg(self, "limit") or 50, **filters
         )
-        self.write_json({"messages": rows, "next": cursor})
+        self.write_json({"messages": await self.services.directory.annotate(rows), "next": cursor})
 
     async def post(self) -> None:
         body = self.json_body()
@@ -49,7 +49,7 @@ class MessageHandler(ApiHandler):
         if row is None:
             raise web.HTTPError(404, "no message %s", message_id)
         self.check_app(row["app"])
-        self.write_json(row)
+        self.write_json((await self.services.directory.annotate([row]))[0])
 
 
 class RetryHandler(ApiHandler):

@@ -15,6 +15,7 @@ import peewee
 from playhouse import migrations
 
 from .audit import Audit
+from .contacts import Contacts
 from .conversations import CONVERSATION_PAGE, Conversations
 from .database import open_database, sqlite_file, supports_returning
 from .errors import StoreError, guarded
@@ -47,6 +48,7 @@ class Store:
       queue; `takeovers`: automation paused while an operator answers;
     - `failures`: the callback failure log; `sessions`: the dashboard's sign-ins;
     - `operators`: operator accounts and their API tokens; `audit`: the audit log;
+      `contacts`: the contact directory's cache of names and departments;
     - `maintenance`: backup and pruning; `health`: the probes behind /healthz.
 
     Each part gets the database, its name (for StoreError messages) and the models it reads, bound to
@@ -71,6 +73,7 @@ class Store:
         self.sessions = Sessions(name, models.Session)
         self.operators = Operators(db, name, models.Operator, models.ApiToken)
         self.audit = Audit(db, name, models.AuditEvent)
+        self.contacts = Contacts(db, name, models.Contact)
         self.maintenance = Maintenance(db, name, models, self.conversations)
         self.health = Health(db, name, models.Message)
 

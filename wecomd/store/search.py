@@ -30,6 +30,8 @@ SHORT_COMMON = 10
 SHORT_MAX_TERMS = 1000
 _FTS_IDS = "(SELECT rowid FROM message_fts WHERE message_fts MATCH ?)"
 _FTS_TERMS = "SELECT term FROM message_fts_terms WHERE term >= ? AND term < ? LIMIT ?"
+# The UserIDs whose cached contact name (store.contacts) holds a LIKE pattern.
+_NAMED_USERS = "SELECT DISTINCT \"userid\" FROM \"contact\" WHERE \"name\" %s %s ESCAPE '\\' LIMIT 200"
 
 
 def search_text(msgtype: str, content: Optional[str], fields: Optional[dict]) -> Optional[str]:
@@ -56,8 +58,17 @@ class Search:
         self.fts = isinstance(db, SqliteDatabase)
 
     def matches(self, q: str) -> peewee.Expression:
-        """Messages whose search text holds `q`, case-insensitively and literally: quotes, *, OR,
-        % and _ match themselves. A short `q` on SQLite runs one or two lookups first."""
+        """Messages whose search text holds `q`, or whose user's cached contact name does (searching
+        张三 finds 张三's messages), case-insensitively and literally: quotes, *, OR, % and _ match
+        themselves. A short `q` on SQLite runs one or two lookups first."""
+        text = self._text_matches(q)
+        # Asked first, so that a query no name matches keeps the text search's own plan.
+        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        like = "LIKE" if self.fts else "ILIKE"
+        users = [row[0] for row in self.db.execute_sql(_NAMED_USERS % (like, self.db.param), (pattern,))]
+        return text | self.Message.user.in_(users) if users else text
+
+    def _text_matches(self, q: str) -> peewee.Expression:
         M = self.Message
         like = M.search_text.contains(q)  # peewee escapes % _ \ for LIKE
         if not self.fts or "\n" in q:  # the index ends every text with newlines: LIKE is exact

@@ -25,6 +25,7 @@ WEBHOOK = "/demo/webhook"  # not part of WeCom: the demo's webhook receiver
 IP_ECHO = "/ip"  # not part of WeCom: a "what is my IP" service
 GETTOKEN, SEND, MEDIA_GET, CALLBACK_IPS = ("/cgi-bin/gettoken", "/cgi-bin/message/send",
                                            "/cgi-bin/media/get", "/cgi-bin/getcallbackip")
+USER_GET, DEPARTMENT_LIST = "/cgi-bin/user/get", "/cgi-bin/department/list"
 TEXT_LIMIT = 2048  # bytes, for text and markdown content (§8.2)
 MSGTYPES = frozenset({"text", "markdown", "image", "voice", "video", "file", "textcard", "news", "mpnews",
                       "miniprogram_notice", "template_card"})
@@ -64,6 +65,11 @@ class FakeWecom:
         self.tokens: Dict[str, float] = {}  # every token issued -> when it expires (time.monotonic)
         self.unknown_users: Set[str] = set()  # lower-case UserIDs that message/send reports invalid
         self.callback_ips: List[str] = ["127.0.0.1"]
+        # The address book user/get and department/list answer from: userid -> {"name", "department"
+        # (ids), "position"}; a UserID not here is 60111, one in `hidden_users` 60011 (not visible).
+        self.users: Dict[str, dict] = {}
+        self.departments: List[dict] = [{"id": 1, "name": "总部", "parentid": 0}]
+        self.hidden_users: Set[str] = set()
         self.range_limit = 20 * 2**20  # media/get larger than this needs a Range (errcode 830002)
         self.egress_ip: Optional[str] = None
         self.trusted_ips: Optional[Set[str]] = None  # None: every caller is trusted
@@ -260,6 +266,30 @@ class CallbackIpHandler(_FakeHandler):
             self.answer(ip_list=list(self.fake.callback_ips))
 
 
+class UserGetHandler(_FakeHandler):
+    """user/get: what a self-built app created after 2022-06-20 gets: no avatar, mobile or email."""
+
+    def get(self) -> None:
+        if not self.token_ok():
+            return
+        userid = self.get_query_argument("userid", "")
+        if not userid:
+            return self.answer(41009, "missing userid")
+        if userid in self.fake.hidden_users:
+            return self.answer(60011, "no privilege to access/modify contact/party/agent")
+        user = self.fake.users.get(userid)
+        if user is None:
+            return self.answer(60111, "invalid string value `%s`. userid not found" % userid)
+        self.answer(userid=userid, name=user.get("name", userid), department=list(user.get("department", [1])),
+                    position=user.get("position", ""), status=1)
+
+
+class DepartmentListHandler(_FakeHandler):
+    def get(self) -> None:
+        if self.token_ok():
+            self.answer(department=list(self.fake.departments))
+
+
 class WebhookHandler(_FakeHandler):
     """Not WeCom: a stand-in for an operator's webhook receiver, for `wecomd demo`. It takes the
     forwarded message (recorded in `calls`) and answers without a reply."""
@@ -289,7 +319,8 @@ class ForbiddenHandler(_FakeHandler):
 def make_app(fake: FakeWecom) -> web.Application:
     """The fake WeCom API as a tornado Application serving `fake`."""
     routes = [(GETTOKEN, GettokenHandler), (SEND, SendHandler), (MEDIA_GET, MediaHandler),
-              (CALLBACK_IPS, CallbackIpHandler), (WEBHOOK, WebhookHandler), (IP_ECHO, IpEchoHandler),
+              (CALLBACK_IPS, CallbackIpHandler), (USER_GET, UserGetHandler), (DEPARTMENT_LIST, DepartmentListHandler),
+              (WEBHOOK, WebhookHandler), (IP_ECHO, IpEchoHandler),
               (r"/(.*)", ForbiddenHandler)]
     return web.Application([(path, handler, dict(fake=fake)) for path, handler in routes],
                            log_function=_log_request)

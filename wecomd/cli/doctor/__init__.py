@@ -49,6 +49,7 @@ def main(args: argparse.Namespace) -> int:
     report.add(*network)
     failure_check, report.failures = doctor_files.check_failure_log(db, max(1, args.failures))
     report.add(failure_check)
+    report.add(doctor_files.check_contacts(db))
     if db is not None:
         db.close()
     return report.finish(config.path)

@@ -18,9 +18,10 @@ from wecomd import failures
 from wecomd.config import Config
 from wecomd.cli.doctor.check import Check, shown_url
 from wecomd.store import MIGRATIONS_DIR, StoreError, sqlite_file
+from wecomd.store.contacts import Contacts
 from wecomd.store.failures import Failures
 from wecomd.store.health import MIN_FREE_BYTES, human_size
-from wecomd.store.models import CallbackFailure, bind
+from wecomd.store.models import CallbackFailure, Contact, bind
 
 LOW_SPACE = 1 << 30  # 1 GiB free: warn
 _ERRORS = (peewee.PeeweeException, sqlite3.Error, OSError)
@@ -197,3 +198,26 @@ def _owner_note(path: str) -> str:
         owner = str(st.st_uid)
     return " (checked as root; owner %s, mode %o: run doctor as the service user to check its access)" % (
         owner, st.st_mode & 0o777)
+
+
+def check_contacts(db: Optional[peewee.Database]) -> Check:
+    """Why the dashboard shows some UserIDs instead of names: the failed contact lookups, once per errcode."""
+    if db is None:
+        return Check("contacts", "skip", "no database to read the contact cache from")
+    try:
+        if not db.table_exists("contact"):
+            return Check("contacts", "skip", "no contact cache in this database yet",
+                         "`wecomd serve` adds it (migration 0008) when it starts")
+        errors = Contacts(db, str(db.database), bind(Contact, db)).errors()
+    except StoreError as exc:
+        return Check("contacts", "warn", "cannot read the contact cache: %s" % exc.__cause__)
+    except _ERRORS as exc:
+        return Check("contacts", "warn", "cannot read the contact cache: %s" % exc)
+    if not errors:
+        return Check("contacts", "ok", "no failed contact lookup: the dashboard shows names")
+    check = Check("contacts", "warn", "%d user(s) shown by UserID: WeCom refused their lookup"
+                  % sum(row["count"] for row in errors),
+                  "give the app the address book in its 可见范围 (visible range), or accept UserIDs")
+    check.details.extend("errcode %s: %d user(s); e.g. %s" % (row["errcode"], row["count"], row["error"])
+                         for row in errors)
+    return check
