@@ -157,3 +157,43 @@ def test_demo_dir_with_a_hand_written_config_uses_it_as_it_is(tmp_path):
         out = _stop(proc)
     assert conf.read_bytes() == before
     assert "no simulated traffic" in out
+
+
+def test_demo_makes_an_operator_and_a_viewer_and_names_its_users(tmp_path):
+    port = free_port()
+    url = "http://127.0.0.1:%d" % port
+    proc = _start_demo("--listen", "127.0.0.1:%d" % port, "--dir", str(tmp_path), "--password", "demo-pass-123")
+    try:
+        logins = {}
+        while len(logins) < 2:
+            text = proc.stdout.readline()
+            assert text, "the demo stopped before its banner"
+            found = re.match(r"\s+or as\s+(\w+) / (\S+) \((\w+)\)", text)
+            if found:
+                logins[found.group(1)] = (found.group(2), found.group(3))
+        assert {name: role for name, (_, role) in logins.items()} == {"operator": "operator", "viewer": "viewer"}
+        wait_for_healthz(url, proc)
+        for name, (password, role) in logins.items():
+            opener, _ = _opener()
+            page = opener.open(url + "/login").read().decode()
+            xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
+            body = urllib.parse.urlencode({"username": name, "password": password, "_xsrf": xsrf}).encode()
+            opener.open(url + "/login", data=body)
+            assert json.loads(opener.open(url + "/api/me").read())["role"] == role
+        api = _sign_in(url, "demo-pass-123")
+        deadline, names = time.monotonic() + 20, {}
+        while time.monotonic() < deadline and names.get("zhangsan") != "张三":
+            names = {c["user"]: c["user_name"] for c in api("/api/conversations")["conversations"]}
+            time.sleep(0.3)
+        assert names.get("zhangsan") == "张三", names
+        assert api("/api/contact?app=demo&user=zhangsan")["departments"] == ["IT 支持部"]
+    finally:
+        out = _stop(proc)
+    assert "Traceback" not in out
+    # A second run on the same directory keeps the accounts and does not print passwords it does not know.
+    proc = _start_demo("--listen", "127.0.0.1:%d" % port, "--dir", str(tmp_path), "--no-traffic")
+    try:
+        wait_for_healthz(url, proc)
+    finally:
+        out = _stop(proc)
+    assert "or as      operator / the password an earlier run printed (operator)" in out

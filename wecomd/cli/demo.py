@@ -12,7 +12,7 @@ import sys
 import tempfile
 import urllib.parse
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from wecomd import checks, config, logs, passwords, paths
 
@@ -49,6 +49,7 @@ SCRIPT = (
     (55.0, "open_approval_change", "lisi", "", None),
 )
 NAME, HELP = "demo", "a live dashboard with simulated traffic; nothing to set up"
+DEMO_ACCOUNTS = (("operator", "operator"), ("viewer", "viewer"))  # beside the config's admin
 TRICKLE = ("还在吗？", "收到，马上处理", "会议室的投影仪坏了", "能把上周的日志发我一份吗？", "👍")
 
 
@@ -77,6 +78,7 @@ async def _main(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     fake = sandbox.FakeWecom()
     media = sandbox.seed_samples(fake)
+    sandbox.seed_directory(fake)
     path = workdir / "wecomd.conf"
     kept = path.exists()
     if kept:  # an earlier run's config, perhaps edited: used as it is, with this run's sandbox
@@ -88,13 +90,14 @@ async def _main(args: argparse.Namespace) -> int:
         values = {**_values(args.listen or LISTEN, api_base, password), **sample_rules(api_base)}
         path.write_text(config.render(values), encoding="utf-8")
         cfg = config.load(path, {})
+    accounts = _accounts(cfg)
     ready: asyncio.Future = asyncio.get_running_loop().create_future()
     serving = asyncio.ensure_future(app.serve(cfg, ready=ready.set_result))
     traffic: Optional[asyncio.Task] = None
     try:
         port = await _first(ready, serving)
         url = "http://%s:%d" % (cfg.server.listen_host, port)
-        _banner(url, cfg.admin.username, password, path, kept)
+        _banner(url, cfg.admin.username, password, path, kept, accounts)
         if not args.no_traffic and APP not in cfg.apps:
             logger.warning("demo: the kept config has no [app:%s]: no simulated traffic", APP)
         elif not args.no_traffic:
@@ -175,11 +178,35 @@ def sample_rules(api_base: str) -> dict:
     return sections
 
 
-def _banner(url: str, user: str, password: Optional[str], path: Path, kept: bool = False) -> None:
+def _accounts(cfg: config.Config) -> list:
+    """An operator and a viewer account beside the config's admin, made once per database with
+    generated passwords; [(name, role, password or None when made by an earlier run)]."""
+    from wecomd.store import OperatorExists, Store
+
+    store = Store(cfg.server.database)
+    made = []
+    try:
+        store.migrate()
+        for name, role in DEMO_ACCOUNTS:
+            password = secrets.token_urlsafe(9)
+            try:
+                store.operators.add(name, role, passwords.hash_password(password))
+            except OperatorExists:
+                password = None
+            made.append((name, role, password))
+    finally:
+        store.close()
+    return made
+
+
+def _banner(url: str, user: str, password: Optional[str], path: Path, kept: bool = False,
+            accounts: Sequence = ()) -> None:
     login = "%s / %s" % (user, password) if password else "%s, with the password of the run that wrote it" % user
-    print("\n  wecomd demo is running: open %s\n  sign in as  %s\n  config: %s%s (a sandbox WeCom API "
+    others = "".join("\n  or as      %s / %s (%s)" % (name, secret or "the password an earlier run printed", role)
+                     for name, role, secret in accounts)
+    print("\n  wecomd demo is running: open %s\n  sign in as  %s (admin)%s\n  config: %s%s (a sandbox WeCom API "
           "stands in for qyapi.weixin.qq.com)\n  Ctrl-C stops it.\n"
-          % (url, login, path, ", kept from an earlier run" if kept else ""), flush=True)
+          % (url, login, others, path, ", kept from an earlier run" if kept else ""), flush=True)
 
 
 async def _traffic(url: str, wecom_app: config.AppConfig, media: dict) -> None:

@@ -345,6 +345,19 @@ def seed_samples(fake: FakeWecom) -> Dict[str, str]:
     }
 
 
+def seed_directory(fake: FakeWecom) -> None:
+    """The demo's simulated users as user/get answers them: Chinese names, departments, positions."""
+    fake.departments = [{"id": 1, "name": "总部", "parentid": 0}, {"id": 2, "name": "IT 支持部", "parentid": 1},
+                        {"id": 3, "name": "财务部", "parentid": 1}, {"id": 4, "name": "行政部", "parentid": 1},
+                        {"id": 5, "name": "市场部", "parentid": 1}]
+    fake.users.update({
+        "zhangsan": {"name": "张三", "department": [2], "position": "运维工程师"},
+        "lisi": {"name": "李四", "department": [3], "position": "会计"},
+        "wangwu": {"name": "王五", "department": [4], "position": "行政主管"},
+        "zhaoliu": {"name": "赵六", "department": [5, 2], "position": "市场专员"},
+    })
+
+
 def sample_png(width: int = 96, height: int = 96) -> bytes:
     """An RGB gradient as a valid PNG file."""
     rows = b"".join(b"\x00" + bytes(channel for x in range(width)
