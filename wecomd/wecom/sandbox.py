@@ -7,6 +7,7 @@ text), for `[wecom] ip_echo_url`.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -70,6 +71,7 @@ class FakeWecom:
         self.users: Dict[str, dict] = {}
         self.departments: List[dict] = [{"id": 1, "name": "总部", "parentid": 0}]
         self.hidden_users: Set[str] = set()
+        self.latency = 0.0  # seconds every API answer waits (bench/contacts.py)
         self.range_limit = 20 * 2**20  # media/get larger than this needs a Range (errcode 830002)
         self.egress_ip: Optional[str] = None
         self.trusted_ips: Optional[Set[str]] = None  # None: every caller is trusted
@@ -158,7 +160,9 @@ class _FakeHandler(web.RequestHandler):
     def caller_ip(self) -> str:
         return self.fake.egress_ip or self.request.remote_ip
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
+        if self.fake.latency:  # a stand-in for the round trip to qyapi.weixin.qq.com (benchmarks)
+            await asyncio.sleep(self.fake.latency)
         self.fake.calls.append((self.request.path, self._recorded()))
         trusted = self.fake.trusted_ips
         if trusted is not None and self.request.path.startswith("/cgi-bin/") and self.caller_ip not in trusted:
