@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from support.samples import SAMPLES
-from wecomd.wecom import envelopes, messages, replies
+from wecomd.wecom import bot, envelopes, messages, replies
 from wecomd.wecom.envelopes import MissingEncryptError, parse_xml
 from wecomd.wecom.messages import ForbiddenXmlError, MalformedXmlError, MessageError, dedup_key, parse, to_fields
 
@@ -359,8 +359,11 @@ def _imports(module) -> set:
 
 def test_modules_are_pure():
     assert not {name for name in _imports(messages) if name and name.split(".")[0] in ("tornado", "wecomd", "peewee")}
-    # The envelope readers build on messages' safe parse, and on nothing else of wecomd's.
+    # The envelope readers build on messages' safe parse and bot's JSON reader, and on nothing else
+    # of wecomd's; bot builds on messages alone.
     assert {name for name in _imports(envelopes) if name and name.split(".")[0] in ("tornado", "wecomd", "peewee")
+            } == {"wecomd.wecom.messages", "wecomd.wecom.bot"}
+    assert {name for name in _imports(bot) if name and name.split(".")[0] in ("tornado", "wecomd", "peewee")
             } == {"wecomd.wecom.messages"}
 
 

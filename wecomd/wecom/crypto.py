@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import hmac
 import logging
 import os
@@ -315,3 +316,15 @@ class WecomCrypto:
         encrypted = self.encrypt(reply_xml, random_prefix)
         sig = signature(self._token, timestamp, nonce, encrypted)
         return _REPLY_XML.format(encrypt=encrypted, signature=sig, timestamp=timestamp, nonce=nonce)
+
+    def encrypt_json_reply(self, reply_json: bytes | str, timestamp: str, nonce: str,
+                           random_prefix: bytes | None = None) -> str:
+        """Encrypt a 智能机器人 passive reply and return its JSON envelope: {"encrypt", "msgsignature"
+        (no underscore), "timestamp" (a number), "nonce"}, with the request's timestamp and nonce."""
+        if not isinstance(timestamp, str) or not _TIMESTAMP_RE.fullmatch(timestamp):
+            raise ReplyXmlError("reply timestamp must be 1-20 ASCII digits")
+        if not isinstance(nonce, str) or not _NONCE_RE.fullmatch(nonce):
+            raise ReplyXmlError("reply nonce must be 1-64 ASCII letters or digits")
+        encrypted = self.encrypt(reply_json, random_prefix)
+        sig = signature(self._token, timestamp, nonce, encrypted)
+        return json.dumps({"encrypt": encrypted, "msgsignature": sig, "timestamp": int(timestamp), "nonce": nonce})

@@ -1,8 +1,8 @@
 """The outer, still encrypted POST body of a callback: where its ciphertext is, and what it says of its app.
 
 One reader per body format, each returning an Envelope: parse_xml for the self-built apps'
-<xml><Encrypt> body (protocol §4). The 智能机器人 channel's JSON body ({"encrypt": ...}) gets its
-reader beside it. The plaintext inside is read by wecomd.wecom.messages.
+<xml><Encrypt> body (protocol §4), parse_json for the 智能机器人's {"encrypt": ...}. The plaintext
+inside is read by wecomd.wecom.messages (XML) or wecomd.wecom.bot (JSON).
 """
 from __future__ import annotations
 
@@ -45,3 +45,13 @@ def parse_xml(body: XmlInput) -> Envelope:
         agent_id = fields.get("AgentId")
     return Envelope(encrypt=encrypt, to_user=to_user if isinstance(to_user, str) else None,
                     agent_id=agent_id if isinstance(agent_id, str) else None)
+
+
+def parse_json(body: bytes) -> Envelope:
+    """Read a 智能机器人 callback body: a JSON object whose "encrypt" is the ciphertext."""
+    from wecomd.wecom.bot import load_json
+
+    encrypt = load_json(body, "the envelope").get("encrypt")
+    if not isinstance(encrypt, str) or not encrypt.strip():
+        raise MissingEncryptError("envelope has no \"encrypt\" text")
+    return Envelope(encrypt=encrypt.strip(), to_user=None, agent_id=None)

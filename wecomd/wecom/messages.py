@@ -75,6 +75,11 @@ class Message:
     content: Optional[str] = None
     fields: dict[str, Any] = field(default_factory=dict)
     raw: str = ""
+    # Who the conversation is with, when not the sender: a 智能机器人 group chat's chatid (each
+    # message keeps its sender in from_user). None: the sender's conversation, as for app messages.
+    conversation: Optional[str] = None
+    # How it came: "app" (XML callbacks) or "bot" (the 智能机器人's JSON callbacks).
+    channel: str = "app"
 
     @property
     def is_event(self) -> bool:
@@ -236,11 +241,13 @@ def _event_key(message: Message) -> str:
 def dedup_key(message: Message) -> str:
     """The key under which a callback is stored once, however often WeCom retries it.
 
-    Messages: agent, sender and MsgId. Events: sender, CreateTime, Event, EventKey, agent,
+    Messages: agent, sender and MsgId; 智能机器人 callbacks: the bot and msgid. Events: sender, CreateTime, Event, EventKey, agent,
     the event's own ids and a short hash of all fields, since sender + second collides (§4).
     Anything else: a hash of all fields. Keys longer than 255 characters end in a hash.
     """
-    if not message.is_event and message.msg_id:
+    if message.channel == "bot" and message.msg_id:  # msgid is on every bot callback, events too
+        key = "bot:%s:%s" % (message.agent_id or "", message.msg_id)
+    elif not message.is_event and message.msg_id:
         key = "msg:%s:%s:%s" % (message.agent_id or "", message.from_user or "", message.msg_id)
     elif message.is_event:
         key = _event_key(message)
