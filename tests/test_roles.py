@@ -45,6 +45,10 @@ ROLE_MATRIX = {
     "/api/tokens/([0-9]{1,18})/revoke$": {"POST": "admin"},
     "/api/audit$": {"GET": "admin"},
     "/api/contact$": {"GET": "viewer"},
+    "/api/assignees$": {"GET": "viewer"},
+    "/api/conversations/assign$": {"POST": "operator"},
+    "/api/conversations/state$": {"GET": "viewer", "POST": "operator"},
+    "/api/notes$": {"GET": "viewer", "POST": "operator"},
 }
 
 

@@ -10,7 +10,8 @@ from tornado import httpserver, locale, netutil, web
 
 from wecomd import checks, connections, sdnotify
 from wecomd.config import Config
-from wecomd.handlers import callback, contacts, conversations, dashboard, live, metrics, ops, rules, static, team, thread
+from wecomd.handlers import (assignments, callback, contacts, conversations, dashboard, live, metrics, ops, rules,
+                             static, team, thread)
 from wecomd.handlers.base import DEFAULT_LOCALE
 from wecomd.paths import TRANSLATIONS_DIR, resource_dir
 from wecomd.services import Services
@@ -29,7 +30,7 @@ PANELS = (conversations, thread, rules, live)
 def make_app(services: Services) -> web.Application:
     """Build the application from every handler module's `routes(services)`: the one route table."""
     handlers: list = []
-    for module in (callback, ops, metrics, dashboard, team, contacts) + PANELS:
+    for module in (callback, ops, metrics, dashboard, team, contacts, assignments) + PANELS:
         handlers.extend(module.routes(services))
     # Tornado keeps translations process-wide; loading the same files again is harmless.
     locale.load_translations(str(TRANSLATIONS_DIR))

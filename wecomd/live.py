@@ -1,6 +1,7 @@
 """The live hub: fans stored-message and status events out to dashboard websockets.
 
-Every event is built by `message_event` or `status_event`, so the websocket frames have one shape.
+Every event is built by a function here (`message_event`, `status_event`, `assignment_event`,
+`note_event`), so the websocket frames have one shape.
 """
 from __future__ import annotations
 
@@ -33,6 +34,18 @@ def status_event(message: dict) -> dict:
     may see that app gets it)."""
     return {"type": "status", "id": message["id"], "app": message["app"], "status": message["status"],
             "error": message["error"]}
+
+
+def assignment_event(state: dict) -> dict:
+    """The live event of a conversation assigned, unassigned, opened or closed: its assignee and
+    state as store.assignments gives them (with its app, for the hub's app scoping)."""
+    return {"type": "assignment", "app": state["app"], "user": state["user"], "assignee": state["assignee"],
+            "state": state["state"], "updated_by": state["updated_by"], "updated_at": state["updated_at"]}
+
+
+def note_event(note: dict) -> dict:
+    """The live event of a new internal note (note JSON, with its app for the hub's app scoping)."""
+    return {"type": "note", "app": note["app"], "user": note["user"], "note": note}
 
 
 class Subscriber:

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--query", dest="q", metavar="TEXT",
                    help="only messages whose text contains TEXT, as the dashboard's search box")
     p.add_argument("--since", type=parse_iso, help="only messages received at or after this ISO time (UTC if no zone)")
+    p.add_argument("--notes", action="store_true",
+                   help="add the conversations' internal notes, merged by time (never without it: the "
+                        "export is what the customer saw); not with --type or --query")
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
 
@@ -39,6 +42,10 @@ def export(config: Config, args: argparse.Namespace) -> int:
         print("wecomd export: no app %r in %s; known apps: %s"
               % (args.app, config.path, ", ".join(config.apps) or "none"), file=sys.stderr)
         return EXIT_USAGE
+    if getattr(args, "notes", False) and (args.msgtype or args.q):
+        print("wecomd export: --notes cannot be combined with --type or --query (they select messages)",
+              file=sys.stderr)
+        return EXIT_USAGE
     filters = {name: value for name in ("app", "user", "msgtype", "q") if (value := getattr(args, name, None))}
     store = Store(config.server.database)
     try:
@@ -46,6 +53,8 @@ def export(config: Config, args: argparse.Namespace) -> int:
         # Each with its user's name as the dashboard last learned it (the contact cache; no WeCom call).
         corps = {name: app.corp_id for name, app in config.apps.items()}
         rows = store.contacts.with_names(store.messages.iter_export(since=args.since, **filters), corps)
+        if getattr(args, "notes", False):
+            rows = exporting.with_notes(rows, store.notes.iter_export(args.app, args.user, args.since))
         out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
         try:
             count = exporting.write(rows, out, args.format)

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 import peewee
 from playhouse import migrations
 
+from .assignments import Assignments
 from .audit import Audit
 from .contacts import Contacts
 from .conversations import CONVERSATION_PAGE, Conversations
@@ -25,6 +26,7 @@ from .maintenance import Maintenance
 from .media import Media
 from .messages import Messages
 from .models import Models
+from .notes import Notes
 from .operators import OperatorExists, Operators
 from .outbox import Outbox
 from .rule_runs import RuleRuns
@@ -49,6 +51,7 @@ class Store:
     - `failures`: the callback failure log; `sessions`: the dashboard's sign-ins;
     - `operators`: operator accounts and their API tokens; `audit`: the audit log;
       `contacts`: the contact directory's cache of names and departments;
+    - `assignments`: who a conversation is assigned to, open or closed; `notes`: internal notes;
     - `maintenance`: backup and pruning; `health`: the probes behind /healthz.
 
     Each part gets the database, its name (for StoreError messages) and the models it reads, bound to
@@ -74,6 +77,8 @@ class Store:
         self.operators = Operators(db, name, models.Operator, models.ApiToken)
         self.audit = Audit(db, name, models.AuditEvent)
         self.contacts = Contacts(db, name, models.Contact)
+        self.assignments = Assignments(db, name, models)
+        self.notes = Notes(db, name, models)
         self.maintenance = Maintenance(db, name, models, self.conversations)
         self.health = Health(db, name, models.Message)
 

@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 import peewee
 from peewee import EXCLUDED, JOIN, Case, SqliteDatabase, fn
 
+from .assignments import state_expression
 from .errors import guarded
 from .models import Models
 from .paging import keyset, page_size
@@ -34,6 +35,8 @@ from .serialize import automation_json, to_json
 from .times import iso, naive_utc, utcnow
 
 CONVERSATION_PAGE = 100  # conversations per page when the caller does not say
+# The conversation list's filters: "mine" (assigned to the one asking), "unassigned", "unread", all.
+CONVERSATION_FILTERS = ("all", "mine", "unassigned", "unread")
 
 
 class Conversations:
@@ -44,6 +47,7 @@ class Conversations:
         self.db, self.name = db, name
         self.Message, self.ReadMark, self.Conversation = models.Message, models.ReadMark, models.Conversation
         self.Takeover, self.RuleRun = models.Takeover, models.RuleRun
+        self.State = models.ConversationState
         # On SQLite the 0004 migration's triggers count a new message inside its INSERT.
         self.counted_by_triggers = isinstance(db, SqliteDatabase)
         self._sql_cache: dict = {}
@@ -52,34 +56,54 @@ class Conversations:
 
     @guarded("list conversations")
     def all(self, app: Optional[str] = None, now: Optional[datetime] = None,
-            before: Optional[int] = None, limit: Optional[int] = None) -> list[dict]:
+            before: Optional[int] = None, limit: Optional[int] = None,
+            show: str = "all", me: Optional[str] = None) -> list[dict]:
         """Conversations newest first (by their newest message), all of them unless `limit`.
 
         Each row: app, user, count, unread (inbound messages after the read mark, all of them
-        when never read), last_id, last_message (Message JSON with its "automation") and
-        paused_until (ISO "Z" while automation is paused for the user at `now`, else None).
-        `before` keeps those whose last_id is below it. Two queries, whatever the number of rows.
+        when never read), last_id, last_message (Message JSON with its "automation"),
+        paused_until (ISO "Z" while automation is paused for the user at `now`, else None),
+        assignee (an operator's name or None) and state ("open" or "closed"; store/assignments.py).
+        `before` keeps those whose last_id is below it; `show` (CONVERSATION_FILTERS) keeps those
+        assigned to `me`, the unassigned ones or those with unread messages. Two queries, whatever
+        the number of rows.
         """
-        return self._rows(app, before, None if limit is None else page_size(limit), now)
+        return self._rows(app, before, None if limit is None else page_size(limit), now, show, me)
 
     @guarded("list conversations")
     def page(self, app: Optional[str] = None, before: Optional[int] = None,
-             limit: int = CONVERSATION_PAGE, now: Optional[datetime] = None) -> tuple[list[dict], Optional[int]]:
+             limit: int = CONVERSATION_PAGE, now: Optional[datetime] = None,
+             show: str = "all", me: Optional[str] = None) -> tuple[list[dict], Optional[int]]:
         """(one page of all(), cursor for the next page or None).
 
-        Keyset paging on last_id, as Messages.page pages on id: pass the cursor back as `before`.
+        Keyset paging on last_id, as Messages.page pages on id: pass the cursor back as `before`
+        (with the same `show`: each filter pages on its own).
         """
         limit = page_size(limit)
-        return keyset(self._rows(app, before, limit + 1, now), limit, lambda row: row["last_id"])
+        return keyset(self._rows(app, before, limit + 1, now, show, me), limit, lambda row: row["last_id"])
 
     def _rows(self, app: Optional[str], before: Optional[int], limit: Optional[int],
-              now: Optional[datetime]) -> list[dict]:
-        C, T = self.Conversation, self.Takeover
+              now: Optional[datetime], show: str = "all", me: Optional[str] = None) -> list[dict]:
+        if show not in CONVERSATION_FILTERS:
+            raise ValueError("show must be one of %s, not %r" % (", ".join(CONVERSATION_FILTERS), show))
+        C, T, S = self.Conversation, self.Takeover, self.State
         paused = (T.app == C.app) & (T.user == C.user) & (T.until > naive_utc(now or utcnow()))
-        # (app, user) is unique in takeover: the join adds no rows. The order is an index's.
+        # (app, user) is unique in takeover and in conversation_state: the joins add no rows. The
+        # order is an index's.
         query = (C.select(C.app, C.user, C.last_id, C.messages.alias("count"), C.unread,
-                          T.until.alias("paused_until"))
-                 .join(T, JOIN.LEFT_OUTER, on=paused).order_by(C.last_id.desc()))
+                          T.until.alias("paused_until"), S.assignee,
+                          state_expression(S, self.Message).alias("state"))
+                 .join(T, JOIN.LEFT_OUTER, on=paused)
+                 .join(S, JOIN.LEFT_OUTER, on=(S.app == C.app) & (S.user == C.user), src=C)
+                 .order_by(C.last_id.desc()))
+        if show == "mine":
+            if not me:  # `S.assignee == None` would be IS NULL: the unassigned ones
+                raise ValueError("show='mine' needs `me`")
+            query = query.where(S.assignee == me)
+        elif show == "unassigned":
+            query = query.where(S.assignee.is_null())
+        elif show == "unread":
+            query = query.where(C.unread > 0)
         if isinstance(app, (list, tuple, set, frozenset)):  # an operator limited to some apps
             query = query.where(C.app.in_(sorted(app)))
         elif app:

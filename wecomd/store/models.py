@@ -246,6 +246,9 @@ class ConversationState(Model):
     state = CharField(default="open")  # CONVERSATION_STATES
     updated_at = DateTimeField()
     updated_by = CharField(null=True)
+    # The id of the conversation's newest message when it was closed (migration 0009): an inbound
+    # message after it makes the conversation open again (store/assignments.py), with no write.
+    closed_last_id = IntegerField(null=True)
 
     class Meta:
         table_name = "conversation_state"
@@ -260,6 +263,9 @@ class Note(Model):
     author = CharField()
     text = TextField()
     created_at = DateTimeField()
+    # The id of the conversation's newest message when the note was written (migration 0009): the
+    # thread and the export show the note right after that message.
+    after_id = IntegerField(null=True)
 
     class Meta:
         table_name = "note"
