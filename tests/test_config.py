@@ -69,14 +69,28 @@ def _sample_parser() -> configparser.RawConfigParser:
     return parser
 
 
+def _commented_bot() -> configparser.RawConfigParser:
+    """The sample's commented-out [bot:assistant] example, uncommented."""
+    lines = (REPO / "wecomd.conf").read_text(encoding="utf-8").splitlines()
+    start = lines.index("# [bot:assistant]")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("# "):
+            break
+        block.append(line[2:])
+    parser = configparser.RawConfigParser(interpolation=None)
+    parser.read_string("\n".join(block))
+    return parser
+
+
 @pytest.mark.parametrize("section", list(SCHEMA))
 def test_sample_config_has_every_option(section):
-    parser = _sample_parser()
-    present = "app:demo" if section == "app:NAME" else section
+    parser = _commented_bot() if section == "bot:NAME" else _sample_parser()
+    present = {"app:NAME": "app:demo", "bot:NAME": "bot:assistant"}.get(section, section)
     assert list(parser[present]) == list(SCHEMA[section])
     for option, spec in SCHEMA[section].items():
         if spec.default is not REQUIRED and not spec.secret:
-            assert parser[present][option] == spec.default or section == "app:NAME"
+            assert parser[present][option] == spec.default or section in ("app:NAME", "bot:NAME")
 
 
 def _doc_sections() -> dict:
@@ -530,7 +544,7 @@ def test_repr_never_shows_secrets(tmp_path):
 
 def test_secret_options_are_exactly_the_unrepr_fields():
     classes = {"server": config.ServerConfig, "admin": config.AdminConfig, "wecom": config.WecomConfig,
-               "rules": config.RulesConfig, "app:NAME": config.AppConfig}
+               "rules": config.RulesConfig, "app:NAME": config.AppConfig, "bot:NAME": config.BotConfig}
     for section, options in SCHEMA.items():
         hidden = {f.name for f in dataclasses.fields(classes[section]) if not f.repr}
         assert hidden == {name for name, option in options.items() if option.secret}, section
@@ -607,3 +621,38 @@ def test_other_cost_parameters_round_trip():
     stored = passwords.hash_password("pw", n=2 ** 10, r=4, p=2)
     assert stored.startswith("scrypt$n=1024,r=4,p=2$") and passwords.verify_password("pw", stored)
     assert not passwords.verify_password(b"pw", stored)
+
+
+# --- [bot:NAME] ---------------------------------------------------------------------------------
+
+BOT = """
+[bot:assistant]
+token = BotToken0123456789
+encoding_aes_key = abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG
+"""
+
+
+def test_a_bot_section_loads_with_its_defaults_and_env_overrides(tmp_path):
+    loaded = config.load(write(tmp_path, APP + BOT), {"WECOMD_BOT_ASSISTANT_TOKEN": "FromTheEnvironment1"})
+    bot = loaded.bots["assistant"]
+    assert (bot.token, bot.aibotid, bot.reply, bot.stream_deadline) == ("FromTheEnvironment1", "", "", 30)
+    assert "FromTheEnvironment1" not in repr(bot) and "abcdefghij" not in repr(bot)
+    assert list(loaded.apps) == ["helpdesk"]
+
+
+def test_an_app_and_a_bot_cannot_share_a_name(tmp_path):
+    found = problems(tmp_path, APP + BOT.replace("[bot:assistant]", "[bot:helpdesk]"))
+    assert any("[bot:helpdesk]: an app is named helpdesk too" in p for p in found), found
+
+
+def test_bot_names_and_options_are_checked(tmp_path):
+    found = problems(tmp_path, APP + BOT.replace("[bot:assistant]", "[bot:bad name]") +
+                     "\n[bot:other]\ntoken = x!\nencoding_aes_key = short\nstream_deadline = 0\n")
+    assert any("[bot:bad name]: a bot name" in p for p in found), found
+    assert any("[bot:other] token" in p for p in found) and any("[bot:other] encoding_aes_key" in p for p in found)
+    assert any("[bot:other] stream_deadline" in p for p in found), found
+
+
+def test_a_rule_may_name_a_bot(tmp_path):
+    loaded = config.load(write(tmp_path, APP + BOT + "\n[rule:hi]\napp = assistant\nwhen = text contains 你好\nreply = 你好！\n"), {})
+    assert loaded.rules["hi"]["app"] == "assistant"

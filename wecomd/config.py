@@ -30,7 +30,8 @@ RULE_SECRETS = ("webhook_secret",)  # the secret options of a [rule:NAME] sectio
 MAX_SECRET_FILE = 65536  # bytes; a larger "secret" is a wrong path (/dev/zero, a log file)
 FIXED_SECTIONS = ("server", "admin", "wecom", "rules")
 MIN_SECRET_LENGTH = 32
-_APP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_APP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # an app's or a bot's: a URL path segment
+NAMED = {"app:NAME": "an app", "bot:NAME": "a bot"}  # sections whose NAME is a /callback/NAME
 _ALNUM = re.compile(r"[A-Za-z0-9]*")
 
 
@@ -182,6 +183,9 @@ SECTION_HELP = {
              "see docs/rules.md).",
     "app:NAME": "One WeCom self-built app; its callback URL path is /callback/NAME. Enter that URL, the "
                 "token and the encoding_aes_key in the WeCom admin console (应用 → 接收消息 → 设置API接收).",
+    "bot:NAME": "One 智能机器人 (AI bot) in API mode; its callback URL path is /callback/NAME, in the same "
+                "namespace as the apps. Enter that URL, the token and the encoding_aes_key in the bot's "
+                "API settings (docs/bots.md).",
 }
 
 SCHEMA: Dict[str, Dict[str, Option]] = {
@@ -264,6 +268,18 @@ SCHEMA: Dict[str, Dict[str, Option]] = {
         "reply": Option("", str, "Optional: a passive text reply to every message, e.g. 已收到; "
                         "empty: none."),
     },
+    "bot:NAME": {
+        "token": Option(REQUIRED, _token, "The bot's callback Token: 1 to 32 of A-Z a-z 0-9.", secret=True),
+        "encoding_aes_key": Option(REQUIRED, _aes_key, "The bot's callback EncodingAESKey: exactly 43 of "
+                                   "A-Z a-z 0-9.", secret=True),
+        "aibotid": Option("", str, "Optional: the bot's id (aibotid); when set, callbacks naming another "
+                          "bot are refused."),
+        "reply": Option("", str, "Optional: the answer when no rule answers, sent as one finished "
+                        "stream; empty: none."),
+        "stream_deadline": Option("30", _integer(1), "Seconds a streamed answer may take; past them the "
+                                  "stream is closed with a notice and the answer goes once to the "
+                                  "message's response_url."),
+    },
 }
 
 
@@ -315,6 +331,18 @@ class RulesConfig:
 
 
 @dataclass(frozen=True)
+class BotConfig:
+    """A 智能机器人 in API mode ([bot:NAME]); its callbacks come to /callback/NAME."""
+
+    name: str
+    token: str = field(repr=False)
+    encoding_aes_key: str = field(repr=False)
+    aibotid: str = ""
+    reply: str = ""
+    stream_deadline: int = 30  # seconds
+
+
+@dataclass(frozen=True)
 class AppConfig:
     name: str
     corp_id: str
@@ -332,6 +360,7 @@ class Config:
     admin: AdminConfig
     wecom: WecomConfig
     apps: Dict[str, AppConfig]  # by NAME, in file order
+    bots: Dict[str, "BotConfig"] = field(default_factory=dict)  # [bot:NAME], file order
     rules: Dict[str, Dict[str, str]] = field(default_factory=dict)  # [rule:NAME] as written, file order
     rules_settings: RulesConfig = field(default_factory=RulesConfig)  # [rules]
     # (section, option) -> where its value came from: "default", the file, or "environment WECOMD_..."
@@ -386,15 +415,17 @@ def load(path: Union[str, Path, None], environ: Optional[Mapping[str, str]] = No
             rules[section[5:]] = {option: text for option, (text, _) in raw[section].items()}
             sources.update(((section, option), source) for option, (_, source) in raw[section].items()
                            if option in RULE_SECRETS)
-        elif kind == "app:NAME" and not _APP_NAME.fullmatch(section[4:]):
-            problems.append("%s: [%s]: an app name is 1 to 64 characters of A-Z a-z 0-9 _ -"
-                            % (label, section))
+        elif kind in NAMED and not _APP_NAME.fullmatch(section[4:]):
+            problems.append("%s: [%s]: %s name is 1 to 64 characters of A-Z a-z 0-9 _ -"
+                            % (label, section, NAMED[kind]))
         else:
             values[section] = _convert(section, SCHEMA[kind], raw.get(section, {}), label, problems,
                                        sources)
     apps = [section[4:] for section in raw
-            if _kind(section) == "app:NAME" and _APP_NAME.fullmatch(section[4:])]
-    problems.extend("%s: %s" % (label, problem) for problem in _rules.problems(rules, apps))
+            if _kind(section) in NAMED and _APP_NAME.fullmatch(section[4:])]
+    problems.extend("%s: [bot:%s]: an app is named %s too: apps and bots share /callback/NAME, give one "
+                    "another name" % (label, name, name) for name in sorted({n for n in apps if apps.count(n) > 1}))
+    problems.extend("%s: %s" % (label, problem) for problem in _rules.problems(rules, list(dict.fromkeys(apps))))
     if problems:
         raise ConfigError(problems)
     absolute = Path(path).absolute() if path is not None else None
@@ -415,6 +446,8 @@ def _kind(section: str) -> Optional[str]:
         return section
     if section.startswith("app:"):
         return "app:NAME"
+    if section.startswith("bot:"):
+        return "bot:NAME"
     if section.startswith("rule:") and len(section) > 5:
         return "rule"  # kept raw here; wecomd.automation.rules validates and compiles it
     return None
@@ -504,7 +537,7 @@ def _apply_env(raw: Raw, environ: Mapping[str, str], problems: List[str]) -> Tup
     targets: Dict[str, List[Tuple[str, str]]] = {}
     for section in dict.fromkeys([*FIXED_SECTIONS, *raw]):
         kind = _kind(section)
-        if kind == "rule" or kind in SCHEMA and (kind != "app:NAME" or _APP_NAME.fullmatch(section[4:])):
+        if kind == "rule" or kind in SCHEMA and (kind not in NAMED or _APP_NAME.fullmatch(section[4:])):
             for option in _env_options(section):
                 targets.setdefault(env_name(section, option), []).append((section, option))
     ignored = []
@@ -621,8 +654,10 @@ def _build(path, base, values, rules, sources, ignored) -> Config:
                                  media_dir=_resolve(base, server.pop("media_dir")), **server)
     apps = {section[4:]: AppConfig(name=section[4:], **options)
             for section, options in values.items() if section.startswith("app:")}
+    bots = {section[4:]: BotConfig(name=section[4:], **options)
+            for section, options in values.items() if section.startswith("bot:")}
     return Config(path=path, server=server_config, admin=AdminConfig(**values["admin"]),
-                  wecom=WecomConfig(**values["wecom"]), apps=apps, rules=rules,
+                  wecom=WecomConfig(**values["wecom"]), apps=apps, bots=bots, rules=rules,
                   rules_settings=RulesConfig(**values["rules"]), sources=sources, ignored_env=ignored)
 
 
@@ -649,7 +684,7 @@ def _render_section(section: str, given: Dict[str, str], elsewhere: Mapping[Tupl
     kind = _kind(section)
     if kind == "rule":
         return ["[%s]" % section] + ["%s = %s" % (k, _render_value(v)) for k, v in given.items()] + [""]
-    bad_name = kind == "app:NAME" and not _APP_NAME.fullmatch(section[4:])
+    bad_name = kind in NAMED and not _APP_NAME.fullmatch(section[4:])
     if kind not in SCHEMA or bad_name or set(given) - set(SCHEMA[kind]):
         raise ValueError("[%s]: unknown section, bad app name, or unknown options %s"
                          % (section, sorted(given)))
