@@ -71,6 +71,13 @@ export const api = {
   message: (id) => request("GET", "/api/messages/" + encodeURIComponent(id)),
   rules: () => request("GET", "/api/rules"),
   resume: (app, user) => request("POST", "/api/takeover/resume", { app, user }),
+  me: () => request("GET", "/api/me"),
+  assignees: (app) => request("GET", withQuery("/api/assignees", { app })),
+  conversationState: (app, user) => request("GET", withQuery("/api/conversations/state", { app, user })),
+  assign: (app, user, assignee) => request("POST", "/api/conversations/assign", { app, user, assignee }),
+  setState: (app, user, state) => request("POST", "/api/conversations/state", { app, user, state }),
+  notes: (app, user, params) => request("GET", withQuery("/api/notes", { app, user, ...params })),
+  addNote: (app, user, text) => request("POST", "/api/notes", { app, user, text }),
 };
 
 export function mediaUrl(id) {

@@ -33,6 +33,7 @@ function start() {
     onRead: (app, user) => conversations.markRead(app, user),
     onSent: (message) => conversations.sent(message),
     onResumed: (app, user) => conversations.resumed(app, user),
+    onAssigned: (change) => conversations.noteAssignment(change),
   });
   const conversations = new ConversationsView({ apps, thread, router });
   const rules = new RulesView();
@@ -49,6 +50,11 @@ function start() {
         thread.mergeLive(data.message);
       } else if (data.type === "status") {
         thread.setStatus(data.id, data.status, data.error);
+      } else if (data.type === "assignment") {
+        conversations.noteAssignment(data);
+        thread.setTeam(data);
+      } else if (data.type === "note" && data.note) {
+        thread.mergeNote(data.note);
       }
     },
     onOpen: () => {

@@ -9,6 +9,8 @@ import { conversationRoute } from "./router.js";
 
 const $ = (id) => document.getElementById(id);
 const APP_KEY = "wecomd.app";
+const FILTER_KEY = "wecomd.filter";
+const FILTERS = ["all", "mine", "unassigned", "unread"]; // /api/conversations?filter=
 const CONVERSATION_PAGE = 100;
 const MAX_PAGE = 500;
 const RESULT_PAGE = 50;
@@ -41,6 +43,8 @@ export class ConversationsView {
     this.thread = thread;
     this.router = router;
     this.app = "";
+    this.listFilter = "all"; // the list's filter: all, mine (assigned to me), unassigned, unread
+    this.me = document.body.dataset.user || "";
     this.msgtype = "";
     this.q = "";
     this.conversations = [];
@@ -127,7 +131,7 @@ export class ConversationsView {
     const noted = this.notedWhileLoading = [];
     const limit = Math.min(MAX_PAGE, Math.max(CONVERSATION_PAGE, this.conversations.length));
     try {
-      const data = await api.conversations(this.app, { limit });
+      const data = await api.conversations(this.app, { limit, filter: this.listFilter });
       if (seq !== this.seq) return; // a newer request was sent meanwhile: its answer counts
       this.notedWhileLoading = null;
       this.conversations = data.conversations || [];
@@ -150,7 +154,7 @@ export class ConversationsView {
     const seq = this.seq; // a reload of the list meanwhile makes this page stale
     this.loadingMore = true;
     try {
-      const data = await api.conversations(this.app, { before: this.next, limit: CONVERSATION_PAGE });
+      const data = await api.conversations(this.app, { before: this.next, limit: CONVERSATION_PAGE, filter: this.listFilter });
       if (seq !== this.seq) return;
       for (const conv of data.conversations || []) {
         if (!this.find(conv.app, conv.user)) this.conversations.push(conv);
@@ -217,8 +221,14 @@ export class ConversationsView {
     const user = conversationUser(message);
     if (!user) return;
     let conv = this.find(message.app, user);
+    if (!conv && this.listFilter !== "all") {
+      // Only the server knows whether that conversation is in the filter (its assignee): ask it when
+      // the message may have put it there (a new conversation is unassigned; an inbound one is unread).
+      if (this.listFilter === "unassigned" || (this.listFilter === "unread" && message.direction === "in")) this.reloadSoon(300);
+      return;
+    }
     if (!conv) {
-      conv = { app: message.app, user, count: 0, unread: 0, last_id: 0, last_message: null };
+      conv = { app: message.app, user, count: 0, unread: 0, last_id: 0, last_message: null, assignee: null, state: "open" };
       this.conversations.push(conv);
       // It may be an older conversation on a page not loaded yet: fetch its true counts.
       if (this.next) this.reloadSoon(300);
@@ -229,11 +239,36 @@ export class ConversationsView {
       conv.last_message = message;
       const reading = this.thread.isOpen(message.app, user) && document.visibilityState === "visible";
       if (message.direction === "in" && !reading) conv.unread += 1;
+      // A new inbound message reopens a closed conversation (the server derives it the same way).
+      if (message.direction === "in" && conv.state === "closed") conv.state = "open";
     } else if (conv.last_message && conv.last_message.id === message.id) {
       conv.last_message = message;
     }
     this.conversations.sort((a, b) => b.last_id - a.last_id);
     this.render();
+  }
+
+  /** A conversation assigned, unassigned, opened or closed (a live event, or this page's own change). */
+  noteAssignment(change) {
+    if (this.app && change.app !== this.app) return;
+    const conv = this.find(change.app, change.user);
+    if (conv) Object.assign(conv, { assignee: change.assignee, state: change.state });
+    const wanted = this.listFilter === "mine" ? change.assignee === this.me
+      : this.listFilter === "unassigned" ? change.assignee === null : !!conv;
+    if (wanted !== !!conv) this.reloadSoon(300); // it joins or leaves the filtered list
+    this.render();
+  }
+
+  /** The assignee and state of a row: who has it ("me" for the one signed in), open or closed. */
+  teamTags(conv) {
+    const state = conv.state === "closed" ? "closed" : "open";
+    return [
+      conv.assignee
+        ? el("span", { class: "assignee-tag" + (conv.assignee === this.me ? " mine" : ""),
+          title: t("Assigned to {name}", { name: conv.assignee }) }, conv.assignee === this.me ? t("me") : conv.assignee)
+        : null,
+      el("span", { class: "state-tag state-" + state }, state === "closed" ? t("Closed") : t("Open")),
+    ];
   }
 
   item(conv) {
@@ -247,7 +282,7 @@ export class ConversationsView {
         class: "conv" + (conv.unread > 0 ? " has-unread" : ""),
         href: conversationRoute(conv.app, conv.user),
         "aria-current": open ? "true" : null,
-        dataset: { app: conv.app, user: conv.user },
+        dataset: { app: conv.app, user: conv.user, assignee: conv.assignee || "", state: conv.state || "open" },
       },
       el("span", { class: "avatar", "aria-hidden": "true" }, (conv.user || "?").slice(0, 1).toUpperCase()),
       el("span", { class: "conv-main" },
@@ -261,6 +296,7 @@ export class ConversationsView {
           timeFlag(last)),
         el("span", { class: "conv-bottom" },
           el("span", { class: "conv-preview" }, outboundPrefix(last), previewText(last)),
+          this.teamTags(conv),
           conv.unread > 0
             ? el("span", { class: "badge", title: t("{n} unread", { n: conv.unread }) }, conv.unread > 99 ? "99+" : String(conv.unread))
             : null))));
@@ -279,7 +315,9 @@ export class ConversationsView {
     const empty = $("list-empty");
     empty.textContent = this.listError
       || (filtering ? (this.results.length ? "" : t("No messages match."))
-        : (this.conversations.length ? "" : t("No conversations yet. Messages appear here as soon as WeCom delivers them.")));
+        : (this.conversations.length ? ""
+          : this.listFilter !== "all" ? t("No conversations match this filter.")
+            : t("No conversations yet. Messages appear here as soon as WeCom delivers them.")));
     empty.hidden = !empty.textContent;
     empty.classList.toggle("error", !!this.listError);
     const unread = this.conversations.reduce((sum, c) => sum + (c.unread || 0), 0);
@@ -377,6 +415,7 @@ export class ConversationsView {
     });
     $("results-more").addEventListener("click", () => this.loadResults(true));
     $("conversations-more").addEventListener("click", () => this.loadMore());
+    this.bindShow();
     const select = $("app-filter");
     const saved = window.localStorage.getItem(APP_KEY) || "";
     if (this.apps.some((app) => app.name === saved)) select.value = saved;
@@ -389,5 +428,29 @@ export class ConversationsView {
       if (this.filterActive()) this.loadResults(false);
     });
     this.updateExportLinks();
+  }
+
+  /** The mine / unassigned / all / unread buttons above the list (remembered in this browser). */
+  bindShow() {
+    const buttons = [...$("conv-filter").querySelectorAll("button[data-filter]")];
+    const saved = window.localStorage.getItem(FILTER_KEY);
+    const press = () => {
+      for (const button of buttons) button.setAttribute("aria-pressed", String(button.dataset.filter === this.listFilter));
+    };
+    if (FILTERS.includes(saved)) this.listFilter = saved;
+    press();
+    for (const button of buttons) {
+      button.addEventListener("click", () => {
+        if (this.listFilter === button.dataset.filter) return;
+        this.listFilter = button.dataset.filter;
+        window.localStorage.setItem(FILTER_KEY, this.listFilter);
+        press();
+        // Another list: drop the one shown, so that none of its rows linger while it loads.
+        this.conversations = [];
+        this.next = null;
+        this.render();
+        this.load();
+      });
+    }
   }
 }

@@ -1,7 +1,8 @@
-// The open conversation: messages merged by id, paging older, live updates, reply box, read marks.
+// The open conversation: messages merged by id, paging older, live updates, reply box, read marks;
+// in its header who it is assigned to and whether it is open, and its internal notes in the thread.
 
 import { api } from "./api.js";
-import { dayClock, dayKey, dayLabel, el, fullTime, messageDate, parseIso, t } from "./dom.js";
+import { clockTime, dayClock, dayKey, dayLabel, el, fullTime, messageDate, parseIso, t } from "./dom.js";
 import { conversationUser, messageRow } from "./render.js";
 
 const PAGE = 50;
@@ -21,7 +22,10 @@ export function automationUnsettled(message) {
 }
 
 export class ThreadView {
-  /** hooks: appInfo(name) → app dict or undefined, onRead(app, user), onSent(message), onResumed(app, user) */
+  /**
+   * hooks: appInfo(name) → app dict or undefined, onRead(app, user), onSent(message), onResumed(app, user),
+   * onAssigned(state) after this page assigned, opened or closed the conversation
+   */
   constructor(hooks) {
     this.hooks = hooks;
     this.root = document.getElementById("thread-view");
@@ -40,6 +44,7 @@ export class ThreadView {
     this.pauseTimer = null;
     this.current = null;
     this.bind();
+    this.buildTeam();
   }
 
   bind() {
@@ -95,6 +100,7 @@ export class ThreadView {
       app, user, messages: new Map(), rows: new Map(), liveAt: new Map(), next: null, ready: false,
       loadingOlder: false, stuck: true, needsRead: true, generation: Symbol("thread"),
       watches: new Map(), pausedUntil: null, openOutputs: new Set(),
+      team: null, assignees: [], notes: new Map(), noteRows: new Map(),
     };
     this.renderPause();
     document.getElementById("thread-user").textContent = user;
@@ -106,9 +112,12 @@ export class ThreadView {
     this.older.hidden = true;
     this.error.hidden = true;
     this.setComposer();
+    this.noteError.hidden = true;
+    this.renderTeam();
     this.root.hidden = false;
     this.empty.hidden = true;
     this.loadLatest();
+    this.loadTeam();
   }
 
   close() {
@@ -174,6 +183,7 @@ export class ThreadView {
       this.render("keep");
       this.markRead();
       this.watchAll();
+      this.loadTeam(); // assignments and notes made while disconnected
     } catch (err) {
       // the next reconnect tries again
     }
@@ -210,6 +220,12 @@ export class ThreadView {
   mergeLive(message) {
     if (!this.matches(message)) return;
     const fresh = !this.current.messages.has(message.id) && message.direction === "in";
+    const team = this.current.team;
+    if (fresh && team && team.state === "closed") {
+      // A new inbound message reopens a closed conversation (the server derives it the same way).
+      this.current.team = { ...team, state: "open" };
+      this.renderTeam();
+    }
     this.current.liveAt.set(message.id, performance.now());
     this.merge(message);
     this.watch(message, fresh);
@@ -365,12 +381,28 @@ export class ThreadView {
     const ordered = [...thread.messages.values()].sort((a, b) => a.id - b.id);
     const nodes = [];
     let lastDay = null;
-    for (const message of ordered) {
-      const date = messageDate(message);
+    const day = (date) => {
       if (dayKey(date) !== lastDay) {
         lastDay = dayKey(date);
         nodes.push(el("li", { class: "day" }, el("span", null, dayLabel(date))));
       }
+    };
+    // Each note right after the message it was written after (after_id); one written before the
+    // oldest message shown waits for the older page, if there is one.
+    const oldest = ordered.length ? ordered[0].id : Infinity;
+    const notes = [...thread.notes.values()].filter((note) => !thread.next || note.after_id >= oldest)
+      .sort((a, b) => (a.after_id - b.after_id) || (a.id - b.id));
+    let next = 0;
+    const notesBefore = (id) => {
+      for (; next < notes.length && notes[next].after_id < id; next += 1) {
+        day(parseIso(notes[next].created_at));
+        nodes.push(this.noteNode(notes[next]));
+      }
+    };
+    for (const message of ordered) {
+      notesBefore(message.id);
+      const date = messageDate(message);
+      day(date);
       const signature = JSON.stringify(message);
       let row = thread.rows.get(message.id);
       if (!row || row.signature !== signature) {
@@ -382,6 +414,7 @@ export class ThreadView {
       }
       nodes.push(row.node);
     }
+    notesBefore(Infinity);
     if (ordered.length === 0) nodes.push(el("li", { class: "day" }, el("span", null, t("No messages yet"))));
     this.list.replaceChildren(...nodes);
     this.older.hidden = !thread.next;
@@ -452,6 +485,173 @@ export class ThreadView {
     } catch (err) {
       button.disabled = false;
       this.showError(t("Retry failed: {error}", { error: err.message }));
+    }
+  }
+
+  // ---------------------------------------------------------------- assignment, state, internal notes
+
+  buildTeam() {
+    const $ = (id) => document.getElementById(id);
+    this.stateTag = $("thread-state");
+    this.assigneeSelect = $("assignee");
+    this.assignMe = $("assign-me");
+    this.stateButton = $("state-toggle");
+    this.noteBox = $("note-box");
+    this.noteForm = $("note-form");
+    this.noteText = $("note-text");
+    this.noteAdd = $("note-add");
+    this.noteError = $("note-error");
+    this.me = document.body.dataset.user || "";
+    this.canWrite = true; // until /api/me says this is a viewer (the server refuses a viewer anyway)
+    this.assigneeLists = new Map(); // app -> the names it can be assigned to (GET /api/assignees)
+    this.assigneeSelect.addEventListener("change", () => this.assign(this.assigneeSelect.value || null));
+    this.assignMe.addEventListener("click", () => this.assign(this.me));
+    this.stateButton.addEventListener("click", () => {
+      const team = this.current && this.current.team;
+      if (team) this.changeState(team.state === "closed" ? "open" : "closed");
+    });
+    this.noteForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.addNote();
+    });
+    api.me().then((me) => {
+      this.canWrite = me.role !== "viewer";
+      this.renderTeam();
+    }, () => {});
+  }
+
+  /** The open conversation's assignee, state and notes, and who it can be assigned to. */
+  async loadTeam() {
+    const thread = this.current;
+    if (!thread) return;
+    try {
+      const [team, notes, names] = await Promise.all([
+        api.conversationState(thread.app, thread.user),
+        api.notes(thread.app, thread.user, { limit: 500 }),
+        this.assignees(thread.app),
+      ]);
+      if (thread !== this.current) return;
+      thread.team = team;
+      thread.assignees = names;
+      for (const note of notes.notes || []) thread.notes.set(note.id, note);
+      this.renderTeam();
+      if (thread.ready) this.render("keep");
+    } catch (err) {
+      if (thread === this.current) this.showError(err.message);
+    }
+  }
+
+  assignees(app) {
+    if (!this.assigneeLists.has(app)) {
+      const names = api.assignees(app).then((data) => data.assignees || []);
+      names.catch(() => this.assigneeLists.delete(app)); // asked again next time
+      this.assigneeLists.set(app, names);
+    }
+    return this.assigneeLists.get(app);
+  }
+
+  renderTeam() {
+    const thread = this.current;
+    if (!thread) return;
+    const team = thread.team || { assignee: null, state: "open" };
+    const closed = team.state === "closed";
+    this.stateTag.hidden = !thread.team;
+    this.stateTag.className = "state-tag state-" + (closed ? "closed" : "open");
+    this.stateTag.dataset.state = team.state;
+    this.stateTag.textContent = closed ? t("Closed") : t("Open");
+    const names = [...thread.assignees];
+    if (team.assignee && !names.includes(team.assignee)) names.push(team.assignee); // e.g. a disabled account
+    const options = [el("option", { value: "" }, t("Unassigned"))]
+      .concat(names.map((name) => el("option", { value: name }, name === this.me ? t("{name} (me)", { name }) : name)));
+    this.assigneeSelect.replaceChildren(...options);
+    this.assigneeSelect.value = team.assignee || "";
+    this.assigneeSelect.disabled = !this.canWrite || !thread.team;
+    this.assignMe.hidden = !this.canWrite || !thread.team || team.assignee === this.me || !names.includes(this.me);
+    this.stateButton.hidden = !this.canWrite || !thread.team;
+    this.stateButton.textContent = closed ? t("Reopen") : t("Close");
+    this.noteBox.hidden = !this.canWrite;
+  }
+
+  /** A conversation's new assignee or state (this page's change, or a live event). */
+  setTeam(change) {
+    const thread = this.current;
+    if (!thread || thread.app !== change.app || thread.user !== change.user) return;
+    thread.team = { ...(thread.team || {}), assignee: change.assignee, state: change.state };
+    this.renderTeam();
+  }
+
+  async assign(name) {
+    const thread = this.current;
+    if (!thread) return;
+    this.showError("");
+    try {
+      const team = await api.assign(thread.app, thread.user, name);
+      this.setTeam(team);
+      this.hooks.onAssigned(team);
+    } catch (err) {
+      if (thread === this.current) {
+        this.showError(t("Could not assign: {error}", { error: err.message }));
+        this.renderTeam();
+      }
+    }
+  }
+
+  async changeState(state) {
+    const thread = this.current;
+    if (!thread) return;
+    this.stateButton.disabled = true;
+    this.showError("");
+    try {
+      const team = await api.setState(thread.app, thread.user, state);
+      this.setTeam(team);
+      this.hooks.onAssigned(team);
+    } catch (err) {
+      if (thread === this.current) this.showError(t("Could not change the state: {error}", { error: err.message }));
+    } finally {
+      this.stateButton.disabled = false;
+    }
+  }
+
+  /** A note from the websocket (or this page's own): shown once, in its place. */
+  mergeNote(note) {
+    const thread = this.current;
+    if (!thread || thread.app !== note.app || thread.user !== note.user || thread.notes.has(note.id)) return;
+    thread.notes.set(note.id, note);
+    if (thread.ready) this.render("keep");
+  }
+
+  noteNode(note) {
+    const rows = this.current.noteRows;
+    if (!rows.has(note.id)) {
+      const date = parseIso(note.created_at);
+      rows.set(note.id, el("li", { class: "note", dataset: { noteId: note.id, author: note.author } },
+        el("div", { class: "note-head" },
+          el("span", { class: "note-label" }, t("Internal note")),
+          el("span", { class: "note-author" }, note.author),
+          el("time", { datetime: note.created_at || "", title: fullTime(date) }, clockTime(date))),
+        el("div", { class: "note-text" }, note.text)));
+    }
+    return rows.get(note.id);
+  }
+
+  async addNote() {
+    const thread = this.current;
+    const text = this.noteText.value;
+    if (!thread || !text.trim()) return;
+    this.noteAdd.disabled = true;
+    this.noteError.hidden = true;
+    try {
+      const note = await api.addNote(thread.app, thread.user, text);
+      if (this.noteText.value === text) this.noteText.value = "";
+      if (thread === this.current) {
+        thread.notes.set(note.id, note);
+        if (thread.ready) this.render("bottom");
+      }
+    } catch (err) {
+      this.noteError.textContent = t("Note not added: {error}", { error: err.message });
+      this.noteError.hidden = false;
+    } finally {
+      this.noteAdd.disabled = false;
     }
   }
 }
