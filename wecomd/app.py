@@ -10,7 +10,7 @@ from tornado import httpserver, locale, netutil, web
 
 from wecomd import checks, connections, sdnotify
 from wecomd.config import Config
-from wecomd.handlers import (assignments, callback, contacts, conversations, dashboard, live, metrics, ops, rules,
+from wecomd.handlers import (assignments, bot, callback, contacts, conversations, dashboard, live, metrics, ops, rules,
                              static, team, thread)
 from wecomd.handlers.base import DEFAULT_LOCALE
 from wecomd.paths import TRANSLATIONS_DIR, resource_dir
@@ -30,7 +30,8 @@ PANELS = (conversations, thread, rules, live)
 def make_app(services: Services) -> web.Application:
     """Build the application from every handler module's `routes(services)`: the one route table."""
     handlers: list = []
-    for module in (callback, ops, metrics, dashboard, team, contacts, assignments) + PANELS:
+    # bot first: its route takes the /callback/NAME of the configured bots, the rest go to the apps.
+    for module in (bot, callback, ops, metrics, dashboard, team, contacts, assignments) + PANELS:
         handlers.extend(module.routes(services))
     # Tornado keeps translations process-wide; loading the same files again is harmless.
     locale.load_translations(str(TRANSLATIONS_DIR))

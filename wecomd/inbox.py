@@ -64,6 +64,7 @@ def _app_reply(app: AppConfig, message: Message, text: str) -> str:
 # Per channel: how an answer's text becomes that channel's passive reply (what is kept for retries).
 PASSIVE_REPLIES: "MappingProxyType[str, Callable[[AppConfig, Message, str], str]]" = MappingProxyType({
     "app": _app_reply,
+    "bot": lambda bot, message, text: text,  # the 智能机器人 channel streams the text (wecomd.bots)
 })
 
 
@@ -169,7 +170,7 @@ def store_inbound(store: Any, app: str, message: Message, key: str) -> tuple:
     One statement where the store can (Messages.save_delivery), the pause read inside it."""
     if store.messages.one_statement:
         return store.messages.save_delivery(app, message, key)
-    paused = is_paused(store, app, message.from_user)
+    paused = is_paused(store, app, message.conversation or message.from_user)
     row, created = store.messages.save_inbound(app, message, key, brief=True)
     return row, created, paused, None
 
@@ -187,7 +188,8 @@ def store_answered(store: Any, app: str, message: Message, key: str, reply: str,
     if store.messages.one_statement:
         return store.messages.save_delivery(app, message, key, reply, text)
     with store.db.atomic():
-        paused = is_paused(store, app, message.from_user)
+        user = message.conversation or message.from_user  # a bot's group chat: the group
+        paused = is_paused(store, app, user)
         row, created = store.messages.save_inbound(app, message, key, None if paused else reply, brief=True)
-        answer = store.messages.save_answer(app, message.from_user, text) if created and not paused else None
+        answer = store.messages.save_answer(app, user, text) if created and not paused else None
     return row, created, paused, answer

@@ -20,6 +20,7 @@ from wecomd.automation import rules as rulesmod
 from wecomd.automation.commands import CommandRunner
 from wecomd.automation.runner import RuleRunner
 from wecomd.automation.takeover import Takeover
+from wecomd.bots import BotChannel
 from wecomd.config import AppConfig, Config
 from wecomd.contacts import Directory
 from wecomd.failures import FailureRecorder
@@ -116,6 +117,7 @@ class Services:
                                       self.publish)
         self.takeover = Takeover(self.db, self.store, config)
         self.inbox = Inbox(self.db, self.store, self.rule_runner, self.publish, self.media.wake)
+        self.bots = BotChannel(self.db, self.read, self.store, self.inbox, self.publish, config)
 
     @property
     def rules(self) -> List[rulesmod.Rule]:
@@ -160,7 +162,7 @@ class Services:
             logger.warning("reload: [server] and [admin] changes take effect after a restart")
             new = replace(new, server=self.config.server, admin=self.config.admin)
         self.config, self.cryptos = new, cryptos
-        for piece in (self.rule_runner, self.takeover, self.outbox, self.media, self.directory):
+        for piece in (self.rule_runner, self.takeover, self.outbox, self.media, self.directory, self.bots):
             piece.reconfigure(new)
         logger.info("reloaded %s: apps %s; %d rule(s)", new.path, ", ".join(new.apps) or "none", len(new_rules))
         return True
@@ -180,6 +182,7 @@ class Services:
 
     async def close(self) -> None:
         self.hub.close_all()
+        await self.bots.close()
         await self.directory.close()
         await self.rule_runner.close()
         await self.webhooks.stop()
@@ -197,8 +200,11 @@ class Services:
 
 
 def _cryptos(config: Config) -> dict[str, WecomCrypto]:
-    """Each app's callback crypto, by app name (ValueError for a key that is not one)."""
-    return {name: _crypto_for(app) for name, app in config.apps.items()}
+    """Each app's and bot's callback crypto, by name (ValueError for a key that is not one). A bot's
+    receive-id is the empty string (wecom-aibot.md §1)."""
+    cryptos = {name: _crypto_for(app) for name, app in config.apps.items()}
+    cryptos.update((name, WecomCrypto(bot.token, bot.encoding_aes_key, "")) for name, bot in config.bots.items())
+    return cryptos
 
 
 def _crypto_for(app: AppConfig) -> WecomCrypto:

@@ -46,11 +46,7 @@ class CallbackHandler(BaseHandler):
         self._size = 0
         self._outcome: dict[str, Any] = {"type": "verify" if self.request.method == "GET" else "-"}
         super().prepare()
-        name = self.path_kwargs["app"]
-        self.wecom_app = self.services.app(name)
-        if self.wecom_app is None:
-            raise web.HTTPError(404, "unknown app %r", name)
-        self.crypto = self.services.cryptos[name]
+        self._endpoint(self.path_kwargs["app"])
         declared = self.request.headers.get("Content-Length", "0")
         if _UNSIGNED.match(declared) and int(declared) > self._max_body:
             # The answer closes the connection, so the body is never read: no outer limit to trip.
@@ -58,6 +54,13 @@ class CallbackHandler(BaseHandler):
             raise web.HTTPError(413, "body larger than max_body (%d bytes)", self._max_body)
         # An outer bound for chunked bodies; the exact limit is enforced in data_received.
         self.request.connection.set_max_body_size(2 * self._max_body + 65536)
+
+    def _endpoint(self, name: str) -> None:
+        """Find the app this callback is for, and its crypto; 404 without one."""
+        self.wecom_app = self.services.app(name)
+        if self.wecom_app is None:
+            raise web.HTTPError(404, "unknown app %r", name)
+        self.crypto = self.services.cryptos[name]
 
     @property
     def _max_body(self) -> int:
@@ -181,7 +184,7 @@ class CallbackHandler(BaseHandler):
         )
         # A configured app's name, never what an unknown request put in the path (bounded labels).
         self.services.metrics.callback(
-            app if app in self.services.config.apps else metrics.UNKNOWN_APP, out.get("type", "-"),
+            app if app in self.services.config.apps or app in self.services.config.bots else metrics.UNKNOWN_APP, out.get("type", "-"),
             outcome.split(" ", 1)[0], latency, metrics.failure_reason(status, out.get("failure")))
         if status >= 400:  # kept for `wecomd doctor`; rate-limited, written off the request path
             self.services.failures.record(app, self.request.method, status, out, self.request.remote_ip)

@@ -16,6 +16,7 @@ from playhouse import migrations
 
 from .assignments import Assignments
 from .audit import Audit
+from .bot_streams import BotStreams
 from .contacts import Contacts
 from .conversations import CONVERSATION_PAGE, Conversations
 from .database import open_database, sqlite_file, supports_returning
@@ -50,7 +51,8 @@ class Store:
       queue; `takeovers`: automation paused while an operator answers;
     - `failures`: the callback failure log; `sessions`: the dashboard's sign-ins;
     - `operators`: operator accounts and their API tokens; `audit`: the audit log;
-      `contacts`: the contact directory's cache of names and departments;
+      `contacts`: the contact directory's cache of names and departments; `bot_streams`: the
+      智能机器人's streamed answers;
     - `assignments`: who a conversation is assigned to, open or closed; `notes`: internal notes;
     - `maintenance`: backup and pruning; `health`: the probes behind /healthz.
 
@@ -77,6 +79,7 @@ class Store:
         self.operators = Operators(db, name, models.Operator, models.ApiToken)
         self.audit = Audit(db, name, models.AuditEvent)
         self.contacts = Contacts(db, name, models.Contact)
+        self.bot_streams = BotStreams(db, name, models.BotStream)
         self.assignments = Assignments(db, name, models)
         self.notes = Notes(db, name, models)
         self.maintenance = Maintenance(db, name, models, self.conversations)

@@ -30,7 +30,8 @@ def inbound_row(app: str, message: Message, dedup_key: str, reply: Optional[str]
                 now: datetime) -> dict[str, Any]:
     """Column values for a newly received message."""
     return dict(
-        app=app, direction="in", dedup_key=dedup_key, user=message.from_user,
+        # The conversation: the sender's, or a 智能机器人 group chat's (message.conversation).
+        app=app, direction="in", dedup_key=dedup_key, user=message.conversation or message.from_user,
         msgtype=message.msgtype, event=message.event, event_key=message.event_key,
         from_user=message.from_user, to_user=message.to_user,
         agent_id=_text(message.agent_id), msg_id=_text(message.msg_id),
@@ -150,7 +151,7 @@ class Messages:
         if not dedup_key:
             raise ValueError("an inbound message needs a dedup key")
         now = utcnow(whole_seconds=True)
-        user = message.from_user
+        user = message.conversation or message.from_user
         values = inbound_row(app, message, dedup_key, None, now)
         # An empty user is never paused (automation.takeover.is_paused): NULL matches no pause.
         pause = (app, user or None, self.Message.updated_at.db_value(now))

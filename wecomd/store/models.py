@@ -286,6 +286,33 @@ class QuickReply(Model):
         indexes = ((("owner", "shortcut"), False),)
 
 
+
+RESPONSE_STATES = ("pending", "sent", "failed", "expired")  # bot_stream.response_state; NULL: not needed
+
+
+class BotStream(Model):
+    """One streamed answer of a 智能机器人 to one message: the whole content so far, and whether and
+    how the answer went to the message's response_url (used at most once)."""
+
+    stream_id = CharField(unique=True)
+    bot = CharField()
+    message_id = IntegerField(index=True)  # the inbound message it answers
+    content = TextField(default="")  # everything so far: each refresh gets all of it
+    finished = IntegerField(default=0)  # 1: the finish frame was (or will be) answered
+    notice = TextField(null=True)  # why it closed early (an error, the deadline)
+    source = CharField(null=True)  # where the answer comes from: "rule:NAME", "reply", "model:NAME" ...
+    feedback_id = CharField(null=True)
+    feedback = TextField(null=True)  # JSON of the feedback_event that rated it
+    response_url = TextField(null=True)
+    response_state = CharField(null=True)  # RESPONSE_STATES
+    response_error = TextField(null=True)
+    deadline_at = DateTimeField()
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+
+    class Meta:
+        table_name = "bot_stream"
+
 ModelT = TypeVar("ModelT", bound=Model)
 
 
@@ -315,13 +342,14 @@ class Models:
     ConversationState: type[ConversationState]
     Note: type[Note]
     QuickReply: type[QuickReply]
+    BotStream: type[BotStream]
 
     @classmethod
     def bound_to(cls, db: peewee.Database) -> "Models":
         declared = {model.__name__: model for model in (Message, ReadMark, Conversation, RuleRun, Takeover,
                                                         CallbackFailure, Session, Operator, ApiToken,
                                                         AuditEvent, Contact, ConversationState, Note,
-                                                        QuickReply)}
+                                                        QuickReply, BotStream)}
         return cls(**{field.name: bind(declared[field.name], db) for field in fields(cls)})
 
     def all(self) -> list[type[Model]]:

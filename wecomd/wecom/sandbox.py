@@ -27,6 +27,7 @@ IP_ECHO = "/ip"  # not part of WeCom: a "what is my IP" service
 GETTOKEN, SEND, MEDIA_GET, CALLBACK_IPS = ("/cgi-bin/gettoken", "/cgi-bin/message/send",
                                            "/cgi-bin/media/get", "/cgi-bin/getcallbackip")
 USER_GET, DEPARTMENT_LIST = "/cgi-bin/user/get", "/cgi-bin/department/list"
+AIBOT_RESPONSE = "/cgi-bin/aibot/response"
 TEXT_LIMIT = 2048  # bytes, for text and markdown content (§8.2)
 MSGTYPES = frozenset({"text", "markdown", "image", "voice", "video", "file", "textcard", "news", "mpnews",
                       "miniprogram_notice", "template_card"})
@@ -72,6 +73,8 @@ class FakeWecom:
         self.departments: List[dict] = [{"id": 1, "name": "总部", "parentid": 0}]
         self.hidden_users: Set[str] = set()
         self.latency = 0.0  # seconds every API answer waits (bench/contacts.py)
+        # 智能机器人 response_url calls: response_code -> the body posted. A code works once (§6).
+        self.bot_responses: Dict[str, dict] = {}
         self.range_limit = 20 * 2**20  # media/get larger than this needs a Range (errcode 830002)
         self.egress_ip: Optional[str] = None
         self.trusted_ips: Optional[Set[str]] = None  # None: every caller is trusted
@@ -288,6 +291,20 @@ class UserGetHandler(_FakeHandler):
                     position=user.get("position", ""), status=1)
 
 
+class AibotResponseHandler(_FakeHandler):
+    """aibot/response?response_code=...: a bot's one active reply to a message (wecom-aibot.md §6)."""
+
+    def post(self) -> None:
+        code = self.get_query_argument("response_code", "")
+        body = self.json_body()
+        if not code or body is None or body.get("msgtype") not in ("markdown", "template_card"):
+            return self.answer(40058, "invalid request")
+        if code in self.fake.bot_responses:
+            return self.answer(40014, "response_code already used")
+        self.fake.bot_responses[code] = body
+        self.answer()
+
+
 class DepartmentListHandler(_FakeHandler):
     def get(self) -> None:
         if self.token_ok():
@@ -324,6 +341,7 @@ def make_app(fake: FakeWecom) -> web.Application:
     """The fake WeCom API as a tornado Application serving `fake`."""
     routes = [(GETTOKEN, GettokenHandler), (SEND, SendHandler), (MEDIA_GET, MediaHandler),
               (CALLBACK_IPS, CallbackIpHandler), (USER_GET, UserGetHandler), (DEPARTMENT_LIST, DepartmentListHandler),
+              (AIBOT_RESPONSE, AibotResponseHandler),
               (WEBHOOK, WebhookHandler), (IP_ECHO, IpEchoHandler),
               (r"/(.*)", ForbiddenHandler)]
     return web.Application([(path, handler, dict(fake=fake)) for path, handler in routes],

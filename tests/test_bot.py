@@ -1,0 +1,218 @@
+"""The 智能机器人 channel on a real server, with WeCom's bot side played by wechatpy's AES: URL
+verification with receive-id "", encrypted JSON stream frames, refresh polls answered from the
+database (after a restart too), one answer per msgid, group chats, the deadline and the
+response_url called exactly once, enter_chat and feedback_event."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import urllib.parse
+from datetime import datetime, timedelta
+from itertools import count
+
+from wechatpy.crypto import _get_signature
+from wechatpy.enterprise.crypto import PrpCrypto
+
+from support.base import WecomdTestCase
+
+TOKEN, AES_KEY = "BotToken0123456789", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+KEY = base64.b64decode(AES_KEY + "=")
+BOT = """
+[bot:assistant]
+token = %s
+encoding_aes_key = %s
+stream_deadline = %%d
+
+[rule:weather]
+app = assistant
+when = text contains 天气
+reply = 今天晴，25 度
+
+[rule:welcome]
+app = assistant
+when = event enter_chat
+reply = 你好，我是助手
+""" % (TOKEN, AES_KEY)
+_IDS = count(1)
+
+
+def _text(out) -> str:
+    return out.decode() if isinstance(out, bytes) else out
+
+
+class BotTestCase(WecomdTestCase):
+    deadline = 30
+    chattype = "single"
+
+    def setUp(self) -> None:
+        self.extra_config = BOT % self.deadline
+        super().setUp()
+
+    def post(self, payload: dict, timestamp: str | None = None, nonce: str = "1597212914", receive_id: str = ""):
+        encrypt = _text(PrpCrypto(KEY).encrypt(json.dumps(payload, ensure_ascii=False), receive_id))
+        timestamp = timestamp or str(int(time.time()))
+        query = urllib.parse.urlencode({"msg_signature": _get_signature(TOKEN, timestamp, nonce, encrypt),
+                                        "timestamp": timestamp, "nonce": nonce})
+        return self.fetch("/callback/assistant?" + query, method="POST", body=json.dumps({"encrypt": encrypt}))
+
+    def frame(self, resp, timestamp: str | None = None, nonce: str = "1597212914") -> dict:
+        assert resp.code == 200, (resp.code, resp.body)
+        body = json.loads(resp.body)
+        assert set(body) == {"encrypt", "msgsignature", "timestamp", "nonce"}
+        assert body["nonce"] == nonce
+        assert body["msgsignature"] == _get_signature(TOKEN, str(body["timestamp"]), nonce, body["encrypt"])
+        return json.loads(_text(PrpCrypto(KEY).decrypt(body["encrypt"], "")))
+
+    def message(self, content: str, msgid: str | None = None, **extra) -> dict:
+        payload = {"msgid": msgid or "msg-%d" % next(_IDS), "aibotid": "AIBOT", "chattype": "single",
+                   "from": {"userid": "zhangsan"}, "msgtype": "text", "text": {"content": content},
+                   "response_url": self.fake_base + "/cgi-bin/aibot/response?response_code=rc-%d" % next(_IDS)}
+        payload.update(extra)
+        return payload
+
+    def poll(self, stream_id: str) -> dict:
+        return self.frame(self.post({"msgid": "poll-%d" % next(_IDS), "aibotid": "AIBOT", "chattype": "single",
+                                     "from": {"userid": "zhangsan"}, "msgtype": "stream", "stream": {"id": stream_id}}))
+
+    @property
+    def fake_base(self) -> str:
+        return self.config.wecom.api_base
+
+
+class BotCallbackTest(BotTestCase):
+    def test_url_verification_uses_the_empty_receive_id(self):
+        echostr = _text(PrpCrypto(KEY).encrypt("1234567890123456789", ""))
+        timestamp, nonce = str(int(time.time())), "99"
+        query = urllib.parse.urlencode({"msg_signature": _get_signature(TOKEN, timestamp, nonce, echostr),
+                                        "timestamp": timestamp, "nonce": nonce, "echostr": echostr})
+        resp = self.fetch("/callback/assistant?" + query)
+        self.assertEqual((resp.code, resp.body), (200, b"1234567890123456789"))
+        with_corp = _text(PrpCrypto(KEY).encrypt("1234567890123456789", "ww0123456789abcdef"))
+        query = urllib.parse.urlencode({"msg_signature": _get_signature(TOKEN, timestamp, nonce, with_corp),
+                                        "timestamp": timestamp, "nonce": nonce, "echostr": with_corp})
+        self.assertEqual(self.fetch("/callback/assistant?" + query).code, 403)
+
+    def test_a_rule_reply_is_one_finished_stream_and_a_retry_gets_the_same_stream(self):
+        payload = self.message("明天天气怎么样")
+        first = self.frame(self.post(payload, nonce="1597212914"), nonce="1597212914")
+        self.assertEqual(first["msgtype"], "stream")
+        self.assertEqual((first["stream"]["finish"], first["stream"]["content"]), (True, "今天晴，25 度"))
+        again = self.frame(self.post(payload))
+        self.assertEqual(again["stream"]["id"], first["stream"]["id"])
+        inbound = self.inbound()
+        self.assertEqual(len(inbound), 1)
+        self.assertEqual(inbound[0]["deliveries"], 2)
+        answers = [m for m in self.rows() if m["direction"] == "out"]
+        self.assertEqual([a["content"] for a in answers], ["今天晴，25 度"])  # one answer, in the thread
+
+    def test_an_unknown_stream_is_finished_at_once(self):
+        self.assertEqual(self.poll("s-nobody-knows")["stream"], {"id": "s-nobody-knows", "finish": True, "content": ""})
+
+    def test_a_group_message_is_the_groups_conversation_with_its_sender(self):
+        self.post(self.message("群里问天气", chattype="group", chatid="CHAT1", **{"from": {"userid": "lisi"}}))
+        row = self.inbound()[0]
+        self.assertEqual(row["from_user"], "lisi")
+        _, convs = self.api("/api/conversations")
+        self.assertEqual([(c["app"], c["user"]) for c in convs["conversations"]], [("assistant", "CHAT1")])
+
+    def test_enter_chat_gets_the_welcome_text_and_feedback_is_kept_with_its_answer(self):
+        event = {"msgid": "ev-1", "aibotid": "AIBOT", "chattype": "single", "from": {"userid": "zhangsan"},
+                 "msgtype": "event", "create_time": 1733467811, "event": {"eventtype": "enter_chat"}}
+        self.assertEqual(self.frame(self.post(event)), {"msgtype": "text", "text": {"content": "你好，我是助手"}})
+        answer = self.frame(self.post(self.message("天气")))
+        feedback = {"msgid": "ev-2", "aibotid": "AIBOT", "chattype": "single", "from": {"userid": "zhangsan"},
+                    "msgtype": "event", "event": {"eventtype": "feedback_event", "feedback_event": {
+                        "id": answer["stream"]["id"], "type": 2, "inaccurate_reason_list": [2]}}}
+        resp = self.post(feedback)
+        self.assertEqual((resp.code, resp.body), (200, b""))
+        stream = self.db(self.services.store.bot_streams.get, answer["stream"]["id"])
+        self.assertEqual(stream["feedback"]["inaccurate_reason_list"], [2])
+
+    def test_bad_input_is_refused(self):
+        timestamp = str(int(time.time()))
+        for body in (b"not json", b"{}", b'{"encrypt": 7}'):
+            query = urllib.parse.urlencode({"msg_signature": "0" * 40, "timestamp": timestamp, "nonce": "1"})
+            self.assertEqual(self.fetch("/callback/assistant?" + query, method="POST", body=body).code, 400)
+        resp = self.post({"msgid": "x", "aibotid": "AIBOT"})  # no msgtype
+        self.assertEqual(resp.code, 400)
+        self.assertEqual(self.inbound(), [])
+
+
+async def slow_answer(pieces, delay):
+    for piece in pieces:
+        await asyncio.sleep(delay)
+        yield piece
+
+
+class BotStreamingTest(BotTestCase):
+    deadline = 30
+
+    def test_a_streamed_answer_grows_without_shrinking_and_finishes(self):
+        self.services.bots.sources = lambda bot, message, inbound: slow_answer(["广州", "今日", "：29度", "，多云"], 0.3)
+        first = self.frame(self.post(self.message("广州呢")))
+        self.assertEqual(first["stream"]["finish"], False)
+        self.assertIn("feedback", first["stream"])
+        seen = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            frame = self.poll(first["stream"]["id"])["stream"]
+            seen.append(frame["content"])
+            if frame["finish"]:
+                break
+            self.io_loop.run_sync(lambda: asyncio.sleep(0.1))
+        self.assertEqual(seen[-1], "广州今日：29度，多云")
+        self.assertTrue(all(later.startswith(earlier) for earlier, later in zip(seen, seen[1:])), seen)
+        self.assertGreater(len(set(seen)), 2, seen)  # polls saw it grow
+
+    def test_a_failing_source_ends_the_stream_with_a_notice(self):
+        async def broken():
+            yield "开始"
+            raise RuntimeError("model server said 500")
+        self.services.bots.sources = lambda bot, message, inbound: broken()
+        first = self.frame(self.post(self.message("问题")))
+        final = self.wait_for(lambda: (lambda f: f if f["finish"] else None)(self.poll(first["stream"]["id"])["stream"]))
+        self.assertTrue(final["content"].startswith("开始") and "model server said 500" in final["content"])
+
+    def test_a_poll_after_a_restart_gets_what_was_stored(self):
+        self.services.bots.sources = lambda bot, message, inbound: slow_answer(["第一段", "第二段"] + ["…"] * 50, 0.25)
+        first = self.frame(self.post(self.message("长问题")))
+        stream_id = first["stream"]["id"]
+        self.wait_for(lambda: self.poll(stream_id)["stream"]["content"])
+        stored = self.db(self.services.store.bot_streams.get, stream_id)["content"]
+        self.io_loop.run_sync(self.services.close)
+        from wecomd.services import Services
+        self.services = Services(self.config)  # another process on the same database
+        self.io_loop.run_sync(self.services.start)
+        self._app = __import__("wecomd.app", fromlist=["make_app"]).make_app(self.services)
+        self.http_server.request_callback = self._app
+        polled = self.poll(stream_id)["stream"]
+        # What was written before the stop; past its deadline (and a grace) any instance finishes it
+        # with a notice, so WeCom stops polling.
+        self.assertTrue(polled["content"].startswith(stored) and stored, (polled, stored))
+        self.assertFalse(polled["finish"])
+        later = datetime.utcnow() + timedelta(seconds=self.deadline + 6)
+        self.services.bots.clock = lambda: later
+        polled = self.poll(stream_id)["stream"]
+        self.assertTrue(polled["finish"] and polled["content"].startswith(stored) and "中断" in polled["content"])
+
+
+class BotDeadlineTest(BotTestCase):
+    deadline = 1
+
+    def test_past_the_deadline_the_stream_closes_and_the_answer_goes_once_to_the_response_url(self):
+        self.services.bots.sources = lambda bot, message, inbound: slow_answer(["慢", "慢地", "回答"], 0.6)
+        payload = self.message("慢问题")
+        first = self.frame(self.post(payload))
+        closed = self.wait_for(lambda: (lambda f: f if f["finish"] else None)(self.poll(first["stream"]["id"])["stream"]))
+        self.assertIn("完成后会另行发送", closed["content"])
+        self.wait_for(lambda: self.fake.bot_responses)
+        self.io_loop.run_sync(lambda: asyncio.sleep(0.3))
+        self.assertEqual(list(self.fake.bot_responses.values()),
+                         [{"msgtype": "markdown", "markdown": {"content": "慢慢地回答"}}])
+        stream = self.db(self.services.store.bot_streams.get, first["stream"]["id"])
+        self.assertEqual(stream["response_state"], "sent")
+        # Claimed once: never again, whoever asks.
+        self.assertIsNone(self.db(self.services.store.bot_streams.claim_response, first["stream"]["id"],
+                                  __import__("datetime").datetime.utcnow()))

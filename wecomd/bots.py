@@ -1,0 +1,215 @@
+"""The 智能机器人 channel: what a bot callback becomes, after its transport (handlers/bot.py) has
+verified, decrypted and parsed it (wecomd.wecom.bot).
+
+- A user message goes through the inbox like an app message (stored once by msgid, live, rules)
+  and is answered with a stream. Its id is derived from the bot and the msgid, so a WeCom retry gets
+  the same stream and never starts a second answer. An answer that is ready at once (a rule's reply
+  template, the bot's `reply =`) is the first frame, finished; one that streams (an `ask` rule, a
+  command or a streaming webhook: `StreamSource`) grows in the database while WeCom polls it.
+- A refresh poll ("stream" message) is answered from the database: the whole content so far, and
+  finish once done. An unknown or expired id gets finish at once, so WeCom stops polling.
+- An answer not finished by the bot's `stream_deadline` closes the stream with a short notice;
+  when it is complete it is posted once to the message's response_url (claimed in the database,
+  so never twice, and never after its hour).
+- enter_chat may be answered with a welcome text (a rule `when = event enter_chat`); feedback_event
+  is stored with the answer it rates and answered empty; other events are answered empty.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from datetime import datetime, timedelta
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from wecomd.config import BotConfig, Config
+from wecomd.store import StoreError
+from wecomd.store.times import utcnow
+from wecomd.wecom import bot as botproto
+from wecomd.wecom.messages import Message
+
+logger = logging.getLogger(__name__)
+
+WRITE_EVERY = 0.2  # seconds between writes of a growing answer (each refresh reads the last one)
+DEADLINE_NOTICE = "\n\n（回答还在生成，完成后会另行发送）"
+RESTART_NOTICE = "\n\n（这条回答中断了，请再问一次）"
+ORPHAN_GRACE = timedelta(seconds=5)  # past its deadline, an unfinished stream has no process working on it
+ERROR_NOTICE = "\n\n（回答出错了：%s）"
+RESPONSE_TIMEOUT = 10.0
+
+# Where a streamed answer comes from: given the bot, the message and its stored row, an async
+# iterator of text pieces (appended in order), or None when no streaming rule answers it.
+StreamSource = Callable[[BotConfig, Message, dict], Optional[AsyncIterator[str]]]
+
+
+def stream_id_for(bot: str, message: Message) -> str:
+    """The stream of a message: the same for every delivery of it (a retry finds its stream)."""
+    return "s" + hashlib.sha256(("%s\n%s" % (bot, message.msg_id or message.raw)).encode()).hexdigest()[:24]
+
+
+def frame(stream: Optional[dict], stream_id: str, first: bool = False) -> dict:
+    """The stream frame of `stream` as stored (a finished empty one when there is none)."""
+    if stream is None:
+        return botproto.stream_frame(stream_id, "", True)
+    return botproto.stream_frame(stream["stream_id"], stream["content"], stream["finished"],
+                                 feedback_id=stream["feedback_id"] if first else None)
+
+
+class BotChannel:
+    """One per process, built by Services; see the module docstring."""
+
+    def __init__(self, run_db: Callable[..., Awaitable[Any]], read: Callable[..., Awaitable[Any]], store: Any,
+                 inbox: Any, publish: Callable[[dict], None], config: Config,
+                 sources: Optional[StreamSource] = None, clock: Callable[[], datetime] = utcnow) -> None:
+        self.run_db, self.read, self.store, self.inbox, self.publish = run_db, read, store, inbox, publish
+        self.sources, self.clock = sources, clock
+        self.reconfigure(config)
+        self._tasks: set = set()
+        self.responses = 0  # response_url calls made (tests, benchmarks)
+
+    def reconfigure(self, config: Config) -> None:
+        self.bots = config.bots
+
+    def bot(self, name: str) -> Optional[BotConfig]:
+        return self.bots.get(name)
+
+    async def handle(self, bot: BotConfig, message: Message) -> Optional[dict]:
+        """The plaintext frame to answer `message` with, or None for an empty answer. NotStored
+        (from the inbox) when the message could not be stored: the channel must not answer 2xx."""
+        if message.msgtype == "stream":
+            return await self.refresh(bot, botproto.stream_id(message) or "")
+        inbound = await self.inbox.receive("bot", bot, message)
+        if message.event == "feedback_event":
+            await self._feedback(message)
+            return None
+        if message.event == "enter_chat":
+            return botproto.text_reply(inbound.reply) if inbound.reply else None
+        if message.msgtype == "event":
+            return None
+        stream_id = stream_id_for(bot.name, message)
+        if not inbound.created:  # a retry: the stream of the first delivery, whatever it holds now
+            stream = await self.read(self.store.bot_streams.get, stream_id)
+            return frame(stream, stream_id) if stream is not None or inbound.reply else None
+        pieces = self.sources(bot, message, inbound) if self.sources and not inbound.reply else None
+        if pieces is None and not inbound.reply:
+            return None
+        now = self.clock()
+        stream, _ = await self.run_db(
+            self.store.bot_streams.start, stream_id, bot.name, inbound.id, now,
+            now + timedelta(seconds=bot.stream_deadline), content=inbound.reply or "", finished=pieces is None,
+            source="reply" if pieces is None else getattr(pieces, "source", "stream"), feedback_id=stream_id,
+            response_url=botproto.response_url(message))
+        self._publish(stream)
+        if pieces is not None:
+            self._spawn(self._stream(bot, stream, pieces))
+        return frame(stream, stream_id, first=True)
+
+    async def refresh(self, bot: BotConfig, stream_id: str) -> dict:
+        """A refresh poll: the stream as stored; finished and empty when unknown (or another bot's)."""
+        stream = await self.read(self.store.bot_streams.get, stream_id) if stream_id else None
+        if stream is not None and stream["bot"] != bot.name:
+            stream = None
+        if stream is not None and not stream["finished"] and self._orphaned(stream):
+            # The process answering it stopped (its deadline watchdog would have closed it): finish it
+            # with what was written, so WeCom stops polling. Any instance may do this.
+            stream = await self.run_db(self.store.bot_streams.finish, stream_id,
+                                       botproto.cut(stream["content"] + RESTART_NOTICE), self.clock(),
+                                       "interrupted") or await self.read(self.store.bot_streams.get, stream_id)
+        return frame(stream, stream_id)
+
+    def _orphaned(self, stream: dict) -> bool:
+        deadline = datetime.strptime(stream["deadline_at"], "%Y-%m-%dT%H:%M:%SZ")
+        return self.clock() > deadline + ORPHAN_GRACE
+
+    # ------------------------------------------------------------ a growing answer
+
+    async def _stream(self, bot: BotConfig, stream: dict, pieces: AsyncIterator[str]) -> None:
+        stream_id, text, notice = stream["stream_id"], "", None
+        deadline = asyncio.get_running_loop().time() + bot.stream_deadline
+        watchdog = self._spawn(self._close_at_deadline(stream_id, deadline))
+        written, open_ = time.monotonic(), True
+        try:
+            async for piece in pieces:
+                text += piece
+                if open_ and time.monotonic() - written >= WRITE_EVERY:
+                    open_ = await self.run_db(self.store.bot_streams.update, stream_id, botproto.cut(text), self.clock())
+                    written = time.monotonic()
+                    if open_:
+                        self._publish(dict(stream, content=text))
+        except Exception as exc:  # any source failure ends the stream with a notice, never open
+            logger.warning("bot %s: stream %s failed: %s", bot.name, stream_id, exc)
+            notice = ERROR_NOTICE % (str(exc)[:200] or type(exc).__name__)
+        finally:
+            watchdog.cancel()
+        try:
+            finished = await self.run_db(self.store.bot_streams.finish, stream_id, botproto.cut(text + (notice or "")),
+                                         self.clock(), notice)
+            if finished is not None:
+                self._publish(finished)
+                return
+            await self._respond(stream_id, text + (notice or ""))  # closed by the deadline before this
+        except StoreError as exc:
+            logger.error("bot %s: stream %s could not be finished: %s", bot.name, stream_id, exc)
+
+    async def _close_at_deadline(self, stream_id: str, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
+        stream = await self.read(self.store.bot_streams.get, stream_id)
+        content = (stream or {}).get("content") or ""
+        closed = await self.run_db(self.store.bot_streams.finish, stream_id, botproto.cut(content + DEADLINE_NOTICE),
+                                   self.clock(), "deadline", True)
+        if closed is not None:
+            logger.info("bot %s: stream %s passed its deadline; the answer goes to the response_url",
+                        closed["bot"], stream_id)
+            self._publish(closed)
+
+    async def _respond(self, stream_id: str, text: str) -> None:
+        """Post the complete answer to the message's response_url, at most once."""
+        url = await self.run_db(self.store.bot_streams.claim_response, stream_id, self.clock())
+        if url is None:
+            logger.warning("bot: stream %s: no usable response_url (used, expired or none); answer not sent",
+                           stream_id)
+            return
+        self.responses += 1
+        body = botproto.dumps(botproto.markdown_post(text))
+        try:
+            response = await AsyncHTTPClient().fetch(HTTPRequest(
+                url, method="POST", body=body.encode("utf-8"), headers={"Content-Type": "application/json"},
+                request_timeout=RESPONSE_TIMEOUT))
+            answer = json.loads(response.body or b"{}")
+            if answer.get("errcode"):
+                raise ValueError("errcode %s: %s" % (answer.get("errcode"), answer.get("errmsg", "")))
+        except (HTTPClientError, OSError, ValueError) as exc:
+            logger.warning("bot: stream %s: response_url failed: %s", stream_id, exc)
+            await self.run_db(self.store.bot_streams.response_failed, stream_id, str(exc), self.clock())
+
+    async def _feedback(self, message: Message) -> None:
+        event = (message.fields.get("event") or {}).get("feedback_event") or {}
+        if isinstance(event, dict) and isinstance(event.get("id"), str):
+            stream = await self.run_db(self.store.bot_streams.feedback, event["id"], event, self.clock())
+            if stream is not None:
+                self._publish(stream)
+
+    # ------------------------------------------------------------ plumbing
+
+    def _publish(self, stream: dict) -> None:
+        self.publish({"type": "stream", "app": stream["bot"], "message_id": stream["message_id"],
+                      "stream": {key: stream[key] for key in ("stream_id", "content", "finished", "notice",
+                                                              "source", "feedback", "response_state")}})
+
+    def _spawn(self, work: Awaitable[Any]) -> asyncio.Task:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        """Stop: streams in flight end here; their rows stay unfinished, and a poll after the restart
+        gets what was written."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
