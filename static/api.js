@@ -72,6 +72,7 @@ export const api = {
   rules: () => request("GET", "/api/rules"),
   resume: (app, user) => request("POST", "/api/takeover/resume", { app, user }),
   me: () => request("GET", "/api/me"),
+  contact: (app, user) => request("GET", withQuery("/api/contact", { app, user })),
   assignees: (app) => request("GET", withQuery("/api/assignees", { app })),
   conversationState: (app, user) => request("GET", withQuery("/api/conversations/state", { app, user })),
   assign: (app, user, assignee) => request("POST", "/api/conversations/assign", { app, user, assignee }),

@@ -10,6 +10,7 @@ import { toLogin } from "./api.js";
 import { ConversationsView } from "./conversations.js";
 import { loadStrings } from "./dom.js";
 import { startLive } from "./live.js";
+import { Notifier } from "./notify.js";
 import { Router } from "./router.js";
 import { RulesView } from "./rules.js";
 import { ThreadView } from "./thread.js";
@@ -37,6 +38,12 @@ function start() {
   });
   const conversations = new ConversationsView({ apps, thread, router });
   const rules = new RulesView();
+  const notifier = new Notifier({
+    isMineOrUnassigned: (app, user) => conversations.isMineOrUnassigned(app, user),
+    isReading: (app, user) => thread.isOpen(app, user),
+  });
+  // The tab title's unread count follows the list however it changed (live, read marks, reloads).
+  window.setInterval(() => notifier.title(conversations.unreadTotal()), 1000);
   router.mount("conversations", conversations, "nav-conversations");
   router.mount("rules", rules, "nav-rules");
   router.start();
@@ -48,11 +55,16 @@ function start() {
         rules.noteMessage(data.message, isNew);
         conversations.mergeLive(data.message, isNew);
         thread.mergeLive(data.message);
+        notifier.message(data.message, isNew);
+        notifier.title(conversations.unreadTotal());
       } else if (data.type === "status") {
         thread.setStatus(data.id, data.status, data.error);
       } else if (data.type === "assignment") {
         conversations.noteAssignment(data);
         thread.setTeam(data);
+      } else if (data.type === "contact") {
+        conversations.noteContact(data);
+        thread.setContact(data);
       } else if (data.type === "note" && data.note) {
         thread.mergeNote(data.note);
       }

@@ -44,6 +44,7 @@ export class ConversationsView {
     this.router = router;
     this.app = "";
     this.listFilter = "all"; // the list's filter: all, mine (assigned to me), unassigned, unread
+    this.names = new Map(); // "app\nuser" -> a contact name that arrived live (noteContact)
     this.me = document.body.dataset.user || "";
     this.msgtype = "";
     this.q = "";
@@ -248,6 +249,31 @@ export class ConversationsView {
     this.render();
   }
 
+  /** A contact's name arrived (a live "contact" event): show it instead of the UserID. */
+  noteContact(event) {
+    // Kept for rows not loaded yet too: the name may arrive before the list that shows it.
+    this.names.set(event.app + "\n" + event.user, event.user_name);
+    const conv = this.find(event.app, event.user);
+    if (!conv || conv.user_name === event.user_name) return;
+    conv.user_name = event.user_name;
+    this.render();
+  }
+
+  nameOf(conv) {
+    return conv.user_name || this.names.get(conv.app + "\n" + conv.user) || null;
+  }
+
+  /** How many unread inbound messages the loaded conversations hold (the tab title shows it). */
+  unreadTotal() {
+    return this.conversations.reduce((sum, conv) => sum + (conv.unread > 0 ? conv.unread : 0), 0);
+  }
+
+  /** Whether a new message of (app, user) is for the one signed in: assigned to them, or to nobody. */
+  isMineOrUnassigned(app, user) {
+    const conv = this.find(app, user);
+    return !conv || !conv.assignee || conv.assignee === this.me;
+  }
+
   /** A conversation assigned, unassigned, opened or closed (a live event, or this page's own change). */
   noteAssignment(change) {
     if (this.app && change.app !== this.app) return;
@@ -284,10 +310,13 @@ export class ConversationsView {
         "aria-current": open ? "true" : null,
         dataset: { app: conv.app, user: conv.user, assignee: conv.assignee || "", state: conv.state || "open" },
       },
-      el("span", { class: "avatar", "aria-hidden": "true" }, (conv.user || "?").slice(0, 1).toUpperCase()),
+      el("span", { class: "avatar", "aria-hidden": "true" },
+        (this.nameOf(conv) || conv.user || "?").slice(0, 1).toUpperCase()),
       el("span", { class: "conv-main" },
         el("span", { class: "conv-top" },
-          el("span", { class: "conv-user" }, conv.user),
+          // The contact's name when the directory knows it (handlers/contacts.py), the UserID beside it.
+          el("span", { class: "conv-user", title: conv.user || "" }, this.nameOf(conv) || conv.user),
+          this.nameOf(conv) ? el("span", { class: "conv-userid" }, conv.user) : null,
           showApp ? el("span", { class: "app-tag" }, conv.app) : null,
           paused ? el("span", {
             class: "paused-tag", title: t("Automation paused until {time} (human takeover)", { time: dayClock(paused) }),
@@ -350,7 +379,7 @@ export class ConversationsView {
     return el("li", null,
       el("a", { class: "result", href: conversationRoute(message.app, user), dataset: { id: message.id } },
         el("span", { class: "conv-top" },
-          el("span", { class: "conv-user" }, user),
+          el("span", { class: "conv-user", title: user }, message.user_name || user),
           this.apps.length > 1 ? el("span", { class: "app-tag" }, message.app) : null,
           el("time", { class: "conv-time", title: fullTime(date) }, shortTime(date)),
           timeFlag(message)),

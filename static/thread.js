@@ -105,6 +105,8 @@ export class ThreadView {
     this.renderPause();
     document.getElementById("thread-user").textContent = user;
     document.getElementById("thread-app").textContent = app;
+    this.showContact(null);
+    this.loadContact(app, user);
     for (const link of document.querySelectorAll("[data-thread-export]")) {
       link.setAttribute("href", "/api/export?" + new URLSearchParams({ app, user, format: link.dataset.threadExport }));
     }
@@ -118,6 +120,38 @@ export class ThreadView {
     this.empty.hidden = true;
     this.loadLatest();
     this.loadTeam();
+  }
+
+  // ---------------------------------------------------------------- who it is (the contact directory)
+
+  async loadContact(app, user) {
+    try {
+      const contact = await api.contact(app, user);
+      if (this.isOpen(app, user)) this.showContact(contact);
+    } catch (err) {
+      // The UserID stays what is shown: a name is a convenience, never a reason to fail the thread.
+    }
+  }
+
+  /** The header's name before the UserID, then departments and position; the UserID alone (with
+   * WeCom's reason as its tooltip) when the name is unknown. */
+  showContact(contact) {
+    const name = document.getElementById("thread-name");
+    const info = document.getElementById("thread-contact");
+    const userId = document.getElementById("thread-user");
+    const known = !!(contact && contact.name);
+    name.textContent = known ? contact.name : "";
+    name.hidden = !known;
+    userId.classList.toggle("userid", known);
+    userId.title = contact && !known && contact.error ? contact.error : "";
+    const parts = known ? [...(contact.departments || []), contact.position].filter(Boolean) : [];
+    info.textContent = parts.join(" · ");
+    info.hidden = !parts.length;
+  }
+
+  /** A contact's name arrived live. */
+  setContact(event) {
+    if (this.isOpen(event.app, event.user)) this.loadContact(event.app, event.user);
   }
 
   close() {
