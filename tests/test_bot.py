@@ -216,3 +216,45 @@ class BotDeadlineTest(BotTestCase):
         # Claimed once: never again, whoever asks.
         self.assertIsNone(self.db(self.services.store.bot_streams.claim_response, first["stream"]["id"],
                                   __import__("datetime").datetime.utcnow()))
+
+
+class BotSimulatorTest(BotTestCase):
+    def test_the_simulator_polls_a_stream_to_its_end(self):
+        from wecomd.wecom.simulate import BotSimulator
+
+        self.services.bots.sources = lambda bot, message, inbound: slow_answer(["一", "二", "三"], 0.3)
+        frames = []
+
+        async def converse():
+            sim = BotSimulator(self.get_url("/callback/assistant"), token=TOKEN, aes_key=AES_KEY)
+            try:
+                verified = await sim.verify()
+                results = await sim.converse(sim.message("数一数", chatid="CHAT9"), interval=0.1,
+                                             on_frame=frames.append)
+            finally:
+                sim.close()
+            return verified, results
+
+        verified, results = self.io_loop.run_sync(converse)
+        self.assertTrue(verified.ok, verified.error)
+        self.assertTrue(all(r.ok for r in results), [r.error for r in results])
+        self.assertEqual(frames[-1]["stream"], {"id": frames[0]["stream"]["id"], "finish": True, "content": "一二三"})
+        self.assertGreater(len(results), 2)
+
+
+def test_wecomd_simulate_bot_against_a_server(tmp_path):
+    from support.cli import wecomd
+    from support.config import write_config
+    from support.server import ServerProcess, free_port
+
+    port = free_port()
+    conf = write_config(tmp_path, port, extra=BOT % 30)
+    server = ServerProcess(conf, port)
+    try:
+        run = wecomd("simulate", "--bot", "%s/callback/assistant" % server.url, "--token", TOKEN,
+                     "--aes-key", AES_KEY, "--content", "明天天气", "--poll", "0.1")
+    finally:
+        assert server.terminate() == 0, server.output()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "verify: ok" in run.stdout
+    assert "finish: 今天晴，25 度" in run.stdout

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import sys
@@ -10,7 +11,7 @@ import time
 
 from wecomd.wecom.crypto import CryptoError
 from wecomd.wecom.samples import KINDS, build
-from wecomd.wecom.simulate import Result, Simulator
+from wecomd.wecom.simulate import BotSimulator, Result, Simulator
 
 NAME, HELP = "simulate", "play WeCom against a callback URL"
 
@@ -34,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aes-key", help="app EncodingAESKey, 43 chars (default: $WECOMD_SIM_AES_KEY)")
     parser.add_argument("--corp-id", help="CorpID (default: $WECOMD_SIM_CORP_ID)")
     parser.add_argument("--agent-id", default="1000002", help="AgentID (default: %(default)s)")
+    parser.add_argument("--bot", action="store_true",
+                        help="play a 智能机器人's side instead: JSON callbacks, receive-id \"\" (no --corp-id), "
+                             "and poll the streamed answer until it finishes, printing it as it grows")
+    parser.add_argument("--group", metavar="CHATID", help="with --bot: send in this group chat")
+    parser.add_argument("--poll", type=float, default=0.5, metavar="SECONDS",
+                        help="with --bot: seconds between refresh polls (default: %(default)s)")
     checks = parser.add_mutually_exclusive_group()
     checks.add_argument("--verify-only", action="store_true", help="only do the GET URL verification")
     checks.add_argument("--no-verify", action="store_true", help="skip the GET URL verification")
@@ -67,8 +74,10 @@ def _simulator(args: argparse.Namespace) -> Simulator:
     if not re.fullmatch(r"[A-Za-z0-9]{1,32}", token):
         raise _UsageError("the token must be 1-32 letters or digits (got %d characters)" % len(token))
     aes_key = _setting(args, "aes_key", "WECOMD_SIM_AES_KEY", "--aes-key")
-    corp_id = _setting(args, "corp_id", "WECOMD_SIM_CORP_ID", "--corp-id")
     try:
+        if args.bot:
+            return BotSimulator(args.url, token=token, aes_key=aes_key, timeout=args.timeout)
+        corp_id = _setting(args, "corp_id", "WECOMD_SIM_CORP_ID", "--corp-id")
         return Simulator(args.url, token=token, aes_key=aes_key, corp_id=corp_id,
                          agent_id=args.agent_id, timeout=args.timeout)
     except CryptoError as exc:  # the message names lengths and rules, never the key itself
@@ -112,6 +121,8 @@ async def _steps(args: argparse.Namespace, sim: Simulator,
               "verify: failed: %s (%.1f ms)%s" % (result.error, result.elapsed_ms, hint), flush=True)
         if not result.ok or args.verify_only:
             return results
+    if args.bot:
+        return results + await _bot_steps(args, sim)
     for number, (label, plaintext) in enumerate(plaintexts, 1):
         for attempt, result in enumerate(await sim.send(plaintext, repeat=args.repeat), 1):
             suffix = " try %d/%d" % (attempt, args.repeat) if args.repeat > 1 else ""
@@ -120,11 +131,37 @@ async def _steps(args: argparse.Namespace, sim: Simulator,
     return results
 
 
+async def _bot_steps(args: argparse.Namespace, sim: BotSimulator) -> list[Result]:
+    """Each message, then its stream polled to the end: one line per frame that changed."""
+    results: list[Result] = []
+    for number in range(1, args.count + 1):
+        shown: list = []
+
+        def show(frame: dict) -> None:
+            stream = frame.get("stream") or {}
+            text = stream.get("content") if frame.get("msgtype") == "stream" else json.dumps(frame, ensure_ascii=False)
+            state = "finish" if stream.get("finish") or frame.get("msgtype") != "stream" else "streaming"
+            if (text, state) != (shown[-1] if shown else None):
+                shown.append((text, state))
+                print("  %s %s: %s" % (stream.get("id") or frame.get("msgtype"), state, text), flush=True)
+
+        payload = sim.message(args.content, user=args.from_user, chatid=args.group)
+        steps = await sim.converse(payload, interval=args.poll, on_frame=show)
+        for attempt, result in enumerate(steps, 1):
+            if result.error or attempt == 1:
+                label = "POST bot message #%d" % number if attempt == 1 else "POST stream refresh #%d" % attempt
+                print(_line(label, result) if result.error else "%s: %d (%.1f ms)" % (label, result.status,
+                                                                                       result.elapsed_ms), flush=True)
+        print("  %d refresh poll(s)" % (len(steps) - 1), flush=True)
+        results += steps
+    return results
+
+
 async def run(args: argparse.Namespace) -> int:
     """Run `wecomd simulate`: 0 when every step succeeded, 1 on any failure, 2 on bad options."""
     try:
         sim = _simulator(args)
-        plaintexts = [] if args.verify_only else _plaintexts(args, sim)
+        plaintexts = [] if args.verify_only or args.bot else _plaintexts(args, sim)
     except _UsageError as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 2

@@ -6,12 +6,14 @@ the server answers with. The command line is wecomd.cli.simulate.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
 import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 from urllib.parse import quote, urlencode
 
 from defusedxml import DefusedXmlException, ElementTree
@@ -53,6 +55,8 @@ class Simulator:
     Owns a private AsyncHTTPClient created on first use; call `close()` when done.
     """
 
+    content_type = "text/xml; charset=utf-8"
+
     def __init__(self, url: str, *, token: str, aes_key: str, corp_id: str,
                  agent_id: str = "1000002", timeout: float = 10.0) -> None:
         self.url = url
@@ -82,7 +86,7 @@ class Simulator:
         request = httpclient.HTTPRequest(
             url, method="GET" if body is None else "POST", body=body, request_timeout=self.timeout,
             follow_redirects=False,  # report a redirect as the server's answer
-            headers=None if body is None else {"Content-Type": "text/xml; charset=utf-8"})
+            headers=None if body is None else {"Content-Type": self.content_type})
         logger.debug("simulate: %s %s", request.method, self.url)
         start = time.perf_counter()
         try:
@@ -153,3 +157,90 @@ class Simulator:
         except (ElementTree.ParseError, DefusedXmlException) as exc:
             return reply, "decrypted reply is not XML: %s" % exc
         return reply, None
+
+
+class BotSimulator(Simulator):
+    """Plays WeCom's side of a 智能机器人: JSON envelopes, receive-id "", and the refresh polls of a
+    streamed answer (wecom-aibot.md §5), which WeCom sends until a frame says finish."""
+
+    content_type = "application/json"
+
+    def __init__(self, url: str, *, token: str, aes_key: str, aibotid: str = "AIBOTID", timeout: float = 10.0) -> None:
+        super().__init__(url, token=token, aes_key=aes_key, corp_id="", agent_id=aibotid, timeout=timeout)
+
+    async def _post_json(self, payload: dict) -> tuple[int, bytes, float, Optional[str], str, str]:
+        timestamp, nonce = str(int(time.time())), _digits(10)
+        encrypt = self._crypto.encrypt(json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+        status, raw, ms, error = await self._fetch(self._signed_url(encrypt, timestamp, nonce),
+                                                   json.dumps({"encrypt": encrypt}).encode("utf-8"))
+        return status, raw, ms, error, timestamp, nonce
+
+    async def post(self, payload: dict) -> Result:
+        """POST one bot callback; the Result's reply is the decrypted JSON frame (text), if any."""
+        status, raw, ms, error, timestamp, nonce = await self._post_json(payload)
+        reply = None
+        if error is None:
+            reply, error = self._check_json_reply(status, raw, timestamp, nonce)
+        return Result(status, raw, reply, ms, error)
+
+    def _check_json_reply(self, status: int, body: bytes, timestamp: str, nonce: str) -> tuple[Optional[str], Optional[str]]:
+        if status != 200:
+            return None, "HTTP %d (expected 200; WeCom would retry), body %s" % (status, _snippet(body))
+        if not body.strip():
+            return None, None
+        try:
+            env = json.loads(body)
+        except ValueError:
+            return None, "reply is not JSON: %s" % _snippet(body)
+        if not isinstance(env, dict) or set(env) != {"encrypt", "msgsignature", "timestamp", "nonce"}:
+            return None, "reply is not {encrypt, msgsignature, timestamp, nonce}: %s" % _snippet(body)
+        if str(env["timestamp"]) != timestamp or env["nonce"] != nonce:
+            return None, "reply timestamp/nonce are not the request's (WeCom requires the request's nonce)"
+        expected = signature(self._token, timestamp, nonce, env["encrypt"])
+        if not hmac.compare_digest(expected.encode(), str(env["msgsignature"]).encode("utf-8")):
+            return None, "reply msgsignature does not match"
+        try:
+            return self._crypto.decrypt(env["encrypt"]).decode("utf-8"), None
+        except CryptoError as exc:
+            return None, "reply does not decrypt with receive-id \"\": %s (code %d)" % (exc, exc.code)
+
+    def message(self, content: str, *, user: str = "zhangsan", chatid: Optional[str] = None,
+                response_url: Optional[str] = None) -> dict:
+        """A text message as WeCom sends it: single chat, or group (with the @mention in the text)."""
+        payload: dict = {"msgid": "sim" + _digits(16), "aibotid": self.agent_id, "chattype": "group" if chatid else "single",
+                         "from": {"userid": user}, "msgtype": "text", "text": {"content": content}}
+        if chatid:
+            payload["chatid"] = chatid
+        if response_url:
+            payload["response_url"] = response_url
+        return payload
+
+    async def converse(self, payload: dict, *, interval: float = 0.5, max_wait: float = 360.0,
+                       on_frame: Optional[Any] = None) -> list[Result]:
+        """Send a message, then poll its stream as WeCom does until a frame says finish (or after
+        `max_wait`: WeCom gives up after six minutes). `on_frame(frame_dict)` sees each frame."""
+        results = [await self.post(payload)]
+        frame = _frame(results[0])
+        while frame is not None:
+            if on_frame is not None:
+                on_frame(frame)
+            stream = frame.get("stream") or {}
+            if frame.get("msgtype") != "stream" or stream.get("finish") or max_wait <= 0:
+                break
+            await asyncio.sleep(interval)
+            max_wait -= interval
+            results.append(await self.post({"msgid": "sim" + _digits(16), "aibotid": self.agent_id,
+                                            "chattype": payload.get("chattype", "single"), "from": payload.get("from"),
+                                            "msgtype": "stream", "stream": {"id": stream.get("id")}}))
+            frame = _frame(results[-1])
+        return results
+
+
+def _frame(result: Result) -> Optional[dict]:
+    if result.error or not result.reply:
+        return None
+    try:
+        frame = json.loads(result.reply)
+    except ValueError:
+        return None
+    return frame if isinstance(frame, dict) else None
