@@ -153,7 +153,7 @@ def test_check_fails_without_any_app_section(tmp_path):
     conf.write_text("[server]\nlisten = 127.0.0.1:9000\n", encoding="utf-8")
     result = wecomd("check", "-c", str(conf))
     assert result.returncode == 1
-    assert "no [app:NAME] section" in result.stdout
+    assert "no [app:NAME] or [bot:NAME] section" in result.stdout
 
 
 def test_check_ok_and_env_override(tmp_path):

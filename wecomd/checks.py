@@ -11,7 +11,7 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from wecomd.config import MIN_SECRET_LENGTH, AdminConfig, AppConfig, Config, ConfigError, ServerConfig, load
 
-NO_APP = "no [app:NAME] section: wecomd would receive no callbacks"
+NO_APP = "no [app:NAME] or [bot:NAME] section: wecomd would receive no callbacks"
 WHO = "the user wecomd runs as"
 
 
@@ -22,14 +22,14 @@ class StartupError(Exception):
 def check(path: Union[str, Path], environ: Optional[Mapping[str, str]] = None) -> Tuple[List[str], List[str]]:
     """(errors, warnings) for a config file; `wecomd check` fails when errors is not empty.
 
-    Errors are everything `config.load` refuses, plus a config without any app, which loads
+    Errors are everything `config.load` refuses, plus a config without any app or bot, which loads
     (the demo and tests use such configs) but cannot serve as a deployment.
     """
     try:
         config = load(path, environ)
     except ConfigError as exc:
         return exc.problems, []
-    return ([] if config.apps else [NO_APP]), warnings(config)
+    return ([] if config.apps or config.bots else [NO_APP]), warnings(config)
 
 
 def warnings(config: Config) -> List[str]:

@@ -32,6 +32,11 @@ FIXED_SECTIONS = ("server", "admin", "wecom", "rules")
 MIN_SECRET_LENGTH = 32
 _APP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # an app's or a bot's: a URL path segment
 NAMED = {"app:NAME": "an app", "bot:NAME": "a bot"}  # sections whose NAME is a /callback/NAME
+
+
+def valid_name(name: str) -> bool:
+    """Whether `name` can be an app's or a bot's NAME (a /callback/NAME path segment)."""
+    return bool(_APP_NAME.fullmatch(name))
 _ALNUM = re.compile(r"[A-Za-z0-9]*")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from wecomd import config as configmod, passwords
 from wecomd.cli import envfile
-from wecomd.cli.options import EXIT_OK, EXIT_PROBLEM
+from wecomd.cli.options import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 
 NAME, HELP = "init", "write a fresh wecomd.conf with generated secrets"
 
@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env-file", metavar="FILE", help="write the secrets to this systemd EnvironmentFile "
                    "(mode 600) as WECOMD_... variables, and leave them out of wecomd.conf")
     p.add_argument("--force", action="store_true", help="overwrite an existing wecomd.conf (and FILE)")
+    p.add_argument("--bot", action="append", default=[], metavar="NAME",
+                   help="also write a [bot:NAME] section (a 智能机器人) with a generated token and key; repeatable")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -29,8 +31,13 @@ def main(args: argparse.Namespace) -> int:
         if path is not None and path.exists() and not args.force:
             print("wecomd: %s exists; use --force to overwrite" % path, file=sys.stderr)
             return EXIT_PROBLEM
+    bad = [name for name in args.bot if not configmod.valid_name(name) or name == "main"]
+    if bad or len(set(args.bot)) != len(args.bot):
+        print("wecomd: a bot name is 1 to 64 of A-Z a-z 0-9 _ -, unique, and not the app's (main): %s"
+              % ", ".join(bad or args.bot), file=sys.stderr)
+        return EXIT_USAGE
     password = secrets.token_urlsafe(12)
-    values = _initial_values(password)
+    values = _initial_values(password, args.bot)
     elsewhere = {}
     if env_file is not None:
         moved = _secrets(values)
@@ -47,6 +54,9 @@ def main(args: argparse.Namespace) -> int:
         print("wrote %s (the secrets; mode 600)" % env_file)
     print("admin login: %s / %s   (shown once; only its hash is stored)" % (values["admin"]["username"], password))
     print("next: set corp_id and agent_id in [app:main], then enter its URL, token and encoding_aes_key in WeCom")
+    for name in args.bot:
+        print("bot %s: enter https://<your host>/callback/%s and [bot:%s] token and encoding_aes_key in the "
+              "bot's API settings (docs/bots.md)" % (name, name, name))
     if env_file is not None:
         print("check it as the service will load it: wecomd check -c %s --env-file %s" % (target, env_file))
     return EXIT_OK
@@ -68,9 +78,9 @@ def _write_private(path: Path, text: str) -> None:
         fh.write(text)
 
 
-def _initial_values(password: str) -> dict:
+def _initial_values(password: str, bots: list = ()) -> dict:
     alnum = string.ascii_letters + string.digits
-    return {
+    values = {
         "server": {"listen": "127.0.0.1:8080", "database": "wecomd.db", "media_dir": "media"},
         "admin": {
             "username": "admin",
@@ -84,3 +94,7 @@ def _initial_values(password: str) -> dict:
             "encoding_aes_key": "".join(secrets.choice(alnum) for _ in range(43)),
         },
     }
+    for name in bots:
+        values["bot:%s" % name] = {"token": "".join(secrets.choice(alnum) for _ in range(32)),
+                                   "encoding_aes_key": "".join(secrets.choice(alnum) for _ in range(43))}
+    return values

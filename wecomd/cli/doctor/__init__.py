@@ -69,8 +69,13 @@ def _check_config(args: argparse.Namespace, report: "_Report") -> Optional[confi
     apps = ", ".join(config.apps) or "none"
     report.add(Check("config", "ok", "%s loads; apps: %s; api_base %s"
                      % (config.path, apps, shown_url(config.wecom.api_base))))
-    if not config.apps:
-        report.add(Check("config", "fail", config_checks.NO_APP, "add an [app:NAME] section"))
+    if not config.apps and not config.bots:
+        report.add(Check("config", "fail", config_checks.NO_APP, "add an [app:NAME] or [bot:NAME] section"))
+    for name, bot in config.bots.items():
+        # Nothing to call: a bot has no secret or token API. What WeCom must be told, and how to try it.
+        report.add(Check("bot:%s" % name, "ok", "callback /callback/%s (receive-id \"\"%s); stream_deadline %d s; "
+                         "try it: wecomd simulate --bot URL --token ... --aes-key ..."
+                         % (name, ", aibotid %s" % bot.aibotid if bot.aibotid else "", bot.stream_deadline)))
     report.add(*(Check("config", "warn", warning) for warning in config_checks.warnings(config)))
     return config
 
