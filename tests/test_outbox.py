@@ -312,3 +312,202 @@ async def test_other_msgtypes_send_the_payload_kept_in_fields(tmp_path):
         failed = await h.until_status(bare["id"], "failed")
         assert failed["error"] == "no news payload stored for this message"
         assert [(m["msgtype"], m["markdown"]) for m in h.fake.sent] == [("markdown", {"content": "**done**"})]
+
+
+# --- rich outbound: files, cards, recall, the per-member limit, partial failures (#11 item 8) ------
+
+def _png() -> bytes:
+    from wecomd.wecom.sandbox import sample_png
+    return sample_png(8, 8)
+
+
+@async_test
+async def test_a_file_is_kept_in_the_vault_uploaded_then_sent_with_its_media_id(tmp_path):
+    async with WecomHarness(tmp_path) as h:
+        outbox = h.outbox(media_dir=tmp_path / "media")
+        row = await outbox.submit_file("helpdesk", "zhangsan", "image", _png(), "屏幕截图.png", operator="li")
+        assert (row["status"], row["msgtype"], row["operator"]) == ("pending", "image", "li")
+        assert row["media"] == {"status": "stored", "size": len(_png()), "type": "image/png",
+                                "name": "屏幕截图.png", "error": None}
+        stored = await h.db(h.store.media.get, row["id"])
+        assert stored["path"].startswith("helpdesk/2026-11/out-") and stored["path"].endswith("-屏幕截图.png")
+        assert (tmp_path / "media" / stored["path"]).read_bytes() == _png()
+        sent = await h.until_status(row["id"], "sent")
+        (upload,) = h.fake.uploads
+        assert (upload["type"], upload["filename"], upload["size"]) == ("image", "屏幕截图.png", len(_png()))
+        assert h.fake.media[upload["media_id"]][0] == _png()  # what WeCom got is the stored file
+        (message,) = h.fake.sent
+        assert (message["msgtype"], message["image"]) == ("image", {"media_id": upload["media_id"]})
+        assert sent["msg_id"] == message["msgid"] and sent["error"] is None
+
+
+@async_test
+async def test_a_retry_reuses_the_media_id_while_it_lives_then_uploads_again(tmp_path):
+    async with WecomHarness(tmp_path) as h:
+        outbox = h.outbox(media_dir=tmp_path / "media")
+        h.fake.fail_next(SEND, -1, times=2)
+        row = await outbox.submit_file("helpdesk", "zhangsan", "file", b"%PDF-1.4 report", "报告.pdf")
+        await h.until_status(row["id"], "pending", attempts=1)
+        assert len(h.fake.uploads) == 1
+        h.clock.advance(2.1)
+        outbox.wake()
+        await h.until_status(row["id"], "pending", attempts=2)
+        assert len(h.fake.uploads) == 1  # the same media_id, the same JSON on the second attempt
+        first, second = [body for path, body in h.fake.calls if path == SEND]
+        assert first == second
+        h.clock.advance(3 * 86400)  # the media_id has expired by now: upload again
+        outbox.wake()
+        sent = await h.until_status(row["id"], "sent")
+        assert len(h.fake.uploads) == 2
+        assert h.fake.sent[0]["file"] == {"media_id": h.fake.uploads[1]["media_id"]}
+        assert sent["fields"]["upload"]["media_id"] == h.fake.uploads[1]["media_id"]
+
+
+@async_test
+async def test_an_expired_media_id_is_forgotten_and_uploaded_again(tmp_path):
+    async with WecomHarness(tmp_path) as h:
+        outbox = h.outbox(media_dir=tmp_path / "media")
+        h.fake.fail_next(SEND, 40007)
+        row = await outbox.submit_file("helpdesk", "zhangsan", "voice", b"#!AMR\n" + bytes(64), "voice.amr")
+        pending = await h.until_status(row["id"], "pending", attempts=1)
+        assert pending["error"].startswith("errcode 40007") and "upload" not in pending["fields"]
+        h.clock.advance(2.1)
+        outbox.wake()
+        await h.until_status(row["id"], "sent")
+        assert len(h.fake.uploads) == 2
+
+
+@async_test
+async def test_a_file_breaking_a_limit_is_neither_written_nor_stored(tmp_path):
+    from wecomd.wecom.outbound import UploadRefused
+    async with WecomHarness(tmp_path) as h:
+        outbox = h.outbox(media_dir=tmp_path / "media")
+        for msgtype, body in (("image", b"GIF89a" + bytes(32)), ("image", b"\x89PNG"), ("voice", bytes(2 * 2**20 + 1)),
+                              ("video", b"not an mp4 at all")):
+            with pytest.raises(UploadRefused):
+                await outbox.submit_file("helpdesk", "zhangsan", msgtype, body, "x")
+        assert not (tmp_path / "media").exists() or list((tmp_path / "media").rglob("*")) == []
+        assert await h.db(h.store.messages.count) == 0 and h.events == [] and h.fake.calls == []
+
+
+@async_test
+async def test_markdown_textcard_and_news_go_out_as_their_payloads(tmp_path):
+    from wecomd.wecom import outbound
+    async with WecomHarness(tmp_path) as h:
+        outbox = h.outbox()
+        card = outbound.textcard({"title": "工单已关闭", "description": "<div class=\"gray\">今天</div>",
+                                  "url": "https://example.com/t/1", "btntxt": "查看"})
+        news = outbound.news({"articles": [{"title": "VPN 指南", "url": "https://example.com/vpn"}]})
+        rows = [await outbox.submit_payload("helpdesk", "zhangsan", "markdown", outbound.markdown("**好了**")),
+                await outbox.submit_payload("helpdesk", "zhangsan", "textcard", card),
+                await outbox.submit_payload("helpdesk", "zhangsan", "news", news)]
+        for row in rows:
+            await h.until_status(row["id"], "sent")
+        assert [(m["msgtype"], m[m["msgtype"]]) for m in h.fake.sent] == [
+            ("markdown", {"content": "**好了**"}), ("textcard", card), ("news", news)]
+        assert [row["content"] for row in rows] == ["**好了**", "工单已关闭\n<div class=\"gray\">今天</div>", "VPN 指南"]
+
+
+@async_test
+async def test_recall_within_24_hours_and_every_refusal(tmp_path):
+    from wecomd.store.times import utcnow
+    async with WecomHarness(tmp_path) as h:
+        h.clock.now = utcnow()  # the store marks "sent" by the real clock
+        outbox = h.outbox()
+        (row,) = await outbox.submit("helpdesk", "zhangsan", "发错了")
+        sent = await h.until_status(row["id"], "sent")
+        recalled = await outbox.recall(row["id"])
+        assert (recalled["status"], recalled["msg_id"]) == ("recalled", sent["msg_id"])
+        assert h.fake.recalled == [sent["msg_id"]]
+        assert h.statuses(row["id"])[-1] == ("recalled", None)
+        with pytest.raises(ValueError, match="recalled: only a sent message"):
+            await outbox.recall(row["id"])
+        await outbox.stop()
+        (pending,) = await outbox.submit("helpdesk", "zhangsan", "还没发")
+        with pytest.raises(ValueError, match="pending"):
+            await outbox.recall(pending["id"])
+        passive = await h.db(h.store.outbox.save, "helpdesk", "zhangsan", "text", "自动", {}, status="sent",
+                             automatic="passive")
+        with pytest.raises(ValueError, match="no WeCom msgid"):
+            await outbox.recall(passive["id"])
+        with pytest.raises(KeyError):
+            await outbox.recall(10**9)
+        outbox = h.outbox()
+        (late,) = await outbox.submit("helpdesk", "zhangsan", "昨天的")
+        await h.until_status(late["id"], "sent")
+        h.clock.advance(24 * 3600 + 2)
+        with pytest.raises(ValueError, match="more than 24 hours"):
+            await outbox.recall(late["id"])
+        assert len(h.fake.recalled) == 1 and [p for p, _ in h.fake.calls].count("/cgi-bin/message/recall") == 1
+
+
+@async_test
+async def test_recall_refused_by_wecom_keeps_the_message_sent(tmp_path):
+    from wecomd.store.times import utcnow
+    from wecomd.wecom.api import RECALL, WecomApiError
+    async with WecomHarness(tmp_path) as h:
+        h.clock.now = utcnow()
+        outbox = h.outbox()
+        (row,) = await outbox.submit("helpdesk", "zhangsan", "hello")
+        await h.until_status(row["id"], "sent")
+        h.fake.fail_next(RECALL, 40058, "invalid msgid")
+        with pytest.raises(WecomApiError):
+            await outbox.recall(row["id"])
+        assert (await h.row(row["id"]))["status"] == "sent"
+
+
+@async_test
+async def test_the_31st_message_in_a_minute_waits_throttled_then_goes_out(tmp_path):
+    async with WecomHarness(tmp_path) as h:
+        outbox = h.outbox()
+        rows = [(await outbox.submit("helpdesk", "zhangsan", "消息 %d" % i))[0] for i in range(31)]
+        other = (await outbox.submit("helpdesk", "lisi", "another member has room"))[0]
+        await h.until_status(rows[29]["id"], "sent")
+        await h.until_status(other["id"], "sent")
+        held = await h.row(rows[30]["id"])
+        assert (held["status"], held["error"], held["attempts"]) == ("pending", "throttled", 0)
+        assert h.statuses(rows[30]["id"]) == [("pending", "throttled")]
+        assert h.send_calls() == 31  # 30 to zhangsan, 1 to lisi: WeCom never saw the 31st
+        h.clock.advance(59)
+        outbox.wake()
+        await asyncio.sleep(0.15)
+        assert (await h.row(rows[30]["id"]))["status"] == "pending" and h.send_calls() == 31
+        h.clock.advance(1.5)
+        outbox.wake()
+        sent = await h.until_status(rows[30]["id"], "sent")
+        assert (sent["error"], sent["attempts"]) == (None, 0)
+        assert [m["text"]["content"] for m in h.fake.sent if m["touser"] == "zhangsan"] == \
+            ["消息 %d" % i for i in range(31)]
+
+
+@async_test
+async def test_sends_before_a_restart_count_towards_the_limit(tmp_path):
+    from wecomd.store.times import utcnow
+    async with WecomHarness(tmp_path) as h:
+        h.clock.now = utcnow()
+        first = h.outbox()
+        rows = [(await first.submit("helpdesk", "zhangsan", "%d" % i))[0] for i in range(30)]
+        await h.until_status(rows[-1]["id"], "sent")
+        await first.stop()
+        second = h.outbox()
+        (more,) = await second.submit("helpdesk", "zhangsan", "after the restart")
+        async def throttled():
+            row = await h.row(more["id"])
+            return row if row["error"] == "throttled" else None
+        held = await h.until(throttled)
+        await asyncio.sleep(0.1)
+        assert (held["status"], h.send_calls()) == ("pending", 30)
+
+
+@async_test
+async def test_an_unlicensed_only_recipient_is_a_failure_in_wecoms_words(tmp_path):
+    async with WecomHarness(tmp_path) as h:
+        h.fake.unlicensed_users = {"zhangsan"}
+        outbox = h.outbox()
+        (alone,) = await outbox.submit("helpdesk", "zhangsan", "hello")
+        failed = await h.until_status(alone["id"], "failed")
+        assert failed["error"] == "unlicenseduser: zhangsan" and failed["msg_id"]
+        (both,) = await outbox.submit("helpdesk", "zhangsan|lisi", "hello both")
+        partial = await h.until_status(both["id"], "sent")
+        assert partial["error"] == "unlicenseduser: zhangsan"
+        assert h.statuses(alone["id"]) == [("failed", "unlicenseduser: zhangsan")]

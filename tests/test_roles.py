@@ -34,8 +34,9 @@ ROLE_MATRIX = {
     "/api/messages$": {"GET": "viewer", "POST": "operator"},
     "/api/messages/([0-9]{1,18})$": {"GET": "viewer"},
     "/api/messages/([0-9]{1,18})/retry$": {"POST": "operator"},
+    "/api/messages/([0-9]{1,18})/recall$": {"POST": "operator"},
     "/api/media/([0-9]{1,18})$": {"GET": "viewer"},
-    "/api/(?:messages|media)/[0-9]{19,}(?:/retry)?$": {"GET": "viewer", "POST": "viewer"},
+    "/api/(?:messages|media)/[0-9]{19,}(?:/retry|/recall)?$": {"GET": "viewer", "POST": "viewer"},
     "/api/takeover/resume$": {"POST": "operator"},
     "/api/rules$": {"GET": "viewer"},
     "/api/live$": {"GET": "viewer"},
@@ -49,6 +50,8 @@ ROLE_MATRIX = {
     "/api/conversations/assign$": {"POST": "operator"},
     "/api/conversations/state$": {"GET": "viewer", "POST": "operator"},
     "/api/notes$": {"GET": "viewer", "POST": "operator"},
+    "/api/quick-replies$": {"GET": "viewer", "POST": "operator"},
+    "/api/quick-replies/([0-9]{1,18})$": {"POST": "operator", "DELETE": "operator"},
 }
 
 

@@ -102,7 +102,7 @@ class Services:
         self.directory = Directory(self.store, self.read, self.db, self.wecom, config, self.hub.publish,
                                    lambda: utcnow(whole_seconds=True))
         self.outbox = Outbox(self.db, self.store, self.wecom, config.apps, self.publish,
-                             duplicate_check=config.wecom.duplicate_check_interval,
+                             duplicate_check=config.wecom.duplicate_check_interval, media_dir=config.server.media_dir,
                              on_sent=self.metrics.sent, on_send_error=self.metrics.send_error)
         self.media = MediaVault(self.db, self.store, self.wecom, config.apps, config.server.media_dir, self.publish)
         self.retention = Retention(self.db, self.store, config.server.media_dir,

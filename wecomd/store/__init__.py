@@ -30,12 +30,13 @@ from .models import Models
 from .notes import Notes
 from .operators import OperatorExists, Operators
 from .outbox import Outbox
+from .quick_replies import QuickReplies, ShortcutTaken
 from .rule_runs import RuleRuns
 from .search import search_text
 from .sessions import Sessions
 from .takeovers import Takeovers
 
-__all__ = ["Store", "StoreError", "OperatorExists", "CONVERSATION_PAGE", "MIGRATIONS_DIR", "search_text", "sqlite_file"]
+__all__ = ["Store", "StoreError", "OperatorExists", "ShortcutTaken", "CONVERSATION_PAGE", "MIGRATIONS_DIR", "search_text", "sqlite_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Store:
       `contacts`: the contact directory's cache of names and departments; `bot_streams`: the
       智能机器人's streamed answers;
     - `assignments`: who a conversation is assigned to, open or closed; `notes`: internal notes;
+      `quick_replies`: the reply box's saved snippets;
     - `maintenance`: backup and pruning; `health`: the probes behind /healthz.
 
     Each part gets the database, its name (for StoreError messages) and the models it reads, bound to
@@ -82,6 +84,7 @@ class Store:
         self.bot_streams = BotStreams(db, name, models.BotStream)
         self.assignments = Assignments(db, name, models)
         self.notes = Notes(db, name, models)
+        self.quick_replies = QuickReplies(db, name, models.QuickReply)
         self.maintenance = Maintenance(db, name, models, self.conversations)
         self.health = Health(db, name, models.Message)
 

@@ -13,7 +13,7 @@ import peewee
 from peewee import (BigIntegerField, CharField, DateTimeField, FloatField, IntegerField, Model,
                     TextField)
 
-OUTBOUND_STATUSES = ("pending", "sent", "failed")  # message.status of an outbound row
+OUTBOUND_STATUSES = ("pending", "sent", "failed", "recalled")  # message.status of an outbound row
 MEDIA_STATUSES = ("pending", "stored", "failed")  # message.media_status; NULL: no media
 RUN_ACTIONS = ("reply", "run", "webhook")
 RUN_STATUSES = ("running", "pending", "ok", "failed", "timeout", "error", "skipped")

@@ -1,4 +1,5 @@
-"""The WeCom server API client: access tokens per app, message/send, media download, error classes.
+"""The WeCom server API client: access tokens per app, message/send and recall, media upload and
+download, error classes.
 
 Every call goes to the configurable `[wecom] api_base` (gettoken and media/get included) and is logged
 as one line with its path, errcode and latency, never with its query: that holds the access token
@@ -11,6 +12,7 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 import time
 import urllib.parse
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVar
@@ -26,6 +28,7 @@ T = TypeVar("T")
 
 GETTOKEN, SEND, MEDIA_GET, CALLBACK_IPS = ("/cgi-bin/gettoken", "/cgi-bin/message/send",
                                            "/cgi-bin/media/get", "/cgi-bin/getcallbackip")
+MEDIA_UPLOAD, RECALL = "/cgi-bin/media/upload", "/cgi-bin/message/recall"
 TOKEN_MARGIN = 300  # seconds before expires_in at which a cached token is renewed
 MEDIA_CHUNK = 20 * 2**20  # media/get answers 830002 above 20 MB unless asked for ranges (§8.3)
 RANGE_REQUIRED = 830002
@@ -103,6 +106,29 @@ class WecomClient:
         are more top-level fields (safe, enable_duplicate_check ...)."""
         return await self.send(app, {"touser": to_user, "msgtype": "text", "text": {"content": content},
                                      **options})
+
+    async def recall(self, app: AppConfig, msgid: str) -> dict:
+        """POST message/recall {"msgid"}: take back a message the app sent within the last 24 hours."""
+        return await self.call(app, "POST", RECALL, json_body={"msgid": msgid})
+
+    async def upload_media(self, app: AppConfig, msgtype: str, body: bytes, filename: str,
+                           content_type: str) -> str:
+        """media/upload of a temporary file (image, voice, video or file); its media_id, which lives
+        3 days (wecom-protocol.md §8.3). The form field is `media`, with the filename recipients see."""
+        boundary = "wecomd-" + secrets.token_hex(16)
+        form = _multipart(boundary, "media", body, filename, content_type)
+        headers = {"Content-Type": "multipart/form-data; boundary=%s" % boundary}
+
+        async def once(token: str) -> dict:
+            query = {"access_token": token, "type": msgtype}
+            return await self._logged("POST", MEDIA_UPLOAD, self._exchange(app, token, "POST", MEDIA_UPLOAD,
+                                                                           query, form, headers))
+        answer = await self._with_token(app, once)
+        media_id = answer.get("media_id")
+        if not isinstance(media_id, str) or not media_id:
+            raise WecomApiError(None, "media/upload answered without a media_id", path=MEDIA_UPLOAD,
+                                hint="WeCom's answer was malformed; will retry")
+        return media_id
 
     async def download_media(self, app: AppConfig, media_id: str,
                              max_bytes: int = 25 * 2**20) -> Tuple[bytes, str, Optional[str]]:
@@ -262,6 +288,14 @@ class _Collector:
     @property
     def body(self) -> bytes:
         return b"".join(self._parts)
+
+
+def _multipart(boundary: str, field: str, body: bytes, filename: str, content_type: str) -> bytes:
+    """One file as multipart/form-data, its filename as RFC 7578 sends it (UTF-8, quotes escaped)."""
+    name = filename.replace("\\", "_").replace('"', "%22").replace("\r", " ").replace("\n", " ")
+    head = ('--%s\r\nContent-Disposition: form-data; name="%s"; filename="%s"; filelength=%d\r\n'
+            "Content-Type: %s\r\n\r\n" % (boundary, field, name, len(body), content_type))
+    return head.encode("utf-8") + body + ("\r\n--%s--\r\n" % boundary).encode("ascii")
 
 
 def split_text(content: str, limit: int = 2048) -> List[str]:

@@ -1,4 +1,5 @@
-"""A fake WeCom server API (gettoken, message/send, media/get, getcallbackip) for tests and `wecomd demo`.
+"""A fake WeCom server API (gettoken, message/send and recall, media/get and upload, getcallbackip, ...)
+for tests and `wecomd demo`.
 
 It answers like WeCom does (wecom-protocol.md §8): errors as JSON with HTTP 200 and an errmsg with
 "hint" and "from ip" noise, token errors 41001/40014/42001, media errors as JSON instead of bytes,
@@ -27,6 +28,10 @@ IP_ECHO = "/ip"  # not part of WeCom: a "what is my IP" service
 GETTOKEN, SEND, MEDIA_GET, CALLBACK_IPS = ("/cgi-bin/gettoken", "/cgi-bin/message/send",
                                            "/cgi-bin/media/get", "/cgi-bin/getcallbackip")
 USER_GET, DEPARTMENT_LIST = "/cgi-bin/user/get", "/cgi-bin/department/list"
+MEDIA_UPLOAD, RECALL = "/cgi-bin/media/upload", "/cgi-bin/message/recall"
+# media/upload's limits (§8.3): (largest size, the magic bytes of the accepted formats; None: any)
+UPLOAD_LIMITS = {"image": (10 * 2**20, (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")), "voice": (2 * 2**20, (b"#!AMR\n",)),
+                 "video": (10 * 2**20, None), "file": (20 * 2**20, None)}
 AIBOT_RESPONSE = "/cgi-bin/aibot/response"
 TEXT_LIMIT = 2048  # bytes, for text and markdown content (§8.2)
 MSGTYPES = frozenset({"text", "markdown", "image", "voice", "video", "file", "textcard", "news", "mpnews",
@@ -38,7 +43,8 @@ ERRMSGS = {
     40056: "invalid agentid", 40058: "invalid Request Parameter", 41001: "access_token missing",
     41002: "corpid missing", 41004: "corpsecret missing", 41011: "missing agentid",
     41016: "missing title", 41033: "missing description", 42001: "access_token expired",
-    44004: "empty content", 45002: "content size out of limit", 45009: "api freq out of limit",
+    40004: "invalid media type", 40005: "invalid file type", 40006: "invalid file size",
+    44001: "empty media data", 44004: "empty content", 45002: "content size out of limit", 45009: "api freq out of limit",
     45033: "api concurrent out of limit", 48002: "api forbidden",
     60020: "not allow to access from your ip", 81013: "user & party & tag all invalid",
     82001: "All touser & toparty & totag invalid", 830002: "file size too large, use range request",
@@ -66,6 +72,9 @@ class FakeWecom:
         self.media: Dict[str, Tuple[bytes, str, str]] = {}  # media_id -> (body, content_type, filename)
         self.tokens: Dict[str, float] = {}  # every token issued -> when it expires (time.monotonic)
         self.unknown_users: Set[str] = set()  # lower-case UserIDs that message/send reports invalid
+        self.unlicensed_users: Set[str] = set()  # lower-case UserIDs without a license: unlicenseduser
+        self.uploads: List[dict] = []  # media/upload calls accepted: {"type", "media_id", "filename", "size"}
+        self.recalled: List[str] = []  # msgids message/recall took back
         self.callback_ips: List[str] = ["127.0.0.1"]
         # The address book user/get and department/list answer from: userid -> {"name", "department"
         # (ids), "position"}; a UserID not here is 60111, one in `hidden_users` 60011 (not visible).
@@ -235,13 +244,59 @@ class SendHandler(_FakeHandler):
         if error:
             return self.answer(error)
         invalid = [user for user in _users(message) if user in self.fake.unknown_users]
+        unlicensed = [user for user in _users(message) if user in self.fake.unlicensed_users]
         msgid = secrets.token_urlsafe(40)
         if self.fake.duplicate(message):
             self.fake.suppressed.append({**message, "msgid": msgid})
         else:
             self.fake.sent.append({**message, "msgid": msgid})
-        self.answer(invaliduser="|".join(invalid), invalidparty="", invalidtag="", unlicenseduser="",
-                    msgid=msgid)
+        self.answer(invaliduser="|".join(invalid), invalidparty="", invalidtag="",
+                    unlicenseduser="|".join(unlicensed), msgid=msgid)
+
+
+class RecallHandler(_FakeHandler):
+    """message/recall {"msgid"}: a message this corp's apps sent, once; an unknown msgid is refused."""
+
+    def post(self) -> None:
+        if not self.token_ok():
+            return
+        body = self.json_body()
+        msgid = body.get("msgid") if body is not None else None
+        if not isinstance(msgid, str) or not msgid:
+            return self.answer(40058, "msgid missing")
+        known = {message["msgid"] for message in self.fake.sent}
+        if msgid not in known or msgid in self.fake.recalled:
+            return self.answer(40058, "invalid msgid")
+        self.fake.recalled.append(msgid)
+        self.answer()
+
+
+class UploadHandler(_FakeHandler):
+    """media/upload?type=: one file in the multipart field `media`, checked against §8.3's limits."""
+
+    def _recorded(self) -> dict:
+        return {"type": self.get_query_argument("type", "")}  # never the file itself
+
+    def post(self) -> None:
+        if not self.token_ok():
+            return
+        kind = self.get_query_argument("type", "")
+        if kind not in UPLOAD_LIMITS:
+            return self.answer(40004)
+        files = self.request.files.get("media") or []
+        if not files or not files[0].body:
+            return self.answer(44001)
+        upload = files[0]
+        largest, magic = UPLOAD_LIMITS[kind]
+        if len(upload.body) <= 5 or len(upload.body) > largest:
+            return self.answer(40006)
+        if magic is not None and not upload.body.startswith(magic) or kind == "video" and upload.body[4:8] != b"ftyp":
+            return self.answer(40005)
+        media_id = self.fake.add_media(upload.body, upload.content_type or "application/octet-stream",
+                                       upload.filename or "media")
+        self.fake.uploads.append({"type": kind, "media_id": media_id, "filename": upload.filename,
+                                  "size": len(upload.body)})
+        self.answer(type=kind, media_id=media_id, created_at=str(int(time.time())))
 
 
 class MediaHandler(_FakeHandler):
@@ -341,7 +396,7 @@ def make_app(fake: FakeWecom) -> web.Application:
     """The fake WeCom API as a tornado Application serving `fake`."""
     routes = [(GETTOKEN, GettokenHandler), (SEND, SendHandler), (MEDIA_GET, MediaHandler),
               (CALLBACK_IPS, CallbackIpHandler), (USER_GET, UserGetHandler), (DEPARTMENT_LIST, DepartmentListHandler),
-              (AIBOT_RESPONSE, AibotResponseHandler),
+              (AIBOT_RESPONSE, AibotResponseHandler), (MEDIA_UPLOAD, UploadHandler), (RECALL, RecallHandler),
               (WEBHOOK, WebhookHandler), (IP_ECHO, IpEchoHandler),
               (r"/(.*)", ForbiddenHandler)]
     return web.Application([(path, handler, dict(fake=fake)) for path, handler in routes],
