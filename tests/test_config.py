@@ -69,10 +69,10 @@ def _sample_parser() -> configparser.RawConfigParser:
     return parser
 
 
-def _commented_bot() -> configparser.RawConfigParser:
-    """The sample's commented-out [bot:assistant] example, uncommented."""
+def _commented_bot(header: str = "[bot:assistant]") -> configparser.RawConfigParser:
+    """The sample's commented-out example section `header`, uncommented."""
     lines = (REPO / "wecomd.conf").read_text(encoding="utf-8").splitlines()
-    start = lines.index("# [bot:assistant]")
+    start = lines.index("# " + header)
     block = []
     for line in lines[start:]:
         if not line.startswith("# "):
@@ -85,12 +85,13 @@ def _commented_bot() -> configparser.RawConfigParser:
 
 @pytest.mark.parametrize("section", list(SCHEMA))
 def test_sample_config_has_every_option(section):
-    parser = _commented_bot() if section == "bot:NAME" else _sample_parser()
-    present = {"app:NAME": "app:demo", "bot:NAME": "bot:assistant"}.get(section, section)
+    commented = {"bot:NAME": "bot:assistant", "llm:NAME": "llm:local"}
+    parser = _commented_bot("[%s]" % commented[section]) if section in commented else _sample_parser()
+    present = {"app:NAME": "app:demo", **commented}.get(section, section)
     assert list(parser[present]) == list(SCHEMA[section])
     for option, spec in SCHEMA[section].items():
         if spec.default is not REQUIRED and not spec.secret:
-            assert parser[present][option] == spec.default or section in ("app:NAME", "bot:NAME")
+            assert parser[present][option] == spec.default or section in ("app:NAME", "bot:NAME", "llm:NAME")
 
 
 def _doc_sections() -> dict:
@@ -544,7 +545,8 @@ def test_repr_never_shows_secrets(tmp_path):
 
 def test_secret_options_are_exactly_the_unrepr_fields():
     classes = {"server": config.ServerConfig, "admin": config.AdminConfig, "wecom": config.WecomConfig,
-               "rules": config.RulesConfig, "app:NAME": config.AppConfig, "bot:NAME": config.BotConfig}
+               "rules": config.RulesConfig, "app:NAME": config.AppConfig, "bot:NAME": config.BotConfig,
+               "llm:NAME": config.LlmConfig}
     for section, options in SCHEMA.items():
         hidden = {f.name for f in dataclasses.fields(classes[section]) if not f.repr}
         assert hidden == {name for name, option in options.items() if option.secret}, section
@@ -656,3 +658,63 @@ def test_bot_names_and_options_are_checked(tmp_path):
 def test_a_rule_may_name_a_bot(tmp_path):
     loaded = config.load(write(tmp_path, APP + BOT + "\n[rule:hi]\napp = assistant\nwhen = text contains 你好\nreply = 你好！\n"), {})
     assert loaded.rules["hi"]["app"] == "assistant"
+
+
+# --- [llm:NAME] and ask = NAME -------------------------------------------------------------------
+
+LLM = """
+[llm:local]
+base_url = http://127.0.0.1:11434/
+model = qwen2.5:7b
+"""
+
+
+def test_an_llm_section_loads_with_its_defaults_and_env_overrides(tmp_path):
+    key_file = write(tmp_path, "sk-from-a-file\n", "key")
+    loaded = config.load(write(tmp_path, APP + LLM), {"WECOMD_LLM_LOCAL_API_KEY_FILE": str(key_file),
+                                                      "WECOMD_LLM_LOCAL_MAX_TOKENS": "256"})
+    llm = loaded.llms["local"]
+    assert (llm.name, llm.base_url, llm.model, llm.system) == ("local", "http://127.0.0.1:11434", "qwen2.5:7b", "")
+    assert (llm.api_key, llm.max_tokens, llm.timeout) == ("sk-from-a-file", 256, 60)
+    assert "sk-from-a-file" not in repr(loaded)
+    assert config.load(write(tmp_path, APP + LLM), {}).llms["local"].api_key == ""
+    direct = config.load(write(tmp_path, APP + LLM + "api_key = sk-in-the-file\n"),
+                         {"WECOMD_LLM_LOCAL_API_KEY": "sk-from-the-env"})
+    assert direct.llms["local"].api_key == "sk-from-the-env"
+    assert direct.sources[("llm:local", "api_key")] == "environment WECOMD_LLM_LOCAL_API_KEY"
+
+
+def test_llm_options_are_checked_and_the_key_is_never_shown(tmp_path):
+    found = problems(tmp_path, APP + "[llm:bad]\nbase_url = ftp://models.example\napi_key = sk-secret-value\n"
+                     "max_tokens = 0\ntimeout = soon\nmodl = x\n")
+    assert any("[llm:bad] base_url: must be an http:// or https:// URL" in p for p in found), found
+    assert any("[llm:bad] model: missing (required" in p for p in found), found
+    assert any("[llm:bad] max_tokens: must be 1 or more" in p for p in found), found
+    assert any("[llm:bad] timeout: not an integer" in p for p in found), found
+    assert any("[llm:bad] modl: unknown option (did you mean model?)" in p for p in found), found
+    assert not any("sk-secret-value" in p for p in found)
+    assert any("[llm:]: unknown section" in p for p in problems(tmp_path, APP + "[llm:]\nmodel = x\n"))
+
+
+def test_a_rule_asks_a_configured_llm(tmp_path):
+    rule = "\n[rule:ask]\nwhen = msgtype text\nask = local\nhistory = 4\n"
+    loaded = config.load(write(tmp_path, APP + LLM + rule), {})
+    assert loaded.rules["ask"] == {"when": "msgtype text", "ask": "local", "history": "4"}
+    assert one_problem(tmp_path, APP + LLM + rule.replace("ask = local", "ask = locl")) == (
+        "%s: [rule:ask] ask: no [llm:locl] section (did you mean local?)" % (tmp_path / "wecomd.conf"))
+    found = problems(tmp_path, APP + rule.replace("history = 4", "history = 101"))
+    assert any("[rule:ask] ask: no [llm:local] section" in p for p in found), found
+    assert any("[rule:ask] history: must be from 0 to 100 messages (got '101')" in p for p in found), found
+    assert "history: set without an ask" in one_problem(
+        tmp_path, APP + "\n[rule:r]\nwhen = any\nreply = x\nhistory = 3\n")
+    assert "nothing to do: set reply, run or webhook, or ask" in one_problem(tmp_path, APP + "\n[rule:r]\nwhen = any\n")
+
+
+def test_the_commented_llm_and_ask_examples_load(tmp_path):
+    text = "\n".join("[%s]\n%s" % (name, "\n".join("%s = %s" % item for item in section.items()))
+                     for name in ("bot:assistant", "llm:local", "rule:ask")
+                     for section in [_commented_bot("[%s]" % name)[name]])
+    text = text.replace("(from the bot's API settings: 1 to 32 of A-Z a-z 0-9)", TOKEN)
+    text = text.replace("(from the bot's API settings: 43 of A-Z a-z 0-9)", KEY)
+    loaded = config.load(write(tmp_path, text), {})
+    assert loaded.llms["local"].model == "qwen2.5:7b" and loaded.rules["ask"]["ask"] == "local"

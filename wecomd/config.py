@@ -191,6 +191,8 @@ SECTION_HELP = {
     "bot:NAME": "One 智能机器人 (AI bot) in API mode; its callback URL path is /callback/NAME, in the same "
                 "namespace as the apps. Enter that URL, the token and the encoding_aes_key in the bot's "
                 "API settings (docs/bots.md).",
+    "llm:NAME": "An OpenAI-compatible model server that a rule's `ask = NAME` streams answers from "
+                "(/v1/chat/completions with stream: true; docs/rules.md).",
 }
 
 SCHEMA: Dict[str, Dict[str, Option]] = {
@@ -285,6 +287,18 @@ SCHEMA: Dict[str, Dict[str, Option]] = {
                                   "stream is closed with a notice and the answer goes once to the "
                                   "message's response_url."),
     },
+    "llm:NAME": {
+        "base_url": Option(REQUIRED, _api_base, "The server's base URL, e.g. https://api.example.com or "
+                           "http://127.0.0.1:11434; /v1/chat/completions is added (a path that already "
+                           "ends in a version such as /v1 gets only /chat/completions)."),
+        "api_key": Option("", str, "Optional: sent as Authorization: Bearer <api_key>; empty: no "
+                          "Authorization header (local servers).", secret=True),
+        "model": Option(REQUIRED, _NONEMPTY, "The model name the server knows, e.g. qwen-plus."),
+        "system": Option("", str, "Optional: the system prompt sent first; empty: none."),
+        "max_tokens": Option("1024", _integer(1), "The most tokens one answer may have (max_tokens)."),
+        "timeout": Option("60", _integer(1), "Seconds one answer may take in all, from the request to "
+                          "its last piece; past them the answer ends with a notice."),
+    },
 }
 
 
@@ -348,6 +362,19 @@ class BotConfig:
 
 
 @dataclass(frozen=True)
+class LlmConfig:
+    """An OpenAI-compatible model server ([llm:NAME]); rules name it with `ask = NAME`."""
+
+    name: str
+    base_url: str  # no trailing slash
+    api_key: str = field(repr=False)  # "" = no Authorization header
+    model: str
+    system: str = ""  # "" = no system message
+    max_tokens: int = 1024
+    timeout: int = 60  # seconds, the whole answer
+
+
+@dataclass(frozen=True)
 class AppConfig:
     name: str
     corp_id: str
@@ -366,6 +393,7 @@ class Config:
     wecom: WecomConfig
     apps: Dict[str, AppConfig]  # by NAME, in file order
     bots: Dict[str, "BotConfig"] = field(default_factory=dict)  # [bot:NAME], file order
+    llms: Dict[str, "LlmConfig"] = field(default_factory=dict)  # [llm:NAME], file order
     rules: Dict[str, Dict[str, str]] = field(default_factory=dict)  # [rule:NAME] as written, file order
     rules_settings: RulesConfig = field(default_factory=RulesConfig)  # [rules]
     # (section, option) -> where its value came from: "default", the file, or "environment WECOMD_..."
@@ -430,7 +458,9 @@ def load(path: Union[str, Path, None], environ: Optional[Mapping[str, str]] = No
             if _kind(section) in NAMED and _APP_NAME.fullmatch(section[4:])]
     problems.extend("%s: [bot:%s]: an app is named %s too: apps and bots share /callback/NAME, give one "
                     "another name" % (label, name, name) for name in sorted({n for n in apps if apps.count(n) > 1}))
-    problems.extend("%s: %s" % (label, problem) for problem in _rules.problems(rules, list(dict.fromkeys(apps))))
+    llms = [section[4:] for section in raw if _kind(section) == "llm:NAME"]
+    problems.extend("%s: %s" % (label, problem)
+                    for problem in _rules.problems(rules, list(dict.fromkeys(apps)), llm_names=llms))
     if problems:
         raise ConfigError(problems)
     absolute = Path(path).absolute() if path is not None else None
@@ -453,6 +483,8 @@ def _kind(section: str) -> Optional[str]:
         return "app:NAME"
     if section.startswith("bot:"):
         return "bot:NAME"
+    if section.startswith("llm:") and len(section) > 4:
+        return "llm:NAME"
     if section.startswith("rule:") and len(section) > 5:
         return "rule"  # kept raw here; wecomd.automation.rules validates and compiles it
     return None
@@ -661,8 +693,10 @@ def _build(path, base, values, rules, sources, ignored) -> Config:
             for section, options in values.items() if section.startswith("app:")}
     bots = {section[4:]: BotConfig(name=section[4:], **options)
             for section, options in values.items() if section.startswith("bot:")}
+    llms = {section[4:]: LlmConfig(name=section[4:], **options)
+            for section, options in values.items() if section.startswith("llm:")}
     return Config(path=path, server=server_config, admin=AdminConfig(**values["admin"]),
-                  wecom=WecomConfig(**values["wecom"]), apps=apps, bots=bots, rules=rules,
+                  wecom=WecomConfig(**values["wecom"]), apps=apps, bots=bots, llms=llms, rules=rules,
                   rules_settings=RulesConfig(**values["rules"]), sources=sources, ignored_env=ignored)
 
 

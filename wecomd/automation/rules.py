@@ -17,12 +17,14 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Pattern, Sequen
 from wecomd.wecom.messages import Message
 
 OPTIONS = ("app", "when", "reply", "run", "end_of_options", "timeout", "webhook", "webhook_secret", "priority",
-           "continue")
+           "continue", "ask", "history")
 WHEN_FORMS = ("text equals X | text contains X | text matches REGEX | click KEY | event NAME | "
               "msgtype NAME | any")
 FIELDS = ("from_user", "content", "event_key", "app", "msgtype", "event", "to_user", "agent_id",
           "msg_id", "create_time", "rule")
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_HISTORY = 10  # earlier messages of the conversation sent with an `ask`
+MAX_HISTORY = 100  # more would rarely fit a model's context, and each one is read from the database
 _BOOLEANS = {"1": True, "yes": True, "true": True, "on": True,
              "0": False, "no": False, "false": False, "off": False}
 _TEXT_KINDS = {"equals": "text_equals", "contains": "text_contains", "matches": "text_matches"}
@@ -83,6 +85,8 @@ class Rule:
     cont: bool = False
     order: int = 0
     regex: Optional[Pattern] = field(default=None, repr=False, compare=False)
+    ask: Optional[str] = None  # an [llm:NAME] to stream the answer from
+    history: int = DEFAULT_HISTORY  # earlier messages of the conversation sent with `ask`
 
     def matches(self, app: str, message: Message) -> Optional[Match]:
         """The Match when this rule fires for `message` received by `app`, else None."""
@@ -134,15 +138,23 @@ def compile_rules(raw: Mapping[str, Mapping[str, str]]) -> List[Rule]:
     return sorted(compiled, key=lambda rule: (rule.priority or 0, rule.order))
 
 
-def problems(raw: Mapping[str, Mapping[str, str]], app_names: Iterable[str]) -> List[str]:
-    """Every problem of the rules, each starting with `[rule:NAME] option:`; [] when all are usable."""
+def problems(raw: Mapping[str, Mapping[str, str]], app_names: Iterable[str],
+             llm_names: Optional[Iterable[str]] = None) -> List[str]:
+    """Every problem of the rules, each starting with `[rule:NAME] option:`; [] when all are usable.
+
+    `ask = NAME` is checked against `llm_names` (the [llm:NAME] sections) when they are given.
+    """
     found: List[str] = []
     apps = list(app_names)
+    llms = None if llm_names is None else list(llm_names)
     for order, (name, options) in enumerate(raw.items()):
         _compile(name, options, order, found)
         app = (options.get("app") or "").strip()
         if app and app not in apps:
             found.append("[rule:%s] app: no [app:%s] section%s" % (name, app, _suggest(app, apps)))
+        ask = (options.get("ask") or "").strip()
+        if ask and llms is not None and ask not in llms:
+            found.append("[rule:%s] ask: no [llm:%s] section%s" % (name, ask, _suggest(ask, llms)))
     return found
 
 
@@ -160,8 +172,8 @@ def _compile(name: str, options: Mapping[str, str], order: int, found: List[str]
         kind, arg, regex = "any", None, None
     else:
         kind, arg, regex = _parse_when(text["when"], report)
-    if not (text["reply"] or text["run"] or text["webhook"]):
-        found.append("[rule:%s]: nothing to do: set reply, run or webhook" % name)
+    if not (text["reply"] or text["run"] or text["webhook"] or text["ask"]):
+        found.append("[rule:%s]: nothing to do: set reply, run or webhook, or ask an [llm:NAME]" % name)
     groups = regex.groups if regex is not None else None
     named = set(regex.groupindex) if regex is not None else set()
     for shadowed in sorted(named & set(FIELDS)):
@@ -178,13 +190,16 @@ def _compile(name: str, options: Mapping[str, str], order: int, found: List[str]
         report("webhook", "must be an http:// or https:// URL")
     if text["webhook_secret"] and not text["webhook"]:
         report("webhook_secret", "set without a webhook")
+    if text["history"] and not text["ask"]:
+        report("history", "set without an ask")
     return Rule(name=name, app=text["app"], when=text["when"] or "", kind=kind, arg=arg,
                 reply=text["reply"], run=text["run"], end_of_options=end_of_options,
                 timeout=_converted(text["timeout"], _timeout, DEFAULT_TIMEOUT, "timeout", report),
                 webhook=text["webhook"], webhook_secret=text["webhook_secret"],
                 priority=_converted(text["priority"], _priority, None, "priority", report),
                 cont=_converted(text["continue"], _boolean, False, "continue", report),
-                order=order, regex=regex)
+                order=order, regex=regex, ask=text["ask"],
+                history=_converted(text["history"], _history, DEFAULT_HISTORY, "history", report))
 
 
 def _parse_when(when: str, report) -> Tuple[str, Optional[str], Optional[Pattern]]:
@@ -328,6 +343,14 @@ def _priority(text: str) -> int:
     return int(text)
 
 
+def _history(text: str) -> int:
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise ValueError("not an integer")
+    if not 0 <= int(text) <= MAX_HISTORY:
+        raise ValueError("must be from 0 to %d messages" % MAX_HISTORY)
+    return int(text)
+
+
 def _boolean(text: str) -> bool:
     if text.lower() not in _BOOLEANS:
         raise ValueError("not a boolean: use yes or no")
@@ -452,7 +475,10 @@ def describe(match: Match, app: str, message: Message) -> dict:
         run: Any = command_argv(rule, fields) if rule.run else None
     except CommandRefused as exc:
         run = "refused: %s" % exc
-    return {"rule": rule.name, "when": rule.when,
-            "reply": render(rule.reply, fields) if rule.reply else None,
-            "run": run, "webhook": rule.webhook, "continue": rule.cont}
+    described = {"rule": rule.name, "when": rule.when,
+                 "reply": render(rule.reply, fields) if rule.reply else None,
+                 "run": run, "webhook": rule.webhook, "continue": rule.cont}
+    if rule.ask:
+        described.update(ask=rule.ask, history=rule.history)
+    return described
 
