@@ -258,3 +258,27 @@ def test_wecomd_simulate_bot_against_a_server(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "verify: ok" in run.stdout
     assert "finish: 今天晴，25 度" in run.stdout
+
+
+class BotConsoleTest(BotTestCase):
+    def test_bots_are_listed_beside_apps(self):
+        _, data = self.api("/api/apps")
+        self.assertEqual([(a["name"], a["kind"]) for a in data["apps"]],
+                         [("helpdesk", "app"), ("quiet", "app"), ("assistant", "bot")])
+
+    def test_a_manual_reply_goes_once_through_the_newest_messages_response_url(self):
+        payload = self.message("没有规则回答的问题")
+        resp = self.post(payload)
+        self.assertEqual((resp.code, resp.body), (200, b""))  # no rule, no reply: empty
+        status, row = self.api("/api/messages", "POST", {"app": "assistant", "to_user": "zhangsan", "content": "人工回复"})
+        self.assertEqual((status, row["status"], row["operator"]), (201, "sent", "admin"))
+        code = payload["response_url"].rsplit("=", 1)[1]
+        self.assertEqual(self.fake.bot_responses[code], {"msgtype": "markdown", "markdown": {"content": "人工回复"}})
+        status, data = self.api("/api/messages", "POST", {"app": "assistant", "to_user": "zhangsan", "content": "再一条"})
+        self.assertEqual(status, 409)
+        self.assertIn("one answer per message", data["error"])
+        self.assertEqual(len(self.fake.bot_responses), 1)
+        status, data = self.api("/api/messages", "POST", {"app": "assistant", "to_user": "nobody", "content": "x"})
+        self.assertEqual(status, 409)
+        self.assertEqual(self.api("/api/messages", "POST", {"app": "assistant", "to_user": "zhangsan",
+                                                           "msgtype": "news", "news": {}})[0], 400)

@@ -28,6 +28,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from wecomd.config import BotConfig, Config
 from wecomd.store import StoreError
+from wecomd.live import message_event
 from wecomd.store.times import utcnow
 from wecomd.wecom import bot as botproto
 from wecomd.wecom.messages import Message
@@ -48,7 +49,15 @@ StreamSource = Callable[[BotConfig, Message, dict], Optional[AsyncIterator[str]]
 
 def stream_id_for(bot: str, message: Message) -> str:
     """The stream of a message: the same for every delivery of it (a retry finds its stream)."""
-    return "s" + hashlib.sha256(("%s\n%s" % (bot, message.msg_id or message.raw)).encode()).hexdigest()[:24]
+    return _stream_id(bot, message.msg_id or message.raw)
+
+
+def _stream_id(bot: str, msgid: str) -> str:
+    return "s" + hashlib.sha256(("%s\n%s" % (bot, msgid)).encode()).hexdigest()[:24]
+
+
+class ReplyRefused(ValueError):
+    """A manual reply a bot conversation cannot take now (WeCom allows one per message, within an hour)."""
 
 
 def frame(stream: Optional[dict], stream_id: str, first: bool = False) -> dict:
@@ -166,13 +175,14 @@ class BotChannel:
                         closed["bot"], stream_id)
             self._publish(closed)
 
-    async def _respond(self, stream_id: str, text: str) -> None:
-        """Post the complete answer to the message's response_url, at most once."""
+    async def _respond(self, stream_id: str, text: str) -> Optional[str]:
+        """Post `text` to the stream's message's response_url, at most once: None when WeCom took it,
+        else why not (also kept on the stream)."""
         url = await self.run_db(self.store.bot_streams.claim_response, stream_id, self.clock())
         if url is None:
             logger.warning("bot: stream %s: no usable response_url (used, expired or none); answer not sent",
                            stream_id)
-            return
+            return "the message's response_url was used already, is older than an hour, or was never sent"
         self.responses += 1
         body = botproto.dumps(botproto.markdown_post(text))
         try:
@@ -185,6 +195,34 @@ class BotChannel:
         except (HTTPClientError, OSError, ValueError) as exc:
             logger.warning("bot: stream %s: response_url failed: %s", stream_id, exc)
             await self.run_db(self.store.bot_streams.response_failed, stream_id, str(exc), self.clock())
+            return str(exc)
+        return None
+
+    async def reply(self, bot: BotConfig, user: str, text: str, operator: Optional[str]) -> dict:
+        """An operator's reply in a bot conversation: through the response_url of the conversation's
+        newest message, if it is unused and under an hour old (WeCom allows one call per message);
+        ReplyRefused otherwise, with nothing sent. Stored as an outbound markdown message, "sent" or
+        "failed" with WeCom's words."""
+        rows, _ = await self.read(self.store.messages.page, app=bot.name, user=user, limit=50)
+        last = next((row for row in rows if row["direction"] == "in" and row["msgtype"] != "stream"), None)
+        url = botproto.response_url_of(last["fields"]) if last else None
+        if last is None or not url:
+            raise ReplyRefused("WeCom lets a bot answer only a message it was sent, through that message's "
+                               "response_url; this conversation's newest message has none")
+        stream_id, now = _stream_id(bot.name, last["msg_id"] or str(last["id"])), self.clock()
+        await self.run_db(self.store.bot_streams.start, stream_id, bot.name, last["id"], now, now, finished=True,
+                          source="manual", response_url=url)
+        error = await self._respond(stream_id, text)
+        if error is not None and error.startswith("the message's response_url"):
+            raise ReplyRefused("the newest message's response_url was used already or is older than an "
+                               "hour: WeCom allows one answer per message; wait for the user's next message")
+        row = await self.run_db(self.store.outbox.save, bot.name, user, "markdown", text,
+                                botproto.markdown_post(text), operator=operator,
+                                status="failed" if error else "sent")
+        if error:
+            row = await self.run_db(self.store.outbox.set_status, row["id"], "failed", "response_url: " + error)
+        self.publish(message_event(row))
+        return row
 
     async def _feedback(self, message: Message) -> None:
         event = (message.fields.get("event") or {}).get("feedback_event") or {}

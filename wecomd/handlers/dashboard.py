@@ -101,29 +101,32 @@ class LocaleHandler(BaseHandler):
         self.redirect(safe_next(self.get_body_argument("next", "/")))
 
 
-class IndexHandler(BaseHandler):
-    def _visible_apps(self) -> dict:
-        apps = self.services.config.apps
-        return {name: apps[name] for name in self.identity.visible(apps)}
+def visible_apps(handler: BaseHandler) -> list[dict]:
+    """public_apps of the apps and bots the signed-in identity may see."""
+    apps, bots, identity = handler.services.config.apps, handler.services.config.bots, handler.identity
+    return public_apps({name: apps[name] for name in identity.visible(apps)},
+                       {name: bots[name] for name in identity.visible(bots)})
 
+
+class IndexHandler(BaseHandler):
     def get(self) -> None:
-        self.render("index.html", user=self.current_user, apps=public_apps(self._visible_apps()),
-                    strings=ui_strings(self.locale))
+        self.render("index.html", user=self.current_user, apps=visible_apps(self), strings=ui_strings(self.locale))
 
 
 class AppsHandler(ApiHandler):
     def get(self) -> None:
-        apps = self.services.config.apps
-        self.write_json({"apps": public_apps({name: apps[name] for name in self.identity.visible(apps)})})
+        self.write_json({"apps": visible_apps(self)})
 
 
-def public_apps(apps: Any) -> list[dict]:
-    """What the dashboard and /api/apps may know of each app: never its token, key or secret."""
+def public_apps(apps: Any, bots: Any = None) -> list[dict]:
+    """What the dashboard and /api/apps may know of each app and bot ("kind"): never a token, key or
+    secret."""
     return [
-        {"name": a.name, "agent_id": a.agent_id, "corp_id": a.corp_id, "has_secret": bool(a.secret),
+        {"name": a.name, "kind": "app", "agent_id": a.agent_id, "corp_id": a.corp_id, "has_secret": bool(a.secret),
          "reply": bool(a.reply)}
         for a in apps.values()
-    ]
+    ] + [{"name": b.name, "kind": "bot", "agent_id": b.aibotid or None, "corp_id": None, "has_secret": False,
+          "reply": bool(b.reply)} for b in (bots or {}).values()]
 
 
 def routes(services: Any) -> list:

@@ -89,6 +89,9 @@ class MessagesHandler(ApiHandler):
         if msgtype != "text" and msgtype not in PAYLOAD_TYPES:
             raise web.HTTPError(400, "msgtype must be text, markdown, textcard or news (or a file as "
                                      "multipart/form-data), not %r", msgtype)
+        bot = self.services.bots.bot(body.get("app")) if isinstance(body.get("app"), str) else None
+        if bot is not None:
+            return await self._post_bot(bot, body, msgtype)
         app, to_user = self._target(body.get("app"), body.get("to_user"))
         if msgtype != "text":
             return await self._post_payload(app, to_user, msgtype, body)
@@ -100,6 +103,22 @@ class MessagesHandler(ApiHandler):
         if len(rows) > 1:
             first["parts"] = [row["id"] for row in rows]
         await self._replied(app, to_user, rows, first)
+
+    async def _post_bot(self, bot: Any, body: dict, msgtype: str) -> None:
+        """A reply in a 智能机器人 conversation: text or markdown, through a response_url (409 when
+        there is no unused one: WeCom allows one answer per message, within an hour)."""
+        self.check_app(bot.name)
+        to_user, content = body.get("to_user"), body.get("content")
+        if msgtype not in ("text", "markdown"):
+            raise web.HTTPError(400, "a bot conversation takes text or markdown, not %r", msgtype)
+        if not isinstance(to_user, str) or not to_user.strip() or not isinstance(content, str) or not content.strip():
+            raise web.HTTPError(400, "to_user and content are required")
+        try:
+            row = await self.services.bots.reply(bot, to_user.strip(), content, self.current_user)
+        except ValueError as exc:  # bots.ReplyRefused
+            raise web.HTTPError(409, "%s", exc)
+        await self.audit("reply", "conversation:%s/%s" % (bot.name, to_user.strip()), dict(message_ids=[row["id"]]))
+        self.write_json(row, status=201)
 
     async def _post_payload(self, app: str, to_user: str, msgtype: str, body: dict) -> None:
         try:

@@ -112,7 +112,12 @@ def stream_id(message: Message) -> Optional[str]:
 
 
 def response_url(message: Message) -> Optional[str]:
-    return _text(message.fields.get("response_url"))
+    return response_url_of(message.fields)
+
+
+def response_url_of(fields: Mapping) -> Optional[str]:
+    """The response_url of a stored bot message's fields (never sent with refresh polls)."""
+    return _text(fields.get("response_url")) if isinstance(fields, Mapping) else None
 
 
 # ---------------------------------------------------------------- answers
