@@ -282,3 +282,52 @@ class BotConsoleTest(BotTestCase):
         self.assertEqual(status, 409)
         self.assertEqual(self.api("/api/messages", "POST", {"app": "assistant", "to_user": "zhangsan",
                                                            "msgtype": "news", "news": {}})[0], 400)
+
+
+def bot_encrypt(data: bytes, aes_key: str = AES_KEY) -> bytes:
+    """What WeCom serves at a bot media URL: AES-256-CBC, IV key[:16], PKCS#7 to 32 bytes."""
+    from Crypto.Cipher import AES
+
+    key = base64.b64decode(aes_key + "=")
+    pad = 32 - len(data) % 32
+    return AES.new(key, AES.MODE_CBC, iv=key[:16]).encrypt(data + bytes([pad]) * pad)
+
+
+class BotMediaTest(BotTestCase):
+    def media_message(self, msgtype: str, media_id: str) -> dict:
+        return {"msgid": "m-%s-%d" % (media_id, next(_IDS)), "aibotid": "AIBOT", "chattype": "single",
+                "from": {"userid": "zhangsan"}, "msgtype": msgtype,
+                msgtype: {"url": self.fake_base + "/bot-media/" + media_id}}
+
+    def stored(self, message_id: int) -> dict:
+        return self.wait_for(lambda: (lambda m: m if m["media"]["status"] != "pending" else None)(
+            self.db(self.services.store.messages.get, message_id)))
+
+    def test_images_and_files_are_downloaded_and_decrypted_to_the_vault(self):
+        png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+        report = "季度报告，第一稿。\n".encode("utf-8") * 3000  # several chunks
+        self.fake.bot_media["img1"] = (bot_encrypt(png), None)
+        self.fake.bot_media["file1"] = (bot_encrypt(report), "报告.txt")
+        self.post(self.media_message("image", "img1"))
+        self.post(self.media_message("file", "file1"))
+        image, document = sorted(self.inbound(), key=lambda m: m["id"])
+        image, document = self.stored(image["id"]), self.stored(document["id"])
+        self.assertEqual((image["media"]["status"], image["media"]["type"], image["media"]["size"]),
+                         ("stored", "image/png", len(png)))
+        self.assertEqual((document["media"]["status"], document["media"]["name"]), ("stored", "报告.txt"))
+        resp = self.fetch("/api/media/%d" % image["id"], headers=self.session())
+        self.assertEqual((resp.code, resp.body), (200, png))
+        resp = self.fetch("/api/media/%d" % document["id"], headers=self.session())
+        self.assertEqual(resp.body, report)
+        self.assertEqual([p.name for p in (self.tmp / "media").rglob(".partial-*")], [])
+
+    def test_another_key_or_too_large_media_fails_and_leaves_nothing_behind(self):
+        self.fake.bot_media["wrong"] = (bot_encrypt(b"\xff\xd8\xff" + b"x" * 100, "Z" * 43), None)
+        self.fake.bot_media["big"] = (bot_encrypt(b"\xff\xd8\xff" + b"y" * 5000), None)
+        self.services.media.bot_max_bytes = 4000
+        self.post(self.media_message("image", "wrong"))
+        self.post(self.media_message("image", "big"))
+        wrong, big = sorted(self.inbound(), key=lambda m: m["id"])
+        self.assertIn("cannot decrypt", self.stored(wrong["id"])["media"]["error"])
+        self.assertIn("larger than", self.stored(big["id"])["media"]["error"])
+        self.assertEqual([p for p in (self.tmp / "media").rglob("*") if p.is_file()], [])

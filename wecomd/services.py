@@ -104,7 +104,8 @@ class Services:
         self.outbox = Outbox(self.db, self.store, self.wecom, config.apps, self.publish,
                              duplicate_check=config.wecom.duplicate_check_interval, media_dir=config.server.media_dir,
                              on_sent=self.metrics.sent, on_send_error=self.metrics.send_error)
-        self.media = MediaVault(self.db, self.store, self.wecom, config.apps, config.server.media_dir, self.publish)
+        self.media = MediaVault(self.db, self.store, self.wecom, config.apps, config.server.media_dir, self.publish,
+                                bots=config.bots)
         self.retention = Retention(self.db, self.store, config.server.media_dir,
                                    lambda: self.config.server.retention_days)
         settings = config.rules_settings

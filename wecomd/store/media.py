@@ -7,6 +7,8 @@ from typing import Optional
 
 import peewee
 
+from wecomd.wecom import bot
+
 from .errors import guarded
 from .models import MEDIA_STATUSES, Message
 from .paging import page_size
@@ -20,6 +22,8 @@ def media_columns(fields: Optional[dict]) -> dict[str, Optional[str]]:
     Image, voice, video and file messages carry one; a file's name is known at once.
     """
     fields = fields if isinstance(fields, dict) else {}
+    if bot.media_url(fields):  # a 智能机器人's image or file: a URL, not a MediaId
+        return {"media_status": "pending", "media_name": None}
     media_id, name = fields.get("MediaId"), fields.get("FileName")
     if not (isinstance(media_id, str) and media_id.strip()):
         return {"media_status": None, "media_name": None}

@@ -120,6 +120,51 @@ def response_url_of(fields: Mapping) -> Optional[str]:
     return _text(fields.get("response_url")) if isinstance(fields, Mapping) else None
 
 
+def media_url(fields: Mapping) -> Optional[str]:
+    """The URL of a bot message's image or file (the first image of a mixed message), or None.
+    WeCom's URL lives 5 minutes and serves the bytes AES-encrypted (media_decryptor)."""
+    if not isinstance(fields, Mapping):
+        return None
+    msgtype = fields.get("msgtype")
+    if msgtype in ("image", "file"):
+        return _text(_get(fields, msgtype, "url"))
+    if msgtype == "mixed":
+        for item in _get(fields, "mixed", "msg_item") or ():
+            if isinstance(item, Mapping) and item.get("msgtype") == "image" and _text(_get(item, "image", "url")):
+                return _text(_get(item, "image", "url"))
+    return None
+
+
+class MediaDecryptor:
+    """Decrypts a bot's media as it arrives: AES-256-CBC with the bot's EncodingAESKey, IV its first
+    16 bytes, PKCS#7 padding to a multiple of 32 (wecom-aibot.md §2). Feed chunks; `finish()` gives the
+    rest without the padding, or ValueError when the padding is not valid."""
+
+    def __init__(self, encoding_aes_key: str) -> None:
+        from Crypto.Cipher import AES
+
+        key = base64.b64decode(encoding_aes_key + "=")
+        self._cipher = AES.new(key, AES.MODE_CBC, iv=key[:16])
+        self._pending = b""  # ciphertext not yet a whole block
+        self._held = b""  # the last decrypted 32 bytes: they may be padding
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._pending + chunk
+        whole = len(data) - len(data) % 16
+        self._pending = data[whole:]
+        plain = self._held + self._cipher.decrypt(data[:whole]) if whole else self._held
+        self._held = plain[-32:]
+        return plain[:-32]
+
+    def finish(self) -> bytes:
+        if self._pending or not self._held:
+            raise ValueError("the encrypted media is not a whole number of AES blocks")
+        pad = self._held[-1]
+        if not 1 <= pad <= 32 or self._held[-pad:] != bytes([pad]) * pad:
+            raise ValueError("the decrypted media has no valid PKCS#7 padding: is it this bot's key?")
+        return self._held[:-pad]
+
+
 # ---------------------------------------------------------------- answers
 
 def cut(text: str, limit: int = MAX_STREAM_BYTES) -> str:

@@ -84,6 +84,8 @@ class FakeWecom:
         self.latency = 0.0  # seconds every API answer waits (bench/contacts.py)
         # 智能机器人 response_url calls: response_code -> the body posted. A code works once (§6).
         self.bot_responses: Dict[str, dict] = {}
+        # A bot message's media URL (/bot-media/<id>) -> (the encrypted bytes, file name or None).
+        self.bot_media: Dict[str, Tuple[bytes, Optional[str]]] = {}
         self.range_limit = 20 * 2**20  # media/get larger than this needs a Range (errcode 830002)
         self.egress_ip: Optional[str] = None
         self.trusted_ips: Optional[Set[str]] = None  # None: every caller is trusted
@@ -360,6 +362,21 @@ class AibotResponseHandler(_FakeHandler):
         self.answer()
 
 
+class BotMediaHandler(_FakeHandler):
+    """Not an API: the URL of a bot message's image or file, serving its encrypted bytes."""
+
+    def get(self, media_id: str) -> None:
+        found = self.fake.bot_media.get(media_id)
+        if found is None:
+            self.set_status(404)
+            return self.finish()
+        body, name = found
+        self.set_header("Content-Type", "application/octet-stream")
+        if name:
+            self.set_header("Content-Disposition", 'attachment; filename="%s"' % name.encode("utf-8").decode("latin-1"))
+        self.finish(body)
+
+
 class DepartmentListHandler(_FakeHandler):
     def get(self) -> None:
         if self.token_ok():
@@ -396,7 +413,7 @@ def make_app(fake: FakeWecom) -> web.Application:
     """The fake WeCom API as a tornado Application serving `fake`."""
     routes = [(GETTOKEN, GettokenHandler), (SEND, SendHandler), (MEDIA_GET, MediaHandler),
               (CALLBACK_IPS, CallbackIpHandler), (USER_GET, UserGetHandler), (DEPARTMENT_LIST, DepartmentListHandler),
-              (AIBOT_RESPONSE, AibotResponseHandler), (MEDIA_UPLOAD, UploadHandler), (RECALL, RecallHandler),
+              (AIBOT_RESPONSE, AibotResponseHandler), (r"/bot-media/([A-Za-z0-9_-]+)", BotMediaHandler), (MEDIA_UPLOAD, UploadHandler), (RECALL, RecallHandler),
               (WEBHOOK, WebhookHandler), (IP_ECHO, IpEchoHandler),
               (r"/(.*)", ForbiddenHandler)]
     return web.Application([(path, handler, dict(fake=fake)) for path, handler in routes],

@@ -19,15 +19,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from wecomd.config import AppConfig, Config
+from wecomd.config import AppConfig, BotConfig, Config
 from wecomd.live import message_event
 from wecomd.store.times import utcnow
 from wecomd.workers.base import RETRY_KINDS, Publish, RunDb, Worker, error_text, no_secret_error
+from wecomd.wecom import bot as botproto
 from wecomd.wecom.api import WecomApiError
 
 logger = logging.getLogger(__name__)
 
 BATCH = 20
+BOT_MAX_BYTES = 100 * 2**20  # WeCom calls back bot files up to 100 MB (wecom-aibot.md §2)
 MAX_NAME_BYTES = 150  # with "<id>-" well under the 255-byte limit of common file systems
 # mimetypes' answers differ between Python versions and hosts; WeCom's usual types are fixed here.
 EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "audio/amr": ".amr",
@@ -54,16 +56,18 @@ class MediaVault(Worker):
     def __init__(self, run_db: RunDb, store, client, apps: Mapping[str, AppConfig], media_dir: Path,
                  publish: Publish, *, clock: Callable[[], datetime] = utcnow, poll_interval: float = 1.0,
                  max_attempts: int = 6, backoff_base: float = 2.0, backoff_max: float = 600.0,
-                 max_bytes: int = 25 * 2**20) -> None:
+                 max_bytes: int = 25 * 2**20, bots: Optional[Mapping[str, BotConfig]] = None,
+                 bot_max_bytes: int = BOT_MAX_BYTES) -> None:
         super().__init__(run_db, publish, clock=clock, poll_interval=poll_interval,
                          max_attempts=max_attempts, backoff_base=backoff_base, backoff_max=backoff_max)
         self.store, self.client, self.apps = store, client, apps
         self.media_dir = Path(media_dir).absolute()
-        self.max_bytes = max_bytes
+        self.max_bytes, self.bot_max_bytes = max_bytes, bot_max_bytes
+        self.bots: Mapping[str, BotConfig] = bots or {}
 
     def reconfigure(self, config: Config) -> None:
         """A reload: the apps of `config` (their secrets), from the next download on; media_dir stays."""
-        self.apps = config.apps
+        self.apps, self.bots = config.apps, config.bots
 
     def path_for(self, media: dict) -> Path:
         """The absolute path of a stored file; ValueError if its stored path leaves media_dir."""
@@ -87,6 +91,8 @@ class MediaVault(Worker):
                 return
 
     async def _fetch(self, row: dict) -> None:
+        if row["app"] in self.bots:
+            return await self._fetch_bot(row, self.bots[row["app"]])
         app = self.apps.get(row["app"])
         media_id = (row.get("fields") or {}).get("MediaId")
         if app is None:
@@ -112,6 +118,39 @@ class MediaVault(Worker):
         logger.info("media id=%s app=%s outcome=stored size=%d type=%s", row["id"], row["app"], len(body), mime)
         updated = await self.run_db(self.store.media.record, row["id"], "stored", path=relative,
                                     size=len(body), mime=mime, name=name)
+        self._publish(message_event(updated))
+
+    async def _fetch_bot(self, row: dict, bot: BotConfig) -> None:
+        """A 智能机器人's image or file: its URL (valid 5 minutes) streamed to disk and decrypted with the
+        bot's key as it arrives, never held in memory (files up to 100 MB)."""
+        url = botproto.media_url(row.get("fields") or {})
+        if not url:
+            return await self._fail(row, "the bot message has no media URL", None)
+        mime = "image/jpeg" if row.get("msgtype") in ("image", "mixed") else None
+        temp = None
+        try:
+            temp, size, head, filename = await _download_decrypted(url, bot.encoding_aes_key, self.media_dir,
+                                                                   self.bot_max_bytes)
+            mime = _sniff(head) or mime or ATTACHMENT_TYPE
+            name = safe_name(row, mime, filename)
+            relative = self._relative_path(row, name)
+            (self.media_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, self.media_dir / relative)
+            temp = None
+        except _TooLarge as exc:
+            return await self._fail(row, str(exc), None)
+        except ValueError as exc:  # the padding: not this bot's key, or not WeCom's bytes
+            return await self._fail(row, "cannot decrypt the bot's media: %s" % exc, None)
+        except Exception as exc:  # network or disk: again soon (the URL lives 5 minutes)
+            logger.warning("media id=%s bot=%s: %s", row["id"], row["app"], exc)
+            return await self._attempt_failed(row, error_text(exc), None)
+        finally:
+            if temp is not None:
+                with suppress(OSError):
+                    os.unlink(temp)
+        logger.info("media id=%s bot=%s outcome=stored size=%d type=%s", row["id"], row["app"], size, mime)
+        updated = await self.run_db(self.store.media.record, row["id"], "stored", path=relative,
+                                    size=size, mime=mime, name=name)
         self._publish(message_event(updated))
 
     def _relative_path(self, row: dict, name: str) -> str:
@@ -207,3 +246,64 @@ def _extension(mime: Optional[str], voice_format: Optional[str]) -> str:
     if voice_format and re.fullmatch(r"[A-Za-z0-9]{1,8}", str(voice_format)):
         return "." + str(voice_format).lower()
     return mimetypes.guess_extension(bare) or EXTENSIONS["application/octet-stream"]
+
+
+class _TooLarge(Exception):
+    """A bot's media past bot_max_bytes: not stored, not retried."""
+
+
+_MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF8", "image/gif"),
+          (b"%PDF-", "application/pdf"), (b"PK\x03\x04", "application/zip"))
+
+
+def _sniff(head: bytes) -> Optional[str]:
+    """The type of decrypted media by its first bytes (the encrypted download has none of its own)."""
+    return next((mime for magic, mime in _MAGIC if head.startswith(magic)), None)
+
+
+async def _download_decrypted(url: str, aes_key: str, media_dir: Path, max_bytes: int) -> tuple:
+    """Stream `url` into a temporary file in `media_dir`, decrypting each chunk as it arrives:
+    (temp path, size, the first bytes, the file name the server gave or None)."""
+    from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+    media_dir.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=str(media_dir), prefix=".partial-bot-", suffix=".tmp")
+    decryptor, state = botproto.MediaDecryptor(aes_key), {"size": 0, "head": b""}
+    try:
+        with os.fdopen(fd, "wb") as out:
+            def write(plain: bytes) -> None:
+                state["size"] += len(plain)
+                if state["size"] > max_bytes:
+                    state["too_large"] = True  # the client reports a callback's error as a closed connection
+                    raise _TooLarge("the bot's media is larger than %d MB: not stored" % (max_bytes // 2**20))
+                if len(state["head"]) < 16:
+                    state["head"] += plain[:16]
+                out.write(plain)
+
+            # A client of its own: the shared one stops bodies at 100 MB, padding included.
+            client = AsyncHTTPClient(force_instance=True, max_body_size=max_bytes + 1024)
+            try:
+                response = await client.fetch(HTTPRequest(
+                    url, streaming_callback=lambda chunk: write(decryptor.feed(chunk)), request_timeout=120))
+            except Exception:
+                if state.get("too_large"):
+                    raise _TooLarge("the bot's media is larger than %d MB: not stored" % (max_bytes // 2**20))
+                raise
+            finally:
+                client.close()
+            write(decryptor.finish())
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temp)
+        raise
+    disposition = response.headers.get("Content-Disposition", "")
+    found = re.search(r'filename="?([^";]+)"?', disposition)
+    name = found.group(1) if found else None
+    if name:  # raw UTF-8 in the header reaches us as latin-1 text
+        try:
+            name = name.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass
+    return temp, state["size"], state["head"], name
