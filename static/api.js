@@ -32,8 +32,12 @@ async function request(method, path, body) {
   const options = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
   if (method !== "GET") {
     options.headers["X-XSRFToken"] = xsrfToken();
-    options.headers["Content-Type"] = "application/json";
-    options.body = JSON.stringify(body === undefined ? {} : body);
+    if (body instanceof FormData) {
+      options.body = body; // multipart/form-data: the browser writes the Content-Type and its boundary
+    } else {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body === undefined ? {} : body);
+    }
   }
   let response;
   try {
@@ -79,6 +83,21 @@ export const api = {
   setState: (app, user, state) => request("POST", "/api/conversations/state", { app, user, state }),
   notes: (app, user, params) => request("GET", withQuery("/api/notes", { app, user, ...params })),
   addNote: (app, user, text) => request("POST", "/api/notes", { app, user, text }),
+  // Rich replies: markdown ({content}), textcard ({textcard}) and news ({news}) as JSON; a file as a form.
+  sendRich: (app, toUser, msgtype, payload) =>
+    request("POST", "/api/messages", { app, to_user: toUser, msgtype, ...payload }),
+  sendFile: (app, toUser, msgtype, file, name) => {
+    const form = new FormData();
+    form.append("app", app);
+    form.append("to_user", toUser);
+    form.append("msgtype", msgtype);
+    form.append("media", file, name || file.name || "file");
+    return request("POST", "/api/messages", form);
+  },
+  recall: (id) => request("POST", "/api/messages/" + encodeURIComponent(id) + "/recall", {}),
+  quickReplies: () => request("GET", "/api/quick-replies"),
+  addQuickReply: (shortcut, text, shared) => request("POST", "/api/quick-replies", { shortcut, text, shared: !!shared }),
+  deleteQuickReply: (id) => request("DELETE", "/api/quick-replies/" + encodeURIComponent(id), {}),
 };
 
 export function mediaUrl(id) {

@@ -133,6 +133,9 @@ export function previewText(message) {
   const f = fields(message);
   switch (message.msgtype) {
     case "text": return message.content || "";
+    case "markdown": return message.content || "";
+    case "textcard": return t("[Card]") + " " + display(pick(f, "textcard", "title") || message.content);
+    case "news": return t("[News]") + " " + display(pick(f, "news", "articles", 0, "title") || message.content);
     case "image": return t("[Image]");
     case "voice": return t("[Voice]");
     case "video": return t("[Video]");
@@ -240,7 +243,38 @@ function unknownBody(message) {
     fieldList(fields(message), true));
 }
 
+/** An outbound textcard: its title (a link when the URL is http(s)), description and button text. */
+function textcardBody(message) {
+  const card = pick(fields(message), "textcard") || {};
+  const url = display(card.url);
+  const title = display(card.title) || url;
+  return el("div", { class: "link-card textcard" },
+    isWebUrl(url) ? el("a", { class: "link-title", href: url, target: "_blank", rel: "noopener noreferrer nofollow" }, title)
+      : el("span", { class: "link-title" }, title),
+    card.description ? el("p", { class: "link-desc" }, display(card.description)) : null,
+    el("span", { class: "card-button" }, display(card.btntxt) || t("Details")));
+}
+
+/** An outbound news message: one small card per article. */
+function newsBody(message) {
+  const articles = pick(fields(message), "news", "articles");
+  return el("ol", { class: "news-articles" }, (Array.isArray(articles) ? articles : []).map((article) => {
+    const url = display(article && article.url);
+    const title = display(article && article.title) || url;
+    return el("li", { class: "link-card" },
+      isWebUrl(url) ? el("a", { class: "link-title", href: url, target: "_blank", rel: "noopener noreferrer nofollow" }, title)
+        : el("span", { class: "link-title" }, title),
+      article && article.description ? el("p", { class: "link-desc" }, display(article.description)) : null);
+  }));
+}
+
 function bodyFor(message) {
+  if (message.direction === "out" && message.msgtype === "textcard" && pick(fields(message), "textcard")) {
+    return textcardBody(message);
+  }
+  if (message.direction === "out" && message.msgtype === "news" && pick(fields(message), "news", "articles")) {
+    return newsBody(message);
+  }
   if (message.msgtype === "text" || (message.direction === "out" && message.content && !MEDIA_TYPES.has(message.msgtype))) {
     return textBody(message);
   }
@@ -253,7 +287,54 @@ function bodyFor(message) {
 
 // ------------------------------------------------------------------ whole rows
 
-function statusLine(message, onRetry) {
+const RECALL_WINDOW_MS = 24 * 3600 * 1000; // WeCom's message/recall takes back a day's messages
+const THROTTLED = "throttled"; // the outbox's note on a message WeCom's per-member limit holds back
+
+/**
+ * A sent message the operator may still take back: sent through the API (a passive reply has no
+ * msgid), within the last day. The live status event carries no msgid; the server checks it (409).
+ */
+function recallable(message) {
+  const sent = parseIso(message.received_at);
+  return message.direction === "out" && message.status === "sent" && message.automatic !== "passive"
+    && !!sent && Date.now() - sent.getTime() < RECALL_WINDOW_MS;
+}
+
+/** "Recall", which asks once more before it calls `onRecall(message, button)`. */
+function recallButton(message, onRecall) {
+  let armed = null;
+  return el("button", {
+    type: "button", class: "recall",
+    onclick: (event) => {
+      const button = event.currentTarget;
+      if (!armed) {
+        button.textContent = t("Recall this message?");
+        button.classList.add("armed");
+        armed = window.setTimeout(() => {
+          armed = null;
+          button.textContent = t("Recall");
+          button.classList.remove("armed");
+        }, 5000);
+        return;
+      }
+      window.clearTimeout(armed);
+      armed = null;
+      onRecall(message, button);
+    },
+  }, t("Recall"));
+}
+
+function statusLabel(message) {
+  const status = message.status;
+  if (message.automatic === "passive" && status === "sent") return t("passive reply");
+  if (status === "sent") return t("Sent");
+  if (status === "failed") return t("Failed");
+  if (status === "recalled") return t("Recalled");
+  if (message.error === THROTTLED) return t("Throttled");
+  return t("Sending…");
+}
+
+function statusLine(message, onRetry, onRecall) {
   const meta = el("div", { class: "meta" });
   const date = messageDate(message);
   if (message.direction === "out") {
@@ -265,10 +346,14 @@ function statusLine(message, onRetry) {
         : message.automatic ? t("app's reply")
           : message.operator ? t("by {operator}", { operator: message.operator }) : t("automatic")));
     const status = message.status;
-    const label = message.automatic === "passive" && status === "sent" ? t("passive reply")
-      : status === "sent" ? t("Sent") : status === "failed" ? t("Failed") : t("Sending…");
-    meta.append(el("span", { class: "status status-" + (status || "pending"), dataset: { status: status || "" } }, label));
+    const throttled = status === "pending" && message.error === THROTTLED;
+    meta.append(el("span", {
+      class: "status status-" + (throttled ? THROTTLED : status || "pending"),
+      dataset: { status: status || "" },
+      title: throttled ? t("WeCom takes at most 30 messages a minute for one person: this one goes out when there is room.") : null,
+    }, statusLabel(message)));
     if (message.attempts > 1) meta.append(el("span", null, t("{n} attempts", { n: message.attempts })));
+    if (onRecall && recallable(message)) meta.append(recallButton(message, onRecall));
   } else if (message.deliveries > 1) {
     meta.append(el("span", { class: "deliveries", title: t("WeCom delivered this message several times") },
       t("delivered ×{n}", { n: message.deliveries })));
@@ -281,13 +366,17 @@ function statusLine(message, onRetry) {
     rows.push(el("div", { class: "failure" },
       el("span", { class: "error-text" }, message.error || t("Delivery failed")),
       el("button", { type: "button", class: "retry", onclick: (event) => onRetry(message, event.currentTarget) }, t("Retry"))));
+  } else if (message.direction === "out" && message.error && (message.status === "sent" || message.status === "recalled")) {
+    // errcode 0, but WeCom named recipients it did not reach (invaliduser, unlicenseduser): its words.
+    rows.push(el("div", { class: "failure partial" },
+      el("span", { class: "error-text" }, t("Not delivered to everyone: {error}", { error: message.error }))));
   }
   return rows;
 }
 
 // ------------------------------------------------------------------ automation: what rules did
 
-const ACTION_LABELS = { reply: () => t("Reply"), run: () => t("Command"), webhook: () => t("Webhook") };
+const ACTION_LABELS = { reply: () => t("Reply"), run: () => t("Command"), webhook: () => t("Webhook"), notify: () => t("Group robot") };
 const PATH_LABELS = { passive: () => t("passive reply"), api: () => t("sent via API"), none: () => t("no reply") };
 const FAILED = new Set(["failed", "timeout", "error"]);
 
@@ -355,14 +444,17 @@ function eventRow(message) {
     automationList(message));
 }
 
-/** A thread row for one message. `onRetry(message, button)` resends a failed outbound one. */
-export function messageRow(message, onRetry) {
+/**
+ * A thread row for one message. `onRetry(message, button)` resends a failed outbound one;
+ * `onRecall(message, button)`, when given, takes back a sent one (within 24 hours).
+ */
+export function messageRow(message, onRetry, onRecall) {
   if (message.msgtype === "event" && message.direction !== "out") return eventRow(message);
   const side = message.direction === "out" ? "out" : "in";
   const dataset = { id: message.id, msgtype: message.msgtype, status: message.status || "" };
   if (message.automatic) Object.assign(dataset, { automatic: message.automatic, rule: message.rule || "" });
   return el("li", { class: "msg " + side + (message.automatic ? " automatic" : ""), dataset },
     el("div", { class: "bubble bubble-" + message.msgtype }, bodyFor(message)),
-    statusLine(message, onRetry),
+    statusLine(message, onRetry, onRecall),
     automationList(message));
 }

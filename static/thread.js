@@ -2,6 +2,7 @@
 // in its header who it is assigned to and whether it is open, and its internal notes in the thread.
 
 import { api } from "./api.js";
+import { Composer } from "./compose.js";
 import { clockTime, dayClock, dayKey, dayLabel, el, fullTime, messageDate, parseIso, t } from "./dom.js";
 import { conversationUser, messageRow } from "./render.js";
 
@@ -34,8 +35,6 @@ export class ThreadView {
     this.list = document.getElementById("message-list");
     this.older = document.getElementById("load-older");
     this.form = document.getElementById("composer");
-    this.input = document.getElementById("reply");
-    this.send = document.getElementById("send");
     this.note = document.getElementById("composer-note");
     this.error = document.getElementById("composer-error");
     this.takeover = document.getElementById("takeover");
@@ -43,6 +42,12 @@ export class ThreadView {
     this.resumeButton = document.getElementById("resume");
     this.pauseTimer = null;
     this.current = null;
+    // The reply box (compose.js): it asks which conversation is open, and hands back what it sent.
+    this.composer = new Composer({
+      context: () => this.current && { app: this.current.app, user: this.current.user, userName: this.userName() },
+      sent: (message, since, context) => this.sent(message, since, context),
+      error: (text) => this.showError(text),
+    });
     this.bind();
     this.buildTeam();
   }
@@ -50,18 +55,6 @@ export class ThreadView {
   bind() {
     this.older.addEventListener("click", () => this.loadOlder());
     this.resumeButton.addEventListener("click", () => this.resume());
-    this.form.addEventListener("submit", (event) => {
-      event.preventDefault();
-      this.submit();
-    });
-    this.input.addEventListener("keydown", (event) => {
-      // Enter sends, Shift+Enter is a newline; never send while an IME is composing (pinyin).
-      if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
-        event.preventDefault();
-        this.submit();
-      }
-    });
-    this.input.addEventListener("input", () => this.autosize());
     // Images change the height once loaded: keep the newest message in view if it was.
     this.list.addEventListener("load", () => {
       if (this.current && this.current.stuck) this.toBottom();
@@ -114,6 +107,7 @@ export class ThreadView {
     this.older.hidden = true;
     this.error.hidden = true;
     this.setComposer();
+    this.composer.reset();
     this.noteError.hidden = true;
     this.renderTeam();
     this.root.hidden = false;
@@ -171,8 +165,7 @@ export class ThreadView {
     this.note.textContent = note;
     this.note.hidden = !note;
     this.form.classList.toggle("unavailable", !!note);
-    this.input.disabled = !!note;
-    this.send.disabled = !!note;
+    this.composer.setAvailable(!note);
   }
 
   /** One page of the thread, newest first; `since` tells mergeAll how fresh the answer is. */
@@ -440,7 +433,7 @@ export class ThreadView {
       const signature = JSON.stringify(message);
       let row = thread.rows.get(message.id);
       if (!row || row.signature !== signature) {
-        row = { signature, node: messageRow(message, (m, button) => this.retry(m, button)) };
+        row = { signature, node: messageRow(message, (m, button) => this.retry(m, button), (m, button) => this.recall(m, button)) };
         for (const details of row.node.querySelectorAll("details.auto-output")) {
           if (thread.openOutputs.has(details.dataset.runId)) details.open = true;
         }
@@ -469,43 +462,40 @@ export class ThreadView {
     );
   }
 
-  autosize() {
-    const lines = this.input.value.split("\n").length;
-    this.input.rows = Math.min(6, Math.max(1, lines));
-  }
-
-  setSending(sending) {
-    this.input.disabled = sending;
-    this.send.disabled = sending;
-    this.form.classList.toggle("sending", sending);
-  }
-
   showError(message) {
     this.error.textContent = message;
     this.error.hidden = !message;
   }
 
-  async submit() {
-    const thread = this.current;
-    const content = this.input.value;
-    if (!thread || this.input.disabled || !content.trim()) return;
-    this.setSending(true);
+  /** The name of the open conversation's user, from its messages (null while unknown). */
+  userName() {
+    let name = null;
+    for (const message of this.current ? this.current.messages.values() : []) {
+      if (message.user_name) name = message.user_name;
+    }
+    return name;
+  }
+
+  /** The reply box stored a reply to `context`'s conversation, by a request sent at `since`. */
+  sent(message, since, context) {
+    this.hooks.onSent(message);
+    if (this.isOpen(context.app, context.user)) {
+      this.current.stuck = true;
+      this.mergeAnswer(message, since);
+    }
+  }
+
+  async recall(message, button) {
+    button.disabled = true;
     this.showError("");
     const since = performance.now();
     try {
-      const message = await api.send(thread.app, thread.user, content);
-      if (this.input.value === content) this.input.value = "";
-      this.autosize();
-      this.hooks.onSent(message);
-      if (thread === this.current) {
-        thread.stuck = true;
-        this.mergeAnswer(message, since);
-      }
+      const updated = await api.recall(message.id);
+      this.hooks.onSent(updated);
+      this.mergeAnswer(updated, since);
     } catch (err) {
-      if (thread === this.current) this.showError(t("Not sent: {error}", { error: err.message }));
-    } finally {
-      this.setSending(false);
-      this.input.focus();
+      button.disabled = false;
+      this.showError(t("Recall failed: {error}", { error: err.message }));
     }
   }
 
