@@ -511,3 +511,27 @@ async def test_an_unlicensed_only_recipient_is_a_failure_in_wecoms_words(tmp_pat
         partial = await h.until_status(both["id"], "sent")
         assert partial["error"] == "unlicenseduser: zhangsan"
         assert h.statuses(alone["id"]) == [("failed", "unlicenseduser: zhangsan")]
+
+
+def test_member_windows_keep_the_minute_and_the_hour_per_app_and_member():
+    from datetime import timedelta
+
+    from support.aio import FakeClock
+    from wecomd.workers.throttle import MemberWindows
+    clock = FakeClock()
+    windows = MemberWindows(clock)
+    for _ in range(30):
+        windows.record("helpdesk", "ZhangSan")
+    assert windows.free_at("helpdesk", "zhangsan") == clock.now + timedelta(minutes=1)
+    assert windows.free_at("helpdesk", "lisi|zhangsan") is not None  # one full member holds the message
+    assert windows.free_at("other-app", "zhangsan") is None and windows.free_at("helpdesk", "lisi") is None
+    clock.advance(60)
+    assert windows.free_at("helpdesk", "zhangsan") is None
+    for _ in range(33):  # 30 more a minute, up to 1,000 an hour
+        for _ in range(30):
+            windows.record("helpdesk", "zhangsan")
+        clock.advance(60)
+    start = clock.now - timedelta(minutes=34)
+    assert windows.free_at("helpdesk", "zhangsan") == start + timedelta(hours=1)
+    clock.advance(26 * 60)
+    assert windows.free_at("helpdesk", "zhangsan") is None
