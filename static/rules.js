@@ -1,5 +1,5 @@
 // The rules panel: the configured rules in the order they are tried, and what each has done.
-// Rule texts (replies, commands, webhook URLs) are configuration, yet shown as text all the same.
+// Rule texts (replies, commands, webhook URLs, group robot templates) are configuration, yet shown as text all the same.
 // The router shows it for "#/rules"; live messages tell it when the counts may have changed.
 
 import { api } from "./api.js";
@@ -134,6 +134,12 @@ function doesCell(rule) {
   if (rule.webhook) {
     // A URL from the config, shown as text: never a link the operator might follow by accident.
     items.push(action("webhook", t("Webhook"), el("span", { class: "does-text does-url" }, display(rule.webhook))));
+  }
+  if (rule.notify) {
+    // The group's NAME and what it is sent (its template; none: the message's own text), never its key.
+    items.push(action("notify", t("Group robot"), el("strong", { class: "does-group" }, display(rule.notify)),
+      rule.notify_text ? el("span", { class: "does-text" }, display(rule.notify_text)) : null,
+      el("span", { class: "does-note" }, display(rule.notify_format))));
   }
   return items;
 }

@@ -85,13 +85,14 @@ def _commented_bot(header: str = "[bot:assistant]") -> configparser.RawConfigPar
 
 @pytest.mark.parametrize("section", list(SCHEMA))
 def test_sample_config_has_every_option(section):
-    commented = {"bot:NAME": "bot:assistant", "llm:NAME": "llm:local"}
+    commented = {"bot:NAME": "bot:assistant", "llm:NAME": "llm:local", "group:NAME": "group:ops"}
     parser = _commented_bot("[%s]" % commented[section]) if section in commented else _sample_parser()
     present = {"app:NAME": "app:demo", **commented}.get(section, section)
     assert list(parser[present]) == list(SCHEMA[section])
     for option, spec in SCHEMA[section].items():
         if spec.default is not REQUIRED and not spec.secret:
-            assert parser[present][option] == spec.default or section in ("app:NAME", "bot:NAME", "llm:NAME")
+            assert parser[present][option] == spec.default or section in ("app:NAME", "bot:NAME", "llm:NAME",
+                                                                          "group:NAME")
 
 
 def _doc_sections() -> dict:
@@ -546,7 +547,7 @@ def test_repr_never_shows_secrets(tmp_path):
 def test_secret_options_are_exactly_the_unrepr_fields():
     classes = {"server": config.ServerConfig, "admin": config.AdminConfig, "wecom": config.WecomConfig,
                "rules": config.RulesConfig, "app:NAME": config.AppConfig, "bot:NAME": config.BotConfig,
-               "llm:NAME": config.LlmConfig}
+               "llm:NAME": config.LlmConfig, "group:NAME": config.GroupConfig}
     for section, options in SCHEMA.items():
         hidden = {f.name for f in dataclasses.fields(classes[section]) if not f.repr}
         assert hidden == {name for name, option in options.items() if option.secret}, section

@@ -156,6 +156,15 @@ def _duplicate_check(value: str) -> int:
     return seconds
 
 
+def _webhook_key(value: str) -> str:
+    # A key goes into the URL's query as it is, so nothing that would change the query may be in it.
+    if "key=" in value or "://" in value:
+        raise ValueError("the key alone, not the whole webhook URL: the part after key=")
+    if not re.fullmatch(r"[A-Za-z0-9_.~-]{1,128}", value):
+        raise ValueError("must be 1 to 128 characters of A-Z a-z 0-9 - _ . ~")
+    return value
+
+
 def _token(value: str) -> str:  # wecom-protocol.md §1
     return _alnum(value, 1, 32, "must be 1 to 32 characters of A-Z a-z 0-9")
 
@@ -193,6 +202,8 @@ SECTION_HELP = {
                 "API settings (docs/bots.md).",
     "llm:NAME": "An OpenAI-compatible model server that a rule's `ask = NAME` streams answers from "
                 "(/v1/chat/completions with stream: true; docs/rules.md).",
+    "group:NAME": "A WeCom group robot (群机器人) that a rule's `notify = NAME` posts to, at most 20 "
+                  "messages a minute (docs/rules.md).",
 }
 
 SCHEMA: Dict[str, Dict[str, Option]] = {
@@ -299,6 +310,10 @@ SCHEMA: Dict[str, Dict[str, Option]] = {
         "timeout": Option("60", _integer(1), "Seconds one answer may take in all, from the request to "
                           "its last piece; past them the answer ends with a notice."),
     },
+    "group:NAME": {
+        "webhook_key": Option(REQUIRED, _webhook_key, "The robot's key: the part after key= of its webhook "
+                              "URL (the group's 消息推送 / 群机器人 settings).", secret=True),
+    },
 }
 
 
@@ -375,6 +390,14 @@ class LlmConfig:
 
 
 @dataclass(frozen=True)
+class GroupConfig:
+    """A group robot (群机器人, [group:NAME]); rules post to it with `notify = NAME`."""
+
+    name: str
+    webhook_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class AppConfig:
     name: str
     corp_id: str
@@ -394,6 +417,7 @@ class Config:
     apps: Dict[str, AppConfig]  # by NAME, in file order
     bots: Dict[str, "BotConfig"] = field(default_factory=dict)  # [bot:NAME], file order
     llms: Dict[str, "LlmConfig"] = field(default_factory=dict)  # [llm:NAME], file order
+    groups: Dict[str, "GroupConfig"] = field(default_factory=dict)  # [group:NAME], file order
     rules: Dict[str, Dict[str, str]] = field(default_factory=dict)  # [rule:NAME] as written, file order
     rules_settings: RulesConfig = field(default_factory=RulesConfig)  # [rules]
     # (section, option) -> where its value came from: "default", the file, or "environment WECOMD_..."
@@ -451,6 +475,8 @@ def load(path: Union[str, Path, None], environ: Optional[Mapping[str, str]] = No
         elif kind in NAMED and not _APP_NAME.fullmatch(section[4:]):
             problems.append("%s: [%s]: %s name is 1 to 64 characters of A-Z a-z 0-9 _ -"
                             % (label, section, NAMED[kind]))
+        elif kind == "group:NAME" and not _APP_NAME.fullmatch(section[6:]):
+            problems.append("%s: [%s]: a group's name is 1 to 64 characters of A-Z a-z 0-9 _ -" % (label, section))
         else:
             values[section] = _convert(section, SCHEMA[kind], raw.get(section, {}), label, problems,
                                        sources)
@@ -459,8 +485,10 @@ def load(path: Union[str, Path, None], environ: Optional[Mapping[str, str]] = No
     problems.extend("%s: [bot:%s]: an app is named %s too: apps and bots share /callback/NAME, give one "
                     "another name" % (label, name, name) for name in sorted({n for n in apps if apps.count(n) > 1}))
     llms = [section[4:] for section in raw if _kind(section) == "llm:NAME"]
+    groups = [section[6:] for section in raw if _kind(section) == "group:NAME"]
     problems.extend("%s: %s" % (label, problem)
-                    for problem in _rules.problems(rules, list(dict.fromkeys(apps)), llm_names=llms))
+                    for problem in _rules.problems(rules, list(dict.fromkeys(apps)), llm_names=llms,
+                                                   group_names=groups))
     if problems:
         raise ConfigError(problems)
     absolute = Path(path).absolute() if path is not None else None
@@ -485,6 +513,8 @@ def _kind(section: str) -> Optional[str]:
         return "bot:NAME"
     if section.startswith("llm:") and len(section) > 4:
         return "llm:NAME"
+    if section.startswith("group:") and len(section) > 6:
+        return "group:NAME"
     if section.startswith("rule:") and len(section) > 5:
         return "rule"  # kept raw here; wecomd.automation.rules validates and compiles it
     return None
@@ -695,8 +725,11 @@ def _build(path, base, values, rules, sources, ignored) -> Config:
             for section, options in values.items() if section.startswith("bot:")}
     llms = {section[4:]: LlmConfig(name=section[4:], **options)
             for section, options in values.items() if section.startswith("llm:")}
+    groups = {section[6:]: GroupConfig(name=section[6:], **options)
+              for section, options in values.items() if section.startswith("group:")}
     return Config(path=path, server=server_config, admin=AdminConfig(**values["admin"]),
-                  wecom=WecomConfig(**values["wecom"]), apps=apps, bots=bots, llms=llms, rules=rules,
+                  wecom=WecomConfig(**values["wecom"]), apps=apps, bots=bots, llms=llms, groups=groups,
+                  rules=rules,
                   rules_settings=RulesConfig(**values["rules"]), sources=sources, ignored_env=ignored)
 
 

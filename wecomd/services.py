@@ -33,6 +33,7 @@ from wecomd.store.writer import DbWriter
 from wecomd.wecom.api import WecomClient
 from wecomd.wecom.crypto import WecomCrypto
 from wecomd.workers.media import MediaVault
+from wecomd.workers.notify import NotifySender
 from wecomd.workers.outbox import Outbox
 from wecomd.workers.retention import Retention
 from wecomd.workers.webhooks import WebhookSender
@@ -114,8 +115,9 @@ class Services:
         # rule's current URL and secret, and hands it the replies of retried deliveries.
         self.webhooks = WebhookSender(self.db, self.store, lambda rule: self.rule_runner.webhook_target(rule),
                                       lambda run, text: self.rule_runner.on_webhook_reply(run, text), self.publish)
+        self.notifier = NotifySender(self.db, self.store, config, self.publish)  # group robots (notify =)
         self.rule_runner = RuleRunner(self.db, self.store, self.outbox, self.webhooks, self.commands, config,
-                                      self.publish)
+                                      self.publish, notifier=self.notifier)
         self.takeover = Takeover(self.db, self.store, config)
         self.inbox = Inbox(self.db, self.store, self.rule_runner, self.publish, self.media.wake)
         self.bots = BotChannel(self.db, self.read, self.store, self.inbox, self.publish, config)
@@ -163,7 +165,8 @@ class Services:
             logger.warning("reload: [server] and [admin] changes take effect after a restart")
             new = replace(new, server=self.config.server, admin=self.config.admin)
         self.config, self.cryptos = new, cryptos
-        for piece in (self.rule_runner, self.takeover, self.outbox, self.media, self.directory, self.bots):
+        for piece in (self.rule_runner, self.takeover, self.outbox, self.media, self.directory, self.bots,
+                      self.notifier):
             piece.reconfigure(new)
         logger.info("reloaded %s: apps %s; %d rule(s)", new.path, ", ".join(new.apps) or "none", len(new_rules))
         return True
@@ -179,6 +182,7 @@ class Services:
         self.outbox.start()
         self.media.start()
         self.webhooks.start()
+        self.notifier.start()
         self.retention.start()
 
     async def close(self) -> None:
@@ -187,6 +191,7 @@ class Services:
         await self.directory.close()
         await self.rule_runner.close()
         await self.webhooks.stop()
+        await self.notifier.stop()
         await self.outbox.stop()
         await self.media.stop()
         await self.retention.stop()

@@ -17,7 +17,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Pattern, Sequen
 from wecomd.wecom.messages import Message
 
 OPTIONS = ("app", "when", "reply", "run", "end_of_options", "timeout", "webhook", "webhook_secret", "priority",
-           "continue", "ask", "history")
+           "continue", "ask", "history", "notify", "notify_text", "notify_format")
+NOTIFY_FORMATS = ("text", "markdown")  # what a group robot is sent (`notify_format`)
 WHEN_FORMS = ("text equals X | text contains X | text matches REGEX | click KEY | event NAME | "
               "msgtype NAME | any")
 FIELDS = ("from_user", "content", "event_key", "app", "msgtype", "event", "to_user", "agent_id",
@@ -87,6 +88,9 @@ class Rule:
     regex: Optional[Pattern] = field(default=None, repr=False, compare=False)
     ask: Optional[str] = None  # an [llm:NAME] to stream the answer from
     history: int = DEFAULT_HISTORY  # earlier messages of the conversation sent with `ask`
+    notify: Optional[str] = None  # a [group:NAME] robot told about the message
+    notify_text: Optional[str] = None  # its template; None: the message's own text
+    notify_format: str = "text"  # NOTIFY_FORMATS
 
     def matches(self, app: str, message: Message) -> Optional[Match]:
         """The Match when this rule fires for `message` received by `app`, else None."""
@@ -139,14 +143,16 @@ def compile_rules(raw: Mapping[str, Mapping[str, str]]) -> List[Rule]:
 
 
 def problems(raw: Mapping[str, Mapping[str, str]], app_names: Iterable[str],
-             llm_names: Optional[Iterable[str]] = None) -> List[str]:
+             llm_names: Optional[Iterable[str]] = None, group_names: Optional[Iterable[str]] = None) -> List[str]:
     """Every problem of the rules, each starting with `[rule:NAME] option:`; [] when all are usable.
 
-    `ask = NAME` is checked against `llm_names` (the [llm:NAME] sections) when they are given.
+    `ask = NAME` is checked against `llm_names` (the [llm:NAME] sections) and `notify = NAME`
+    against `group_names` (the [group:NAME] sections) when they are given.
     """
     found: List[str] = []
     apps = list(app_names)
     llms = None if llm_names is None else list(llm_names)
+    groups = None if group_names is None else list(group_names)
     for order, (name, options) in enumerate(raw.items()):
         _compile(name, options, order, found)
         app = (options.get("app") or "").strip()
@@ -155,6 +161,9 @@ def problems(raw: Mapping[str, Mapping[str, str]], app_names: Iterable[str],
         ask = (options.get("ask") or "").strip()
         if ask and llms is not None and ask not in llms:
             found.append("[rule:%s] ask: no [llm:%s] section%s" % (name, ask, _suggest(ask, llms)))
+        group = (options.get("notify") or "").strip()
+        if group and groups is not None and group not in groups:
+            found.append("[rule:%s] notify: no [group:%s] section%s" % (name, group, _suggest(group, groups)))
     return found
 
 
@@ -172,8 +181,9 @@ def _compile(name: str, options: Mapping[str, str], order: int, found: List[str]
         kind, arg, regex = "any", None, None
     else:
         kind, arg, regex = _parse_when(text["when"], report)
-    if not (text["reply"] or text["run"] or text["webhook"] or text["ask"]):
-        found.append("[rule:%s]: nothing to do: set reply, run or webhook, or ask an [llm:NAME]" % name)
+    if not (text["reply"] or text["run"] or text["webhook"] or text["ask"] or text["notify"]):
+        found.append("[rule:%s]: nothing to do: set reply, run or webhook, or ask an [llm:NAME], or notify "
+                     "a [group:NAME]" % name)
     groups = regex.groups if regex is not None else None
     named = set(regex.groupindex) if regex is not None else set()
     for shadowed in sorted(named & set(FIELDS)):
@@ -192,6 +202,15 @@ def _compile(name: str, options: Mapping[str, str], order: int, found: List[str]
         report("webhook_secret", "set without a webhook")
     if text["history"] and not text["ask"]:
         report("history", "set without an ask")
+    if text["notify_text"]:
+        for problem in _template_problems(text["notify_text"], groups, named):
+            report("notify_text", problem)
+    for option in ("notify_text", "notify_format"):
+        if text[option] and not text["notify"]:
+            report(option, "set without a notify")
+    notify_format = (text["notify_format"] or "text").lower()
+    if notify_format not in NOTIFY_FORMATS:
+        report("notify_format", "must be text or markdown (got %r)" % text["notify_format"])
     return Rule(name=name, app=text["app"], when=text["when"] or "", kind=kind, arg=arg,
                 reply=text["reply"], run=text["run"], end_of_options=end_of_options,
                 timeout=_converted(text["timeout"], _timeout, DEFAULT_TIMEOUT, "timeout", report),
@@ -199,7 +218,8 @@ def _compile(name: str, options: Mapping[str, str], order: int, found: List[str]
                 priority=_converted(text["priority"], _priority, None, "priority", report),
                 cont=_converted(text["continue"], _boolean, False, "continue", report),
                 order=order, regex=regex, ask=text["ask"],
-                history=_converted(text["history"], _history, DEFAULT_HISTORY, "history", report))
+                history=_converted(text["history"], _history, DEFAULT_HISTORY, "history", report),
+                notify=text["notify"], notify_text=text["notify_text"], notify_format=notify_format)
 
 
 def _parse_when(when: str, report) -> Tuple[str, Optional[str], Optional[Pattern]]:
@@ -419,6 +439,20 @@ def render(template: str, fields: Mapping[str, str]) -> str:
     return "".join(out)
 
 
+def notify_text(match: Match, fields: Mapping[str, str], message: Message) -> str:
+    """What `notify` tells the group: `notify_text` rendered, else the message's own text, else (a
+    picture, a file, an event) one line naming the sender and what they sent."""
+    rule = match.rule
+    if rule.notify_text:
+        return render(rule.notify_text, fields)
+    if message.content:
+        return message.content
+    what = message.msgtype or "message"
+    if what == "event":
+        what = " ".join(filter(None, ("event", message.event, message.event_key)))
+    return "%s: [%s]" % (message.from_user or "?", what)
+
+
 def command_argv(rule: Rule, fields: Mapping[str, str]) -> List[str]:
     """The argv of `rule.run`: the template is split first, then each word rendered on its own.
 
@@ -480,5 +514,8 @@ def describe(match: Match, app: str, message: Message) -> dict:
                  "run": run, "webhook": rule.webhook, "continue": rule.cont}
     if rule.ask:
         described.update(ask=rule.ask, history=rule.history)
+    if rule.notify:
+        described.update(notify=rule.notify, notify_format=rule.notify_format,
+                         notify_text=notify_text(match, fields, message))
     return described
 

@@ -5,7 +5,8 @@ An answer (a reply template, a command's result, a webhook's `{"reply": ...}`) t
 through the send API, via the durable outbox. Each action is recorded as a rule run linked to the
 message, with the path its answer took. WeCom's retries never get here (the inbox calls `handle`
 only for a newly stored message), so an action never starts twice. After an operator replies by hand,
-replies and commands pause for that user (wecomd.automation.takeover); webhooks still forward.
+replies and commands pause for that user (wecomd.automation.takeover); webhooks still forward, and
+group robots (`notify`) are still told, through their own queue (wecomd.workers.notify).
 
 Every answer the user gets is also stored as an outbound message marked automatic, naming its rule
 (none for the app's own `reply =`): a passive one by the inbox, "sent", in the writer call that keeps
@@ -25,6 +26,7 @@ from wecomd.automation.takeover import PAUSED
 from wecomd.config import AppConfig, Config
 from wecomd.live import message_event
 from wecomd.wecom.messages import Message
+from wecomd.workers.notify import payload_for, redacted_url
 from wecomd.workers.webhooks import WebhookSender, body_for
 
 logger = logging.getLogger(__name__)
@@ -67,9 +69,10 @@ class RuleRunner:
     `reconfigure` replaces both (a reload), and actions already started finish under the old ones."""
 
     def __init__(self, run_db: Callable[..., Awaitable[Any]], store: Any, outbox: Any, webhooks: WebhookSender,
-                 commands: CommandRunner, config: Config, publish: Optional[Callable[[dict], None]] = None) -> None:
+                 commands: CommandRunner, config: Config, publish: Optional[Callable[[dict], None]] = None,
+                 notifier: Any = None) -> None:
         self.run_db, self.store, self.outbox, self.webhooks = run_db, store, outbox, webhooks
-        self.publish = publish
+        self.publish, self.notifier = publish, notifier  # notifier: workers.notify.NotifySender
         self.commands = commands
         self._tasks: set[asyncio.Task] = set()
         self.reconfigure(config)
@@ -79,6 +82,7 @@ class RuleRunner:
         would be a bug)."""
         self.rules = rulesmod.compile_rules(config.rules)
         self.settings = config.rules_settings
+        self.api_base = config.wecom.api_base
 
     def select(self, app: str, message: Message) -> List[rulesmod.Match]:
         """The rules that fire for `message` of `app`, in the order they run."""
@@ -123,6 +127,10 @@ class RuleRunner:
         fields = rulesmod.template_fields(match, app.name, message)
         if rule.webhook:
             started.append(await self._webhook(rule, app, row, answers))
+        if rule.notify and self.notifier is not None:
+            # Queued for the group robot: not awaited and never an answer, so neither the callback
+            # nor the passive-reply budget waits for it. Like a webhook, it runs during a takeover.
+            self._spawn(self._notify(match, fields, app, row, message))
         for action, configured in (("reply", rule.reply), ("run", rule.run)):
             if configured and paused:
                 run = await self._record(row, app, rule, action, "skipped")
@@ -165,6 +173,13 @@ class RuleRunner:
                 await self.run_db(self.store.runs.set_path, run["id"], "none")
 
         return self._spawn(first_attempt())
+
+    async def _notify(self, match: rulesmod.Match, fields: dict, app: AppConfig, row: dict, message: Message) -> None:
+        rule = match.rule
+        payload = payload_for(rule.notify, rule.notify_format, rulesmod.notify_text(match, fields, message))
+        await self._record(row, app, rule, "notify", "pending", url=redacted_url(self.api_base), payload=payload)
+        self.notifier.wake()
+        await self._changed(row["id"])
 
     async def _deliver(self, run: dict, app: AppConfig, row: dict, text: str, answers: _Answers,
                        status: Optional[str] = None) -> None:

@@ -106,6 +106,8 @@ def _action_text(d: dict) -> str:
         parts.append("run %s" % d["run"])
     if d.get("webhook"):
         parts.append("webhook %s" % d["webhook"])
+    if d.get("notify"):
+        parts.append("notify group %s (%s) %r" % (d["notify"], d["notify_format"], d["notify_text"]))
     return "; ".join(parts) + ("; continue" if d.get("continue") else "")
 
 

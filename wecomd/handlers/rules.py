@@ -21,9 +21,11 @@ class RulesHandler(ApiHandler):
 
 
 def public_rule(rule: Any) -> dict:
-    """A rule as the dashboard may see it: never its webhook secret."""
+    """A rule as the dashboard may see it: never its webhook secret (nor a group robot's key, which
+    is in [group:NAME], not in the rule)."""
     return {"name": rule.name, "app": rule.app, "when": rule.when, "reply": rule.reply, "run": rule.run,
-            "timeout": rule.timeout, "webhook": rule.webhook, "continue": rule.cont, "priority": rule.priority}
+            "timeout": rule.timeout, "webhook": rule.webhook, "continue": rule.cont, "priority": rule.priority,
+            "notify": rule.notify, "notify_format": rule.notify_format, "notify_text": rule.notify_text}
 
 
 def routes(services: Any) -> list:

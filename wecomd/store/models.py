@@ -15,7 +15,7 @@ from peewee import (BigIntegerField, CharField, DateTimeField, FloatField, Integ
 
 OUTBOUND_STATUSES = ("pending", "sent", "failed", "recalled")  # message.status of an outbound row
 MEDIA_STATUSES = ("pending", "stored", "failed")  # message.media_status; NULL: no media
-RUN_ACTIONS = ("reply", "run", "webhook")
+RUN_ACTIONS = ("reply", "run", "webhook", "notify")  # notify: a post to a group robot (workers/notify.py)
 RUN_STATUSES = ("running", "pending", "ok", "failed", "timeout", "error", "skipped")
 OPEN_RUN_STATUSES = ("running", "pending")  # not finished yet: finished_at is NULL
 RUN_FAILURE_STATUSES = ("failed", "timeout", "error")
@@ -100,7 +100,7 @@ class Conversation(Model):
 
 
 class RuleRun(Model):
-    """One action (reply, run or webhook) a rule fired for one inbound message."""
+    """One action (reply, run, webhook or notify) a rule fired for one inbound message."""
 
     message_id = IntegerField(index=True)  # the triggering message's id (no foreign key)
     app = CharField()
@@ -114,9 +114,9 @@ class RuleRun(Model):
     output = TextField(null=True)  # an excerpt
     error = TextField(null=True)
     reply_message_id = IntegerField(null=True)  # the outbound row of an answer sent through the API
-    url = TextField(null=True)  # webhook
-    payload = TextField(null=True)  # webhook body: exactly the bytes signed, as UTF-8
-    attempts = IntegerField(default=0)  # failed webhook deliveries
+    url = TextField(null=True)  # webhook; notify: the robot's URL with its key redacted
+    payload = TextField(null=True)  # webhook body: exactly the bytes signed, as UTF-8; notify: its parts (JSON)
+    attempts = IntegerField(default=0)  # failed webhook or notify deliveries
     next_attempt_at = DateTimeField(null=True)  # NULL = due now
     started_at = DateTimeField()
     finished_at = DateTimeField(null=True)

@@ -1,5 +1,6 @@
 """Rule runs (table `rule_run`): what each rule did for each inbound message, the webhook queue (runs
-of action "webhook" still "pending"), the rule statistics, and the runs in Message JSON "automation".
+of action "webhook" still "pending") and the group robot queue (action "notify"), the rule
+statistics, and the runs in Message JSON "automation".
 
 Times are naive UTC (aware datetimes are converted); JSON times are ISO 8601 with "Z".
 """
@@ -164,7 +165,8 @@ class RuleRuns:
     @guarded("record a webhook attempt")
     def record_webhook_attempt(self, run_id: int, error: Optional[str],
                                next_attempt_at: Optional[datetime]) -> dict:
-        """Count one failed delivery of a pending run and schedule the next; it stays pending.
+        """Count one failed delivery of a pending run (webhook or notify) and schedule the next; it
+        stays pending.
 
         KeyError without such a run; ValueError unless it is pending.
         """
@@ -172,6 +174,37 @@ class RuleRuns:
         changes = {R.attempts: R.attempts + 1, R.error: error,
                    R.next_attempt_at: naive_utc(next_attempt_at)}
         return self._update(run_id, changes, only_if="pending")
+
+    # ------------------------------------------------------------ the group robot queue (notify)
+
+    @guarded("list due group robot posts")
+    def due_notifies(self, now: datetime, limit: int = 20) -> list[dict]:
+        """Pending notify runs whose next attempt is due at `now`, oldest first."""
+        R = self.RuleRun
+        due = R.next_attempt_at.is_null() | (R.next_attempt_at <= naive_utc(now))
+        query = R.select().where((R.action == "notify") & (R.status == "pending") & due)
+        return [run_json(run) for run in query.order_by(R.id).limit(max(1, int(limit)))]
+
+    @guarded("record a group robot post's progress")
+    def notify_progress(self, run_id: int, payload: Optional[str] = None,
+                        next_attempt_at: Optional[datetime] = None) -> dict:
+        """Keep a pending notify run's payload (the parts it has sent so far) and when it is due
+        next (None: now); its attempts are not counted. KeyError without such a run; ValueError
+        unless it is pending."""
+        R = self.RuleRun
+        changes = {R.next_attempt_at: naive_utc(next_attempt_at)}
+        if payload is not None:
+            changes[R.payload] = payload
+        return self._update(run_id, changes, only_if="pending")
+
+    @guarded("read recent group robot posts")
+    def recent_notifies(self, since: datetime) -> list[tuple[str, datetime]]:
+        """(payload, finished_at) of the notify runs that finished "ok" at `since` or later: what
+        the robots were sent before a restart (their per-minute limit outlives the process)."""
+        R = self.RuleRun
+        query = R.select(R.payload, R.finished_at).where(
+            (R.action == "notify") & (R.status == "ok") & (R.finished_at >= naive_utc(since)))
+        return [(run.payload, run.finished_at) for run in query.order_by(R.id)]
 
     def _update(self, run_id: int, changes: dict, only_if: Optional[str] = None) -> dict:
         R = self.RuleRun

@@ -1,5 +1,5 @@
-"""A fake WeCom server API (gettoken, message/send and recall, media/get and upload, getcallbackip, ...)
-for tests and `wecomd demo`.
+"""A fake WeCom server API (gettoken, message/send and recall, media/get and upload, getcallbackip, group
+robots' webhook/send, ...) for tests and `wecomd demo`.
 
 It answers like WeCom does (wecom-protocol.md §8): errors as JSON with HTTP 200 and an errmsg with
 "hint" and "from ip" noise, token errors 41001/40014/42001, media errors as JSON instead of bytes,
@@ -33,6 +33,8 @@ MEDIA_UPLOAD, RECALL = "/cgi-bin/media/upload", "/cgi-bin/message/recall"
 UPLOAD_LIMITS = {"image": (10 * 2**20, (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")), "voice": (2 * 2**20, (b"#!AMR\n",)),
                  "video": (10 * 2**20, None), "file": (20 * 2**20, None)}
 AIBOT_RESPONSE = "/cgi-bin/aibot/response"
+ROBOT_SEND = "/cgi-bin/webhook/send"  # a group robot (群机器人), authorised by ?key= alone
+ROBOT_LIMITS = {"text": 2048, "markdown": 4096}  # bytes of content, by msgtype
 TEXT_LIMIT = 2048  # bytes, for text and markdown content (§8.2)
 MSGTYPES = frozenset({"text", "markdown", "image", "voice", "video", "file", "textcard", "news", "mpnews",
                       "miniprogram_notice", "template_card"})
@@ -46,7 +48,7 @@ ERRMSGS = {
     40004: "invalid media type", 40005: "invalid file type", 40006: "invalid file size",
     44001: "empty media data", 44004: "empty content", 45002: "content size out of limit", 45009: "api freq out of limit",
     45033: "api concurrent out of limit", 48002: "api forbidden",
-    60020: "not allow to access from your ip", 81013: "user & party & tag all invalid",
+    60020: "not allow to access from your ip", 81013: "user & party & tag all invalid", 93000: "invalid webhook url",
     82001: "All touser & toparty & totag invalid", 830002: "file size too large, use range request",
 }
 _HIDDEN_PARAMS = ("access_token", "corpsecret")
@@ -86,6 +88,10 @@ class FakeWecom:
         self.bot_responses: Dict[str, dict] = {}
         # A bot message's media URL (/bot-media/<id>) -> (the encrypted bytes, file name or None).
         self.bot_media: Dict[str, Tuple[bytes, Optional[str]]] = {}
+        # Group robots: the keys that exist (any other key gets 93000) and what each was sent, in
+        # order ({"key", "msgtype", "content"}); a test injects 45009 with fail_next(ROBOT_SEND, 45009).
+        self.robot_keys: Set[str] = set()
+        self.robot_messages: List[dict] = []
         self.range_limit = 20 * 2**20  # media/get larger than this needs a Range (errcode 830002)
         self.egress_ip: Optional[str] = None
         self.trusted_ips: Optional[Set[str]] = None  # None: every caller is trusted
@@ -377,6 +383,26 @@ class BotMediaHandler(_FakeHandler):
         self.finish(body)
 
 
+class RobotSendHandler(_FakeHandler):
+    """webhook/send?key=: a group robot's message, text or markdown, as WeCom answers it."""
+
+    def post(self) -> None:
+        key = self.get_query_argument("key", "")
+        if key not in self.fake.robot_keys:
+            return self.answer(93000)
+        body = self.json_body()
+        msgtype = body.get("msgtype") if body is not None else None
+        if msgtype not in ROBOT_LIMITS:
+            return self.answer(40008 if body is not None else 40058)
+        content = body.get(msgtype).get("content") if isinstance(body.get(msgtype), dict) else None
+        if not isinstance(content, str) or not content:
+            return self.answer(44004)
+        if len(content.encode("utf-8")) > ROBOT_LIMITS[msgtype]:
+            return self.answer(40058, "%s.content exceed max length %d" % (msgtype, ROBOT_LIMITS[msgtype]))
+        self.fake.robot_messages.append({"key": key, "msgtype": msgtype, "content": content})
+        self.answer()
+
+
 class DepartmentListHandler(_FakeHandler):
     def get(self) -> None:
         if self.token_ok():
@@ -414,6 +440,7 @@ def make_app(fake: FakeWecom) -> web.Application:
     routes = [(GETTOKEN, GettokenHandler), (SEND, SendHandler), (MEDIA_GET, MediaHandler),
               (CALLBACK_IPS, CallbackIpHandler), (USER_GET, UserGetHandler), (DEPARTMENT_LIST, DepartmentListHandler),
               (AIBOT_RESPONSE, AibotResponseHandler), (r"/bot-media/([A-Za-z0-9_-]+)", BotMediaHandler), (MEDIA_UPLOAD, UploadHandler), (RECALL, RecallHandler),
+              (ROBOT_SEND, RobotSendHandler),
               (WEBHOOK, WebhookHandler), (IP_ECHO, IpEchoHandler),
               (r"/(.*)", ForbiddenHandler)]
     return web.Application([(path, handler, dict(fake=fake)) for path, handler in routes],
