@@ -96,7 +96,7 @@ export const api = {
   },
   recall: (id) => request("POST", "/api/messages/" + encodeURIComponent(id) + "/recall", {}),
   quickReplies: () => request("GET", "/api/quick-replies"),
-  addQuickReply: (shortcut, text, shared) => request("POST", "/api/quick-replies", { shortcut, text, shared: !!shared }),
+  addQuickReply: (shortcut, text, team) => request("POST", "/api/quick-replies", { shortcut, text, team: !!team }),
   deleteQuickReply: (id) => request("DELETE", "/api/quick-replies/" + encodeURIComponent(id), {}),
 };
 

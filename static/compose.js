@@ -421,7 +421,7 @@ export class Composer {
       dataset: { shortcut: reply.shortcut }, onclick: () => this.insertReply(reply),
     },
     el("span", { class: "quick-shortcut" }, "/" + reply.shortcut),
-    reply.shared ? el("span", { class: "quick-badge" }, t("shared")) : null,
+    reply.team ? el("span", { class: "quick-badge" }, t("shared")) : null,
     el("span", { class: "quick-preview" }, fillPlaceholders(reply.text, context))));
     if (!rows.length) rows.push(el("li", { class: "quick-empty" }, t("No quick reply matches. Save one under Quick replies.")));
     this.pickerList.replaceChildren(...rows);
@@ -470,12 +470,12 @@ export class Composer {
     const admin = !!this.me && this.me.role === "admin";
     this.sharedLabel.hidden = !admin;
     this.manageList.replaceChildren(...this.replies.map((reply) => {
-      const mine = !reply.shared && this.me && reply.owner === this.me.name;
+      const mine = !reply.team && this.me && reply.owner === this.me.name;
       return el("li", { class: "quick-item", dataset: { shortcut: reply.shortcut } },
         el("span", { class: "quick-shortcut" }, "/" + reply.shortcut),
-        reply.shared ? el("span", { class: "quick-badge" }, t("shared")) : null,
+        reply.team ? el("span", { class: "quick-badge" }, t("shared")) : null,
         el("span", { class: "quick-preview" }, reply.text),
-        mine || (reply.shared && admin)
+        mine || (reply.team && admin)
           ? el("button", { type: "button", class: "ghost quick-delete", onclick: () => this.deleteQuickReply(reply) }, t("Delete"))
           : null);
     }));

@@ -1,7 +1,8 @@
 """Quick replies: saved snippets the reply box inserts when one types "/" (static/compose.js).
 
 - GET /api/quick-replies: the shared ones and the caller's own;
-- POST /api/quick-replies {shortcut, text, shared?}: a new one, the caller's own, or shared (admins);
+- POST /api/quick-replies {shortcut, text, team?}: a new one, the caller's own, or with team: true one
+  shared with everyone (admins);
 - POST /api/quick-replies/N {shortcut?, text?}, DELETE /api/quick-replies/N: change or delete one's
   own (an operator's), or a shared one (admins).
 
@@ -37,9 +38,9 @@ class QuickReplyHandler(ApiHandler):
 
     def may_change(self, reply: Optional[dict]) -> dict:
         """The quick reply if this caller may change it: their own, or a shared one for an admin."""
-        if reply is None or (not reply["shared"] and reply["owner"] != self.current_user):
+        if reply is None or (not reply["team"] and reply["owner"] != self.current_user):
             raise web.HTTPError(404, "no quick reply of yours with this id")
-        if reply["shared"] and not self.identity.can("admin"):
+        if reply["team"] and not self.identity.can("admin"):
             raise web.HTTPError(403, "%s is a %s; changing a shared quick reply needs admin",
                                 self.current_user, self.identity.role)
         return reply
@@ -53,9 +54,9 @@ class QuickRepliesHandler(QuickReplyHandler):
     async def post(self) -> None:
         body = self.json_body()
         shortcut, text = self.check_shortcut(body.get("shortcut")), self.check_text(body.get("text"))
-        shared = body.get("shared", False)
+        shared = body.get("team", False)
         if not isinstance(shared, bool):
-            raise web.HTTPError(400, "shared: true or false")
+            raise web.HTTPError(400, "team: true (shared with everyone) or false")
         if shared and not self.identity.can("admin"):
             raise web.HTTPError(403, "%s is a %s; a shared quick reply needs admin", self.current_user,
                                 self.identity.role)
@@ -64,7 +65,7 @@ class QuickRepliesHandler(QuickReplyHandler):
                                          None if shared else self.current_user)
         except ShortcutTaken as exc:
             raise web.HTTPError(409, "%s", exc)
-        await self.audit("quick_reply_add", "quick_reply:%d" % row["id"], {"shortcut": shortcut, "shared": shared})
+        await self.audit("quick_reply_add", "quick_reply:%d" % row["id"], {"shortcut": shortcut, "team": shared})
         self.write_json(row, status=201)
 
 

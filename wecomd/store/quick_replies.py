@@ -17,7 +17,7 @@ class ShortcutTaken(ValueError):
 
 
 def quick_reply_json(row: QuickReply) -> dict:
-    return dict(id=row.id, shortcut=row.shortcut, text=row.text, shared=row.owner is None, owner=row.owner,
+    return dict(id=row.id, shortcut=row.shortcut, text=row.text, team=row.owner is None, owner=row.owner,
                 created_at=iso(row.created_at), updated_at=iso(row.updated_at))
 
 
