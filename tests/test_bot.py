@@ -331,3 +331,44 @@ class BotMediaTest(BotTestCase):
         self.assertIn("cannot decrypt", self.stored(wrong["id"])["media"]["error"])
         self.assertIn("larger than", self.stored(big["id"])["media"]["error"])
         self.assertEqual([p for p in (self.tmp / "media").rglob("*") if p.is_file()], [])
+
+
+class BotAskTest(BotTestCase):
+    """An `ask` rule streams the answer of an OpenAI-compatible model server (the echo model on
+    loopback) into the stream, with the conversation's earlier turns as its history."""
+
+    def get_app(self):
+        from wecomd.automation import echo_model
+
+        self.model = echo_model.EchoModel(delay=0.05, think=True)
+        self.model_server, base_url = self.io_loop.run_sync(lambda: echo_model.start(self.model))
+        self.extra_config += ("\n[llm:echo]\nbase_url = %s\nmodel = echo\nsystem = 你是助手\n\n"
+                              "[rule:ask]\napp = assistant\nwhen = text contains 请问\nask = echo\nhistory = 4\n"
+                              % base_url)
+        return super().get_app()
+
+    def tearDown(self) -> None:
+        self.model_server.stop()
+        super().tearDown()
+
+    def test_an_ask_rule_streams_the_models_answer_with_the_conversations_history(self):
+        self.frame(self.post(self.message("明天天气")))  # an earlier turn, answered by the weather rule
+        first = self.frame(self.post(self.message("请问 打印机 在哪")))
+        self.assertFalse(first["stream"]["finish"])
+        seen = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            frame = self.poll(first["stream"]["id"])["stream"]
+            seen.append(frame["content"])
+            if frame["finish"]:
+                break
+            self.io_loop.run_sync(lambda: asyncio.sleep(0.1))
+        self.assertTrue(seen[-1].endswith("请问 打印机 在哪"), seen[-1])
+        self.assertIn("<think>", seen[-1])  # the model's reasoning, shown as WeCom shows it
+        self.assertTrue(all(later.startswith(earlier) for earlier, later in zip(seen, seen[1:])), seen)
+        request = self.model.requests[-1]
+        self.assertEqual(request["messages"][0], {"role": "system", "content": "你是助手"})
+        self.assertEqual([m["content"] for m in request["messages"][1:]],
+                         ["明天天气", "今天晴，25 度", "请问 打印机 在哪"])
+        stream = self.db(self.services.store.bot_streams.get, first["stream"]["id"])
+        self.assertEqual((stream["source"], stream["finished"]), ("model:echo", True))

@@ -68,6 +68,56 @@ def frame(stream: Optional[dict], stream_id: str, first: bool = False) -> dict:
                                  feedback_id=stream["feedback_id"] if first else None)
 
 
+class Labeled:
+    """An answer's pieces with where they come from (`source`, kept with the stream)."""
+
+    def __init__(self, pieces: AsyncIterator[str], source: str) -> None:
+        self.pieces, self.source = pieces, source
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self.pieces.__aiter__()
+
+    async def aclose(self) -> None:
+        closer = getattr(self.pieces, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+class RuleSources:
+    """The StreamSource of the rules: a message whose first matching rule has `ask = NAME` is
+    answered by that [llm:NAME] (wecomd.automation.streams.ask_llm), with the conversation's last
+    `history` messages as the earlier turns."""
+
+    def __init__(self, select: Callable[[str, Message], list], read: Callable[..., Awaitable[Any]], store: Any,
+                 config: Config) -> None:
+        self.select, self.read, self.store = select, read, store
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        self.llms = config.llms
+
+    def __call__(self, bot: BotConfig, message: Message, inbound: Any) -> Optional[AsyncIterator[str]]:
+        for match in self.select(bot.name, message):
+            rule = match.rule
+            if rule.ask and rule.ask in self.llms:
+                return Labeled(self._ask(bot, message, inbound, rule), "model:%s" % rule.ask)
+        return None
+
+    async def _ask(self, bot: BotConfig, message: Message, inbound: Any, rule: Any) -> AsyncIterator[str]:
+        from wecomd.automation.streams import ask_llm
+
+        user = message.conversation or message.from_user
+        rows, _ = await self.read(self.store.messages.page, app=bot.name, user=user, limit=rule.history + 1)
+        turns = [("user" if row["direction"] == "in" else "assistant", row["content"])
+                 for row in reversed(rows) if row["id"] != inbound.id and row["content"] and row["msgtype"] != "stream"]
+        client = AsyncHTTPClient(force_instance=True)  # its own connection: a long stream holds it
+        try:
+            async for piece in ask_llm(client, self.llms[rule.ask], turns[-rule.history:], message.content or ""):
+                yield piece
+        finally:
+            client.close()
+
+
 class BotChannel:
     """One per process, built by Services; see the module docstring."""
 
@@ -154,6 +204,9 @@ class BotChannel:
             notice = ERROR_NOTICE % (str(exc)[:200] or type(exc).__name__)
         finally:
             watchdog.cancel()
+            closer = getattr(pieces, "aclose", None)
+            if closer is not None:  # a stop mid-answer drops the model's connection or the command at once
+                await closer()
         try:
             finished = await self.run_db(self.store.bot_streams.finish, stream_id, botproto.cut(text + (notice or "")),
                                          self.clock(), notice)

@@ -20,7 +20,7 @@ from wecomd.automation import rules as rulesmod
 from wecomd.automation.commands import CommandRunner
 from wecomd.automation.runner import RuleRunner
 from wecomd.automation.takeover import Takeover
-from wecomd.bots import BotChannel
+from wecomd.bots import BotChannel, RuleSources
 from wecomd.config import AppConfig, Config
 from wecomd.contacts import Directory
 from wecomd.failures import FailureRecorder
@@ -120,7 +120,8 @@ class Services:
                                       self.publish, notifier=self.notifier)
         self.takeover = Takeover(self.db, self.store, config)
         self.inbox = Inbox(self.db, self.store, self.rule_runner, self.publish, self.media.wake)
-        self.bots = BotChannel(self.db, self.read, self.store, self.inbox, self.publish, config)
+        self.bot_sources = RuleSources(self.rule_runner.select, self.read, self.store, config)
+        self.bots = BotChannel(self.db, self.read, self.store, self.inbox, self.publish, config, self.bot_sources)
 
     @property
     def rules(self) -> List[rulesmod.Rule]:
@@ -166,7 +167,7 @@ class Services:
             new = replace(new, server=self.config.server, admin=self.config.admin)
         self.config, self.cryptos = new, cryptos
         for piece in (self.rule_runner, self.takeover, self.outbox, self.media, self.directory, self.bots,
-                      self.notifier):
+                      self.bot_sources, self.notifier):
             piece.reconfigure(new)
         logger.info("reloaded %s: apps %s; %d rule(s)", new.path, ", ".join(new.apps) or "none", len(new_rules))
         return True
