@@ -197,3 +197,24 @@ def test_demo_makes_an_operator_and_a_viewer_and_names_its_users(tmp_path):
     finally:
         out = _stop(proc)
     assert "or as      operator / the password an earlier run printed (operator)" in out
+
+
+def test_demo_bot_streams_the_echo_models_answer(tmp_path):
+    port = free_port()
+    url = "http://127.0.0.1:%d" % port
+    proc = _start_demo("--listen", "127.0.0.1:%d" % port, "--dir", str(tmp_path), "--no-traffic")
+    try:
+        wait_for_healthz(url, proc)
+        bot = config.load(tmp_path / "wecomd.conf", {}).bots["assistant"]
+        run = subprocess.run([sys.executable, "-m", "wecomd", "simulate", "--bot", url + "/callback/assistant",
+                              "--token", bot.token, "--aes-key", bot.encoding_aes_key, "--content", "打印机 坏了",
+                              "--poll", "0.2"], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        out = _stop(proc)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = [line for line in run.stdout.splitlines() if " streaming: " in line or " finish: " in line]
+    assert len(lines) >= 3, run.stdout  # the answer grew over several polls
+    assert lines[-1].rstrip().endswith("打印机 坏了") and " finish: " in lines[-1], run.stdout
+    assert "智能机器人: %s/callback/assistant" % url in out
+    assert bot.encoding_aes_key not in out

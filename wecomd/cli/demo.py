@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 
 from wecomd import checks, config, logs, passwords, paths
 
+from wecomd.automation import echo_model
 from wecomd.wecom import sandbox
 from wecomd.wecom.simulate import Simulator
 from wecomd.wecom.samples import build
@@ -50,6 +51,7 @@ SCRIPT = (
 )
 NAME, HELP = "demo", "a live dashboard with simulated traffic; nothing to set up"
 DEMO_ACCOUNTS = (("operator", "operator"), ("viewer", "viewer"))  # beside the config's admin
+BOT, BOT_LLM = "assistant", "echo"  # the demo's 智能机器人 and the model its ask rule streams
 TRICKLE = ("还在吗？", "收到，马上处理", "会议室的投影仪坏了", "能把上周的日志发我一份吗？", "👍")
 
 
@@ -79,15 +81,18 @@ async def _main(args: argparse.Namespace) -> int:
     fake = sandbox.FakeWecom()
     media = sandbox.seed_samples(fake)
     sandbox.seed_directory(fake)
+    # A tiny OpenAI-compatible model that echoes word by word: the demo bot's `ask` rule streams it.
+    model_server, model_url = await echo_model.start(echo_model.EchoModel(delay=0.08, think=True))
     path = workdir / "wecomd.conf"
     kept = path.exists()
     if kept:  # an earlier run's config, perhaps edited: used as it is, with this run's sandbox
         password = args.password
-        cfg, api_server = await _reuse(path, fake, args.listen, password)
+        cfg, api_server = await _reuse(path, fake, args.listen, password, model_url)
     else:
         password = args.password or secrets.token_urlsafe(9)
         api_server, api_base = await sandbox.start(fake)
-        values = {**_values(args.listen or LISTEN, api_base, password), **sample_rules(api_base)}
+        values = {**_values(args.listen or LISTEN, api_base, password), **sample_rules(api_base),
+                  **bot_sections(model_url)}
         path.write_text(config.render(values), encoding="utf-8")
         cfg = config.load(path, {})
     accounts = _accounts(cfg)
@@ -98,6 +103,11 @@ async def _main(args: argparse.Namespace) -> int:
         port = await _first(ready, serving)
         url = "http://%s:%d" % (cfg.server.listen_host, port)
         _banner(url, cfg.admin.username, password, path, kept, accounts)
+        if BOT in cfg.bots:
+            # Its token and key stay in the config file (mode 600), out of the terminal's scrollback.
+            print("  智能机器人: %s/callback/%s streams answers from a built-in echo model; try\n"
+                  "    wecomd simulate --bot %s/callback/%s --token T --aes-key K --content 你好\n"
+                  "  with T and K from [bot:%s] in %s\n" % (url, BOT, url, BOT, BOT, path), flush=True)
         if not args.no_traffic and APP not in cfg.apps:
             logger.warning("demo: the kept config has no [app:%s]: no simulated traffic", APP)
         elif not args.no_traffic:
@@ -107,6 +117,7 @@ async def _main(args: argparse.Namespace) -> int:
         if traffic:
             traffic.cancel()
         api_server.stop()
+        model_server.stop()
         if not args.dir:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0
@@ -121,7 +132,7 @@ async def _first(ready: asyncio.Future, serving: asyncio.Future) -> Any:
 
 
 async def _reuse(path: Path, fake: sandbox.FakeWecom, listen: Optional[str],
-                 password: Optional[str]) -> tuple:
+                 password: Optional[str], model_url: str = "") -> tuple:
     """(config, sandbox server) for a config kept from an earlier run: its file is never written.
 
     The sandbox is started on the port the config names, when it is a loopback one that is free;
@@ -144,6 +155,8 @@ async def _reuse(path: Path, fake: sandbox.FakeWecom, listen: Optional[str],
         for name, rule in config.load(path, {}).rules.items():  # webhooks to the old sandbox
             if rule.get("webhook", "").startswith(old + "/"):
                 environ[config.env_name("rule:" + name, "webhook")] = api_base + rule["webhook"][len(old):]
+    if BOT_LLM in config.load(path, {}).llms and model_url:  # this run's echo model
+        environ[config.env_name("llm:" + BOT_LLM, "base_url")] = model_url
     if listen:
         environ[config.env_name("server", "listen")] = listen
     if password:
@@ -164,6 +177,18 @@ def _values(listen: str, api_base: str, password: str) -> dict:
             "encoding_aes_key": "".join(secrets.choice(alnum) for _ in range(43)),
             "secret": secrets.token_urlsafe(24), "reply": "已收到，我们会尽快回复",
         },
+    }
+
+
+def bot_sections(model_url: str) -> dict:
+    """A 智能机器人 whose messages an `ask` rule answers from the echo model, streamed."""
+    alnum = string.ascii_letters + string.digits
+    return {
+        "bot:" + BOT: {"token": "".join(secrets.choice(alnum) for _ in range(32)),
+                       "encoding_aes_key": "".join(secrets.choice(alnum) for _ in range(43)),
+                       "stream_deadline": "30"},
+        "llm:" + BOT_LLM: {"base_url": model_url, "model": "echo", "system": "你是 wecomd 演示用的助手。"},
+        "rule:bot-ask": {"app": BOT, "when": "any", "ask": BOT_LLM, "history": "6", "priority": "-5"},
     }
 
 
