@@ -129,6 +129,9 @@ class BotChannel:
         self.reconfigure(config)
         self._tasks: set = set()
         self.responses = 0  # response_url calls made (tests, benchmarks)
+        # stream id -> the stream as this process last wrote it, while it generates the answer: a poll
+        # for it is answered without a database read (any other poll reads the database).
+        self._live: dict = {}
 
     def reconfigure(self, config: Config) -> None:
         self.bots = config.bots
@@ -169,7 +172,9 @@ class BotChannel:
 
     async def refresh(self, bot: BotConfig, stream_id: str) -> dict:
         """A refresh poll: the stream as stored; finished and empty when unknown (or another bot's)."""
-        stream = await self.read(self.store.bot_streams.get, stream_id) if stream_id else None
+        stream = self._live.get(stream_id)
+        if stream is None and stream_id:
+            stream = await self.read(self.store.bot_streams.get, stream_id)
         if stream is not None and stream["bot"] != bot.name:
             stream = None
         if stream is not None and not stream["finished"] and self._orphaned(stream):
@@ -188,6 +193,7 @@ class BotChannel:
 
     async def _stream(self, bot: BotConfig, stream: dict, pieces: AsyncIterator[str]) -> None:
         stream_id, text, notice = stream["stream_id"], "", None
+        self._live[stream_id] = stream
         deadline = asyncio.get_running_loop().time() + bot.stream_deadline
         watchdog = self._spawn(self._close_at_deadline(stream_id, deadline))
         written, open_ = time.monotonic(), True
@@ -197,13 +203,17 @@ class BotChannel:
                 if open_ and time.monotonic() - written >= WRITE_EVERY:
                     open_ = await self.run_db(self.store.bot_streams.update, stream_id, botproto.cut(text), self.clock())
                     written = time.monotonic()
-                    if open_:
+                    if open_:  # committed: polls may see it now
+                        self._live[stream_id] = dict(stream, content=botproto.cut(text))
                         self._publish(dict(stream, content=text))
+                    else:
+                        self._live.pop(stream_id, None)
         except Exception as exc:  # any source failure ends the stream with a notice, never open
             logger.warning("bot %s: stream %s failed: %s", bot.name, stream_id, exc)
             notice = ERROR_NOTICE % (str(exc)[:200] or type(exc).__name__)
         finally:
             watchdog.cancel()
+            self._live.pop(stream_id, None)  # from here on polls read the database
             closer = getattr(pieces, "aclose", None)
             if closer is not None:  # a stop mid-answer drops the model's connection or the command at once
                 await closer()
@@ -219,8 +229,9 @@ class BotChannel:
 
     async def _close_at_deadline(self, stream_id: str, deadline: float) -> None:
         await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
-        stream = await self.read(self.store.bot_streams.get, stream_id)
+        stream = self._live.get(stream_id) or await self.read(self.store.bot_streams.get, stream_id)
         content = (stream or {}).get("content") or ""
+        self._live.pop(stream_id, None)  # closed: polls read the finished stream from the database
         closed = await self.run_db(self.store.bot_streams.finish, stream_id, botproto.cut(content + DEADLINE_NOTICE),
                                    self.clock(), "deadline", True)
         if closed is not None:
