@@ -62,6 +62,8 @@ function start() {
       } else if (data.type === "assignment") {
         conversations.noteAssignment(data);
         thread.setTeam(data);
+      } else if (data.type === "stream" && data.stream) {
+        thread.mergeStream(data);
       } else if (data.type === "contact") {
         conversations.noteContact(data);
         thread.setContact(data);

@@ -93,7 +93,7 @@ export class ThreadView {
       app, user, messages: new Map(), rows: new Map(), liveAt: new Map(), next: null, ready: false,
       loadingOlder: false, stuck: true, needsRead: true, generation: Symbol("thread"),
       watches: new Map(), pausedUntil: null, openOutputs: new Set(),
-      team: null, assignees: [], notes: new Map(), noteRows: new Map(),
+      team: null, assignees: [], notes: new Map(), noteRows: new Map(), streams: new Map(),
     };
     this.renderPause();
     document.getElementById("thread-user").textContent = user;
@@ -262,6 +262,22 @@ export class ThreadView {
    * A message from an API answer to a request sent at `since`. The websocket may already have
    * reported a later state (e.g. "sent" before the POST answer saying "pending"): keep that one.
    */
+  /** A 智能机器人's answer growing (a live "stream" event): shown under the message it answers until
+   * it finishes, when the stored answer takes its place. */
+  mergeStream(event) {
+    const thread = this.current;
+    if (!thread || thread.app !== event.app || !thread.messages.has(event.message_id)) return;
+    thread.streams.set(event.message_id, event.stream);
+    this.render("keep");
+  }
+
+  streamNode(stream) {
+    return el("li", { class: "msg out streaming", dataset: { streamId: stream.stream_id } },
+      el("div", { class: "bubble" },
+        el("div", { class: "stream-text" }, stream.content || "…"),
+        el("span", { class: "source-tag", title: t("Where the answer comes from") }, stream.source || "")));
+  }
+
   mergeAnswer(message, since) {
     if (this.matches(message) && (this.current.liveAt.get(message.id) || -1) >= since) return;
     this.merge(message);
@@ -440,6 +456,8 @@ export class ThreadView {
         thread.rows.set(message.id, row);
       }
       nodes.push(row.node);
+      const stream = thread.streams.get(message.id);
+      if (stream && !stream.finished) nodes.push(this.streamNode(stream));
     }
     notesBefore(Infinity);
     if (ordered.length === 0) nodes.push(el("li", { class: "day" }, el("span", null, t("No messages yet"))));

@@ -372,3 +372,6 @@ class BotAskTest(BotTestCase):
                          ["明天天气", "今天晴，25 度", "请问 打印机 在哪"])
         stream = self.db(self.services.store.bot_streams.get, first["stream"]["id"])
         self.assertEqual((stream["source"], stream["finished"]), ("model:echo", True))
+        # The finished answer is in the thread as the ask rule's automatic answer.
+        answers = self.wait_for(lambda: [m for m in self.rows() if m["direction"] == "out" and m["rule"] == "ask"])
+        self.assertEqual(answers[0]["content"], seen[-1])

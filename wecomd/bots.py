@@ -71,8 +71,8 @@ def frame(stream: Optional[dict], stream_id: str, first: bool = False) -> dict:
 class Labeled:
     """An answer's pieces with where they come from (`source`, kept with the stream)."""
 
-    def __init__(self, pieces: AsyncIterator[str], source: str) -> None:
-        self.pieces, self.source = pieces, source
+    def __init__(self, pieces: AsyncIterator[str], source: str, rule: Optional[str] = None) -> None:
+        self.pieces, self.source, self.rule = pieces, source, rule
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self.pieces.__aiter__()
@@ -100,7 +100,7 @@ class RuleSources:
         for match in self.select(bot.name, message):
             rule = match.rule
             if rule.ask and rule.ask in self.llms:
-                return Labeled(self._ask(bot, message, inbound, rule), "model:%s" % rule.ask)
+                return Labeled(self._ask(bot, message, inbound, rule), "model:%s" % rule.ask, rule.name)
         return None
 
     async def _ask(self, bot: BotConfig, message: Message, inbound: Any, rule: Any) -> AsyncIterator[str]:
@@ -167,7 +167,7 @@ class BotChannel:
             response_url=botproto.response_url(message))
         self._publish(stream)
         if pieces is not None:
-            self._spawn(self._stream(bot, stream, pieces))
+            self._spawn(self._stream(bot, dict(stream, user=message.conversation or message.from_user), pieces))
         return frame(stream, stream_id, first=True)
 
     async def refresh(self, bot: BotConfig, stream_id: str) -> dict:
@@ -222,10 +222,24 @@ class BotChannel:
                                          self.clock(), notice)
             if finished is not None:
                 self._publish(finished)
+                await self._keep_answer(bot, stream, text + (notice or ""), getattr(pieces, "rule", None))
                 return
             await self._respond(stream_id, text + (notice or ""))  # closed by the deadline before this
+            await self._keep_answer(bot, stream, text + (notice or ""), getattr(pieces, "rule", None))
         except StoreError as exc:
             logger.error("bot %s: stream %s could not be finished: %s", bot.name, stream_id, exc)
+
+    async def _keep_answer(self, bot: BotConfig, stream: dict, text: str, rule: Optional[str]) -> None:
+        """The finished answer as an automatic outbound message in the thread and exports."""
+        if not text or not stream.get("user"):
+            return
+        try:
+            answer = await self.run_db(self.store.messages.save_answer, bot.name, stream["user"], botproto.cut(text), rule)
+        except StoreError as exc:
+            logger.warning("bot %s: the answer of stream %s is not kept in the thread: %s", bot.name,
+                           stream["stream_id"], exc)
+            return
+        self.publish(message_event(answer))
 
     async def _close_at_deadline(self, stream_id: str, deadline: float) -> None:
         await asyncio.sleep(max(0.0, deadline - asyncio.get_running_loop().time()))
