@@ -117,8 +117,10 @@ class RolesTest(WecomdTestCase):
         self.assertEqual(self.call(operator, "/api/operators")[0], 403)
         audit, _ = self.db(self.services.store.audit.page, actor="li")
         self.assertEqual([(a["action"], a["target"]) for a in audit],
-                         [("reply", "conversation:helpdesk/zhangsan"), ("login", None)])
-        self.assertEqual(audit[0]["detail"], {"message_ids": [row["id"]]})
+                         [("takeover", "conversation:helpdesk/zhangsan"), ("reply", "conversation:helpdesk/zhangsan"),
+                          ("login", None)])
+        self.assertEqual(audit[1]["detail"], {"message_ids": [row["id"]]})
+        self.assertTrue(audit[0]["detail"]["until"].endswith("Z"))  # automation paused until then
 
     def test_an_account_limited_to_an_app_never_sees_the_others(self):
         self.callback(text_xml(content="helpdesk 的消息"), app="helpdesk")

@@ -168,9 +168,11 @@ class MessagesHandler(ApiHandler):
 
     async def _replied(self, app: str, to_user: str, rows: list, answer: dict) -> None:
         # Human takeover: automation leaves this user to the operator for a while.
-        await self.services.takeover.operator_replied(app, to_user, self.current_user)
-        await self.audit("reply", "conversation:%s/%s" % (app, to_user),
-                         dict(message_ids=[row["id"] for row in rows]))
+        until = await self.services.takeover.operator_replied(app, to_user, self.current_user)
+        target = "conversation:%s/%s" % (app, to_user)
+        await self.audit("reply", target, dict(message_ids=[row["id"] for row in rows]))
+        if until is not None:
+            await self.audit("takeover", target, dict(until=until.strftime("%Y-%m-%dT%H:%M:%SZ")))
         self.write_json(answer, status=201)
 
 
