@@ -332,3 +332,27 @@ def test_serve_prunes_old_messages_at_start(tmp_path):
     finally:
         store.close()
         assert server.terminate() == 0
+
+
+@async_test
+async def test_audit_rows_have_their_own_horizon_and_retention_days_never_deletes_them(tmp_path):
+    async with Harness(tmp_path, days=30) as h:
+        old, recent = NOW - timedelta(days=400), NOW - timedelta(days=10)
+        await h.db(h.store.audit.record, "li", "login", at=old)
+        await h.db(h.store.audit.record, "li", "reply", at=recent)
+        await h.db(inbound, h.store, "old text")
+        worker = h.retention()  # messages pruned after 30 days; audit_retention_days 0: kept
+
+        async def pruned():
+            return await h.ids() == []
+        await h.until(pruned)
+        await h.until(lambda: _done(worker))
+        rows, _ = await h.db(h.store.audit.page)
+        assert [r["action"] for r in rows] == ["reply", "login"]
+
+        audit_days = [365]
+        worker = h.retention(audit_days=lambda: audit_days[0])
+
+        async def audit_pruned():
+            return [r["action"] for r in (await h.db(h.store.audit.page))[0]] == ["reply"]
+        await h.until(audit_pruned)

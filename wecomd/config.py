@@ -217,6 +217,9 @@ SCHEMA: Dict[str, Dict[str, Option]] = {
         "retention_days": Option("0", _integer(0), "Delete messages received more than this many days "
                                  "ago, with their rule runs and media files, checked hourly; 0: keep "
                                  "everything. Pending outbound messages are never deleted."),
+        "audit_retention_days": Option("0", _integer(0), "Delete audit log rows older than this many days, "
+                                       "checked hourly; 0: keep them for good. retention_days never "
+                                       "deletes them."),
         "max_body": Option("1048576", _integer(1), "Largest callback body in bytes; larger ones get 413."),
         "timestamp_window": Option("300", _integer(0), "Seconds of clock skew accepted on callback "
                                    "timestamps; 0 turns the check off."),
@@ -330,6 +333,7 @@ class ServerConfig:
     xheaders: bool
     log_level: str
     retention_days: int = 0  # 0 = keep messages forever
+    audit_retention_days: int = 0  # 0 = keep the audit log forever
     trusted_proxies: Tuple[Any, ...] = ()  # ipaddress networks; () = the TCP peer is the client
     idle_timeout: int = 60  # seconds
     body_timeout: int = 30  # seconds

@@ -108,7 +108,8 @@ class Services:
         self.media = MediaVault(self.db, self.store, self.wecom, config.apps, config.server.media_dir, self.publish,
                                 bots=config.bots)
         self.retention = Retention(self.db, self.store, config.server.media_dir,
-                                   lambda: self.config.server.retention_days)
+                                   lambda: self.config.server.retention_days,
+                                   audit_days=lambda: self.config.server.audit_retention_days)
         settings = config.rules_settings
         self.commands = CommandRunner(max_concurrent=settings.max_commands, output_limit=settings.output_limit)
         # The webhook sender and the rule runner need each other: the sender asks the runner for a

@@ -34,15 +34,16 @@ class Retention(Worker):
 
     def __init__(self, run_db: RunDb, store, media_dir: Path, retention_days: Callable[[], int], *,
                  clock: Callable[[], datetime] = utcnow, interval: float = 3600.0,
-                 batch: int = BATCH) -> None:
+                 batch: int = BATCH, audit_days: Callable[[], int] = lambda: 0) -> None:
         super().__init__(run_db, _no_events, clock=clock, poll_interval=interval, max_attempts=1,
                          backoff_base=1.0, backoff_max=interval)
-        self.store, self.retention_days = store, retention_days
+        self.store, self.retention_days, self.audit_days = store, retention_days, audit_days
         self.media_dir = Path(media_dir).absolute()
         self.batch = max(1, int(batch))
         self.last: Optional[dict] = None  # the totals of the last pass that pruned
 
     async def _pass(self) -> None:
+        await self._prune_audit()
         days = int(self.retention_days())
         if days <= 0:
             return
@@ -60,6 +61,17 @@ class Retention(Worker):
                    totals["messages"], cutoff.strftime("%Y-%m-%dT%H:%M:%SZ"), totals["rule_runs"],
                    totals["files"], totals["read_marks"], totals["takeovers"], totals["batches"],
                    time.monotonic() - started)
+
+    async def _prune_audit(self) -> None:
+        """The audit log has its own horizon ([server] audit_retention_days; 0: kept for good):
+        retention_days never deletes audit rows."""
+        days = int(self.audit_days())
+        if days <= 0:
+            return
+        cutoff = self.clock() - timedelta(days=days)
+        deleted = await self.run_db(self.store.audit.prune, cutoff)
+        if deleted:
+            logger.info("retention: deleted %d audit row(s) older than %s", deleted, cutoff.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
     async def _batch(self, cutoff: datetime, totals: dict) -> None:
         result = await self.run_db(self.store.maintenance.prune, cutoff, self.batch, max_batches=1)
