@@ -13,6 +13,7 @@ import { startLive } from "./live.js";
 import { Notifier } from "./notify.js";
 import { Router } from "./router.js";
 import { RulesView } from "./rules.js";
+import { AuditView, OperatorsView } from "./team.js";
 import { ThreadView } from "./thread.js";
 
 /** The configured apps the page was rendered with (never a secret: handlers/dashboard.public_apps). */
@@ -46,6 +47,12 @@ function start() {
   window.setInterval(() => notifier.title(conversations.unreadTotal()), 1000);
   router.mount("conversations", conversations, "nav-conversations");
   router.mount("rules", rules, "nav-rules");
+  if (document.body.dataset.role === "admin") {
+    // The admins' pages; for anyone else the tabs stay hidden (and the server answers 403).
+    router.mount("operators", new OperatorsView({ apps }), "nav-operators");
+    router.mount("audit", new AuditView(), "nav-audit");
+    for (const tab of document.querySelectorAll(".admin-only")) tab.hidden = false;
+  }
   router.start();
   conversations.load();
   startLive({

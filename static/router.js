@@ -1,5 +1,6 @@
 // The dashboard's one router. The location hash names the view: "#/" the conversations,
-// "#/c/<app>/<user>" the conversations with one open, "#/rules" the rules; anything else is "#/".
+// "#/c/<app>/<user>" the conversations with one open, "#/rules" the rules, "#/operators" and
+// "#/audit" the admins' pages; anything else is "#/".
 // app.js mounts each panel's view with its tab in the top bar. A mounted view has show(route) and
 // hide(), and may name where its tab leads (tabHref()); this module imports no view.
 
@@ -11,6 +12,8 @@ export function conversationRoute(app, user) {
 /** {view, conversation: [app, user] or null} for a location hash. */
 export function parseRoute(hash) {
   if (hash === "#/rules") return { view: "rules", conversation: null };
+  if (hash === "#/operators") return { view: "operators", conversation: null };
+  if (hash === "#/audit") return { view: "audit", conversation: null };
   const match = /^#\/c\/([^/]*)\/(.*)$/.exec(hash);
   let conversation = null;
   if (match) {
@@ -45,7 +48,8 @@ export class Router {
     for (const input of document.querySelectorAll("form.lang input[name=next]")) {
       input.value = window.location.pathname + window.location.hash;
     }
-    const shown = this.mounted.get(route.view);
+    // A view this page did not mount (an admin's page for another role): the conversations.
+    const shown = this.mounted.get(route.view) || this.mounted.get("conversations");
     for (const entry of this.mounted.values()) {
       if (entry !== shown) entry.view.hide();
     }

@@ -126,7 +126,7 @@ def test_each_panel_is_a_handler_module_and_a_view_module():
     from wecomd import app
 
     names = [module.__name__.rsplit(".", 1)[1] for module in app.PANELS]
-    assert names == ["conversations", "thread", "rules", "live"]
+    assert names == ["conversations", "thread", "rules", "live", "team"]
     entry = (STATIC / "app.js").read_text(encoding="utf-8")
     routes = {rule[0] for module in app.PANELS for rule in module.routes(None)}
     assert {"/api/conversations", "/api/messages", "/api/rules", "/api/live"} <= routes

@@ -24,14 +24,14 @@ DRAIN_SECONDS = 25.0  # below systemd's default 90 s stop timeout, above WeCom's
 
 # The dashboard's panels: each is a handler module with its routes and a view module
 # static/<name>.js that static/app.js builds (tests/test_pages.py holds them to that).
-PANELS = (conversations, thread, rules, live)
+PANELS = (conversations, thread, rules, live, team)
 
 
 def make_app(services: Services) -> web.Application:
     """Build the application from every handler module's `routes(services)`: the one route table."""
     handlers: list = []
     # bot first: its route takes the /callback/NAME of the configured bots, the rest go to the apps.
-    for module in (bot, callback, ops, metrics, dashboard, team, contacts, assignments, quick_replies) + PANELS:
+    for module in (bot, callback, ops, metrics, dashboard, contacts, assignments, quick_replies) + PANELS:
         handlers.extend(module.routes(services))
     # Tornado keeps translations process-wide; loading the same files again is harmless.
     locale.load_translations(str(TRANSLATIONS_DIR))

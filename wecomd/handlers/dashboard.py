@@ -110,7 +110,8 @@ def visible_apps(handler: BaseHandler) -> list[dict]:
 
 class IndexHandler(BaseHandler):
     def get(self) -> None:
-        self.render("index.html", user=self.current_user, apps=visible_apps(self), strings=ui_strings(self.locale))
+        self.render("index.html", user=self.current_user, role=self.identity.role, apps=visible_apps(self),
+                    strings=ui_strings(self.locale))
 
 
 class AppsHandler(ApiHandler):
