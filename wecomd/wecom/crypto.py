@@ -309,22 +309,23 @@ class WecomCrypto:
         `timestamp` must be digits and `nonce` alphanumeric: both are written
         into the XML unescaped, so anything else raises ReplyXmlError.
         """
+        encrypted, sig = self._signed(reply_xml, timestamp, nonce, random_prefix)
+        return _REPLY_XML.format(encrypt=encrypted, signature=sig, timestamp=timestamp, nonce=nonce)
+
+    def _signed(self, reply: bytes | str, timestamp: str, nonce: str,
+                random_prefix: bytes | None) -> tuple[str, str]:
+        """(the encrypted reply, its signature) over the reply's own timestamp and nonce, which are
+        written into the answer unescaped: digits and alphanumerics only, else ReplyXmlError."""
         if not isinstance(timestamp, str) or not _TIMESTAMP_RE.fullmatch(timestamp):
             raise ReplyXmlError("reply timestamp must be 1-20 ASCII digits")
         if not isinstance(nonce, str) or not _NONCE_RE.fullmatch(nonce):
             raise ReplyXmlError("reply nonce must be 1-64 ASCII letters or digits")
-        encrypted = self.encrypt(reply_xml, random_prefix)
-        sig = signature(self._token, timestamp, nonce, encrypted)
-        return _REPLY_XML.format(encrypt=encrypted, signature=sig, timestamp=timestamp, nonce=nonce)
+        encrypted = self.encrypt(reply, random_prefix)
+        return encrypted, signature(self._token, timestamp, nonce, encrypted)
 
     def encrypt_json_reply(self, reply_json: bytes | str, timestamp: str, nonce: str,
                            random_prefix: bytes | None = None) -> str:
         """Encrypt a 智能机器人 passive reply and return its JSON envelope: {"encrypt", "msgsignature"
         (no underscore), "timestamp" (a number), "nonce"}, with the request's timestamp and nonce."""
-        if not isinstance(timestamp, str) or not _TIMESTAMP_RE.fullmatch(timestamp):
-            raise ReplyXmlError("reply timestamp must be 1-20 ASCII digits")
-        if not isinstance(nonce, str) or not _NONCE_RE.fullmatch(nonce):
-            raise ReplyXmlError("reply nonce must be 1-64 ASCII letters or digits")
-        encrypted = self.encrypt(reply_json, random_prefix)
-        sig = signature(self._token, timestamp, nonce, encrypted)
+        encrypted, sig = self._signed(reply_json, timestamp, nonce, random_prefix)
         return json.dumps({"encrypt": encrypted, "msgsignature": sig, "timestamp": int(timestamp), "nonce": nonce})
