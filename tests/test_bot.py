@@ -11,6 +11,7 @@ import time
 import urllib.parse
 from datetime import datetime, timedelta
 from itertools import count
+from pathlib import Path
 
 from wechatpy.crypto import _get_signature
 from wechatpy.enterprise.crypto import PrpCrypto
@@ -375,3 +376,38 @@ class BotAskTest(BotTestCase):
         # The finished answer is in the thread as the ask rule's automatic answer.
         answers = self.wait_for(lambda: [m for m in self.rows() if m["direction"] == "out" and m["rule"] == "ask"])
         self.assertEqual(answers[0]["content"], seen[-1])
+
+
+class BotCommandTest(BotTestCase):
+    """A `run` rule's stdout streams into a bot's stream line by line as the command writes it."""
+
+    def setUp(self) -> None:
+        import sys
+        import tempfile
+        self.script = Path(tempfile.mkdtemp(prefix="wecomd-bot-cmd-")) / "count.py"
+        self.script.write_text("import sys, time\nfor n in range(4):\n    print('第%d行' % n, flush=True)\n"
+                               "    time.sleep(0.4)\n", encoding="utf-8")
+        self.extra_config_more = "\n[rule:count]\napp = assistant\nwhen = text contains 数一数\nrun = %s %s\n" % (
+            sys.executable, self.script)
+        super().setUp()
+
+    def get_app(self):
+        self.extra_config += self.extra_config_more
+        return super().get_app()
+
+    def test_the_commands_lines_grow_the_stream_and_the_runner_leaves_it_alone(self):
+        first = self.frame(self.post(self.message("数一数")))
+        seen = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            frame = self.poll(first["stream"]["id"])["stream"]
+            seen.append(frame["content"])
+            if frame["finish"]:
+                break
+            self.io_loop.run_sync(lambda: asyncio.sleep(0.1))
+        self.assertEqual(seen[-1].split(), ["第0行", "第1行", "第2行", "第3行"])
+        self.assertGreater(len({s for s in seen if s}), 2, seen)  # it grew line by line
+        stream = self.db(self.services.store.bot_streams.get, first["stream"]["id"])
+        self.assertEqual(stream["source"], "command:count")
+        # One run of the command: the stream's; the rule runner did not run it a second time.
+        self.assertEqual([m for m in self.rows() if m["direction"] == "out" and m["status"] == "failed"], [])

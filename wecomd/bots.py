@@ -95,13 +95,29 @@ class RuleSources:
 
     def reconfigure(self, config: Config) -> None:
         self.llms = config.llms
+        self.output_limit = config.rules_settings.output_limit
 
     def __call__(self, bot: BotConfig, message: Message, inbound: Any) -> Optional[AsyncIterator[str]]:
         for match in self.select(bot.name, message):
             rule = match.rule
             if rule.ask and rule.ask in self.llms:
                 return Labeled(self._ask(bot, message, inbound, rule), "model:%s" % rule.ask, rule.name)
+            if rule.run:  # the rule runner leaves a bot's commands to this: their stdout streams
+                return Labeled(self._run(bot, message, match), "command:%s" % rule.name, rule.name)
         return None
+
+    async def _run(self, bot: BotConfig, message: Message, match: Any) -> AsyncIterator[str]:
+        from wecomd.automation import rules as rulesmod
+        from wecomd.automation.streams import StreamSourceError, stream_command
+
+        fields = rulesmod.template_fields(match, bot.name, message)
+        try:
+            argv = rulesmod.command_argv(match.rule, fields)
+        except rulesmod.CommandRefused as exc:  # a message tried to pass an option: nothing runs
+            raise StreamSourceError("refused: %s" % exc.why)
+        async for line in stream_command(argv, rulesmod.command_env(fields, message), match.rule.timeout,
+                                         self.output_limit):
+            yield line
 
     async def _ask(self, bot: BotConfig, message: Message, inbound: Any, rule: Any) -> AsyncIterator[str]:
         from wecomd.automation.streams import ask_llm

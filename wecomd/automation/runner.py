@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable, List, Optional, Tuple
 from wecomd.automation import rules as rulesmod
 from wecomd.automation.commands import CommandResult, CommandRunner, refused
 from wecomd.automation.takeover import PAUSED
-from wecomd.config import AppConfig, Config
+from wecomd.config import AppConfig, BotConfig, Config
 from wecomd.live import message_event
 from wecomd.wecom.messages import Message
 from wecomd.workers.notify import payload_for, redacted_url
@@ -135,6 +135,8 @@ class RuleRunner:
             if configured and paused:
                 run = await self._record(row, app, rule, action, "skipped")
                 await self.run_db(self.store.runs.finish, run["id"], "skipped", error=PAUSED, path="none")
+            elif configured and action == "run" and isinstance(app, BotConfig):
+                continue  # a 智能机器人 streams the command's output instead (wecomd.bots.RuleSources)
             elif configured and action == "reply":
                 run = await self._record(row, app, rule, "reply", "running")
                 await self._deliver(run, app, row, rulesmod.render(rule.reply, fields), answers, status="ok")
