@@ -411,3 +411,49 @@ class BotCommandTest(BotTestCase):
         self.assertEqual(stream["source"], "command:count")
         # One run of the command: the stream's; the rule runner did not run it a second time.
         self.assertEqual([m for m in self.rows() if m["direction"] == "out" and m["status"] == "failed"], [])
+
+
+class BotWebhookTest(BotTestCase):
+    """A webhook rule with `stream = yes` POSTs the signed message and streams the response body
+    (chunked text here) into the bot's stream."""
+
+    def get_app(self):
+        from tornado import httpserver, netutil, web
+
+        received = self.received = []
+
+        class Chunks(web.RequestHandler):
+            async def post(self):
+                received.append((json.loads(self.request.body), self.request.headers.get("X-Wecomd-Signature")))
+                for piece in ("正在", "查询", "…", "找到了"):
+                    self.write(piece)
+                    await self.flush()
+                    await asyncio.sleep(0.35)
+
+        sockets = netutil.bind_sockets(0, "127.0.0.1")
+        self.hook_server = httpserver.HTTPServer(web.Application([("/hook", Chunks)]))
+        self.hook_server.add_sockets(sockets)
+        self.extra_config += ("\n[rule:hook]\napp = assistant\nwhen = text contains 查\nwebhook = http://127.0.0.1:%d/hook\n"
+                              "webhook_secret = %s\nstream = yes\n" % (sockets[0].getsockname()[1], "s" * 32))
+        return super().get_app()
+
+    def tearDown(self) -> None:
+        self.hook_server.stop()
+        super().tearDown()
+
+    def test_the_webhooks_body_grows_the_stream(self):
+        first = self.frame(self.post(self.message("查一下订单")))
+        seen = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            frame = self.poll(first["stream"]["id"])["stream"]
+            seen.append(frame["content"])
+            if frame["finish"]:
+                break
+            self.io_loop.run_sync(lambda: asyncio.sleep(0.1))
+        self.assertEqual(seen[-1], "正在查询…找到了")
+        self.assertGreater(len({s for s in seen if s}), 2, seen)
+        body, signature = self.received[0]  # posted once, signed, with the stored message
+        self.assertEqual(len(self.received), 1)
+        self.assertEqual((body["rule"], body["app"], body["message"]["content"]), ("hook", "assistant", "查一下订单"))
+        self.assertTrue(signature)

@@ -104,7 +104,23 @@ class RuleSources:
                 return Labeled(self._ask(bot, message, inbound, rule), "model:%s" % rule.ask, rule.name)
             if rule.run:  # the rule runner leaves a bot's commands to this: their stdout streams
                 return Labeled(self._run(bot, message, match), "command:%s" % rule.name, rule.name)
+            if rule.webhook and rule.stream:  # likewise a webhook with stream = yes: its body streams
+                return Labeled(self._webhook(bot, inbound, rule), "webhook:%s" % rule.name, rule.name)
         return None
+
+    async def _webhook(self, bot: BotConfig, inbound: Any, rule: Any) -> AsyncIterator[str]:
+        from wecomd.automation.streams import signed_headers, stream_webhook
+        from wecomd.workers.webhooks import body_for
+
+        row = await self.read(self.store.messages.get, inbound.id)
+        body = body_for(row or {"id": inbound.id}, rule.name, bot.name)
+        client = AsyncHTTPClient(force_instance=True)
+        try:
+            async for piece in stream_webhook(client, rule.webhook, body,
+                                              signed_headers(body, rule.name, rule.webhook_secret, str(inbound.id))):
+                yield piece
+        finally:
+            client.close()
 
     async def _run(self, bot: BotConfig, message: Message, match: Any) -> AsyncIterator[str]:
         from wecomd.automation import rules as rulesmod

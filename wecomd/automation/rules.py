@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Pattern, Sequen
 from wecomd.wecom.messages import Message
 
 OPTIONS = ("app", "when", "reply", "run", "end_of_options", "timeout", "webhook", "webhook_secret", "priority",
-           "continue", "ask", "history", "notify", "notify_text", "notify_format")
+           "continue", "ask", "history", "notify", "notify_text", "notify_format", "stream")
 NOTIFY_FORMATS = ("text", "markdown")  # what a group robot is sent (`notify_format`)
 WHEN_FORMS = ("text equals X | text contains X | text matches REGEX | click KEY | event NAME | "
               "msgtype NAME | any")
@@ -91,6 +91,7 @@ class Rule:
     notify: Optional[str] = None  # a [group:NAME] robot told about the message
     notify_text: Optional[str] = None  # its template; None: the message's own text
     notify_format: str = "text"  # NOTIFY_FORMATS
+    stream: bool = False  # a bot's webhook: its response body streams into the bot's answer
 
     def matches(self, app: str, message: Message) -> Optional[Match]:
         """The Match when this rule fires for `message` received by `app`, else None."""
@@ -208,6 +209,8 @@ def _compile(name: str, options: Mapping[str, str], order: int, found: List[str]
     for option in ("notify_text", "notify_format"):
         if text[option] and not text["notify"]:
             report(option, "set without a notify")
+    if text["stream"] and not text["webhook"]:
+        report("stream", "set without a webhook")
     notify_format = (text["notify_format"] or "text").lower()
     if notify_format not in NOTIFY_FORMATS:
         report("notify_format", "must be text or markdown (got %r)" % text["notify_format"])
@@ -219,7 +222,8 @@ def _compile(name: str, options: Mapping[str, str], order: int, found: List[str]
                 cont=_converted(text["continue"], _boolean, False, "continue", report),
                 order=order, regex=regex, ask=text["ask"],
                 history=_converted(text["history"], _history, DEFAULT_HISTORY, "history", report),
-                notify=text["notify"], notify_text=text["notify_text"], notify_format=notify_format)
+                notify=text["notify"], notify_text=text["notify_text"], notify_format=notify_format,
+                stream=_converted(text["stream"], _boolean, False, "stream", report))
 
 
 def _parse_when(when: str, report) -> Tuple[str, Optional[str], Optional[Pattern]]:

@@ -125,7 +125,7 @@ class RuleRunner:
         """Start one rule's actions; returns the tasks whose answers may still become passive."""
         rule, started = match.rule, []
         fields = rulesmod.template_fields(match, app.name, message)
-        if rule.webhook:
+        if rule.webhook and not (rule.stream and isinstance(app, BotConfig)):  # a bot streams it (bots.RuleSources)
             started.append(await self._webhook(rule, app, row, answers))
         if rule.notify and self.notifier is not None:
             # Queued for the group robot: not awaited and never an answer, so neither the callback
