@@ -4,8 +4,9 @@
 
 Starts `wecomd serve` (a separate process, SQLite, synchronous=FULL) with a bot whose `ask` rule
 streams an echo model served by this process (each word `--delay` seconds apart, so an answer
-takes words x delay), sends N messages at once, then polls every stream every `--interval` seconds
-as WeCom does until all are finished. Prints the poll latency (p50/p99/max), and the lag from the
+takes words x delay); a third process plays WeCom: N users ask within the first interval (or all
+at once with --burst), and every stream is polled every `--interval` seconds as WeCom does until
+all are finished. Prints the poll latency (p50/p99/max), and the lag from the
 model producing an answer's first word to the first poll that showed it, against the poll interval.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import socket
 import statistics
 import subprocess
@@ -31,31 +33,59 @@ from wecomd.wecom.simulate import BotSimulator  # noqa: E402
 TOKEN, AES_KEY = "BenchBotToken0123", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
-class TimedEcho(echo_model.EchoModel):
-    """The echo model, remembering when each answer's first word went out (by the question)."""
-
-    def __init__(self, **kw) -> None:
-        super().__init__(**kw)
-        self.first_word: dict = {}
-        self.chunks_sent = 0
-
-    def __setattr__(self, name, value):  # chunks_sent is bumped just before each word is sent
-        if name == "chunks_sent" and value and hasattr(self, "requests") and self.requests:
-            question = self.answer(self.requests[-1])[1]
-            self.first_word.setdefault(question, time.monotonic())
-        super().__setattr__(name, value)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+async def wecom_side(port: int, args, questions: list) -> dict:
+    """WeCom: each user asks at their own moment within the first interval (--burst: all at once),
+    then every message's stream is polled on its own clock until it finishes."""
+    sims = [BotSimulator("http://127.0.0.1:%d/callback/bench" % port, token=TOKEN, aes_key=AES_KEY)
+            for _ in range(args.streams)]
+    streams: dict = {}
+    latencies, done, posts, polls = [], set(), [], []
+
+    async def poller(n: int) -> None:
+        sim = sims[n]
+        await asyncio.sleep(0 if args.burst else args.interval * n / args.streams)
+        t0 = time.monotonic()
+        first = await sim.post(sim.message(questions[n], user="u%d" % n))
+        posts.append((time.monotonic() - t0) * 1000)
+        streams[n] = json.loads(first.reply)["stream"]["id"]
+        await asyncio.sleep(args.interval)
+        while n not in done:
+            t0 = time.monotonic()
+            result = await sim.post({"msgid": "p%d-%f" % (n, t0), "aibotid": sim.agent_id,
+                                     "chattype": "single", "from": {"userid": "u%d" % n},
+                                     "msgtype": "stream", "stream": {"id": streams[n]}})
+            t1 = time.monotonic()
+            latencies.append((t1 - t0) * 1000)
+            frame = json.loads(result.reply)["stream"]
+            polls.append((n, t0, t1, bool(frame["content"])))
+            if frame["finish"]:
+                done.add(n)
+                return
+            await asyncio.sleep(max(0.0, args.interval - (time.monotonic() - t0)))
+
+    await asyncio.wait_for(asyncio.gather(*(poller(n) for n in range(args.streams))), 600)
+    for sim in sims:
+        sim.close()
+    return {"latencies": latencies, "posts": posts, "polls": polls, "done": len(done)}
+
+
+def wecom_process(port: int, args, questions: list, results) -> None:
+    """WeCom's side in a process of its own, apart from the model server: each process's event loop
+    then times only its own work (CLOCK_MONOTONIC is the same clock in both)."""
+    results.put(asyncio.run(wecom_side(port, args, questions)))
+
+
 async def run(args) -> None:
-    model = TimedEcho(delay=args.delay)
+    model = echo_model.EchoModel(delay=args.delay)
     model_server, model_url = await echo_model.start(model)
     port = free_port()
+    questions = [" ".join("w%d_%d" % (n, i) for i in range(args.words)) for n in range(args.streams)]
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "wecomd.conf"
         conf.write_text(
@@ -72,51 +102,44 @@ async def run(args) -> None:
                     break
                 except OSError:
                     await asyncio.sleep(0.05)
-            sims = [BotSimulator("http://127.0.0.1:%d/callback/bench" % port, token=TOKEN, aes_key=AES_KEY)
-                    for _ in range(args.streams)]
-            questions = [" ".join("w%d_%d" % (n, i) for i in range(args.words)) for n in range(args.streams)]
-            firsts = await asyncio.gather(*(sim.post(sim.message(q, user="u%d" % n))
-                                            for n, (sim, q) in enumerate(zip(sims, questions))))
-            streams = [json.loads(r.reply)["stream"]["id"] for r in firsts]
-            latencies, seen_first, done = [], {}, set()
-
-            async def poller(n: int) -> None:
-                # Each stream on its own clock, as WeCom polls each message's stream on its own.
-                sim = sims[n]
-                await asyncio.sleep(args.interval * n / len(streams))
-                while n not in done:
-                    t0 = time.monotonic()
-                    result = await sim.post({"msgid": "p%d-%f" % (n, t0), "aibotid": sim.agent_id,
-                                             "chattype": "single", "from": {"userid": "u%d" % n},
-                                             "msgtype": "stream", "stream": {"id": streams[n]}})
-                    latencies.append((time.monotonic() - t0) * 1000)
-                    frame = json.loads(result.reply)["stream"]
-                    if frame["content"] and n not in seen_first:
-                        seen_first[n] = time.monotonic()
-                    if frame["finish"]:
-                        done.add(n)
-                        return
-                    await asyncio.sleep(max(0.0, args.interval - (time.monotonic() - t0)))
-
-            await asyncio.wait_for(asyncio.gather(*(poller(n) for n in range(len(streams)))), 600)
-            for sim in sims:
-                sim.close()
+            context = multiprocessing.get_context("spawn")
+            results = context.Queue()
+            wecom = context.Process(target=wecom_process, args=(port, args, questions, results))
+            wecom.start()
+            loop = asyncio.get_running_loop()
+            measured = await loop.run_in_executor(None, results.get)  # the model keeps serving meanwhile
+            await loop.run_in_executor(None, wecom.join)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
             model_server.stop()
-    latencies.sort()
-    lags = [seen_first[n] - model.first_word[q] for n, q in enumerate(questions)
-            if n in seen_first and q in model.first_word]
-    print("%d streams of %d words (%.1f s each), polled every %.1f s: %d polls" %
-          (args.streams, args.words, args.words * args.delay, args.interval, len(latencies)))
+    report(args, model, questions, measured)
+
+
+def report(args, model, questions: list, measured: dict) -> None:
+    latencies, posts, polls = sorted(measured["latencies"]), sorted(measured["posts"]), measured["polls"]
+    first_word = model.first_word_at
+    seen_first: dict = {}
+    for n, _, t1, shown in sorted(polls, key=lambda poll: poll[2]):
+        if shown:
+            seen_first.setdefault(n, t1)
+    lags = sorted(seen_first[n] - first_word[q] for n, q in enumerate(questions) if n in seen_first and q in first_word)
+    print("%d streams of %d words (%.1f s each), asked %s, polled every %.1f s: %d polls" %
+          (args.streams, args.words, args.words * args.delay, "all at once" if args.burst else "within the first interval",
+           args.interval, len(latencies)))
+    print("first answer frame (message callback) in: p50 %.1f ms, max %.1f ms" % (statistics.median(posts), posts[-1]))
     print("poll answered in: p50 %.1f ms, p99 %.1f ms, max %.1f ms" %
           (statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1], latencies[-1]))
     if lags:
-        lags.sort()
         print("first word produced -> first poll showing it: p50 %.0f ms, max %.0f ms (poll interval %.0f ms)"
               % (statistics.median(lags) * 1000, lags[-1] * 1000, args.interval * 1000))
-    print("finished: %d of %d" % (len(done), args.streams))
+    # How long after the model produced a first word a poll could still miss it: the latest start,
+    # relative to that word, of a poll that showed nothing.
+    blind = [t0 - first_word[questions[n]] for n, t0, _, shown in polls
+             if not shown and questions[n] in first_word and t0 > first_word[questions[n]]]
+    print("polls started after the first word that still missed it: %d (latest %.0f ms after it)"
+          % (len(blind), max(blind, default=0) * 1000))
+    print("finished: %d of %d" % (measured["done"], args.streams))
 
 
 def main() -> None:
@@ -125,6 +148,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--words", type=int, default=40)
     parser.add_argument("--delay", type=float, default=0.1)
+    parser.add_argument("--burst", action="store_true", help="all users ask in the same instant")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -12,6 +12,7 @@ export const LIMITS = { image: 10 * MB, voice: 2 * MB, video: 10 * MB, file: 20 
 const MIN_BYTES = 5;
 const MAX_ARTICLES = 8;
 const TYPES = ["text", "markdown", "textcard", "news"];
+const BOT_TYPES = ["text", "markdown"]; // what a bot's response_url takes
 const PICKER_ROWS = 8;
 
 /** How WeCom will take a file: image (JPG, PNG), voice (AMR), video (MP4), or any other file. */
@@ -203,6 +204,16 @@ export class Composer {
     this.detach();
     this.closePicker();
     this.hooks.error("");
+  }
+
+  /** A 智能机器人's conversation takes text or markdown only: no cards, news or files. */
+  setBot(bot) {
+    for (const option of this.typeSelect.options) {
+      option.hidden = bot && !BOT_TYPES.includes(option.value);
+    }
+    this.attachButton.hidden = bot;
+    if (bot && !BOT_TYPES.includes(this.type)) this.setType("text");
+    if (bot && this.attachment) this.detach();
   }
 
   /** Whether this conversation can be answered at all (thread.setComposer decides). */

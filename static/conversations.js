@@ -4,7 +4,7 @@
 
 import { api, exportUrl } from "./api.js";
 import { dayClock, el, fullTime, messageDate, parseIso, shortTime, t, timeFlag } from "./dom.js";
-import { conversationUser, outboundPrefix, previewText, ruleOperator } from "./render.js";
+import { conversationUser, isGroupMessage, outboundPrefix, previewText, ruleOperator } from "./render.js";
 import { conversationRoute } from "./router.js";
 
 const $ = (id) => document.getElementById(id);
@@ -234,6 +234,7 @@ export class ConversationsView {
       // It may be an older conversation on a page not loaded yet: fetch its true counts.
       if (this.next) this.reloadSoon(300);
     }
+    if (message.direction === "in" && isGroupMessage(message)) conv.chat = "group"; // a bot's group chat
     if (message.id > conv.last_id) {
       conv.count += 1;
       conv.last_id = message.id;
@@ -318,6 +319,8 @@ export class ConversationsView {
           el("span", { class: "conv-user", title: conv.user || "" }, this.nameOf(conv) || conv.user),
           this.nameOf(conv) ? el("span", { class: "conv-userid" }, conv.user) : null,
           showApp ? el("span", { class: "app-tag" }, conv.app) : null,
+          conv.chat === "group"
+            ? el("span", { class: "chat-tag", title: t("A group chat of the bot: its messages show each sender") }, t("Group")) : null,
           paused ? el("span", {
             class: "paused-tag", title: t("Automation paused until {time} (human takeover)", { time: dayClock(paused) }),
           }, t("paused")) : null,

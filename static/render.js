@@ -25,9 +25,11 @@ export function outboundPrefix(message) {
   return el("span", { class: "you" }, label);
 }
 
-/** The person a message belongs to in the conversation list. */
+/** The person a message belongs to in the conversation list: for a 智能机器人's group chat, the
+ * group (its chatid), whoever sent the message. */
 export function conversationUser(message) {
-  return message.direction === "out" ? message.to_user : message.from_user;
+  if (message.direction === "out") return message.to_user;
+  return isGroupMessage(message) ? pick(fields(message), "chatid") || message.from_user : message.from_user;
 }
 
 function fields(message) {
@@ -376,7 +378,10 @@ function statusLine(message, onRetry, onRecall) {
 
 // ------------------------------------------------------------------ automation: what rules did
 
-const ACTION_LABELS = { reply: () => t("Reply"), run: () => t("Command"), webhook: () => t("Webhook"), notify: () => t("Group robot") };
+const ACTION_LABELS = {
+  reply: () => t("Reply"), run: () => t("Command"), webhook: () => t("Webhook"), notify: () => t("Group robot"),
+  card: () => t("Card"),
+};
 const PATH_LABELS = { passive: () => t("passive reply"), api: () => t("sent via API"), none: () => t("no reply") };
 const FAILED = new Set(["failed", "timeout", "error"]);
 
@@ -444,6 +449,53 @@ function eventRow(message) {
     automationList(message));
 }
 
+/** True for a 智能机器人 message of a group chat (its conversation is the group, its sender from_user). */
+export function isGroupMessage(message) {
+  return pick(fields(message), "chattype") === "group";
+}
+
+const FEEDBACK_TYPES = { 1: () => t("Accurate"), 2: () => t("Inaccurate"), 3: () => t("Feedback withdrawn") };
+const FEEDBACK_REASONS = {
+  1: () => t("irrelevant"), 2: () => t("incomplete"), 3: () => t("wrong"), 4: () => t("data analysis error"),
+};
+
+function feedbackText(feedback) {
+  const type = FEEDBACK_TYPES[feedback.type] ? FEEDBACK_TYPES[feedback.type]() : display(feedback.type);
+  const reasons = (Array.isArray(feedback.inaccurate_reason_list) ? feedback.inaccurate_reason_list : [])
+    .map((reason) => (FEEDBACK_REASONS[reason] ? FEEDBACK_REASONS[reason]() : display(reason)));
+  const parts = [type];
+  if (reasons.length) parts.push(reasons.join(", "));
+  if (typeof feedback.content === "string" && feedback.content) parts.push("“" + feedback.content + "”");
+  return parts.join(" · ");
+}
+
+function responseText(answer) {
+  switch (answer.response_state) {
+    case "sent": return t("sent through the response_url");
+    case "pending": return t("waiting to go through the response_url");
+    case "failed": return t("response_url failed: {error}", { error: display(answer.response_error) });
+    case "expired": return t("response_url expired: not sent");
+    default: return "";
+  }
+}
+
+/** What a 智能机器人 made of an inbound message: the answer's source, how it ended, the feedback it
+ * got and how its response_url went (`answer`: BotStreams.answers, or a live stream event). */
+export function answerLine(answer) {
+  const failed = answer.response_state === "failed" || answer.response_state === "expired";
+  const response = responseText(answer);
+  return el("li", {
+    class: "bot-answer" + (failed ? " bot-answer-failed" : ""),
+    dataset: { streamId: answer.stream_id || "", source: answer.source || "", response: answer.response_state || "",
+      feedback: answer.feedback ? String(answer.feedback.type) : "" },
+  },
+  el("span", { class: "source-tag", title: t("Where the answer comes from") }, t("answer: {source}", { source: display(answer.source) })),
+  answer.notice ? el("span", { class: "answer-notice" }, display(answer.notice)) : null,
+  answer.feedback ? el("span", { class: "answer-feedback feedback-" + display(answer.feedback.type) },
+    t("feedback: {text}", { text: feedbackText(answer.feedback) })) : null,
+  response ? el("span", { class: failed ? "error-text" : "answer-response" }, response) : null);
+}
+
 /**
  * A thread row for one message. `onRetry(message, button)` resends a failed outbound one;
  * `onRecall(message, button)`, when given, takes back a sent one (within 24 hours).
@@ -453,7 +505,11 @@ export function messageRow(message, onRetry, onRecall) {
   const side = message.direction === "out" ? "out" : "in";
   const dataset = { id: message.id, msgtype: message.msgtype, status: message.status || "" };
   if (message.automatic) Object.assign(dataset, { automatic: message.automatic, rule: message.rule || "" });
+  const sender = side === "in" && isGroupMessage(message)
+    ? el("div", { class: "sender", title: t("Sent in the group by {user}", { user: display(message.from_user) }) },
+      display(message.from_user)) : null;
   return el("li", { class: "msg " + side + (message.automatic ? " automatic" : ""), dataset },
+    sender,
     el("div", { class: "bubble bubble-" + message.msgtype }, bodyFor(message)),
     statusLine(message, onRetry, onRecall),
     automationList(message));

@@ -4,7 +4,7 @@
 import { api } from "./api.js";
 import { Composer } from "./compose.js";
 import { clockTime, dayClock, dayKey, dayLabel, el, fullTime, messageDate, parseIso, t } from "./dom.js";
-import { conversationUser, messageRow } from "./render.js";
+import { answerLine, conversationUser, isGroupMessage, messageRow } from "./render.js";
 
 const PAGE = 50;
 const CATCH_UP_PAGES = 10; // after a reconnect, fetch at most this many pages to close the gap
@@ -159,13 +159,19 @@ export class ThreadView {
   setComposer() {
     const info = this.hooks.appInfo(this.current.app);
     let note = "";
+    const bot = !!info && info.kind === "bot";
     if (this.current.user === "sys") note = t("System events cannot be answered.");
     else if (!info) note = t("This app is no longer configured.");
-    else if (!info.has_secret) note = t("This app has no secret configured, so replies cannot be sent.");
+    else if (!bot && !info.has_secret) note = t("This app has no secret configured, so replies cannot be sent.");
+    const blocked = !!note;
+    // A 智能机器人 answers only through a message's response_url: say so, and let the server refuse
+    // (with its reason) when the newest message's is used or past its hour.
+    if (bot) note = t("A bot replies through the response_url of the newest message: one reply per message, within an hour. Text or markdown only.");
     this.note.textContent = note;
     this.note.hidden = !note;
-    this.form.classList.toggle("unavailable", !!note);
-    this.composer.setAvailable(!note);
+    this.form.classList.toggle("unavailable", blocked);
+    this.composer.setBot(bot);
+    this.composer.setAvailable(!blocked);
   }
 
   /** One page of the thread, newest first; `since` tells mergeAll how fresh the answer is. */
@@ -458,14 +464,25 @@ export class ThreadView {
       nodes.push(row.node);
       const stream = thread.streams.get(message.id);
       if (stream && !stream.finished) nodes.push(this.streamNode(stream));
+      else if (message.direction === "in" && (stream || message.answer)) nodes.push(answerLine(stream || message.answer));
     }
     notesBefore(Infinity);
+    this.renderChat(ordered);
     if (ordered.length === 0) nodes.push(el("li", { class: "day" }, el("span", null, t("No messages yet"))));
     this.list.replaceChildren(...nodes);
     this.older.hidden = !thread.next;
     if (mode === "prepend") this.scroller.scrollTop = this.scroller.scrollHeight - fromBottom;
     else if (stuck) this.toBottom();
     thread.stuck = this.nearBottom();
+  }
+
+  /** A 智能机器人's group chat: the header says so, with the senders seen in the loaded messages. */
+  renderChat(ordered) {
+    const senders = new Set(ordered.filter((m) => m.direction === "in" && isGroupMessage(m)).map((m) => m.from_user || "?"));
+    const tag = document.getElementById("thread-chat");
+    tag.hidden = senders.size === 0;
+    tag.textContent = senders.size ? t("Group chat · {n} senders", { n: senders.size }) : "";
+    tag.title = [...senders].join(", ");
   }
 
   markRead() {

@@ -10,76 +10,12 @@ import json
 import time
 import urllib.parse
 from datetime import datetime, timedelta
-from itertools import count
 from pathlib import Path
 
 from wechatpy.crypto import _get_signature
 from wechatpy.enterprise.crypto import PrpCrypto
 
-from support.base import WecomdTestCase
-
-TOKEN, AES_KEY = "BotToken0123456789", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
-KEY = base64.b64decode(AES_KEY + "=")
-BOT = """
-[bot:assistant]
-token = %s
-encoding_aes_key = %s
-stream_deadline = %%d
-
-[rule:weather]
-app = assistant
-when = text contains 天气
-reply = 今天晴，25 度
-
-[rule:welcome]
-app = assistant
-when = event enter_chat
-reply = 你好，我是助手
-""" % (TOKEN, AES_KEY)
-_IDS = count(1)
-
-
-def _text(out) -> str:
-    return out.decode() if isinstance(out, bytes) else out
-
-
-class BotTestCase(WecomdTestCase):
-    deadline = 30
-    chattype = "single"
-
-    def setUp(self) -> None:
-        self.extra_config = BOT % self.deadline
-        super().setUp()
-
-    def post(self, payload: dict, timestamp: str | None = None, nonce: str = "1597212914", receive_id: str = ""):
-        encrypt = _text(PrpCrypto(KEY).encrypt(json.dumps(payload, ensure_ascii=False), receive_id))
-        timestamp = timestamp or str(int(time.time()))
-        query = urllib.parse.urlencode({"msg_signature": _get_signature(TOKEN, timestamp, nonce, encrypt),
-                                        "timestamp": timestamp, "nonce": nonce})
-        return self.fetch("/callback/assistant?" + query, method="POST", body=json.dumps({"encrypt": encrypt}))
-
-    def frame(self, resp, timestamp: str | None = None, nonce: str = "1597212914") -> dict:
-        assert resp.code == 200, (resp.code, resp.body)
-        body = json.loads(resp.body)
-        assert set(body) == {"encrypt", "msgsignature", "timestamp", "nonce"}
-        assert body["nonce"] == nonce
-        assert body["msgsignature"] == _get_signature(TOKEN, str(body["timestamp"]), nonce, body["encrypt"])
-        return json.loads(_text(PrpCrypto(KEY).decrypt(body["encrypt"], "")))
-
-    def message(self, content: str, msgid: str | None = None, **extra) -> dict:
-        payload = {"msgid": msgid or "msg-%d" % next(_IDS), "aibotid": "AIBOT", "chattype": "single",
-                   "from": {"userid": "zhangsan"}, "msgtype": "text", "text": {"content": content},
-                   "response_url": self.fake_base + "/cgi-bin/aibot/response?response_code=rc-%d" % next(_IDS)}
-        payload.update(extra)
-        return payload
-
-    def poll(self, stream_id: str) -> dict:
-        return self.frame(self.post({"msgid": "poll-%d" % next(_IDS), "aibotid": "AIBOT", "chattype": "single",
-                                     "from": {"userid": "zhangsan"}, "msgtype": "stream", "stream": {"id": stream_id}}))
-
-    @property
-    def fake_base(self) -> str:
-        return self.config.wecom.api_base
+from support.bot import _IDS, AES_KEY, BOT, KEY, TOKEN, BotTestCase, _text, slow_answer
 
 
 class BotCallbackTest(BotTestCase):
@@ -117,6 +53,11 @@ class BotCallbackTest(BotTestCase):
         self.assertEqual(row["from_user"], "lisi")
         _, convs = self.api("/api/conversations")
         self.assertEqual([(c["app"], c["user"]) for c in convs["conversations"]], [("assistant", "CHAT1")])
+        self.assertEqual(convs["conversations"][0]["chat"], "group")  # though its last message is the answer
+        self.assertEqual(convs["conversations"][0]["last_message"]["direction"], "out")
+        self.post(self.message("单聊"))
+        _, convs = self.api("/api/conversations")
+        self.assertEqual({c["user"]: c["chat"] for c in convs["conversations"]}, {"CHAT1": "group", "zhangsan": "single"})
 
     def test_enter_chat_gets_the_welcome_text_and_feedback_is_kept_with_its_answer(self):
         event = {"msgid": "ev-1", "aibotid": "AIBOT", "chattype": "single", "from": {"userid": "zhangsan"},
@@ -130,6 +71,13 @@ class BotCallbackTest(BotTestCase):
         self.assertEqual((resp.code, resp.body), (200, b""))
         stream = self.db(self.services.store.bot_streams.get, answer["stream"]["id"])
         self.assertEqual(stream["feedback"]["inaccurate_reason_list"], [2])
+        # The console's thread shows it on the question, with the answer's source; never its response_url.
+        _, page = self.api("/api/messages", app="assistant", user="zhangsan")
+        rated = [m for m in page["messages"] if m.get("answer")]
+        self.assertEqual(len(rated), 1)
+        self.assertEqual((rated[0]["content"], rated[0]["answer"]["source"], rated[0]["answer"]["feedback"]["type"]),
+                         ("天气", "reply", 2))
+        self.assertNotIn("response_url", json.dumps(rated[0]["answer"]))
 
     def test_bad_input_is_refused(self):
         timestamp = str(int(time.time()))
@@ -139,12 +87,6 @@ class BotCallbackTest(BotTestCase):
         resp = self.post({"msgid": "x", "aibotid": "AIBOT"})  # no msgtype
         self.assertEqual(resp.code, 400)
         self.assertEqual(self.inbound(), [])
-
-
-async def slow_answer(pieces, delay):
-    for piece in pieces:
-        await asyncio.sleep(delay)
-        yield piece
 
 
 class BotStreamingTest(BotTestCase):
@@ -166,6 +108,17 @@ class BotStreamingTest(BotTestCase):
         self.assertEqual(seen[-1], "广州今日：29度，多云")
         self.assertTrue(all(later.startswith(earlier) for earlier, later in zip(seen, seen[1:])), seen)
         self.assertGreater(len(set(seen)), 2, seen)  # polls saw it grow
+
+    def test_a_first_piece_that_comes_at_once_is_not_held_back_until_the_next(self):
+        async def pause_after_first():
+            yield "马上"
+            await asyncio.sleep(3)
+            yield "，然后"
+        self.services.bots.sources = lambda bot, message, inbound: pause_after_first()
+        first = self.frame(self.post(self.message("快问题")))
+        # Within a write interval (0.2 s) plus a poll's worth of slack, not after the 3 s pause.
+        seen = self.wait_for(lambda: self.poll(first["stream"]["id"])["stream"]["content"], timeout=1.5)
+        self.assertEqual(seen, "马上")
 
     def test_a_failing_source_ends_the_stream_with_a_notice(self):
         async def broken():
@@ -217,6 +170,42 @@ class BotDeadlineTest(BotTestCase):
         # Claimed once: never again, whoever asks.
         self.assertIsNone(self.db(self.services.store.bot_streams.claim_response, first["stream"]["id"],
                                   __import__("datetime").datetime.utcnow()))
+
+
+class BotResponseUrlFailureTest(BotTestCase):
+    deadline = 1
+
+    def late_answer(self, payload: dict, then=None) -> dict:
+        self.services.bots.sources = lambda bot, message, inbound: slow_answer(["慢", "回答"], 0.8)
+        first = self.frame(self.post(payload))
+        if then is not None:
+            then()
+        stream_id = first["stream"]["id"]
+        return self.wait_for(lambda: (lambda s: s if s["response_state"] in ("failed", "expired") else None)(
+            self.db(self.services.store.bot_streams.get, stream_id)))
+
+    def test_a_response_url_wecom_says_was_used_is_called_once_and_the_failure_shows_on_the_message(self):
+        payload = self.message("问一个慢问题")
+        code = payload["response_url"].rsplit("=", 1)[1]
+        self.fake.bot_responses[code] = {"msgtype": "markdown", "markdown": {"content": "别人用过了"}}
+        stream = self.late_answer(payload)
+        self.assertEqual(stream["response_state"], "failed")
+        self.assertIn("40014", stream["response_error"])
+        _, page = self.api("/api/messages", app="assistant", user="zhangsan")
+        question = next(m for m in page["messages"] if m["direction"] == "in")
+        self.assertEqual(question["answer"]["response_state"], "failed")
+        self.assertIn("40014", question["answer"]["response_error"])
+        # Never called again: a manual reply now is refused, nothing sent.
+        self.assertEqual(self.api("/api/messages", "POST", {"app": "assistant", "to_user": "zhangsan",
+                                                           "content": "人工"})[0], 409)
+        self.assertEqual(self.fake.bot_responses[code]["markdown"]["content"], "别人用过了")
+
+    def test_an_expired_response_url_is_not_called_and_shows_expired(self):
+        def an_hour_later():
+            self.services.bots.clock = lambda: datetime.utcnow() + timedelta(hours=1, minutes=1)
+        stream = self.late_answer(self.message("过期的问题"), then=an_hour_later)
+        self.assertEqual(stream["response_state"], "expired")
+        self.assertEqual(self.fake.bot_responses, {})
 
 
 class BotSimulatorTest(BotTestCase):

@@ -31,6 +31,7 @@ from wecomd.store import StoreError
 from wecomd.live import message_event
 from wecomd.store.times import utcnow
 from wecomd.wecom import bot as botproto
+from wecomd.wecom import cards
 from wecomd.wecom.messages import Message
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,54 @@ class Labeled:
             await closer()
 
 
+class _Growing:
+    """An answer as it grows, written to its stream at most every WRITE_EVERY seconds and at the
+    latest WRITE_EVERY after a piece came: a first word is never held back until the next one.
+    Each write carries the whole text so far; the database thread runs them in order."""
+
+    def __init__(self, channel: "BotChannel", stream: dict) -> None:
+        self.channel, self.stream = channel, stream
+        self.text, self.written, self.open = "", "", True
+        self.last_write = float("-inf")
+        self.timer: Optional[asyncio.Task] = None
+
+    async def add(self, piece: str) -> None:
+        self.text += piece
+        wait = self.last_write + WRITE_EVERY - time.monotonic()
+        if wait <= 0:
+            await self.write()
+        elif self.timer is None:
+            self.timer = self.channel._spawn(self._later(wait))
+
+    async def _later(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self.timer = None
+        await self.write()
+
+    async def write(self) -> None:
+        if not self.open or self.text == self.written:
+            return
+        text, channel, stream_id = self.text, self.channel, self.stream["stream_id"]
+        self.last_write, self.written = time.monotonic(), text
+        try:
+            self.open = await channel.run_db(channel.store.bot_streams.update, stream_id, botproto.cut(text),
+                                             channel.clock())
+        except StoreError as exc:  # the next write (or the finish) tries again with everything
+            logger.warning("bot: stream %s: a growing answer was not written: %s", stream_id, exc)
+            self.written = ""
+            return
+        if self.open and stream_id in channel._live:  # committed: polls may see it now
+            channel._live[stream_id] = dict(self.stream, content=botproto.cut(text))
+            channel._publish(dict(self.stream, content=text))
+        elif not self.open:  # closed by the deadline: the rest goes to the response_url
+            channel._live.pop(stream_id, None)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
 class RuleSources:
     """The StreamSource of the rules: a message whose first matching rule has `ask = NAME` is
     answered by that [llm:NAME] (wecomd.automation.streams.ask_llm), with the conversation's last
@@ -106,6 +155,19 @@ class RuleSources:
                 return Labeled(self._run(bot, message, match), "command:%s" % rule.name, rule.name)
             if rule.webhook and rule.stream:  # likewise a webhook with stream = yes: its body streams
                 return Labeled(self._webhook(bot, inbound, rule), "webhook:%s" % rule.name, rule.name)
+        return None
+
+    def card(self, bot: BotConfig, message: Message) -> Optional[tuple]:
+        """(rule name, card with its template fields filled in) of the first matching rule that
+        answers with a card, or None when the first answering rule does not."""
+        from wecomd.automation import rules as rulesmod
+
+        for match in self.select(bot.name, message):
+            rule = match.rule
+            if rule.card is not None:
+                return rule.name, rulesmod.render_card(rule.card, rulesmod.template_fields(match, bot.name, message))
+            if rule.reply or rule.ask or rule.run or (rule.webhook and rule.stream):
+                return None
         return None
 
     async def _webhook(self, bot: BotConfig, inbound: Any, rule: Any) -> AsyncIterator[str]:
@@ -180,6 +242,9 @@ class BotChannel:
         if message.event == "feedback_event":
             await self._feedback(message)
             return None
+        card = await self._card(bot, message, inbound)
+        if card is not None:
+            return card
         if message.event == "enter_chat":
             return botproto.text_reply(inbound.reply) if inbound.reply else None
         if message.msgtype == "event":
@@ -221,34 +286,74 @@ class BotChannel:
         deadline = datetime.strptime(stream["deadline_at"], "%Y-%m-%dT%H:%M:%SZ")
         return self.clock() > deadline + ORPHAN_GRACE
 
+    # ------------------------------------------------------------ template cards
+
+    async def _card(self, bot: BotConfig, message: Message, inbound: Any) -> Optional[dict]:
+        """The card answer of the first matching rule with `card =`, or None. To a template_card_event
+        it replaces the clicked card (update_template_card with the event's task_id, within WeCom's
+        5 s: nothing here waits on anything but the database); to a message or enter_chat it shows a
+        new card whose task_id is derived from the message, so a retry shows the same one. Each card
+        is recorded as the rule's run, and shown in the thread as an automatic answer."""
+        card_of = getattr(self.sources, "card", None)
+        found = card_of(bot, message) if card_of is not None else None
+        if found is None:
+            return None
+        rule, card = found
+        update = message.event == "template_card_event"
+        task_id = botproto.card_task_id(message) if update else cards.task_id_for(bot.name, message.msg_id or message.raw)
+        try:
+            if update and not task_id:
+                raise cards.CardError("the event carries no task_id")
+            reply = cards.update_reply(card, task_id) if update else cards.card_reply(card, task_id)
+        except cards.CardError as exc:  # a template field made it too long: nothing is sent
+            logger.warning("bot %s: rule %s: the card cannot be sent: %s", bot.name, rule, exc)
+            if inbound.created:
+                await self._card_run(bot, message, inbound, rule, "error", str(exc))
+            return None
+        if inbound.created:
+            await self._card_run(bot, message, inbound, rule, "ok", None, cards.title(card), update)
+        return reply
+
+    async def _card_run(self, bot: BotConfig, message: Message, inbound: Any, rule: str, status: str,
+                        error: Optional[str], title: Optional[str] = None, update: bool = False) -> None:
+        user = message.conversation or message.from_user or ""
+        try:
+            run = await self.run_db(self.store.runs.start, inbound.id, bot.name, message.from_user or "", rule,
+                                    "card", "running")
+            await self.run_db(self.store.runs.finish, run["id"], status, error=error,
+                              path="passive" if status == "ok" else "none")
+            if title is not None and user:
+                text = ("[卡片已更新] " if update else "[卡片] ") + title
+                answer = await self.run_db(self.store.messages.save_answer, bot.name, user, text, rule)
+                self.publish(message_event(answer))
+            row = await self.read(self.store.messages.get, inbound.id)
+            if row is not None:
+                self.publish(message_event(row))
+        except StoreError as exc:  # the card still goes out: WeCom gets one chance at it
+            logger.warning("bot %s: the card run of rule %s is not recorded: %s", bot.name, rule, exc)
+
     # ------------------------------------------------------------ a growing answer
 
     async def _stream(self, bot: BotConfig, stream: dict, pieces: AsyncIterator[str]) -> None:
-        stream_id, text, notice = stream["stream_id"], "", None
+        stream_id, notice = stream["stream_id"], None
         self._live[stream_id] = stream
         deadline = asyncio.get_running_loop().time() + bot.stream_deadline
         watchdog = self._spawn(self._close_at_deadline(stream_id, deadline))
-        written, open_ = time.monotonic(), True
+        growing = _Growing(self, stream)
         try:
             async for piece in pieces:
-                text += piece
-                if open_ and time.monotonic() - written >= WRITE_EVERY:
-                    open_ = await self.run_db(self.store.bot_streams.update, stream_id, botproto.cut(text), self.clock())
-                    written = time.monotonic()
-                    if open_:  # committed: polls may see it now
-                        self._live[stream_id] = dict(stream, content=botproto.cut(text))
-                        self._publish(dict(stream, content=text))
-                    else:
-                        self._live.pop(stream_id, None)
+                await growing.add(piece)
         except Exception as exc:  # any source failure ends the stream with a notice, never open
             logger.warning("bot %s: stream %s failed: %s", bot.name, stream_id, exc)
             notice = ERROR_NOTICE % (str(exc)[:200] or type(exc).__name__)
         finally:
             watchdog.cancel()
+            growing.stop()
             self._live.pop(stream_id, None)  # from here on polls read the database
             closer = getattr(pieces, "aclose", None)
             if closer is not None:  # a stop mid-answer drops the model's connection or the command at once
                 await closer()
+        text = growing.text
         try:
             finished = await self.run_db(self.store.bot_streams.finish, stream_id, botproto.cut(text + (notice or "")),
                                          self.clock(), notice)
@@ -292,6 +397,7 @@ class BotChannel:
         if url is None:
             logger.warning("bot: stream %s: no usable response_url (used, expired or none); answer not sent",
                            stream_id)
+            await self._republish(stream_id)  # an expired one is marked so: the console shows it
             return "the message's response_url was used already, is older than an hour, or was never sent"
         self.responses += 1
         body = botproto.dumps(botproto.markdown_post(text))
@@ -305,8 +411,18 @@ class BotChannel:
         except (HTTPClientError, OSError, ValueError) as exc:
             logger.warning("bot: stream %s: response_url failed: %s", stream_id, exc)
             await self.run_db(self.store.bot_streams.response_failed, stream_id, str(exc), self.clock())
+            await self._republish(stream_id)
             return str(exc)
+        await self._republish(stream_id)
         return None
+
+    async def _republish(self, stream_id: str) -> None:
+        try:
+            stream = await self.read(self.store.bot_streams.get, stream_id)
+        except StoreError:
+            return
+        if stream is not None:
+            self._publish(stream)
 
     async def reply(self, bot: BotConfig, user: str, text: str, operator: Optional[str]) -> dict:
         """An operator's reply in a bot conversation: through the response_url of the conversation's
@@ -334,6 +450,31 @@ class BotChannel:
         self.publish(message_event(row))
         return row
 
+    # ------------------------------------------------------------ the console
+
+    async def annotate_messages(self, rows: list) -> list:
+        """Message JSON rows with "answer" on each inbound bot message that has one: its source,
+        notice, feedback and response_url state (BotStreams.answers); one read, none without bots."""
+        wanted = [row["id"] for row in rows if row.get("direction") == "in" and row.get("app") in self.bots]
+        if wanted:
+            answers = await self.read(self.store.bot_streams.answers, wanted)
+            for row in rows:
+                if row["id"] in answers:
+                    row["answer"] = answers[row["id"]]
+        return rows
+
+    async def annotate_conversations(self, rows: list) -> list:
+        """Conversation JSON rows of bots with "chat": "group" or "single", from the newest inbound
+        message (the last message may be the bot's own answer); one read, none without bots."""
+        pairs = [(row["app"], row["user"]) for row in rows if row.get("app") in self.bots and row.get("user")]
+        if pairs:
+            found = await self.read(self.store.messages.newest_inbound_fields, pairs)
+            for row in rows:
+                fields = found.get((row.get("app"), row.get("user")))
+                if fields is not None:
+                    row["chat"] = "group" if fields.get("chattype") == "group" else "single"
+        return rows
+
     async def _feedback(self, message: Message) -> None:
         event = (message.fields.get("event") or {}).get("feedback_event") or {}
         if isinstance(event, dict) and isinstance(event.get("id"), str):
@@ -346,7 +487,7 @@ class BotChannel:
     def _publish(self, stream: dict) -> None:
         self.publish({"type": "stream", "app": stream["bot"], "message_id": stream["message_id"],
                       "stream": {key: stream[key] for key in ("stream_id", "content", "finished", "notice",
-                                                              "source", "feedback", "response_state")}})
+                                                              "source", "feedback", "response_state", "response_error")}})
 
     def _spawn(self, work: Awaitable[Any]) -> asyncio.Task:
         task = asyncio.ensure_future(work)

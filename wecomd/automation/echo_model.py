@@ -13,7 +13,7 @@ import asyncio
 import json
 import re
 import time
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from tornado import httpserver, iostream, netutil, web
 
@@ -39,6 +39,7 @@ class EchoModel:
         self.delay, self.think, self.api_key, self.models = delay, think, api_key, tuple(models)
         self.requests: List[dict] = []
         self.chunks_sent = 0  # content and reasoning events produced so far, over all requests
+        self.first_word_at: Dict[str, float] = {}  # answer content -> time.monotonic() of its first word
 
     def answer(self, body: dict) -> Tuple[str, str]:
         """(reasoning, content) for a chat request: the last user message echoed."""
@@ -120,6 +121,7 @@ class ChatHandler(_Handler):
                 for word in words(text):
                     await asyncio.sleep(self.model.delay)
                     self.model.chunks_sent += 1
+                    self.model.first_word_at.setdefault(content, time.monotonic())
                     await self.send(event({field: word}))
             await self.send(event({}, "stop"))
             self.write("data: [DONE]\n\n")

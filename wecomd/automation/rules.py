@@ -14,10 +14,11 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Pattern, Sequence, Tuple
 
+from wecomd.wecom import cards
 from wecomd.wecom.messages import Message
 
 OPTIONS = ("app", "when", "reply", "run", "end_of_options", "timeout", "webhook", "webhook_secret", "priority",
-           "continue", "ask", "history", "notify", "notify_text", "notify_format", "stream")
+           "continue", "ask", "history", "notify", "notify_text", "notify_format", "stream", "card")
 NOTIFY_FORMATS = ("text", "markdown")  # what a group robot is sent (`notify_format`)
 WHEN_FORMS = ("text equals X | text contains X | text matches REGEX | click KEY | event NAME | "
               "msgtype NAME | any")
@@ -92,6 +93,7 @@ class Rule:
     notify_text: Optional[str] = None  # its template; None: the message's own text
     notify_format: str = "text"  # NOTIFY_FORMATS
     stream: bool = False  # a bot's webhook: its response body streams into the bot's answer
+    card: Optional[Mapping[str, Any]] = field(default=None, compare=False)  # a bot's template card
 
     def matches(self, app: str, message: Message) -> Optional[Match]:
         """The Match when this rule fires for `message` received by `app`, else None."""
@@ -110,7 +112,8 @@ class Rule:
         event = (message.event or "").lower()
         if kind == "event":
             return Match(self) if event == arg.lower() else None
-        return Match(self) if event == "click" and message.event_key == arg else None  # click KEY
+        # click KEY: a menu click, or a button of a 智能机器人's card (template_card_event)
+        return Match(self) if event in ("click", "template_card_event") and message.event_key == arg else None
 
     def _match_text(self, message: Message) -> Optional[Match]:
         if message.msgtype != "text":
@@ -182,9 +185,9 @@ def _compile(name: str, options: Mapping[str, str], order: int, found: List[str]
         kind, arg, regex = "any", None, None
     else:
         kind, arg, regex = _parse_when(text["when"], report)
-    if not (text["reply"] or text["run"] or text["webhook"] or text["ask"] or text["notify"]):
+    if not (text["reply"] or text["run"] or text["webhook"] or text["ask"] or text["notify"] or text["card"]):
         found.append("[rule:%s]: nothing to do: set reply, run or webhook, or ask an [llm:NAME], or notify "
-                     "a [group:NAME]" % name)
+                     "a [group:NAME], or answer with a card" % name)
     groups = regex.groups if regex is not None else None
     named = set(regex.groupindex) if regex is not None else set()
     for shadowed in sorted(named & set(FIELDS)):
@@ -211,6 +214,9 @@ def _compile(name: str, options: Mapping[str, str], order: int, found: List[str]
             report(option, "set without a notify")
     if text["stream"] and not text["webhook"]:
         report("stream", "set without a webhook")
+    card = _card(text["card"], groups, named, report) if text["card"] else None
+    if card is not None and (text["reply"] or text["ask"] or text["run"]):
+        report("card", "a card is the whole answer: set it without reply, run or ask")
     notify_format = (text["notify_format"] or "text").lower()
     if notify_format not in NOTIFY_FORMATS:
         report("notify_format", "must be text or markdown (got %r)" % text["notify_format"])
@@ -223,7 +229,26 @@ def _compile(name: str, options: Mapping[str, str], order: int, found: List[str]
                 order=order, regex=regex, ask=text["ask"],
                 history=_converted(text["history"], _history, DEFAULT_HISTORY, "history", report),
                 notify=text["notify"], notify_text=text["notify_text"], notify_format=notify_format,
-                stream=_converted(text["stream"], _boolean, False, "stream", report))
+                stream=_converted(text["stream"], _boolean, False, "stream", report), card=card)
+
+
+def _card(text: str, groups: Optional[int], named: set, report) -> Optional[dict]:
+    """The JSON template card of `card =` (its texts may hold template fields), or None after a report."""
+    try:
+        card = cards.parse(text)
+    except cards.CardError as exc:
+        report("card", str(exc))
+        return None
+    seen: List[str] = []
+    cards.render(card, lambda value: seen.append(value) or value)
+    for problem in sorted({p for value in seen for p in _template_problems(value, groups, named)}):
+        report("card", problem)
+    return card
+
+
+def render_card(card: Mapping[str, Any], fields: Mapping[str, str]) -> dict:
+    """A rule's card with every text's template fields filled in."""
+    return cards.render(card, lambda value: render(value, fields))
 
 
 def _parse_when(when: str, report) -> Tuple[str, Optional[str], Optional[Pattern]]:

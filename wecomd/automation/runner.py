@@ -239,7 +239,9 @@ class RuleRunner:
 def default_reply(app: AppConfig, message: Message, matches: List[rulesmod.Match]) -> Optional[str]:
     """The app's own `reply =`, when it answers: ordinary messages that no rule answers (a
     webhook-only rule, such as a forwarder with `continue = yes`, does not count unless it replies)."""
-    answering = any(m.rule.reply or m.rule.run for m in matches)
+    # A bot's answer may also come from a model (ask), a streaming webhook or a card (wecomd.bots).
+    answering = any(m.rule.reply or m.rule.run or m.rule.ask or m.rule.card is not None
+                    or (m.rule.webhook and m.rule.stream) for m in matches)
     return app.reply if app.reply and message.msgtype != "event" and not answering else None
 
 

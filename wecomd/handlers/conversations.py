@@ -29,6 +29,7 @@ class ConversationsHandler(ApiHandler):
             self.services.store.conversations.page, app=self.app_scope(self.get_query_argument("app", None) or None),
             before=int_arg(self, "before"), limit=int_arg(self, "limit") or CONVERSATION_PAGE,
             show=show, me=self.current_user)
+        rows = await self.services.bots.annotate_conversations(rows)
         self.write_json({"conversations": await self.services.directory.annotate(rows), "next": cursor})
 
 

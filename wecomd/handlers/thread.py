@@ -73,6 +73,7 @@ class MessagesHandler(ApiHandler):
         rows, cursor = await self.services.read(
             self.services.store.messages.page, before=int_arg(self, "before"), limit=int_arg(self, "limit") or 50, **filters
         )
+        rows = await self.services.bots.annotate_messages(rows)
         self.write_json({"messages": await self.services.directory.annotate(rows), "next": cursor})
 
     async def post(self) -> None:

@@ -28,6 +28,13 @@ def stream_json(row: BotStream) -> dict:
                 deadline_at=iso(row.deadline_at), created_at=iso(row.created_at), updated_at=iso(row.updated_at))
 
 
+def answer_json(row: BotStream) -> dict:
+    """The public part of a stream: never its response_url (a one-use credential)."""
+    return dict(stream_id=row.stream_id, finished=bool(row.finished), notice=row.notice, source=row.source,
+                feedback=json.loads(row.feedback) if row.feedback else None,
+                response_state=row.response_state, response_error=row.response_error)
+
+
 class BotStreams:
     """The streams of the database `db` (named `name`)."""
 
@@ -60,6 +67,18 @@ class BotStreams:
         S = self.BotStream
         row = S.select().where(S.message_id == message_id).order_by(S.id).first()
         return stream_json(row) if row is not None else None
+
+    @guarded("read the answers of messages")
+    def answers(self, message_ids: list) -> dict:
+        """{message id: what the console shows of its answer}: where it came from, how it ended, the
+        feedback it got and how its response_url went; one query (message_id is indexed)."""
+        S, found = self.BotStream, {}
+        ids = [int(i) for i in message_ids]
+        if not ids:
+            return found
+        for row in S.select().where(S.message_id.in_(ids)).order_by(S.id):
+            found[row.message_id] = answer_json(row)
+        return found
 
     @guarded("update a bot stream")
     def update(self, stream_id: str, content: str, now: datetime) -> bool:

@@ -6,6 +6,7 @@ one extra query per call or page (per batch in iter_export).
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
@@ -277,6 +278,18 @@ class Messages:
         """Return the decrypted XML an inbound message arrived as ("" for outbound), or None."""
         row = self.Message.get_or_none(self.Message.id == message_id)
         return row.raw_xml if row is not None else None
+
+    @guarded("read conversations' newest inbound messages")
+    def newest_inbound_fields(self, pairs: Iterable[tuple]) -> dict:
+        """{(app, user): the `fields` JSON of that conversation's newest inbound message}, one short
+        indexed query per pair (app, user, id): a 智能机器人 conversation's chat type is in there."""
+        M, found = self.Message, {}
+        for app, user in pairs:
+            row = (M.select(M.fields).where((M.app == app) & (M.user == user) & (M.direction == "in"))
+                   .order_by(M.id.desc()).first())
+            if row is not None:
+                found[(app, user)] = json.loads(row.fields or "{}")
+        return found
 
     @guarded("list messages")
     def page(self, app: Optional[str] = None, user: Optional[str] = None,

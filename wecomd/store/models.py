@@ -15,7 +15,7 @@ from peewee import (BigIntegerField, CharField, DateTimeField, FloatField, Integ
 
 OUTBOUND_STATUSES = ("pending", "sent", "failed", "recalled")  # message.status of an outbound row
 MEDIA_STATUSES = ("pending", "stored", "failed")  # message.media_status; NULL: no media
-RUN_ACTIONS = ("reply", "run", "webhook", "notify")  # notify: a post to a group robot (workers/notify.py)
+RUN_ACTIONS = ("reply", "run", "webhook", "notify", "card")  # notify: a post to a group robot (workers/notify.py); card: a 智能机器人 card
 RUN_STATUSES = ("running", "pending", "ok", "failed", "timeout", "error", "skipped")
 OPEN_RUN_STATUSES = ("running", "pending")  # not finished yet: finished_at is NULL
 RUN_FAILURE_STATUSES = ("failed", "timeout", "error")

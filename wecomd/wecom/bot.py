@@ -111,6 +111,11 @@ def stream_id(message: Message) -> Optional[str]:
     return message.event_key if message.msgtype == "stream" else None
 
 
+def card_task_id(message: Message) -> Optional[str]:
+    """The task_id of the card a template_card_event is about (an update must carry it)."""
+    return _text(_get(message.fields, "event", "template_card_event", "task_id"))
+
+
 def response_url(message: Message) -> Optional[str]:
     return response_url_of(message.fields)
 
