@@ -207,6 +207,7 @@ def test_the_markers_select_the_browser_postgres_and_slow_tests():
     assert collected("-m", "browser", "tests/test_browser.py", "tests/test_crypto.py") == {"tests/test_browser.py"}
     assert collected("-m", "postgres", "tests/store", "tests/test_crypto.py") == {"tests/store/test_store.py",
                                                                                 "tests/store/test_team.py",
-                                                                                "tests/store/test_assignments.py"}
+                                                                                "tests/store/test_assignments.py",
+                                                                                "tests/store/test_kf_store.py"}
     assert collected("-m", "slow", "tests/test_crash.py", "tests/test_packaging.py", "tests/test_crypto.py") \
         == {"tests/test_crash.py", "tests/test_packaging.py"}

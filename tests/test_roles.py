@@ -52,6 +52,7 @@ ROLE_MATRIX = {
     "/api/notes$": {"GET": "viewer", "POST": "operator"},
     "/api/quick-replies$": {"GET": "viewer", "POST": "operator"},
     "/api/quick-replies/([0-9]{1,18})$": {"POST": "operator", "DELETE": "operator"},
+    "/api/kf/session$": {"GET": "viewer", "POST": "operator"},
 }
 
 

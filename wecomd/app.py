@@ -10,7 +10,7 @@ from tornado import httpserver, locale, netutil, web
 
 from wecomd import checks, connections, sdnotify
 from wecomd.config import Config
-from wecomd.handlers import (assignments, bot, callback, contacts, conversations, dashboard, live, metrics, ops,
+from wecomd.handlers import (assignments, bot, callback, contacts, conversations, dashboard, kf, live, metrics, ops,
                              quick_replies, rules, static, team, thread)
 from wecomd.handlers.base import DEFAULT_LOCALE
 from wecomd.paths import TRANSLATIONS_DIR, resource_dir
@@ -31,7 +31,7 @@ def make_app(services: Services) -> web.Application:
     """Build the application from every handler module's `routes(services)`: the one route table."""
     handlers: list = []
     # bot first: its route takes the /callback/NAME of the configured bots, the rest go to the apps.
-    for module in (bot, callback, ops, metrics, dashboard, contacts, assignments, quick_replies) + PANELS:
+    for module in (bot, callback, ops, metrics, dashboard, contacts, assignments, quick_replies, kf) + PANELS:
         handlers.extend(module.routes(services))
     # Tornado keeps translations process-wide; loading the same files again is harmless.
     locale.load_translations(str(TRANSLATIONS_DIR))

@@ -87,6 +87,14 @@ def _boolean(value: str) -> bool:
     return states[value.lower()]
 
 
+def _kf_accounts(value: str) -> Tuple[str, ...]:
+    ids = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    for open_kfid in ids:
+        if not re.fullmatch(r"[0-9A-Za-z_\-]{1,64}", open_kfid):
+            raise ValueError("%r is not an open_kfid (like wkAbCdEf…, comma-separated)" % open_kfid)
+    return ids
+
+
 def _listen(value: str) -> Tuple[str, int]:
     host, _, port = value.rpartition(":")
     # ASCII digits only: str.isdigit() also takes '²' (int() refuses it) and '٣' (int() reads 3).
@@ -288,6 +296,11 @@ SCHEMA: Dict[str, Dict[str, Option]] = {
                          "download.", secret=True),
         "reply": Option("", str, "Optional: a passive text reply to every message, e.g. 已收到; "
                         "empty: none."),
+        "kf": Option("no", _boolean, "yes: this app is the one listed under 微信客服 → 可调用接口的应用; its "
+                     "kf_msg_or_event callbacks are pulled with kf/sync_msg and answered with kf/send_msg "
+                     "(needs its secret). See docs/kf.md."),
+        "kf_accounts": Option("", _kf_accounts, "Optional, with kf = yes: the open_kfid of each 微信客服 "
+                              "account to serve, comma-separated; empty: every account the app may manage."),
     },
     "bot:NAME": {
         "token": Option(REQUIRED, _token, "The bot's callback Token: 1 to 32 of A-Z a-z 0-9.", secret=True),
@@ -410,6 +423,12 @@ class AppConfig:
     encoding_aes_key: str = field(repr=False)
     secret: str = field(repr=False)  # "" = none
     reply: str  # "" = none
+    kf: bool = False  # 微信客服: kf_msg_or_event callbacks are pulled (wecomd.kf)
+    kf_accounts: Tuple[str, ...] = ()  # the open_kfids served; (): all the app may manage
+
+    def serves_kf(self, open_kfid: str) -> bool:
+        """Whether this app's 微信客服 channel takes the account `open_kfid`."""
+        return self.kf and (not self.kf_accounts or open_kfid in self.kf_accounts)
 
 
 @dataclass(frozen=True)
@@ -488,6 +507,7 @@ def load(path: Union[str, Path, None], environ: Optional[Mapping[str, str]] = No
             if _kind(section) in NAMED and _APP_NAME.fullmatch(section[4:])]
     problems.extend("%s: [bot:%s]: an app is named %s too: apps and bots share /callback/NAME, give one "
                     "another name" % (label, name, name) for name in sorted({n for n in apps if apps.count(n) > 1}))
+    problems.extend(_kf_problems(values, label))
     llms = [section[4:] for section in raw if _kind(section) == "llm:NAME"]
     groups = [section[6:] for section in raw if _kind(section) == "group:NAME"]
     problems.extend("%s: %s" % (label, problem)
@@ -497,6 +517,26 @@ def load(path: Union[str, Path, None], environ: Optional[Mapping[str, str]] = No
         raise ConfigError(problems)
     absolute = Path(path).absolute() if path is not None else None
     return _build(absolute, absolute.parent if absolute else Path.cwd(), values, rules, sources, ignored)
+
+
+def _kf_problems(values: Dict[str, Dict[str, Any]], label: str) -> List[str]:
+    """微信客服 needs the app's secret (every pull and send is an API call), and an account served by
+    two apps would be pulled twice."""
+    found, owners = [], {}
+    for section, options in values.items():
+        if not section.startswith("app:"):
+            continue
+        if options.get("kf_accounts") and not options.get("kf"):
+            found.append("%s: [%s] kf_accounts: set without kf = yes" % (label, section))
+        if options.get("kf") and not options.get("secret"):
+            found.append("%s: [%s] kf: 微信客服 pulls and sends through the API: set the app's secret" % (label, section))
+        if options.get("kf"):
+            for open_kfid in options.get("kf_accounts") or ("*",):
+                if open_kfid in owners:
+                    found.append("%s: [%s] kf_accounts: %s is served by [%s] already: one app per account"
+                                 % (label, section, "every account" if open_kfid == "*" else open_kfid, owners[open_kfid]))
+                owners[open_kfid] = section
+    return found
 
 
 def problems(path: Union[str, Path, None], environ: Optional[Mapping[str, str]] = None) -> List[str]:

@@ -193,7 +193,9 @@ class Directory:
 
     def _key(self, app: Optional[str], userid: Optional[str]) -> Optional[Key]:
         config = self.apps.get(app) if app else None
-        if config is None or not userid or userid == "sys":  # "sys": WeCom's own system events
+        # "sys": WeCom's own system events; "OPEN_KFID/EXTERNAL_USERID": a 微信客服 customer, named by
+        # wecomd.kf (customer/batchget), not the address book.
+        if config is None or not userid or userid == "sys" or "/" in userid:
             return None
         return config.corp_id, userid
 

@@ -21,6 +21,7 @@ from wecomd.automation.commands import CommandRunner
 from wecomd.automation.runner import RuleRunner
 from wecomd.automation.takeover import Takeover
 from wecomd.bots import BotChannel, RuleSources
+from wecomd.kf.channel import KfChannel
 from wecomd.config import AppConfig, Config
 from wecomd.contacts import Directory
 from wecomd.failures import FailureRecorder
@@ -123,6 +124,10 @@ class Services:
         self.inbox = Inbox(self.db, self.store, self.rule_runner, self.publish, self.media.wake)
         self.bot_sources = RuleSources(self.rule_runner.select, self.read, self.store, config)
         self.bots = BotChannel(self.db, self.read, self.store, self.inbox, self.publish, config, self.bot_sources)
+        # 微信客服: pulled after each kf_msg_or_event callback, answered through kf/send_msg by the outbox.
+        self.kf = KfChannel(self.db, self.read, self.store, self.wecom, self.rule_runner, self.outbox, self.publish,
+                            config)
+        self.outbox.kf = self.kf.sender
 
     @property
     def rules(self) -> List[rulesmod.Rule]:
@@ -168,7 +173,7 @@ class Services:
             new = replace(new, server=self.config.server, admin=self.config.admin)
         self.config, self.cryptos = new, cryptos
         for piece in (self.rule_runner, self.takeover, self.outbox, self.media, self.directory, self.bots,
-                      self.bot_sources, self.notifier):
+                      self.bot_sources, self.notifier, self.kf):
             piece.reconfigure(new)
         logger.info("reloaded %s: apps %s; %d rule(s)", new.path, ", ".join(new.apps) or "none", len(new_rules))
         return True
@@ -186,10 +191,12 @@ class Services:
         self.webhooks.start()
         self.notifier.start()
         self.retention.start()
+        await self.kf.start()  # the startup pull: what came while the daemon was down
 
     async def close(self) -> None:
         self.hub.close_all()
         await self.bots.close()
+        await self.kf.close()
         await self.directory.close()
         await self.rule_runner.close()
         await self.webhooks.stop()

@@ -9,9 +9,12 @@ import re
 import sys
 import time
 
+from wecomd import config as configmod
+from wecomd.cli import options
 from wecomd.wecom.crypto import CryptoError
 from wecomd.wecom.samples import KINDS, build
 from wecomd.wecom.simulate import BotSimulator, Result, Simulator
+from wecomd.wecom.simulate_kf import KfCustomer, SandboxError
 
 NAME, HELP = "simulate", "play WeCom against a callback URL"
 
@@ -39,6 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="play a 智能机器人's side instead: JSON callbacks, receive-id \"\" (no --corp-id), "
                              "and poll the streamed answer until it finishes, printing it as it grows")
     parser.add_argument("--group", metavar="CHATID", help="with --bot: send in this group chat")
+    parser.add_argument("--kf", metavar="OPEN_KFID",
+                        help="play 微信客服 instead: a WeChat customer's message goes into the sandbox WeCom, then "
+                             "the app's kf_msg_or_event callback for this account rings the daemon, which pulls it")
+    parser.add_argument("--customer", metavar="EXTERNAL_USERID", default="wmDemoXiaoming",
+                        help="with --kf: the customer's external_userid (default: %(default)s)")
+    parser.add_argument("--sandbox", metavar="URL",
+                        help="with --kf: the sandbox WeCom's base URL (default: [wecom] api_base of -c)")
+    parser.add_argument("-c", "--config", metavar="FILE", help="with --kf: the config whose [wecom] api_base "
+                                                               "is the sandbox")
+    parser.add_argument("--enter", action="store_true",
+                        help="with --kf: the customer opens the chat first (enter_session with a welcome_code)")
     parser.add_argument("--poll", type=float, default=0.5, metavar="SECONDS",
                         help="with --bot: seconds between refresh polls (default: %(default)s)")
     checks = parser.add_mutually_exclusive_group()
@@ -110,8 +124,22 @@ def _line(label: str, result: Result) -> str:
     return "%s: %d, reply: %s (%.1f ms)" % (label, result.status, reply, result.elapsed_ms)
 
 
+def _sandbox(args: argparse.Namespace) -> str:
+    """--kf's sandbox: --sandbox, else the -c config's [wecom] api_base."""
+    if args.bot:
+        raise _UsageError("--kf and --bot exclude each other")
+    if args.sandbox:
+        return args.sandbox
+    if not args.config:
+        raise _UsageError("--kf needs --sandbox URL (or -c with the sandbox as [wecom] api_base)")
+    try:
+        return options.load(args).wecom.api_base
+    except configmod.ConfigError as exc:
+        raise _UsageError("cannot read -c %s: %s" % (args.config, exc)) from None
+
+
 async def _steps(args: argparse.Namespace, sim: Simulator,
-                 plaintexts: list[tuple[str, str]]) -> list[Result]:
+                 plaintexts: list[tuple[str, str]], sandbox: str = "") -> list[Result]:
     results: list[Result] = []
     if not args.no_verify:
         result = await sim.verify()
@@ -123,6 +151,8 @@ async def _steps(args: argparse.Namespace, sim: Simulator,
             return results
     if args.bot:
         return results + await _bot_steps(args, sim)
+    if args.kf:
+        return results + await _kf_steps(args, sim, sandbox)
     for number, (label, plaintext) in enumerate(plaintexts, 1):
         for attempt, result in enumerate(await sim.send(plaintext, repeat=args.repeat), 1):
             suffix = " try %d/%d" % (attempt, args.repeat) if args.repeat > 1 else ""
@@ -157,17 +187,42 @@ async def _bot_steps(args: argparse.Namespace, sim: BotSimulator) -> list[Result
     return results
 
 
+async def _kf_steps(args: argparse.Namespace, sim: Simulator, sandbox: str) -> list[Result]:
+    """The customer enters (--enter) and writes --count messages; each put into the sandbox, then
+    its callback sent (--repeat times): one line for each."""
+    customer = KfCustomer(sandbox, sim, args.kf, args.customer, timeout=args.timeout)
+    results: list[Result] = []
+    try:
+        actions = [("enter_session", customer.enter)] if args.enter else []
+        actions += [("text", lambda repeat: customer.say(args.content, repeat=repeat))] * args.count
+        for number, (label, action) in enumerate(actions, 1):
+            item, steps = await action(repeat=args.repeat)
+            print("kf: %s msgid %s from %s/%s in the sandbox" % (label, item["msgid"], args.kf, args.customer),
+                  flush=True)
+            for attempt, result in enumerate(steps, 1):
+                suffix = " try %d/%d" % (attempt, args.repeat) if args.repeat > 1 else ""
+                print(_line("POST kf_msg_or_event #%d%s" % (number, suffix), result), flush=True)
+            results += steps
+    except SandboxError as exc:
+        print("kf: %s" % exc, flush=True)
+        results.append(Result(599, b"", None, 0.0, str(exc)))
+    finally:
+        customer.close()
+    return results
+
+
 async def run(args: argparse.Namespace) -> int:
     """Run `wecomd simulate`: 0 when every step succeeded, 1 on any failure, 2 on bad options."""
     try:
+        sandbox = _sandbox(args) if args.kf else ""
         sim = _simulator(args)
-        plaintexts = [] if args.verify_only or args.bot else _plaintexts(args, sim)
+        plaintexts = [] if args.verify_only or args.bot or args.kf else _plaintexts(args, sim)
     except _UsageError as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 2
     started = time.perf_counter()
     try:
-        results = await _steps(args, sim, plaintexts)
+        results = await _steps(args, sim, plaintexts, sandbox)
     finally:
         sim.close()
     elapsed = max(time.perf_counter() - started, 1e-9)

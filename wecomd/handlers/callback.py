@@ -109,6 +109,8 @@ class CallbackHandler(BaseHandler):
             raise web.HTTPError(400, "bad message XML: %s", exc)
         kind = message.msgtype if message.msgtype != "event" else "event:%s" % message.event
         self._outcome.update(type=kind, sender=message.from_user)
+        if self.services.kf.handles(self.wecom_app, message):
+            return await self._kf_doorbell(message)
         try:
             inbound = await self.services.inbox.receive("app", self.wecom_app, message)
         except NotStored as exc:
@@ -124,6 +126,18 @@ class CallbackHandler(BaseHandler):
             return self.finish()
         self.set_header("Content-Type", "application/xml; charset=utf-8")
         self.finish(self.crypto.encrypt_reply(inbound.reply, str(int(time.time())), _nonce()))
+
+    async def _kf_doorbell(self, message: Any) -> None:
+        """微信客服's kf_msg_or_event: its token kept (committed) and the pull woken; an empty 200 at
+        once, the pulling happens after (wecomd.kf)."""
+        try:
+            served = await self.services.kf.doorbell(self.wecom_app, message)
+        except NotStored as exc:  # non-200: WeCom rings again
+            self._outcome["detail"] = str(exc)
+            raise web.HTTPError(503, "the callback could not be recorded")
+        self._outcome.update(outcome="kf pull" if served else "kf account not served")
+        self.set_status(200)
+        self.finish()
 
     def _query(self, *names: str) -> list[str]:
         values = []

@@ -30,7 +30,8 @@ class ConversationsHandler(ApiHandler):
             before=int_arg(self, "before"), limit=int_arg(self, "limit") or CONVERSATION_PAGE,
             show=show, me=self.current_user)
         rows = await self.services.bots.annotate_conversations(rows)
-        self.write_json({"conversations": await self.services.directory.annotate(rows), "next": cursor})
+        rows = await self.services.kf.annotate(await self.services.directory.annotate(rows))
+        self.write_json({"conversations": rows, "next": cursor})
 
 
 class ReadHandler(ApiHandler):

@@ -74,7 +74,8 @@ class MessagesHandler(ApiHandler):
             self.services.store.messages.page, before=int_arg(self, "before"), limit=int_arg(self, "limit") or 50, **filters
         )
         rows = await self.services.bots.annotate_messages(rows)
-        self.write_json({"messages": await self.services.directory.annotate(rows), "next": cursor})
+        rows = await self.services.kf.annotate(await self.services.directory.annotate(rows))
+        self.write_json({"messages": rows, "next": cursor})
 
     async def post(self) -> None:
         if self._limit is not None and self._size > self._limit:

@@ -23,6 +23,7 @@ from .database import open_database, sqlite_file, supports_returning
 from .errors import StoreError, guarded
 from .failures import Failures
 from .health import Health
+from .kf import Kf
 from .maintenance import Maintenance
 from .media import Media
 from .messages import Messages
@@ -87,6 +88,7 @@ class Store:
         self.quick_replies = QuickReplies(db, name, models.QuickReply)
         self.maintenance = Maintenance(db, name, models, self.conversations)
         self.health = Health(db, name, models.Message)
+        self.kf = Kf(db, name, models, self.messages)  # 微信客服: cursors, sessions, codes, customers
 
         # The old method names, for the modules being rewritten now (#10); they go with them.
 

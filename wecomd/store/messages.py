@@ -118,6 +118,30 @@ class Messages:
         row = SimpleNamespace(**{**self._blank_row, **values, "id": row_id})
         return dict(to_json(row), automation=[], reply=kept_reply), True
 
+    def save_pulled(self, app: str, message: Message, dedup_key: str, outbound_by: Optional[str] = None) -> tuple[dict, bool]:
+        """Store a message pulled from WeCom (微信客服's sync_msg) once per dedup key, in the caller's
+        transaction; (row JSON, created). With `outbound_by` it is an outbound message a human agent
+        (that servicer_userid) sent from the WeCom client: stored "sent", by that operator, and
+        counted as outbound in its conversation."""
+        if not dedup_key:
+            raise ValueError("a pulled message needs a dedup key")
+        values = inbound_row(app, message, dedup_key, None, utcnow(whole_seconds=True))
+        if outbound_by is not None:
+            values.update(direction="out", status="sent", operator=outbound_by, to_user=values["user"],
+                          wecom_msgid=values["msg_id"])
+        insert_sql, select_sql = self._upsert_sql(tuple(values))
+        fields = self.Message._meta.fields
+        cursor = self.db.execute_sql(insert_sql, [fields[k].db_value(v) for k, v in values.items()])
+        if self.returning:
+            row_id, deliveries, _ = cursor.fetchone()
+        else:
+            row_id, deliveries, _ = self.db.execute_sql(select_sql, (dedup_key,)).fetchone()
+        if deliveries != 1:
+            return {"id": row_id, "deliveries": deliveries}, False
+        self.conversations.count_new(app, values["user"], row_id, inbound=outbound_by is None)
+        row = SimpleNamespace(**{**self._blank_row, **values, "id": row_id})
+        return dict(to_json(row), automation=[]), True
+
     def _upsert_sql(self, names: tuple) -> tuple[str, str]:
         """The SQL of save_inbound, built once per column set: generating it with peewee's query
         builder on every callback cost more than the database work itself."""

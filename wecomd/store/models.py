@@ -313,6 +313,78 @@ class BotStream(Model):
     class Meta:
         table_name = "bot_stream"
 
+class KfCursor(Model):
+    """微信客服: per kf account, where the last pull stopped (kf/sync_msg's next_cursor, saved with the
+    messages of its page), the newest callback token not yet pulled with, and which process pulls."""
+
+    open_kfid = CharField(unique=True)
+    app = CharField()
+    cursor = CharField(null=True)  # NULL: never pulled (the first pull starts 3 days back)
+    token = TextField(null=True)  # from the newest kf_msg_or_event callback; valid 10 minutes
+    token_at = DateTimeField(null=True)
+    pending = IntegerField(default=0)  # 1: a callback came that no finished pull has covered yet
+    lease_owner = CharField(null=True)  # the process pulling it now, until lease_until
+    lease_until = DateTimeField(null=True)
+    pulled_at = DateTimeField(null=True)
+    updated_at = DateTimeField()
+
+    class Meta:
+        table_name = "kf_cursor"
+
+
+class KfSession(Model):
+    """微信客服: one customer of one kf account: the session state as last known, the reply window."""
+
+    app = CharField()
+    open_kfid = CharField()
+    external_userid = CharField()
+    service_state = IntegerField(null=True)  # 0-4 (wecom.kf.SERVICE_STATES); NULL: unknown
+    servicer_userid = CharField(null=True)
+    last_customer_at = DateTimeField(null=True)  # the customer's newest message (send_time)
+    sends = IntegerField(default=0)  # sent to the customer since then (WeCom allows 5)
+    state_at = DateTimeField(null=True)
+    updated_at = DateTimeField()
+
+    class Meta:
+        table_name = "kf_session"
+        indexes = ((("open_kfid", "external_userid"), True),)
+
+
+class KfCode(Model):
+    """微信客服: a code for send_msg_on_event (a welcome_code, a msg_code), used at most once."""
+
+    code = CharField(unique=True)
+    kind = CharField()  # welcome, queue, human, end
+    open_kfid = CharField()
+    external_userid = CharField(null=True)
+    message_id = IntegerField(null=True)  # the event message it came with
+    expires_at = DateTimeField()
+    used_at = DateTimeField(null=True)
+    used_by = IntegerField(null=True)  # the outbound message that used it
+    created_at = DateTimeField()
+
+    class Meta:
+        table_name = "kf_code"
+
+
+class KfCustomer(Model):
+    """微信客服: a WeChat customer's nickname and avatar (kf/customer/batchget), or that WeCom could not
+    resolve the id (invalid)."""
+
+    external_userid = CharField(unique=True)
+    nickname = CharField(null=True)
+    avatar = TextField(null=True)
+    gender = IntegerField(null=True)
+    unionid = CharField(null=True)
+    scene = CharField(null=True)
+    scene_param = TextField(null=True)
+    invalid = IntegerField(default=0)
+    fetched_at = DateTimeField()
+
+    class Meta:
+        table_name = "kf_customer"
+
+
 ModelT = TypeVar("ModelT", bound=Model)
 
 
@@ -343,13 +415,18 @@ class Models:
     Note: type[Note]
     QuickReply: type[QuickReply]
     BotStream: type[BotStream]
+    KfCursor: type[KfCursor]
+    KfSession: type[KfSession]
+    KfCode: type[KfCode]
+    KfCustomer: type[KfCustomer]
 
     @classmethod
     def bound_to(cls, db: peewee.Database) -> "Models":
         declared = {model.__name__: model for model in (Message, ReadMark, Conversation, RuleRun, Takeover,
                                                         CallbackFailure, Session, Operator, ApiToken,
                                                         AuditEvent, Contact, ConversationState, Note,
-                                                        QuickReply, BotStream)}
+                                                        QuickReply, BotStream, KfCursor, KfSession, KfCode,
+                                                        KfCustomer)}
         return cls(**{field.name: bind(declared[field.name], db) for field in fields(cls)})
 
     def all(self) -> list[type[Model]]:

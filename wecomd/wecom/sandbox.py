@@ -21,6 +21,8 @@ from typing import Dict, List, Optional, Set, Tuple
 
 from tornado import httpserver, netutil, web
 
+from wecomd.wecom import sandbox_kf
+
 logger = logging.getLogger(__name__)
 
 WEBHOOK = "/demo/webhook"  # not part of WeCom: the demo's webhook receiver
@@ -97,6 +99,7 @@ class FakeWecom:
         self.trusted_ips: Optional[Set[str]] = None  # None: every caller is trusted
         self._current: Dict[Tuple[str, str], str] = {}  # (corpid, secret) -> its valid token
         self._failures: Dict[str, List[Tuple[int, str, int]]] = {}
+        self.kf = sandbox_kf.FakeKf(self.media)  # 微信客服 (sandbox_kf)
 
     def duplicate(self, message: dict) -> bool:
         """enable_duplicate_check: True when the same request JSON was delivered within
@@ -440,7 +443,7 @@ def make_app(fake: FakeWecom) -> web.Application:
     routes = [(GETTOKEN, GettokenHandler), (SEND, SendHandler), (MEDIA_GET, MediaHandler),
               (CALLBACK_IPS, CallbackIpHandler), (USER_GET, UserGetHandler), (DEPARTMENT_LIST, DepartmentListHandler),
               (AIBOT_RESPONSE, AibotResponseHandler), (r"/bot-media/([A-Za-z0-9_-]+)", BotMediaHandler), (MEDIA_UPLOAD, UploadHandler), (RECALL, RecallHandler),
-              (ROBOT_SEND, RobotSendHandler),
+              (ROBOT_SEND, RobotSendHandler), *sandbox_kf.routes(_FakeHandler),
               (WEBHOOK, WebhookHandler), (IP_ECHO, IpEchoHandler),
               (r"/(.*)", ForbiddenHandler)]
     return web.Application([(path, handler, dict(fake=fake)) for path, handler in routes],

@@ -29,9 +29,10 @@ import secrets
 from contextlib import suppress
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from wecomd.config import AppConfig, Config
+from wecomd.kf.send import KfRefused
 from wecomd.live import message_event, status_event
 from wecomd.store import StoreError
 from wecomd.store.times import iso, utcnow
@@ -79,6 +80,7 @@ class Outbox(Worker):
         self.windows = MemberWindows(lambda: self.clock())
         self._seeded = False  # the per-member windows know the sends of before a restart
         self._recalling: set = set()
+        self.kf: Optional[Any] = None  # wecomd.kf.send.KfSender: rows to 微信客服 customers (set by Services)
 
     def reconfigure(self, config: Config) -> None:
         """A reload: the apps and [wecom] duplicate_check_interval of `config`, from the next send on."""
@@ -169,7 +171,10 @@ class Outbox(Worker):
             app = self.apps.get(row["app"])
             if app is None or not app.secret:
                 raise RecallRefused("app %r is not configured with a secret: nothing can be recalled" % row["app"])
-            await self.client.recall(app, row["msg_id"])
+            if self.kf is not None and self.kf.is_kf(row["to_user"]):  # kf/recall_msg, within 2 minutes
+                await self.kf.recall(app, row)
+            else:
+                await self.client.recall(app, row["msg_id"])
             updated = await self.run_db(self.store.outbox.set_status, message_id, "recalled", row["error"],
                                         only_if="sent")
         finally:
@@ -256,6 +261,8 @@ class Outbox(Worker):
             return await self._fail(row, error_text(exc, with_hint=True), exc.errcode)
         except StoredFileError as exc:  # the vault lost the file: no attempt can succeed
             return await self._fail(row, str(exc), None)
+        except KfRefused as exc:  # outside the reply window, or a human agent serves the session
+            return await self._fail(row, str(exc), exc.errcode)
         except Exception as exc:  # not the client's contract; treat as transient, keep the row
             logger.exception("send id=%s app=%s: unexpected error", row["id"], row["app"])
             self._on_send_error(None)
@@ -264,6 +271,8 @@ class Outbox(Worker):
         await self._sent(row, answer or {})
 
     async def _send(self, app: AppConfig, row: dict) -> dict:
+        if self.kf is not None and self.kf.is_kf(row["to_user"]):  # a 微信客服 customer: kf/send_msg
+            return await self.kf.send(app, row)
         fields = row.get("fields") or {}
         # The same JSON on every attempt: with the check on, WeCom drops a resend of what it delivered.
         check = (dict(enable_duplicate_check=1, duplicate_check_interval=self.duplicate_check)

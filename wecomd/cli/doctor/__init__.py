@@ -40,6 +40,7 @@ def main(args: argparse.Namespace) -> int:
     if config is None:
         return report.finish(None)
     from wecomd.cli.doctor import files as doctor_files  # peewee only from here on
+    from wecomd.cli.doctor import kf as doctor_kf
     from wecomd.cli.doctor import wecom_api as doctor_wecom
 
     db_checks, db = doctor_files.check_database(config)
@@ -47,6 +48,7 @@ def main(args: argparse.Namespace) -> int:
     report.add(*doctor_files.check_media(config))
     network, report.egress_ip = asyncio.run(doctor_wecom.check_wecom(config, args.timeout))
     report.add(*network)
+    report.add(*asyncio.run(doctor_kf.check_kf(config, args.timeout)))
     failure_check, report.failures = doctor_files.check_failure_log(db, max(1, args.failures))
     report.add(failure_check)
     report.add(doctor_files.check_contacts(db))

@@ -1,0 +1,139 @@
+"""微信客服 storage (migration 0011) on every database: a sync_msg page and its cursor in one
+transaction, each msgid stored once across pages, the pull lease, the reply window's counters, event
+codes used at most once, and the customers' names. TestPostgres runs the same when TEST_POSTGRES_URL
+names a server."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+import pytest
+
+from support.postgres import needs_postgres, postgres_store
+from wecomd.store.kf import LeaseLost, Pulled
+from wecomd.wecom.messages import Message
+
+T0 = datetime(2026, 12, 3, 8, 0, 0)
+KFID, CUSTOMER = "wkACCOUNT1", "wmCUSTOMER1"
+KEY = KFID + "/" + CUSTOMER
+
+
+def item(msgid: str, content: str = "你好", outbound_by: str | None = None, **changes) -> Pulled:
+    fields = {"msgid": msgid, "open_kfid": KFID, "external_userid": CUSTOMER, "msgtype": "text",
+              "origin": 5 if outbound_by else 3, "text": {"content": content}}
+    message = Message(msgtype="text", from_user=outbound_by or CUSTOMER, to_user=None, agent_id=None, msg_id=msgid,
+                      event=None, event_key=None, create_time=1764748800, content=content, fields=fields,
+                      raw=json.dumps(fields), conversation=KEY, channel="kf")
+    if not outbound_by and "customer_at" not in changes:
+        changes["customer_at"] = T0
+    return Pulled(message=message, dedup_key="kf:" + msgid, session=(KFID, CUSTOMER), outbound_by=outbound_by,
+                  **changes)
+
+
+class KfStoreTests:
+    """Subclasses provide the `store` fixture."""
+
+    def claim(self, store, owner="p1", at=T0):
+        return store.kf.claim(KFID, "helpdesk", owner, at, at + timedelta(seconds=60))
+
+    def test_a_page_and_its_cursor_are_one_transaction_and_msgids_are_stored_once(self, store):
+        assert self.claim(store) == {"cursor": None, "token": None, "token_at": None}
+        new = store.kf.save_page("helpdesk", KFID, "p1", [item("m1"), item("m2")], "C1", T0, T0 + timedelta(seconds=60))
+        assert [row["content"] for row, _ in new] == ["你好", "你好"]
+        # The same msgid again on the next page: stored once; the cursor moves on.
+        new = store.kf.save_page("helpdesk", KFID, "p1", [item("m2"), item("m3", "第三条")], "C2", T0, T0)
+        assert [row["content"] for row, _ in new] == ["第三条"]
+        assert store.kf.cursors()[0]["cursor"] == "C2"
+        rows, _ = store.messages.page(app="helpdesk", user=KEY)
+        assert len(rows) == 3 and all(row["direction"] == "in" for row in rows)
+        # A page whose storing fails stores nothing and keeps the old cursor (one transaction).
+        broken = item("m4")
+        broken = Pulled(**{**broken.__dict__, "dedup_key": None})  # save_pulled refuses it half-way
+        with pytest.raises(ValueError):
+            store.kf.save_page("helpdesk", KFID, "p1", [item("m5"), broken], "C3", T0, T0)
+        assert store.kf.cursors()[0]["cursor"] == "C2"
+        assert len(store.messages.page(app="helpdesk", user=KEY)[0]) == 3
+
+    def test_one_pull_at_a_time_per_account(self, store):
+        store.kf.doorbell("helpdesk", KFID, "TOKEN1", T0)
+        assert self.claim(store, "p1")["token"] == "TOKEN1"
+        assert self.claim(store, "p2", T0 + timedelta(seconds=10)) is None  # p1 holds it
+        with pytest.raises(LeaseLost):
+            store.kf.save_page("helpdesk", KFID, "p2", [item("x1")], "CX", T0, T0)
+        assert store.messages.page(app="helpdesk")[0] == []
+        store.kf.doorbell("helpdesk", KFID, "TOKEN2", T0 + timedelta(seconds=20))  # rings during the pull
+        assert store.kf.release(KFID, "p1", T0 + timedelta(seconds=30)) is True  # so: pull once more
+        assert self.claim(store, "p2", T0 + timedelta(seconds=31))["token"] == "TOKEN2"
+        assert store.kf.release(KFID, "p2", T0 + timedelta(seconds=32)) is False
+        # A lease that ran out (its process died) is taken over.
+        self.claim(store, "p3", T0 + timedelta(seconds=40))
+        assert self.claim(store, "p4", T0 + timedelta(seconds=101)) is not None
+
+    def test_the_reply_window_state_follows_the_customer_and_the_human_agent(self, store):
+        self.claim(store)
+        store.kf.save_page("helpdesk", KFID, "p1", [item("m1", customer_at=T0)], "C1", T0, T0)
+        for _ in range(3):
+            store.kf.count_send(KFID, CUSTOMER, T0)
+        session = store.kf.session(KFID, CUSTOMER)
+        assert (session["sends"], session["last_customer_at"]) == (3, "2026-12-03T08:00:00Z")
+        # The customer writes again: the count starts over. A human agent's reply (origin 5) is
+        # stored as theirs, outbound, and the session is human-served.
+        later = T0 + timedelta(hours=1)
+        store.kf.save_page("helpdesk", KFID, "p1", [item("m2", customer_at=later),
+                                                    item("m3", "我来处理", outbound_by="zhangsan", state=3,
+                                                         servicer="zhangsan")], "C2", later, later)
+        session = store.kf.session(KFID, CUSTOMER)
+        assert (session["sends"], session["service_state"], session["servicer_userid"]) == (0, 3, "zhangsan")
+        human = [r for r in store.messages.page(app="helpdesk", user=KEY)[0] if r["direction"] == "out"]
+        assert [(r["content"], r["operator"], r["status"]) for r in human] == [("我来处理", "zhangsan", "sent")]
+        conversation = store.conversations.all(app="helpdesk")[0]
+        assert (conversation["user"], conversation["count"], conversation["unread"]) == (KEY, 3, 2)
+
+    def test_a_code_is_used_once_and_not_after_it_expired(self, store):
+        self.claim(store)
+        new = store.kf.save_page("helpdesk", KFID, "p1", [item("e1", code=("welcome", "W1", T0 + timedelta(seconds=20)))],
+                                 "C1", T0, T0)
+        message_id = new[0][0]["id"]
+        assert store.kf.use_code(("welcome",), KFID, CUSTOMER, T0 + timedelta(seconds=25)) is None  # expired
+        store.kf.add_code("welcome", "W2", KFID, CUSTOMER, T0 + timedelta(seconds=20), T0, message_id=message_id)
+        used = store.kf.use_code(("welcome",), KFID, CUSTOMER, T0 + timedelta(seconds=5), message_id=message_id)
+        assert used["code"] == "W2"  # the newest first
+        assert store.kf.use_code(("welcome",), KFID, CUSTOMER, T0 + timedelta(seconds=6))["code"] == "W1"
+        assert store.kf.use_code(("welcome",), KFID, CUSTOMER, T0 + timedelta(seconds=7)) is None  # each once
+
+    def test_failed_sends_and_recalls_mark_the_stored_message(self, store):
+        sent = store.outbox.save("helpdesk", KEY, "text", "您好", {"msgtype": "text"}, status="pending")
+        store.outbox.set_status(sent["id"], "sent", None, "wecomd-%d" % sent["id"])
+        self.claim(store)
+        store.kf.save_page("helpdesk", KFID, "p1", [
+            item("f1", failed_msgid="wecomd-%d" % sent["id"], failure="WeCom could not deliver it: over the limit"),
+            item("m9", "说错了"), item("r1", recalled_msgid="m9")], "C1", T0, T0)
+        assert store.messages.get(sent["id"])["status"] == "failed"
+        assert "over the limit" in store.messages.get(sent["id"])["error"]
+        recalled = [r for r in store.messages.page(app="helpdesk", user=KEY)[0] if r["content"] == "说错了"]
+        assert recalled[0]["status"] == "recalled"
+
+    def test_customer_names_are_cached_and_invalid_ids_remembered(self, store):
+        store.kf.save_customers([{"external_userid": "wm1", "nickname": "小王", "avatar": "http://a/1.png",
+                                  "enter_session_context": {"scene": "qr", "scene_param": "shop"}}], ["wm2"], T0)
+        found = store.kf.customers(["wm1", "wm2", "wm3"])
+        assert found["wm1"]["nickname"] == "小王" and found["wm1"]["scene"] == "qr"
+        assert found["wm2"]["invalid"] is True and "wm3" not in found
+        store.kf.save_customers([{"external_userid": "wm2", "nickname": "小李"}], [], T0)
+        assert store.kf.customers(["wm2"])["wm2"] == {**store.kf.customers(["wm2"])["wm2"], "nickname": "小李",
+                                                      "invalid": False}
+
+
+class TestSqlite(KfStoreTests):
+    @pytest.fixture
+    def store(self, sqlite_store):
+        return sqlite_store
+
+
+@needs_postgres
+class TestPostgres(KfStoreTests):
+    @pytest.fixture
+    def store(self):
+        store = postgres_store()
+        yield store
+        store.close()

@@ -1,0 +1,62 @@
+"""微信客服 session control for the console (wecomd.kf.channel):
+
+- GET /api/kf/session?app=&user=: the session of a kf conversation as WeCom has it now
+  (service_state/get): {service_state, servicer_userid, transitions, servicers, last_customer_at,
+  sends, ...}; `transitions` are the states WeCom documents as reachable from this one;
+- POST /api/kf/session {app, user, service_state, servicer_userid?}: move it (service_state/trans):
+  1 to the bot, 2 to the queue, 3 to a human agent (a servicer who is 接待中), 4 to end it.
+  409 for a move WeCom does not document from the current state; 502 when WeCom refuses.
+Writes are audited ("kf_session") and need an operator.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from tornado import web
+
+from wecomd.handlers.assignments import ConversationHandler
+
+UNREACHABLE = (OSError,)
+
+
+class KfSessionHandler(ConversationHandler):
+    def kf_app(self, app: str) -> Any:
+        config = self.services.app(app)
+        if config is None or not config.kf:
+            raise web.HTTPError(404, "%r is not an app with 微信客服 (kf = yes)", app)
+        return config
+
+    async def get(self) -> None:
+        app, user = self.conversation()
+        config = self.kf_app(app)
+        self.write_json(await self._call(self.services.kf.session(config, user)))
+
+    async def post(self) -> None:
+        body = self.json_body()
+        app, user = self.conversation(body)
+        config = self.kf_app(app)
+        state, servicer = body.get("service_state"), body.get("servicer_userid")
+        if not isinstance(state, int) or isinstance(state, bool) or state not in (1, 2, 3, 4):
+            raise web.HTTPError(400, "service_state: 1 (bot), 2 (queue), 3 (human) or 4 (end)")
+        if servicer is not None and (not isinstance(servicer, str) or not servicer.strip()):
+            raise web.HTTPError(400, "servicer_userid: a UserID, or absent")
+        session = await self._call(self.services.kf.move(config, user, state, servicer))
+        await self.audit("kf_session", self.target(app, user), {"service_state": state, "servicer_userid": servicer})
+        self.write_json(session)
+
+    async def _call(self, work: Any) -> dict:
+        from wecomd.kf.channel import SessionRefused
+        from wecomd.wecom.api import WecomApiError
+
+        try:
+            return await work
+        except SessionRefused as exc:
+            raise web.HTTPError(409, "%s", exc)
+        except WecomApiError as exc:
+            raise web.HTTPError(502, "WeCom refused: %s", exc)
+        except UNREACHABLE as exc:
+            raise web.HTTPError(502, "WeCom could not be reached: %s", exc)
+
+
+def routes(services: Any) -> list:
+    return [(r"/api/kf/session", KfSessionHandler, dict(services=services))]

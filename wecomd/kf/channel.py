@@ -1,0 +1,284 @@
+"""KfChannel: the 微信客服 channel, one per process (Services).
+
+- `doorbell`: a kf_msg_or_event callback of a `kf = yes` app; its token is kept durably and the
+  account's pull loop woken (KfPuller). The callback is answered as soon as that is committed.
+- What a pull stores (`_on_new`) is pushed live, and the customer's messages and enter_session
+  events go through the rules as any channel's do; since 微信客服 has no passive reply, an answer
+  goes out through the outbox (kf/send_msg, KfSender), and a welcome through send_msg_on_event
+  with the event's welcome_code (once, within its 20 seconds). While a human agent serves the
+  session (state 3), or an operator took the conversation over, automation stays silent.
+- The console: each kf conversation's session (service state, servicer, the transitions WeCom
+  documents for it), moving it (service_state/trans; a msg_code it returns is kept for its event
+  message, used at most once), and the customers' nicknames (customer/batchget, cached).
+A kf conversation's user is "OPEN_KFID/EXTERNAL_USERID" (wecom.kf.conversation_key).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional
+
+from wecomd.automation.takeover import is_paused
+from wecomd.config import AppConfig, Config
+from wecomd.inbox import NotStored
+from wecomd.kf.pull import KfPuller
+from wecomd.kf.send import KfSender
+from wecomd.live import message_event
+from wecomd.store import StoreError
+from wecomd.store.times import utcnow
+from wecomd.wecom import kf as kfproto
+from wecomd.wecom.api import WecomApiError
+from wecomd.wecom.messages import Message
+
+logger = logging.getLogger(__name__)
+
+STATE_GET, STATE_TRANS = "/cgi-bin/kf/service_state/get", "/cgi-bin/kf/service_state/trans"
+SERVICER_LIST, CUSTOMER_BATCHGET = "/cgi-bin/kf/servicer/list", "/cgi-bin/kf/customer/batchget"
+NAME_TTL = timedelta(days=7)  # a cached nickname is asked again after this
+# service_state/trans to a state -> the kind of the msg_code it returns (wecom-kf.md §8)
+TRANS_CODES = {2: ("queue", timedelta(hours=48)), 3: ("human", timedelta(hours=48)), 4: ("end", timedelta(seconds=20))}
+
+
+class SessionRefused(ValueError):
+    """A session move the console must not make (not documented for the state, no servicer...)."""
+
+
+class KfChannel:
+    """See the module docstring."""
+
+    def __init__(self, run_db: Callable[..., Awaitable[Any]], read: Callable[..., Awaitable[Any]], store: Any,
+                 client: Any, rules: Any, outbox: Any, publish: Callable[[dict], None], config: Config,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.run_db, self.read, self.store, self.client = run_db, read, store, client
+        self.rules, self.outbox, self.publish, self.clock = rules, outbox, publish, clock
+        self.sender = KfSender(run_db, read, store, client, clock)
+        self.puller = KfPuller(run_db, store, client, config, self._on_new, clock)
+        self._tasks: set = set()
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        self.apps = {name: app for name, app in config.apps.items() if app.kf}
+        self.puller.reconfigure(config)
+
+    def handles(self, app: AppConfig, message: Message) -> bool:
+        """Whether a callback of `app` is this channel's doorbell (the app has kf = yes)."""
+        return app.kf and message.msgtype == "event" and message.event == kfproto.KF_EVENT
+
+    async def doorbell(self, app: AppConfig, message: Message) -> bool:
+        """Keep the callback's token and wake the pull; False for an account this app does not serve
+        (nothing kept: answered all the same, so WeCom does not retry). NotStored when the token
+        could not be committed."""
+        open_kfid, token = kfproto.callback_open_kfid(message), kfproto.callback_token(message)
+        if not open_kfid or not app.serves_kf(open_kfid):
+            logger.warning("kf: app %s: a callback for account %r, which it does not serve (kf_accounts)",
+                           app.name, open_kfid)
+            return False
+        try:
+            await self.puller.doorbell(app, open_kfid, token)
+        except StoreError as exc:  # not kept: the callback must not be acknowledged
+            raise NotStored(str(exc)) from exc
+        return True
+
+    async def start(self) -> None:
+        if self.apps:
+            await self.puller.start()
+
+    # ------------------------------------------------------------ what a pull stored
+
+    async def _on_new(self, app: AppConfig, open_kfid: str, new: list) -> None:
+        customers = []
+        for row, _ in new:
+            self.publish(message_event(row))
+        for row, item in new:
+            if row["direction"] != "in" or item.session is None:
+                continue
+            customers.append(item.session[1])
+            origin = kfproto.origin(item.message.fields)
+            if origin == kfproto.ORIGIN_CUSTOMER or item.message.event == "enter_session":
+                await self._automate(app, row, item)
+        if customers:
+            self._spawn(self.resolve_names(app, customers))
+
+    async def _automate(self, app: AppConfig, row: dict, item: Any) -> None:
+        message, (open_kfid, external) = item.message, item.session
+        key = kfproto.conversation_key(open_kfid, external)
+        matches = self.rules.select(app.name, message)
+        if not matches and (message.msgtype == "event" or not app.reply):
+            return
+        try:
+            session = await self.read(self.store.kf.session, open_kfid, external) or {}
+            paused = session.get("service_state") == 3 or await self.read(is_paused, self.store, app.name, key)
+            # The runner answers to the row's from_user: here the conversation (account/customer).
+            answer = await self.rules.handle(app, dict(row, from_user=key), message, matches, paused)
+            if answer is None:
+                return
+            if message.event == "enter_session":
+                await self._welcome(app, row, open_kfid, external, key, answer)
+                return
+            rows = await self.outbox.submit(app.name, key, answer.text, rule=answer.rule)
+            if answer.run_id is not None:
+                await self.run_db(self.store.runs.set_path, answer.run_id, "api", rows[0]["id"])
+        except (StoreError, ValueError) as exc:
+            logger.warning("kf: message id=%s: automation failed: %s", row["id"], exc)
+
+    async def _welcome(self, app: AppConfig, row: dict, open_kfid: str, external: str, key: str, answer: Any) -> None:
+        """A rule's answer to enter_session, through send_msg_on_event with its welcome_code: one call,
+        the code claimed in the database first so it is never used twice."""
+        code = await self.run_db(self.store.kf.use_code, ("welcome",), open_kfid, external, self.clock(),
+                                 message_id=row["id"])
+        if code is None:
+            logger.info("kf: enter_session id=%s has no unused welcome_code left: no welcome", row["id"])
+            return
+        sent = await self.run_db(self.store.outbox.save, app.name, key, "text", answer.text,
+                                 {"msgtype": "text", "text": {"content": answer.text}, "welcome_code": True},
+                                 rule=answer.rule, automatic="api" if answer.rule else None, status="pending")
+        if answer.run_id is not None:
+            await self.run_db(self.store.runs.set_path, answer.run_id, "api", sent["id"])
+        try:
+            result = await self.sender.on_event(app, code["code"], row["id"], answer.text)
+            sent = await self.run_db(self.store.outbox.set_status, sent["id"], "sent", None, result.get("msgid"))
+        except (WecomApiError, OSError) as exc:
+            sent = await self.run_db(self.store.outbox.set_status, sent["id"], "failed",
+                                     "send_msg_on_event: %s" % exc)
+        self.publish(message_event(sent))
+
+    # ------------------------------------------------------------ the console: sessions
+
+    async def session(self, app: AppConfig, key: str) -> dict:
+        """The session of a kf conversation as WeCom has it now (service_state/get, kept), with the
+        transitions the console may offer and the account's servicers."""
+        open_kfid, external = self._split(key)
+        answer = await self.client.call(app, "POST", STATE_GET,
+                                        json_body={"open_kfid": open_kfid, "external_userid": external})
+        state, servicer = answer.get("service_state"), answer.get("servicer_userid") or None
+        stored = await self.run_db(self.store.kf.set_state, app.name, open_kfid, external, state, servicer, self.clock())
+        servicers = await self.client.call(app, "GET", SERVICER_LIST, params={"open_kfid": open_kfid})
+        return dict(stored, transitions=list(kfproto.TRANSITIONS.get(state, ())),
+                    servicers=[s for s in servicers.get("servicer_list") or [] if isinstance(s, dict)])
+
+    async def move(self, app: AppConfig, key: str, state: int, servicer: Optional[str]) -> dict:
+        """service_state/trans to `state` (3 with a servicer), only along a transition WeCom documents
+        for the session's current state; a msg_code it returns is kept for its event message."""
+        open_kfid, external = self._split(key)
+        current = await self.client.call(app, "POST", STATE_GET,
+                                         json_body={"open_kfid": open_kfid, "external_userid": external})
+        old = current.get("service_state")
+        if not kfproto.allowed(old, state):
+            raise SessionRefused("a session in state %s (%s) cannot go to %s (%s)" % (
+                old, kfproto.SERVICE_STATES.get(old, "?"), state, kfproto.SERVICE_STATES.get(state, "?")))
+        if state == 3 and not servicer:
+            raise SessionRefused("a human agent (servicer_userid) is needed to take the session")
+        body: dict = {"open_kfid": open_kfid, "external_userid": external, "service_state": state}
+        if servicer:
+            body["servicer_userid"] = servicer
+        answer = await self.client.call(app, "POST", STATE_TRANS, json_body=body)
+        now = self.clock()
+        code = answer.get("msg_code")
+        if code and state in TRANS_CODES:
+            kind, life = TRANS_CODES[state]
+            await self.run_db(self.store.kf.add_code, kind, code, open_kfid, external, now + life, now)
+        return await self.run_db(self.store.kf.set_state, app.name, open_kfid, external, state,
+                                 servicer if state == 3 else None, now)
+
+    def _split(self, key: str) -> tuple:
+        found = kfproto.split_key(key)
+        if found is None:
+            raise SessionRefused("%r is not a 微信客服 conversation (OPEN_KFID/EXTERNAL_USERID)" % key)
+        return found
+
+    # ------------------------------------------------------------ the console: names and state
+
+    async def annotate(self, rows: List[dict]) -> List[dict]:
+        """Conversation or Message JSON rows of kf apps with "user_name" (the customer's nickname, or
+        the external_userid when WeCom could not resolve it) and, on conversations, "kf" (the session
+        as last known)."""
+        keys = {}
+        for row in rows:
+            user = row.get("user") if "direction" not in row else (
+                row.get("to_user") if row["direction"] == "out" else _conversation(row))
+            found = kfproto.split_key(user) if row.get("app") in self.apps and user else None
+            if found is not None:
+                keys[id(row)] = (user, found)
+        if not keys:
+            return rows
+        externals = [found[1] for _, found in keys.values()]
+        names = await self.read(self.store.kf.customers, externals)
+        sessions = await self.read(self.store.kf.sessions, [found for _, found in keys.values()])
+        for row in rows:
+            if id(row) not in keys:
+                continue
+            user, (open_kfid, external) = keys[id(row)]
+            customer = names.get(external) or {}
+            row["user_name"] = customer.get("nickname") or (external if customer.get("invalid") else None)
+            if "direction" not in row:
+                session = sessions.get((open_kfid, external)) or {}
+                row["kf"] = {"open_kfid": open_kfid, "external_userid": external,
+                             "service_state": session.get("service_state"),
+                             "servicer_userid": session.get("servicer_userid"),
+                             "last_customer_at": session.get("last_customer_at"), "sends": session.get("sends", 0)}
+        return rows
+
+    async def resolve_names(self, app: AppConfig, externals: Iterable[str]) -> None:
+        """Look up the nicknames of customers not cached (or cached long ago), ≤100 ids a call; push
+        each name live as a "contact" event."""
+        externals = list(dict.fromkeys(externals))
+        try:
+            cached = await self.read(self.store.kf.customers, externals)
+        except StoreError:
+            return
+        now = self.clock()
+        wanted = [e for e in externals if e not in cached or _older(cached[e]["fetched_at"], now, NAME_TTL)]
+        for batch in kfproto.customer_batches(wanted):
+            try:
+                answer = await self.client.call(app, "POST", CUSTOMER_BATCHGET, json_body={
+                    "external_userid_list": batch, "need_enter_session_context": 1})
+            except (WecomApiError, OSError) as exc:
+                logger.warning("kf: customer/batchget failed: %s", exc)
+                return
+            found = [c for c in answer.get("customer_list") or [] if isinstance(c, dict) and c.get("external_userid")]
+            invalid = [i for i in answer.get("invalid_external_userid") or [] if isinstance(i, str)]
+            try:
+                await self.run_db(self.store.kf.save_customers, found, invalid, now)
+            except StoreError as exc:
+                logger.warning("kf: customer names not cached: %s", exc)
+                return
+            names: Dict[str, str] = {c["external_userid"]: c.get("nickname") or c["external_userid"] for c in found}
+            names.update((i, i) for i in invalid)
+            await self._publish_names(app, names)
+
+    async def _publish_names(self, app: AppConfig, names: Dict[str, str]) -> None:
+        sessions = await self.read(self.store.kf.cursors)
+        accounts = [row["open_kfid"] for row in sessions if row["app"] == app.name]
+        for external, name in names.items():
+            for open_kfid in accounts:
+                self.publish({"type": "contact", "app": app.name,
+                              "user": kfproto.conversation_key(open_kfid, external), "user_name": name})
+
+    # ------------------------------------------------------------ plumbing
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        await self.puller.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _conversation(row: dict) -> Optional[str]:
+    fields = row.get("fields") or {}
+    event = fields.get("event") if isinstance(fields.get("event"), dict) else {}
+    open_kfid = fields.get("open_kfid") or event.get("open_kfid")
+    external = fields.get("external_userid") or event.get("external_userid")
+    return kfproto.conversation_key(open_kfid, external) if open_kfid and external else row.get("from_user")
+
+
+def _older(fetched_at: Optional[str], now: datetime, ttl: timedelta) -> bool:
+    if not fetched_at:
+        return True
+    return now - datetime.strptime(fetched_at, "%Y-%m-%dT%H:%M:%SZ") > ttl

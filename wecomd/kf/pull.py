@@ -1,0 +1,186 @@
+"""KfPuller: pulls each kf account's new messages with kf/sync_msg, one loop per account at a time.
+
+A kf_msg_or_event callback only rings the bell: `doorbell` keeps its token durably (store.kf) and
+wakes the account's loop, and the callback is answered at once; the pulling happens here, never
+inside WeCom's 5 seconds. A loop:
+
+1. claims the account's lease in the database (a second process, or a second loop, gets none and
+   leaves the pull to the holder, which sees the pending flag and pulls once more);
+2. calls sync_msg with the stored cursor, the newest callback token (while it is under 10 minutes
+   old) and limit 1000, and keeps calling while has_more is 1, even when msg_list is empty;
+3. stores each page's messages and its next_cursor in one transaction (store.kf.save_page), then
+   hands the new ones to the channel (live, rules);
+4. releases the lease; a callback that came meanwhile makes it run once more.
+
+`start` pulls every account once (a startup pull), catching up whatever arrived while the daemon
+was down, as far as WeCom's 3 days reach.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from datetime import datetime, timedelta
+from typing import Any, Awaitable, Callable, Dict, Optional
+
+from wecomd.config import AppConfig, Config
+from wecomd.kf.items import decode
+from wecomd.store import StoreError
+from wecomd.store.kf import LeaseLost
+from wecomd.store.times import utcnow
+from wecomd.wecom import kf as kfproto
+from wecomd.wecom.api import WecomApiError
+from wecomd.wecom.messages import MessageError
+
+logger = logging.getLogger(__name__)
+
+SYNC_MSG = "/cgi-bin/kf/sync_msg"
+ACCOUNT_LIST = "/cgi-bin/kf/account/list"
+LIMIT = 1000
+LEASE = timedelta(seconds=60)  # a pull holds its account this long past each page
+TOKEN_LIFE = timedelta(minutes=10)
+RETRY_DELAY = 5.0  # seconds before a pull that failed is tried again (while it is still pending)
+
+OnNew = Callable[[AppConfig, str, list], Awaitable[None]]
+
+
+class KfPuller:
+    """One per process, built by Services; see the module docstring."""
+
+    def __init__(self, run_db: Callable[..., Awaitable[Any]], store: Any, client: Any, config: Config,
+                 on_new: OnNew, clock: Callable[[], datetime] = utcnow) -> None:
+        self.run_db, self.store, self.client, self.on_new, self.clock = run_db, store, client, on_new, clock
+        self.owner = "wecomd-" + secrets.token_hex(6)  # this process, in the lease
+        self._loops: Dict[str, asyncio.Task] = {}
+        self._again: set = set()
+        self.pulls = 0  # sync_msg calls made (tests, benchmarks)
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        self.apps = {name: app for name, app in config.apps.items() if app.kf}
+
+    def app_for(self, open_kfid: str) -> Optional[AppConfig]:
+        return next((app for app in self.apps.values() if app.serves_kf(open_kfid)), None)
+
+    async def doorbell(self, app: AppConfig, open_kfid: str, token: Optional[str]) -> None:
+        """A callback announced new messages: keep its token (committed before this returns, so the
+        callback may be acknowledged) and start or re-run the account's loop."""
+        await self.run_db(self.store.kf.doorbell, app.name, open_kfid, token, self.clock())
+        self.wake(app, open_kfid)
+
+    def wake(self, app: AppConfig, open_kfid: str) -> None:
+        loop = self._loops.get(open_kfid)
+        if loop is not None and not loop.done():
+            self._again.add(open_kfid)  # the running loop pulls once more when this pull ends
+            return
+        task = asyncio.ensure_future(self._loop(app, open_kfid))
+        self._loops[open_kfid] = task
+        task.add_done_callback(lambda done, key=open_kfid: self._loops.pop(key, None)
+                               if self._loops.get(key) is done else None)
+
+    async def start(self) -> None:
+        """The startup pull: every account this daemon has pulled or been rung for, and every account
+        each kf app may manage (kf/account/list), filtered by its kf_accounts."""
+        accounts: Dict[str, AppConfig] = {}
+        try:
+            for row in await self.run_db(self.store.kf.cursors):
+                app = self.app_for(row["open_kfid"])
+                if app is not None:
+                    accounts[row["open_kfid"]] = app
+        except StoreError as exc:
+            logger.warning("kf: cannot read the cursors for the startup pull: %s", exc)
+        for app in self.apps.values():
+            for open_kfid in app.kf_accounts:
+                accounts.setdefault(open_kfid, app)
+            if not app.kf_accounts:
+                try:
+                    listed = await self.client.call(app, "POST", ACCOUNT_LIST, json_body={"offset": 0, "limit": 100})
+                except (WecomApiError, OSError) as exc:
+                    logger.warning("kf: app %s: kf/account/list failed: %s", app.name, exc)
+                    continue
+                for account in listed.get("account_list") or []:
+                    if isinstance(account, dict) and account.get("open_kfid"):
+                        accounts.setdefault(account["open_kfid"], app)
+        for open_kfid, app in accounts.items():
+            self.wake(app, open_kfid)
+
+    async def _loop(self, app: AppConfig, open_kfid: str) -> None:
+        while True:
+            self._again.discard(open_kfid)
+            try:
+                pending = await self._pull(app, open_kfid)
+            except asyncio.CancelledError:
+                raise
+            except (WecomApiError, OSError, StoreError) as exc:
+                logger.warning("kf: pull of %s failed: %s; trying again in %.0f s", open_kfid, exc, RETRY_DELAY)
+                await asyncio.sleep(RETRY_DELAY)
+                continue
+            except Exception:  # never let one account's loop die silently
+                logger.exception("kf: pull of %s failed unexpectedly", open_kfid)
+                return
+            if not pending and open_kfid not in self._again:
+                return
+
+    async def _pull(self, app: AppConfig, open_kfid: str) -> bool:
+        """Pull until has_more is 0; True when a callback came during the pull (pull again)."""
+        now = self.clock()
+        claim = await self.run_db(self.store.kf.claim, open_kfid, app.name, self.owner, now, now + LEASE)
+        if claim is None:
+            logger.info("kf: %s is being pulled by another process", open_kfid)
+            return False
+        cursor, token = claim["cursor"], _fresh(claim["token"], claim["token_at"], now)
+        try:
+            while True:
+                body: dict = {"open_kfid": open_kfid, "limit": LIMIT}
+                if cursor:
+                    body["cursor"] = cursor
+                if token:
+                    body["token"] = token
+                self.pulls += 1
+                try:
+                    answer = await self.client.call(app, "POST", SYNC_MSG, json_body=body)
+                except WecomApiError as exc:
+                    if token and exc.errcode in kfproto.TOKEN_ERRORS:  # expired: WeCom takes the pull without one
+                        token = None
+                        continue
+                    raise
+                items = []
+                for item in answer.get("msg_list") or []:
+                    try:
+                        items.append(decode(item, self.clock()))
+                    except MessageError as exc:
+                        logger.warning("kf: %s: an item WeCom sent cannot be stored (%s): skipped", open_kfid, exc)
+                next_cursor = answer.get("next_cursor") or cursor
+                now = self.clock()
+                try:
+                    new = await self.run_db(self.store.kf.save_page, app.name, open_kfid, self.owner, items,
+                                            next_cursor, now, now + LEASE)
+                except LeaseLost:
+                    logger.warning("kf: %s: another process took the pull over", open_kfid)
+                    return False
+                cursor = next_cursor
+                if new:
+                    await self.on_new(app, open_kfid, new)
+                if not answer.get("has_more"):
+                    break
+        finally:
+            try:
+                pending = await self.run_db(self.store.kf.release, open_kfid, self.owner, self.clock())
+            except StoreError as exc:  # the lease runs out by itself
+                logger.warning("kf: %s: the pull lease was not released: %s", open_kfid, exc)
+                pending = False
+        return pending
+
+    async def close(self) -> None:
+        """Stop: a page being stored is committed or not at all; the next start pulls from there."""
+        for task in list(self._loops.values()):
+            task.cancel()
+        if self._loops:
+            await asyncio.gather(*list(self._loops.values()), return_exceptions=True)
+
+
+def _fresh(token: Optional[str], token_at: Optional[str], now: datetime) -> Optional[str]:
+    if not token or not token_at:
+        return None
+    at = datetime.strptime(token_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)
+    return token if now - at < TOKEN_LIFE else None

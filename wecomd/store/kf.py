@@ -1,0 +1,270 @@
+"""微信客服 (kf) storage (migration 0011): each account's pull cursor and lease, each customer's session
+state and reply window, the send_msg_on_event codes and the customers' nicknames.
+
+The heart is `save_page`: the messages of one kf/sync_msg page (each stored once by its msgid) and
+that page's next_cursor are one transaction, so a crash between pages loses nothing and stores
+nothing twice: the restart pulls again from the cursor of the last page that was committed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterable, Optional
+
+import peewee
+
+from wecomd.wecom.messages import Message
+
+from .errors import guarded
+from .messages import Messages
+from .models import Models
+from .times import iso, naive_utc
+
+
+class LeaseLost(Exception):
+    """Another process took the account's pull over (its lease ran out): this page is not stored."""
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """One sync_msg item as the channel decoded it (wecomd.kf.pull): the message to store and what it
+    changes. `session` is (open_kfid, external_userid) of the customer it concerns, if any."""
+
+    message: Message
+    dedup_key: str
+    session: Optional[tuple] = None
+    outbound_by: Optional[str] = None  # origin 5: the servicer who wrote it from the WeCom client
+    customer_at: Optional[datetime] = None  # origin 3: the customer wrote (its send_time)
+    state: Optional[int] = None  # the session's new service_state, when the item tells it
+    servicer: Optional[str] = None
+    code: Optional[tuple] = None  # (kind, code, expires_at) for send_msg_on_event
+    failed_msgid: Optional[str] = None  # msg_send_fail: the msgid of our send that did not arrive
+    failure: Optional[str] = None
+    recalled_msgid: Optional[str] = None
+
+
+def session_json(row) -> dict:
+    return dict(app=row.app, open_kfid=row.open_kfid, external_userid=row.external_userid,
+                service_state=row.service_state, servicer_userid=row.servicer_userid,
+                last_customer_at=iso(row.last_customer_at), sends=row.sends, state_at=iso(row.state_at))
+
+
+class Kf:
+    """The 微信客服 tables of the database `db` (named `name`)."""
+
+    def __init__(self, db: peewee.Database, name: str, models: Models, messages: Messages) -> None:
+        self.db, self.name, self.messages = db, name, messages
+        self.Cursor, self.Session, self.Code, self.Customer = models.KfCursor, models.KfSession, models.KfCode, models.KfCustomer
+        self.Message = models.Message
+
+    # ------------------------------------------------------------ the pull: cursor, token, lease
+
+    @guarded("record a 微信客服 callback")
+    def doorbell(self, app: str, open_kfid: str, token: Optional[str], now: datetime) -> None:
+        """A kf_msg_or_event callback: keep its token and mark the account pending (a pull is due)."""
+        C, now = self.Cursor, naive_utc(now)
+        with self.db.atomic():
+            changed = C.update(app=app, token=token, token_at=now, pending=1, updated_at=now) \
+                .where(C.open_kfid == open_kfid).execute()
+            if not changed:
+                C.insert(open_kfid=open_kfid, app=app, token=token, token_at=now, pending=1, updated_at=now) \
+                    .on_conflict_ignore().execute()
+
+    @guarded("claim a 微信客服 pull")
+    def claim(self, open_kfid: str, app: str, owner: str, now: datetime, until: datetime) -> Optional[dict]:
+        """Take the account's pull for `owner` until `until`, unless another process holds an unexpired
+        lease: {"cursor", "token", "token_at"} or None. Clears `pending`: a callback after this sets it
+        again, and the pull runs once more (release says so)."""
+        C, naive = self.Cursor, naive_utc(now)
+        with self.db.atomic():
+            if C.get_or_none(C.open_kfid == open_kfid) is None:
+                C.insert(open_kfid=open_kfid, app=app, updated_at=naive).on_conflict_ignore().execute()
+            free = (C.lease_owner.is_null() | (C.lease_until < naive) | (C.lease_owner == owner))
+            taken = C.update(lease_owner=owner, lease_until=naive_utc(until), pending=0) \
+                .where((C.open_kfid == open_kfid) & free).execute()
+            if not taken:
+                return None
+            row = C.get(C.open_kfid == open_kfid)
+        return {"cursor": row.cursor, "token": row.token, "token_at": iso(row.token_at)}
+
+    @guarded("store a 微信客服 page")
+    def save_page(self, app: str, open_kfid: str, owner: str, items: Iterable[Pulled], next_cursor: Optional[str],
+                  now: datetime, until: datetime) -> list:
+        """One sync_msg page and its next_cursor in one transaction (the lease extended to `until`);
+        the (row, Pulled) of each message stored for the first time. LeaseLost, with nothing stored,
+        when another process holds the account's pull."""
+        C, naive = self.Cursor, naive_utc(now)
+        new = []
+        with self.db.atomic():
+            kept = C.update(cursor=next_cursor, pulled_at=naive, updated_at=naive, lease_until=naive_utc(until)) \
+                .where((C.open_kfid == open_kfid) & (C.lease_owner == owner)).execute()
+            if not kept:
+                raise LeaseLost(open_kfid)
+            for item in items:
+                row, created = self.messages.save_pulled(app, item.message, item.dedup_key, item.outbound_by)
+                if created:
+                    self._apply(app, item, row, naive)
+                    new.append((row, item))
+        return new
+
+    @guarded("release a 微信客服 pull")
+    def release(self, open_kfid: str, owner: str, now: datetime) -> bool:
+        """Give the lease back; True when a callback came during the pull (pull once more)."""
+        C = self.Cursor
+        with self.db.atomic():
+            row = C.get_or_none(C.open_kfid == open_kfid)
+            C.update(lease_owner=None, lease_until=None, updated_at=naive_utc(now)) \
+                .where((C.open_kfid == open_kfid) & (C.lease_owner == owner)).execute()
+        return bool(row is not None and row.pending)
+
+    @guarded("read 微信客服 cursors")
+    def cursors(self) -> list:
+        """Every account pulled so far or rung for: {"open_kfid", "app", "cursor", "pending", "pulled_at"}."""
+        C = self.Cursor
+        return [dict(open_kfid=row.open_kfid, app=row.app, cursor=row.cursor, pending=bool(row.pending),
+                     pulled_at=iso(row.pulled_at)) for row in C.select().order_by(C.id)]
+
+    # ------------------------------------------------------------ what an item changes
+
+    def _apply(self, app: str, item: Pulled, row: dict, now: datetime) -> None:
+        if item.session is not None:
+            self._session_change(app, item, now)
+        if item.code is not None:
+            kind, code, expires_at = item.code
+            open_kfid, external = item.session or (None, None)
+            self.Code.insert(code=code, kind=kind, open_kfid=open_kfid or "", external_userid=external,
+                             message_id=row["id"], expires_at=naive_utc(expires_at), created_at=now) \
+                .on_conflict_ignore().execute()
+        M = self.Message
+        if item.failed_msgid:
+            M.update(status="failed", error=item.failure, updated_at=now) \
+                .where((M.direction == "out") & (M.wecom_msgid == item.failed_msgid)).execute()
+        if item.recalled_msgid:
+            M.update(status="recalled", updated_at=now) \
+                .where(((M.msg_id == item.recalled_msgid) | (M.wecom_msgid == item.recalled_msgid))
+                       & (M.app == app)).execute()
+
+    def _session_change(self, app: str, item: Pulled, now: datetime) -> None:
+        S = self.Session
+        open_kfid, external = item.session
+        row = S.get_or_none((S.open_kfid == open_kfid) & (S.external_userid == external))
+        if row is None:
+            S.insert(app=app, open_kfid=open_kfid, external_userid=external, updated_at=now).on_conflict_ignore().execute()
+            row = S.get((S.open_kfid == open_kfid) & (S.external_userid == external))
+        changes: dict = {S.updated_at: now}
+        if item.customer_at is not None:
+            at = naive_utc(item.customer_at)
+            if row.last_customer_at is None or at >= row.last_customer_at:
+                changes.update({S.last_customer_at: at, S.sends: 0})
+            if row.service_state == 4:  # a customer message after the end opens a new session
+                changes.update({S.service_state: 0})
+        if item.state is not None:
+            changes.update({S.service_state: item.state, S.servicer_userid: item.servicer, S.state_at: now})
+        S.update(changes).where(S.id == row.id).execute()
+
+    # ------------------------------------------------------------ sessions and the reply window
+
+    @guarded("read a 微信客服 session")
+    def session(self, open_kfid: str, external_userid: str) -> Optional[dict]:
+        S = self.Session
+        row = S.get_or_none((S.open_kfid == open_kfid) & (S.external_userid == external_userid))
+        return session_json(row) if row is not None else None
+
+    @guarded("read 微信客服 sessions")
+    def sessions(self, keys: Iterable[tuple]) -> dict:
+        """{(open_kfid, external_userid): session} for the keys that have one."""
+        S, found = self.Session, {}
+        for open_kfid, external in keys:
+            row = S.get_or_none((S.open_kfid == open_kfid) & (S.external_userid == external))
+            if row is not None:
+                found[(open_kfid, external)] = session_json(row)
+        return found
+
+    @guarded("set a 微信客服 session state")
+    def set_state(self, app: str, open_kfid: str, external_userid: str, state: Optional[int],
+                  servicer: Optional[str], now: datetime) -> dict:
+        S, naive = self.Session, naive_utc(now)
+        with self.db.atomic():
+            changed = S.update(service_state=state, servicer_userid=servicer, state_at=naive, updated_at=naive) \
+                .where((S.open_kfid == open_kfid) & (S.external_userid == external_userid)).execute()
+            if not changed:
+                S.insert(app=app, open_kfid=open_kfid, external_userid=external_userid, service_state=state,
+                         servicer_userid=servicer, state_at=naive, updated_at=naive).on_conflict_ignore().execute()
+        return self.session(open_kfid, external_userid)
+
+    @guarded("count a 微信客服 send")
+    def count_send(self, open_kfid: str, external_userid: str, now: datetime) -> None:
+        """One more message sent to the customer since they last wrote (WeCom allows 5)."""
+        S = self.Session
+        with self.db.atomic():
+            S.update(sends=S.sends + 1, updated_at=naive_utc(now)) \
+                .where((S.open_kfid == open_kfid) & (S.external_userid == external_userid)).execute()
+
+    # ------------------------------------------------------------ send_msg_on_event codes
+
+    @guarded("use a 微信客服 event code")
+    def use_code(self, kinds: Iterable[str], open_kfid: str, external_userid: Optional[str], now: datetime,
+                 message_id: Optional[int] = None) -> Optional[dict]:
+        """Claim the newest unused, unexpired code of one of `kinds` for the customer (or for the
+        event `message_id`), at most once: {"code", "kind", "expires_at"} or None."""
+        K, naive = self.Code, naive_utc(now)
+        with self.db.atomic():
+            query = K.select().where(K.kind.in_(list(kinds)) & K.used_at.is_null() & (K.expires_at > naive)
+                                     & (K.open_kfid == open_kfid))
+            if message_id is not None:
+                query = query.where(K.message_id == message_id)
+            if external_userid is not None:
+                query = query.where(K.external_userid == external_userid)
+            row = query.order_by(K.id.desc()).first()
+            if row is None:
+                return None
+            if not K.update(used_at=naive).where((K.id == row.id) & K.used_at.is_null()).execute():
+                return None
+        return {"code": row.code, "kind": row.kind, "expires_at": iso(row.expires_at), "message_id": row.message_id}
+
+    @guarded("keep a 微信客服 event code")
+    def add_code(self, kind: str, code: str, open_kfid: str, external_userid: Optional[str], expires_at: datetime,
+                 now: datetime, message_id: Optional[int] = None) -> None:
+        with self.db.atomic():
+            self.Code.insert(code=code, kind=kind, open_kfid=open_kfid, external_userid=external_userid,
+                             message_id=message_id, expires_at=naive_utc(expires_at),
+                             created_at=naive_utc(now)).on_conflict_ignore().execute()
+
+    # ------------------------------------------------------------ customers' names
+
+    @guarded("read 微信客服 customers")
+    def customers(self, ids: Iterable[str]) -> dict:
+        """{external_userid: {"nickname", "avatar", "invalid", "fetched_at", ...}} of those cached."""
+        K, found, ids = self.Customer, {}, list(dict.fromkeys(ids))
+        for start in range(0, len(ids), 500):
+            for row in K.select().where(K.external_userid.in_(ids[start:start + 500])):
+                found[row.external_userid] = dict(
+                    nickname=row.nickname, avatar=row.avatar, gender=row.gender, scene=row.scene,
+                    scene_param=row.scene_param, invalid=bool(row.invalid), fetched_at=iso(row.fetched_at))
+        return found
+
+    @guarded("cache 微信客服 customers")
+    def save_customers(self, found: Iterable[dict], invalid: Iterable[str], now: datetime) -> None:
+        """Keep what customer/batchget answered: each customer's nickname, avatar and entry scene, and
+        the ids it could not resolve (shown as the id itself)."""
+        K, naive = self.Customer, naive_utc(now)
+        with self.db.atomic():
+            for customer in found:
+                context = customer.get("enter_session_context") or {}
+                values = dict(nickname=customer.get("nickname"), avatar=customer.get("avatar"),
+                              gender=customer.get("gender"), unionid=customer.get("unionid"),
+                              scene=context.get("scene"), scene_param=_text(context.get("scene_param")),
+                              invalid=0, fetched_at=naive)
+                K.insert(external_userid=customer["external_userid"], **values) \
+                    .on_conflict(conflict_target=[K.external_userid], update=values).execute()
+            for external in invalid:
+                values = dict(invalid=1, fetched_at=naive)
+                K.insert(external_userid=external, **values) \
+                    .on_conflict(conflict_target=[K.external_userid], update=values).execute()
+
+
+def _text(value) -> Optional[str]:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
