@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from support.config import API_TOKEN, write_config
-from support.peer import AGENT_ID, CORP_ID, WecomPeer
+from support.peer import AES_KEY, AGENT_ID, CORP_ID, TOKEN, WecomPeer
 from support.server import ServerProcess, free_port
 from wecomd.wecom import sandbox
 
@@ -294,6 +294,90 @@ def test_a_crash_while_sending_repeats_only_the_message_wecom_accepted_unmarked(
         else:
             assert fake.sent_contents() == parts[:8] + parts[7:]  # in order; only the unmarked one twice
             assert fake.fake.suppressed == [] and "enable_duplicate_check" not in fake.fake.sent[0]
+        assert server.terminate() == 0
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+        fake.stop()
+
+
+# --- 微信客服: a pull killed between pages ---------------------------------------------------------
+
+KF_APP = """
+[app:kefu]
+corp_id = %s
+agent_id = 1000009
+token = %s
+encoding_aes_key = %s
+secret = kefu-secret-0123456789
+kf = yes
+""" % (CORP_ID, TOKEN, AES_KEY)
+
+
+class KillOnSync:
+    """The sandbox's kf/sync_msg, which SIGKILLs wecomd when call number `at` arrives, before it is
+    answered: the pages before it were stored, the one asked for never reaches wecomd."""
+
+    def __init__(self, kf, at: int) -> None:
+        self.sync, self.at, self.calls, self.proc = kf.sync_msg, at, [], None
+        kf.sync_msg = self
+
+    def __call__(self, body: dict) -> dict:
+        self.calls.append(dict(body))
+        if len(self.calls) == self.at and self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+        return self.sync(body)
+
+
+def kf_stored(db: Path) -> tuple:
+    conn = sqlite3.connect(str(db))
+    try:
+        msgids = [row[0] for row in conn.execute("SELECT msg_id FROM message WHERE app = 'kefu' AND direction = 'in'")]
+        cursor = conn.execute("SELECT cursor FROM kf_cursor WHERE open_kfid = ?", (KFID,)).fetchone()
+    finally:
+        conn.close()
+    return msgids, cursor[0] if cursor else None
+
+
+KFID = "wkCrash01"
+
+
+def test_a_kf_pull_killed_between_pages_resumes_from_the_stored_cursor(tmp_path):
+    """2,500 kf messages waiting (three pages); wecomd is SIGKILLed as it asks for the second page.
+    The first page and its cursor were committed together; the restart's startup pull resumes from
+    that cursor, and in the end each message is stored exactly once."""
+    from wecomd.wecom.sandbox_kf import _cursor
+    from wecomd.wecom.simulate_kf import callback_plaintext
+
+    api_port, port = free_port(), free_port()
+    fake = SandboxThread(api_port).start()
+    killer = KillOnSync(fake.fake.kf, at=2)
+    server = ServerProcess(write_config(tmp_path, port, api_base="http://127.0.0.1:%d" % api_port, extra=KF_APP), port)
+    try:
+        killer.proc = server.proc
+        kf = fake.fake.kf
+        kf.add_account(KFID, "售后")
+        pushed = [kf.push(KFID, "wmCustomer%03d" % (i % 40), "积压 %d" % i) for i in range(2500)]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        req = WecomPeer().callback(callback_plaintext(CORP_ID, KFID, pushed[-1][1]))
+        conn.request("POST", "/callback/kefu?" + req.query, body=req.body, headers={"Content-Type": "text/xml"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"")
+        server.proc.wait(20)  # killed by the sandbox as the second page is asked for
+        assert [c.get("cursor") for c in killer.calls] == [None, _cursor(KFID, 1000)]
+        msgids, cursor = kf_stored(tmp_path / "wecomd.db")
+        assert len(msgids) == len(set(msgids)) == 1000  # the first page, once
+        assert cursor == _cursor(KFID, 1000)  # committed with it
+
+        killer.proc = None
+        server = ServerProcess(server.config, port)  # no callback: the startup pull catches up
+        wait_until(lambda: len(kf_stored(tmp_path / "wecomd.db")[0]) >= 2500, 30, "all 2,500 pulled")
+        assert killer.calls[2].get("cursor") == _cursor(KFID, 1000)  # resumed where the crash left it
+        msgids, cursor = kf_stored(tmp_path / "wecomd.db")
+        assert sorted(msgids) == sorted(item["msgid"] for item, _ in pushed)  # each exactly once
+        assert cursor == _cursor(KFID, 2500)
         assert server.terminate() == 0
     finally:
         if server.proc.poll() is None:

@@ -67,7 +67,8 @@ def test_a_customer_text_becomes_an_inbound_kf_message():
     assert message.channel == "kf" and message.msgtype == "text" and not message.is_event
     assert message.msg_id == "from_msgid_4622416642169452483" and message.create_time == 1615478585
     assert message.conversation == "wkAJ2GCAAASSm4_FhToWMFea0xAFfd3Q/wmAJ2GCAAAme1XQRC-NI-q0_ZM9ukoAw"
-    assert message.from_user == "wmAJ2GCAAAme1XQRC-NI-q0_ZM9ukoAw"
+    # from_user is the conversation, so that every reader files the message under it
+    assert message.from_user == "wkAJ2GCAAASSm4_FhToWMFea0xAFfd3Q/wmAJ2GCAAAme1XQRC-NI-q0_ZM9ukoAw"
     assert message.to_user == "wkAJ2GCAAASSm4_FhToWMFea0xAFfd3Q"
     assert message.content == "你在干什么" and message.event_key == "101"  # the menu click's id
     assert message.fields is raw and json.loads(message.raw) == raw
@@ -76,7 +77,8 @@ def test_a_customer_text_becomes_an_inbound_kf_message():
 
 def test_a_servicer_message_is_from_the_servicer_to_the_customer():
     message = kf.parse_item(item(origin=5, servicer_userid="zhangsan", text={"content": "您好"}))
-    assert message.from_user == "zhangsan" and message.to_user == "wmAJ2GCAAAme1XQRC-NI-q0_ZM9ukoAw"
+    assert message.from_user == "zhangsan"
+    assert message.to_user == "wkAJ2GCAAASSm4_FhToWMFea0xAFfd3Q/wmAJ2GCAAAme1XQRC-NI-q0_ZM9ukoAw"
     assert message.conversation == "wkAJ2GCAAASSm4_FhToWMFea0xAFfd3Q/wmAJ2GCAAAme1XQRC-NI-q0_ZM9ukoAw"
     assert kf.origin(message.fields) == kf.ORIGIN_SERVICER
 
@@ -106,7 +108,7 @@ def test_an_event_takes_its_ids_from_inside_the_event():
                      "scene": "123", "scene_param": "abc", "welcome_code": "aaaaaa"}}
     message = kf.parse_item(raw)
     assert message.is_event and message.event == "enter_session" and message.event_key == "abc"
-    assert message.conversation == "wk1/wm1" and message.from_user == "wm1" and message.to_user == "wk1"
+    assert message.conversation == "wk1/wm1" and message.from_user == "wk1/wm1" and message.to_user == "wk1"
     assert message.content == "[进入会话] scene 123"
 
 

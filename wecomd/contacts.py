@@ -62,10 +62,11 @@ class Directory:
         return known[0] if known else None
 
     def annotate_event(self, event: dict) -> dict:
-        """A live message event with "user_name" from memory; an unknown user is looked up in the
-        background (a "contact" event follows). Other events pass unchanged."""
+        """A live message event with "user_name" from memory (unless its publisher named it, as the
+        微信客服 channel does); an unknown user is looked up in the background (a "contact" event
+        follows). Other events pass unchanged."""
         message = event.get("message")
-        if isinstance(message, dict) and "direction" in message:
+        if isinstance(message, dict) and "direction" in message and message.get("user_name") is None:
             user = counterpart(message)
             message["user_name"] = self.name(message.get("app"), user)
             if message["user_name"] is None:

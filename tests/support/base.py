@@ -35,6 +35,7 @@ class WecomdTestCase(AsyncHTTPTestCase):
 
     def get_app(self):
         self.fake = sandbox.FakeWecom()
+        self.prepare_fake(self.fake)
         self.fake_server, api_base = self.io_loop.run_sync(lambda: sandbox.start(self.fake))
         path = write_config(self.tmp, extra=self.extra_config, api_base=api_base, **self.server_settings)
         if "database" not in self.server_settings:
@@ -43,6 +44,9 @@ class WecomdTestCase(AsyncHTTPTestCase):
         self.services = Services(self.config)
         self.io_loop.run_sync(self.services.start)
         return appmod.make_app(self.services)
+
+    def prepare_fake(self, fake: sandbox.FakeWecom) -> None:
+        """What WeCom holds before the server starts (a subclass adds accounts, users...)."""
 
     def get_httpserver_options(self) -> dict:
         return appmod.server_options(self.config)

@@ -10,11 +10,14 @@ Writes are audited ("kf_session") and need an operator.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from tornado import web
 
 from wecomd.handlers.assignments import ConversationHandler
+from wecomd.kf.channel import SessionRefused
+from wecomd.wecom.errcodes import WecomApiError
+from wecomd.workers.base import error_text
 
 UNREACHABLE = (OSError,)
 
@@ -29,7 +32,9 @@ class KfSessionHandler(ConversationHandler):
     async def get(self) -> None:
         app, user = self.conversation()
         config = self.kf_app(app)
-        self.write_json(await self._call(self.services.kf.session(config, user)))
+        session = await self._call(self.services.kf.session(config, user))
+        if session is not None:
+            self.write_json(session)
 
     async def post(self) -> None:
         body = self.json_body()
@@ -41,21 +46,23 @@ class KfSessionHandler(ConversationHandler):
         if servicer is not None and (not isinstance(servicer, str) or not servicer.strip()):
             raise web.HTTPError(400, "servicer_userid: a UserID, or absent")
         session = await self._call(self.services.kf.move(config, user, state, servicer))
+        if session is None:
+            return
         await self.audit("kf_session", self.target(app, user), {"service_state": state, "servicer_userid": servicer})
         self.write_json(session)
 
-    async def _call(self, work: Any) -> dict:
-        from wecomd.kf.channel import SessionRefused
-        from wecomd.wecom.api import WecomApiError
-
+    async def _call(self, work: Any) -> Optional[dict]:
+        """The session, or None once a 502 with WeCom's own words was written (the operator sees why;
+        it is not a server fault)."""
         try:
             return await work
         except SessionRefused as exc:
             raise web.HTTPError(409, "%s", exc)
         except WecomApiError as exc:
-            raise web.HTTPError(502, "WeCom refused: %s", exc)
+            self.write_json({"error": "WeCom refused: %s" % error_text(exc, with_hint=True)}, status=502)
         except UNREACHABLE as exc:
-            raise web.HTTPError(502, "WeCom could not be reached: %s", exc)
+            self.write_json({"error": "WeCom could not be reached: %s" % exc}, status=502)
+        return None
 
 
 def routes(services: Any) -> list:

@@ -26,6 +26,7 @@ from wecomd.kf.pull import KfPuller
 from wecomd.kf.send import KfSender
 from wecomd.live import message_event
 from wecomd.store import StoreError
+from wecomd.store.contacts import counterpart
 from wecomd.store.times import utcnow
 from wecomd.wecom import kf as kfproto
 from wecomd.wecom.api import WecomApiError
@@ -88,6 +89,10 @@ class KfChannel:
 
     async def _on_new(self, app: AppConfig, open_kfid: str, new: list) -> None:
         customers = []
+        try:  # the nicknames known already, for the live events
+            await self.annotate([row for row, _ in new])
+        except StoreError as exc:
+            logger.warning("kf: nicknames not read for the live events: %s", exc)
         for row, _ in new:
             self.publish(message_event(row))
         for row, item in new:
@@ -195,8 +200,7 @@ class KfChannel:
         as last known)."""
         keys = {}
         for row in rows:
-            user = row.get("user") if "direction" not in row else (
-                row.get("to_user") if row["direction"] == "out" else _conversation(row))
+            user = counterpart(row)
             found = kfproto.split_key(user) if row.get("app") in self.apps and user else None
             if found is not None:
                 keys[id(row)] = (user, found)
@@ -268,14 +272,6 @@ class KfChannel:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-
-def _conversation(row: dict) -> Optional[str]:
-    fields = row.get("fields") or {}
-    event = fields.get("event") if isinstance(fields.get("event"), dict) else {}
-    open_kfid = fields.get("open_kfid") or event.get("open_kfid")
-    external = fields.get("external_userid") or event.get("external_userid")
-    return kfproto.conversation_key(open_kfid, external) if open_kfid and external else row.get("from_user")
 
 
 def _older(fetched_at: Optional[str], now: datetime, ttl: timedelta) -> bool:

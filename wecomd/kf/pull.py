@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import socket
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Dict, Optional
 
@@ -50,7 +52,7 @@ class KfPuller:
     def __init__(self, run_db: Callable[..., Awaitable[Any]], store: Any, client: Any, config: Config,
                  on_new: OnNew, clock: Callable[[], datetime] = utcnow) -> None:
         self.run_db, self.store, self.client, self.on_new, self.clock = run_db, store, client, on_new, clock
-        self.owner = "wecomd-" + secrets.token_hex(6)  # this process, in the lease
+        self.owner = lease_owner()  # this process, in the lease
         self._loops: Dict[str, asyncio.Task] = {}
         self._again: set = set()
         self.pulls = 0  # sync_msg calls made (tests, benchmarks)
@@ -118,16 +120,34 @@ class KfPuller:
             except Exception:  # never let one account's loop die silently
                 logger.exception("kf: pull of %s failed unexpectedly", open_kfid)
                 return
+            if pending is None:  # another process pulls: after it, the pull this loop owes
+                await asyncio.sleep(RETRY_DELAY)
+                continue
             if not pending and open_kfid not in self._again:
                 return
 
-    async def _pull(self, app: AppConfig, open_kfid: str) -> bool:
-        """Pull until has_more is 0; True when a callback came during the pull (pull again)."""
+    async def _claim(self, app: AppConfig, open_kfid: str) -> Optional[dict]:
+        """The account's lease, or None while another live process holds it. A lease left by a
+        process of this host that is gone (killed mid-pull) is taken at once, not after it expires."""
         now = self.clock()
         claim = await self.run_db(self.store.kf.claim, open_kfid, app.name, self.owner, now, now + LEASE)
         if claim is None:
+            holder = await self.run_db(self.store.kf.holder, open_kfid, now)
+            if holder and _gone(holder):
+                logger.warning("kf: %s: the pull of %s ended without releasing it (a crash): resuming from "
+                               "its last stored page", open_kfid, holder)
+                claim = await self.run_db(self.store.kf.claim, open_kfid, app.name, self.owner, now, now + LEASE,
+                                          dead_owner=holder)
+        return claim
+
+    async def _pull(self, app: AppConfig, open_kfid: str) -> Optional[bool]:
+        """Pull until has_more is 0; True when a callback came during the pull (pull again), None when
+        another process holds the pull (try again later)."""
+        claim = await self._claim(app, open_kfid)
+        now = self.clock()
+        if claim is None:
             logger.info("kf: %s is being pulled by another process", open_kfid)
-            return False
+            return None
         cursor, token = claim["cursor"], _fresh(claim["token"], claim["token_at"], now)
         try:
             while True:
@@ -177,6 +197,26 @@ class KfPuller:
             task.cancel()
         if self._loops:
             await asyncio.gather(*list(self._loops.values()), return_exceptions=True)
+
+
+def lease_owner() -> str:
+    """This process in a pull lease: "HOST:PID:random" (the random part tells a reused pid apart)."""
+    return "%s:%d:%s" % (socket.gethostname(), os.getpid(), secrets.token_hex(4))
+
+
+def _gone(owner: str) -> bool:
+    """Whether the process named in a lease (lease_owner) was of this host and no longer runs."""
+    rest, _, _ = owner.rpartition(":")
+    host, _, pid = rest.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it runs, as another user
+        return False
+    return False
 
 
 def _fresh(token: Optional[str], token_at: Optional[str], now: datetime) -> Optional[str]:

@@ -72,15 +72,19 @@ class Kf:
                     .on_conflict_ignore().execute()
 
     @guarded("claim a 微信客服 pull")
-    def claim(self, open_kfid: str, app: str, owner: str, now: datetime, until: datetime) -> Optional[dict]:
+    def claim(self, open_kfid: str, app: str, owner: str, now: datetime, until: datetime,
+              dead_owner: Optional[str] = None) -> Optional[dict]:
         """Take the account's pull for `owner` until `until`, unless another process holds an unexpired
-        lease: {"cursor", "token", "token_at"} or None. Clears `pending`: a callback after this sets it
+        lease (`dead_owner`'s is taken all the same: the caller knows that process is gone):
+        {"cursor", "token", "token_at"} or None. Clears `pending`: a callback after this sets it
         again, and the pull runs once more (release says so)."""
         C, naive = self.Cursor, naive_utc(now)
         with self.db.atomic():
             if C.get_or_none(C.open_kfid == open_kfid) is None:
                 C.insert(open_kfid=open_kfid, app=app, updated_at=naive).on_conflict_ignore().execute()
             free = (C.lease_owner.is_null() | (C.lease_until < naive) | (C.lease_owner == owner))
+            if dead_owner:
+                free = free | (C.lease_owner == dead_owner)
             taken = C.update(lease_owner=owner, lease_until=naive_utc(until), pending=0) \
                 .where((C.open_kfid == open_kfid) & free).execute()
             if not taken:
@@ -107,6 +111,13 @@ class Kf:
                     self._apply(app, item, row, naive)
                     new.append((row, item))
         return new
+
+    @guarded("read a 微信客服 pull lease")
+    def holder(self, open_kfid: str, now: datetime) -> Optional[str]:
+        """The process holding the account's pull (an unexpired lease), or None."""
+        C = self.Cursor
+        row = C.get_or_none((C.open_kfid == open_kfid) & (C.lease_until >= naive_utc(now)))
+        return row.lease_owner if row is not None else None
 
     @guarded("release a 微信客服 pull")
     def release(self, open_kfid: str, owner: str, now: datetime) -> bool:

@@ -32,6 +32,9 @@ _FTS_IDS = "(SELECT rowid FROM message_fts WHERE message_fts MATCH ?)"
 _FTS_TERMS = "SELECT term FROM message_fts_terms WHERE term >= ? AND term < ? LIMIT ?"
 # The UserIDs whose cached contact name (store.contacts) holds a LIKE pattern.
 _NAMED_USERS = "SELECT DISTINCT \"userid\" FROM \"contact\" WHERE \"name\" %s %s ESCAPE '\\' LIMIT 200"
+# 微信客服: the conversations (OPEN_KFID/EXTERNAL_USERID) of the customers whose cached nickname does.
+_NAMED_CUSTOMERS = ("SELECT s.\"open_kfid\" || '/' || s.\"external_userid\" FROM \"kf_session\" s JOIN \"kf_customer\" c"
+                    " ON c.\"external_userid\" = s.\"external_userid\" WHERE c.\"nickname\" %s %s ESCAPE '\\' LIMIT 200")
 
 
 def search_text(msgtype: str, content: Optional[str], fields: Optional[dict]) -> Optional[str]:
@@ -58,14 +61,15 @@ class Search:
         self.fts = isinstance(db, SqliteDatabase)
 
     def matches(self, q: str) -> peewee.Expression:
-        """Messages whose search text holds `q`, or whose user's cached contact name does (searching
-        张三 finds 张三's messages), case-insensitively and literally: quotes, *, OR, % and _ match
-        themselves. A short `q` on SQLite runs one or two lookups first."""
+        """Messages whose search text holds `q`, or whose user's cached contact name (or 微信客服
+        customer's nickname) does (searching 张三 finds 张三's messages), case-insensitively and
+        literally: quotes, *, OR, % and _ match themselves. A short `q` on SQLite runs one or two lookups first."""
         text = self._text_matches(q)
         # Asked first, so that a query no name matches keeps the text search's own plan.
         pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         like = "LIKE" if self.fts else "ILIKE"
-        users = [row[0] for row in self.db.execute_sql(_NAMED_USERS % (like, self.db.param), (pattern,))]
+        users = [row[0] for named in (_NAMED_USERS, _NAMED_CUSTOMERS)
+                 for row in self.db.execute_sql(named % (like, self.db.param), (pattern,))]
         return text | self.Message.user.in_(users) if users else text
 
     def _text_matches(self, q: str) -> peewee.Expression:

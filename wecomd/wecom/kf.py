@@ -143,8 +143,9 @@ def parse_item(item: Any) -> Message:
 
     `fields` is the item as sent (unknown types too) and `raw` its JSON. The conversation is
     "OPEN_KFID/EXTERNAL_USERID" (an event's ids are inside `event`; None when the item names no
-    customer). `from_user`: the customer for origin 3, the servicer_userid for 5, the customer (or
-    None) otherwise. `to_user`: the account, or the customer for what a servicer wrote. `event`:
+    customer). `from_user`: the conversation for origin 3 and events (so that every reader, the
+    console included, files the message under it as it does an app member's), the servicer_userid
+    for 5. `to_user`: the account, or the conversation for what a servicer wrote. `event`:
     event.event_type. `event_key`: a menu click's menu_id (text), enter_session's scene_param.
     `content`: a text's content, else a short summary ("[文件] name", "[链接] title", ...).
     """
@@ -156,11 +157,11 @@ def parse_item(item: Any) -> Message:
     event = item.get("event") if msgtype == "event" and isinstance(item.get("event"), dict) else {}
     open_kfid = _text(item.get("open_kfid")) or _text(event.get("open_kfid"))
     external = _text(item.get("external_userid")) or _text(event.get("external_userid"))
-    kind = origin(item)
+    kind, key = origin(item), _key_or_none(open_kfid, external)
     if kind == ORIGIN_SERVICER:
-        from_user, to_user = _text(item.get("servicer_userid")), external
+        from_user, to_user = _text(item.get("servicer_userid")), key or external
     else:
-        from_user, to_user = external, open_kfid
+        from_user, to_user = key or external, open_kfid
     event_key = None
     if msgtype == "text":
         event_key = _text(_get(item, "text", "menu_id"))
@@ -172,7 +173,7 @@ def parse_item(item: Any) -> Message:
         create_time=send_time if isinstance(send_time, int) and not isinstance(send_time, bool) else None,
         event=_text(event.get("event_type")) if msgtype == "event" else None, event_key=event_key,
         content=content_of(item), fields=item, raw=json.dumps(item, ensure_ascii=False),
-        conversation=_key_or_none(open_kfid, external), channel="kf")
+        conversation=key, channel="kf")
 
 
 def content_of(item: Mapping) -> Optional[str]:

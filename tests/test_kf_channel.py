@@ -1,0 +1,409 @@
+"""微信客服 end to end: the real server on a loopback port, its SQLite file, and the sandbox WeCom's
+kf side (wecomd.wecom.sandbox_kf) on another; the customer's messages go into the sandbox and the
+kf_msg_or_event callback rings the daemon, which pulls them as it would from WeCom."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from support.base import WecomdTestCase
+from support.peer import AES_KEY, CORP_ID, TOKEN
+from wecomd.kf import pull as pullmod
+from wecomd.kf.send import TAKEN_BY_HUMAN
+from wecomd.wecom import kf as kfproto
+from wecomd.wecom.sandbox_kf import RECEPTION, STOPPED
+from wecomd.wecom.simulate_kf import callback_plaintext
+
+KFID, OTHER = "wkSupport01", "wkNotOurs02"
+ALICE, BOB = "wmAliceExternal0001", "wmBobExternal0002"
+KF_APP = """
+[app:kefu]
+corp_id = %s
+agent_id = 1000009
+token = %s
+encoding_aes_key = %s
+secret = kefu-secret-0123456789
+kf = yes
+kf_accounts = %s
+%%s
+
+[rule:price]
+app = kefu
+when = text contains 价格
+reply = 价格表在官网：example.com/price
+
+[rule:welcome]
+app = kefu
+when = event enter_session
+reply = 欢迎光临，请问有什么可以帮您？
+""" % (CORP_ID, TOKEN, AES_KEY, KFID)
+
+
+class SlowSync:
+    """The puller's WecomClient with each sync_msg held `delay` seconds, counting how many run at once."""
+
+    def __init__(self, client, delay: float) -> None:
+        self.client, self.delay, self.active, self.most = client, delay, 0, 0
+
+    async def call(self, app, method, path, **kwargs):
+        if path != pullmod.SYNC_MSG:
+            return await self.client.call(app, method, path, **kwargs)
+        self.active += 1
+        self.most = max(self.most, self.active)
+        try:
+            await asyncio.sleep(self.delay)
+            return await self.client.call(app, method, path, **kwargs)
+        finally:
+            self.active -= 1
+
+
+class KfTestCase(WecomdTestCase):
+    app_reply = ""
+
+    def setUp(self) -> None:
+        self.extra_config = KF_APP % ("reply = %s" % self.app_reply if self.app_reply else "")
+        super().setUp()
+        # The startup pull of the configured account found nothing: the tests count from here.
+        self.wait_for(lambda: self.kf.sync_calls and not self.services.kf.puller._loops)
+        del self.kf.sync_calls[:]
+
+    def prepare_fake(self, fake) -> None:
+        self.kf = fake.kf
+        self.kf.add_account(KFID, "售后客服")
+        self.kf.add_servicer(KFID, "zhangsan", RECEPTION)
+        self.kf.add_servicer(KFID, "lisi", STOPPED)
+        self.kf.add_customer(ALICE, "爱丽丝")
+        self.kf.add_customer(BOB, "鲍勃")
+
+    def ring(self, token: str, open_kfid: str = KFID):
+        return self.callback(callback_plaintext(CORP_ID, open_kfid, token), app="kefu")
+
+    def say(self, content: str, customer: str = ALICE, **kwargs) -> dict:
+        """The customer writes; the callback rings; returns the pushed item (after a 200)."""
+        item, token = self.kf.push(KFID, customer, content, **kwargs)
+        resp = self.ring(token)
+        assert resp.code == 200 and resp.body == b"", (resp.code, resp.body)
+        return item
+
+    def stored(self, msg_id: str) -> dict:
+        return self.wait_for(lambda: next((r for r in self.rows() if r["msg_id"] == msg_id), None))
+
+    def kf_rows(self) -> list:
+        rows, found = [], None
+        while True:
+            page, found = self.db(self.services.store.messages.page, app="kefu", before=found, limit=500)
+            rows += page
+            if found is None:
+                return rows
+
+    def key(self, customer: str = ALICE) -> str:
+        return kfproto.conversation_key(KFID, customer)
+
+
+class PullTest(KfTestCase):
+    def test_the_callback_is_answered_at_once_and_the_pull_carries_token_cursor_and_limit(self):
+        first, token = self.kf.push(KFID, ALICE, "你好")
+        resp = self.ring(token)
+        self.assertEqual((resp.code, resp.body), (200, b""))
+        row = self.stored(first["msgid"])
+        self.assertEqual((row["app"], row["from_user"], row["direction"], row["content"]),  # the conversation
+                         ("kefu", self.key(), "in", "你好"))
+        call = self.kf.sync_calls[0]
+        self.assertEqual((call["open_kfid"], call["token"], call["limit"]), (KFID, token, 1000))
+        self.assertEqual(call["cursor"], pullmod_cursor(self.kf, 0))  # where the startup pull left off
+
+        second, token2 = self.kf.push(KFID, ALICE, "在吗")
+        self.ring(token2)
+        self.stored(second["msgid"])
+        cursor = self.db(self.services.store.kf.cursors)[0]["cursor"]
+        self.assertEqual(self.kf.sync_calls[-1]["cursor"], pullmod_cursor(self.kf, 1))
+        self.assertEqual(self.kf.sync_calls[-1]["token"], token2)
+        self.assertTrue(cursor)
+        self.assertEqual(len([r for r in self.kf_rows() if r["direction"] == "in"]), 2)
+
+    def test_the_callback_is_answered_even_while_wecom_refuses_the_pull(self):
+        refuse = self.kf.sync_msg
+
+        def busy(body):
+            self.kf.sync_calls.append(dict(body))
+            from wecomd.wecom.sandbox_kf import KfRefusal
+            raise KfRefusal(-1, "system busy")
+
+        self.kf.sync_msg = busy
+        item, token = self.kf.push(KFID, ALICE, "你好")
+        started = time.monotonic()
+        resp = self.ring(token)
+        self.assertEqual((resp.code, resp.body), (200, b""))
+        self.assertLess(time.monotonic() - started, 5)  # never waits for the pull
+        self.wait_for(lambda: self.kf.sync_calls)
+        self.assertEqual([r for r in self.rows() if r["msg_id"] == item["msgid"]], [])
+        self.kf.sync_msg = refuse  # WeCom recovers: the next callback's pull gets it
+        self.services.kf.puller._loops.clear()
+        item2, token2 = self.kf.push(KFID, ALICE, "还在吗")
+        self.ring(token2)
+        self.stored(item["msgid"])
+        self.stored(item2["msgid"])
+
+    def test_empty_pages_with_has_more_are_followed(self):
+        self.kf.empty_pages = 3
+        item = self.say("第一句")
+        self.stored(item["msgid"])
+        self.assertEqual(len(self.kf.sync_calls), 4)
+        # Each call carries the cursor the page before gave.
+        self.assertEqual([c.get("cursor") for c in self.kf.sync_calls[1:]],
+                         [pullmod_cursor(self.kf, 0)] * 3)
+
+    def test_a_msgid_repeated_on_the_next_page_is_stored_once(self):
+        items = [self.kf.push(KFID, ALICE if i % 2 else BOB, "消息 %d" % i)[0] for i in range(1500)]
+        self.kf.duplicate_next = True
+        last, token = self.kf.push(KFID, ALICE, "最后一句")
+        self.ring(token)
+        self.wait_for(lambda: len(self.kf_rows()) >= 1501 or None, timeout=30)
+        self.assertGreaterEqual(len(self.kf.sync_calls), 2)
+        self.assertTrue(all(c["limit"] == 1000 for c in self.kf.sync_calls))
+        # The sandbox gave the first page's last item again at the start of the second.
+        self.assertEqual(self.kf.sync_calls[1]["cursor"], pullmod_cursor(self.kf, 999))
+        msgids = [r["msg_id"] for r in self.kf_rows()]
+        self.assertEqual(len(msgids), 1501)
+        self.assertEqual(set(msgids), {i["msgid"] for i in items} | {last["msgid"]})
+
+    def test_two_callbacks_during_one_pull_make_it_run_once_more(self):
+        slow = SlowSync(self.services.kf.puller.client, 0.4)
+        self.services.kf.puller.client = slow
+        first = self.say("一")
+        # The pull is under way (held 0.4 s before it reaches WeCom): two more callbacks ring.
+        second, third = self.say("二", customer=BOB), self.say("三")
+        for item in (first, second, third):
+            self.stored(item["msgid"])
+        self.wait_for(lambda: not self.services.kf.puller._loops)
+        self.assertEqual(slow.most, 1)  # never two pulls of the account at once
+        self.assertEqual(len(self.kf.sync_calls), 2)  # the pull, then once more for the bells it missed
+        self.assertEqual(self.kf.sync_calls[1]["cursor"], pullmod_cursor(self.kf, 3))
+        self.assertEqual(len(self.kf_rows()), 3)
+
+    def test_a_callback_for_an_account_not_served_is_answered_and_not_pulled(self):
+        _, token = self.kf.push(OTHER, ALICE, "你好")
+        resp = self.ring(token, open_kfid=OTHER)
+        self.assertEqual((resp.code, resp.body), (200, b""))
+        time.sleep(0.2)
+        self.assertEqual((self.kf.sync_calls, self.kf_rows()), ([], []))
+
+    def test_a_startup_pull_catches_up_from_the_stored_cursor(self):
+        item, token = self.kf.push(KFID, ALICE, "停机前")
+        self.ring(token)
+        self.stored(item["msgid"])
+        self.io_loop.run_sync(self.services.close)
+        missed = [self.kf.push(KFID, BOB, "停机时 %d" % i)[0] for i in range(3)]  # no callback reaches us
+        calls = len(self.kf.sync_calls)
+        from wecomd.services import Services
+
+        self.services = Services(self.config)
+        self.io_loop.run_sync(self.services.start)
+        for m in missed:
+            self.wait_for(lambda m=m: any(r["msg_id"] == m["msgid"] for r in self.kf_rows()))
+        restart = self.kf.sync_calls[calls]
+        self.assertEqual(restart["cursor"], pullmod_cursor(self.kf, 1))  # from the stored cursor
+        # No callback rang for these: the token kept is the last callback's, while it lives 10 minutes.
+        self.assertEqual(restart.get("token"), token)
+        self.assertEqual(len(self.kf_rows()), 4)
+
+
+def pullmod_cursor(kf, index: int) -> str:
+    """The sandbox's cursor after the first `index` items of KFID's log."""
+    from wecomd.wecom.sandbox_kf import _cursor
+
+    return _cursor(KFID, index)
+
+
+class TimelineTest(KfTestCase):
+    def test_a_human_agents_reply_from_the_wecom_client_is_outbound_by_that_agent(self):
+        asked = self.say("你好，有人吗")
+        item, token = self.kf.push(KFID, ALICE, "您好，我是张三", origin=kfproto.ORIGIN_SERVICER,
+                                   servicer_userid="zhangsan")
+        self.ring(token)
+        row = self.stored(item["msgid"])
+        self.assertEqual((row["direction"], row["status"], row["operator"], row["to_user"], row["content"]),
+                         ("out", "sent", "zhangsan", self.key(), "您好，我是张三"))
+        self.stored(asked["msgid"])
+        status, answer = self.api("/api/messages", app="kefu", user=self.key())
+        self.assertEqual(status, 200)
+        self.assertEqual([(m["direction"], m["content"]) for m in reversed(answer["messages"])],
+                         [("in", "你好，有人吗"), ("out", "您好，我是张三")])
+        session = self.db(self.services.store.kf.session, KFID, ALICE)
+        self.assertEqual((session["service_state"], session["servicer_userid"]), (3, "zhangsan"))
+        # A human serves now: automation stays silent, even on a rule's keyword.
+        price = self.say("价格多少")
+        self.stored(price["msgid"])
+        time.sleep(0.3)
+        self.assertEqual(self.kf.sent, [])
+
+    def test_events_become_system_messages_and_unknown_types_are_kept_whole(self):
+        event, token = self.kf.push_event(KFID, {"event_type": "session_status_change", "change_type": 1,
+                                                 "external_userid": ALICE, "new_servicer_userid": "zhangsan"})
+        self.ring(token)
+        row = self.stored(event["msgid"])
+        self.assertEqual((row["msgtype"], row["direction"]), ("event", "in"))
+        strange, token = self.kf.push(KFID, ALICE, None, msgtype="hologram", hologram={"frames": 3})
+        self.ring(token)
+        row = self.stored(strange["msgid"])
+        self.assertEqual(row["msgtype"], "hologram")
+        self.assertEqual(row["fields"]["hologram"], {"frames": 3})
+
+    def test_customers_have_their_nicknames_in_the_list_the_thread_and_search(self):
+        self.stored(self.say("你好")["msgid"])
+        self.stored(self.say("我是鲍勃", customer=BOB)["msgid"])
+        self.wait_for(lambda: len(self.db(self.services.store.kf.customers, [ALICE, BOB])) == 2)
+        status, answer = self.api("/api/conversations", app="kefu")
+        names = {c["user"]: c["user_name"] for c in answer["conversations"]}
+        self.assertEqual(names, {self.key(): "爱丽丝", self.key(BOB): "鲍勃"})
+        kf = next(c["kf"] for c in answer["conversations"] if c["user"] == self.key())
+        self.assertEqual((kf["open_kfid"], kf["external_userid"]), (KFID, ALICE))
+        status, thread = self.api("/api/messages", app="kefu", user=self.key())
+        self.assertEqual({m["user_name"] for m in thread["messages"]}, {"爱丽丝"})
+        status, found = self.api("/api/messages", q="鲍勃")
+        self.assertEqual({m["from_user"] for m in found["messages"]}, {self.key(BOB)})
+        # An id WeCom cannot resolve shows as itself.
+        stranger = "wmStrangerNotKnown"
+        self.kf.customers.pop(stranger, None)
+        item, token = self.kf.push(KFID, stranger, "路过")
+        self.kf.customers.pop(stranger, None)  # push registered them: make the id unknown to batchget
+        self.ring(token)
+        self.stored(item["msgid"])
+        self.wait_for(lambda: self.db(self.services.store.kf.customers, [stranger]))
+        status, answer = self.api("/api/conversations", app="kefu")
+        names = {c["user"]: c["user_name"] for c in answer["conversations"]}
+        self.assertEqual(names[self.key(stranger)], stranger)
+
+
+class AnswerTest(KfTestCase):
+    def test_a_rule_answers_through_send_msg_with_a_deterministic_msgid(self):
+        self.stored(self.say("请问价格")["msgid"])
+        self.wait_for(lambda: self.kf.sent)
+        sent = self.kf.sent[0]
+        self.assertEqual((sent["touser"], sent["open_kfid"], sent["text"]["content"]),
+                         (ALICE, KFID, "价格表在官网：example.com/price"))
+        out = self.wait_for(lambda: next((r for r in self.kf_rows() if r["direction"] == "out"
+                                          and r["status"] == "sent"), None))
+        self.assertEqual(sent["msgid"], kfproto.send_msgid(out["id"]))
+        self.assertEqual((out["to_user"], out["rule"]), (self.key(), "price"))
+        # sync_msg never returns what the API sent: the daemon's own row is the record of it.
+        self.assertEqual(len([r for r in self.kf_rows() if r["direction"] == "out"]), 1)
+
+    def test_95018_marks_the_message_taken_by_a_human_and_is_not_retried(self):
+        self.stored(self.say("你好")["msgid"])
+        # A servicer took the session in the WeCom client; wecomd has not heard of it yet.
+        self.kf.session(KFID, ALICE).state = 3
+        attempts = []
+        send = self.kf.send_msg
+        self.kf.send_msg = lambda body: attempts.append(body) or send(body)
+        status, answer = self.api("/api/messages", "POST", {"app": "kefu", "to_user": self.key(), "content": "稍等"})
+        self.assertEqual(status, 201, answer)
+        row = self.wait_for(lambda: next((r for r in self.kf_rows() if r["id"] == answer["id"]
+                                          and r["status"] == "failed"), None))
+        self.assertEqual(row["error"], TAKEN_BY_HUMAN)
+        time.sleep(0.5)
+        self.assertEqual(len(attempts), 1)  # no retry
+        self.assertEqual(self.db(self.services.store.kf.session, KFID, ALICE)["service_state"], 3)
+
+    def test_five_sends_until_the_customer_writes_again(self):
+        self.stored(self.say("你好")["msgid"])
+        ids = []
+        for i in range(6):
+            status, answer = self.api("/api/messages", "POST", {"app": "kefu", "to_user": self.key(),
+                                                                "content": "回复 %d" % i})
+            self.assertEqual(status, 201)
+            ids.append(answer["id"])
+            self.wait_for(lambda i=answer["id"]: next((r for r in self.kf_rows() if r["id"] == i
+                                                       and r["status"] in ("sent", "failed")), None))
+        rows = {r["id"]: r for r in self.kf_rows()}
+        self.assertEqual([rows[i]["status"] for i in ids], ["sent"] * 5 + ["failed"])
+        self.assertTrue(rows[ids[5]]["error"].startswith("outside WeCom's reply window"), rows[ids[5]]["error"])
+        self.assertEqual(len(self.kf.sent), 5)  # the sixth never reached WeCom
+        self.stored(self.say("还有问题")["msgid"])
+        status, answer = self.api("/api/messages", "POST", {"app": "kefu", "to_user": self.key(), "content": "好的"})
+        self.wait_for(lambda: next((r for r in self.kf_rows() if r["id"] == answer["id"]
+                                    and r["status"] == "sent"), None))
+        self.assertEqual(len(self.kf.sent), 6)
+
+    def test_no_send_48_hours_after_the_customers_last_message(self):
+        old = self.say("两天前的问题", send_time=int(time.time()) - 49 * 3600)
+        self.stored(old["msgid"])
+        status, answer = self.api("/api/messages", "POST", {"app": "kefu", "to_user": self.key(), "content": "抱歉晚了"})
+        row = self.wait_for(lambda: next((r for r in self.kf_rows() if r["id"] == answer["id"]
+                                          and r["status"] == "failed"), None))
+        self.assertIn("48", row["error"])
+        self.assertTrue(row["error"].startswith("outside WeCom's reply window"))
+        self.assertEqual(self.kf.sent, [])
+
+    def test_the_welcome_code_gets_one_send_msg_on_event_within_20_seconds(self):
+        event, token = self.kf.enter_session(KFID, ALICE, scene="qrcode")
+        code = event["event"]["welcome_code"]
+        started = time.monotonic()
+        self.ring(token)
+        self.wait_for(lambda: self.kf.event_sends)
+        self.assertLess(time.monotonic() - started, 20)
+        self.ring(token)  # WeCom rings again for the same event: no second welcome
+        time.sleep(0.5)
+        self.assertEqual([(s["code"], s["text"]["content"]) for s in self.kf.event_sends],
+                         [(code, "欢迎光临，请问有什么可以帮您？")])
+        self.assertEqual(self.kf.sent, [])  # not through send_msg
+        out = self.wait_for(lambda: next((r for r in self.kf_rows() if r["direction"] == "out"
+                                          and r["status"] == "sent"), None))
+        self.assertEqual((out["to_user"], out["rule"], out["content"]),
+                         (self.key(), "welcome", "欢迎光临，请问有什么可以帮您？"))
+
+    def test_recall_within_2_minutes_through_kf_recall_msg(self):
+        self.stored(self.say("你好")["msgid"])
+        status, answer = self.api("/api/messages", "POST", {"app": "kefu", "to_user": self.key(), "content": "发错了"})
+        row = self.wait_for(lambda: next((r for r in self.kf_rows() if r["id"] == answer["id"]
+                                          and r["status"] == "sent"), None))
+        status, recalled = self.api("/api/messages/%d/recall" % row["id"], "POST", {})
+        self.assertEqual(status, 200, recalled)
+        self.assertEqual(recalled["status"], "recalled")
+        self.assertEqual(self.kf.recalled, [self.kf.sent[0]["msgid"]])
+
+
+class FallbackReplyTest(KfTestCase):
+    app_reply = "已收到，客服稍后回复"
+
+    def test_the_apps_reply_answers_what_no_rule_does_through_send_msg(self):
+        self.stored(self.say("随便问问")["msgid"])
+        self.wait_for(lambda: self.kf.sent)
+        self.assertEqual([s["text"]["content"] for s in self.kf.sent], ["已收到，客服稍后回复"])
+
+
+class SessionApiTest(KfTestCase):
+    def test_read_and_move_a_session_along_documented_transitions(self):
+        self.stored(self.say("你好")["msgid"])
+        status, session = self.api("/api/kf/session", app="kefu", user=self.key())
+        self.assertEqual(status, 200, session)
+        self.assertEqual((session["service_state"], session["transitions"]), (0, [1, 2, 3]))
+        self.assertEqual({s["userid"] for s in session["servicers"]}, {"zhangsan", "lisi"})
+        status, moved = self.api("/api/kf/session", "POST", {"app": "kefu", "user": self.key(), "service_state": 1})
+        self.assertEqual((status, moved["service_state"]), (200, 1))
+        self.assertEqual(self.kf.session(KFID, ALICE).state, 1)
+        # lisi is not 接待中: WeCom refuses, and the console says why.
+        status, refused = self.api("/api/kf/session", "POST", {"app": "kefu", "user": self.key(),
+                                                              "service_state": 3, "servicer_userid": "lisi"})
+        self.assertEqual(status, 502)
+        self.assertIn("95014", refused["error"])
+        status, moved = self.api("/api/kf/session", "POST", {"app": "kefu", "user": self.key(),
+                                                            "service_state": 3, "servicer_userid": "zhangsan"})
+        self.assertEqual((status, moved["service_state"], moved["servicer_userid"]), (200, 3, "zhangsan"))
+        # From 3 only a transfer or the end: back to the bot is refused before WeCom is asked.
+        status, refused = self.api("/api/kf/session", "POST", {"app": "kefu", "user": self.key(), "service_state": 1})
+        self.assertEqual(status, 409)
+        self.assertEqual(self.kf.session(KFID, ALICE).state, 3)
+        status, ended = self.api("/api/kf/session", "POST", {"app": "kefu", "user": self.key(), "service_state": 4})
+        self.assertEqual((status, ended["service_state"]), (200, 4))
+        status, session = self.api("/api/kf/session", app="kefu", user=self.key())
+        self.assertEqual(session["transitions"], [])
+
+    def test_a_viewer_may_read_but_not_move_and_bad_bodies_are_400(self):
+        self.stored(self.say("你好")["msgid"])
+        status, _ = self.api("/api/kf/session", "POST", {"app": "kefu", "user": self.key(), "service_state": 7})
+        self.assertEqual(status, 400)
+        status, _ = self.api("/api/kf/session", "POST", {"app": "helpdesk", "user": self.key(), "service_state": 1})
+        self.assertEqual(status, 404)
+        status, _ = self.api("/api/kf/session", "POST", {"app": "kefu", "user": "zhangsan", "service_state": 1})
+        self.assertEqual(status, 409)
