@@ -115,6 +115,8 @@ def test_demo_dir_keeps_an_existing_config(tmp_path):
     # The first run's sandbox port is taken now: this run's sandbox URL comes in as overrides.
     old_api = config.load(conf, {}).wecom.api_base
     squatter = socket.socket()
+    # The first run's pulls (微信客服's startup pull) may leave the port in TIME_WAIT: taken all the same.
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     squatter.bind(("127.0.0.1", urllib.parse.urlsplit(old_api).port))
     squatter.listen()
     port = free_port()
@@ -218,3 +220,28 @@ def test_demo_bot_streams_the_echo_models_answer(tmp_path):
     assert lines[-1].rstrip().endswith("打印机 坏了") and " finish: " in lines[-1], run.stdout
     assert "智能机器人: %s/callback/assistant" % url in out
     assert bot.encoding_aes_key not in out
+
+
+@pytest.mark.slow  # waits for the demo's scripted 微信客服 customers
+def test_demo_kf_customers_have_nicknames_a_welcome_and_a_human_agent(tmp_path):
+    port = free_port()
+    url = "http://127.0.0.1:%d" % port
+    proc = _start_demo("--listen", "127.0.0.1:%d" % port, "--dir", str(tmp_path), "--password", "demo-pass-123")
+    try:
+        wait_for_healthz(url, proc)
+        api = _sign_in(url, "demo-pass-123")
+        deadline, names, rows = time.monotonic() + 30, {}, []
+        while time.monotonic() < deadline:
+            names = {c["user"]: c["user_name"] for c in api("/api/conversations?app=kefu")["conversations"]}
+            rows = api("/api/messages?app=kefu&limit=100")["messages"]
+            welcomed = [r for r in rows if r["direction"] == "out" and r["rule"] == "kf-welcome" and r["status"] == "sent"]
+            human = [r for r in rows if r["direction"] == "out" and r["operator"] == "zhangsan"]
+            if {"小明", "莉莉"} <= set(names.values()) and welcomed and human:
+                break
+            time.sleep(0.5)
+        assert {"wkDEMO/wmDemoXiaoming": "小明", "wkDEMO/wmDemoLili": "莉莉"}.items() <= names.items(), names
+        assert welcomed and welcomed[0]["to_user"] == "wkDEMO/wmDemoXiaoming", rows
+        assert human and human[0]["to_user"] == "wkDEMO/wmDemoLili" and human[0]["status"] == "sent"
+    finally:
+        out = _stop(proc)
+    assert "微信客服: the account wkDEMO" in out

@@ -17,8 +17,9 @@ from typing import Any, Optional, Sequence
 from wecomd import checks, config, logs, passwords, paths
 
 from wecomd.automation import echo_model
-from wecomd.wecom import sandbox
+from wecomd.wecom import sandbox, sandbox_kf
 from wecomd.wecom.simulate import Simulator
+from wecomd.wecom.simulate_kf import KfCustomer, SandboxError
 from wecomd.wecom.samples import build
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,16 @@ SCRIPT = (
 NAME, HELP = "demo", "a live dashboard with simulated traffic; nothing to set up"
 DEMO_ACCOUNTS = (("operator", "operator"), ("viewer", "viewer"))  # beside the config's admin
 BOT, BOT_LLM = "assistant", "echo"  # the demo's 智能机器人 and the model its ask rule streams
+KF_APP = "kefu"  # the demo's 微信客服 app, serving the sandbox's account wkDEMO (售后客服)
+# (seconds after start, customer, what they do: "enter", or a text; servicer: a human agent's reply)
+KF_SCRIPT = (
+    (2.0, "wmDemoXiaoming", "enter", None),
+    (3.5, "wmDemoXiaoming", "你好，我上周买的耳机左边没有声音了", None),
+    (7.0, "wmDemoLili", "请问退货地址是哪里？", None),
+    (12.0, "wmDemoLili", "您好，退货地址已通过短信发给您，请查收", "zhangsan"),
+    (20.0, "wmDemoAwei", "enter", None),
+    (21.5, "wmDemoAwei", "价格能便宜点吗", None),
+)
 TRICKLE = ("还在吗？", "收到，马上处理", "会议室的投影仪坏了", "能把上周的日志发我一份吗？", "👍")
 
 
@@ -81,6 +92,7 @@ async def _main(args: argparse.Namespace) -> int:
     fake = sandbox.FakeWecom()
     media = sandbox.seed_samples(fake)
     sandbox.seed_directory(fake)
+    sandbox_kf.demo_accounts(fake.kf)  # 微信客服: the account wkDEMO with customers who have nicknames
     # A tiny OpenAI-compatible model that echoes word by word: the demo bot's `ask` rule streams it.
     model_server, model_url = await echo_model.start(echo_model.EchoModel(delay=0.08, think=True))
     path = workdir / "wecomd.conf"
@@ -93,12 +105,14 @@ async def _main(args: argparse.Namespace) -> int:
         api_server, api_base = await sandbox.start(fake)
         values = {**_values(args.listen or LISTEN, api_base, password), **sample_rules(api_base),
                   **bot_sections(model_url)}
+        values.update(kf_sections(values["app:" + APP]["corp_id"]))
         path.write_text(config.render(values), encoding="utf-8")
         cfg = config.load(path, {})
     accounts = _accounts(cfg)
     ready: asyncio.Future = asyncio.get_running_loop().create_future()
     serving = asyncio.ensure_future(app.serve(cfg, ready=ready.set_result))
     traffic: Optional[asyncio.Task] = None
+    kf_traffic: Optional[asyncio.Task] = None
     try:
         port = await _first(ready, serving)
         url = "http://%s:%d" % (cfg.server.listen_host, port)
@@ -108,14 +122,23 @@ async def _main(args: argparse.Namespace) -> int:
             print("  智能机器人: %s/callback/%s streams answers from a built-in echo model; try\n"
                   "    wecomd simulate --bot %s/callback/%s --token T --aes-key K --content 你好\n"
                   "  with T and K from [bot:%s] in %s\n" % (url, BOT, url, BOT, BOT, path), flush=True)
+        if KF_APP in cfg.apps and cfg.apps[KF_APP].kf:
+            print("  微信客服: the account %s (售后客服) through [app:%s]; a customer writes with\n"
+                  "    wecomd simulate %s/callback/%s --token T --aes-key K --corp-id C --kf %s -c %s --content 你好\n"
+                  "  with T, K and C from [app:%s]\n" % (sandbox_kf.DEMO_ACCOUNT, KF_APP, url, KF_APP,
+                                                       sandbox_kf.DEMO_ACCOUNT, path, KF_APP), flush=True)
         if not args.no_traffic and APP not in cfg.apps:
             logger.warning("demo: the kept config has no [app:%s]: no simulated traffic", APP)
         elif not args.no_traffic:
             traffic = asyncio.ensure_future(_traffic(url + "/callback/" + APP, cfg.apps[APP], media))
+        if not args.no_traffic and KF_APP in cfg.apps and cfg.apps[KF_APP].kf:
+            kf_traffic = asyncio.ensure_future(_kf_traffic(url + "/callback/" + KF_APP, cfg.apps[KF_APP],
+                                                           cfg.wecom.api_base))
         await serving
     finally:
-        if traffic:
-            traffic.cancel()
+        for task in (traffic, kf_traffic):
+            if task:
+                task.cancel()
         api_server.stop()
         model_server.stop()
         if not args.dir:
@@ -192,6 +215,22 @@ def bot_sections(model_url: str) -> dict:
     }
 
 
+def kf_sections(corp_id: str) -> dict:
+    """A 微信客服 app serving the sandbox's account wkDEMO, with a welcome and a price rule."""
+    alnum = string.ascii_letters + string.digits
+    return {
+        "app:" + KF_APP: {
+            "corp_id": corp_id, "agent_id": "1000003",
+            "token": "".join(secrets.choice(alnum) for _ in range(32)),
+            "encoding_aes_key": "".join(secrets.choice(alnum) for _ in range(43)),
+            "secret": secrets.token_urlsafe(24), "reply": "", "kf": "yes", "kf_accounts": sandbox_kf.DEMO_ACCOUNT,
+        },
+        "rule:kf-welcome": {"app": KF_APP, "when": "event enter_session",
+                            "reply": "您好，欢迎咨询售后客服！请描述您遇到的问题。"},
+        "rule:kf-price": {"app": KF_APP, "when": "text contains 价格", "reply": "价格以商城页面为准，活动期间满 200 减 20。"},
+    }
+
+
 def sample_rules(api_base: str) -> dict:
     """The example rules of the shipped wecomd.conf, plus its commented-out webhook rule made live
     against the sandbox, so the demo shows every kind of rule at work."""
@@ -249,6 +288,38 @@ async def _traffic(url: str, wecom_app: config.AppConfig, media: dict) -> None:
             user = secrets.choice(("zhangsan", "lisi", "wangwu", "zhaoliu"))
             await _send(sim, wecom_app, "text", user, secrets.choice(TRICKLE), None)
     finally:
+        sim.close()
+
+
+async def _kf_traffic(url: str, kf_app: config.AppConfig, sandbox_url: str) -> None:
+    """Play WeChat customers of the account wkDEMO (and a human agent answering from the WeCom
+    client): each action goes into the sandbox, then the kf_msg_or_event callback rings the daemon."""
+    sim = Simulator(url, token=kf_app.token, aes_key=kf_app.encoding_aes_key, corp_id=kf_app.corp_id,
+                    agent_id=kf_app.agent_id)
+    customers = {external: KfCustomer(sandbox_url, sim, sandbox_kf.DEMO_ACCOUNT, external)
+                 for external, _, _ in sandbox_kf.DEMO_CUSTOMERS}
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        for at, external, what, servicer in KF_SCRIPT:
+            await asyncio.sleep(max(0.0, started + at - loop.time()))
+            customer = customers[external]
+            try:
+                if what == "enter":
+                    _, results = await customer.enter("demo_qrcode")
+                elif servicer:
+                    _, results = await customer.say_as_servicer(servicer, what)
+                else:
+                    _, results = await customer.say(what)
+            except SandboxError as exc:
+                logger.warning("demo: 微信客服 %s: %s", external, exc)
+                continue
+            for result in results:
+                if result.error:
+                    logger.warning("demo: 微信客服 callback for %s failed: %s", external, result.error)
+    finally:
+        for customer in customers.values():
+            customer.close()
         sim.close()
 
 

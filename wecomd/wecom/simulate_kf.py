@@ -63,6 +63,12 @@ class KfCustomer:
             payload[msgtype] = body
         return await self._ring(PUSH, payload, repeat)
 
+    async def say_as_servicer(self, servicer_userid: str, content: str, *, repeat: int = 1) -> Tuple[dict, List[Result]]:
+        """A human agent (servicer_userid) answers this customer from the WeCom client (origin 5);
+        then the callback."""
+        return await self._ring(PUSH, {"open_kfid": self.open_kfid, "external_userid": self.external_userid,
+                                       "content": content, "origin": 5, "servicer_userid": servicer_userid}, repeat)
+
     async def enter(self, scene: str = "", *, scene_param: str = "", welcome_code: bool = True,
                     repeat: int = 1) -> Tuple[dict, List[Result]]:
         """The customer opens the chat (enter_session, with a welcome_code when asked), then the callback."""
