@@ -71,9 +71,9 @@ def wecom():
     api.stop()
 
 
-def deployment(directory: Path, api_base: str, port: int = 0, ip_echo_url: str = "") -> Path:
+def deployment(directory: Path, api_base: str, port: int = 0, ip_echo_url: str = "", extra: str = "") -> Path:
     """A config with a migrated SQLite file and a media directory, as after a first `wecomd serve`."""
-    path = write_config(directory, port, api_base=api_base)
+    path = write_config(directory, port, api_base=api_base, extra=extra)
     text = path.read_text(encoding="utf-8").replace(
         "api_base = %s" % api_base, "api_base = %s\nip_echo_url = %s" % (api_base, ip_echo_url))
     path.write_text(text, encoding="utf-8")
@@ -110,6 +110,61 @@ def line(result: subprocess.CompletedProcess, start: str) -> str:
 
 
 # --- the checks ---------------------------------------------------------------------------------
+
+KF_APP = """
+[app:kefu]
+corp_id = %s
+agent_id = 1000009
+token = %s
+encoding_aes_key = %s
+secret = %s
+kf = yes
+%%s
+""" % (CORP_ID, TOKEN, AES_KEY, APP_SECRET)
+
+
+@pytest.fixture
+def kf_conf(tmp_path, wecom):
+    def make(extra: str = "") -> Path:
+        return deployment(tmp_path, wecom.url, ip_echo_url=wecom.url + "/ip", extra=KF_APP % extra)
+    return make
+
+
+def test_kf_lists_the_accounts_the_app_may_manage(kf_conf, wecom):
+    wecom.fake.kf.add_account("wkSales01", "售前咨询")
+    wecom.fake.kf.add_account("wkAfter02", "售后客服")
+    wecom.fake.kf.add_account("wkManual03", "人工号", manage_privilege=False)
+    result = doctor(kf_conf())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 微信客服 account(s) served: wkSales01 (售前咨询), wkAfter02 (售后客服)" in line(result, "ok    kf:kefu")
+    assert "wkManual03 人工号 (not 通过API管理: cannot be served)" in result.stdout
+    assert_no_secret(result, issued=wecom.fake.tokens)
+
+
+def test_kf_explains_an_app_not_enrolled_for_kf(kf_conf, wecom):
+    wecom.fake.fail_next("/cgi-bin/kf/account/list", 48002, "api forbidden")
+    result = doctor(kf_conf())
+    assert result.returncode == 1
+    assert "kf/account/list: errcode 48002" in line(result, "FAIL  kf:kefu")
+    assert "微信客服 → 可调用接口的应用: add this self-built app there" in result.stdout
+
+
+def test_kf_explains_a_refused_secret_as_the_system_apps(kf_conf, wecom):
+    result = doctor(kf_conf(), env={"WECOMD_APP_KEFU_SECRET": "the-kf-system-apps-own-secret"})
+    assert result.returncode == 1
+    assert "errcode 40001" in line(result, "FAIL  kf:kefu")
+    assert "Since 2023-12-01 the 微信客服 system app's own secret no longer works" in result.stdout
+    assert_no_secret(result, "the-kf-system-apps-own-secret")
+
+
+def test_kf_accounts_not_under_api_management_fail(kf_conf, wecom):
+    wecom.fake.kf.add_account("wkManual03", "人工号", manage_privilege=False)
+    result = doctor(kf_conf("kf_accounts = wkGone99"))
+    assert result.returncode == 1
+    assert "kf_accounts names wkGone99, which this app may not manage" in line(result, "FAIL  kf:kefu")
+    assert "通过API管理" in result.stdout
+    result = doctor(kf_conf())
+    assert "no 微信客服 account this app may serve (1 listed)" in line(result, "warn  kf:kefu")
 
 def test_a_healthy_deployment_passes_with_exit_0(conf, wecom):
     result = doctor(conf)
