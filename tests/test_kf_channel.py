@@ -249,6 +249,22 @@ class TimelineTest(KfTestCase):
         self.assertEqual(row["msgtype"], "hologram")
         self.assertEqual(row["fields"]["hologram"], {"frames": 3})
 
+    def test_media_of_the_customer_and_of_the_agent_is_downloaded(self):
+        png = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+        photo = self.fake.add_media(png, "image/png", "photo.png")
+        item, token = self.kf.push(KFID, ALICE, None, msgtype="image", media_id=photo)
+        self.ring(token)
+        pdf = self.fake.add_media(b"%PDF-1.4 manual", "application/pdf", "说明书.pdf")
+        sent, token = self.kf.push(KFID, ALICE, None, msgtype="file", media_id=pdf,
+                                   origin=kfproto.ORIGIN_SERVICER, servicer_userid="zhangsan")
+        self.ring(token)
+        for pulled, body in ((item, png), (sent, b"%PDF-1.4 manual")):
+            row = self.wait_for(lambda p=pulled: next((r for r in self.rows() if r["msg_id"] == p["msgid"]
+                                                       and (r["media"] or {}).get("status") == "stored"), None))
+            resp = self.fetch("/api/media/%d" % row["id"], headers=self.session())
+            self.assertEqual((resp.code, resp.body), (200, body))
+        self.assertEqual(row["direction"], "out")
+
     def test_customers_have_their_nicknames_in_the_list_the_thread_and_search(self):
         self.stored(self.say("你好")["msgid"])
         self.stored(self.say("我是鲍勃", customer=BOB)["msgid"])

@@ -255,3 +255,12 @@ def test_the_module_imports_only_messages_from_wecomd():
     names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert {name for name in names if name.startswith("wecomd")} == {"wecomd.wecom.messages"}
+
+
+def test_media_id_of_pulled_media_items_only():
+    image = {"msgid": "m1", "origin": 3, "msgtype": "image", "image": {"media_id": "MEDIA1"}}
+    assert kf.media_id(image) == "MEDIA1"
+    assert kf.media_id({"msgid": "m2", "origin": 3, "msgtype": "file", "file": {"media_id": "F"}}) == "F"
+    assert kf.media_id({"msgid": "m3", "origin": 3, "msgtype": "text", "text": {"content": "x"}}) is None
+    assert kf.media_id({"MsgType": "image", "MediaId": "APP"}) is None  # an app's XML fields: not kf
+    assert kf.media_id({"msgid": "m4", "origin": 3, "msgtype": "image", "image": {}}) is None

@@ -50,8 +50,8 @@ class KfChannel:
 
     def __init__(self, run_db: Callable[..., Awaitable[Any]], read: Callable[..., Awaitable[Any]], store: Any,
                  client: Any, rules: Any, outbox: Any, publish: Callable[[dict], None], config: Config,
-                 clock: Callable[[], datetime] = utcnow) -> None:
-        self.run_db, self.read, self.store, self.client = run_db, read, store, client
+                 wake_media: Callable[[], None] = lambda: None, clock: Callable[[], datetime] = utcnow) -> None:
+        self.run_db, self.read, self.store, self.client, self.wake_media = run_db, read, store, client, wake_media
         self.rules, self.outbox, self.publish, self.clock = rules, outbox, publish, clock
         self.sender = KfSender(run_db, read, store, client, clock)
         self.puller = KfPuller(run_db, store, client, config, self._on_new, clock)
@@ -95,6 +95,8 @@ class KfChannel:
             logger.warning("kf: nicknames not read for the live events: %s", exc)
         for row, _ in new:
             self.publish(message_event(row))
+        if any((row.get("media") or {}).get("status") == "pending" for row, _ in new):
+            self.wake_media()  # a customer's image, voice, video or file: downloaded with media/get
         for row, item in new:
             if row["direction"] != "in" or item.session is None:
                 continue

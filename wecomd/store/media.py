@@ -7,7 +7,7 @@ from typing import Optional
 
 import peewee
 
-from wecomd.wecom import bot
+from wecomd.wecom import bot, kf
 
 from .errors import guarded
 from .models import MEDIA_STATUSES, Message
@@ -19,12 +19,13 @@ from .times import naive_utc, utcnow
 def media_columns(fields: Optional[dict]) -> dict[str, Optional[str]]:
     """media_status and media_name of a received message: "pending" when it has a MediaId.
 
-    Image, voice, video and file messages carry one; a file's name is known at once.
+    Image, voice, video and file messages carry one (a 微信客服 item its media_id); a file's name is
+    known at once.
     """
     fields = fields if isinstance(fields, dict) else {}
     if bot.media_url(fields):  # a 智能机器人's image or file: a URL, not a MediaId
         return {"media_status": "pending", "media_name": None}
-    media_id, name = fields.get("MediaId"), fields.get("FileName")
+    media_id, name = fields.get("MediaId") or kf.media_id(fields), fields.get("FileName")
     if not (isinstance(media_id, str) and media_id.strip()):
         return {"media_status": None, "media_name": None}
     return {"media_status": "pending", "media_name": name if isinstance(name, str) else None}
@@ -39,10 +40,12 @@ class Media:
 
     @guarded("list due media downloads")
     def due(self, now: datetime, limit: int = 20) -> list[dict]:
-        """Inbound messages whose media is pending and due at `now`, oldest first."""
+        """Messages whose media is pending and due at `now`, oldest first: inbound ones, and the files
+        a 微信客服 agent sent from the WeCom client (pulled, outbound; what the outbox sends is stored
+        before it goes out, never pending)."""
         M = self.Message
         due = M.next_attempt_at.is_null() | (M.next_attempt_at <= naive_utc(now))
-        query = M.select().where((M.direction == "in") & (M.media_status == "pending") & due)
+        query = M.select().where((M.media_status == "pending") & due)
         return self.runs.attach(query.order_by(M.id).limit(page_size(limit)))
 
     @guarded("update the media status")

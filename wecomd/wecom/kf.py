@@ -176,6 +176,16 @@ def parse_item(item: Any) -> Message:
         conversation=key, channel="kf")
 
 
+MEDIA_TYPES = ("image", "voice", "video", "file")  # items whose bytes media/get downloads (§3)
+
+
+def media_id(item: Any) -> Optional[str]:
+    """The media_id of a pulled image, voice, video or file item (as stored in `fields`), or None."""
+    if not isinstance(item, Mapping) or item.get("msgtype") not in MEDIA_TYPES or "origin" not in item:
+        return None
+    return _text(_get(item, item["msgtype"], "media_id"))
+
+
 def content_of(item: Mapping) -> Optional[str]:
     """The readable text of an item: a text's content, else a short summary of its type (a tag such
     as "[文件]" with the file name, link title, location name ...; events in words)."""
