@@ -36,6 +36,16 @@ reply = 价格表在官网：example.com/price
 app = kefu
 when = event enter_session
 reply = 欢迎光临，请问有什么可以帮您？
+
+[rule:taken]
+app = kefu
+when = event session_status_change 1
+reply = 人工客服已接入，请问有什么可以帮您？
+
+[rule:ended]
+app = kefu
+when = event session_status_change 3
+reply = 本次服务已结束，感谢您的咨询
 """ % (CORP_ID, TOKEN, AES_KEY, KFID)
 
 
@@ -367,6 +377,49 @@ class AnswerTest(KfTestCase):
                                           and r["status"] == "sent"), None))
         self.assertEqual((out["to_user"], out["rule"], out["content"]),
                          (self.key(), "welcome", "欢迎光临，请问有什么可以帮您？"))
+
+    def test_session_status_change_codes_are_answered_once_by_the_matching_rule(self):
+        self.stored(self.say("我要找人工")["msgid"])
+        taken, token = self.kf.push_event(KFID, {"event_type": "session_status_change", "change_type": 1,
+                                                 "external_userid": ALICE, "new_servicer_userid": "zhangsan"})
+        self.ring(token)
+        self.wait_for(lambda: self.kf.event_sends)
+        self.ring(token)  # rung again: the code is used once
+        ended, token = self.kf.push_event(KFID, {"event_type": "session_status_change", "change_type": 3,
+                                                 "external_userid": ALICE})
+        self.ring(token)
+        self.wait_for(lambda: len(self.kf.event_sends) >= 2)
+        time.sleep(0.3)
+        self.assertEqual([(s["kind"], s["code"], s["text"]["content"]) for s in self.kf.event_sends],
+                         [("human", taken["event"]["msg_code"], "人工客服已接入，请问有什么可以帮您？"),
+                          ("end", ended["event"]["msg_code"], "本次服务已结束，感谢您的咨询")])
+        out = [r for r in self.kf_rows() if r["direction"] == "out"]
+        self.assertEqual(sorted((r["rule"], r["status"]) for r in out), [("ended", "sent"), ("taken", "sent")])
+        self.assertEqual(self.kf.sent, [])  # a human serves: the customer's own message got no send_msg
+
+    def test_a_console_move_answers_its_msg_code_with_the_operators_message_once(self):
+        self.stored(self.say("你好")["msgid"])
+        status, moved = self.api("/api/kf/session", "POST", {
+            "app": "kefu", "user": self.key(), "service_state": 3, "servicer_userid": "zhangsan",
+            "message": "您好，我是客服张三"})
+        self.assertEqual(status, 200, moved)
+        self.assertEqual((moved["sent"]["status"], moved["sent"]["operator"], moved["sent"]["content"]),
+                         ("sent", "admin", "您好，我是客服张三"))
+        self.assertEqual([(s["kind"], s["text"]["content"]) for s in self.kf.event_sends],
+                         [("human", "您好，我是客服张三")])
+        # A transfer returns no new code: nothing is sent, the move is made.
+        self.kf.add_servicer(KFID, "wangwu", RECEPTION)
+        status, moved = self.api("/api/kf/session", "POST", {
+            "app": "kefu", "user": self.key(), "service_state": 3, "servicer_userid": "wangwu", "message": "转给王五"})
+        self.assertEqual((status, moved["sent"], moved["servicer_userid"]), (200, None, "wangwu"))
+        status, moved = self.api("/api/kf/session", "POST", {"app": "kefu", "user": self.key(), "service_state": 4,
+                                                            "message": "感谢咨询，再见"})
+        self.assertEqual((status, moved["sent"]["status"]), (200, "sent"))
+        self.assertEqual([s["kind"] for s in self.kf.event_sends], ["human", "end"])
+        self.assertEqual(len(self.db(self.services.store.kf.sessions, [(KFID, ALICE)])), 1)
+        status, _ = self.api("/api/kf/session", "POST", {"app": "kefu", "user": self.key(), "service_state": 4,
+                                                        "message": ""})
+        self.assertEqual(status, 400)
 
     def test_recall_within_2_minutes_through_kf_recall_msg(self):
         self.stored(self.say("你好")["msgid"])

@@ -110,8 +110,9 @@ class Rule:
             return None
         # wecom-protocol.md §6: Event is sent as-is, `LOCATION` upper-case and the rest lower-case.
         event = (message.event or "").lower()
-        if kind == "event":
-            return Match(self) if event == arg.lower() else None
+        if kind == "event":  # event NAME, or event NAME KEY: its EventKey too
+            name, _, key = arg.partition(" ")
+            return Match(self) if event == name.lower() and (not key or message.event_key == key.strip()) else None
         # click KEY: a menu click, or a button of a 智能机器人's card (template_card_event)
         return Match(self) if event in ("click", "template_card_event") and message.event_key == arg else None
 
@@ -266,8 +267,10 @@ def _parse_when(when: str, report) -> Tuple[str, Optional[str], Optional[Pattern
         return kind, words[2], _regex(words[2], report) if kind == "text_matches" else None
     if head in _NAMED_KINDS:
         arg = when.split(None, 1)[1] if len(words) > 1 else None
-        if arg is None or (head != "click" and len(arg.split()) > 1):
-            report("when", "`%s` needs one %s after it" % (head, "KEY" if head == "click" else "NAME"))
+        most = {"click": None, "event": 2, "msgtype": 1}[head]  # event NAME [KEY]
+        if arg is None or (most is not None and len(arg.split()) > most):
+            report("when", "`%s` needs %s after it" % (head, {"click": "one KEY", "event": "one NAME (and "
+                                                              "at most one KEY)", "msgtype": "one NAME"}[head]))
         return _NAMED_KINDS[head], arg, None
     report("when", "unknown form %r: use one of %s" % (when, WHEN_FORMS))
     return "any", None, None

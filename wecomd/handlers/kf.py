@@ -3,8 +3,9 @@
 - GET /api/kf/session?app=&user=: the session of a kf conversation as WeCom has it now
   (service_state/get): {service_state, servicer_userid, transitions, servicers, last_customer_at,
   sends, ...}; `transitions` are the states WeCom documents as reachable from this one;
-- POST /api/kf/session {app, user, service_state, servicer_userid?}: move it (service_state/trans):
-  1 to the bot, 2 to the queue, 3 to a human agent (a servicer who is 接待中), 4 to end it.
+- POST /api/kf/session {app, user, service_state, servicer_userid?, message?}: move it
+  (service_state/trans): 1 to the bot, 2 to the queue, 3 to a human agent (a servicer who is 接待中),
+  4 to end it; `message` answers the msg_code WeCom returns (send_msg_on_event), once.
   409 for a move WeCom does not document from the current state; 502 when WeCom refuses.
 Writes are audited ("kf_session") and need an operator.
 """
@@ -16,6 +17,7 @@ from tornado import web
 
 from wecomd.handlers.assignments import ConversationHandler
 from wecomd.kf.channel import SessionRefused
+from wecomd.wecom.kf import TEXT_LIMIT
 from wecomd.wecom.errcodes import WecomApiError
 from wecomd.workers.base import error_text
 
@@ -45,10 +47,16 @@ class KfSessionHandler(ConversationHandler):
             raise web.HTTPError(400, "service_state: 1 (bot), 2 (queue), 3 (human) or 4 (end)")
         if servicer is not None and (not isinstance(servicer, str) or not servicer.strip()):
             raise web.HTTPError(400, "servicer_userid: a UserID, or absent")
-        session = await self._call(self.services.kf.move(config, user, state, servicer))
+        message = body.get("message")
+        if message is not None and (not isinstance(message, str) or not message.strip()
+                                    or len(message.encode("utf-8")) > TEXT_LIMIT):
+            raise web.HTTPError(400, "message: text of 1 to %d bytes, or absent", TEXT_LIMIT)
+        session = await self._call(self.services.kf.move(config, user, state, servicer, message,
+                                                         operator=self.current_user))
         if session is None:
             return
-        await self.audit("kf_session", self.target(app, user), {"service_state": state, "servicer_userid": servicer})
+        await self.audit("kf_session", self.target(app, user), {"service_state": state, "servicer_userid": servicer,
+                                                                "message": bool(message)})
         self.write_json(session)
 
     async def _call(self, work: Any) -> Optional[dict]:

@@ -101,8 +101,9 @@ class KfChannel:
             if row["direction"] != "in" or item.session is None:
                 continue
             customers.append(item.session[1])
-            origin = kfproto.origin(item.message.fields)
-            if origin == kfproto.ORIGIN_CUSTOMER or item.message.event == "enter_session":
+            # The customer's messages, and the events that carry a send_msg_on_event code (enter_session's
+            # welcome_code; session_status_change's when a servicer takes the session or it ends).
+            if kfproto.origin(item.message.fields) == kfproto.ORIGIN_CUSTOMER or item.code is not None:
                 await self._automate(app, row, item)
         if customers:
             self._spawn(self.resolve_names(app, customers))
@@ -114,14 +115,23 @@ class KfChannel:
         if not matches and (message.msgtype == "event" or not app.reply):
             return
         try:
-            session = await self.read(self.store.kf.session, open_kfid, external) or {}
-            paused = session.get("service_state") == 3 or await self.read(is_paused, self.store, app.name, key)
+            if item.code is not None:  # WeCom gave this event its code so that it is answered, whoever serves
+                paused = False
+            else:
+                session = await self.read(self.store.kf.session, open_kfid, external) or {}
+                paused = session.get("service_state") == 3 or await self.read(is_paused, self.store, app.name, key)
             # The runner answers to the row's from_user: here the conversation (account/customer).
             answer = await self.rules.handle(app, dict(row, from_user=key), message, matches, paused)
             if answer is None:
                 return
-            if message.event == "enter_session":
-                await self._welcome(app, row, open_kfid, external, key, answer)
+            if item.code is not None:
+                code = await self.run_db(self.store.kf.use_code, (item.code[0],), open_kfid, external, self.clock(),
+                                         message_id=row["id"])
+                if code is None:
+                    logger.info("kf: event id=%s: its %s code was used or expired: not answered", row["id"],
+                                item.code[0])
+                    return
+                await self._send_code(app, key, code, answer.text, answer.rule, answer.run_id)
                 return
             rows = await self.outbox.submit(app.name, key, answer.text, rule=answer.rule)
             if answer.run_id is not None:
@@ -129,26 +139,25 @@ class KfChannel:
         except (StoreError, ValueError) as exc:
             logger.warning("kf: message id=%s: automation failed: %s", row["id"], exc)
 
-    async def _welcome(self, app: AppConfig, row: dict, open_kfid: str, external: str, key: str, answer: Any) -> None:
-        """A rule's answer to enter_session, through send_msg_on_event with its welcome_code: one call,
-        the code claimed in the database first so it is never used twice."""
-        code = await self.run_db(self.store.kf.use_code, ("welcome",), open_kfid, external, self.clock(),
-                                 message_id=row["id"])
-        if code is None:
-            logger.info("kf: enter_session id=%s has no unused welcome_code left: no welcome", row["id"])
-            return
-        sent = await self.run_db(self.store.outbox.save, app.name, key, "text", answer.text,
-                                 {"msgtype": "text", "text": {"content": answer.text}, "welcome_code": True},
-                                 rule=answer.rule, automatic="api" if answer.rule else None, status="pending")
-        if answer.run_id is not None:
-            await self.run_db(self.store.runs.set_path, answer.run_id, "api", sent["id"])
+    async def _send_code(self, app: AppConfig, key: str, code: dict, text: str, rule: Optional[str] = None,
+                         run_id: Optional[int] = None, operator: Optional[str] = None) -> dict:
+        """One send_msg_on_event with a code claimed in the database (so never used twice): stored as
+        an outbound message, sent or failed (a code is good for one call: no retry). The row is stored
+        "failed" until WeCom took it, never "pending": the outbox must not send it too, and a crash
+        before the answer leaves it failed, not sent twice."""
+        sent = await self.run_db(self.store.outbox.save, app.name, key, "text", text,
+                                 {"msgtype": "text", "text": {"content": text}, "event_code": code["kind"]},
+                                 operator=operator, rule=rule, automatic="api" if rule else None, status="failed")
+        if run_id is not None:
+            await self.run_db(self.store.runs.set_path, run_id, "api", sent["id"])
         try:
-            result = await self.sender.on_event(app, code["code"], row["id"], answer.text)
+            result = await self.sender.on_event(app, code["code"], sent["id"], text)
             sent = await self.run_db(self.store.outbox.set_status, sent["id"], "sent", None, result.get("msgid"))
         except (WecomApiError, OSError) as exc:
             sent = await self.run_db(self.store.outbox.set_status, sent["id"], "failed",
                                      "send_msg_on_event: %s" % exc)
         self.publish(message_event(sent))
+        return sent
 
     # ------------------------------------------------------------ the console: sessions
 
@@ -164,9 +173,12 @@ class KfChannel:
         return dict(stored, transitions=list(kfproto.TRANSITIONS.get(state, ())),
                     servicers=[s for s in servicers.get("servicer_list") or [] if isinstance(s, dict)])
 
-    async def move(self, app: AppConfig, key: str, state: int, servicer: Optional[str]) -> dict:
+    async def move(self, app: AppConfig, key: str, state: int, servicer: Optional[str],
+                   message: Optional[str] = None, operator: Optional[str] = None) -> dict:
         """service_state/trans to `state` (3 with a servicer), only along a transition WeCom documents
-        for the session's current state; a msg_code it returns is kept for its event message."""
+        for the session's current state. The msg_code it returns (the first move to the queue or to a
+        human, and an end) answers with `message` through send_msg_on_event, once; without a
+        message it is kept, unused. The session, with "sent": that message's row or None."""
         open_kfid, external = self._split(key)
         current = await self.client.call(app, "POST", STATE_GET,
                                          json_body={"open_kfid": open_kfid, "external_userid": external})
@@ -181,12 +193,17 @@ class KfChannel:
             body["servicer_userid"] = servicer
         answer = await self.client.call(app, "POST", STATE_TRANS, json_body=body)
         now = self.clock()
-        code = answer.get("msg_code")
+        code, sent = answer.get("msg_code"), None
         if code and state in TRANS_CODES:
             kind, life = TRANS_CODES[state]
             await self.run_db(self.store.kf.add_code, kind, code, open_kfid, external, now + life, now)
-        return await self.run_db(self.store.kf.set_state, app.name, open_kfid, external, state,
-                                 servicer if state == 3 else None, now)
+            if message:
+                claimed = await self.run_db(self.store.kf.use_code, (kind,), open_kfid, external, now)
+                if claimed is not None:
+                    sent = await self._send_code(app, key, claimed, message, operator=operator)
+        session = await self.run_db(self.store.kf.set_state, app.name, open_kfid, external, state,
+                                    servicer if state == 3 else None, now)
+        return dict(session, sent=sent)
 
     def _split(self, key: str) -> tuple:
         found = kfproto.split_key(key)

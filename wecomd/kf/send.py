@@ -86,11 +86,10 @@ class KfSender:
         return {"msgid": answer.get("msgid") or msgid}
 
     async def on_event(self, app: AppConfig, code: str, message_id: int, content: str) -> dict:
-        """send_msg_on_event: the text answering an event code (used once, within its lifetime)."""
+        """send_msg_on_event: the text answering an event code (used once, within its lifetime);
+        `message_id` is the stored outbound row's, for its msgid."""
         return await self.client.call(app, "POST", SEND_ON_EVENT, json_body=kfproto.on_event_payload(
             code, kfproto.event_msgid(message_id), "text", {"content": content}))
-
-
 
     async def recall(self, app: AppConfig, row: dict) -> dict:
         """kf/recall_msg: take back a message sent through send_msg within the last 2 minutes

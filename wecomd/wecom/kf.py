@@ -146,7 +146,8 @@ def parse_item(item: Any) -> Message:
     customer). `from_user`: the conversation for origin 3 and events (so that every reader, the
     console included, files the message under it as it does an app member's), the servicer_userid
     for 5. `to_user`: the account, or the conversation for what a servicer wrote. `event`:
-    event.event_type. `event_key`: a menu click's menu_id (text), enter_session's scene_param.
+    event.event_type. `event_key`: a menu click's menu_id (text), enter_session's scene_param,
+    session_status_change's change_type.
     `content`: a text's content, else a short summary ("[文件] name", "[链接] title", ...).
     """
     if not isinstance(item, dict):
@@ -167,6 +168,8 @@ def parse_item(item: Any) -> Message:
         event_key = _text(_get(item, "text", "menu_id"))
     elif event.get("event_type") == "enter_session":
         event_key = _text(event.get("scene_param"))
+    elif event.get("event_type") == "session_status_change" and _is_int(event.get("change_type")):
+        event_key = str(event["change_type"])  # rules: `event session_status_change 3` (ended)
     send_time = item.get("send_time")
     return Message(
         msgtype=msgtype, from_user=from_user, to_user=to_user, msg_id=msgid,
