@@ -490,10 +490,10 @@ def test_rules_view_lists_rules_in_order_with_counts(page, demo):
     expect(page.locator("#main-view")).to_be_hidden()
     expect(page.locator("#nav-rules")).to_have_attribute("aria-current", "page")
     # Tried in this order: the demo bot's ask rule has priority -5 and forward -1, the rest keep the
-    # file's order.
-    expect(page.locator("#rules-body tr")).to_have_count(7)
+    # file's order (the demo's 微信客服 rules last).
+    expect(page.locator("#rules-body tr")).to_have_count(9)
     names = page.locator("#rules-body .rule-name").all_inner_texts()
-    assert names == ["bot-ask", "forward", "greet", "help", "leave", "backup", "welcome"]
+    assert names == ["bot-ask", "forward", "greet", "help", "leave", "backup", "welcome", "kf-welcome", "kf-price"]
     greet = rules_row(page, "greet")
     expect(greet.locator(".rule-when")).to_have_text("text contains 你好")
     expect(greet.locator(".rule-app")).to_have_text("全部应用")

@@ -245,3 +245,35 @@ def test_demo_kf_customers_have_nicknames_a_welcome_and_a_human_agent(tmp_path):
     finally:
         out = _stop(proc)
     assert "微信客服: the account wkDEMO" in out
+
+
+def test_simulate_kf_plays_a_customer_against_the_demo(tmp_path):
+    """`wecomd simulate --kf` against `wecomd demo`: the customer's message goes into the demo's
+    sandbox, the callback rings, the daemon pulls it; the welcome rule answers the --enter."""
+    port = free_port()
+    url = "http://127.0.0.1:%d" % port
+    proc = _start_demo("--listen", "127.0.0.1:%d" % port, "--dir", str(tmp_path), "--no-traffic",
+                       "--password", "demo-pass-123")
+    try:
+        wait_for_healthz(url, proc)
+        kefu = config.load(tmp_path / "wecomd.conf", {}).apps["kefu"]
+        run = subprocess.run([sys.executable, "-m", "wecomd", "simulate", url + "/callback/kefu", "--no-verify",
+                              "--token", kefu.token, "--aes-key", kefu.encoding_aes_key, "--corp-id", kefu.corp_id,
+                              "--kf", "wkDEMO", "--customer", "wmDemoAwei", "-c", str(tmp_path / "wecomd.conf"),
+                              "--enter", "--content", "价格能便宜点吗"], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert run.returncode == 0, run.stdout + run.stderr
+        api = _sign_in(url, "demo-pass-123")
+        deadline, rows = time.monotonic() + 20, []
+        while time.monotonic() < deadline:
+            rows = api("/api/messages?app=kefu&user=wkDEMO%2FwmDemoAwei")["messages"]
+            answers = {r["rule"]: r["status"] for r in rows if r["direction"] == "out"}
+            if answers.get("kf-welcome") == "sent" and answers.get("kf-price") == "sent":
+                break
+            time.sleep(0.3)
+        assert answers == {"kf-welcome": "sent", "kf-price": "sent"}, rows
+        said = [r for r in rows if r["direction"] == "in" and r["msgtype"] == "text"]
+        assert [(r["content"], r["user_name"]) for r in said] == [("价格能便宜点吗", "阿伟")]
+    finally:
+        _stop(proc)
+    assert "POST kf_msg_or_event #2: 200" in run.stdout, run.stdout

@@ -315,6 +315,19 @@ class AnswerTest(KfTestCase):
         # sync_msg never returns what the API sent: the daemon's own row is the record of it.
         self.assertEqual(len([r for r in self.kf_rows() if r["direction"] == "out"]), 1)
 
+    def test_a_resend_after_a_crash_is_refused_by_wecom_not_delivered_twice(self):
+        self.stored(self.say("你好")["msgid"])
+        status, answer = self.api("/api/messages", "POST", {"app": "kefu", "to_user": self.key(), "content": "一次"})
+        self.wait_for(lambda: next((r for r in self.kf_rows() if r["id"] == answer["id"]
+                                    and r["status"] == "sent"), None))
+        # As if wecomd had died after WeCom took it but before it was marked sent: pending again.
+        self.db(self.services.store.outbox.set_status, answer["id"], "pending")
+        self.services.outbox.wake()
+        row = self.wait_for(lambda: next((r for r in self.kf_rows() if r["id"] == answer["id"]
+                                          and r["status"] == "sent"), None))
+        self.assertEqual([s["text"]["content"] for s in self.kf.sent], ["一次"])  # WeCom refused the same msgid
+        self.assertEqual(row["msg_id"], kfproto.send_msgid(answer["id"]))
+
     def test_95018_marks_the_message_taken_by_a_human_and_is_not_retried(self):
         self.stored(self.say("你好")["msgid"])
         # A servicer took the session in the WeCom client; wecomd has not heard of it yet.
