@@ -101,6 +101,8 @@ export const api = {
     form.append("media", file, name || file.name || "file");
     return request("POST", "/api/messages", form);
   },
+  kfSession: (app, user) => request("GET", withQuery("/api/kf/session", { app, user })),
+  kfMove: (app, user, move) => request("POST", "/api/kf/session", { app, user, ...move }),
   recall: (id) => request("POST", "/api/messages/" + encodeURIComponent(id) + "/recall", {}),
   quickReplies: () => request("GET", "/api/quick-replies"),
   addQuickReply: (shortcut, text, team) => request("POST", "/api/quick-replies", { shortcut, text, team: !!team }),

@@ -74,6 +74,9 @@ function start() {
       } else if (data.type === "contact") {
         conversations.noteContact(data);
         thread.setContact(data);
+      } else if (data.type === "kf_session" && data.kf) {
+        conversations.noteKfSession(data);
+        thread.setKfSession(data);
       } else if (data.type === "note" && data.note) {
         thread.mergeNote(data.note);
       }

@@ -4,7 +4,7 @@
 
 import { api, exportUrl } from "./api.js";
 import { dayClock, el, fullTime, messageDate, parseIso, shortTime, t, timeFlag } from "./dom.js";
-import { conversationUser, isGroupMessage, outboundPrefix, previewText, ruleOperator } from "./render.js";
+import { conversationUser, isGroupMessage, kfStateLabel, outboundPrefix, previewText, ruleOperator } from "./render.js";
 import { conversationRoute } from "./router.js";
 
 const $ = (id) => document.getElementById(id);
@@ -235,6 +235,7 @@ export class ConversationsView {
       if (this.next) this.reloadSoon(300);
     }
     if (message.direction === "in" && isGroupMessage(message)) conv.chat = "group"; // a bot's group chat
+    if (message.user_name && !conv.user_name) conv.user_name = message.user_name; // e.g. a 微信客服 customer
     if (message.id > conv.last_id) {
       conv.count += 1;
       conv.last_id = message.id;
@@ -276,6 +277,14 @@ export class ConversationsView {
   }
 
   /** A conversation assigned, unassigned, opened or closed (a live event, or this page's own change). */
+  /** A 微信客服 session changed (a live "kf_session" event): its row's state tag follows. */
+  noteKfSession(event) {
+    const conv = this.find(event.app, event.user);
+    if (!conv) return;
+    conv.kf = { ...(conv.kf || {}), ...event.kf };
+    this.render();
+  }
+
   noteAssignment(change) {
     if (this.app && change.app !== this.app) return;
     const conv = this.find(change.app, change.user);
@@ -321,6 +330,9 @@ export class ConversationsView {
           showApp ? el("span", { class: "app-tag" }, conv.app) : null,
           conv.chat === "group"
             ? el("span", { class: "chat-tag", title: t("A group chat of the bot: its messages show each sender") }, t("Group")) : null,
+          conv.kf ? el("span", { class: "kf-tag", title: t("WeChat Customer Service session") },
+            Number.isInteger(conv.kf.service_state) ? kfStateLabel(conv.kf.service_state, conv.kf.servicer_userid)
+              : t("WeChat Customer Service")) : null,
           paused ? el("span", {
             class: "paused-tag", title: t("Automation paused until {time} (human takeover)", { time: dayClock(paused) }),
           }, t("paused")) : null,

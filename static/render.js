@@ -290,6 +290,7 @@ function bodyFor(message) {
 // ------------------------------------------------------------------ whole rows
 
 const RECALL_WINDOW_MS = 24 * 3600 * 1000; // WeCom's message/recall takes back a day's messages
+const KF_RECALL_WINDOW_MS = 2 * 60 * 1000; // 微信客服's kf/recall_msg: 2 minutes
 const THROTTLED = "throttled"; // the outbox's note on a message WeCom's per-member limit holds back
 
 /**
@@ -298,8 +299,21 @@ const THROTTLED = "throttled"; // the outbox's note on a message WeCom's per-mem
  */
 function recallable(message) {
   const sent = parseIso(message.received_at);
+  const window = isKfUser(message.to_user) ? KF_RECALL_WINDOW_MS : RECALL_WINDOW_MS;
   return message.direction === "out" && message.status === "sent" && message.automatic !== "passive"
-    && !!sent && Date.now() - sent.getTime() < RECALL_WINDOW_MS;
+    && !!sent && Date.now() - sent.getTime() < window;
+}
+
+/** A 微信客服 conversation's user: "OPEN_KFID/EXTERNAL_USERID" (no app member's UserID has a "/"). */
+export function isKfUser(user) {
+  return typeof user === "string" && user.split("/").length === 2 && !user.startsWith("/") && !user.endsWith("/");
+}
+
+/** A 微信客服 session's state as the console names it (WeCom's 0–4), with who serves it in state 3. */
+export function kfStateLabel(state, servicer) {
+  if (state === 3 && servicer) return t("Served by {name}", { name: servicer });
+  const labels = [t("Untouched"), t("With the bot"), t("Queued"), t("Served by a human"), t("Ended")];
+  return Number.isInteger(state) && labels[state] ? labels[state] : t("Session state unknown");
 }
 
 /** "Recall", which asks once more before it calls `onRecall(message, button)`. */

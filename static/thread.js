@@ -3,6 +3,7 @@
 
 import { api } from "./api.js";
 import { Composer } from "./compose.js";
+import { KfSessionBar } from "./kf.js";
 import { clockTime, dayClock, dayKey, dayLabel, el, fullTime, messageDate, parseIso, t } from "./dom.js";
 import { answerLine, conversationUser, isGroupMessage, messageRow } from "./render.js";
 
@@ -47,6 +48,11 @@ export class ThreadView {
       context: () => this.current && { app: this.current.app, user: this.current.user, userName: this.userName() },
       sent: (message, since, context) => this.sent(message, since, context),
       error: (text) => this.showError(text),
+    });
+    // A 微信客服 customer's session (kf.js): its state and the moves WeCom documents for it.
+    this.kfBar = new KfSessionBar({
+      canWrite: () => this.canWrite,
+      sent: (message, since, context) => this.sent(message, since, context),
     });
     this.bind();
     this.buildTeam();
@@ -107,6 +113,7 @@ export class ThreadView {
     this.older.hidden = true;
     this.error.hidden = true;
     this.setComposer();
+    this.kfBar.open(app, user, this.hooks.appInfo(app), null);
     this.composer.reset();
     this.noteError.hidden = true;
     this.renderTeam();
@@ -150,6 +157,7 @@ export class ThreadView {
 
   close() {
     this.stopWatching();
+    this.kfBar.close();
     this.current = null;
     this.renderPause();
     this.root.hidden = true;
@@ -268,6 +276,11 @@ export class ThreadView {
    * A message from an API answer to a request sent at `since`. The websocket may already have
    * reported a later state (e.g. "sent" before the POST answer saying "pending"): keep that one.
    */
+  /** A 微信客服 session changed (a live "kf_session" event). */
+  setKfSession(event) {
+    if (this.isOpen(event.app, event.user)) this.kfBar.update(event.kf);
+  }
+
   /** A 智能机器人's answer growing (a live "stream" event): shown under the message it answers until
    * it finishes, when the stored answer takes its place. */
   mergeStream(event) {
@@ -576,6 +589,7 @@ export class ThreadView {
     api.me().then((me) => {
       this.canWrite = me.role !== "viewer";
       this.renderTeam();
+      this.kfBar.render();
     }, () => {});
   }
 

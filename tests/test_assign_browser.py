@@ -2,47 +2,14 @@
 against `wecomd demo`, which has an `operator` and a `viewer` account beside the admin)."""
 from __future__ import annotations
 
-import re
-import time
 
-import pytest
 
-from support.browser import conversation, login, new_user, open_page, open_thread
+from support.browser import conversation, login, login_as, new_user, open_thread
 
 try:
     from playwright.sync_api import expect
 except ImportError:  # the `browser` fixture skips every test
     expect = None
-
-
-def demo_password(demo, name: str) -> str:
-    """The password `wecomd demo` printed once for its account `name`."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        found = re.search(r"or as\s+%s / (\S+) \(" % name, demo.output())
-        if found:
-            return found.group(1)
-        time.sleep(0.1)
-    raise AssertionError("no password for %s in the demo's output" % name)
-
-
-def login_as(page, demo, name: str) -> None:
-    page.goto(demo.url + "/login")
-    page.fill("#username", name)
-    page.fill("#password", demo_password(demo, name))
-    page.click(".login-card button[type=submit]")
-    expect(page.locator("body")).to_have_attribute("data-user", name)
-    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
-
-
-@pytest.fixture
-def second(browser):
-    """Another browser (its own context: cookies, storage), checked for script errors like `page`."""
-    page = open_page(browser)
-    yield page
-    problems = page.problems
-    page.context.close()
-    assert problems == []
 
 
 def test_assign_to_me_and_filter_mine(page, demo):

@@ -1,7 +1,7 @@
 """The live hub: fans stored-message and status events out to dashboard websockets.
 
 Every event is built by a function here (`message_event`, `status_event`, `assignment_event`,
-`note_event`), so the websocket frames have one shape.
+`note_event`, `kf_session_event`), so the websocket frames have one shape.
 """
 from __future__ import annotations
 
@@ -41,6 +41,15 @@ def assignment_event(state: dict) -> dict:
     state as store.assignments gives them (with its app, for the hub's app scoping)."""
     return {"type": "assignment", "app": state["app"], "user": state["user"], "assignee": state["assignee"],
             "state": state["state"], "updated_by": state["updated_by"], "updated_at": state["updated_at"]}
+
+
+def kf_session_event(session: dict, transitions: list) -> dict:
+    """The live event of a 微信客服 session whose state changed (store.kf's session JSON): the
+    conversation list's tag and an open thread's session bar follow it."""
+    user = "%s/%s" % (session["open_kfid"], session["external_userid"])
+    kf = {key: session.get(key) for key in ("open_kfid", "external_userid", "service_state", "servicer_userid",
+                                            "last_customer_at", "sends")}
+    return {"type": "kf_session", "app": session["app"], "user": user, "kf": dict(kf, transitions=transitions)}
 
 
 def note_event(note: dict) -> dict:

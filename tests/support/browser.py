@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,16 @@ def page(browser):
     assert problems == []
 
 
+@pytest.fixture
+def second(browser):
+    """Another browser (its own context: cookies, storage), checked for script errors like `page`."""
+    page = open_page(browser)
+    yield page
+    problems = page.problems
+    page.context.close()
+    assert problems == []
+
+
 def login(page, demo, password=PASSWORD):
     page.goto(demo.url + "/")
     expect(page).to_have_url(re.compile(r"/login\?next=%2F$"))
@@ -177,6 +188,27 @@ def login(page, demo, password=PASSWORD):
     page.click(".login-card button[type=submit]")
     if password == PASSWORD:
         expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+
+
+def demo_password(demo, name: str) -> str:
+    """The password `wecomd demo` printed once for its account `name`."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = re.search(r"or as\s+%s / (\S+) \(" % name, demo.output())
+        if found:
+            return found.group(1)
+        time.sleep(0.1)
+    raise AssertionError("no password for %s in the demo's output" % name)
+
+
+def login_as(page, demo, name: str) -> None:
+    """Sign in as the demo's account `name` (operator or viewer)."""
+    page.goto(demo.url + "/login")
+    page.fill("#username", name)
+    page.fill("#password", demo_password(demo, name))
+    page.click(".login-card button[type=submit]")
+    expect(page.locator("body")).to_have_attribute("data-user", name)
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
 
 
 def conversation(page, user):

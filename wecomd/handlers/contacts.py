@@ -19,7 +19,9 @@ class ContactHandler(ApiHandler):
         if self.services.app(app) is None or not user:
             raise web.HTTPError(400, "send ?app=<a configured app>&user=<UserID>")
         self.check_app(app)
-        contact = await self.services.directory.contact(app, user)
+        contact = await self.services.kf.contact(app, user)  # a 微信客服 customer: the cached nickname
+        if contact is None:
+            contact = await self.services.directory.contact(app, user)
         self.write_json(contact or {"userid": user, "name": None, "departments": [], "position": None,
                                     "errcode": None, "error": None, "fetched_at": None})
 

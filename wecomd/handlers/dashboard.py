@@ -124,10 +124,10 @@ def public_apps(apps: Any, bots: Any = None) -> list[dict]:
     secret."""
     return [
         {"name": a.name, "kind": "app", "agent_id": a.agent_id, "corp_id": a.corp_id, "has_secret": bool(a.secret),
-         "reply": bool(a.reply)}
+         "reply": bool(a.reply), "kf": bool(a.kf)}
         for a in apps.values()
     ] + [{"name": b.name, "kind": "bot", "agent_id": b.aibotid or None, "corp_id": None, "has_secret": False,
-          "reply": bool(b.reply)} for b in (bots or {}).values()]
+          "reply": bool(b.reply), "kf": False} for b in (bots or {}).values()]
 
 
 def routes(services: Any) -> list:

@@ -24,7 +24,7 @@ from wecomd.config import AppConfig, Config
 from wecomd.inbox import NotStored
 from wecomd.kf.pull import KfPuller
 from wecomd.kf.send import KfSender
-from wecomd.live import message_event
+from wecomd.live import kf_session_event, message_event
 from wecomd.store import StoreError
 from wecomd.store.contacts import counterpart
 from wecomd.store.times import utcnow
@@ -53,7 +53,7 @@ class KfChannel:
                  wake_media: Callable[[], None] = lambda: None, clock: Callable[[], datetime] = utcnow) -> None:
         self.run_db, self.read, self.store, self.client, self.wake_media = run_db, read, store, client, wake_media
         self.rules, self.outbox, self.publish, self.clock = rules, outbox, publish, clock
-        self.sender = KfSender(run_db, read, store, client, clock)
+        self.sender = KfSender(run_db, read, store, client, clock, changed=self._session_changed)
         self.puller = KfPuller(run_db, store, client, config, self._on_new, clock)
         self._tasks: set = set()
         self.reconfigure(config)
@@ -95,6 +95,14 @@ class KfChannel:
             logger.warning("kf: nicknames not read for the live events: %s", exc)
         for row, _ in new:
             self.publish(message_event(row))
+        changed = {item.session for _, item in new if item.session is not None
+                   and (item.state is not None or item.customer_at is not None)}
+        if changed:  # a servicer took or ended a session, the customer wrote (their reply window)
+            try:
+                for session in (await self.read(self.store.kf.sessions, list(changed))).values():
+                    self._publish_session(session)
+            except StoreError as exc:
+                logger.warning("kf: sessions not read for the live events: %s", exc)
         if any((row.get("media") or {}).get("status") == "pending" for row, _ in new):
             self.wake_media()  # a customer's image, voice, video or file: downloaded with media/get
         for row, item in new:
@@ -169,6 +177,7 @@ class KfChannel:
                                         json_body={"open_kfid": open_kfid, "external_userid": external})
         state, servicer = answer.get("service_state"), answer.get("servicer_userid") or None
         stored = await self.run_db(self.store.kf.set_state, app.name, open_kfid, external, state, servicer, self.clock())
+        self._publish_session(stored)
         servicers = await self.client.call(app, "GET", SERVICER_LIST, params={"open_kfid": open_kfid})
         return dict(stored, transitions=list(kfproto.TRANSITIONS.get(state, ())),
                     servicers=[s for s in servicers.get("servicer_list") or [] if isinstance(s, dict)])
@@ -203,7 +212,19 @@ class KfChannel:
                     sent = await self._send_code(app, key, claimed, message, operator=operator)
         session = await self.run_db(self.store.kf.set_state, app.name, open_kfid, external, state,
                                     servicer if state == 3 else None, now)
-        return dict(session, sent=sent)
+        self._publish_session(session)
+        return dict(session, sent=sent, transitions=list(kfproto.TRANSITIONS.get(state, ())))
+
+    async def _session_changed(self, open_kfid: str, external: str) -> None:
+        try:
+            self._publish_session(await self.read(self.store.kf.session, open_kfid, external))
+        except StoreError as exc:
+            logger.warning("kf: session not read for the live event: %s", exc)
+
+    def _publish_session(self, session: Optional[dict]) -> None:
+        if session and session.get("open_kfid") and session.get("external_userid"):
+            state = session.get("service_state")
+            self.publish(kf_session_event(session, list(kfproto.TRANSITIONS.get(state, ()))))
 
     def _split(self, key: str) -> tuple:
         found = kfproto.split_key(key)
@@ -241,6 +262,18 @@ class KfChannel:
                              "servicer_userid": session.get("servicer_userid"),
                              "last_customer_at": session.get("last_customer_at"), "sends": session.get("sends", 0)}
         return rows
+
+    async def contact(self, app: str, key: str) -> Optional[dict]:
+        """A kf conversation's customer as the console's contact card shows a member: the nickname
+        (or the id WeCom could not resolve) and how they came (the entry scene); None for any other
+        user."""
+        found = kfproto.split_key(key) if app in self.apps else None
+        if found is None:
+            return None
+        customer = (await self.read(self.store.kf.customers, [found[1]])).get(found[1]) or {}
+        name = customer.get("nickname") or (found[1] if customer.get("invalid") else None)
+        return {"userid": key, "name": name, "departments": [], "position": customer.get("scene") or None,
+                "errcode": None, "error": None, "fetched_at": customer.get("fetched_at"), "kf": True}
 
     async def resolve_names(self, app: AppConfig, externals: Iterable[str]) -> None:
         """Look up the nicknames of customers not cached (or cached long ago), ≤100 ids a call; push

@@ -43,8 +43,10 @@ class KfSender:
     """One per process (Services); the outbox hands it the rows addressed to kf conversations."""
 
     def __init__(self, run_db: Callable[..., Awaitable[Any]], read: Callable[..., Awaitable[Any]], store: Any,
-                 client: Any, clock: Callable[[], datetime] = utcnow) -> None:
+                 client: Any, clock: Callable[[], datetime] = utcnow,
+                 changed: Optional[Callable[[str, str], Awaitable[None]]] = None) -> None:
         self.run_db, self.read, self.store, self.client, self.clock = run_db, read, store, client, clock
+        self.changed = changed  # told when a send changed a session (its count, or a human took it)
 
     @staticmethod
     def is_kf(to_user: Optional[str]) -> bool:
@@ -77,13 +79,19 @@ class KfSender:
         except WecomApiError as exc:
             if exc.errcode == kfproto.HUMAN_SERVING:
                 await self.run_db(self.store.kf.set_state, app.name, open_kfid, external, 3, None, self.clock())
+                await self._changed(open_kfid, external)
                 raise KfRefused(TAKEN_BY_HUMAN, exc.errcode)
             if exc.errcode in kfproto.MSGID_USED:  # our own earlier attempt got through: WeCom has it
                 logger.info("kf: send id=%s: msgid %s was used already: WeCom has it", row["id"], msgid)
                 return {"msgid": msgid}
             raise
         await self.run_db(self.store.kf.count_send, open_kfid, external, self.clock())
+        await self._changed(open_kfid, external)
         return {"msgid": answer.get("msgid") or msgid}
+
+    async def _changed(self, open_kfid: str, external: str) -> None:
+        if self.changed is not None:
+            await self.changed(open_kfid, external)
 
     async def on_event(self, app: AppConfig, code: str, message_id: int, content: str) -> dict:
         """send_msg_on_event: the text answering an event code (used once, within its lifetime);
