@@ -13,6 +13,7 @@ const MIN_BYTES = 5;
 const MAX_ARTICLES = 8;
 const TYPES = ["text", "markdown", "textcard", "news"];
 const BOT_TYPES = ["text", "markdown"]; // what a bot's response_url takes
+const KF_TYPES = ["text"]; // what this box sends a 微信客服 customer besides files (kf/send_msg)
 const PICKER_ROWS = 8;
 
 /** How WeCom will take a file: image (JPG, PNG), voice (AMR), video (MP4), or any other file. */
@@ -206,13 +207,15 @@ export class Composer {
     this.hooks.error("");
   }
 
-  /** A 智能机器人's conversation takes text or markdown only: no cards, news or files. */
-  setBot(bot) {
+  /** A 智能机器人's conversation takes text or markdown only: no cards, news or files. A 微信客服
+   * customer (`kf`) takes text and files (kf/send_msg has no markdown, textcard or news). */
+  setBot(bot, kf = false) {
+    const types = bot ? BOT_TYPES : kf ? KF_TYPES : TYPES;
     for (const option of this.typeSelect.options) {
-      option.hidden = bot && !BOT_TYPES.includes(option.value);
+      option.hidden = !types.includes(option.value);
     }
     this.attachButton.hidden = bot;
-    if (bot && !BOT_TYPES.includes(this.type)) this.setType("text");
+    if (!types.includes(this.type)) this.setType("text");
     if (bot && this.attachment) this.detach();
   }
 

@@ -5,7 +5,7 @@ import { api } from "./api.js";
 import { Composer } from "./compose.js";
 import { KfSessionBar } from "./kf.js";
 import { clockTime, dayClock, dayKey, dayLabel, el, fullTime, messageDate, parseIso, t } from "./dom.js";
-import { answerLine, conversationUser, isGroupMessage, messageRow } from "./render.js";
+import { answerLine, conversationUser, isGroupMessage, isKfUser, messageRow } from "./render.js";
 
 const PAGE = 50;
 const CATCH_UP_PAGES = 10; // after a reconnect, fetch at most this many pages to close the gap
@@ -178,7 +178,7 @@ export class ThreadView {
     this.note.textContent = note;
     this.note.hidden = !note;
     this.form.classList.toggle("unavailable", blocked);
-    this.composer.setBot(bot);
+    this.composer.setBot(bot, !!info && !!info.kf && isKfUser(this.current.user));
     this.composer.setAvailable(!blocked);
   }
 

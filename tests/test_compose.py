@@ -4,28 +4,15 @@ WeCom's limits checked before anything is stored or sent, markdown, textcard and
 from __future__ import annotations
 
 import json
-import secrets
 from datetime import timedelta
 from pathlib import Path
 
 from support.base import WecomdTestCase
+from support.forms import multipart
 from wecomd.wecom.sandbox import sample_amr, sample_png
 
 PASSWORD = "pw-" + "x" * 12
 MB = 2**20
-
-
-def multipart(fields: dict, file: tuple | None) -> tuple[bytes, str]:
-    """A multipart/form-data body (fields, and a file as (name, bytes, type) in field `media`)."""
-    boundary = "b-" + secrets.token_hex(8)
-    parts = [b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n'
-             % (boundary.encode(), name.encode(), value.encode("utf-8")) for name, value in fields.items()]
-    if file is not None:
-        name, body, mime = file
-        parts.append(b'--%s\r\nContent-Disposition: form-data; name="media"; filename="%s"\r\n'
-                     b"Content-Type: %s\r\n\r\n" % (boundary.encode(), name.encode("utf-8"), mime.encode())
-                     + body + b"\r\n")
-    return b"".join(parts) + b"--%s--\r\n" % boundary.encode(), "multipart/form-data; boundary=" + boundary
 
 
 def mp4(size: int = 64) -> bytes:

@@ -315,6 +315,21 @@ class AnswerTest(KfTestCase):
         # sync_msg never returns what the API sent: the daemon's own row is the record of it.
         self.assertEqual(len([r for r in self.kf_rows() if r["direction"] == "out"]), 1)
 
+    def test_an_image_from_the_console_is_uploaded_and_sent_through_send_msg(self):
+        from support.forms import multipart
+        from wecomd.wecom.sandbox import sample_png
+
+        self.stored(self.say("发张图看看")["msgid"])
+        body, content_type = multipart({"app": "kefu", "to_user": self.key(), "msgtype": "image"},
+                                       ("截图.png", sample_png(), "image/png"))
+        headers = dict(self.session(), **{"Content-Type": content_type, "X-XSRFToken": self.xsrf})
+        resp = self.fetch("/api/messages", method="POST", body=body, headers=headers)
+        self.assertEqual(resp.code, 201, resp.body)
+        self.wait_for(lambda: self.kf.sent)
+        sent = self.kf.sent[0]
+        self.assertEqual((sent["msgtype"], sent["touser"]), ("image", ALICE))
+        self.assertEqual(self.fake.media[sent["image"]["media_id"]][0], sample_png())  # the uploaded file
+
     def test_a_resend_after_a_crash_is_refused_by_wecom_not_delivered_twice(self):
         self.stored(self.say("你好")["msgid"])
         status, answer = self.api("/api/messages", "POST", {"app": "kefu", "to_user": self.key(), "content": "一次"})

@@ -31,6 +31,10 @@ RECALL_WINDOW = timedelta(minutes=2)  # kf/recall_msg takes back only what was s
 TAKEN_BY_HUMAN = "taken by a human agent (WeCom 95018: the session is in human reception): not sent, not retried"
 
 
+KF_SENDABLE = ("text", "image", "voice", "video", "file", "msgmenu", "link", "miniprogram", "location",
+               "business_card")
+
+
 class KfRefused(Exception):
     """A send that must not be tried (again): the reason is shown on the message."""
 
@@ -60,9 +64,10 @@ class KfSender:
         last_at = datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ") if last else None
         return kfproto.window_refusal(last_at, int(session.get("sends") or 0), self.clock())
 
-    async def send(self, app: AppConfig, row: dict) -> dict:
-        """Send one outbox row; WeCom's answer ({"msgid"}). KfRefused when it must not be (re)tried;
-        WecomApiError for the outbox's usual retry rules."""
+    async def send(self, app: AppConfig, row: dict, media_id: Optional[str] = None) -> dict:
+        """Send one outbox row (an image, voice, video or file with the `media_id` the outbox uploaded);
+        WeCom's answer ({"msgid"}). KfRefused when it must not be (re)tried; WecomApiError for the
+        outbox's usual retry rules."""
         open_kfid, external = kfproto.split_key(row["to_user"])
         why = await self.refusal(row["to_user"])
         if why is not None:
@@ -70,9 +75,15 @@ class KfSender:
         msgid = kfproto.send_msgid(row["id"])
         fields = row.get("fields") or {}
         msgtype = row["msgtype"]
-        body = {"content": row.get("content") or ""} if msgtype == "text" else fields.get(msgtype)
-        if msgtype not in ("text", "msgmenu", "link", "miniprogram", "location", "business_card") or not isinstance(body, dict):
-            raise KfRefused("微信客服 takes text (and menus, links, mini programs) through this console, not %s" % msgtype)
+        if msgtype == "text":
+            body = {"content": row.get("content") or ""}
+        elif msgtype in kfproto.MEDIA_TYPES and media_id:
+            body = {"media_id": media_id}
+        else:
+            body = fields.get(msgtype)
+        if msgtype not in KF_SENDABLE or not isinstance(body, dict):
+            raise KfRefused("微信客服 takes text, images, voice, video and files (and menus, links, mini programs) "
+                            "through this console, not %s" % msgtype)
         try:
             answer = await self.client.call(app, "POST", SEND_MSG, json_body=kfproto.send_msg_payload(
                 open_kfid, external, msgid, msgtype, body))

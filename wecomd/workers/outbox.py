@@ -272,7 +272,8 @@ class Outbox(Worker):
 
     async def _send(self, app: AppConfig, row: dict) -> dict:
         if self.kf is not None and self.kf.is_kf(row["to_user"]):  # a 微信客服 customer: kf/send_msg
-            return await self.kf.send(app, row)
+            media_id = await self._media_id(app, row) if row["msgtype"] in outbound.UPLOAD_TYPES else None
+            return await self.kf.send(app, row, media_id)
         fields = row.get("fields") or {}
         # The same JSON on every attempt: with the check on, WeCom drops a resend of what it delivered.
         check = (dict(enable_duplicate_check=1, duplicate_check_interval=self.duplicate_check)
