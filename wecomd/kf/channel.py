@@ -238,17 +238,20 @@ class KfChannel:
         """Conversation or Message JSON rows of kf apps with "user_name" (the customer's nickname, or
         the external_userid when WeCom could not resolve it) and, on conversations, "kf" (the session
         as last known)."""
-        keys = {}
+        keys, conversations = {}, []
         for row in rows:
             user = counterpart(row)
             found = kfproto.split_key(user) if row.get("app") in self.apps and user else None
             if found is not None:
                 keys[id(row)] = (user, found)
+                if "direction" not in row:
+                    conversations.append(found)
         if not keys:
             return rows
         externals = [found[1] for _, found in keys.values()]
         names = await self.read(self.store.kf.customers, externals)
-        sessions = await self.read(self.store.kf.sessions, [found for _, found in keys.values()])
+        # Sessions only for conversation rows (a page of live message events needs the names alone).
+        sessions = await self.read(self.store.kf.sessions, conversations) if conversations else {}
         for row in rows:
             if id(row) not in keys:
                 continue

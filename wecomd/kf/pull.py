@@ -149,6 +149,7 @@ class KfPuller:
             logger.info("kf: %s is being pulled by another process", open_kfid)
             return None
         cursor, token = claim["cursor"], _fresh(claim["token"], claim["token_at"], now)
+        handing: Optional[asyncio.Future] = None  # the channel's work on the pages stored, in page order
         try:
             while True:
                 body: dict = {"open_kfid": open_kfid, "limit": LIMIT}
@@ -179,17 +180,28 @@ class KfPuller:
                     logger.warning("kf: %s: another process took the pull over", open_kfid)
                     return False
                 cursor = next_cursor
-                if new:
-                    await self.on_new(app, open_kfid, new)
+                if new:  # handed on while the next page is asked for and stored
+                    handing = asyncio.ensure_future(self._hand_on(handing, app, open_kfid, new))
                 if not answer.get("has_more"):
                     break
         finally:
+            if handing is not None:
+                await asyncio.gather(handing, return_exceptions=True)
             try:
                 pending = await self.run_db(self.store.kf.release, open_kfid, self.owner, self.clock())
             except StoreError as exc:  # the lease runs out by itself
                 logger.warning("kf: %s: the pull lease was not released: %s", open_kfid, exc)
                 pending = False
         return pending
+
+    async def _hand_on(self, before: Optional[asyncio.Future], app: AppConfig, open_kfid: str, new: list) -> None:
+        """The channel's work on one stored page (live events, rules, names), after the page before's."""
+        if before is not None:
+            await asyncio.gather(before, return_exceptions=True)
+        try:
+            await self.on_new(app, open_kfid, new)
+        except Exception:  # stored already: the pull goes on; what failed is in the log
+            logger.exception("kf: %s: handling %d new message(s) failed", open_kfid, len(new))
 
     async def close(self) -> None:
         """Stop: a page being stored is committed or not at all; the next start pulls from there."""

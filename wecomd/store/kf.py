@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable, Optional
+from typing import List, Iterable, Optional
 
 import peewee
 
@@ -105,11 +105,14 @@ class Kf:
                 .where((C.open_kfid == open_kfid) & (C.lease_owner == owner)).execute()
             if not kept:
                 raise LeaseLost(open_kfid)
-            for item in items:
-                row, created = self.messages.save_pulled(app, item.message, item.dedup_key, item.outbound_by)
+            items = list(items)
+            stored = self.messages.save_pulled(app, [(item.message, item.dedup_key, item.outbound_by)
+                                                     for item in items])
+            for item, (row, created) in zip(items, stored):
                 if created:
                     self._apply(app, item, row, naive)
                     new.append((row, item))
+            self._sessions_change(app, [item for _, item in new if item.session is not None], naive)
         return new
 
     @guarded("read a 微信客服 pull lease")
@@ -139,8 +142,6 @@ class Kf:
     # ------------------------------------------------------------ what an item changes
 
     def _apply(self, app: str, item: Pulled, row: dict, now: datetime) -> None:
-        if item.session is not None:
-            self._session_change(app, item, now)
         if item.code is not None:
             kind, code, expires_at = item.code
             open_kfid, external = item.session or (None, None)
@@ -156,23 +157,56 @@ class Kf:
                 .where(((M.msg_id == item.recalled_msgid) | (M.wecom_msgid == item.recalled_msgid))
                        & (M.app == app)).execute()
 
-    def _session_change(self, app: str, item: Pulled, now: datetime) -> None:
+    def _sessions_change(self, app: str, items: List[Pulled], now: datetime) -> None:
+        """What a page's new items change in their customers' sessions, in order, folded into one
+        read and one write per session (a page of 1,000 messages touches a few hundred at most):
+        the customer's newest message (which resets the sends of the reply window, and reopens an
+        ended session as untouched) and the state a session event tells."""
+        if not items:
+            return
         S = self.Session
-        open_kfid, external = item.session
-        row = S.get_or_none((S.open_kfid == open_kfid) & (S.external_userid == external))
-        if row is None:
-            S.insert(app=app, open_kfid=open_kfid, external_userid=external, updated_at=now).on_conflict_ignore().execute()
-            row = S.get((S.open_kfid == open_kfid) & (S.external_userid == external))
-        changes: dict = {S.updated_at: now}
-        if item.customer_at is not None:
-            at = naive_utc(item.customer_at)
-            if row.last_customer_at is None or at >= row.last_customer_at:
-                changes.update({S.last_customer_at: at, S.sends: 0})
-            if row.service_state == 4:  # a customer message after the end opens a new session
-                changes.update({S.service_state: 0})
-        if item.state is not None:
-            changes.update({S.service_state: item.state, S.servicer_userid: item.servicer, S.state_at: now})
-        S.update(changes).where(S.id == row.id).execute()
+        keys = list(dict.fromkeys(item.session for item in items))
+        known = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            for kfid in {k[0] for k in chunk}:
+                externals = [k[1] for k in chunk if k[0] == kfid]
+                for row in S.select().where((S.open_kfid == kfid) & S.external_userid.in_(externals)):
+                    known[(row.open_kfid, row.external_userid)] = row
+        folded: dict = {}
+        for item in items:
+            row = known.get(item.session)
+            state = folded.get(item.session) or {
+                "last_customer_at": row.last_customer_at if row else None, "sends": row.sends if row else 0,
+                "service_state": row.service_state if row else None,
+                "servicer_userid": row.servicer_userid if row else None, "state_at": row.state_at if row else None}
+            if item.customer_at is not None:
+                at = naive_utc(item.customer_at)
+                if state["last_customer_at"] is None or at >= state["last_customer_at"]:
+                    state.update(last_customer_at=at, sends=0)
+                if state["service_state"] == 4:  # a customer message after the end opens a new session
+                    state["service_state"] = 0
+            if item.state is not None:
+                state.update(service_state=item.state, servicer_userid=item.servicer, state_at=now)
+            folded[item.session] = state
+        names = ("last_customer_at", "sends", "service_state", "servicer_userid", "state_at", "updated_at")
+        fields, param = S._meta.fields, self.db.param
+        convert = [fields[name].db_value for name in names]
+        updates, inserts = [], []
+        for key, state in folded.items():
+            values = [to_db(value) for to_db, value in zip(convert, [*(state[n] for n in names[:-1]), now])]
+            if key in known:
+                updates.append(values + [known[key].id])
+            else:
+                inserts.append([app, key[0], key[1]] + values)
+        cursor = self.db.cursor()  # two statements for the page: the query builder per session cost more
+        if updates:
+            cursor.executemany('UPDATE "kf_session" SET %s WHERE "id" = %s' % (
+                ", ".join('"%s" = %s' % (name, param) for name in names), param), updates)
+        if inserts:
+            columns = ("app", "open_kfid", "external_userid") + names
+            cursor.executemany('INSERT INTO "kf_session" (%s) VALUES (%s)' % (
+                ", ".join('"%s"' % c for c in columns), ", ".join([param] * len(columns))), inserts)
 
     # ------------------------------------------------------------ sessions and the reply window
 
@@ -185,11 +219,15 @@ class Kf:
     @guarded("read 微信客服 sessions")
     def sessions(self, keys: Iterable[tuple]) -> dict:
         """{(open_kfid, external_userid): session} for the keys that have one."""
-        S, found = self.Session, {}
-        for open_kfid, external in keys:
-            row = S.get_or_none((S.open_kfid == open_kfid) & (S.external_userid == external))
-            if row is not None:
-                found[(open_kfid, external)] = session_json(row)
+        S, found, wanted = self.Session, {}, set(keys)
+        by_account: dict = {}
+        for open_kfid, external in wanted:
+            by_account.setdefault(open_kfid, []).append(external)
+        for open_kfid, externals in by_account.items():  # one query per account and 500 customers
+            for start in range(0, len(externals), 500):
+                query = S.select().where((S.open_kfid == open_kfid) & S.external_userid.in_(externals[start:start + 500]))
+                for row in query.objects():
+                    found[(row.open_kfid, row.external_userid)] = session_json(row)
         return found
 
     @guarded("set a 微信客服 session state")
@@ -248,11 +286,12 @@ class Kf:
     def customers(self, ids: Iterable[str]) -> dict:
         """{external_userid: {"nickname", "avatar", "invalid", "fetched_at", ...}} of those cached."""
         K, found, ids = self.Customer, {}, list(dict.fromkeys(ids))
+        columns = (K.external_userid, K.nickname, K.avatar, K.gender, K.scene, K.scene_param, K.invalid, K.fetched_at)
         for start in range(0, len(ids), 500):
-            for row in K.select().where(K.external_userid.in_(ids[start:start + 500])):
-                found[row.external_userid] = dict(
-                    nickname=row.nickname, avatar=row.avatar, gender=row.gender, scene=row.scene,
-                    scene_param=row.scene_param, invalid=bool(row.invalid), fetched_at=iso(row.fetched_at))
+            query = K.select(*columns).where(K.external_userid.in_(ids[start:start + 500])).tuples()
+            for external, nickname, avatar, gender, scene, scene_param, invalid, fetched_at in query:
+                found[external] = dict(nickname=nickname, avatar=avatar, gender=gender, scene=scene,
+                                       scene_param=scene_param, invalid=bool(invalid), fetched_at=iso(fetched_at))
         return found
 
     @guarded("cache 微信客服 customers")
@@ -260,19 +299,20 @@ class Kf:
         """Keep what customer/batchget answered: each customer's nickname, avatar and entry scene, and
         the ids it could not resolve (shown as the id itself)."""
         K, naive = self.Customer, naive_utc(now)
-        with self.db.atomic():
-            for customer in found:
-                context = customer.get("enter_session_context") or {}
-                values = dict(nickname=customer.get("nickname"), avatar=customer.get("avatar"),
-                              gender=customer.get("gender"), unionid=customer.get("unionid"),
-                              scene=context.get("scene"), scene_param=_text(context.get("scene_param")),
-                              invalid=0, fetched_at=naive)
-                K.insert(external_userid=customer["external_userid"], **values) \
-                    .on_conflict(conflict_target=[K.external_userid], update=values).execute()
-            for external in invalid:
-                values = dict(invalid=1, fetched_at=naive)
-                K.insert(external_userid=external, **values) \
-                    .on_conflict(conflict_target=[K.external_userid], update=values).execute()
+        rows = []
+        for customer in found:
+            context = customer.get("enter_session_context") or {}
+            rows.append(dict(external_userid=customer["external_userid"], nickname=customer.get("nickname"),
+                             avatar=customer.get("avatar"), gender=customer.get("gender"),
+                             unionid=customer.get("unionid"), scene=context.get("scene"),
+                             scene_param=_text(context.get("scene_param")), invalid=0, fetched_at=naive))
+        gone = [dict(external_userid=external, invalid=1, fetched_at=naive) for external in invalid]
+        columns = [K.nickname, K.avatar, K.gender, K.unionid, K.scene, K.scene_param, K.invalid, K.fetched_at]
+        with self.db.atomic():  # one statement per 100 (customer/batchget's batch): the last answer wins
+            for batch, keep in ((rows, columns), (gone, [K.invalid, K.fetched_at])):  # an invalid id keeps its old name
+                for start in range(0, len(batch), 100):
+                    K.insert_many(batch[start:start + 100]).on_conflict(
+                        conflict_target=[K.external_userid], preserve=keep).execute()
 
 
 def _text(value) -> Optional[str]:
