@@ -345,9 +345,10 @@ KFID = "wkCrash01"
 
 
 def test_a_kf_pull_killed_between_pages_resumes_from_the_stored_cursor(tmp_path):
-    """2,500 kf messages waiting (three pages); wecomd is SIGKILLed as it asks for the second page.
+    """2,500 kf messages waiting (several pages); wecomd is SIGKILLed as it asks for the second page.
     The first page and its cursor were committed together; the restart's startup pull resumes from
     that cursor, and in the end each message is stored exactly once."""
+    from wecomd.kf.pull import LIMIT
     from wecomd.wecom.sandbox_kf import _cursor
     from wecomd.wecom.simulate_kf import callback_plaintext
 
@@ -366,15 +367,15 @@ def test_a_kf_pull_killed_between_pages_resumes_from_the_stored_cursor(tmp_path)
         resp = conn.getresponse()
         assert (resp.status, resp.read()) == (200, b"")
         server.proc.wait(20)  # killed by the sandbox as the second page is asked for
-        assert [c.get("cursor") for c in killer.calls] == [None, _cursor(KFID, 1000)]
+        assert [c.get("cursor") for c in killer.calls] == [None, _cursor(KFID, LIMIT)]
         msgids, cursor = kf_stored(tmp_path / "wecomd.db")
-        assert len(msgids) == len(set(msgids)) == 1000  # the first page, once
-        assert cursor == _cursor(KFID, 1000)  # committed with it
+        assert len(msgids) == len(set(msgids)) == LIMIT  # the first page, once
+        assert cursor == _cursor(KFID, LIMIT)  # committed with it
 
         killer.proc = None
         server = ServerProcess(server.config, port)  # no callback: the startup pull catches up
         wait_until(lambda: len(kf_stored(tmp_path / "wecomd.db")[0]) >= 2500, 30, "all 2,500 pulled")
-        assert killer.calls[2].get("cursor") == _cursor(KFID, 1000)  # resumed where the crash left it
+        assert killer.calls[2].get("cursor") == _cursor(KFID, LIMIT)  # resumed where the crash left it
         msgids, cursor = kf_stored(tmp_path / "wecomd.db")
         assert sorted(msgids) == sorted(item["msgid"] for item, _ in pushed)  # each exactly once
         assert cursor == _cursor(KFID, 2500)

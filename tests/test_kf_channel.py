@@ -119,7 +119,8 @@ class PullTest(KfTestCase):
         self.assertEqual((row["app"], row["from_user"], row["direction"], row["content"]),  # the conversation
                          ("kefu", self.key(), "in", "你好"))
         call = self.kf.sync_calls[0]
-        self.assertEqual((call["open_kfid"], call["token"], call["limit"]), (KFID, token, 1000))
+        self.assertEqual((call["open_kfid"], call["token"], call["limit"]), (KFID, token, pullmod.LIMIT))
+        self.assertLessEqual(pullmod.LIMIT, 1000)
         self.assertEqual(call["cursor"], pullmod_cursor(self.kf, 0))  # where the startup pull left off
 
         second, token2 = self.kf.push(KFID, ALICE, "在吗")
@@ -164,17 +165,18 @@ class PullTest(KfTestCase):
                          [pullmod_cursor(self.kf, 0)] * 3)
 
     def test_a_msgid_repeated_on_the_next_page_is_stored_once(self):
-        items = [self.kf.push(KFID, ALICE if i % 2 else BOB, "消息 %d" % i)[0] for i in range(1500)]
+        count = pullmod.LIMIT * 3 // 2  # a page and a half
+        items = [self.kf.push(KFID, ALICE if i % 2 else BOB, "消息 %d" % i)[0] for i in range(count)]
         self.kf.duplicate_next = True
         last, token = self.kf.push(KFID, ALICE, "最后一句")
         self.ring(token)
-        self.wait_for(lambda: len(self.kf_rows()) >= 1501 or None, timeout=30)
+        self.wait_for(lambda: len(self.kf_rows()) >= count + 1 or None, timeout=30)
         self.assertGreaterEqual(len(self.kf.sync_calls), 2)
-        self.assertTrue(all(c["limit"] == 1000 for c in self.kf.sync_calls))
+        self.assertTrue(all(c["limit"] == pullmod.LIMIT for c in self.kf.sync_calls))
         # The sandbox gave the first page's last item again at the start of the second.
-        self.assertEqual(self.kf.sync_calls[1]["cursor"], pullmod_cursor(self.kf, 999))
+        self.assertEqual(self.kf.sync_calls[1]["cursor"], pullmod_cursor(self.kf, pullmod.LIMIT - 1))
         msgids = [r["msg_id"] for r in self.kf_rows()]
-        self.assertEqual(len(msgids), 1501)
+        self.assertEqual(len(msgids), count + 1)  # each once
         self.assertEqual(set(msgids), {i["msgid"] for i in items} | {last["msgid"]})
 
     def test_two_callbacks_during_one_pull_make_it_run_once_more(self):
