@@ -9,9 +9,9 @@ plays WeCom's other callbacks during the pull (ordinary app text messages and kf
 doorbells, `--rate` a second each, timing every answer), and this one, which rings the doorbell
 once and watches the console's API until every message is there.
 
-Prints messages/s from the doorbell to the last message being visible through /api/conversations
-(the counts of every customer's conversation add up to the backlog) and /api/messages (the newest
-message is the backlog's last), and the callbacks' p50/p99/max during the pull, with the issue's
+Prints messages/s from the doorbell to the last message being visible through /api/messages (the
+newest message is the backlog's last) and /api/conversations (the counts of every customer's
+conversation add up to the backlog), and the callbacks' p50/p99/max during the pull, with the issue's
 targets (≥ 5,000 messages/s; callbacks p99 ≤ 10 ms).
 """
 from __future__ import annotations
@@ -58,6 +58,7 @@ def sandbox_process(port: int, commands, answers) -> None:
 
     async def main() -> None:
         fake = sandbox.FakeWecom()
+        fake.kf.add_account(KFID, "压测客服")  # known, empty: the daemon's startup pull finds nothing
         await sandbox.start(fake, port=port)
         answers.put("ready")
         loop = asyncio.get_running_loop()
@@ -66,7 +67,6 @@ def sandbox_process(port: int, commands, answers) -> None:
             if command[0] == "stop":
                 return
             _, count, customers = command
-            fake.kf.add_account(KFID, "压测客服")
             now, log = int(time.time()), fake.kf.log.setdefault(KFID, [])
             for i in range(count - 1):
                 external = "wmBench%05d" % (i % customers)
@@ -212,18 +212,15 @@ def main() -> int:
         answer = asyncio.run(ring.send(callback_plaintext(CORP_ID, KFID, token)))[0]
         ring.close()
         print("doorbell answered: %d, %r, %.1f ms" % (answer.status, answer.body, answer.elapsed_ms), flush=True)
-        db = work / "wecomd.db"
-        while stored(db) < args.messages:
-            if time.monotonic() - started > 600:
-                raise SystemExit("not all stored within 600 s: %d" % stored(db))
-            time.sleep(0.05)
-        all_stored = time.monotonic()
-        while True:
+        while True:  # the newest message in the console is the backlog's last: then count them all there
             newest = get(port, "/api/messages?app=kefu&limit=1")["messages"]
             if newest and newest[0]["msg_id"] == last_msgid and console_total(port) == args.messages:
                 break
-            time.sleep(0.05)
+            if time.monotonic() - started > 900:
+                raise SystemExit("not all visible within 900 s")
+            time.sleep(0.1)
         visible = time.monotonic()
+        count = stored(work / "wecomd.db")
         stop.set()
         outcome = results.get(timeout=120)
         load.join(30)
@@ -236,8 +233,7 @@ def main() -> int:
     seconds = visible - started
     print("\npulled, stored and visible: %d messages in %.2f s: %.0f messages/s (target ≥ 5,000)"
           % (args.messages, seconds, args.messages / seconds))
-    print("  stored (SQLite count) after %.2f s; the console showed all %.2f s later"
-          % (all_stored - started, visible - all_stored))
+    print("  %d rows stored for the kf app (each message once)" % count)
     for kind, timings in outcome["timings"].items():
         during = [ms for at, ms in timings if started <= at <= visible]
         print("callbacks during the pull, %s: %s (target p99 ≤ 10 ms)" % (kind, percentiles(during)))

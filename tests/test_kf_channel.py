@@ -148,12 +148,14 @@ class PullTest(KfTestCase):
         self.assertLess(time.monotonic() - started, 5)  # never waits for the pull
         self.wait_for(lambda: self.kf.sync_calls)
         self.assertEqual([r for r in self.rows() if r["msg_id"] == item["msgid"]], [])
-        self.kf.sync_msg = refuse  # WeCom recovers: the next callback's pull gets it
-        self.services.kf.puller._loops.clear()
+        self.kf.sync_msg = refuse  # WeCom recovers: the next callback's pull gets it at once
         item2, token2 = self.kf.push(KFID, ALICE, "还在吗")
+        rung = time.monotonic()
         self.ring(token2)
         self.stored(item["msgid"])
         self.stored(item2["msgid"])
+        # The loop was waiting to retry (RETRY_DELAY): the callback ended the wait.
+        self.assertLess(time.monotonic() - rung, pullmod.RETRY_DELAY - 1)
 
     def test_empty_pages_with_has_more_are_followed(self):
         self.kf.empty_pages = 3

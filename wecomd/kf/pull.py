@@ -8,8 +8,9 @@ inside WeCom's 5 seconds. A loop:
    leaves the pull to the holder, which sees the pending flag and pulls once more);
 2. calls sync_msg with the stored cursor, the newest callback token (while it is under 10 minutes
    old) and limit LIMIT (≤ 1000), and keeps calling while has_more is 1, even when msg_list is empty;
-3. stores each page's messages and its next_cursor in one transaction (store.kf.save_page), then
-   hands the new ones to the channel (live, rules);
+3. stores each page's messages and its next_cursor in one transaction (store.kf.save_page) while
+   it asks for the next page (a page is stored only after the one before it is committed), then
+   hands the new ones to the channel (live, rules), in page order;
 4. releases the lease; a callback that came meanwhile makes it run once more.
 
 `start` pulls every account once (a startup pull), catching up whatever arrived while the daemon
@@ -40,8 +41,8 @@ SYNC_MSG = "/cgi-bin/kf/sync_msg"
 ACCOUNT_LIST = "/cgi-bin/kf/account/list"
 # sync_msg's limit (WeCom allows up to 1,000). A page and its cursor are one transaction on the one
 # writer, and every callback that arrives meanwhile waits for it: at 1,000 a page that wait was
-# p99 0.75-2 s during a backlog pull (bench/kf_pull.py), at 100 it is p99 90 ms, for 20 % less
-# throughput (1,341 against 1,665 messages/s).
+# p99 0.95-2 s during a backlog pull (bench/kf_pull.py), at 100 it is p99 about 130 ms, for a
+# fifth less throughput (docs/kf.md, Speed).
 LIMIT = 100
 LEASE = timedelta(seconds=60)  # a pull holds its account this long past each page
 TOKEN_LIFE = timedelta(minutes=10)
@@ -59,6 +60,7 @@ class KfPuller:
         self.owner = lease_owner()  # this process, in the lease
         self._loops: Dict[str, asyncio.Task] = {}
         self._again: set = set()
+        self._bells: Dict[str, asyncio.Event] = {}  # open_kfid -> rung while its loop waits to retry
         self.pulls = 0  # sync_msg calls made (tests, benchmarks)
         self.reconfigure(config)
 
@@ -78,6 +80,7 @@ class KfPuller:
         loop = self._loops.get(open_kfid)
         if loop is not None and not loop.done():
             self._again.add(open_kfid)  # the running loop pulls once more when this pull ends
+            self._bells.setdefault(open_kfid, asyncio.Event()).set()  # or at once, if it waits to retry
             return
         task = asyncio.ensure_future(self._loop(app, open_kfid))
         self._loops[open_kfid] = task
@@ -119,16 +122,25 @@ class KfPuller:
                 raise
             except (WecomApiError, OSError, StoreError) as exc:
                 logger.warning("kf: pull of %s failed: %s; trying again in %.0f s", open_kfid, exc, RETRY_DELAY)
-                await asyncio.sleep(RETRY_DELAY)
+                await self._pause(open_kfid)
                 continue
             except Exception:  # never let one account's loop die silently
                 logger.exception("kf: pull of %s failed unexpectedly", open_kfid)
                 return
             if pending is None:  # another process pulls: after it, the pull this loop owes
-                await asyncio.sleep(RETRY_DELAY)
+                await self._pause(open_kfid)
                 continue
             if not pending and open_kfid not in self._again:
                 return
+
+    async def _pause(self, open_kfid: str) -> None:
+        """Wait RETRY_DELAY before trying again, or less: a callback for the account ends the wait."""
+        bell = self._bells.setdefault(open_kfid, asyncio.Event())
+        bell.clear()
+        try:
+            await asyncio.wait_for(bell.wait(), RETRY_DELAY)
+        except asyncio.TimeoutError:
+            pass
 
     async def _claim(self, app: AppConfig, open_kfid: str) -> Optional[dict]:
         """The account's lease, or None while another live process holds it. A lease left by a
@@ -154,6 +166,7 @@ class KfPuller:
             return None
         cursor, token = claim["cursor"], _fresh(claim["token"], claim["token_at"], now)
         handing: Optional[asyncio.Future] = None  # the channel's work on the pages stored, in page order
+        saving: Optional[asyncio.Future] = None  # the page being stored (save_page)
         try:
             while True:
                 body: dict = {"open_kfid": open_kfid, "limit": LIMIT}
@@ -176,19 +189,28 @@ class KfPuller:
                     except MessageError as exc:
                         logger.warning("kf: %s: an item WeCom sent cannot be stored (%s): skipped", open_kfid, exc)
                 next_cursor = answer.get("next_cursor") or cursor
+                if saving is not None:  # the page before is committed before this one is stored
+                    stored, saving = saving, None
+                    handing = await self._stored(stored, handing, app, open_kfid)
                 now = self.clock()
-                try:
-                    new = await self.run_db(self.store.kf.save_page, app.name, open_kfid, self.owner, items,
-                                            next_cursor, now, now + LEASE)
-                except LeaseLost:
-                    logger.warning("kf: %s: another process took the pull over", open_kfid)
-                    return False
+                # Stored while the next page is asked for: the writer and the network overlap.
+                saving = asyncio.ensure_future(self.run_db(self.store.kf.save_page, app.name, open_kfid, self.owner,
+                                                           items, next_cursor, now, now + LEASE))
                 cursor = next_cursor
-                if new:  # handed on while the next page is asked for and stored
-                    handing = asyncio.ensure_future(self._hand_on(handing, app, open_kfid, new))
                 if not answer.get("has_more"):
                     break
+            if saving is not None:
+                stored, saving = saving, None
+                handing = await self._stored(stored, handing, app, open_kfid)
+        except LeaseLost:
+            logger.warning("kf: %s: another process took the pull over", open_kfid)
+            return False
         finally:
+            if saving is not None:  # the pull failed while a page was being stored: hand it on all the same
+                try:
+                    handing = await self._stored(saving, handing, app, open_kfid)
+                except Exception as exc:  # LeaseLost, StoreError: that page was not stored
+                    logger.warning("kf: %s: a page was not stored: %s", open_kfid, exc)
             if handing is not None:
                 await asyncio.gather(handing, return_exceptions=True)
             try:
@@ -197,6 +219,15 @@ class KfPuller:
                 logger.warning("kf: %s: the pull lease was not released: %s", open_kfid, exc)
                 pending = False
         return pending
+
+    async def _stored(self, saving: asyncio.Future, handing: Optional[asyncio.Future], app: AppConfig,
+                      open_kfid: str) -> Optional[asyncio.Future]:
+        """Wait for a page's save_page (LeaseLost, StoreError raised) and hand its new messages on to
+        the channel after the pages before; the hand-on chain's newest link."""
+        new = await saving
+        if not new:
+            return handing
+        return asyncio.ensure_future(self._hand_on(handing, app, open_kfid, new))
 
     async def _hand_on(self, before: Optional[asyncio.Future], app: AppConfig, open_kfid: str, new: list) -> None:
         """The channel's work on one stored page (live events, rules, names), after the page before's."""

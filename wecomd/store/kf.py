@@ -205,8 +205,11 @@ class Kf:
                 ", ".join('"%s" = %s' % (name, param) for name in names), param), updates)
         if inserts:
             columns = ("app", "open_kfid", "external_userid") + names
-            cursor.executemany('INSERT INTO "kf_session" (%s) VALUES (%s)' % (
-                ", ".join('"%s"' % c for c in columns), ", ".join([param] * len(columns))), inserts)
+            cursor.executemany('INSERT INTO "kf_session" (%s) VALUES (%s) ON CONFLICT ("open_kfid", "external_userid") '
+                               'DO UPDATE SET %s' % (", ".join('"%s"' % c for c in columns),
+                                                     ", ".join([param] * len(columns)),
+                                                     ", ".join('"%s" = excluded."%s"' % (n, n) for n in names)),
+                               inserts)
 
     # ------------------------------------------------------------ sessions and the reply window
 
