@@ -127,3 +127,43 @@ def test_alone_calls_run_outside_a_transaction(db):
     database, writer, _ = db
     assert asyncio.run(writer.run(lambda: database.in_transaction(), alone=True)) is False
     assert asyncio.run(writer.run(lambda: database.in_transaction())) is True
+
+
+def test_a_bulky_call_never_holds_up_the_calls_queued_before_it(db):
+    """A page of a 微信客服 pull (bulky) queued behind a callback's call: the callback commits in a batch
+    of its own first, instead of waiting for the page in the same transaction."""
+    import threading
+    import time
+
+    from wecomd.store.writer import bulky
+
+    database, writer, path = db
+    gate = threading.Event()
+
+    def blocker():
+        gate.wait(5)
+
+    @bulky
+    def page():
+        time.sleep(0.3)
+        insert(database, 2)
+
+    async def main():
+        first = asyncio.ensure_future(writer.run(blocker))
+        await asyncio.sleep(0.05)  # the writer is busy: what follows queues up
+        light = asyncio.ensure_future(writer.run(insert, database, 1))
+        heavy = asyncio.ensure_future(writer.run(page))
+        after = asyncio.ensure_future(writer.run(insert, database, 3))
+        await asyncio.sleep(0.05)
+        for name, future in (("light", light), ("page", heavy), ("after", after)):
+            future.add_done_callback(lambda _, name=name: answered.setdefault(name, time.monotonic()))
+        gate.set()
+        await asyncio.gather(first, light, heavy, after)
+
+    answered: dict = {}
+    asyncio.run(main())
+    # The light call was committed before the page ran its 0.3 s (together it would be answered with it).
+    assert answered["page"] - answered["light"] > 0.2, answered
+    assert answered["after"] >= answered["page"]  # queued behind the page: in its batch
+    with sqlite3.connect(str(path)) as other:
+        assert sorted(v for (v,) in other.execute("SELECT v FROM t")) == [1, 2, 3]

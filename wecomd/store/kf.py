@@ -17,6 +17,7 @@ import peewee
 from wecomd.wecom.messages import Message
 
 from .errors import guarded
+from .writer import bulky
 from .messages import Messages
 from .models import Models
 from .times import iso, naive_utc
@@ -92,6 +93,7 @@ class Kf:
             row = C.get(C.open_kfid == open_kfid)
         return {"cursor": row.cursor, "token": row.token, "token_at": iso(row.token_at)}
 
+    @bulky
     @guarded("store a 微信客服 page")
     def save_page(self, app: str, open_kfid: str, owner: str, items: Iterable[Pulled], next_cursor: Optional[str],
                   now: datetime, until: datetime) -> list:

@@ -12,6 +12,11 @@ fails after one wait instead of one wait per call. A database that refuses the w
 another reason (read-only) still runs the batch in a plain BEGIN: its reads work, its writes fail
 one by one.
 
+A call marked `bulky` (storing a whole page pulled from WeCom, tens of milliseconds) never holds
+up the calls queued before it: a batch ends before it, and it starts the next one (the calls
+queued after it join that one). A callback committed meanwhile waits for at most the bulky call
+already running, not for one queued behind it.
+
 A call marked with `single_write` (its only write is one SQL statement) runs without a savepoint
 on SQLite, which rolls a failed statement back on its own; PostgreSQL aborts the whole
 transaction on any error, so there every call keeps its savepoint.
@@ -44,6 +49,12 @@ class _Job:
     alone: bool = False  # run outside any batch transaction (migrations, close)
     result: Any = field(default=None)
     error: Optional[BaseException] = None
+
+
+def bulky(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a long store call (see the module docstring): it starts a batch of its own."""
+    fn.bulky = True  # type: ignore[attr-defined]
+    return fn
 
 
 def single_write(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -91,15 +102,15 @@ class DbWriter:
 
     def _collect(self, first: _Job) -> tuple:
         """`first` and whatever else is queued, up to max_batch; plus the job that ended the batch
-        (a stop, or a call that must run alone), to be handled next."""
+        (a stop, a call that must run alone, a bulky call), to be handled next."""
         batch = [first]
         while len(batch) < self.max_batch:
             try:
                 nxt = self._queue.get_nowait()
             except queue.Empty:
                 return batch, None
-            if nxt is _STOP or nxt.alone:
-                return batch, nxt
+            if nxt is _STOP or nxt.alone or getattr(nxt.fn, "bulky", False):
+                return batch, nxt  # a bulky call starts the next batch: what came before commits first
             batch.append(nxt)
         return batch, None
 
