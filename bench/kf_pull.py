@@ -218,7 +218,7 @@ def main() -> int:
                 break
             if time.monotonic() - started > 900:
                 raise SystemExit("not all visible within 900 s")
-            time.sleep(0.1)
+            time.sleep(0.25)
         visible = time.monotonic()
         count = stored(work / "wecomd.db")
         stop.set()

@@ -126,7 +126,7 @@ class Services:
         self.bots = BotChannel(self.db, self.read, self.store, self.inbox, self.publish, config, self.bot_sources)
         # 微信客服: pulled after each kf_msg_or_event callback, answered through kf/send_msg by the outbox.
         self.kf = KfChannel(self.db, self.read, self.store, self.wecom, self.rule_runner, self.outbox, self.publish,
-                            config, self.media.wake)
+                            config, self.media.wake, listening=lambda: self.hub.count > 0)
         self.outbox.kf = self.kf.sender
 
     @property

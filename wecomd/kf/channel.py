@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 STATE_GET, STATE_TRANS = "/cgi-bin/kf/service_state/get", "/cgi-bin/kf/service_state/trans"
 SERVICER_LIST, CUSTOMER_BATCHGET = "/cgi-bin/kf/servicer/list", "/cgi-bin/kf/customer/batchget"
 NAME_TTL = timedelta(days=7)  # a cached nickname is asked again after this
+NAMED_MAX = 200_000  # customers remembered as named in memory (then forgotten, and read from the database)
 # service_state/trans to a state -> the kind of the msg_code it returns (wecom-kf.md §8)
 TRANS_CODES = {2: ("queue", timedelta(hours=48)), 3: ("human", timedelta(hours=48)), 4: ("end", timedelta(seconds=20))}
 
@@ -50,12 +51,15 @@ class KfChannel:
 
     def __init__(self, run_db: Callable[..., Awaitable[Any]], read: Callable[..., Awaitable[Any]], store: Any,
                  client: Any, rules: Any, outbox: Any, publish: Callable[[dict], None], config: Config,
-                 wake_media: Callable[[], None] = lambda: None, clock: Callable[[], datetime] = utcnow) -> None:
+                 wake_media: Callable[[], None] = lambda: None, clock: Callable[[], datetime] = utcnow,
+                 listening: Callable[[], bool] = lambda: True) -> None:
         self.run_db, self.read, self.store, self.client, self.wake_media = run_db, read, store, client, wake_media
+        self.listening = listening  # whether any console is connected: else live events need no reads
         self.rules, self.outbox, self.publish, self.clock = rules, outbox, publish, clock
         self.sender = KfSender(run_db, read, store, client, clock, changed=self._session_changed)
         self.puller = KfPuller(run_db, store, client, config, self._on_new, clock)
         self._tasks: set = set()
+        self._named: Dict[str, datetime] = {}  # external_userid -> when its nickname was cached (this process)
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -89,15 +93,17 @@ class KfChannel:
 
     async def _on_new(self, app: AppConfig, open_kfid: str, new: list) -> None:
         customers = []
-        try:  # the nicknames known already, for the live events
-            await self.annotate([row for row, _ in new])
-        except StoreError as exc:
-            logger.warning("kf: nicknames not read for the live events: %s", exc)
-        for row, _ in new:
-            self.publish(message_event(row))
+        live = self.listening()  # nobody watching (a backlog pulled at night): no reads for live events
+        if live:
+            try:  # the nicknames known already, for the live events
+                await self.annotate([row for row, _ in new])
+            except StoreError as exc:
+                logger.warning("kf: nicknames not read for the live events: %s", exc)
+            for row, _ in new:
+                self.publish(message_event(row))
         changed = {item.session for _, item in new if item.session is not None
                    and (item.state is not None or item.customer_at is not None)}
-        if changed:  # a servicer took or ended a session, the customer wrote (their reply window)
+        if changed and live:  # a servicer took or ended a session, the customer wrote (their reply window)
             try:
                 for session in (await self.read(self.store.kf.sessions, list(changed))).values():
                     self._publish_session(session)
@@ -281,13 +287,21 @@ class KfChannel:
     async def resolve_names(self, app: AppConfig, externals: Iterable[str]) -> None:
         """Look up the nicknames of customers not cached (or cached long ago), ≤100 ids a call; push
         each name live as a "contact" event."""
-        externals = list(dict.fromkeys(externals))
+        now = self.clock()
+        # Asked of the database only for the customers this process has not named lately.
+        externals = [e for e in dict.fromkeys(externals) if e not in self._named or now - self._named[e] > NAME_TTL]
+        if not externals:
+            return
         try:
             cached = await self.read(self.store.kf.customers, externals)
         except StoreError:
             return
-        now = self.clock()
-        wanted = [e for e in externals if e not in cached or _older(cached[e]["fetched_at"], now, NAME_TTL)]
+        if len(self._named) > NAMED_MAX:
+            self._named.clear()
+        for external, customer in cached.items():
+            if not _older(customer["fetched_at"], now, NAME_TTL):
+                self._named[external] = _parsed(customer["fetched_at"])
+        wanted = [e for e in externals if e not in self._named]
         for batch in kfproto.customer_batches(wanted):
             try:
                 answer = await self.client.call(app, "POST", CUSTOMER_BATCHGET, json_body={
@@ -302,6 +316,8 @@ class KfChannel:
             except StoreError as exc:
                 logger.warning("kf: customer names not cached: %s", exc)
                 return
+            self._named.update((c["external_userid"], now) for c in found)
+            self._named.update((i, now) for i in invalid)
             names: Dict[str, str] = {c["external_userid"]: c.get("nickname") or c["external_userid"] for c in found}
             names.update((i, i) for i in invalid)
             await self._publish_names(app, names)
@@ -329,7 +345,9 @@ class KfChannel:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
+def _parsed(at: str) -> datetime:
+    return datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ")
+
+
 def _older(fetched_at: Optional[str], now: datetime, ttl: timedelta) -> bool:
-    if not fetched_at:
-        return True
-    return now - datetime.strptime(fetched_at, "%Y-%m-%dT%H:%M:%SZ") > ttl
+    return not fetched_at or now - _parsed(fetched_at) > ttl

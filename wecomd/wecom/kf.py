@@ -127,7 +127,7 @@ def split_key(user: Any) -> Optional[Tuple[str, str]]:
 def origin(item: Mapping) -> Optional[int]:
     """The item's origin (ORIGIN_CUSTOMER, ORIGIN_SYSTEM, ORIGIN_SERVICER, or another int as sent),
     or None when it has none."""
-    value = item.get("origin") if isinstance(item, Mapping) else None
+    value = item.get("origin") if isinstance(item, dict) else None
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -184,7 +184,7 @@ MEDIA_TYPES = ("image", "voice", "video", "file")  # items whose bytes media/get
 
 def media_id(item: Any) -> Optional[str]:
     """The media_id of a pulled image, voice, video or file item (as stored in `fields`), or None."""
-    if not isinstance(item, Mapping) or item.get("msgtype") not in MEDIA_TYPES or "origin" not in item:
+    if not isinstance(item, dict) or item.get("msgtype") not in MEDIA_TYPES or "origin" not in item:
         return None
     return _text(_get(item, item["msgtype"], "media_id"))
 
@@ -316,7 +316,7 @@ def _text(value: Any) -> Optional[str]:
 
 def _get(data: Any, *path: str) -> Any:
     for key in path:
-        data = data.get(key) if isinstance(data, Mapping) else None
+        data = data.get(key) if isinstance(data, dict) else None
     return data
 
 
