@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from support.config import API_TOKEN, write_config
-from support.peer import AES_KEY, AGENT_ID, CORP_ID, TOKEN, WecomPeer
+from support.config import API_TOKEN, kf_app_section, write_config
+from support.peer import AGENT_ID, CORP_ID, WecomPeer
 from support.server import ServerProcess, free_port
 from wecomd.wecom import sandbox
 
@@ -304,15 +304,7 @@ def test_a_crash_while_sending_repeats_only_the_message_wecom_accepted_unmarked(
 
 # --- 微信客服: a pull killed between pages ---------------------------------------------------------
 
-KF_APP = """
-[app:kefu]
-corp_id = %s
-agent_id = 1000009
-token = %s
-encoding_aes_key = %s
-secret = kefu-secret-0123456789
-kf = yes
-""" % (CORP_ID, TOKEN, AES_KEY)
+KF_APP = kf_app_section()
 
 
 class KillOnSync:

@@ -24,7 +24,7 @@ from playhouse.schema_diff import diff_models
 
 from support import ROOT
 from support.base import WecomdTestCase
-from support.config import API_TOKEN, APP_SECRET, write_config
+from support.config import API_TOKEN, APP_SECRET, kf_app_section, write_config
 from support.peer import AES_KEY, CORP_ID, TOKEN, WecomPeer
 from support.server import ServerProcess, free_port
 from wecomd import failures
@@ -111,22 +111,10 @@ def line(result: subprocess.CompletedProcess, start: str) -> str:
 
 # --- the checks ---------------------------------------------------------------------------------
 
-KF_APP = """
-[app:kefu]
-corp_id = %s
-agent_id = 1000009
-token = %s
-encoding_aes_key = %s
-secret = %s
-kf = yes
-%%s
-""" % (CORP_ID, TOKEN, AES_KEY, APP_SECRET)
-
-
 @pytest.fixture
 def kf_conf(tmp_path, wecom):
     def make(extra: str = "") -> Path:
-        return deployment(tmp_path, wecom.url, ip_echo_url=wecom.url + "/ip", extra=KF_APP % extra)
+        return deployment(tmp_path, wecom.url, ip_echo_url=wecom.url + "/ip", extra=kf_app_section(APP_SECRET, extra))
     return make
 
 

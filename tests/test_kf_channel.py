@@ -7,7 +7,8 @@ import asyncio
 import time
 
 from support.base import WecomdTestCase
-from support.peer import AES_KEY, CORP_ID, TOKEN
+from support.config import kf_app_section
+from support.peer import CORP_ID
 from wecomd.kf import pull as pullmod
 from wecomd.kf.send import TAKEN_BY_HUMAN
 from wecomd.wecom import kf as kfproto
@@ -16,17 +17,7 @@ from wecomd.wecom.simulate_kf import callback_plaintext
 
 KFID, OTHER = "wkSupport01", "wkNotOurs02"
 ALICE, BOB = "wmAliceExternal0001", "wmBobExternal0002"
-KF_APP = """
-[app:kefu]
-corp_id = %s
-agent_id = 1000009
-token = %s
-encoding_aes_key = %s
-secret = kefu-secret-0123456789
-kf = yes
-kf_accounts = %s
-%%s
-
+RULES = """
 [rule:price]
 app = kefu
 when = text contains 价格
@@ -46,7 +37,7 @@ reply = 人工客服已接入，请问有什么可以帮您？
 app = kefu
 when = event session_status_change 3
 reply = 本次服务已结束，感谢您的咨询
-""" % (CORP_ID, TOKEN, AES_KEY, KFID)
+"""
 
 
 class SlowSync:
@@ -71,7 +62,8 @@ class KfTestCase(WecomdTestCase):
     app_reply = ""
 
     def setUp(self) -> None:
-        self.extra_config = KF_APP % ("reply = %s" % self.app_reply if self.app_reply else "")
+        reply = "\nreply = %s" % self.app_reply if self.app_reply else ""
+        self.extra_config = kf_app_section(more="kf_accounts = %s%s" % (KFID, reply)) + RULES
         super().setUp()
         # The startup pull of the configured account found nothing: the tests count from here.
         self.wait_for(lambda: self.kf.sync_calls and not self.services.kf.puller._loops)

@@ -5,23 +5,13 @@ from __future__ import annotations
 
 import re
 
-import pytest
 
-from support.browser import login, open_page
+from support.browser import login
 
 try:
     from playwright.sync_api import expect
 except ImportError:  # the `browser` fixture skips every test
     expect = None
-
-
-@pytest.fixture
-def second(browser):
-    page = open_page(browser)
-    yield page
-    problems = page.problems
-    page.context.close()
-    assert problems == []
 
 
 def sign_in(page, demo, name, password):

@@ -161,23 +161,24 @@ def open_page(browser, width=1280, height=800, locale="zh-CN", timezone="Asia/Sh
     return page
 
 
-@pytest.fixture
-def page(browser):
+def _checked_page(browser):
+    """A page in a context of its own, closed after the test, which fails on any script error."""
     page = open_page(browser)
     yield page
     problems = page.problems
     page.context.close()
     assert problems == []
+
+
+@pytest.fixture
+def page(browser):
+    yield from _checked_page(browser)
 
 
 @pytest.fixture
 def second(browser):
     """Another browser (its own context: cookies, storage), checked for script errors like `page`."""
-    page = open_page(browser)
-    yield page
-    problems = page.problems
-    page.context.close()
-    assert problems == []
+    yield from _checked_page(browser)
 
 
 def login(page, demo, password=PASSWORD):

@@ -37,3 +37,10 @@ def write_config(directory: Path, port: int = 0, extra: str = "", api_base: str 
     path = directory / "wecomd.conf"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def kf_app_section(secret: str = "kefu-secret-0123456789", more: str = "") -> str:
+    """The [app:kefu] section of a 微信客服 app (kf = yes) with the peer's token and key, and `more`
+    lines (kf_accounts, reply ...)."""
+    return "\n".join(["", "[app:kefu]", "corp_id = %s" % CORP_ID, "agent_id = 1000009", "token = %s" % TOKEN,
+                      "encoding_aes_key = %s" % AES_KEY, "secret = %s" % secret, "kf = yes", more, ""])
