@@ -29,7 +29,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from wecomd.config import BotConfig, Config
 from wecomd.store import StoreError
 from wecomd.live import message_event
-from wecomd.store.times import utcnow
+from wecomd.store.times import from_iso, utcnow
 from wecomd.wecom import bot as botproto
 from wecomd.wecom import cards
 from wecomd.wecom.messages import Message
@@ -283,7 +283,7 @@ class BotChannel:
         return frame(stream, stream_id)
 
     def _orphaned(self, stream: dict) -> bool:
-        deadline = datetime.strptime(stream["deadline_at"], "%Y-%m-%dT%H:%M:%SZ")
+        deadline = from_iso(stream["deadline_at"])
         return self.clock() > deadline + ORPHAN_GRACE
 
     # ------------------------------------------------------------ template cards

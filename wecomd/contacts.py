@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable, Dict, Iterable, Mapping, Optional, 
 from wecomd.config import AppConfig, Config
 from wecomd.store import StoreError
 from wecomd.store.contacts import counterpart
+from wecomd.store.times import from_iso
 from wecomd.wecom.errcodes import WecomApiError
 
 logger = logging.getLogger(__name__)
@@ -217,4 +218,4 @@ class Directory:
 
 
 def _parse(text: Optional[str]) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ") if text else datetime.min
+    return from_iso(text) or datetime.min

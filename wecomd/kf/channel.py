@@ -27,7 +27,7 @@ from wecomd.kf.send import KfSender
 from wecomd.live import kf_session_event, message_event
 from wecomd.store import StoreError
 from wecomd.store.contacts import counterpart
-from wecomd.store.times import utcnow
+from wecomd.store.times import from_iso, utcnow
 from wecomd.wecom import kf as kfproto
 from wecomd.wecom.api import WecomApiError
 from wecomd.wecom.messages import Message
@@ -93,22 +93,8 @@ class KfChannel:
 
     async def _on_new(self, app: AppConfig, open_kfid: str, new: list) -> None:
         customers = []
-        live = self.listening()  # nobody watching (a backlog pulled at night): no reads for live events
-        if live:
-            try:  # the nicknames known already, for the live events
-                await self.annotate([row for row, _ in new])
-            except StoreError as exc:
-                logger.warning("kf: nicknames not read for the live events: %s", exc)
-            for row, _ in new:
-                self.publish(message_event(row))
-        changed = {item.session for _, item in new if item.session is not None
-                   and (item.state is not None or item.customer_at is not None)}
-        if changed and live:  # a servicer took or ended a session, the customer wrote (their reply window)
-            try:
-                for session in (await self.read(self.store.kf.sessions, list(changed))).values():
-                    self._publish_session(session)
-            except StoreError as exc:
-                logger.warning("kf: sessions not read for the live events: %s", exc)
+        if self.listening():  # nobody watching (a backlog pulled at night): no reads for live events
+            await self._publish_page(new)
         if any((row.get("media") or {}).get("status") == "pending" for row, _ in new):
             self.wake_media()  # a customer's image, voice, video or file: downloaded with media/get
         for row, item in new:
@@ -121,6 +107,24 @@ class KfChannel:
                 await self._automate(app, row, item)
         if customers:
             self._spawn(self.resolve_names(app, customers))
+
+    async def _publish_page(self, new: list) -> None:
+        """The live events of a stored page: its messages with the nicknames known, and the sessions
+        it changed (a servicer took or ended one, the customer wrote: their reply window)."""
+        try:
+            await self.annotate([row for row, _ in new])
+        except StoreError as exc:
+            logger.warning("kf: nicknames not read for the live events: %s", exc)
+        for row, _ in new:
+            self.publish(message_event(row))
+        changed = {item.session for _, item in new if item.session is not None
+                   and (item.state is not None or item.customer_at is not None)}
+        if changed:
+            try:
+                for session in (await self.read(self.store.kf.sessions, list(changed))).values():
+                    self._publish_session(session)
+            except StoreError as exc:
+                logger.warning("kf: sessions not read for the live events: %s", exc)
 
     async def _automate(self, app: AppConfig, row: dict, item: Any) -> None:
         message, (open_kfid, external) = item.message, item.session
@@ -222,6 +226,8 @@ class KfChannel:
         return dict(session, sent=sent, transitions=list(kfproto.TRANSITIONS.get(state, ())))
 
     async def _session_changed(self, open_kfid: str, external: str) -> None:
+        if not self.listening():
+            return
         try:
             self._publish_session(await self.read(self.store.kf.session, open_kfid, external))
         except StoreError as exc:
@@ -263,7 +269,7 @@ class KfChannel:
                 continue
             user, (open_kfid, external) = keys[id(row)]
             customer = names.get(external) or {}
-            row["user_name"] = customer.get("nickname") or (external if customer.get("invalid") else None)
+            row["user_name"] = _shown_name(customer, external)
             if "direction" not in row:
                 session = sessions.get((open_kfid, external)) or {}
                 row["kf"] = {"open_kfid": open_kfid, "external_userid": external,
@@ -280,7 +286,7 @@ class KfChannel:
         if found is None:
             return None
         customer = (await self.read(self.store.kf.customers, [found[1]])).get(found[1]) or {}
-        name = customer.get("nickname") or (found[1] if customer.get("invalid") else None)
+        name = _shown_name(customer, found[1])
         return {"userid": key, "name": name, "departments": [], "position": customer.get("scene") or None,
                 "errcode": None, "error": None, "fetched_at": customer.get("fetched_at"), "kf": True}
 
@@ -300,7 +306,7 @@ class KfChannel:
             self._named.clear()
         for external, customer in cached.items():
             if not _older(customer["fetched_at"], now, NAME_TTL):
-                self._named[external] = _parsed(customer["fetched_at"])
+                self._named[external] = from_iso(customer["fetched_at"])
         wanted = [e for e in externals if e not in self._named]
         for batch in kfproto.customer_batches(wanted):
             try:
@@ -323,6 +329,8 @@ class KfChannel:
             await self._publish_names(app, names)
 
     async def _publish_names(self, app: AppConfig, names: Dict[str, str]) -> None:
+        if not self.listening():  # no console connected: nobody to tell, nothing to read
+            return
         sessions = await self.read(self.store.kf.cursors)
         accounts = [row["open_kfid"] for row in sessions if row["app"] == app.name]
         for external, name in names.items():
@@ -345,9 +353,11 @@ class KfChannel:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
-def _parsed(at: str) -> datetime:
-    return datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ")
+def _shown_name(customer: dict, external: str) -> Optional[str]:
+    """A customer's name in the console: the cached nickname, the id itself when WeCom could not
+    resolve it, None while not looked up yet."""
+    return customer.get("nickname") or (external if customer.get("invalid") else None)
 
 
 def _older(fetched_at: Optional[str], now: datetime, ttl: timedelta) -> bool:
-    return not fetched_at or now - _parsed(fetched_at) > ttl
+    return not fetched_at or now - from_iso(fetched_at) > ttl

@@ -30,7 +30,7 @@ from wecomd.config import AppConfig, Config
 from wecomd.kf.items import decode
 from wecomd.store import StoreError
 from wecomd.store.kf import LeaseLost
-from wecomd.store.times import utcnow
+from wecomd.store.times import from_iso, utcnow
 from wecomd.wecom import kf as kfproto
 from wecomd.wecom.api import WecomApiError
 from wecomd.wecom.messages import MessageError
@@ -269,5 +269,5 @@ def _gone(owner: str) -> bool:
 def _fresh(token: Optional[str], token_at: Optional[str], now: datetime) -> Optional[str]:
     if not token or not token_at:
         return None
-    at = datetime.strptime(token_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)
+    at = from_iso(token_at).replace(tzinfo=now.tzinfo)
     return token if now - at < TOKEN_LIFE else None

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Optional
 
 from wecomd.config import AppConfig
-from wecomd.store.times import utcnow
+from wecomd.store.times import from_iso, utcnow
 from wecomd.wecom import kf as kfproto
 from wecomd.wecom.api import WecomApiError
 
@@ -60,9 +60,8 @@ class KfSender:
         """Why a message to this kf conversation cannot go out now (None: it may)."""
         open_kfid, external = kfproto.split_key(to_user)
         session = await self.read(self.store.kf.session, open_kfid, external) or {}
-        last = session.get("last_customer_at")
-        last_at = datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ") if last else None
-        return kfproto.window_refusal(last_at, int(session.get("sends") or 0), self.clock())
+        return kfproto.window_refusal(from_iso(session.get("last_customer_at")), int(session.get("sends") or 0),
+                                      self.clock())
 
     async def send(self, app: AppConfig, row: dict, media_id: Optional[str] = None) -> dict:
         """Send one outbox row (an image, voice, video or file with the `media_id` the outbox uploaded);
@@ -113,8 +112,7 @@ class KfSender:
     async def recall(self, app: AppConfig, row: dict) -> dict:
         """kf/recall_msg: take back a message sent through send_msg within the last 2 minutes
         (it still counts toward the 5). ValueError past that, with nothing called."""
-        sent = datetime.strptime(row["received_at"], "%Y-%m-%dT%H:%M:%SZ")
-        if self.clock() - sent > RECALL_WINDOW:
+        if self.clock() - from_iso(row["received_at"]) > RECALL_WINDOW:
             raise ValueError("微信客服 takes back only messages sent within the last 2 minutes")
         open_kfid, _ = kfproto.split_key(row["to_user"])
         return await self.client.call(app, "POST", RECALL_MSG, json_body={"open_kfid": open_kfid, "msgid": row["msg_id"]})
