@@ -5,11 +5,13 @@ names a server."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
 
 from support.postgres import needs_postgres, postgres_store
+from support.store import assert_same, grouped
 from wecomd.store.kf import LeaseLost, Pulled
 from wecomd.wecom.messages import Message
 
@@ -122,6 +124,38 @@ class KfStoreTests:
         store.kf.save_customers([{"external_userid": "wm2", "nickname": "小李"}], [], T0)
         assert store.kf.customers(["wm2"])["wm2"] == {**store.kf.customers(["wm2"])["wm2"], "nickname": "小李",
                                                       "invalid": False}
+
+
+    def test_a_page_is_counted_and_indexed_as_messages_one_by_one_are(self, store):
+        """A page is counted in its conversations and indexed for search by one statement each (on
+        SQLite the per-row triggers stand aside meanwhile): the same counts, unread and newest ids
+        as the GROUP BY over every message, and every text found."""
+        other = "wmCUSTOMER2"
+        first = store.messages.save_inbound("helpdesk", item("a0", "先来的一条").message, "kf:a0")[0]
+        store.conversations.mark_read("helpdesk", KEY, first["id"] + 1)  # the page's first row counts as read
+        self.claim(store)
+        nobody = Message(msgtype="event", from_user=None, to_user=None, agent_id=None, msg_id="e9", event="x",
+                         event_key=None, create_time=1764748800, content=None, fields={"msgid": "e9"}, raw="{}",
+                         channel="kf")
+        page = [item("p1", "第一条消息"), item("p2", "人工客服的答复", outbound_by="zhangsan"),
+                replace(item("p3", "另一位客户的提问"), session=(KFID, other),
+                        message=replace(item("p3", "另一位客户的提问").message, conversation=KFID + "/" + other)),
+                item("p1", "第一条消息"), Pulled(message=nobody, dedup_key="kf:e9"), item("p4", "第四条消息")]
+        new = store.kf.save_page("helpdesk", KFID, "p1", page, "C1", T0, T0 + timedelta(seconds=60))
+        assert len(new) == 5  # p1 twice on the page: stored once
+        assert_same(store)
+        counts = {row["user"]: (row["count"], row["unread"]) for row in grouped(store, "helpdesk")}
+        assert counts == {KEY: (4, 1), KFID + "/" + other: (1, 1), None: (1, 1)}
+        for text in ("第一条", "人工客服", "另一位客户", "第四条"):
+            assert [row["content"] for row in store.messages.page(app="helpdesk", q=text)[0]] == \
+                [next(m.message.content for m in page if m.message.content and text in m.message.content)]
+        # The triggers count and index what comes after the page, one by one, as before.
+        store.messages.save_inbound("helpdesk", item("a5", "之后的一条").message, "kf:a5")
+        assert_same(store)
+        assert [row["content"] for row in store.messages.page(app="helpdesk", q="之后的")[0]] == ["之后的一条"]
+        if store.messages._sqlite:
+            assert store.db.execute_sql("SELECT COUNT(*) FROM bulk_insert").fetchone()[0] == 0
+            store.db.execute_sql("INSERT INTO message_fts(message_fts) VALUES ('integrity-check')")
 
 
 class TestSqlite(KfStoreTests):

@@ -129,9 +129,10 @@ def test_alone_calls_run_outside_a_transaction(db):
     assert asyncio.run(writer.run(lambda: database.in_transaction())) is True
 
 
-def test_a_bulky_call_never_holds_up_the_calls_queued_before_it(db):
-    """A page of a 微信客服 pull (bulky) queued behind a callback's call: the callback commits in a batch
-    of its own first, instead of waiting for the page in the same transaction."""
+def test_a_bulky_call_runs_alone_after_the_ordinary_calls_waiting_with_it(db):
+    """Pages of a 微信客服 pull (bulky) queued around a callback's call: the callback commits in a batch
+    of its own before them, whether it came before or after them, instead of waiting for a page in
+    the same transaction; the pages keep their order."""
     import threading
     import time
 
@@ -139,31 +140,35 @@ def test_a_bulky_call_never_holds_up_the_calls_queued_before_it(db):
 
     database, writer, path = db
     gate = threading.Event()
+    order: list = []
 
     def blocker():
         gate.wait(5)
 
     @bulky
-    def page():
+    def page(value):
         time.sleep(0.3)
-        insert(database, 2)
+        insert(database, value)
+        order.append(value)
 
     async def main():
         first = asyncio.ensure_future(writer.run(blocker))
         await asyncio.sleep(0.05)  # the writer is busy: what follows queues up
         light = asyncio.ensure_future(writer.run(insert, database, 1))
-        heavy = asyncio.ensure_future(writer.run(page))
+        heavy = asyncio.ensure_future(writer.run(page, 2))
         after = asyncio.ensure_future(writer.run(insert, database, 3))
+        second = asyncio.ensure_future(writer.run(page, 4))
         await asyncio.sleep(0.05)
-        for name, future in (("light", light), ("page", heavy), ("after", after)):
+        for name, future in (("light", light), ("page", heavy), ("after", after), ("second", second)):
             future.add_done_callback(lambda _, name=name: answered.setdefault(name, time.monotonic()))
         gate.set()
-        await asyncio.gather(first, light, heavy, after)
+        await asyncio.gather(first, light, heavy, after, second)
 
     answered: dict = {}
     asyncio.run(main())
-    # The light call was committed before the page ran its 0.3 s (together it would be answered with it).
-    assert answered["page"] - answered["light"] > 0.2, answered
-    assert answered["after"] >= answered["page"]  # queued behind the page: in its batch
+    # Both light calls were committed before the first page ran its 0.3 s (with it they would be
+    # answered with it), and the pages ran one after the other, in order.
+    assert answered["page"] - answered["light"] > 0.2 and answered["page"] - answered["after"] > 0.2, answered
+    assert answered["second"] - answered["page"] > 0.2 and order == [2, 4], (answered, order)
     with sqlite3.connect(str(path)) as other:
-        assert sorted(v for (v,) in other.execute("SELECT v FROM t")) == [1, 2, 3]
+        assert sorted(v for (v,) in other.execute("SELECT v FROM t")) == [1, 2, 3, 4]

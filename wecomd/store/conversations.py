@@ -22,7 +22,7 @@ NULL, as in a GROUP BY; read marks and takeovers never match it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import peewee
 from peewee import EXCLUDED, JOIN, Case, SqliteDatabase, fn
@@ -196,6 +196,17 @@ class Conversations:
         params = (app, user, message_id, message_id, app, user) if inbound else (app, user, message_id)
         self.db.execute_sql(sql, params)
 
+    def count_inserted(self, ids: Sequence[int], without_user: Iterable[tuple] = ()) -> None:
+        """Count the messages `ids` a bulk INSERT just added (the triggers stood aside: migration
+        0012), in the caller's transaction: one INSERT ... SELECT ... GROUP BY for the page, the same
+        counts, newest id and unread (after the read mark) as one trigger run per row. The rows
+        without a user are passed as `without_user`, (app, id, inbound) each, and counted one by one."""
+        if ids:
+            p = self.db.param
+            self.db.execute_sql(_COUNT_INSERTED % ", ".join([p] * len(ids)), list(ids))
+        for app, message_id, inbound in without_user:
+            self._count_without_user(app, message_id, inbound)
+
     def _count_without_user(self, app: str, message_id: int, inbound: bool) -> None:
         # NULLs never conflict in a unique index: the conversation of user NULL is found by hand.
         C, unread = self.Conversation, int(inbound)
@@ -224,6 +235,19 @@ class Conversations:
                 .where((C.app == app) & _same_user(C.user, user)).execute()
         if removed:
             C.delete().where(C.messages <= 0).execute()
+
+
+# count_inserted's statement: a page's new messages per conversation, upserted once each.
+_COUNT_INSERTED = (
+    'INSERT INTO "conversation" ("app", "user", "last_id", "messages", "unread") '
+    'SELECT m."app", m."user", MAX(m."id"), COUNT(*), SUM(CASE WHEN m."direction" = \'in\' '
+    'AND m."id" > COALESCE(r."last_read_id", 0) THEN 1 ELSE 0 END) FROM "message" AS m '
+    'LEFT JOIN "conversation_read" AS r ON r."app" = m."app" AND r."user" = m."user" '
+    'WHERE m."user" IS NOT NULL AND m."id" IN (%s) GROUP BY m."app", m."user" '
+    'ON CONFLICT ("app", "user") DO UPDATE SET '
+    '"last_id" = CASE WHEN excluded."last_id" > "conversation"."last_id" THEN excluded."last_id" '
+    'ELSE "conversation"."last_id" END, "messages" = "conversation"."messages" + excluded."messages", '
+    '"unread" = "conversation"."unread" + excluded."unread"')
 
 
 def _same_user(column: peewee.Field, user: Optional[str]) -> peewee.Expression:

@@ -5,7 +5,7 @@ table message_fts (migrations 0002 and 0004); elsewhere `q` is a LIKE scan of it
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import peewee
 from peewee import SQL, SqliteDatabase, fn
@@ -29,6 +29,7 @@ SHORT_PROBE = 2000
 SHORT_COMMON = 10
 SHORT_MAX_TERMS = 1000
 _FTS_IDS = "(SELECT rowid FROM message_fts WHERE message_fts MATCH ?)"
+_FTS_INDEX = "INSERT INTO message_fts(rowid, search_text) SELECT id, search_text FROM message_search WHERE id IN (%s)"
 _FTS_TERMS = "SELECT term FROM message_fts_terms WHERE term >= ? AND term < ? LIMIT ?"
 # The UserIDs whose cached contact name (store.contacts) holds a LIKE pattern.
 _NAMED_USERS = "SELECT DISTINCT \"userid\" FROM \"contact\" WHERE \"name\" %s %s ESCAPE '\\' LIMIT 200"
@@ -59,6 +60,13 @@ class Search:
         self.db, self.Message = db, Message
         # Full-text search is SQLite's FTS5 (migration 0002); elsewhere q is a LIKE scan.
         self.fts = isinstance(db, SqliteDatabase)
+
+    def index_inserted(self, ids: Sequence[int]) -> None:
+        """Index the messages `ids` a bulk INSERT just added (its trigger stood aside: migration
+        0012), in the caller's transaction: one statement for the page, the same text the trigger
+        indexes (the message_search view's). Nothing to do without FTS."""
+        if self.fts and ids:
+            self.db.execute_sql(_FTS_INDEX % ", ".join([self.db.param] * len(ids)), list(ids))
 
     def matches(self, q: str) -> peewee.Expression:
         """Messages whose search text holds `q`, or whose user's cached contact name (or 微信客服

@@ -12,10 +12,12 @@ fails after one wait instead of one wait per call. A database that refuses the w
 another reason (read-only) still runs the batch in a plain BEGIN: its reads work, its writes fail
 one by one.
 
-A call marked `bulky` (storing a whole page pulled from WeCom, tens of milliseconds) never holds
-up the calls queued before it: a batch ends before it, and it starts the next one (the calls
-queued after it join that one). A callback committed meanwhile waits for at most the bulky call
-already running, not for one queued behind it.
+A call marked `bulky` (storing a whole page pulled from WeCom, milliseconds) runs in a transaction
+of its own, and ordinary calls waiting in the queue go before the bulky calls waiting there (the
+bulky ones keep their order among themselves). A callback's call then waits for at most the one
+bulky call already running, never for pages queued before it or for a page's transaction to take
+it in. Two calls waiting at once come from different coroutines (a caller awaits its call), so
+neither depends on the other's effects.
 
 A call marked with `single_write` (its only write is one SQL statement) runs without a savepoint
 on SQLite, which rolls a failed statement back on its own; PostgreSQL aborts the whole
@@ -27,6 +29,7 @@ import asyncio
 import logging
 import queue
 import threading
+from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -52,7 +55,8 @@ class _Job:
 
 
 def bulky(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark a long store call (see the module docstring): it starts a batch of its own."""
+    """Mark a long store call (see the module docstring): it runs in a transaction of its own, after
+    the ordinary calls waiting with it."""
     fn.bulky = True  # type: ignore[attr-defined]
     return fn
 
@@ -88,31 +92,38 @@ class DbWriter:
         self._thread.join()
 
     def _loop(self) -> None:
-        carry: Any = None
+        waiting: deque = deque()  # taken from the queue, not run yet
         while True:
-            job = carry if carry is not None else self._queue.get()
-            carry = None
+            if not waiting:
+                waiting.append(self._queue.get())
+            self._take_queued(waiting)
+            job = waiting[0]
             if job is _STOP:
                 return
             if job.alone:
-                self._run_alone(job)
+                self._run_alone(waiting.popleft())
                 continue
-            batch, carry = self._collect(job)
-            self._run_batch(batch)
+            self._run_batch(self._next_batch(waiting))
 
-    def _collect(self, first: _Job) -> tuple:
-        """`first` and whatever else is queued, up to max_batch; plus the job that ended the batch
-        (a stop, a call that must run alone, a bulky call), to be handled next."""
-        batch = [first]
-        while len(batch) < self.max_batch:
+    def _take_queued(self, waiting: deque) -> None:
+        while True:
             try:
-                nxt = self._queue.get_nowait()
+                waiting.append(self._queue.get_nowait())
             except queue.Empty:
-                return batch, None
-            if nxt is _STOP or nxt.alone or getattr(nxt.fn, "bulky", False):
-                return batch, nxt  # a bulky call starts the next batch: what came before commits first
-            batch.append(nxt)
-        return batch, None
+                return
+
+    def _next_batch(self, waiting: deque) -> list:
+        """The ordinary calls at the front of `waiting` (up to max_batch, passing over bulky ones,
+        stopping at a stop or a call that runs alone); else the first bulky call, by itself."""
+        batch, passed = [], []
+        while waiting and len(batch) < self.max_batch:
+            job = waiting[0]
+            if job is _STOP or job.alone:
+                break
+            waiting.popleft()
+            (passed if getattr(job.fn, "bulky", False) else batch).append(job)
+        waiting.extendleft(reversed(passed))
+        return batch or [waiting.popleft()]
 
     def _run_alone(self, job: _Job) -> None:
         try:
