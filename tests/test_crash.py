@@ -324,22 +324,26 @@ class KillOnSync:
 
 
 def kf_stored(db: Path) -> tuple:
+    """(the msgids stored as messages, the msgids of the pages kept and not stored yet, the cursor)."""
     conn = sqlite3.connect(str(db))
     try:
-        msgids = [row[0] for row in conn.execute("SELECT msg_id FROM message WHERE app = 'kefu' AND direction = 'in'")]
+        msgids = [row[0] for row in conn.execute("SELECT msg_id FROM message WHERE app = 'kefu' AND direction = 'in' ORDER BY id")]
+        kept = [item["msgid"] for items, done in conn.execute("SELECT items, done FROM kf_page ORDER BY id")
+                for item in json.loads(items)[done:]]
         cursor = conn.execute("SELECT cursor FROM kf_cursor WHERE open_kfid = ?", (KFID,)).fetchone()
     finally:
         conn.close()
-    return msgids, cursor[0] if cursor else None
+    return msgids, kept, cursor[0] if cursor else None
 
 
 KFID = "wkCrash01"
 
 
 def test_a_kf_pull_killed_between_pages_resumes_from_the_stored_cursor(tmp_path):
-    """2,500 kf messages waiting (several pages); wecomd is SIGKILLed as it asks for the third page.
-    The pages stored and their cursor were committed together; the restart's startup pull resumes from
-    that cursor, and in the end each message is stored exactly once."""
+    """2,500 kf messages waiting (three pages); wecomd is SIGKILLed as it asks for the third page, while
+    it stores the first two as messages. Each page was kept with its cursor in one transaction; the
+    restart stores the rest of the kept pages, its startup pull resumes from that cursor, and in the
+    end each message is stored exactly once."""
     from wecomd.kf.pull import LIMIT
     from wecomd.wecom.sandbox_kf import _cursor
     from wecomd.wecom.simulate_kf import callback_plaintext
@@ -360,18 +364,19 @@ def test_a_kf_pull_killed_between_pages_resumes_from_the_stored_cursor(tmp_path)
         assert (resp.status, resp.read()) == (200, b"")
         server.proc.wait(20)  # killed by the sandbox as the third page is asked for
         assert [c.get("cursor") for c in killer.calls] == [None, _cursor(KFID, LIMIT), _cursor(KFID, 2 * LIMIT)]
-        msgids, cursor = kf_stored(tmp_path / "wecomd.db")
-        # The first page was committed before the second was stored; the second was being stored
-        # (it overlaps the third's request) and is there whole or not at all, with its cursor.
-        assert len(msgids) == len(set(msgids)) in (LIMIT, 2 * LIMIT), len(msgids)
-        assert cursor == _cursor(KFID, len(msgids))  # committed with them
+        msgids, kept, cursor = kf_stored(tmp_path / "wecomd.db")
+        # Two pages were kept with their cursor; the kill came while they were being stored as
+        # messages, a slice at a time: what is stored and what is kept add up to the cursor, once each.
+        assert cursor == _cursor(KFID, 2 * LIMIT)
+        assert len(msgids) == len(set(msgids)) < 2 * LIMIT and kept, (len(msgids), len(kept))
+        assert msgids + kept == [item["msgid"] for item, _ in pushed[:2 * LIMIT]]
 
         killer.proc = None
         server = ServerProcess(server.config, port)  # no callback: the startup pull catches up
         wait_until(lambda: len(kf_stored(tmp_path / "wecomd.db")[0]) >= 2500, 30, "all 2,500 pulled")
         assert killer.calls[3].get("cursor") == cursor  # resumed where the crash left it
-        msgids, cursor = kf_stored(tmp_path / "wecomd.db")
-        assert sorted(msgids) == sorted(item["msgid"] for item, _ in pushed)  # each exactly once
+        msgids, kept, cursor = kf_stored(tmp_path / "wecomd.db")
+        assert sorted(msgids) == sorted(item["msgid"] for item, _ in pushed) and kept == []  # each exactly once
         assert cursor == _cursor(KFID, 2500)
         assert server.terminate() == 0
     finally:

@@ -32,6 +32,14 @@ def item(msgid: str, content: str = "你好", outbound_by: str | None = None, **
                   **changes)
 
 
+def save_page(store, owner: str, items: list, cursor: str, now: datetime, until: datetime) -> list:
+    """What the puller does with a page: keep it with its cursor, then store it in one slice."""
+    page_id = store.kf.stage_page("helpdesk", KFID, owner, [i.message.fields for i in items], cursor, now, until)
+    if page_id is None:
+        return []
+    return store.kf.store_slice("helpdesk", page_id, 0, len(items), len(items), items, now)
+
+
 class KfStoreTests:
     """Subclasses provide the `store` fixture."""
 
@@ -40,28 +48,43 @@ class KfStoreTests:
 
     def test_a_page_and_its_cursor_are_one_transaction_and_msgids_are_stored_once(self, store):
         assert self.claim(store) == {"cursor": None, "token": None, "token_at": None}
-        new = store.kf.save_page("helpdesk", KFID, "p1", [item("m1"), item("m2")], "C1", T0, T0 + timedelta(seconds=60))
+        new = save_page(store, "p1", [item("m1"), item("m2")], "C1", T0, T0 + timedelta(seconds=60))
         assert [row["content"] for row, _ in new] == ["你好", "你好"]
         # The same msgid again on the next page: stored once; the cursor moves on.
-        new = store.kf.save_page("helpdesk", KFID, "p1", [item("m2"), item("m3", "第三条")], "C2", T0, T0)
+        new = save_page(store, "p1", [item("m2"), item("m3", "第三条")], "C2", T0, T0)
         assert [row["content"] for row, _ in new] == ["第三条"]
         assert store.kf.cursors()[0]["cursor"] == "C2"
         rows, _ = store.messages.page(app="helpdesk", user=KEY)
-        assert len(rows) == 3 and all(row["direction"] == "in" for row in rows)
-        # A page whose storing fails stores nothing and keeps the old cursor (one transaction).
-        broken = item("m4")
-        broken = Pulled(**{**broken.__dict__, "dedup_key": None})  # save_pulled refuses it half-way
+        assert len(rows) == 3 and all(row["direction"] == "in" for row in rows) and store.kf.kept_pages(KFID) == []
+        # A page is kept with its cursor in one transaction; a slice whose storing fails stores nothing
+        # of it and leaves the page kept, from the same item on, for the next pull.
+        page = [item("m4"), item("m5", "第五条")]
+        page_id = store.kf.stage_page("helpdesk", KFID, "p1", [i.message.fields for i in page], "C3", T0, T0)
+        assert store.kf.cursors()[0]["cursor"] == "C3"
+        broken = Pulled(**{**page[0].__dict__, "dedup_key": None})  # save_pulled refuses it
         with pytest.raises(ValueError):
-            store.kf.save_page("helpdesk", KFID, "p1", [item("m5"), broken], "C3", T0, T0)
-        assert store.kf.cursors()[0]["cursor"] == "C2"
+            store.kf.store_slice("helpdesk", page_id, 0, 1, 2, [broken], T0)
+        assert [(kept["done"], [i["msgid"] for i in kept["items"]]) for kept in store.kf.kept_pages(KFID)] == \
+            [(0, ["m4", "m5"])]
         assert len(store.messages.page(app="helpdesk", user=KEY)[0]) == 3
+        # Slice by slice, each once: a slice stored already (another process did) stores nothing.
+        assert [r["msg_id"] for r, _ in store.kf.store_slice("helpdesk", page_id, 0, 1, 2, page[:1], T0)] == ["m4"]
+        assert store.kf.store_slice("helpdesk", page_id, 0, 1, 2, page[:1], T0) is None
+        assert [(kept["done"], [i["msgid"] for i in kept["items"]]) for kept in store.kf.kept_pages(KFID)] == \
+            [(1, ["m5"])]
+        assert [r["msg_id"] for r, _ in store.kf.store_slice("helpdesk", page_id, 1, 2, 2, page[1:], T0)] == ["m5"]
+        assert store.kf.kept_pages(KFID) == [] and len(store.messages.page(app="helpdesk", user=KEY)[0]) == 5
+        # A page that comes with no items keeps only its cursor.
+        assert store.kf.stage_page("helpdesk", KFID, "p1", [], "C4", T0, T0) is None
+        assert store.kf.cursors()[0]["cursor"] == "C4" and store.kf.kept_pages(KFID) == []
 
     def test_one_pull_at_a_time_per_account(self, store):
         store.kf.doorbell("helpdesk", KFID, "TOKEN1", T0)
         assert self.claim(store, "p1")["token"] == "TOKEN1"
         assert self.claim(store, "p2", T0 + timedelta(seconds=10)) is None  # p1 holds it
         with pytest.raises(LeaseLost):
-            store.kf.save_page("helpdesk", KFID, "p2", [item("x1")], "CX", T0, T0)
+            save_page(store, "p2", [item("x1")], "CX", T0, T0)
+        assert store.kf.kept_pages(KFID) == []
         assert store.messages.page(app="helpdesk")[0] == []
         store.kf.doorbell("helpdesk", KFID, "TOKEN2", T0 + timedelta(seconds=20))  # rings during the pull
         assert store.kf.release(KFID, "p1", T0 + timedelta(seconds=30)) is True  # so: pull once more
@@ -73,7 +96,7 @@ class KfStoreTests:
 
     def test_the_reply_window_state_follows_the_customer_and_the_human_agent(self, store):
         self.claim(store)
-        store.kf.save_page("helpdesk", KFID, "p1", [item("m1", customer_at=T0)], "C1", T0, T0)
+        save_page(store, "p1", [item("m1", customer_at=T0)], "C1", T0, T0)
         for _ in range(3):
             store.kf.count_send(KFID, CUSTOMER, T0)
         session = store.kf.session(KFID, CUSTOMER)
@@ -81,9 +104,9 @@ class KfStoreTests:
         # The customer writes again: the count starts over. A human agent's reply (origin 5) is
         # stored as theirs, outbound, and the session is human-served.
         later = T0 + timedelta(hours=1)
-        store.kf.save_page("helpdesk", KFID, "p1", [item("m2", customer_at=later),
-                                                    item("m3", "我来处理", outbound_by="zhangsan", state=3,
-                                                         servicer="zhangsan")], "C2", later, later)
+        save_page(store, "p1", [item("m2", customer_at=later),
+                                item("m3", "我来处理", outbound_by="zhangsan", state=3, servicer="zhangsan")],
+                  "C2", later, later)
         session = store.kf.session(KFID, CUSTOMER)
         assert (session["sends"], session["service_state"], session["servicer_userid"]) == (0, 3, "zhangsan")
         human = [r for r in store.messages.page(app="helpdesk", user=KEY)[0] if r["direction"] == "out"]
@@ -93,8 +116,7 @@ class KfStoreTests:
 
     def test_a_code_is_used_once_and_not_after_it_expired(self, store):
         self.claim(store)
-        new = store.kf.save_page("helpdesk", KFID, "p1", [item("e1", code=("welcome", "W1", T0 + timedelta(seconds=20)))],
-                                 "C1", T0, T0)
+        new = save_page(store, "p1", [item("e1", code=("welcome", "W1", T0 + timedelta(seconds=20)))], "C1", T0, T0)
         message_id = new[0][0]["id"]
         assert store.kf.use_code(("welcome",), KFID, CUSTOMER, T0 + timedelta(seconds=25)) is None  # expired
         store.kf.add_code("welcome", "W2", KFID, CUSTOMER, T0 + timedelta(seconds=20), T0, message_id=message_id)
@@ -107,7 +129,7 @@ class KfStoreTests:
         sent = store.outbox.save("helpdesk", KEY, "text", "您好", {"msgtype": "text"}, status="pending")
         store.outbox.set_status(sent["id"], "sent", None, "wecomd-%d" % sent["id"])
         self.claim(store)
-        store.kf.save_page("helpdesk", KFID, "p1", [
+        save_page(store, "p1", [
             item("f1", failed_msgid="wecomd-%d" % sent["id"], failure="WeCom could not deliver it: over the limit"),
             item("m9", "说错了"), item("r1", recalled_msgid="m9")], "C1", T0, T0)
         assert store.messages.get(sent["id"])["status"] == "failed"
@@ -141,7 +163,7 @@ class KfStoreTests:
                 replace(item("p3", "另一位客户的提问"), session=(KFID, other),
                         message=replace(item("p3", "另一位客户的提问").message, conversation=KFID + "/" + other)),
                 item("p1", "第一条消息"), Pulled(message=nobody, dedup_key="kf:e9"), item("p4", "第四条消息")]
-        new = store.kf.save_page("helpdesk", KFID, "p1", page, "C1", T0, T0 + timedelta(seconds=60))
+        new = save_page(store, "p1", page, "C1", T0, T0 + timedelta(seconds=60))
         assert len(new) == 5  # p1 twice on the page: stored once
         assert_same(store)
         counts = {row["user"]: (row["count"], row["unread"]) for row in grouped(store, "helpdesk")}

@@ -172,3 +172,36 @@ def test_a_bulky_call_runs_alone_after_the_ordinary_calls_waiting_with_it(db):
     assert answered["second"] - answered["page"] > 0.2 and order == [2, 4], (answered, order)
     with sqlite3.connect(str(path)) as other:
         assert sorted(v for (v,) in other.execute("SELECT v FROM t")) == [1, 2, 3, 4]
+
+
+def test_a_redoable_bulky_call_alone_commits_without_waiting_for_the_disk(db):
+    """A slice of a kept 微信客服 page (bulky and redoable) commits with synchronous=NORMAL; every other
+    transaction, before and after it and when it fails, with FULL (2)."""
+    from wecomd.store.writer import bulky, redoable
+
+    database, writer, path = db
+
+    def synchronous():
+        return database.execute_sql("PRAGMA synchronous").fetchone()[0]
+
+    @redoable
+    @bulky
+    def slice_of_a_page(value):
+        insert(database, value)
+        return synchronous()
+
+    @redoable
+    @bulky
+    def failing_slice():
+        raise RuntimeError("no")
+
+    async def main():
+        before = await writer.run(synchronous)
+        during = await writer.run(slice_of_a_page, 1)
+        with pytest.raises(RuntimeError):
+            await writer.run(failing_slice)
+        return before, during, await writer.run(synchronous)
+
+    assert asyncio.run(main()) == (2, 1, 2)
+    with sqlite3.connect(str(path)) as other:
+        assert [v for (v,) in other.execute("SELECT v FROM t")] == [1]

@@ -8,9 +8,10 @@ inside WeCom's 5 seconds. A loop:
    leaves the pull to the holder, which sees the pending flag and pulls once more);
 2. calls sync_msg with the stored cursor, the newest callback token (while it is under 10 minutes
    old) and limit LIMIT (≤ 1000), and keeps calling while has_more is 1, even when msg_list is empty;
-3. stores each page's messages and its next_cursor in one transaction (store.kf.save_page) while
-   it asks for the next page (a page is stored only after the one before it is committed), then
-   hands the new ones to the channel (live, rules), in page order;
+3. keeps each page's items and its next_cursor in one transaction (store.kf.stage_page), then
+   stores them as messages, SLICE per transaction (store.kf.store_slice), while it asks for the
+   next page, and hands the new ones to the channel (live, rules), in order; pages a crash left
+   half stored are stored first;
 4. releases the lease; a callback that came meanwhile makes it run once more.
 
 `start` pulls every account once (a startup pull), catching up whatever arrived while the daemon
@@ -39,11 +40,11 @@ logger = logging.getLogger(__name__)
 
 SYNC_MSG = "/cgi-bin/kf/sync_msg"
 ACCOUNT_LIST = "/cgi-bin/kf/account/list"
-# sync_msg's limit (WeCom allows up to 1,000). A page and its cursor are one transaction on the one
-# writer, and every callback that arrives meanwhile waits for it: at 1,000 a page that wait was
-# p99 0.95-2 s during a backlog pull (bench/kf_pull.py), at 100 it is p99 about 130 ms, for a
-# fifth less throughput (docs/kf.md, Speed).
-LIMIT = 100
+# sync_msg's limit (WeCom allows up to 1,000): a page and its cursor are one small transaction (the
+# items kept as WeCom sent them), then stored as messages SLICE at a time (docs/kf.md, Speed).
+LIMIT = 1000
+SLICE = 50  # kept items stored as messages per transaction: a callback waits for one slice at most
+AHEAD = 2  # kept pages waiting to be stored before the pull waits for them
 LEASE = timedelta(seconds=60)  # a pull holds its account this long past each page
 TOKEN_LIFE = timedelta(minutes=10)
 RETRY_DELAY = 5.0  # seconds before a pull that failed is tried again (while it is still pending)
@@ -157,17 +158,21 @@ class KfPuller:
         return claim
 
     async def _pull(self, app: AppConfig, open_kfid: str) -> Optional[bool]:
-        """Pull until has_more is 0; True when a callback came during the pull (pull again), None when
-        another process holds the pull (try again later)."""
+        """Pull until has_more is 0 and store what came; True when a callback came during the pull
+        (pull again), None when another process holds the pull (try again later)."""
         claim = await self._claim(app, open_kfid)
         now = self.clock()
         if claim is None:
             logger.info("kf: %s is being pulled by another process", open_kfid)
             return None
         cursor, token = claim["cursor"], _fresh(claim["token"], claim["token_at"], now)
-        handing: Optional[asyncio.Future] = None  # the channel's work on the pages stored, in page order
-        saving: Optional[asyncio.Future] = None  # the page being stored (save_page)
+        pages: asyncio.Queue = asyncio.Queue(maxsize=AHEAD)  # pages kept, for _store_pages; None ends it
+        failed: list = []  # what stopped _store_pages
+        storing = asyncio.ensure_future(self._store_pages(app, open_kfid, pages, failed))
+        cancelled = False
         try:
+            for kept in await self.run_db(self.store.kf.kept_pages, open_kfid):  # left by a crash mid-page
+                await self._queue_page(pages, failed, (kept["id"], kept["done"], kept["items"]))
             while True:
                 body: dict = {"open_kfid": open_kfid, "limit": LIMIT}
                 if cursor:
@@ -182,37 +187,32 @@ class KfPuller:
                         token = None
                         continue
                     raise
-                items = []
-                for item in answer.get("msg_list") or []:
-                    try:
-                        items.append(decode(item, self.clock()))
-                    except MessageError as exc:
-                        logger.warning("kf: %s: an item WeCom sent cannot be stored (%s): skipped", open_kfid, exc)
+                items = answer.get("msg_list") or []
+                items = items if isinstance(items, list) else []
                 next_cursor = answer.get("next_cursor") or cursor
-                if saving is not None:  # the page before is committed before this one is stored
-                    stored, saving = saving, None
-                    handing = await self._stored(stored, handing, app, open_kfid)
                 now = self.clock()
-                # Stored while the next page is asked for: the writer and the network overlap.
-                saving = asyncio.ensure_future(self.run_db(self.store.kf.save_page, app.name, open_kfid, self.owner,
-                                                           items, next_cursor, now, now + LEASE))
+                page_id = await self.run_db(self.store.kf.stage_page, app.name, open_kfid, self.owner, items,
+                                            next_cursor, now, now + LEASE)
+                if page_id is not None:  # stored as messages while the next page is asked for
+                    await self._queue_page(pages, failed, (page_id, 0, items))
                 cursor = next_cursor
                 if not answer.get("has_more"):
                     break
-            if saving is not None:
-                stored, saving = saving, None
-                handing = await self._stored(stored, handing, app, open_kfid)
+            await pages.put(None)
+            await storing
+            if failed:
+                raise failed[0]
         except LeaseLost:
             logger.warning("kf: %s: another process took the pull over", open_kfid)
             return False
+        except asyncio.CancelledError:  # the daemon stops: what is kept is stored by the next pull
+            cancelled = True
+            storing.cancel()
+            raise
         finally:
-            if saving is not None:  # the pull failed while a page was being stored: hand it on all the same
-                try:
-                    handing = await self._stored(saving, handing, app, open_kfid)
-                except Exception as exc:  # LeaseLost, StoreError: that page was not stored
-                    logger.warning("kf: %s: a page was not stored: %s", open_kfid, exc)
-            if handing is not None:
-                await asyncio.gather(handing, return_exceptions=True)
+            if not cancelled and not storing.done():  # the pull failed: what is kept is stored all the same
+                await pages.put(None)
+            await asyncio.gather(storing, return_exceptions=True)
             try:
                 pending = await self.run_db(self.store.kf.release, open_kfid, self.owner, self.clock())
             except StoreError as exc:  # the lease runs out by itself
@@ -220,14 +220,55 @@ class KfPuller:
                 pending = False
         return pending
 
-    async def _stored(self, saving: asyncio.Future, handing: Optional[asyncio.Future], app: AppConfig,
-                      open_kfid: str) -> Optional[asyncio.Future]:
-        """Wait for a page's save_page (LeaseLost, StoreError raised) and hand its new messages on to
-        the channel after the pages before; the hand-on chain's newest link."""
-        new = await saving
-        if not new:
-            return handing
-        return asyncio.ensure_future(self._hand_on(handing, app, open_kfid, new))
+    def _decode(self, items: list, open_kfid: str) -> list:
+        """The Pulled of each item that can be stored (a slice's: decoded as it is stored, so that a
+        page of 1,000 never holds the event loop up at once)."""
+        now, decoded = self.clock(), []
+        for item in items:
+            try:
+                decoded.append(decode(item, now))
+            except MessageError as exc:
+                logger.warning("kf: %s: an item WeCom sent cannot be stored (%s): skipped", open_kfid, exc)
+        return decoded
+
+    @staticmethod
+    async def _queue_page(pages: asyncio.Queue, failed: list, page: tuple) -> None:
+        """Hand a kept page (id, done, its items from done on) to _store_pages; waits while AHEAD pages
+        wait there. What stopped _store_pages is raised here, so the pull stops too."""
+        await pages.put(page)
+        if failed:
+            raise failed[0]
+
+    async def _store_pages(self, app: AppConfig, open_kfid: str, pages: asyncio.Queue, failed: list) -> None:
+        """Store the kept pages as messages in order, SLICE items a transaction (store.kf.store_slice),
+        and hand each slice's new messages on to the channel in order. After a failure (in `failed`)
+        it only drains the queue: the next pull stores the rest (kept_pages)."""
+        handing: Optional[asyncio.Future] = None
+        try:
+            while True:
+                page = await pages.get()
+                if page is None:
+                    return
+                if failed:
+                    continue
+                page_id, done, items = page
+                try:
+                    for first in range(0, len(items), SLICE):
+                        chunk = items[first:first + SLICE]
+                        decoded = self._decode(chunk, open_kfid)  # here, not on the writer's thread
+                        prepared = self.store.kf.prepare(app.name, decoded)
+                        new = await self.run_db(self.store.kf.store_slice, app.name, page_id, done + first,
+                                                done + first + len(chunk), done + len(items), decoded,
+                                                self.clock(), prepared)
+                        if new is None:  # another process stored it
+                            break
+                        if new:
+                            handing = asyncio.ensure_future(self._hand_on(handing, app, open_kfid, new))
+                except Exception as exc:  # StoreError: the page stays kept
+                    failed.append(exc)
+        finally:
+            if handing is not None:
+                await asyncio.gather(handing, return_exceptions=True)
 
     async def _hand_on(self, before: Optional[asyncio.Future], app: AppConfig, open_kfid: str, new: list) -> None:
         """The channel's work on one stored page (live events, rules, names), after the page before's."""

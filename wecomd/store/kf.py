@@ -1,9 +1,11 @@
 """微信客服 (kf) storage (migration 0011): each account's pull cursor and lease, each customer's session
 state and reply window, the send_msg_on_event codes and the customers' nicknames.
 
-The heart is `save_page`: the messages of one kf/sync_msg page (each stored once by its msgid) and
-that page's next_cursor are one transaction, so a crash between pages loses nothing and stores
-nothing twice: the restart pulls again from the cursor of the last page that was committed.
+The heart is `stage_page`: the items of one kf/sync_msg page and that page's next_cursor are one
+transaction (a small one), so a crash between pages loses nothing and stores nothing twice: the
+restart pulls again from the cursor of the last page that was committed. `store_slice` then stores
+the kept page as messages, a slice per transaction, each slice once (the page's `done` moves with
+it); a crash between slices leaves the rest in `kf_page` (`kept_pages`) for the next pull.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import peewee
 from wecomd.wecom.messages import Message
 
 from .errors import guarded
-from .writer import bulky
+from .writer import bulky, redoable
 from .messages import Messages
 from .models import Models
 from .times import iso, naive_utc
@@ -57,6 +59,7 @@ class Kf:
     def __init__(self, db: peewee.Database, name: str, models: Models, messages: Messages) -> None:
         self.db, self.name, self.messages = db, name, messages
         self.Cursor, self.Session, self.Code, self.Customer = models.KfCursor, models.KfSession, models.KfCode, models.KfCustomer
+        self.Page = models.KfPage
         self.Message = models.Message
 
     # ------------------------------------------------------------ the pull: cursor, token, lease
@@ -93,29 +96,60 @@ class Kf:
             row = C.get(C.open_kfid == open_kfid)
         return {"cursor": row.cursor, "token": row.token, "token_at": iso(row.token_at)}
 
-    @bulky
-    @guarded("store a 微信客服 page")
-    def save_page(self, app: str, open_kfid: str, owner: str, items: Iterable[Pulled], next_cursor: Optional[str],
-                  now: datetime, until: datetime) -> list:
-        """One sync_msg page and its next_cursor in one transaction (the lease extended to `until`);
-        the (row, Pulled) of each message stored for the first time. LeaseLost, with nothing stored,
-        when another process holds the account's pull."""
+    @guarded("keep a 微信客服 page")
+    def stage_page(self, app: str, open_kfid: str, owner: str, items: list, next_cursor: Optional[str],
+                   now: datetime, until: datetime) -> Optional[int]:
+        """One sync_msg page's items (as WeCom sent them) and its next_cursor in one transaction, the
+        lease extended to `until`: the id of the kept page, which store_slice then stores as
+        messages (None for an empty page). LeaseLost, with nothing kept, when another process holds
+        the account's pull. One small row: callbacks committed meanwhile hardly wait for it."""
         C, naive = self.Cursor, naive_utc(now)
-        new = []
         with self.db.atomic():
             kept = C.update(cursor=next_cursor, pulled_at=naive, updated_at=naive, lease_until=naive_utc(until)) \
                 .where((C.open_kfid == open_kfid) & (C.lease_owner == owner)).execute()
             if not kept:
                 raise LeaseLost(open_kfid)
-            items = list(items)
-            stored = self.messages.save_pulled(app, [(item.message, item.dedup_key, item.outbound_by)
-                                                     for item in items])
+            if not items:
+                return None
+            return self.Page.insert(app=app, open_kfid=open_kfid, items=json.dumps(items, ensure_ascii=False),
+                                    total=len(items), done=0, created_at=naive).execute()
+
+    @redoable  # the page is kept durably with its cursor: a slice a crash undid is stored again
+    @bulky
+    @guarded("store a 微信客服 page")
+    def store_slice(self, app: str, page_id: int, start: int, end: int, total: int, items: List[Pulled],
+                    now: datetime, prepared: Optional[tuple] = None) -> Optional[list]:
+        """Store the kept page's items start..end of `total` (`items`, decoded; `prepared` is
+        prepare(app, items) when the caller did it off the writer thread) as messages, each once by
+        its msgid, and what they change, in one transaction that also moves the page's `done` to
+        `end` (the page is deleted with its last slice): the (row, Pulled) of each message stored for
+        the first time. None, with nothing stored, when the page is gone or `done` is not `start`
+        (another process stored this slice): a slice is stored once."""
+        P, naive = self.Page, naive_utc(now)
+        with self.db.atomic():
+            claim = P.delete() if end >= total else P.update(done=end)
+            if not claim.where((P.id == page_id) & (P.done == start)).execute():
+                return None
+            new = []
+            stored = self.messages.save_prepared(prepared if prepared is not None else self.prepare(app, items))
             for item, (row, created) in zip(items, stored):
                 if created:
                     self._apply(app, item, row, naive)
                     new.append((row, item))
             self._sessions_change(app, [item for _, item in new if item.session is not None], naive)
         return new
+
+    def prepare(self, app: str, items: List[Pulled]) -> tuple:
+        """store_slice's work that needs no database (Messages.prepare_pulled)."""
+        return self.messages.prepare_pulled(app, [(item.message, item.dedup_key, item.outbound_by) for item in items])
+
+    @guarded("read the 微信客服 pages kept")
+    def kept_pages(self, open_kfid: str) -> list:
+        """The account's pages kept and not wholly stored (a crash came between), oldest first:
+        {"id", "app", "done", "items"} with the items not stored yet."""
+        P = self.Page
+        return [dict(id=row.id, app=row.app, done=row.done, items=json.loads(row.items)[row.done:])
+                for row in P.select().where(P.open_kfid == open_kfid).order_by(P.id)]
 
     @guarded("read a 微信客服 pull lease")
     def holder(self, open_kfid: str, now: datetime) -> Optional[str]:
@@ -169,11 +203,14 @@ class Kf:
         S = self.Session
         keys = list(dict.fromkeys(item.session for item in items))
         known = {}
+        columns = (S.id, S.open_kfid, S.external_userid, S.last_customer_at, S.sends, S.service_state,
+                   S.servicer_userid, S.state_at)
         for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
             for kfid in {k[0] for k in chunk}:
                 externals = [k[1] for k in chunk if k[0] == kfid]
-                for row in S.select().where((S.open_kfid == kfid) & S.external_userid.in_(externals)):
+                query = S.select(*columns).where((S.open_kfid == kfid) & S.external_userid.in_(externals))
+                for row in query.namedtuples():
                     known[(row.open_kfid, row.external_userid)] = row
         folded: dict = {}
         for item in items:

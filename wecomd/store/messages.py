@@ -123,13 +123,13 @@ class Messages:
         key, in the caller's transaction and in order; [(row JSON, created)] in the order of
         `entries`, which are (message, dedup_key, outbound_by). With `outbound_by` a message is an
         outbound one a human agent (that servicer_userid) sent from the WeCom client: stored
-        "sent", by that operator, and counted as outbound in its conversation.
+        "sent", by that operator, and counted as outbound in its conversation. The same as
+        save_prepared(app, prepare_pulled(app, entries))."""
+        return self.save_prepared(self.prepare_pulled(app, entries))
 
-        One INSERT for the whole page (executemany; a dedup key stored already is left alone), then
-        one SELECT of the rows it added, and one statement each to count them in their conversations
-        and index them for search (on SQLite the per-row triggers stand aside meanwhile: migration
-        0012): a page of 1,000 costs the database's own work, not 1,000 round trips through the
-        query builder or trigger runs."""
+    def prepare_pulled(self, app: str, entries: list) -> tuple:
+        """save_pulled's work that needs no database (its column values, their SQL parameters and
+        each row's JSON but its id), so that the caller may do it off the writer thread."""
         now = utcnow(whole_seconds=True)
         rows = []
         for message, dedup_key, outbound_by in entries:
@@ -142,33 +142,46 @@ class Messages:
                               wecom_msgid=values["msg_id"])
             rows.append(values)
         if not rows:
-            return []
+            return (), [], []
         names = tuple(rows[0])
         fields = self.Message._meta.fields
         converters = [fields[name].db_value for name in names]
-        M = self.Message
-        newest = M.select(peewee.fn.MAX(M.id)).scalar() or 0
+        params = [[convert(row[name]) for convert, name in zip(converters, names)] for row in rows]
+        shown = [dict(to_json(SimpleNamespace(**{**self._blank_row, **values})), automation=[]) for values in rows]
+        return names, params, [(values["dedup_key"], values["user"], values["direction"], row)
+                               for values, row in zip(rows, shown)]
+
+    def save_prepared(self, prepared: tuple) -> list:
+        """The database half of save_pulled, given prepare_pulled's result.
+
+        One INSERT for the whole page (executemany; a dedup key stored already is left alone), then
+        one SELECT of the rows it added, and one statement each to count them in their conversations
+        and index them for search (on SQLite the per-row triggers stand aside meanwhile: migration
+        0012): a page of 1,000 costs the database's own work, not 1,000 round trips through the
+        query builder or trigger runs."""
+        names, params, rows = prepared
+        if not rows:
+            return []
+        newest = self.db.execute_sql('SELECT MAX("id") FROM "message"').fetchone()[0] or 0
         cursor = self.db.cursor()
         if self._sqlite:  # the per-row triggers stand aside (migration 0012): counted and indexed below
             cursor.execute('INSERT INTO "bulk_insert" ("active") VALUES (1)')
-        cursor.executemany(self._pulled_sql(names), [[convert(row[name]) for convert, name in zip(converters, names)]
-                                                     for row in rows])
+        cursor.executemany(self._pulled_sql(names), params)
         if self._sqlite:
             cursor.execute('DELETE FROM "bulk_insert"')
         added = {key: row_id for row_id, key in self.db.execute_sql(
             'SELECT "id", "dedup_key" FROM "message" WHERE "id" > %s' % self.db.param, (newest,))}
         result, ids, without_user = [], [], []
-        for values in rows:
-            row_id = added.pop(values["dedup_key"], None)  # popped: a key twice in one page is stored once
+        for dedup_key, user, direction, shown in rows:
+            row_id = added.pop(dedup_key, None)  # popped: a key twice in one page is stored once
             if row_id is None:
-                result.append(({"dedup_key": values["dedup_key"]}, False))
+                result.append(({"dedup_key": dedup_key}, False))
                 continue
-            if values["user"] is None:
-                without_user.append((app, row_id, values["direction"] == "in"))
+            if user is None:
+                without_user.append((shown["app"], row_id, direction == "in"))
             else:
                 ids.append(row_id)
-            row = SimpleNamespace(**{**self._blank_row, **values, "id": row_id})
-            result.append((dict(to_json(row), automation=[]), True))
+            result.append((dict(shown, id=row_id), True))
         self.conversations.count_inserted(ids, without_user)
         self.search.index_inserted(ids + [row_id for _, row_id, _ in without_user])
         return result

@@ -367,6 +367,21 @@ class KfCode(Model):
         table_name = "kf_code"
 
 
+class KfPage(Model):
+    """微信客服: a sync_msg page committed with its cursor and not yet stored as messages (wecomd.kf.pull):
+    its items as WeCom sent them, `done` of them stored so far; deleted once all are."""
+
+    app = CharField()
+    open_kfid = CharField()
+    items = TextField()  # a JSON array of sync_msg items
+    total = IntegerField()
+    done = IntegerField(default=0)
+    created_at = DateTimeField()
+
+    class Meta:
+        table_name = "kf_page"
+
+
 class KfCustomer(Model):
     """微信客服: a WeChat customer's nickname and avatar (kf/customer/batchget), or that WeCom could not
     resolve the id (invalid)."""
@@ -419,6 +434,7 @@ class Models:
     KfSession: type[KfSession]
     KfCode: type[KfCode]
     KfCustomer: type[KfCustomer]
+    KfPage: type[KfPage]
 
     @classmethod
     def bound_to(cls, db: peewee.Database) -> "Models":
@@ -426,7 +442,7 @@ class Models:
                                                         CallbackFailure, Session, Operator, ApiToken,
                                                         AuditEvent, Contact, ConversationState, Note,
                                                         QuickReply, BotStream, KfCursor, KfSession, KfCode,
-                                                        KfCustomer)}
+                                                        KfCustomer, KfPage)}
         return cls(**{field.name: bind(declared[field.name], db) for field in fields(cls)})
 
     def all(self) -> list[type[Model]]:

@@ -19,6 +19,11 @@ bulky call already running, never for pages queued before it or for a page's tra
 it in. Two calls waiting at once come from different coroutines (a caller awaits its call), so
 neither depends on the other's effects.
 
+A bulky call also marked `redoable` (what it writes can be made again from what is durable
+already: a slice of a 微信客服 page kept with its cursor) is committed on SQLite without waiting for
+the disk (synchronous=NORMAL for its transaction only). A crash may undo it, never partly, and the
+next commit that waits for the disk (any callback's) makes it durable too: WAL commits are ordered.
+
 A call marked with `single_write` (its only write is one SQL statement) runs without a savepoint
 on SQLite, which rolls a failed statement back on its own; PostgreSQL aborts the whole
 transaction on any error, so there every call keeps its savepoint.
@@ -58,6 +63,13 @@ def bulky(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Mark a long store call (see the module docstring): it runs in a transaction of its own, after
     the ordinary calls waiting with it."""
     fn.bulky = True  # type: ignore[attr-defined]
+    return fn
+
+
+def redoable(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a bulky store call whose writes can be made again after a crash (see the module
+    docstring): its transaction's commit does not wait for the disk."""
+    fn.redoable = True  # type: ignore[attr-defined]
     return fn
 
 
@@ -133,7 +145,10 @@ class DbWriter:
         _resolve(job)
 
     def _run_batch(self, batch: list) -> None:
+        relaxed = self._immediate and len(batch) == 1 and getattr(batch[0].fn, "redoable", False)
         try:
+            if relaxed:
+                self.db.execute_sql("PRAGMA synchronous = NORMAL")
             with ExitStack() as stack:
                 self._begin(stack)
                 for job in batch:
@@ -144,9 +159,19 @@ class DbWriter:
             error = self.wrap_error(exc)
             for job in batch:
                 job.result, job.error = None, error
+        finally:
+            if relaxed:
+                self._full_sync()
         self.batches += 1
         self.calls += len(batch)
         _resolve_all(batch)
+
+    def _full_sync(self) -> None:
+        try:
+            self.db.execute_sql("PRAGMA synchronous = FULL")
+        except Exception:  # the next batches must never commit without the disk: stop them all
+            logger.critical("database writer: cannot restore synchronous=FULL; stopping")
+            raise
 
     def _begin(self, stack: ExitStack) -> None:
         """Open the batch's transaction in `stack`; see the module docstring."""
