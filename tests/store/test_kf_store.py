@@ -37,7 +37,7 @@ def save_page(store, owner: str, items: list, cursor: str, now: datetime, until:
     page_id = store.kf.stage_page("helpdesk", KFID, owner, [i.message.fields for i in items], cursor, now, until)
     if page_id is None:
         return []
-    return store.kf.store_slice("helpdesk", page_id, 0, len(items), len(items), items, now)
+    return store.kf.store_slice("helpdesk", page_id, items, now, last=True)
 
 
 class KfStoreTests:
@@ -57,22 +57,19 @@ class KfStoreTests:
         rows, _ = store.messages.page(app="helpdesk", user=KEY)
         assert len(rows) == 3 and all(row["direction"] == "in" for row in rows) and store.kf.kept_pages(KFID) == []
         # A page is kept with its cursor in one transaction; a slice whose storing fails stores nothing
-        # of it and leaves the page kept, from the same item on, for the next pull.
+        # of it and leaves the page kept for the next pull.
         page = [item("m4"), item("m5", "第五条")]
         page_id = store.kf.stage_page("helpdesk", KFID, "p1", [i.message.fields for i in page], "C3", T0, T0)
         assert store.kf.cursors()[0]["cursor"] == "C3"
         broken = Pulled(**{**page[0].__dict__, "dedup_key": None})  # save_pulled refuses it
         with pytest.raises(ValueError):
-            store.kf.store_slice("helpdesk", page_id, 0, 1, 2, [broken], T0)
-        assert [(kept["done"], [i["msgid"] for i in kept["items"]]) for kept in store.kf.kept_pages(KFID)] == \
-            [(0, ["m4", "m5"])]
+            store.kf.store_slice("helpdesk", page_id, [broken], T0)
+        assert [[i["msgid"] for i in kept["items"]] for kept in store.kf.kept_pages(KFID)] == [["m4", "m5"]]
         assert len(store.messages.page(app="helpdesk", user=KEY)[0]) == 3
-        # Slice by slice, each once: a slice stored already (another process did) stores nothing.
-        assert [r["msg_id"] for r, _ in store.kf.store_slice("helpdesk", page_id, 0, 1, 2, page[:1], T0)] == ["m4"]
-        assert store.kf.store_slice("helpdesk", page_id, 0, 1, 2, page[:1], T0) is None
-        assert [(kept["done"], [i["msgid"] for i in kept["items"]]) for kept in store.kf.kept_pages(KFID)] == \
-            [(1, ["m5"])]
-        assert [r["msg_id"] for r, _ in store.kf.store_slice("helpdesk", page_id, 1, 2, 2, page[1:], T0)] == ["m5"]
+        # Slice by slice; a slice stored again (after a crash, or by another process) adds nothing.
+        assert [r["msg_id"] for r, _ in store.kf.store_slice("helpdesk", page_id, page[:1], T0)] == ["m4"]
+        assert store.kf.store_slice("helpdesk", page_id, page[:1], T0) == []
+        assert [r["msg_id"] for r, _ in store.kf.store_slice("helpdesk", page_id, page, T0, last=True)] == ["m5"]
         assert store.kf.kept_pages(KFID) == [] and len(store.messages.page(app="helpdesk", user=KEY)[0]) == 5
         # A page that comes with no items keeps only its cursor.
         assert store.kf.stage_page("helpdesk", KFID, "p1", [], "C4", T0, T0) is None

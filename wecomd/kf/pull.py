@@ -172,7 +172,7 @@ class KfPuller:
         cancelled = False
         try:
             for kept in await self.run_db(self.store.kf.kept_pages, open_kfid):  # left by a crash mid-page
-                await self._queue_page(pages, failed, (kept["id"], kept["done"], kept["items"]))
+                await self._queue_page(pages, failed, (kept["id"], kept["items"]))
             while True:
                 body: dict = {"open_kfid": open_kfid, "limit": LIMIT}
                 if cursor:
@@ -194,7 +194,7 @@ class KfPuller:
                 page_id = await self.run_db(self.store.kf.stage_page, app.name, open_kfid, self.owner, items,
                                             next_cursor, now, now + LEASE)
                 if page_id is not None:  # stored as messages while the next page is asked for
-                    await self._queue_page(pages, failed, (page_id, 0, items))
+                    await self._queue_page(pages, failed, (page_id, items))
                 cursor = next_cursor
                 if not answer.get("has_more"):
                     break
@@ -233,7 +233,7 @@ class KfPuller:
 
     @staticmethod
     async def _queue_page(pages: asyncio.Queue, failed: list, page: tuple) -> None:
-        """Hand a kept page (id, done, its items from done on) to _store_pages; waits while AHEAD pages
+        """Hand a kept page (id, items) to _store_pages; waits while AHEAD pages
         wait there. What stopped _store_pages is raised here, so the pull stops too."""
         await pages.put(page)
         if failed:
@@ -251,17 +251,13 @@ class KfPuller:
                     return
                 if failed:
                     continue
-                page_id, done, items = page
+                page_id, items = page
                 try:
                     for first in range(0, len(items), SLICE):
-                        chunk = items[first:first + SLICE]
-                        decoded = self._decode(chunk, open_kfid)  # here, not on the writer's thread
+                        decoded = self._decode(items[first:first + SLICE], open_kfid)  # not on the writer's thread
                         prepared = self.store.kf.prepare(app.name, decoded)
-                        new = await self.run_db(self.store.kf.store_slice, app.name, page_id, done + first,
-                                                done + first + len(chunk), done + len(items), decoded,
-                                                self.clock(), prepared)
-                        if new is None:  # another process stored it
-                            break
+                        new = await self.run_db(self.store.kf.store_slice, app.name, page_id, decoded, self.clock(),
+                                                first + SLICE >= len(items), prepared)
                         if new:
                             handing = asyncio.ensure_future(self._hand_on(handing, app, open_kfid, new))
                 except Exception as exc:  # StoreError: the page stays kept

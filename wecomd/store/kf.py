@@ -4,8 +4,9 @@ state and reply window, the send_msg_on_event codes and the customers' nicknames
 The heart is `stage_page`: the items of one kf/sync_msg page and that page's next_cursor are one
 transaction (a small one), so a crash between pages loses nothing and stores nothing twice: the
 restart pulls again from the cursor of the last page that was committed. `store_slice` then stores
-the kept page as messages, a slice per transaction, each slice once (the page's `done` moves with
-it); a crash between slices leaves the rest in `kf_page` (`kept_pages`) for the next pull.
+the kept page as messages, a slice per transaction, each message once by its msgid; a crash
+between slices leaves the page in `kf_page` (`kept_pages`), and the next pull stores it again,
+which adds only what was missing.
 """
 from __future__ import annotations
 
@@ -112,24 +113,22 @@ class Kf:
             if not items:
                 return None
             return self.Page.insert(app=app, open_kfid=open_kfid, items=json.dumps(items, ensure_ascii=False),
-                                    total=len(items), done=0, created_at=naive).execute()
+                                    created_at=naive).execute()
 
     @redoable  # the page is kept durably with its cursor: a slice a crash undid is stored again
     @bulky
     @guarded("store a 微信客服 page")
-    def store_slice(self, app: str, page_id: int, start: int, end: int, total: int, items: List[Pulled],
-                    now: datetime, prepared: Optional[tuple] = None) -> Optional[list]:
-        """Store the kept page's items start..end of `total` (`items`, decoded; `prepared` is
-        prepare(app, items) when the caller did it off the writer thread) as messages, each once by
-        its msgid, and what they change, in one transaction that also moves the page's `done` to
-        `end` (the page is deleted with its last slice): the (row, Pulled) of each message stored for
-        the first time. None, with nothing stored, when the page is gone or `done` is not `start`
-        (another process stored this slice): a slice is stored once."""
-        P, naive = self.Page, naive_utc(now)
+    def store_slice(self, app: str, page_id: int, items: List[Pulled], now: datetime, last: bool = False,
+                    prepared: Optional[tuple] = None) -> list:
+        """Store items of the kept page `page_id` (decoded; `prepared` is prepare(app, items) when the
+        caller did it off the writer thread) as messages, each once by its msgid, and what they
+        change, in one transaction; the `last` slice deletes the page. The (row, Pulled) of each
+        message stored for the first time: storing a slice again (after a crash, or by a second
+        process) stores and changes nothing twice."""
+        naive = naive_utc(now)
         with self.db.atomic():
-            claim = P.delete() if end >= total else P.update(done=end)
-            if not claim.where((P.id == page_id) & (P.done == start)).execute():
-                return None
+            if last:
+                self.Page.delete().where(self.Page.id == page_id).execute()
             new = []
             stored = self.messages.save_prepared(prepared if prepared is not None else self.prepare(app, items))
             for item, (row, created) in zip(items, stored):
@@ -146,9 +145,9 @@ class Kf:
     @guarded("read the 微信客服 pages kept")
     def kept_pages(self, open_kfid: str) -> list:
         """The account's pages kept and not wholly stored (a crash came between), oldest first:
-        {"id", "app", "done", "items"} with the items not stored yet."""
+        {"id", "app", "items"}."""
         P = self.Page
-        return [dict(id=row.id, app=row.app, done=row.done, items=json.loads(row.items)[row.done:])
+        return [dict(id=row.id, app=row.app, items=json.loads(row.items))
                 for row in P.select().where(P.open_kfid == open_kfid).order_by(P.id)]
 
     @guarded("read a 微信客服 pull lease")
@@ -200,28 +199,28 @@ class Kf:
         ended session as untouched) and the state a session event tells."""
         if not items:
             return
-        S = self.Session
+        S, param = self.Session, self.db.param
         keys = list(dict.fromkeys(item.session for item in items))
-        known = {}
-        columns = (S.id, S.open_kfid, S.external_userid, S.last_customer_at, S.sends, S.service_state,
-                   S.servicer_userid, S.state_at)
+        known = {}  # read as the database gives them: peewee's conversions cost more than the read
         for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
             for kfid in {k[0] for k in chunk}:
                 externals = [k[1] for k in chunk if k[0] == kfid]
-                query = S.select(*columns).where((S.open_kfid == kfid) & S.external_userid.in_(externals))
-                for row in query.namedtuples():
-                    known[(row.open_kfid, row.external_userid)] = row
+                sql = ('SELECT "id", "external_userid", "last_customer_at", "sends", "service_state", '
+                       '"servicer_userid", "state_at" FROM "kf_session" WHERE "open_kfid" = %s AND '
+                       '"external_userid" IN (%s)' % (param, ", ".join([param] * len(externals))))
+                for row in self.db.execute_sql(sql, [kfid] + externals):
+                    known[(kfid, row[1])] = row
         folded: dict = {}
         for item in items:
             row = known.get(item.session)
             state = folded.get(item.session) or {
-                "last_customer_at": row.last_customer_at if row else None, "sends": row.sends if row else 0,
-                "service_state": row.service_state if row else None,
-                "servicer_userid": row.servicer_userid if row else None, "state_at": row.state_at if row else None}
+                "last_customer_at": row[2] if row else None, "sends": row[3] if row else 0,
+                "service_state": row[4] if row else None, "servicer_userid": row[5] if row else None,
+                "state_at": row[6] if row else None}
             if item.customer_at is not None:
                 at = naive_utc(item.customer_at)
-                if state["last_customer_at"] is None or at >= state["last_customer_at"]:
+                if _not_before(at, state["last_customer_at"]):
                     state.update(last_customer_at=at, sends=0)
                 if state["service_state"] == 4:  # a customer message after the end opens a new session
                     state["service_state"] = 0
@@ -229,13 +228,13 @@ class Kf:
                 state.update(service_state=item.state, servicer_userid=item.servicer, state_at=now)
             folded[item.session] = state
         names = ("last_customer_at", "sends", "service_state", "servicer_userid", "state_at", "updated_at")
-        fields, param = S._meta.fields, self.db.param
+        fields = S._meta.fields
         convert = [fields[name].db_value for name in names]
         updates, inserts = [], []
         for key, state in folded.items():
             values = [to_db(value) for to_db, value in zip(convert, [*(state[n] for n in names[:-1]), now])]
             if key in known:
-                updates.append(values + [known[key].id])
+                updates.append(values + [known[key][0]])
             else:
                 inserts.append([app, key[0], key[1]] + values)
         cursor = self.db.cursor()  # two statements for the page: the query builder per session cost more
@@ -355,6 +354,16 @@ class Kf:
                 for start in range(0, len(batch), 100):
                     K.insert_many(batch[start:start + 100]).on_conflict(
                         conflict_target=[K.external_userid], preserve=keep).execute()
+
+
+def _not_before(at: datetime, stored) -> bool:
+    """Whether `at` is at or after a time read straight from the database: SQLite's text (as
+    peewee stores it, "YYYY-MM-DD HH:MM:SS[.ffffff]", which sorts as it reads) or a datetime."""
+    if stored is None:
+        return True
+    if isinstance(stored, str):
+        return at.isoformat(" ") >= stored
+    return at >= stored
 
 
 def _text(value) -> Optional[str]:

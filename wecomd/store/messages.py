@@ -7,6 +7,7 @@ one extra query per call or page (per batch in iter_export).
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
@@ -69,6 +70,8 @@ class Messages:
         self._sqlite = isinstance(db, peewee.SqliteDatabase)
         self.search = Search(db, models.Message)
         self._sql_cache: dict = {}
+        # Parameters in one statement: SQLite before 3.32 allows 999, later 32,766; PostgreSQL 65,535.
+        self._max_params = 999 if self._sqlite and sqlite3.sqlite_version_info < (3, 32) else 30000
         # Every column of a message row, None or its default: a fresh row's JSON starts from it.
         self._blank_row = {column: field.default if not callable(field.default) else None
                            for column, field in self.Message._meta.fields.items()}
@@ -154,7 +157,9 @@ class Messages:
     def save_prepared(self, prepared: tuple) -> list:
         """The database half of save_pulled, given prepare_pulled's result.
 
-        One INSERT for the whole page (executemany; a dedup key stored already is left alone), then
+        One INSERT for the whole page (its rows in one VALUES list: one step of the database, where
+        executemany gave each row its own and the interpreter lock back and forth; a dedup key stored
+        already is left alone), then
         one SELECT of the rows it added, and one statement each to count them in their conversations
         and index them for search (on SQLite the per-row triggers stand aside meanwhile: migration
         0012): a page of 1,000 costs the database's own work, not 1,000 round trips through the
@@ -166,7 +171,10 @@ class Messages:
         cursor = self.db.cursor()
         if self._sqlite:  # the per-row triggers stand aside (migration 0012): counted and indexed below
             cursor.execute('INSERT INTO "bulk_insert" ("active") VALUES (1)')
-        cursor.executemany(self._pulled_sql(names), params)
+        per = max(1, self._max_params // len(names))  # rows a statement: one step, not one per row
+        for start in range(0, len(params), per):
+            chunk = params[start:start + per]
+            cursor.execute(self._pulled_sql(names, len(chunk)), [value for row in chunk for value in row])
         if self._sqlite:
             cursor.execute('DELETE FROM "bulk_insert"')
         added = {key: row_id for row_id, key in self.db.execute_sql(
@@ -186,14 +194,16 @@ class Messages:
         self.search.index_inserted(ids + [row_id for _, row_id, _ in without_user])
         return result
 
-    def _pulled_sql(self, names: tuple) -> str:
-        key = ("pulled", names)
+    def _pulled_sql(self, names: tuple, rows: int) -> str:
+        """save_prepared's INSERT of `rows` rows at once (a dedup key stored already, or twice among
+        them, is left alone), built once per column set and row count."""
+        key = ("pulled", names, rows)
         if key not in self._sql_cache:
             fields = self.Message._meta.fields
             columns = ", ".join('"%s"' % fields[n].column_name for n in names)
-            marks = ", ".join([self.db.param] * len(names))
-            self._sql_cache[key] = ('INSERT INTO "message" (%s) VALUES (%s) ON CONFLICT ("dedup_key") DO NOTHING'
-                                    % (columns, marks))
+            marks = "(%s)" % ", ".join([self.db.param] * len(names))
+            self._sql_cache[key] = ('INSERT INTO "message" (%s) VALUES %s ON CONFLICT ("dedup_key") DO NOTHING'
+                                    % (columns, ", ".join([marks] * rows)))
         return self._sql_cache[key]
 
     def _upsert_sql(self, names: tuple) -> tuple[str, str]:

@@ -368,14 +368,13 @@ class KfCode(Model):
 
 
 class KfPage(Model):
-    """微信客服: a sync_msg page committed with its cursor and not yet stored as messages (wecomd.kf.pull):
-    its items as WeCom sent them, `done` of them stored so far; deleted once all are."""
+    """微信客服: a sync_msg page committed with its cursor and not yet wholly stored as messages
+    (wecomd.kf.pull): its items as WeCom sent them; deleted with its last slice. Never updated: a
+    row this size is rewritten whole by any update."""
 
     app = CharField()
     open_kfid = CharField()
     items = TextField()  # a JSON array of sync_msg items
-    total = IntegerField()
-    done = IntegerField(default=0)
     created_at = DateTimeField()
 
     class Meta:

@@ -1,7 +1,7 @@
 """微信客服: `kf_page`, each sync_msg page committed with its cursor (in the same transaction) and then
-stored as messages a slice at a time (wecomd.kf.pull); a crash between the two leaves the page
-here, and the next pull stores the rest of it."""
-from peewee import CharField, DateTimeField, IntegerField, Model, TextField
+stored as messages a slice at a time (wecomd.kf.pull) and deleted with its last slice; a crash
+between the two leaves the page here, and the next pull stores it (again: each message once)."""
+from peewee import CharField, DateTimeField, Model, TextField
 
 
 def _frozen_models(db):
@@ -10,8 +10,6 @@ def _frozen_models(db):
         app = CharField()
         open_kfid = CharField()
         items = TextField()
-        total = IntegerField()
-        done = IntegerField(default=0)
         created_at = DateTimeField()
 
         class Meta:
