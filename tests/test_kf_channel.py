@@ -11,6 +11,7 @@ from support.config import kf_app_section
 from support.peer import CORP_ID
 from wecomd.kf import pull as pullmod
 from wecomd.kf.send import TAKEN_BY_HUMAN
+from wecomd.store import StoreError
 from wecomd.wecom import kf as kfproto
 from wecomd.wecom.sandbox_kf import RECEPTION, STOPPED
 from wecomd.wecom.simulate_kf import callback_plaintext
@@ -172,6 +173,35 @@ class PullTest(KfTestCase):
         msgids = [r["msg_id"] for r in self.kf_rows()]
         self.assertEqual(len(msgids), count + 1)  # each once
         self.assertEqual(set(msgids), {i["msgid"] for i in items} | {last["msgid"]})
+
+    def test_a_slice_the_database_refuses_leaves_its_page_kept_for_the_next_pull(self):
+        store_kf = self.services.store.kf
+        real, refused = store_kf.store_slice, []
+
+        def refuse_once(*args, **kwargs):
+            if not refused:
+                refused.append(args)
+                raise StoreError("database is locked")
+            return real(*args, **kwargs)
+
+        store_kf.store_slice = refuse_once
+        try:
+            pushed = [self.kf.push(KFID, ALICE if i % 2 else BOB, "第 %d 句" % i) for i in range(3)]
+            self.ring(pushed[-1][1])  # one page of three: its slice is refused, the pull waits to retry
+            self.wait_for(lambda: refused)
+            kept = self.wait_for(lambda: self.db(store_kf.kept_pages, KFID))
+            # The page was kept with its cursor; nothing of it is a message yet.
+            self.assertEqual([i["msgid"] for page in kept for i in page["items"]], [i["msgid"] for i, _ in pushed])
+            self.assertEqual(self.kf_rows(), [])
+            later = self.say("又一句")  # the next pull stores the kept page first, then the new one
+            items = [i for i, _ in pushed] + [later]
+            for item in items:
+                self.stored(item["msgid"])
+        finally:
+            store_kf.store_slice = real
+        self.wait_for(lambda: not self.db(store_kf.kept_pages, KFID))
+        msgids = [r["msg_id"] for r in self.kf_rows()]
+        self.assertEqual(sorted(msgids), sorted(i["msgid"] for i in items))  # each once
 
     def test_two_callbacks_during_one_pull_make_it_run_once_more(self):
         slow = SlowSync(self.services.kf.puller.client, 0.4)

@@ -44,6 +44,7 @@ ACCOUNT_LIST = "/cgi-bin/kf/account/list"
 # items kept as WeCom sent them), then stored as messages SLICE at a time (docs/kf.md, Speed).
 LIMIT = 1000
 SLICE = 50  # kept items stored as messages per transaction: a callback waits for one slice at most
+STEP = 10  # items decoded and prepared at a time, the event loop free in between
 AHEAD = 2  # kept pages waiting to be stored before the pull waits for them
 LEASE = timedelta(seconds=60)  # a pull holds its account this long past each page
 TOKEN_LIFE = timedelta(minutes=10)
@@ -231,6 +232,19 @@ class KfPuller:
                 logger.warning("kf: %s: an item WeCom sent cannot be stored (%s): skipped", open_kfid, exc)
         return decoded
 
+    async def _prepare(self, app: AppConfig, items: list, open_kfid: str) -> tuple:
+        """A slice decoded and its rows prepared (store.kf.prepare) here, not on the writer's thread,
+        STEP items at a time with the event loop free in between: callbacks never wait for a slice."""
+        decoded: list = []
+        prepared: Optional[tuple] = None
+        for first in range(0, len(items), STEP):
+            if first:
+                await asyncio.sleep(0)
+            chunk = self._decode(items[first:first + STEP], open_kfid)
+            decoded += chunk
+            prepared = _joined(prepared, self.store.kf.prepare(app.name, chunk))
+        return decoded, prepared if prepared is not None else self.store.kf.prepare(app.name, [])
+
     @staticmethod
     async def _queue_page(pages: asyncio.Queue, failed: list, page: tuple) -> None:
         """Hand a kept page (id, items) to _store_pages; waits while AHEAD pages
@@ -241,28 +255,44 @@ class KfPuller:
 
     async def _store_pages(self, app: AppConfig, open_kfid: str, pages: asyncio.Queue, failed: list) -> None:
         """Store the kept pages as messages in order, SLICE items a transaction (store.kf.store_slice),
-        and hand each slice's new messages on to the channel in order. After a failure (in `failed`)
-        it only drains the queue: the next pull stores the rest (kept_pages)."""
+        each slice prepared while the one before is stored, and hand each slice's new messages on to
+        the channel in order. After a failure (in `failed`) it only drains the queue: the next pull
+        stores the rest (kept_pages)."""
         handing: Optional[asyncio.Future] = None
+        storing: Optional[asyncio.Future] = None  # the slice with the writer
+
+        async def stored() -> None:
+            nonlocal handing, storing
+            done, storing = storing, None
+            if done is not None:
+                new = await done
+                if new:
+                    handing = asyncio.ensure_future(self._hand_on(handing, app, open_kfid, new))
+
         try:
             while True:
                 page = await pages.get()
                 if page is None:
+                    try:
+                        await stored()
+                    except Exception as exc:  # StoreError: that page stays kept
+                        failed.append(exc)
                     return
                 if failed:
                     continue
                 page_id, items = page
                 try:
                     for first in range(0, len(items), SLICE):
-                        decoded = self._decode(items[first:first + SLICE], open_kfid)  # not on the writer's thread
-                        prepared = self.store.kf.prepare(app.name, decoded)
-                        new = await self.run_db(self.store.kf.store_slice, app.name, page_id, decoded, self.clock(),
-                                                first + SLICE >= len(items), prepared)
-                        if new:
-                            handing = asyncio.ensure_future(self._hand_on(handing, app, open_kfid, new))
+                        decoded, prepared = await self._prepare(app, items[first:first + SLICE], open_kfid)
+                        await stored()
+                        storing = asyncio.ensure_future(self.run_db(
+                            self.store.kf.store_slice, app.name, page_id, decoded, self.clock(),
+                            first + SLICE >= len(items), prepared))
                 except Exception as exc:  # StoreError: the page stays kept
                     failed.append(exc)
         finally:
+            if storing is not None:
+                await asyncio.gather(storing, return_exceptions=True)
             if handing is not None:
                 await asyncio.gather(handing, return_exceptions=True)
 
@@ -281,6 +311,15 @@ class KfPuller:
             task.cancel()
         if self._loops:
             await asyncio.gather(*list(self._loops.values()), return_exceptions=True)
+
+
+def _joined(first: Optional[tuple], second: tuple) -> tuple:
+    """Two prepared row sets (store.kf.prepare: column names, parameters, rows) as one."""
+    if first is None or not first[2]:
+        return second
+    if not second[2]:
+        return first
+    return first[0], first[1] + second[1], first[2] + second[2]
 
 
 def lease_owner() -> str:

@@ -29,8 +29,9 @@ from .times import iso, naive_utc, utcnow
 
 
 def inbound_row(app: str, message: Message, dedup_key: str, reply: Optional[str],
-                now: datetime) -> dict[str, Any]:
-    """Column values for a newly received message."""
+                now: datetime, fields_text: Optional[str] = None) -> dict[str, Any]:
+    """Column values for a newly received message (`fields_text`: its fields' JSON, when the caller
+    has it already)."""
     return dict(
         # The conversation: the sender's, or a 智能机器人 group chat's (message.conversation).
         app=app, direction="in", dedup_key=dedup_key, user=message.conversation or message.from_user,
@@ -38,7 +39,7 @@ def inbound_row(app: str, message: Message, dedup_key: str, reply: Optional[str]
         from_user=message.from_user, to_user=message.to_user,
         agent_id=_text(message.agent_id), msg_id=_text(message.msg_id),
         create_time=message.create_time, received_at=now, content=message.content,
-        status="received", fields=dumps(message.fields), raw_xml=message.raw or "",
+        status="received", fields=fields_text or dumps(message.fields), raw_xml=message.raw or "",
         reply=reply, deliveries=1, updated_at=now,
         search_text=search_text(message.msgtype, message.content, message.fields),
         **media_columns(message.fields))
@@ -138,7 +139,8 @@ class Messages:
         for message, dedup_key, outbound_by in entries:
             if not dedup_key:
                 raise ValueError("a pulled message needs a dedup key")
-            values = inbound_row(app, message, dedup_key, None, now)
+            # A pulled item's raw text is the JSON of its fields (wecom.kf.parse_item): not made twice.
+            values = inbound_row(app, message, dedup_key, None, now, message.raw)
             values.update(operator=None, wecom_msgid=None)  # one column set for the page's one statement
             if outbound_by is not None:
                 values.update(direction="out", status="sent", operator=outbound_by, to_user=values["user"],
@@ -150,7 +152,8 @@ class Messages:
         fields = self.Message._meta.fields
         converters = [fields[name].db_value for name in names]
         params = [[convert(row[name]) for convert, name in zip(converters, names)] for row in rows]
-        shown = [dict(to_json(SimpleNamespace(**{**self._blank_row, **values})), automation=[]) for values in rows]
+        shown = [dict(to_json(SimpleNamespace(**{**self._blank_row, **values}), message.fields), automation=[])
+                 for values, (message, _, _) in zip(rows, entries)]
         return names, params, [(values["dedup_key"], values["user"], values["direction"], row)
                                for values, row in zip(rows, shown)]
 

@@ -15,9 +15,10 @@ _RUN_INTERNAL_KEYS = ("message_id", "app", "user", "reply_message_id", "url", "p
 _RUN_TIMES = ("started_at", "finished_at", "next_attempt_at")
 
 
-def to_json(row: Any) -> dict:
+def to_json(row: Any, fields: Optional[dict] = None) -> dict:
     """The documented Message JSON plus `deliveries`; never the raw XML or a path. Without "automation"
-    (the message's rule runs): rule_runs.RuleRuns.attach adds it."""
+    (the message's rule runs): rule_runs.RuleRuns.attach adds it. `fields`: the row's fields as a
+    dict, when the caller has them (else read from the row's text)."""
     return {
         "id": row.id, "app": row.app, "direction": row.direction, "msgtype": row.msgtype,
         "event": row.event, "event_key": row.event_key, "from_user": row.from_user,
@@ -26,7 +27,7 @@ def to_json(row: Any) -> dict:
         "msg_id": row.msg_id if row.direction == "in" else row.wecom_msgid,
         "create_time": row.create_time, "received_at": iso(row.received_at),
         "content": row.content, "status": row.status, "error": row.error,
-        "fields": json.loads(row.fields or "{}"), "deliveries": row.deliveries,
+        "fields": fields if fields is not None else json.loads(row.fields or "{}"), "deliveries": row.deliveries,
         "operator": row.operator if row.direction == "out" else None,
         "attempts": row.attempts or 0, "media": media_json(row),
         # An automatic answer: how it went out ("passive" or "api") and the rule (None: the app's reply =).
