@@ -150,8 +150,8 @@ class Messages:
             return (), [], []
         names = tuple(rows[0])
         fields = self.Message._meta.fields
-        converters = [fields[name].db_value for name in names]
-        params = [[convert(row[name]) for convert, name in zip(converters, names)] for row in rows]
+        converters = [_converter(fields[name]) for name in names]
+        params = [_params(converters, [row[name] for name in names]) for row in rows]
         shown = [dict(to_json(SimpleNamespace(**{**self._blank_row, **values}), message.fields), automation=[])
                  for values, (message, _, _) in zip(rows, entries)]
         return names, params, [(values["dedup_key"], values["user"], values["direction"], row)
