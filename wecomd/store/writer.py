@@ -1,10 +1,11 @@
 """DbWriter: the one thread that owns the database connection, committing queued calls together.
 
-Every store call of the daemon runs here, in arrival order. Calls that are queued while a
-transaction is being committed are run together in the next one (group commit): each in its own
-savepoint, so one failing call does not undo the others, and each caller's future resolves only
-after the transaction holding its call is durably committed. Under load one fsync then covers
-many callbacks; when idle a call is run and committed at once, with no added wait.
+Every store call of the daemon runs here, in arrival order (bulky calls aside: below). Calls
+that are queued while a transaction is being committed are run together in the next one (group
+commit): each in its own savepoint, so one failing call does not undo the others, and each
+caller's future resolves only after the transaction holding its call is durably committed. Under
+load one fsync then covers many callbacks; when idle a call is run and committed at once, with no
+added wait.
 
 On SQLite a batch starts with BEGIN IMMEDIATE: the write lock is taken (waiting at most
 busy_timeout) once per batch, so while another process holds the database locked the whole batch
