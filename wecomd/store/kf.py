@@ -97,6 +97,7 @@ class Kf:
             row = C.get(C.open_kfid == open_kfid)
         return {"cursor": row.cursor, "token": row.token, "token_at": iso(row.token_at)}
 
+    @bulky  # its commit writes the page (a few hundred KB): the callbacks waiting go first
     @guarded("keep a 微信客服 page")
     def stage_page(self, app: str, open_kfid: str, owner: str, items: list, next_cursor: Optional[str],
                    now: datetime, until: datetime) -> Optional[int]:
