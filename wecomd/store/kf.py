@@ -104,7 +104,7 @@ class Kf:
         """One sync_msg page's items (as WeCom sent them) and its next_cursor in one transaction, the
         lease extended to `until`: the id of the kept page, which store_slice then stores as
         messages (None for an empty page). LeaseLost, with nothing kept, when another process holds
-        the account's pull. One small row: callbacks committed meanwhile hardly wait for it."""
+        the account's pull. One row and one statement, not a thousand rows and their indexes."""
         C, naive = self.Cursor, naive_utc(now)
         with self.db.atomic():
             kept = C.update(cursor=next_cursor, pulled_at=naive, updated_at=naive, lease_until=naive_utc(until)) \
