@@ -61,7 +61,7 @@ class KfStoreTests:
         page = [item("m4"), item("m5", "第五条")]
         page_id = store.kf.stage_page("helpdesk", KFID, "p1", [i.message.fields for i in page], "C3", T0, T0)
         assert store.kf.cursors()[0]["cursor"] == "C3"
-        broken = Pulled(**{**page[0].__dict__, "dedup_key": None})  # save_pulled refuses it
+        broken = Pulled(**{**page[0].__dict__, "dedup_key": None})  # prepare_pulled refuses it
         with pytest.raises(ValueError):
             store.kf.store_slice("helpdesk", page_id, [broken], T0)
         assert [[i["msgid"] for i in kept["items"]] for kept in store.kf.kept_pages(KFID)] == [["m4", "m5"]]

@@ -235,15 +235,14 @@ class KfPuller:
     async def _prepare(self, app: AppConfig, items: list, open_kfid: str) -> tuple:
         """A slice decoded and its rows prepared (store.kf.prepare) here, not on the writer's thread,
         STEP items at a time with the event loop free in between: callbacks never wait for a slice."""
-        decoded: list = []
-        prepared: Optional[tuple] = None
+        decoded, prepared = [], self.store.kf.prepare(app.name, [])
         for first in range(0, len(items), STEP):
             if first:
                 await asyncio.sleep(0)
             chunk = self._decode(items[first:first + STEP], open_kfid)
             decoded += chunk
             prepared = _joined(prepared, self.store.kf.prepare(app.name, chunk))
-        return decoded, prepared if prepared is not None else self.store.kf.prepare(app.name, [])
+        return decoded, prepared
 
     @staticmethod
     async def _queue_page(pages: asyncio.Queue, failed: list, page: tuple) -> None:
@@ -313,9 +312,9 @@ class KfPuller:
             await asyncio.gather(*list(self._loops.values()), return_exceptions=True)
 
 
-def _joined(first: Optional[tuple], second: tuple) -> tuple:
+def _joined(first: tuple, second: tuple) -> tuple:
     """Two prepared row sets (store.kf.prepare: column names, parameters, rows) as one."""
-    if first is None or not first[2]:
+    if not first[2]:
         return second
     if not second[2]:
         return first

@@ -122,18 +122,13 @@ class Messages:
         row = SimpleNamespace(**{**self._blank_row, **values, "id": row_id})
         return dict(to_json(row), automation=[], reply=kept_reply), True
 
-    def save_pulled(self, app: str, entries: list) -> list:
-        """Store the messages of a page pulled from WeCom (微信客服's sync_msg), each once per dedup
-        key, in the caller's transaction and in order; [(row JSON, created)] in the order of
-        `entries`, which are (message, dedup_key, outbound_by). With `outbound_by` a message is an
-        outbound one a human agent (that servicer_userid) sent from the WeCom client: stored
-        "sent", by that operator, and counted as outbound in its conversation. The same as
-        save_prepared(app, prepare_pulled(app, entries))."""
-        return self.save_prepared(self.prepare_pulled(app, entries))
-
     def prepare_pulled(self, app: str, entries: list) -> tuple:
-        """save_pulled's work that needs no database (its column values, their SQL parameters and
-        each row's JSON but its id), so that the caller may do it off the writer thread."""
+        """The messages of a page pulled from WeCom (微信客服's sync_msg) made ready for save_prepared
+        without the database (their column values, SQL parameters and each row's JSON but its id),
+        so that the caller may do it off the writer thread. `entries` are (message, dedup_key,
+        outbound_by); with `outbound_by` a message is an outbound one a human agent (that
+        servicer_userid) sent from the WeCom client: stored "sent", by that operator, and counted as
+        outbound in its conversation."""
         now = utcnow(whole_seconds=True)
         rows = []
         for message, dedup_key, outbound_by in entries:
@@ -158,12 +153,12 @@ class Messages:
                                for values, row in zip(rows, shown)]
 
     def save_prepared(self, prepared: tuple) -> list:
-        """The database half of save_pulled, given prepare_pulled's result.
+        """Store prepare_pulled's messages, each once per dedup key, in the caller's transaction and in
+        order; [(row JSON, created)] in the order of its entries.
 
         One INSERT for the whole page (its rows in one VALUES list: one step of the database, where
         executemany gave each row its own and the interpreter lock back and forth; a dedup key stored
-        already is left alone), then
-        one SELECT of the rows it added, and one statement each to count them in their conversations
+        already is left alone), then one SELECT of the rows it added, and one statement each to count them in their conversations
         and index them for search (on SQLite the per-row triggers stand aside meanwhile: migration
         0012): a page of 1,000 costs the database's own work, not 1,000 round trips through the
         query builder or trigger runs."""
