@@ -174,6 +174,33 @@ def wait_healthy(port: int, proc: subprocess.Popen, log: Path) -> None:
     raise SystemExit("wecomd did not come up")
 
 
+def start_server(work: Path, port: int, api_port: int) -> tuple:
+    """`wecomd serve` in `work` on `port` (WeCom's API at `api_port`): (the process, its log file)."""
+    log = work / "server.log"
+    server = subprocess.Popen([sys.executable, "-m", "wecomd", "serve", "-c", str(write_config(work, port, api_port))],
+                              cwd=str(work), stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                              env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    return server, log
+
+
+def print_callbacks(outcome: dict, log: Path, span: tuple, wall_span: tuple, what: str) -> None:
+    """The load process's callback times before and during `what` (`span`, monotonic), and the
+    server's own (its log, `wall_span`), with the issue's target."""
+    started, ended = span
+    for kind, timings in outcome["timings"].items():
+        if timings:
+            idle = [ms for at, ms in timings if at < started]
+            during = [ms for at, ms in timings if started <= at <= ended]
+            print("callbacks, %s: before %s %s" % (kind, what, percentiles(idle)))
+            print("           %s: during %s %s (target p99 ≤ 10 ms)" % (kind, what, percentiles(during)))
+    if outcome["error_count"]:
+        print("callback errors: %d, e.g. %s" % (outcome["error_count"], outcome["errors"]))
+    during, before = server_latencies(log, *wall_span)
+    print("the server's own time per callback (its log: request read to answer written):")
+    print("  before %s %s" % (what, percentiles(before)))
+    print("  during %s %s (target p99 ≤ 10 ms)" % (what, percentiles(during)))
+
+
 def server_latencies(log: Path, start: float, end: float) -> tuple:
     """The `latency=` of each callback line of the server's log: (during start..end, before start)."""
     during, before = [], []
@@ -207,10 +234,7 @@ def main() -> int:
     sandbox = multiprocessing.Process(target=sandbox_process, args=(api_port, commands, answers), daemon=True)
     sandbox.start()
     assert answers.get(timeout=30) == "ready"
-    log = work / "server.log"
-    server = subprocess.Popen([sys.executable, "-m", "wecomd", "serve", "-c", str(write_config(work, port, api_port))],
-                              cwd=str(work), stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                              env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    server, log = start_server(work, port, api_port)
     try:
         wait_healthy(port, server, log)
         time.sleep(1.0)  # the startup pull found the account empty
@@ -255,17 +279,7 @@ def main() -> int:
     print("\npulled, stored and visible: %d messages in %.2f s: %.0f messages/s (target ≥ 5,000)"
           % (args.messages, seconds, args.messages / seconds))
     print("  %d rows stored for the kf app (each message once)" % count)
-    for kind, timings in outcome["timings"].items():
-        idle = [ms for at, ms in timings if at < started]
-        during = [ms for at, ms in timings if started <= at <= visible]
-        print("callbacks, %s: before the pull %s" % (kind, percentiles(idle)))
-        print("           %s: during the pull %s (target p99 ≤ 10 ms)" % (kind, percentiles(during)))
-    if outcome["error_count"]:
-        print("callback errors: %d, e.g. %s" % (outcome["error_count"], outcome["errors"]))
-    during, before = server_latencies(log, started_wall, visible_wall)
-    print("the server's own time per callback (its log: request read to answer written):")
-    print("  before the pull %s" % percentiles(before))
-    print("  during the pull %s (target p99 ≤ 10 ms)" % percentiles(during))
+    print_callbacks(outcome, log, (started, visible), (started_wall, visible_wall), "the pull")
     pulls = [line for line in log.read_text(errors="replace").splitlines() if "kf:" in line][:5]
     if pulls:
         print("server log (kf):\n  " + "\n  ".join(pulls))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,11 +62,8 @@ def main() -> int:
     parser.add_argument("--gap", type=float, default=0.0, help="seconds the storer pauses after each slice")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wecomd-bench-kf-elsewhere-"))
-    port, log = bench.free_port(), work / "server.log"
-    server = subprocess.Popen([sys.executable, "-m", "wecomd", "serve", "-c",
-                               str(bench.write_config(work, port, bench.free_port()))],
-                              cwd=str(work), stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                              env={"PYTHONPATH": str(bench.ROOT), "PATH": "/usr/bin:/bin"})
+    port = bench.free_port()
+    server, log = bench.start_server(work, port, bench.free_port())
     try:
         bench.wait_healthy(port, server, log)
         stop, pulling, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
@@ -91,13 +87,7 @@ def main() -> int:
         server.wait(30)
     print("the second process stored %d messages in %.2f s: %.0f messages/s (slices of %d, %.1f ms apart)"
           % (args.messages, seconds, args.messages / seconds, args.slice, 1000 * args.gap))
-    timings = outcome["timings"]["app text"]
-    print("callbacks before it:", bench.percentiles([ms for at, ms in timings if at < started]))
-    print("callbacks during it:", bench.percentiles([ms for at, ms in timings if started <= at <= ended]))
-    during, before = bench.server_latencies(log, started_wall, ended_wall)
-    print("the server's own time before: %s; during: %s" % (bench.percentiles(before), bench.percentiles(during)))
-    if outcome["error_count"]:
-        print("callback errors: %d, e.g. %s" % (outcome["error_count"], outcome["errors"]))
+    bench.print_callbacks(outcome, log, (started, ended), (started_wall, ended_wall), "the second process")
     return 0
 
 
