@@ -16,6 +16,12 @@ from .rule_runs import RuleRuns
 from .times import naive_utc, utcnow
 
 
+def media_id_of(fields: dict) -> Optional[str]:
+    """The id media/get downloads a message's media by: an app message's MediaId, or a 微信客服
+    item's media_id."""
+    return fields.get("MediaId") or kf.media_id(fields)
+
+
 def media_columns(fields: Optional[dict]) -> dict[str, Optional[str]]:
     """media_status and media_name of a received message: "pending" when it has a MediaId.
 
@@ -25,7 +31,7 @@ def media_columns(fields: Optional[dict]) -> dict[str, Optional[str]]:
     fields = fields if isinstance(fields, dict) else {}
     if bot.media_url(fields):  # a 智能机器人's image or file: a URL, not a MediaId
         return {"media_status": "pending", "media_name": None}
-    media_id, name = fields.get("MediaId") or kf.media_id(fields), fields.get("FileName")
+    media_id, name = media_id_of(fields), fields.get("FileName")
     if not (isinstance(media_id, str) and media_id.strip()):
         return {"media_status": None, "media_name": None}
     return {"media_status": "pending", "media_name": name if isinstance(name, str) else None}

@@ -21,9 +21,10 @@ from typing import Callable, Mapping, Optional
 
 from wecomd.config import AppConfig, BotConfig, Config
 from wecomd.live import message_event
+from wecomd.store.media import media_id_of
 from wecomd.store.times import utcnow
 from wecomd.workers.base import RETRY_KINDS, Publish, RunDb, Worker, error_text, no_secret_error
-from wecomd.wecom import bot as botproto, kf as kfproto
+from wecomd.wecom import bot as botproto
 from wecomd.wecom.api import WecomApiError
 
 logger = logging.getLogger(__name__)
@@ -94,8 +95,7 @@ class MediaVault(Worker):
         if row["app"] in self.bots:
             return await self._fetch_bot(row, self.bots[row["app"]])
         app = self.apps.get(row["app"])
-        fields = row.get("fields") or {}
-        media_id = fields.get("MediaId") or kfproto.media_id(fields)  # an app's, or a 微信客服 item's
+        media_id = media_id_of(row.get("fields") or {})
         if app is None:
             return await self._fail(row, "app %r is no longer configured" % row["app"], None)
         if not app.secret:
