@@ -10,6 +10,7 @@ from support.base import WecomdTestCase
 from support.config import kf_app_section
 from support.peer import CORP_ID
 from wecomd.kf import pull as pullmod
+from wecomd.kf.items import plain_text
 from wecomd.kf.send import TAKEN_BY_HUMAN
 from wecomd.store import StoreError
 from wecomd.wecom import kf as kfproto
@@ -176,7 +177,9 @@ class PullTest(KfTestCase):
 
     def test_a_slice_the_database_refuses_leaves_its_page_kept_for_the_next_pull(self):
         store_kf = self.services.store.kf
-        real, refused = store_kf.store_slice, []
+        # Customers' texts are stored by SQL (store_texts) on SQLite, the rest by store_slice.
+        name = "store_texts" if store_kf.texts_in_sql else "store_slice"
+        real, refused = getattr(store_kf, name), []
 
         def refuse_once(*args, **kwargs):
             if not refused:
@@ -184,7 +187,7 @@ class PullTest(KfTestCase):
                 raise StoreError("database is locked")
             return real(*args, **kwargs)
 
-        store_kf.store_slice = refuse_once
+        setattr(store_kf, name, refuse_once)
         try:
             pushed = [self.kf.push(KFID, ALICE if i % 2 else BOB, "第 %d 句" % i) for i in range(3)]
             self.ring(pushed[-1][1])  # one page of three: its slice is refused, the pull waits to retry
@@ -198,7 +201,7 @@ class PullTest(KfTestCase):
             for item in items:
                 self.stored(item["msgid"])
         finally:
-            store_kf.store_slice = real
+            setattr(store_kf, name, real)
         self.wait_for(lambda: not self.db(store_kf.kept_pages, KFID))
         msgids = [r["msg_id"] for r in self.kf_rows()]
         self.assertEqual(sorted(msgids), sorted(i["msgid"] for i in items))  # each once
@@ -272,6 +275,28 @@ class TimelineTest(KfTestCase):
         self.stored(price["msgid"])
         time.sleep(0.3)
         self.assertEqual(self.kf.sent, [])
+
+    def test_a_page_mixing_texts_and_other_items_is_stored_in_its_order(self):
+        """Customers' plain texts are stored by SQL, the rest by decode: a page mixing them keeps its
+        order (ids ascend as the items came), each item once."""
+        pushed = [self.kf.push(KFID, ALICE, "第一句")[0],
+                  self.kf.push_event(KFID, {"event_type": "enter_session", "external_userid": BOB, "scene": "123"})[0],
+                  self.kf.push(KFID, BOB, "第二句")[0], self.kf.push(KFID, ALICE, "第三句")[0],
+                  self.kf.push(KFID, ALICE, "您好", origin=kfproto.ORIGIN_SERVICER, servicer_userid="zhangsan")[0],
+                  self.kf.push(KFID, ALICE, "菜单", menu_id="101")[0]]
+        item, token = self.kf.push(KFID, BOB, "最后一句")
+        pushed.append(item)
+        self.assertEqual([plain_text(i) for i in pushed], [True, False, True, True, False, False, True])
+        self.ring(token)
+        self.stored(item["msgid"])
+        rows = sorted(self.kf_rows(), key=lambda row: row["id"])
+        self.assertEqual([r["msg_id"] for r in rows], [i["msgid"] for i in pushed])
+        self.assertEqual([(r["direction"], r["content"]) for r in rows if r["msgtype"] == "text"],
+                         [("in", "第一句"), ("in", "第二句"), ("in", "第三句"), ("out", "您好"), ("in", "菜单"),
+                          ("in", "最后一句")])
+        self.assertEqual([(run[0], len(run[1])) for run in pullmod._runs(pushed, True)],
+                         [(True, 1), (False, 1), (True, 2), (False, 2), (True, 1)])
+        self.assertEqual(pullmod._runs(pushed, False), [(False, pushed)])  # elsewhere: all decoded
 
     def test_events_become_system_messages_and_unknown_types_are_kept_whole(self):
         event, token = self.kf.push_event(KFID, {"event_type": "session_status_change", "change_type": 1,

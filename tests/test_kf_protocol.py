@@ -264,3 +264,22 @@ def test_media_id_of_pulled_media_items_only():
     assert kf.media_id({"msgid": "m3", "origin": 3, "msgtype": "text", "text": {"content": "x"}}) is None
     assert kf.media_id({"MsgType": "image", "MediaId": "APP"}) is None  # an app's XML fields: not kf
     assert kf.media_id({"msgid": "m4", "origin": 3, "msgtype": "image", "image": {}}) is None
+
+
+PLAIN = {"msgid": "m1", "open_kfid": "wkA", "external_userid": "wmB", "send_time": 1764748800, "origin": 3,
+         "msgtype": "text", "text": {"content": "你好"}}
+
+
+@pytest.mark.parametrize("change", [
+    {"origin": 5}, {"origin": "3"}, {"origin": True}, {"msgtype": "image"}, {"text": {"content": "你好", "menu_id": "1"}},
+    {"text": {"content": " \n\u3000"}}, {"text": {"content": 7}}, {"text": "你好"}, {"send_time": None},
+    {"send_time": "1764748800"}, {"send_time": 0}, {"msgid": ""}, {"external_userid": "wm/B"}, {"open_kfid": None},
+    {"servicer_userid": "zhangsan"}, {"event": {}},
+])
+def test_only_a_customers_plain_text_goes_the_sql_way(change):
+    """store.kf.store_texts makes the rows of plain_text items in SQL: anything it would store
+    otherwise than decode does goes the Python way."""
+    from wecomd.kf.items import plain_text
+
+    assert plain_text(PLAIN) and not plain_text(dict(PLAIN, **change))
+    assert not plain_text({k: v for k, v in PLAIN.items() if k != "send_time"}) and not plain_text([PLAIN])

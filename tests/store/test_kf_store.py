@@ -12,6 +12,8 @@ import pytest
 
 from support.postgres import needs_postgres, postgres_store
 from support.store import assert_same, grouped
+from wecomd.kf.items import decode, plain_text
+from wecomd.store import Store
 from wecomd.store.kf import LeaseLost, Pulled
 from wecomd.wecom.messages import Message
 
@@ -181,6 +183,66 @@ class TestSqlite(KfStoreTests):
     @pytest.fixture
     def store(self, sqlite_store):
         return sqlite_store
+
+    def test_customers_texts_stored_by_sql_are_the_rows_decode_and_store_slice_make(self, tmp_path):
+        """store_texts (SQL over the items' JSON) and the Python way (decode, store_slice) give the
+        same message rows, sessions, conversation counts and search, duplicates and an ended
+        session's reopening included; each page stored again adds nothing."""
+        page = [{"msgid": "t%d" % i, "open_kfid": KFID, "external_userid": "wmC%d" % (i % 3),
+                 "send_time": 1764748800 + i * 60, "origin": 3, "msgtype": "text",
+                 "text": {"content": '第 %d 句 "引号" \\ 换行\n' % i}} for i in range(7)]
+        page.insert(4, dict(page[1]))  # the same msgid twice: stored once
+        late = dict(page[0], msgid="t-late", send_time=1764748800 - 600)  # older than the session knows
+        assert all(plain_text(i) for i in page + [late])
+        results = []
+        for lane in ("python", "sql"):
+            store = Store(str(tmp_path / (lane + ".db")))
+            store.migrate()
+            assert store.kf.texts_in_sql
+            store.kf.claim(KFID, "helpdesk", "p1", T0, T0 + timedelta(seconds=60))
+            store.kf.set_state("helpdesk", KFID, "wmC0", 4, None, T0)  # ended: a new message reopens it
+            store.kf.set_state("helpdesk", KFID, "wmC1", 3, "zhangsan", T0)
+            for _ in range(3):
+                store.kf.count_send(KFID, "wmC1", T0)
+            new = []
+            for items in (page, page, [late]):  # the page stored again adds nothing
+                page_id = store.kf.stage_page("helpdesk", KFID, "p1", items, "C", T0, T0)
+                if lane == "sql":
+                    new.append([(e.id, e.item["msgid"]) for e in store.kf.store_texts("helpdesk", page_id, items,
+                                                                                       T0, last=True)])
+                else:
+                    new.append([(row["id"], row["msg_id"]) for row, _ in store.kf.store_slice(
+                        "helpdesk", page_id, [decode(i, T0) for i in items], T0, last=True)])
+            assert_same(store)
+            rows = [r[:10] + r[11:18] + r[19:] for r in store.db.execute_sql(  # not received_at, updated_at
+                'SELECT * FROM "message" ORDER BY "id"').fetchall()]
+            results.append(dict(
+                new=new, rows=rows,
+                sessions=store.db.execute_sql('SELECT * FROM "kf_session" ORDER BY "id"').fetchall(),
+                counts=store.db.execute_sql('SELECT * FROM "conversation" ORDER BY "id"').fetchall(),
+                found=[[r["msg_id"] for r in store.messages.page(app="helpdesk", q=q)[0]]
+                       for q in ("第 3 句", '"引号"', "换行")],
+                kept=store.kf.kept_pages(KFID)))
+            store.db.execute_sql("INSERT INTO message_fts(message_fts) VALUES ('integrity-check')")
+            assert store.db.execute_sql("SELECT COUNT(*) FROM bulk_insert").fetchone()[0] == 0
+            store.close()
+        python, sql = results
+        assert python == sql
+        assert [msgid for _, msgid in sql["new"][0]] == ["t0", "t1", "t2", "t3", "t4", "t5", "t6"]
+        assert sql["new"][1] == [] and [m for _, m in sql["new"][2]] == ["t-late"]
+        assert len(sql["rows"]) == 8 and sql["found"][0] == ["t3"] and len(sql["found"][1]) == 8
+        sessions = {row[3]: row for row in sql["sessions"]}  # external_userid: (.., state, servicer, last, sends, ..)
+        assert sessions["wmC0"][4] == 0 and sessions["wmC1"][4:6] == (3, "zhangsan") and sessions["wmC1"][7] == 0
+        assert sessions["wmC0"][6] == "2025-12-03 08:06:00"  # the newest, not the late one's older send_time
+        assert sql["kept"] == []
+
+    def test_the_sql_lane_finds_its_new_rows_by_their_ids(self, store):
+        """The session statement reads the slice's new rows by id: a scan of the message table
+        through an index made each slice cost as much as the table was long."""
+        from wecomd.store.kf import _TEXT_SESSIONS_SQL
+        select = _TEXT_SESSIONS_SQL[_TEXT_SESSIONS_SQL.index("SELECT"):_TEXT_SESSIONS_SQL.index("ON CONFLICT")]
+        plan = " ".join(row[3] for row in store.db.execute_sql("EXPLAIN QUERY PLAN " + select, (T0, 0)))
+        assert "INTEGER PRIMARY KEY" in plan and "SCAN" not in plan, plan
 
 
 @needs_postgres

@@ -88,6 +88,10 @@ class RuleRunner:
         """The rules that fire for `message` of `app`, in the order they run."""
         return rulesmod.select(self.rules, app, message)
 
+    def has_rules(self, app: str) -> bool:
+        """Whether any rule may fire for a message of `app` (one with no `app =`, or naming it)."""
+        return any(rule.app is None or rule.app == app for rule in self.rules)
+
     def webhook_target(self, rule_name: str) -> Tuple[Optional[str], Optional[str]]:
         """(url, secret) of a rule in the current config; (None, None) once it is gone."""
         rule = next((r for r in self.rules if r.name == rule_name), None)

@@ -22,11 +22,13 @@ from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional
 from wecomd.automation.takeover import is_paused
 from wecomd.config import AppConfig, Config
 from wecomd.inbox import NotStored
+from wecomd.kf.items import decode
 from wecomd.kf.pull import KfPuller
 from wecomd.kf.send import KfSender
 from wecomd.live import kf_session_event, message_event
 from wecomd.store import StoreError
 from wecomd.store.contacts import counterpart
+from wecomd.store.kf import StoredText
 from wecomd.store.times import from_iso, utcnow
 from wecomd.wecom import kf as kfproto
 from wecomd.wecom.api import WecomApiError
@@ -92,7 +94,13 @@ class KfChannel:
     # ------------------------------------------------------------ what a pull stored
 
     async def _on_new(self, app: AppConfig, open_kfid: str, new: list) -> None:
-        customers = []
+        # Customers' plain texts stored by SQL (StoredText) are read and decoded only when a console
+        # watches or a rule or `reply =` may answer them; else only their names are looked up.
+        customers = [entry.item["external_userid"] for entry in new if isinstance(entry, StoredText)]
+        if customers and (self.listening() or app.reply or self.rules.has_rules(app.name)):
+            new, customers = await self._expanded(new), []
+        else:
+            new = [entry for entry in new if not isinstance(entry, StoredText)]
         if self.listening():  # nobody watching (a backlog pulled at night): no reads for live events
             await self._publish_page(new)
         if any((row.get("media") or {}).get("status") == "pending" for row, _ in new):
@@ -107,6 +115,14 @@ class KfChannel:
                 await self._automate(app, row, item)
         if customers:
             self._spawn(self.resolve_names(app, customers))
+
+    async def _expanded(self, new: list) -> list:
+        """`new` with each StoredText as (row, Pulled), like the other entries: rows read, items decoded."""
+        ids = [entry.id for entry in new if isinstance(entry, StoredText)]
+        rows = {row["id"]: row for row in await self.read(self.store.messages.rows, ids)}
+        now = self.clock()
+        return [entry if not isinstance(entry, StoredText) else (rows[entry.id], decode(entry.item, now))
+                for entry in new if not isinstance(entry, StoredText) or entry.id in rows]
 
     async def _publish_page(self, new: list) -> None:
         """The live events of a stored page: its messages with the nicknames known, and the sessions

@@ -9,9 +9,10 @@ inside WeCom's 5 seconds. A loop:
 2. calls sync_msg with the stored cursor, the newest callback token (while it is under 10 minutes
    old) and limit LIMIT (≤ 1000), and keeps calling while has_more is 1, even when msg_list is empty;
 3. keeps each page's items and its next_cursor in one transaction (store.kf.stage_page), then
-   stores them as messages, SLICE per transaction (store.kf.store_slice), while it asks for the
-   next page, and hands the new ones to the channel (live, rules), in order; pages a crash left
-   half stored are stored first;
+   stores them as messages, SLICE per transaction, while it asks for the next page, and hands the
+   new ones to the channel (live, rules), in order; pages a crash left half stored are stored
+   first. Customers' plain texts, most of a backlog, are stored by SQL (store.kf.store_texts, on
+   SQLite); the rest is decoded here and stored by store.kf.store_slice;
 4. releases the lease; a callback that came meanwhile makes it run once more.
 
 `start` pulls every account once (a startup pull), catching up whatever arrived while the daemon
@@ -28,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Dict, Optional
 
 from wecomd.config import AppConfig, Config
-from wecomd.kf.items import decode
+from wecomd.kf.items import decode, plain_text
 from wecomd.store import StoreError
 from wecomd.store.kf import LeaseLost
 from wecomd.store.times import from_iso, utcnow
@@ -282,11 +283,17 @@ class KfPuller:
                 page_id, items = page
                 try:
                     for first in range(0, len(items), SLICE):
-                        decoded, prepared = await self._prepare(app, items[first:first + SLICE], open_kfid)
-                        await stored()
-                        storing = asyncio.ensure_future(self.run_db(
-                            self.store.kf.store_slice, app.name, page_id, decoded, self.clock(),
-                            first + SLICE >= len(items), prepared))
+                        runs = _runs(items[first:first + SLICE], self.store.kf.texts_in_sql)
+                        for n, (texts, run) in enumerate(runs):
+                            last = first + SLICE >= len(items) and n == len(runs) - 1
+                            if texts:  # customers' plain texts: stored by SQL, no Python per message
+                                call: tuple = (self.store.kf.store_texts, app.name, page_id, run, self.clock(), last)
+                            else:
+                                decoded, prepared = await self._prepare(app, run, open_kfid)
+                                call = (self.store.kf.store_slice, app.name, page_id, decoded, self.clock(), last,
+                                        prepared)
+                            await stored()
+                            storing = asyncio.ensure_future(self.run_db(*call))
                 except Exception as exc:  # StoreError: the page stays kept
                     failed.append(exc)
         finally:
@@ -310,6 +317,20 @@ class KfPuller:
             task.cancel()
         if self._loops:
             await asyncio.gather(*list(self._loops.values()), return_exceptions=True)
+
+
+def _runs(items: list, texts_in_sql: bool) -> list:
+    """A slice as runs of consecutive items stored alike, in order: (True, items) for customers'
+    plain texts (wecomd.kf.items.plain_text: store.kf.store_texts), (False, items) for the rest
+    (decoded: store.kf.store_slice)."""
+    runs: list = []
+    for item in items:
+        texts = texts_in_sql and plain_text(item)
+        if runs and runs[-1][0] == texts:
+            runs[-1][1].append(item)
+        else:
+            runs.append((texts, [item]))
+    return runs
 
 
 def _joined(first: tuple, second: tuple) -> tuple:

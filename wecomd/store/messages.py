@@ -80,6 +80,11 @@ class Messages:
     # ------------------------------------------------------------ writing
 
     @property
+    def sqlite(self) -> bool:
+        """The database is SQLite (its bulk INSERTs count and index their rows afterwards: migration 0012)."""
+        return self._sqlite
+
+    @property
     def one_statement(self) -> bool:
         """save_delivery can be used: the callback path's writer call is one statement (SQLite with
         RETURNING); elsewhere the caller runs the pause read, save_inbound and save_answer."""
@@ -358,6 +363,15 @@ class Messages:
         """Return one message's JSON, or None."""
         row = self.Message.get_or_none(self.Message.id == message_id)
         return self.runs.attach([row])[0] if row is not None else None
+
+    @guarded("read messages")
+    def rows(self, ids: Iterable[int]) -> list[dict]:
+        """The JSON of the messages `ids` that exist, in the order of their ids."""
+        M, ids = self.Message, list(ids)
+        found = []
+        for start in range(0, len(ids), 500):
+            found.extend(M.select().where(M.id.in_(ids[start:start + 500])))
+        return self.runs.attach(sorted(found, key=lambda row: row.id))
 
     @guarded("read a message")
     def get_raw(self, message_id: int) -> Optional[str]:

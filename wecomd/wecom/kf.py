@@ -175,8 +175,14 @@ def parse_item(item: Any) -> Message:
         msgtype=msgtype, from_user=from_user, to_user=to_user, msg_id=msgid,
         create_time=send_time if isinstance(send_time, int) and not isinstance(send_time, bool) else None,
         event=_text(event.get("event_type")) if msgtype == "event" else None, event_key=event_key,
-        content=content_of(item), fields=item, raw=json.dumps(item, ensure_ascii=False),
+        content=content_of(item), fields=item, raw=item_json(item),
         conversation=key, channel="kf")
+
+
+def item_json(item: Any) -> str:
+    """An item's JSON as the message keeps it (`raw` and `fields`): compact, as SQLite renders an
+    element of json_each, so that store.kf.store_texts keeps the same text."""
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":"))
 
 
 MEDIA_TYPES = ("image", "voice", "video", "file")  # items whose bytes media/get downloads (§3)
