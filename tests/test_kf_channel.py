@@ -206,6 +206,42 @@ class PullTest(KfTestCase):
         msgids = [r["msg_id"] for r in self.kf_rows()]
         self.assertEqual(sorted(msgids), sorted(i["msgid"] for i in items))  # each once
 
+    def test_every_stored_message_is_handed_on_once_when_a_slice_fails(self):
+        """Two slices are with the writer at once: when the first fails, what the second stored is
+        handed on (rules, live events) all the same, and the next pull hands on only the rest."""
+        store_kf, puller = self.services.store.kf, self.services.kf.puller
+        name = "store_texts" if store_kf.texts_in_sql else "store_slice"
+        real, calls, handed = getattr(store_kf, name), [], []
+        real_on_new = puller.on_new
+
+        def refuse_first(*args, **kwargs):
+            calls.append(args)
+            if len(calls) == 1:
+                raise StoreError("database is locked")
+            return real(*args, **kwargs)
+
+        async def on_new(app, open_kfid, new):
+            handed.extend(e.item["msgid"] if hasattr(e, "item") else e[0]["msg_id"] for e in new)
+            await real_on_new(app, open_kfid, new)
+
+        old_slice, pullmod.SLICE = pullmod.SLICE, 2
+        setattr(store_kf, name, refuse_first)
+        puller.on_new = on_new
+        try:
+            pushed = [self.kf.push(KFID, ALICE, "第 %d 句" % i) for i in range(5)]
+            self.ring(pushed[-1][1])  # one page, three slices: the first is refused
+            self.wait_for(lambda: len(calls) >= 2)
+            later = self.say("又一句")  # the next pull stores the kept page again, then this
+            msgids = [i["msgid"] for i, _ in pushed] + [later["msgid"]]
+            self.wait_for(lambda: len(handed) >= 6 and not self.db(store_kf.kept_pages, KFID))
+            self.io_loop.run_sync(lambda: asyncio.sleep(0.2))  # nothing more is handed on
+        finally:
+            pullmod.SLICE = old_slice
+            setattr(store_kf, name, real)
+            puller.on_new = real_on_new
+        self.assertEqual(sorted(r["msg_id"] for r in self.kf_rows()), sorted(msgids))  # each stored once
+        self.assertEqual(sorted(handed), sorted(msgids))  # each handed on once
+
     def test_two_callbacks_during_one_pull_make_it_run_once_more(self):
         slow = SlowSync(self.services.kf.puller.client, 0.4)
         self.services.kf.puller.client = slow

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 import os
 import secrets
 import socket
@@ -47,6 +48,7 @@ LIMIT = 1000
 SLICE = 50  # kept items stored as messages per transaction: a callback waits for one slice at most
 STEP = 10  # items decoded and prepared at a time, the event loop free in between
 AHEAD = 2  # kept pages waiting to be stored before the pull waits for them
+AT_WRITER = 2  # slices handed to the database writer at once: one stored, the next waiting
 LEASE = timedelta(seconds=60)  # a pull holds its account this long past each page
 TOKEN_LIFE = timedelta(minutes=10)
 RETRY_DELAY = 5.0  # seconds before a pull that failed is tried again (while it is still pending)
@@ -254,29 +256,39 @@ class KfPuller:
             raise failed[0]
 
     async def _store_pages(self, app: AppConfig, open_kfid: str, pages: asyncio.Queue, failed: list) -> None:
-        """Store the kept pages as messages in order, SLICE items a transaction (store.kf.store_slice),
-        each slice prepared while the one before is stored, and hand each slice's new messages on to
-        the channel in order. After a failure (in `failed`) it only drains the queue: the next pull
-        stores the rest (kept_pages)."""
+        """Store the kept pages as messages in order, SLICE items a transaction, with up to AT_WRITER
+        slices handed to the writer at once (it never waits for this loop between two slices; the
+        callbacks' calls still go before the one waiting), each slice prepared while the ones
+        before are stored; and hand each page's new messages on to the channel, in order. After a
+        failure (in `failed`) it only drains the queue: the next pull stores the rest (kept_pages).
+        What the slices after a failed one stored is handed on all the same: stored again by the
+        next pull, it would not be new."""
         handing: Optional[asyncio.Future] = None
-        storing: Optional[asyncio.Future] = None  # the slice with the writer
+        at_writer: deque = deque()  # (future, the page's last slice) with the writer, oldest first
+        new: list = []  # the page's new messages so far
 
-        async def stored() -> None:
-            nonlocal handing, storing
-            done, storing = storing, None
-            if done is not None:
-                new = await done
-                if new:
-                    handing = asyncio.ensure_future(self._hand_on(handing, app, open_kfid, new))
+        def hand_on() -> None:
+            nonlocal handing
+            if new:
+                handing = asyncio.ensure_future(self._hand_on(handing, app, open_kfid, new[:]))
+                new.clear()
+
+        async def settle(keep: int) -> None:
+            """Wait until at most `keep` slices are with the writer; a failed one goes into `failed`."""
+            while len(at_writer) > keep:
+                future, last = at_writer.popleft()
+                try:
+                    new.extend(await future)
+                except Exception as exc:  # StoreError: the page stays kept
+                    failed.append(exc)
+                if last or failed:
+                    hand_on()
 
         try:
             while True:
                 page = await pages.get()
                 if page is None:
-                    try:
-                        await stored()
-                    except Exception as exc:  # StoreError: that page stays kept
-                        failed.append(exc)
+                    await settle(0)
                     return
                 if failed:
                     continue
@@ -292,13 +304,18 @@ class KfPuller:
                                 decoded, prepared = await self._prepare(app, run, open_kfid)
                                 call = (self.store.kf.store_slice, app.name, page_id, decoded, self.clock(), last,
                                         prepared)
-                            await stored()
-                            storing = asyncio.ensure_future(self.run_db(*call))
-                except Exception as exc:  # StoreError: the page stays kept
+                            await settle(AT_WRITER - 1)
+                            if failed:  # the slices with the writer are stored (or fail) and handed on
+                                await settle(0)
+                                break
+                            at_writer.append((asyncio.ensure_future(self.run_db(*call)), last))
+                        if failed:
+                            break
+                except Exception as exc:  # preparing failed: the page stays kept
                     failed.append(exc)
         finally:
-            if storing is not None:
-                await asyncio.gather(storing, return_exceptions=True)
+            for future, _ in at_writer:
+                await asyncio.gather(future, return_exceptions=True)
             if handing is not None:
                 await asyncio.gather(handing, return_exceptions=True)
 
