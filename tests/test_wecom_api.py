@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -95,6 +96,17 @@ class WecomApiTest(AsyncTestCase):
         self.assertEqual(self.fake.gettoken_count, 1)
         self.assertEqual([m["text"]["content"] for m in self.fake.sent], ["one", "two", "three"])
         self.assertEqual(self.fake.calls[0], (GETTOKEN, {"corpid": CORP_ID}))
+
+    @gen_test
+    async def test_with_body_gives_the_answer_as_it_came_too(self):
+        data, text = await self.client.call(APP, "POST", "/cgi-bin/message/send", with_body=True,
+                                            json_body={"touser": "zhangsan", "msgtype": "text", "agentid": 1,
+                                                       "text": {"content": "你好"}})
+        self.assertEqual(json.loads(text), data)
+        self.assertIsInstance(text, str)
+        self.assertEqual(data["errcode"], 0)
+        with self.assertRaises(WecomApiError):  # an error is raised as without it
+            await self.client.call(APP, "POST", "/cgi-bin/message/send", with_body=True, json_body={"touser": ""})
 
     @gen_test
     async def test_token_is_renewed_300_seconds_before_expiry(self):

@@ -236,6 +236,20 @@ class TestSqlite(KfStoreTests):
         assert sessions["wmC0"][6] == "2025-12-03 08:06:00"  # the newest, not the late one's older send_time
         assert sql["kept"] == []
 
+    def test_a_page_is_kept_from_the_answer_as_it_came(self, store):
+        """stage_page with sync_msg's answer text keeps its msg_list (SQLite takes it out of the
+        text, nothing is encoded again): the same items as the list the pull decoded."""
+        page = [item("k1", "你好\n\"引号\"").message.fields, {"msgid": "k2", "msgtype": "hologram", "origin": 3,
+                                                             "hologram": {"frames": [1, 2.5, None, True]}}]
+        answer = json.dumps({"errcode": 0, "errmsg": "ok", "next_cursor": "C9", "has_more": 0, "msg_list": page},
+                            ensure_ascii=False, indent=1)
+        self.claim(store)
+        page_id = store.kf.stage_page("helpdesk", KFID, "p1", page, "C9", T0, T0, answer)
+        assert store.kf.kept_pages(KFID) == [dict(id=page_id, app="helpdesk", items=page)]
+        assert store.kf.cursors()[0]["cursor"] == "C9"
+        raw = store.db.execute_sql('SELECT "items" FROM "kf_page"').fetchone()[0]
+        assert json.loads(raw) == page and "errcode" not in raw
+
     def test_the_sql_lane_finds_its_new_rows_by_their_ids(self, store):
         """The session statement reads the slice's new rows by id: a scan of the message table
         through an index made each slice cost as much as the table was long."""

@@ -184,8 +184,8 @@ class KfPuller:
                 if token:
                     body["token"] = token
                 self.pulls += 1
-                try:
-                    answer = await self.client.call(app, "POST", SYNC_MSG, json_body=body)
+                try:  # the answer's text too: the page is kept as it came, not encoded again
+                    answer, text = await self.client.call(app, "POST", SYNC_MSG, json_body=body, with_body=True)
                 except WecomApiError as exc:
                     if token and exc.errcode in kfproto.TOKEN_ERRORS:  # expired: WeCom takes the pull without one
                         token = None
@@ -196,7 +196,7 @@ class KfPuller:
                 next_cursor = answer.get("next_cursor") or cursor
                 now = self.clock()
                 page_id = await self.run_db(self.store.kf.stage_page, app.name, open_kfid, self.owner, items,
-                                            next_cursor, now, now + LEASE)
+                                            next_cursor, now, now + LEASE, text)
                 if page_id is not None:  # stored as messages while the next page is asked for
                     await self._queue_page(pages, failed, (page_id, items))
                 cursor = next_cursor

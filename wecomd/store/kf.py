@@ -138,11 +138,13 @@ class Kf:
     @bulky  # its commit writes the page (a few hundred KB): the callbacks waiting go first
     @guarded("keep a 微信客服 page")
     def stage_page(self, app: str, open_kfid: str, owner: str, items: list, next_cursor: Optional[str],
-                   now: datetime, until: datetime) -> Optional[int]:
+                   now: datetime, until: datetime, answer: Optional[str] = None) -> Optional[int]:
         """One sync_msg page's items (as WeCom sent them) and its next_cursor in one transaction, the
         lease extended to `until`: the id of the kept page, which store_slice then stores as
         messages (None for an empty page). LeaseLost, with nothing kept, when another process holds
-        the account's pull. One row and one statement, not a thousand rows and their indexes."""
+        the account's pull. One row and one statement, not a thousand rows and their indexes.
+        `answer`: sync_msg's answer as it came, whose msg_list SQLite keeps (on SQLite) instead of
+        `items` encoded again."""
         C, naive = self.Cursor, naive_utc(now)
         with self.db.atomic():
             kept = C.update(cursor=next_cursor, pulled_at=naive, updated_at=naive, lease_until=naive_utc(until)) \
@@ -151,8 +153,11 @@ class Kf:
                 raise LeaseLost(open_kfid)
             if not items:
                 return None
-            return self.Page.insert(app=app, open_kfid=open_kfid, items=json.dumps(items, ensure_ascii=False),
-                                    created_at=naive).execute()
+            if answer is not None and self.texts_in_sql:
+                return self.db.execute_sql(
+                    'INSERT INTO "kf_page" ("app", "open_kfid", "items", "created_at") '
+                    "VALUES (?, ?, json_extract(?, '$.msg_list'), ?)", (app, open_kfid, answer, naive)).lastrowid
+            return self.Page.insert(app=app, open_kfid=open_kfid, items=item_json(items), created_at=naive).execute()
 
     @redoable  # the page is kept durably with its cursor: a slice a crash undid is stored again
     @bulky

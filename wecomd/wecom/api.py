@@ -84,17 +84,18 @@ class WecomClient:
             self._tokens.pop(_key(app), None)
 
     async def call(self, app: AppConfig, method: str, path: str, *, params: Optional[dict] = None,
-                   json_body: Any = None) -> dict:
-        """One API call with the app's token; the answer's JSON, or WecomApiError for errcode != 0."""
+                   json_body: Any = None, with_body: bool = False) -> Any:
+        """One API call with the app's token; the answer's JSON, or WecomApiError for errcode != 0.
+        `with_body`: (the JSON, the answer's text as it came), for a caller that keeps it whole."""
         body = None if json_body is None else json.dumps(json_body, ensure_ascii=False).encode("utf-8")
         if body is None and method == "POST":
             body = b""
         headers = {"Content-Type": "application/json; charset=utf-8"} if json_body is not None else None
 
-        async def once(token: str) -> dict:
+        async def once(token: str) -> Any:
             query = {**(params or {}), "access_token": token}
             return await self._logged(method, path, self._exchange(app, token, method, path, query,
-                                                                   body, headers))
+                                                                   body, headers, with_body))
         return await self._with_token(app, once)
 
     async def send(self, app: AppConfig, payload: dict) -> dict:
@@ -194,7 +195,8 @@ class WecomClient:
     # --- HTTP --------------------------------------------------------------------------------
 
     async def _exchange(self, app: AppConfig, token: Optional[str], method: str, path: str,
-                        query: dict, body: Optional[bytes] = None, headers: Optional[dict] = None) -> dict:
+                        query: dict, body: Optional[bytes] = None, headers: Optional[dict] = None,
+                        with_body: bool = False) -> Any:
         response = await self._fetch(app, token, method, path, query, body=body, headers=headers)
         try:
             data = json.loads(response.body or b"")
@@ -205,7 +207,7 @@ class WecomClient:
                                 path=path, hint="check [wecom] api_base; will retry")
         if _errcode(data):
             raise _api_error(app, token, path, data)
-        return data
+        return (data, response.body.decode("utf-8")) if with_body else data
 
     async def _fetch(self, app: AppConfig, token: Optional[str], method: str, path: str, query: dict,
                      **kwargs: Any) -> httpclient.HTTPResponse:
