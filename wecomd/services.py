@@ -37,6 +37,7 @@ from wecomd.workers.media import MediaVault
 from wecomd.workers.notify import NotifySender
 from wecomd.workers.outbox import Outbox
 from wecomd.workers.retention import Retention
+from wecomd.workers.search_index import SearchIndex
 from wecomd.workers.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class Services:
         self.retention = Retention(self.db, self.store, config.server.media_dir,
                                    lambda: self.config.server.retention_days,
                                    audit_days=lambda: self.config.server.audit_retention_days)
+        self.search_index = SearchIndex(self.db, self.store.messages.search)  # FTS5 merged a step at a time
         settings = config.rules_settings
         self.commands = CommandRunner(max_concurrent=settings.max_commands, output_limit=settings.output_limit)
         # The webhook sender and the rule runner need each other: the sender asks the runner for a
@@ -126,7 +128,8 @@ class Services:
         self.bots = BotChannel(self.db, self.read, self.store, self.inbox, self.publish, config, self.bot_sources)
         # 微信客服: pulled after each kf_msg_or_event callback, answered through kf/send_msg by the outbox.
         self.kf = KfChannel(self.db, self.read, self.store, self.wecom, self.rule_runner, self.outbox, self.publish,
-                            config, self.media.wake, listening=lambda: self.hub.count > 0)
+                            config, self.media.wake, listening=lambda: self.hub.count > 0,
+                            wake_index=self.search_index.wake)
         self.outbox.kf = self.kf.sender
 
     @property
@@ -191,6 +194,8 @@ class Services:
         self.webhooks.start()
         self.notifier.start()
         self.retention.start()
+        if self.store.messages.search.fts:
+            self.search_index.start()
         await self.kf.start()  # the startup pull: what came while the daemon was down
 
     async def close(self) -> None:
@@ -204,6 +209,7 @@ class Services:
         await self.outbox.stop()
         await self.media.stop()
         await self.retention.stop()
+        await self.search_index.stop()
         await self.failures.close()
         self.wecom.close()
         self.password_checker.close()

@@ -85,3 +85,60 @@ def test_fts_index_stays_consistent(sqlite_store):
     # rank 1: also compare the index with the content of `message`
     sqlite_store.db.execute_sql("INSERT INTO message_fts(message_fts, rank) VALUES ('integrity-check', 1)")
     assert sqlite_store.messages.page(q="服务器")[0] == []
+
+
+def test_the_index_is_merged_in_steps_not_inside_writes(sqlite_store):
+    """Migration 0014: FTS5 merges no segments inside the writes that add them (automerge 0; a
+    crisis only at 64); merge_step merges a few pages at a time until there is nothing left to
+    merge, and every message is still found."""
+    store = sqlite_store
+    assert dict(store.db.execute_sql("SELECT k, v FROM message_fts_config").fetchall()) == \
+        {"automerge": 0, "crisismerge": 64, "version": 4}
+    assert store.messages.search.merge_step.bulky and store.messages.search.merge_step.redoable
+    before = store.messages.search.segments()
+    for i in range(40):  # a transaction each, as callbacks come: a segment each, none merged
+        save(store, content="第 %d 位客户的服务器宕机了" % i, key="seg-%d" % i)
+    assert store.messages.search.segments() >= before + 40
+    steps = 0
+    while store.messages.search.merge_step(4):  # small steps: many of them
+        steps += 1
+        assert steps < 1000
+    assert steps >= 1 and store.messages.search.segments() < 10
+    assert not store.messages.search.merge_step()  # nothing left: a no-op says so
+    store.db.execute_sql("INSERT INTO message_fts(message_fts, rank) VALUES ('integrity-check', 1)")
+    assert len(store.messages.page(q="服务器宕机", limit=100)[0]) == 40
+    assert [r["content"] for r in store.messages.page(q="第 7 位客户")[0]] == ["第 7 位客户的服务器宕机了"]
+
+
+def test_the_upkeep_worker_merges_what_the_writer_adds(sqlite_store):
+    """SearchIndex (wecomd.workers.search_index) merges through the real database writer, woken or
+    on its own every interval, until no step finds anything to merge."""
+    import asyncio
+
+    from wecomd.store.writer import DbWriter
+    from wecomd.workers.search_index import SearchIndex
+
+    store, search = sqlite_store, sqlite_store.messages.search
+    writer = DbWriter(store.db, RuntimeError)
+
+    async def scenario() -> tuple:
+        worker = SearchIndex(writer.run, search, interval=0.05)
+        worker.start()
+        try:
+            for i in range(40):
+                await writer.run(save, store, content="工单 %d 已经处理" % i, key="w-%d" % i)
+            worker.wake()
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if worker.steps and await writer.run(search.segments) < 10 and not await writer.run(search.merge_step):
+                    break
+            return worker.steps, await writer.run(search.segments)
+        finally:
+            await worker.stop()
+
+    try:
+        steps, segments = asyncio.run(scenario())
+    finally:
+        writer.close()
+    assert steps >= 1 and segments < 10
+    assert len(store.messages.page(q="已经处理", limit=100)[0]) == 40

@@ -54,8 +54,9 @@ class KfChannel:
     def __init__(self, run_db: Callable[..., Awaitable[Any]], read: Callable[..., Awaitable[Any]], store: Any,
                  client: Any, rules: Any, outbox: Any, publish: Callable[[dict], None], config: Config,
                  wake_media: Callable[[], None] = lambda: None, clock: Callable[[], datetime] = utcnow,
-                 listening: Callable[[], bool] = lambda: True) -> None:
+                 listening: Callable[[], bool] = lambda: True, wake_index: Callable[[], None] = lambda: None) -> None:
         self.run_db, self.read, self.store, self.client, self.wake_media = run_db, read, store, client, wake_media
+        self.wake_index = wake_index  # a stored page left the search index segments to merge
         self.listening = listening  # whether any console is connected: else live events need no reads
         self.rules, self.outbox, self.publish, self.clock = rules, outbox, publish, clock
         self.sender = KfSender(run_db, read, store, client, clock, changed=self._session_changed)
@@ -94,6 +95,7 @@ class KfChannel:
     # ------------------------------------------------------------ what a pull stored
 
     async def _on_new(self, app: AppConfig, open_kfid: str, new: list) -> None:
+        self.wake_index()
         # Customers' plain texts stored by SQL (StoredText) are read and decoded only when a console
         # watches or a rule or `reply =` may answer them; else only their names are looked up.
         customers = [entry.item["external_userid"] for entry in new if isinstance(entry, StoredText)]

@@ -10,6 +10,11 @@ from typing import Any, Optional, Sequence
 import peewee
 from peewee import SQL, SqliteDatabase, fn
 
+from .errors import guarded
+from .writer import bulky, redoable
+
+MERGE_PAGES = 16  # pages a merge step writes: a millisecond or a few (docs/kf.md, Speed)
+
 # Where the searchable words of each MsgType live in `fields`, besides `content` (which a
 # text message and every outbound reply carry). Paths descend into nested objects.
 _SEARCH_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -67,6 +72,25 @@ class Search:
         indexes (the message_search view's). Nothing to do without FTS."""
         if self.fts and ids:
             self.db.execute_sql(_FTS_INDEX % ", ".join([self.db.param] * len(ids)), list(ids))
+
+    @redoable  # a merge a crash undid is merged again: the index holds the same either way
+    @bulky  # a writer call of its own, after the callbacks waiting
+    @guarded("merge the search index")
+    def merge_step(self, pages: int = MERGE_PAGES) -> bool:
+        """About `pages` pages of merging of the full-text index's segments (FTS5's 'merge'; migration
+        0014 turned its merging inside writes off): whether there was any to do. False without FTS."""
+        if not self.fts:
+            return False
+        before = self.db.connection().total_changes
+        self.db.execute_sql("INSERT INTO message_fts(message_fts, rank) VALUES ('merge', %d)" % int(pages))
+        return self.db.connection().total_changes - before >= 2  # FTS5's sign that it merged
+
+    @guarded("count the search index's segments")
+    def segments(self) -> int:
+        """The full-text index's segments now (0 without FTS): few, while the upkeep keeps up."""
+        if not self.fts:
+            return 0
+        return self.db.execute_sql('SELECT COUNT(DISTINCT "segid") FROM "message_fts_idx"').fetchone()[0]
 
     def matches(self, q: str) -> peewee.Expression:
         """Messages whose search text holds `q`, or whose user's cached contact name (or 微信客服

@@ -1,0 +1,39 @@
+"""SearchIndex: the full-text index's upkeep (SQLite): its segments merged a small step at a time.
+
+FTS5 no longer merges inside the writes that add to the index (migration 0014), where a callback
+could wait tens of milliseconds for it. This worker merges instead, a step (store.search.merge_step,
+MERGE_PAGES pages) per writer call, so a callback waits for one step at most; it goes on while
+there is merging to do (a 微信客服 backlog being stored makes plenty: the kf channel wakes it after
+each page) and looks again every POLL seconds.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Callable
+
+from wecomd.store.times import utcnow
+from wecomd.workers.base import RunDb, Worker
+
+POLL = 0.5  # seconds between looks while there is nothing to merge (a look with nothing to do is cheap)
+STEPS = 10_000  # steps at most in one pass, then a look at the stop flag and the next pass
+
+
+def _no_events(event: dict) -> None:
+    pass
+
+
+class SearchIndex(Worker):
+    kind = "search index"
+
+    def __init__(self, run_db: RunDb, search, *, clock: Callable[[], datetime] = utcnow,
+                 interval: float = POLL) -> None:
+        super().__init__(run_db, _no_events, clock=clock, poll_interval=interval, max_attempts=1,
+                         backoff_base=2.0, backoff_max=interval)
+        self.search = search
+        self.steps = 0  # merge steps that merged something (tests, benchmarks)
+
+    async def _pass(self) -> None:
+        for _ in range(STEPS):
+            if self._stopping or not await self.run_db(self.search.merge_step):
+                return
+            self.steps += 1
