@@ -209,6 +209,9 @@ class Seeder:
             'ON CONFLICT (app, "user") DO UPDATE SET last_read_id = MAX(last_read_id, excluded.last_read_id)',
             [(app, user, mark) for (app, user), mark in self.marks.items()])
         conn.execute("COMMIT")
+        # The index's segments merged, as the daemon's upkeep (workers/search_index.py) keeps them
+        # while messages come one by one: a database seeded at once would leave it minutes of merging.
+        conn.execute("INSERT INTO message_fts(message_fts) VALUES ('optimize')")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
         # Read marks came last: count unread again, as mark_read would have along the way.

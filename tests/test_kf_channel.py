@@ -333,6 +333,10 @@ class TimelineTest(KfTestCase):
         self.assertEqual([(run[0], len(run[1])) for run in pullmod._runs(pushed, True)],
                          [(True, 1), (False, 1), (True, 2), (False, 2), (True, 1)])
         self.assertEqual(pullmod._runs(pushed, False), [(False, pushed)])  # elsewhere: all decoded
+        events, texts = [pushed[1]] * (pullmod.DECODED * 2 + 3), [pushed[0]] * (pullmod.DECODED * 2 + 3)
+        self.assertEqual([len(run) for _, run in pullmod._runs(events, True)],  # decoded: smaller transactions
+                         [pullmod.DECODED, pullmod.DECODED, 3])
+        self.assertEqual([len(run) for _, run in pullmod._runs(texts, True)], [len(texts)])
 
     def test_events_become_system_messages_and_unknown_types_are_kept_whole(self):
         event, token = self.kf.push_event(KFID, {"event_type": "session_status_change", "change_type": 1,

@@ -236,6 +236,26 @@ class TestSqlite(KfStoreTests):
         assert sessions["wmC0"][6] == "2025-12-03 08:06:00"  # the newest, not the late one's older send_time
         assert sql["kept"] == []
 
+    def test_store_texts_pauses_between_steps_and_resumes_where_it_stopped(self, store):
+        """With callbacks waiting (the writer's `pause`) store_texts stops after TEXT_STEP rows with
+        what it stored; called again with the same items it stores only the rest, once each."""
+        from wecomd.store.kf import TEXT_STEP
+        from wecomd.store.writer import Paused
+
+        items = [{"msgid": "s%d" % i, "open_kfid": KFID, "external_userid": CUSTOMER, "send_time": 1764748800 + i,
+                  "origin": 3, "msgtype": "text", "text": {"content": "第 %d 句" % i}} for i in range(TEXT_STEP * 2 + 3)]
+        self.claim(store)
+        page_id = store.kf.stage_page("helpdesk", KFID, "p1", items, "C1", T0, T0)
+        first = store.kf.store_texts("helpdesk", page_id, items, T0, last=True, pause=lambda: True)
+        assert isinstance(first, Paused) and [e.item["msgid"] for e in first.part] == ["s%d" % i for i in range(TEXT_STEP)]
+        assert store.kf.kept_pages(KFID)  # not finished: the page stays kept
+        rest = store.kf.store_texts("helpdesk", page_id, items, T0, last=True, pause=lambda: False)
+        assert [e.item["msgid"] for e in rest] == ["s%d" % i for i in range(TEXT_STEP, len(items))]
+        assert store.kf.kept_pages(KFID) == [] and len(store.messages.page(app="helpdesk", limit=100)[0]) == len(items)
+        assert_same(store)
+        newest = datetime(2025, 12, 3, 8, 0, 0) + timedelta(seconds=len(items) - 1)  # the last item's send_time
+        assert store.kf.session(KFID, CUSTOMER)["last_customer_at"] == newest.isoformat() + "Z"
+
     def test_a_page_is_kept_from_the_answer_as_it_came(self, store):
         """stage_page with sync_msg's answer text keeps its msg_list (SQLite takes it out of the
         text, nothing is encoded again): the same items as the list the pull decoded."""

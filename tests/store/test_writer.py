@@ -205,3 +205,75 @@ def test_a_redoable_bulky_call_alone_commits_without_waiting_for_the_disk(db):
     assert asyncio.run(main()) == (2, 1, 2)
     with sqlite3.connect(str(path)) as other:
         assert [v for (v,) in other.execute("SELECT v FROM t")] == [1]
+
+
+def test_a_resumable_call_pauses_for_the_ordinary_calls_waiting_and_is_resumed_first(db):
+    """A resumable bulky call that sees ordinary calls waiting stops, commits what it did, and is
+    called again once they ran, before the bulky calls queued after it; its caller gets the parts
+    joined. A failure after a pause carries the parts done."""
+    import threading
+
+    from wecomd.store.writer import Paused, bulky, resumable
+
+    database, writer, path = db
+    log, started, go_on = [], threading.Event(), threading.Event()
+
+    @resumable
+    @bulky
+    def rows(values, pause=None, fail_at=None, hold=1):
+        done = []
+        for value in values:
+            if database.execute_sql("SELECT 1 FROM t WHERE v = ?", (value,)).fetchone():
+                continue  # stored by an earlier part
+            if done and pause is not None and pause():
+                return Paused(done)
+            if value == fail_at:
+                raise ValueError("refused")
+            insert(database, value)
+            log.append(("bulky", value))
+            done.append(value)
+            if value == hold:  # hold this part until a callback waits
+                started.set()
+                go_on.wait(5)
+        return done
+
+    @bulky
+    def later():
+        log.append(("later", None))
+        return "later"
+
+    def ordinary(value):
+        log.append(("ordinary", value))
+        return insert(database, value)
+
+    async def main():
+        first = asyncio.ensure_future(writer.run(rows, [1, 2, 3, 4]))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+        queued = asyncio.ensure_future(writer.run(later))
+        callback = asyncio.ensure_future(writer.run(ordinary, 100))
+        while not writer.ordinary_waiting():
+            await asyncio.sleep(0.001)
+        go_on.set()
+        return await asyncio.gather(first, callback, queued)
+
+    assert asyncio.run(main()) == [[1, 2, 3, 4], 100, "later"]
+    assert log == [("bulky", 1), ("ordinary", 100), ("bulky", 2), ("bulky", 3), ("bulky", 4), ("later", None)]
+    assert writer.pauses == 1 and not writer.ordinary_waiting()
+
+    async def failing():
+        started.clear()
+        go_on.clear()
+        job = asyncio.ensure_future(writer.run(rows, [1, 5, 6, 7], fail_at=6, hold=5))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+        callback = asyncio.ensure_future(writer.run(ordinary, 200))
+        while not writer.ordinary_waiting():
+            await asyncio.sleep(0.001)
+        go_on.set()
+        return await asyncio.gather(job, callback, return_exceptions=True)
+
+    log.clear()
+    error, answered = asyncio.run(failing())
+    assert answered == 200 and isinstance(error, ValueError)
+    assert error.partial == [5]  # stored before the pause: the caller still learns of it
+    with sqlite3.connect(str(path)) as other:
+        assert sorted(r[0] for r in other.execute("SELECT v FROM t")) == [1, 2, 3, 4, 5, 100, 200]

@@ -45,7 +45,8 @@ ACCOUNT_LIST = "/cgi-bin/kf/account/list"
 # sync_msg's limit (WeCom allows up to 1,000): a page and its cursor are one small transaction (the
 # items kept as WeCom sent them), then stored as messages SLICE at a time (docs/kf.md, Speed).
 LIMIT = 1000
-SLICE = 50  # kept items stored as messages per transaction: a callback waits for one slice at most
+SLICE = 100  # kept items stored as messages per transaction (customers' texts pause for callbacks every
+DECODED = 50  # store.kf.TEXT_STEP rows); items decoded in Python, at most this many a transaction
 STEP = 10  # items decoded and prepared at a time, the event loop free in between
 AHEAD = 2  # kept pages waiting to be stored before the pull waits for them
 AT_WRITER = 2  # slices handed to the database writer at once: one stored, the next waiting
@@ -280,6 +281,7 @@ class KfPuller:
                 try:
                     new.extend(await future)
                 except Exception as exc:  # StoreError: the page stays kept
+                    new.extend(getattr(exc, "partial", ()))  # stored before a pause: new all the same
                     failed.append(exc)
                 if last or failed:
                     hand_on()
@@ -338,12 +340,12 @@ class KfPuller:
 
 def _runs(items: list, texts_in_sql: bool) -> list:
     """A slice as runs of consecutive items stored alike, in order: (True, items) for customers'
-    plain texts (wecomd.kf.items.plain_text: store.kf.store_texts), (False, items) for the rest
-    (decoded: store.kf.store_slice)."""
+    plain texts (wecomd.kf.items.plain_text: store.kf.store_texts), (False, at most DECODED items)
+    for the rest (decoded: store.kf.store_slice)."""
     runs: list = []
     for item in items:
         texts = texts_in_sql and plain_text(item)
-        if runs and runs[-1][0] == texts:
+        if runs and runs[-1][0] == texts and (texts or len(runs[-1][1]) < DECODED):
             runs[-1][1].append(item)
         else:
             runs.append((texts, [item]))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import List, Iterable, Optional
+from typing import Callable, Iterable, List, Optional, Union
 
 import peewee
 
@@ -21,10 +21,13 @@ from wecomd.wecom.kf import item_json
 from wecomd.wecom.messages import Message
 
 from .errors import guarded
-from .writer import bulky, redoable
+from .writer import Paused, bulky, redoable, resumable
 from .messages import Messages
 from .models import Models
 from .times import iso, naive_utc, utcnow
+
+
+TEXT_STEP = 25  # store_texts' rows between two looks at the callbacks waiting (docs/kf.md, Speed)
 
 
 class LeaseLost(Exception):
@@ -188,35 +191,48 @@ class Kf:
         through decode and store_slice."""
         return self.messages.sqlite
 
+    @resumable  # callbacks wait for TEXT_STEP rows at most, not for the slice
     @redoable
     @bulky
     @guarded("store a 微信客服 page")
-    def store_texts(self, app: str, page_id: int, items: list, now: datetime, last: bool = False) -> list:
+    def store_texts(self, app: str, page_id: int, items: list, now: datetime, last: bool = False,
+                    pause: Optional[Callable[[], bool]] = None) -> Union[list, Paused]:
         """Store customers' plain text items of the kept page `page_id` (each one wecomd.kf.items.plain_text)
         as store_slice would, in one transaction, by SQL alone: the rows are made from the items' JSON
         by SQLite (json_each), each once by its msgid, and their sessions' reply windows move on in one
         statement, so a slice costs no Python per message. The StoredText of each message stored for
-        the first time, in order; the `last` slice deletes the page."""
+        the first time, in order; the `last` slice deletes the page.
+
+        TEXT_STEP items at a time: when `pause` (the writer's) says ordinary calls wait, it stops there
+        and returns Paused(what it stored); called again, it skips those (stored already)."""
         naive = naive_utc(now)
         stamp = utcnow(whole_seconds=True)  # received_at and updated_at, as Messages.prepare_pulled
+        by_msgid = {item["msgid"]: item for item in reversed(items)}  # a msgid twice: its first item
+        new: list = []
         with self.db.atomic():
+            for first in range(0, len(items), TEXT_STEP):
+                if first and pause is not None and pause():
+                    return Paused(new)
+                added = self._insert_texts(app, items[first:first + TEXT_STEP], naive, stamp)
+                new += [StoredText(row_id, by_msgid[msgid]) for row_id, msgid in added]
             if last:
                 self.Page.delete().where(self.Page.id == page_id).execute()
-            if not items:
-                return []
-            newest = self.db.execute_sql('SELECT MAX("id") FROM "message"').fetchone()[0] or 0
-            cursor = self.db.cursor()
-            cursor.execute('INSERT INTO "bulk_insert" ("active") VALUES (1)')  # counted and indexed below
-            cursor.execute(_TEXTS_SQL, (app, stamp, stamp, item_json(items)))
-            cursor.execute('DELETE FROM "bulk_insert"')
-            added = cursor.execute('SELECT "id", "msg_id" FROM "message" WHERE "id" > ?', (newest,)).fetchall()
-            ids = [row_id for row_id, _ in added]
-            self.messages.conversations.count_inserted(ids)
-            self.messages.search.index_inserted(ids)
-            if ids:
-                cursor.execute(_TEXT_SESSIONS_SQL, (naive, newest))
-        by_msgid = {item["msgid"]: item for item in reversed(items)}  # a msgid twice: its first item
-        return [StoredText(row_id, by_msgid[msgid]) for row_id, msgid in added]
+        return new
+
+    def _insert_texts(self, app: str, items: list, naive: datetime, stamp: datetime) -> list:
+        """store_texts' statements for some items: (id, msgid) of each row added."""
+        newest = self.db.execute_sql('SELECT MAX("id") FROM "message"').fetchone()[0] or 0
+        cursor = self.db.cursor()
+        cursor.execute('INSERT INTO "bulk_insert" ("active") VALUES (1)')  # counted and indexed below
+        cursor.execute(_TEXTS_SQL, (app, stamp, stamp, item_json(items)))
+        cursor.execute('DELETE FROM "bulk_insert"')
+        added = cursor.execute('SELECT "id", "msg_id" FROM "message" WHERE "id" > ?', (newest,)).fetchall()
+        ids = [row_id for row_id, _ in added]
+        self.messages.conversations.count_inserted(ids)
+        self.messages.search.index_inserted(ids)
+        if ids:
+            cursor.execute(_TEXT_SESSIONS_SQL, (naive, newest))
+        return added
 
     def prepare(self, app: str, items: List[Pulled]) -> tuple:
         """store_slice's work that needs no database (Messages.prepare_pulled)."""

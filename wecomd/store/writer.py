@@ -25,6 +25,14 @@ already: a slice of a 微信客服 page kept with its cursor) is committed on SQ
 the disk (synchronous=NORMAL for its transaction only). A crash may undo it, never partly, and the
 next commit that waits for the disk (any callback's) makes it durable too: WAL commits are ordered.
 
+A bulky call also marked `resumable` is asked, through its `pause` keyword (a callable), whether
+ordinary calls are waiting; it may then stop at a consistent point, commit what it did, and return
+Paused(part of its result). The writer runs the ordinary calls waiting and calls it again with the
+same arguments (it must skip what it did already: a 微信客服 slice stores each message once by its
+msgid), before any other bulky call; the caller gets the parts joined. A callback then waits for a
+few rows of a slice, not for the slice. When the call fails after a pause, the error carries the
+parts done (`partial`).
+
 A call marked with `single_write` (its only write is one SQL statement) runs without a savepoint
 on SQLite, which rolls a failed statement back on its own; PostgreSQL aborts the whole
 transaction on any error, so there every call keeps its savepoint.
@@ -32,6 +40,7 @@ transaction on any error, so there every call keeps its savepoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -48,6 +57,13 @@ MAX_BATCH = 256
 _STOP = object()
 
 
+@dataclass(frozen=True)
+class Paused:
+    """What a resumable call returns when it stopped for the ordinary calls waiting: its result so far."""
+
+    part: list
+
+
 @dataclass
 class _Job:
     fn: Callable[..., Any]
@@ -58,6 +74,7 @@ class _Job:
     alone: bool = False  # run outside any batch transaction (migrations, close)
     result: Any = field(default=None)
     error: Optional[BaseException] = None
+    parts: list = field(default_factory=list)  # a resumable call's results before its pauses
 
 
 def bulky(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,6 +88,13 @@ def redoable(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Mark a bulky store call whose writes can be made again after a crash (see the module
     docstring): its transaction's commit does not wait for the disk."""
     fn.redoable = True  # type: ignore[attr-defined]
+    return fn
+
+
+def resumable(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a bulky store call that may pause for waiting ordinary calls (see the module docstring):
+    it takes `pause` and returns Paused(part) when it stopped early, its (list) result otherwise."""
+    fn.resumable = True  # type: ignore[attr-defined]
     return fn
 
 
@@ -91,13 +115,23 @@ class DbWriter:
         self._thread.start()
         self.batches = 0  # transactions committed, for the benchmark's figures
         self.calls = 0
+        self.pauses = 0  # resumable calls that stopped for ordinary ones
+        self._ordinary = 0  # ordinary calls queued and not started (for `pause`), under _count_lock
+        self._count_lock = threading.Lock()
 
     async def run(self, fn: Callable[..., Any], *args: Any, alone: bool = False, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` on the database thread; return once its result is committed."""
         loop = asyncio.get_running_loop()
         job = _Job(fn, args, kwargs, loop, loop.create_future(), alone)
+        if not alone and not getattr(fn, "bulky", False):
+            with self._count_lock:
+                self._ordinary += 1
         self._queue.put(job)
         return await job.future
+
+    def ordinary_waiting(self) -> bool:
+        """Whether ordinary calls are queued and not started: a resumable call's `pause`."""
+        return self._ordinary > 0
 
     def close(self) -> None:
         """Finish what is queued, then stop the thread."""
@@ -116,7 +150,9 @@ class DbWriter:
             if job.alone:
                 self._run_alone(waiting.popleft())
                 continue
-            self._run_batch(self._next_batch(waiting))
+            paused = self._run_batch(self._next_batch(waiting))
+            if paused is not None:  # after the ordinary calls waiting, before the other bulky ones
+                waiting.appendleft(paused)
 
     def _take_queued(self, waiting: deque) -> None:
         while True:
@@ -136,6 +172,9 @@ class DbWriter:
             waiting.popleft()
             (passed if getattr(job.fn, "bulky", False) else batch).append(job)
         waiting.extendleft(reversed(passed))
+        if batch:
+            with self._count_lock:
+                self._ordinary -= len(batch)
         return batch or [waiting.popleft()]
 
     def _run_alone(self, job: _Job) -> None:
@@ -145,7 +184,8 @@ class DbWriter:
             job.error = exc
         _resolve(job)
 
-    def _run_batch(self, batch: list) -> None:
+    def _run_batch(self, batch: list) -> Optional[_Job]:
+        """Run and commit `batch`; the resumable call in it that paused, to be called again."""
         relaxed = self._immediate and len(batch) == 1 and getattr(batch[0].fn, "redoable", False)
         try:
             if relaxed:
@@ -164,8 +204,20 @@ class DbWriter:
             if relaxed:
                 self._full_sync()
         self.batches += 1
+        job = batch[0]
+        if getattr(job.fn, "resumable", False):
+            if job.error is None and isinstance(job.result, Paused):
+                job.parts += job.result.part  # committed: called again after the ordinary calls waiting
+                self.pauses += 1
+                return job
+            if job.error is not None:
+                with contextlib.suppress(AttributeError):  # what the parts before stored reaches the caller
+                    job.error.partial = job.parts  # type: ignore[attr-defined]
+            elif job.parts:
+                job.result = job.parts + job.result
         self.calls += len(batch)
         _resolve_all(batch)
+        return None
 
     def _full_sync(self) -> None:
         try:
@@ -190,8 +242,10 @@ class DbWriter:
             if self._immediate and getattr(job.fn, "single_write", False):
                 job.result = job.fn(*job.args, **job.kwargs)
                 return
+            kwargs = dict(job.kwargs, pause=self.ordinary_waiting) if getattr(job.fn, "resumable", False) \
+                else job.kwargs
             with self.db.atomic():
-                job.result = job.fn(*job.args, **job.kwargs)
+                job.result = job.fn(*job.args, **kwargs)
         except Exception as exc:
             job.error = exc
 
