@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 import os
 import secrets
 import socket
+from collections import deque
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Dict, Optional
 
@@ -45,8 +45,8 @@ ACCOUNT_LIST = "/cgi-bin/kf/account/list"
 # sync_msg's limit (WeCom allows up to 1,000): a page and its cursor are one small transaction (the
 # items kept as WeCom sent them), then stored as messages SLICE at a time (docs/kf.md, Speed).
 LIMIT = 1000
-SLICE = 100  # kept items stored as messages per transaction (customers' texts pause for callbacks every
-DECODED = 50  # store.kf.TEXT_STEP rows); items decoded in Python, at most this many a transaction
+SLICE = 100  # kept items stored as messages a transaction (texts pause for callbacks: store.kf.TEXT_STEP)
+DECODED = 50  # items decoded in Python (not customers' plain texts): at most this many a transaction
 STEP = 10  # items decoded and prepared at a time, the event loop free in between
 AHEAD = 2  # kept pages waiting to be stored before the pull waits for them
 AT_WRITER = 2  # slices handed to the database writer at once: one stored, the next waiting
