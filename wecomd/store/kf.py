@@ -27,7 +27,7 @@ from .models import Models
 from .times import iso, naive_utc, utcnow
 
 
-TEXT_STEP = 25  # store_texts' rows between two looks at the callbacks waiting (docs/kf.md, Speed)
+TEXT_STEP = 50  # store_texts' rows between two looks at the callbacks waiting (docs/kf.md, Speed)
 
 
 class LeaseLost(Exception):

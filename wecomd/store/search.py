@@ -13,7 +13,7 @@ from peewee import SQL, SqliteDatabase, fn
 from .errors import guarded
 from .writer import bulky, redoable
 
-MERGE_PAGES = 16  # pages a merge step writes: a millisecond or a few (docs/kf.md, Speed)
+MERGE_PAGES = 4  # pages a merge step writes: a millisecond or a few (docs/kf.md, Speed)
 
 # Where the searchable words of each MsgType live in `fields`, besides `content` (which a
 # text message and every outbound reply carry). Paths descend into nested objects.
