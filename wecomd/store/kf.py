@@ -75,11 +75,12 @@ FROM json_each(?) AS j WHERE true ORDER BY j.key ON CONFLICT ("dedup_key") DO NO
 
 # What store_texts' new rows change in their sessions, as _sessions_change folds it: the customer's
 # newest message (send_time) resets the sends of the reply window, and reopens an ended session.
-# NOT INDEXED: the new rows by their ids, not the whole table through the (app, user) index.
+# The new rows are those from the first one's id on (one writer, in its transaction); NOT INDEXED:
+# read by their ids, not the whole table through the (app, user) index.
 _TEXT_SESSIONS_SQL = """INSERT INTO "kf_session" ("app", "open_kfid", "external_userid", "last_customer_at", "sends",
  "updated_at")
 SELECT "app", "to_user", substr("user", length("to_user") + 2), datetime(MAX("create_time"), 'unixepoch'), 0, ?
-FROM "message" NOT INDEXED WHERE "id" > ? GROUP BY "app", "to_user", "user"
+FROM "message" NOT INDEXED WHERE "id" >= ? GROUP BY "app", "to_user", "user"
 ON CONFLICT ("open_kfid", "external_userid") DO UPDATE SET
  "sends" = CASE WHEN excluded."last_customer_at" >= COALESCE("last_customer_at", '') THEN 0 ELSE "sends" END,
  "last_customer_at" = CASE WHEN excluded."last_customer_at" >= COALESCE("last_customer_at", '')
@@ -221,17 +222,12 @@ class Kf:
 
     def _insert_texts(self, app: str, items: list, naive: datetime, stamp: datetime) -> list:
         """store_texts' statements for some items: (id, msgid) of each row added."""
-        newest = self.db.execute_sql('SELECT MAX("id") FROM "message"').fetchone()[0] or 0
-        cursor = self.db.cursor()
-        cursor.execute('INSERT INTO "bulk_insert" ("active") VALUES (1)')  # counted and indexed below
-        cursor.execute(_TEXTS_SQL, (app, stamp, stamp, item_json(items)))
-        cursor.execute('DELETE FROM "bulk_insert"')
-        added = cursor.execute('SELECT "id", "msg_id" FROM "message" WHERE "id" > ?', (newest,)).fetchall()
+        added = self.messages.insert_in_bulk([(_TEXTS_SQL, (app, stamp, stamp, item_json(items)))], '"id", "msg_id"')
         ids = [row_id for row_id, _ in added]
         self.messages.conversations.count_inserted(ids)
         self.messages.search.index_inserted(ids)
         if ids:
-            cursor.execute(_TEXT_SESSIONS_SQL, (naive, newest))
+            self.db.execute_sql(_TEXT_SESSIONS_SQL, (naive, ids[0]))
         return added
 
     def prepare(self, app: str, items: List[Pulled]) -> tuple:

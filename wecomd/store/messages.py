@@ -170,18 +170,10 @@ class Messages:
         names, params, rows = prepared
         if not rows:
             return []
-        newest = self.db.execute_sql('SELECT MAX("id") FROM "message"').fetchone()[0] or 0
-        cursor = self.db.cursor()
-        if self._sqlite:  # the per-row triggers stand aside (migration 0012): counted and indexed below
-            cursor.execute('INSERT INTO "bulk_insert" ("active") VALUES (1)')
         per = max(1, self._max_params // len(names))  # rows a statement: one step, not one per row
-        for start in range(0, len(params), per):
-            chunk = params[start:start + per]
-            cursor.execute(self._pulled_sql(names, len(chunk)), [value for row in chunk for value in row])
-        if self._sqlite:
-            cursor.execute('DELETE FROM "bulk_insert"')
-        added = {key: row_id for row_id, key in self.db.execute_sql(
-            'SELECT "id", "dedup_key" FROM "message" WHERE "id" > %s' % self.db.param, (newest,))}
+        statements = [(self._pulled_sql(names, len(chunk)), [value for row in chunk for value in row])
+                      for chunk in (params[start:start + per] for start in range(0, len(params), per))]
+        added = {key: row_id for row_id, key in self.insert_in_bulk(statements, '"id", "dedup_key"')}
         result, ids, without_user = [], [], []
         for dedup_key, user, direction, shown in rows:
             row_id = added.pop(dedup_key, None)  # popped: a key twice in one page is stored once
@@ -196,6 +188,22 @@ class Messages:
         self.conversations.count_inserted(ids, without_user)
         self.search.index_inserted(ids + [row_id for _, row_id, _ in without_user])
         return result
+
+    def insert_in_bulk(self, statements: list, columns: str) -> list:
+        """Run `statements` ((sql, params) INSERTs into message) in the caller's transaction with
+        SQLite's per-row count and index triggers standing aside (migration 0012): `columns` of
+        each row they added, oldest first. The caller counts and indexes those rows
+        (Conversations.count_inserted, Search.index_inserted) in the same transaction."""
+        newest = self.db.execute_sql('SELECT MAX("id") FROM "message"').fetchone()[0] or 0
+        cursor = self.db.cursor()
+        if self._sqlite:
+            cursor.execute('INSERT INTO "bulk_insert" ("active") VALUES (1)')
+        for sql, params in statements:
+            cursor.execute(sql, params)
+        if self._sqlite:
+            cursor.execute('DELETE FROM "bulk_insert"')
+        return self.db.execute_sql('SELECT %s FROM "message" WHERE "id" > %s ORDER BY "id"'
+                                   % (columns, self.db.param), (newest,)).fetchall()
 
     def _pulled_sql(self, names: tuple, rows: int) -> str:
         """save_prepared's INSERT of `rows` rows at once (a dedup key stored already, or twice among

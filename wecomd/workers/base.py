@@ -32,6 +32,11 @@ def no_secret_error(app: str, purpose: str) -> str:
         app, app.upper().replace("-", "_"), purpose)
 
 
+def no_events(event: dict) -> None:
+    """The `publish` of a worker that publishes nothing (retention, the search index's upkeep): the
+    dashboard learns of what they did on its next fetch."""
+
+
 class Worker:
     """One background task that works through rows that are due, woken early by `wake()`.
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from wecomd.store.times import utcnow
-from wecomd.workers.base import RunDb, Worker
+from wecomd.workers.base import RunDb, Worker, no_events
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Retention(Worker):
     def __init__(self, run_db: RunDb, store, media_dir: Path, retention_days: Callable[[], int], *,
                  clock: Callable[[], datetime] = utcnow, interval: float = 3600.0,
                  batch: int = BATCH, audit_days: Callable[[], int] = lambda: 0) -> None:
-        super().__init__(run_db, _no_events, clock=clock, poll_interval=interval, max_attempts=1,
+        super().__init__(run_db, no_events, clock=clock, poll_interval=interval, max_attempts=1,
                          backoff_base=1.0, backoff_max=interval)
         self.store, self.retention_days, self.audit_days = store, retention_days, audit_days
         self.media_dir = Path(media_dir).absolute()
@@ -103,7 +103,3 @@ class Retention(Worker):
             with suppress(OSError):
                 os.rmdir(folder)
         return removed
-
-
-def _no_events(event: dict) -> None:
-    """Retention publishes nothing: the dashboard learns of deletions on its next fetch."""

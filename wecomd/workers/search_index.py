@@ -12,14 +12,10 @@ from datetime import datetime
 from typing import Callable
 
 from wecomd.store.times import utcnow
-from wecomd.workers.base import RunDb, Worker
+from wecomd.workers.base import RunDb, Worker, no_events
 
 POLL = 0.5  # seconds between looks while there is nothing to merge (a look with nothing to do is cheap)
 STEPS = 10_000  # steps at most in one pass, then a look at the stop flag and the next pass
-
-
-def _no_events(event: dict) -> None:
-    pass
 
 
 class SearchIndex(Worker):
@@ -27,7 +23,7 @@ class SearchIndex(Worker):
 
     def __init__(self, run_db: RunDb, search, *, clock: Callable[[], datetime] = utcnow,
                  interval: float = POLL) -> None:
-        super().__init__(run_db, _no_events, clock=clock, poll_interval=interval, max_attempts=1,
+        super().__init__(run_db, no_events, clock=clock, poll_interval=interval, max_attempts=1,
                          backoff_base=2.0, backoff_max=interval)
         self.search = search
         self.steps = 0  # merge steps that merged something (tests, benchmarks)
