@@ -216,3 +216,28 @@ def test_0004_reverts_and_reapplies(tmp_path):
     assert after[1] == before[0]
     assert_same(store)
     store.close()
+
+
+def test_0015_indexes_feedback_id_and_a_feedback_finds_its_stream_by_it(sqlite_store):
+    """A feedback_event's stream is found through bot_stream.feedback_id's index, never by scanning
+    every stream; the migration reverts and applies again."""
+    streams, now = sqlite_store.bot_streams, datetime(2026, 11, 1, 9, 0, 0)
+    for n in range(300):
+        streams.start("stream-%03d" % n, "assistant", n + 1, now, now + timedelta(minutes=6), content="answer %d" % n,
+                      feedback_id="stream-%03d" % n if n % 2 else None)
+    plan = " ".join(r[3] for r in sqlite_store.db.execute_sql(
+        'EXPLAIN QUERY PLAN UPDATE "bot_stream" SET "feedback" = ? WHERE "feedback_id" = ?', ("{}", "stream-123")))
+    assert "USING INDEX botstream_feedback_id" in plan, plan
+    rated = streams.feedback("stream-123", {"type": 2, "inaccurate_reason_list": [2]}, now)
+    assert (rated["stream_id"], rated["content"], rated["feedback"]["type"]) == ("stream-123", "answer 123", 2)
+    assert streams.feedback("stream-124", {"type": 1}, now) is None  # its first frame carried no feedback id
+    assert [s["stream_id"] for s in map(streams.get, ("stream-121", "stream-123", "stream-125")) if s["feedback"]] \
+        == ["stream-123"]
+
+    runner = migrations.Runner(sqlite_store.db, str(MIGRATIONS_DIR))
+    assert runner.down("0015_bot_feedback_index") == migrations_from("0015_bot_feedback_index")[::-1]
+    assert "botstream_feedback_id" not in {i.name for i in sqlite_store.db.get_indexes("bot_stream")}
+    assert sqlite_store.migrate() == migrations_from("0015_bot_feedback_index")
+    assert "botstream_feedback_id" in {i.name for i in sqlite_store.db.get_indexes("bot_stream")}
+    models = sqlite_store.models.all()
+    assert not diff_models(sqlite_store.db, models), str(diff_models(sqlite_store.db, models))

@@ -301,7 +301,7 @@ class BotStream(Model):
     finished = IntegerField(default=0)  # 1: the finish frame was (or will be) answered
     notice = TextField(null=True)  # why it closed early (an error, the deadline)
     source = CharField(null=True)  # where the answer comes from: "rule:NAME", "reply", "model:NAME" ...
-    feedback_id = CharField(null=True)
+    feedback_id = CharField(null=True, index=True)  # a feedback_event finds its stream by it (migration 0015)
     feedback = TextField(null=True)  # JSON of the feedback_event that rated it
     response_url = TextField(null=True)
     response_state = CharField(null=True)  # RESPONSE_STATES
