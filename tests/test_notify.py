@@ -206,6 +206,29 @@ async def test_a_notify_run_is_posted_once_and_finished_ok(tmp_path):
 
 
 @async_test
+async def test_a_run_is_finished_even_when_its_message_cannot_be_read_to_push_again(tmp_path, caplog):
+    """RunWorker._publish_message: the run's end is stored; a failed read of its message is logged
+    with the worker's kind and pushes nothing."""
+    from wecomd.store import StoreError
+
+    async with Harness(tmp_path) as h:
+        run = await h.pending("机房断电")
+
+        def unreadable(message_id):
+            raise StoreError("database is locked")
+
+        h.store.messages.get = unreadable
+        with caplog.at_level(logging.WARNING, logger="wecomd.workers.base"):
+            h.sender()
+            done = await h.until_run(run["id"], "ok")
+            await h.until(lambda: _async(any("reading its message" in r.getMessage() for r in caplog.records)))
+        assert done["output"] == "sent to group ops"
+        assert [r.getMessage() for r in caplog.records if "reading its message" in r.getMessage()] == \
+            ["notify run=%d: reading its message to publish failed: database is locked" % run["id"]]
+        assert [e for e in h.events if e["type"] == "message"] == []
+
+
+@async_test
 async def test_over_twenty_a_minute_waits_its_turn_and_nothing_is_dropped(tmp_path):
     async with Harness(tmp_path) as h:
         runs = [await h.pending("告警 %d" % i) for i in range(25)]

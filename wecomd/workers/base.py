@@ -1,4 +1,5 @@
-"""Worker: the background loop shared by the outbox and the media vault, and its helpers."""
+"""Worker: the background loop shared by the outbox, the media vault and the rule runs' senders (RunWorker:
+webhooks, group robots), and its helpers."""
 from __future__ import annotations
 
 import asyncio
@@ -7,6 +8,7 @@ from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Optional, Set
 
+from wecomd.live import message_event
 from wecomd.store import StoreError
 from wecomd.wecom.api import WecomApiError
 
@@ -125,3 +127,25 @@ class Worker:
             self.publish_fn(event)
         except Exception:  # a broken subscriber must not stop deliveries
             logger.exception("%s: publishing a %s event failed", self.kind, event.get("type"))
+
+
+class RunWorker(Worker):
+    """A Worker that delivers rule runs (webhooks, group robots): a run's end is stored and its
+    triggering message pushed again, so the dashboard shows the run's new status. Subclasses set
+    `self.store`."""
+
+    store: Any
+
+    async def _finish(self, run: dict, status: str, **values: Any) -> None:
+        updated = await self.run_db(self.store.runs.finish, run["id"], status, **values)
+        await self._publish_message(updated)
+
+    async def _publish_message(self, run: dict) -> None:
+        """Push the triggering message again, so the dashboard shows the run's new status."""
+        try:
+            message = await self.run_db(self.store.messages.get, run["message_id"])
+        except StoreError as exc:
+            logger.warning("%s run=%s: reading its message to publish failed: %s", self.kind, run["id"], exc)
+            return
+        if message is not None:
+            self._publish(message_event(message))

@@ -29,12 +29,11 @@ from tornado import httpclient
 
 from wecomd import __version__
 from wecomd.config import Config, GroupConfig
-from wecomd.live import message_event
 from wecomd.store import StoreError
 from wecomd.store.times import utcnow
 from wecomd.wecom.api import split_text
 from wecomd.wecom.errcodes import WecomApiError, classify
-from wecomd.workers.base import Publish, RunDb, Worker, error_text
+from wecomd.workers.base import Publish, RunDb, RunWorker, error_text
 from wecomd.workers.throttle import MemberWindows
 
 logger = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ class _Outcome(NamedTuple):
     error: str = ""
 
 
-class NotifySender(Worker):
+class NotifySender(RunWorker):
     """Posts pending notify runs to their group robots, at most `per_minute` a minute per robot."""
 
     kind = "notify"
@@ -222,20 +221,6 @@ class NotifySender(Worker):
         if self._http is None:  # made on first use, on the running loop
             self._http = httpclient.AsyncHTTPClient(force_instance=True, max_body_size=MAX_RESPONSE_BYTES)
         return self._http
-
-    async def _finish(self, run: dict, status: str, **values) -> None:
-        updated = await self.run_db(self.store.runs.finish, run["id"], status, **values)
-        await self._publish_message(updated)
-
-    async def _publish_message(self, run: dict) -> None:
-        """Push the triggering message again, so the dashboard shows the run's new status."""
-        try:
-            message = await self.run_db(self.store.messages.get, run["message_id"])
-        except StoreError as exc:
-            logger.warning("notify run=%s: reading its message to publish failed: %s", run["id"], exc)
-            return
-        if message is not None:
-            self._publish(message_event(message))
 
 
 def _document(payload: Optional[str]) -> Optional[dict]:

@@ -27,10 +27,9 @@ from typing import Awaitable, Callable, Optional, Set, Tuple
 from tornado import httpclient
 
 from wecomd import __version__
-from wecomd.live import message_event
 from wecomd.store import StoreError
 from wecomd.store.times import utcnow
-from wecomd.workers.base import Publish, RunDb, Worker, error_text
+from wecomd.workers.base import Publish, RunDb, RunWorker, error_text
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ def parse_reply(response_body: bytes, content_type: Optional[str]) -> Optional[s
     return reply if isinstance(reply, str) and reply.strip() else None
 
 
-class WebhookSender(Worker):
+class WebhookSender(RunWorker):
     """Delivers webhook runs: the first try on request (`attempt`), retries in the background.
 
     `secrets_for(rule)` gives (url, secret) from the current config, (None, None) once the rule is
@@ -253,20 +252,6 @@ class WebhookSender(Worker):
             return
         logger.warning("webhook run=%s rule=%s outcome=retry attempt=%d", run["id"], run["rule"], attempts)
         await self._publish_message(updated)
-
-    async def _finish(self, run: dict, status: str, **values) -> None:
-        updated = await self.run_db(self.store.runs.finish, run["id"], status, **values)
-        await self._publish_message(updated)
-
-    async def _publish_message(self, run: dict) -> None:
-        """Push the triggering message again, so the dashboard shows the run's new status."""
-        try:
-            message = await self.run_db(self.store.messages.get, run["message_id"])
-        except StoreError as exc:
-            logger.warning("webhook run=%s: reading its message to publish failed: %s", run["id"], exc)
-            return
-        if message is not None:
-            self._publish(message_event(message))
 
 
 def _http_error(response: httpclient.HTTPResponse) -> str:
