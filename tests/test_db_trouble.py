@@ -136,6 +136,40 @@ def test_a_locked_database_fails_a_whole_batch_after_one_busy_timeout(tmp_path):
         writer.close()
 
 
+def test_the_writer_waits_for_another_processs_write_lock_and_keeps_busy_timeout_for_the_rest(tmp_path):
+    """The writer waits for the write lock itself (DbWriter._begin_immediate: short tries, not
+    SQLite's busy handler): a batch queued while another connection holds the lock runs once it is
+    let go, each call once, and the connection's busy_timeout is in force again inside the batch and
+    for the calls run alone (the migrations, a backup, a checkpoint)."""
+    path = tmp_path / "w.db"
+    database = peewee.SqliteDatabase(str(path), pragmas={"journal_mode": "wal", "busy_timeout": 4000})
+    writer = DbWriter(database, lambda exc: StoreError(str(exc)))
+
+    def insert(value):
+        database.execute_sql("INSERT INTO t (v) VALUES (?)", (value,))
+        return value, database.execute_sql("PRAGMA busy_timeout").fetchone()[0]
+
+    async def queued_while_locked(locker):
+        calls = [asyncio.ensure_future(writer.run(insert, v)) for v in range(5)]
+        await asyncio.sleep(0.3)
+        assert not any(call.done() for call in calls)  # waiting for the lock, not failed
+        locker.execute("COMMIT")
+        return await asyncio.gather(*calls)
+
+    try:
+        asyncio.run(writer.run(lambda: database.execute_sql("CREATE TABLE t (v INTEGER)"), alone=True))
+        locker = sqlite3.connect(str(path), timeout=0.1, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        locker.execute("INSERT INTO t (v) VALUES (100)")
+        assert asyncio.run(queued_while_locked(locker)) == [(v, 4000) for v in range(5)]
+        alone = asyncio.run(writer.run(lambda: database.execute_sql("PRAGMA busy_timeout").fetchone()[0], alone=True))
+        assert alone == 4000
+        assert sorted(v for (v,) in locker.execute("SELECT v FROM t")) == [0, 1, 2, 3, 4, 100]
+        locker.close()
+    finally:
+        writer.close()
+
+
 @pytest.mark.slow  # waits out the 5 s busy_timeout twice
 def test_a_locked_database_answers_503_then_recovers_by_itself(tmp_path):
     port = free_port()

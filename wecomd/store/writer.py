@@ -9,7 +9,9 @@ added wait.
 
 On SQLite a batch starts with BEGIN IMMEDIATE: the write lock is taken (waiting at most
 busy_timeout) once per batch, so while another process holds the database locked the whole batch
-fails after one wait instead of one wait per call. A database that refuses the write lock for
+fails after one wait instead of one wait per call. The writer waits for that lock itself, trying
+again every fraction of a millisecond to 2 ms, not in SQLite's busy handler, whose sleeps grow to
+100 ms and so would start the batch long after the other process let go. A database that refuses the write lock for
 another reason (read-only) still runs the batch in a plain BEGIN: its reads work, its writes fail
 one by one.
 
@@ -44,6 +46,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -54,6 +57,7 @@ import peewee
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 256
+LOCK_POLL = (0.0002, 0.002)  # seconds between tries for SQLite's write lock held elsewhere: first, most
 _STOP = object()
 
 
@@ -118,6 +122,7 @@ class DbWriter:
         self.pauses = 0  # resumable calls that stopped for ordinary ones
         self._ordinary = 0  # ordinary calls queued and not started (for `pause`), under _count_lock
         self._count_lock = threading.Lock()
+        self._busy: tuple = (None, 0)  # (the writer's connection, its busy_timeout in ms)
 
     async def run(self, fn: Callable[..., Any], *args: Any, alone: bool = False, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` on the database thread; return once its result is committed."""
@@ -230,12 +235,37 @@ class DbWriter:
         """Open the batch's transaction in `stack`; see the module docstring."""
         if self._immediate:
             try:
-                stack.enter_context(self.db.atomic(lock_type="IMMEDIATE"))
+                self._begin_immediate(stack)
                 return
             except peewee.OperationalError as exc:
-                if "locked" in str(exc).lower():  # SQLITE_BUSY after busy_timeout: fail the batch
+                if "locked" in str(exc).lower():  # still locked after busy_timeout: fail the batch
                     raise
         stack.enter_context(self.db.atomic())
+
+    def _begin_immediate(self, stack: ExitStack) -> None:
+        """BEGIN IMMEDIATE, waiting for another connection's write lock (another process: a `wecomd`
+        command, a second daemon) for up to the connection's busy_timeout, in waits of LOCK_POLL
+        rather than in SQLite's busy handler, whose sleeps grow to 100 ms: the batch then starts
+        within a millisecond or two of the lock's release. The busy_timeout is back in force once
+        the lock is taken, for the statements in the batch and for the calls run alone."""
+        conn = self.db.connection()
+        if conn is not self._busy[0]:  # a new connection: its busy_timeout (the pragma set on opening)
+            self._busy = (conn, conn.execute("PRAGMA busy_timeout").fetchone()[0])
+        waited_ms = self._busy[1]
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            deadline, pause = time.monotonic() + waited_ms / 1000.0, LOCK_POLL[0]
+            while True:
+                try:
+                    stack.enter_context(self.db.atomic(lock_type="IMMEDIATE"))
+                    return
+                except peewee.OperationalError as exc:
+                    if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                        raise
+                time.sleep(pause)
+                pause = min(2 * pause, LOCK_POLL[1])
+        finally:
+            conn.execute("PRAGMA busy_timeout = %d" % waited_ms)
 
     def _run_in_savepoint(self, job: _Job) -> None:
         try:
