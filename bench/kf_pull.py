@@ -14,7 +14,9 @@ Prints messages/s from the doorbell to the last message being visible through /a
 newest message is the backlog's last) and /api/conversations (the counts of every customer's
 conversation add up to the backlog), and the callbacks' p50/p99/max before and during the pull, as
 the load process saw them and as the server logged its own time, with the issue's targets
-(≥ 5,000 messages/s; callbacks p99 ≤ 10 ms).
+(≥ 5,000 messages/s; callbacks p99 ≤ 10 ms); and, from the daemon's /metrics, how long the
+database writer's calls waited for it and its transactions took during the pull (callbacks' calls
+are kind "call", the pull's "bulky").
 """
 from __future__ import annotations
 
@@ -142,6 +144,34 @@ def get(port: int, path: str) -> dict:
         return json.loads(response.read())
 
 
+def scrape(port: int) -> dict:
+    """The daemon's /metrics: {(sample name, kind label): value} of the writer's histograms' buckets."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    request = urllib.request.Request("http://127.0.0.1:%d/metrics" % port, headers={"Authorization": "Bearer " + API_TOKEN})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        text = response.read().decode("utf-8")
+    return {(sample.name, sample.labels.get("kind"), sample.labels.get("le")): sample.value
+            for family in text_string_to_metric_families(text) if family.name.startswith("wecomd_db_")
+            for sample in family.samples}
+
+
+def bucket_quantiles(before: dict, after: dict, name: str, kind: str) -> str:
+    """p50 and p99 of a histogram's observations between two scrapes, as the bucket bounds they fall
+    under ("≤ 5 ms"), and their count and mean."""
+    buckets = sorted((float(le), after[key] - before.get(key, 0.0)) for key in after
+                     if key[0] == name + "_bucket" and key[1] == kind and (le := key[2]) not in (None, "+Inf"))
+    count = after.get((name + "_count", kind, None), 0.0) - before.get((name + "_count", kind, None), 0.0)
+    total = after.get((name + "_sum", kind, None), 0.0) - before.get((name + "_sum", kind, None), 0.0)
+    if not count:
+        return "none"
+
+    def under(q: float) -> str:
+        bound = next((le for le, seen in buckets if seen >= q * count), None)
+        return "≤ %g ms" % (1000 * bound) if bound is not None else "> %g ms" % (1000 * buckets[-1][0])
+    return "p50 %s, p99 %s, mean %.1f ms (n=%d)" % (under(0.5), under(0.99), 1000 * total / count, count)
+
+
 def console_total(port: int) -> int:
     """What the console shows: the message counts of the kf app's conversations, page by page."""
     total, before = 0, None
@@ -248,6 +278,7 @@ def main() -> int:
         load.start()
         time.sleep(3.0)  # app callbacks before the pull: its figures cover all of the pull, and idle ones
 
+        writer_before = scrape(port)
         ring = Simulator("http://127.0.0.1:%d/callback/kefu" % port, token=TOKEN, aes_key=AES_KEY,
                          corp_id=CORP_ID, agent_id="1000009")
         started, started_wall = time.monotonic(), time.time()
@@ -265,6 +296,7 @@ def main() -> int:
                 raise SystemExit("not all visible within 900 s")
             time.sleep(0.25)
         visible, visible_wall = time.monotonic(), time.time()
+        writer_after = scrape(port)
         count = stored(work / "wecomd.db")
         stop.set()
         outcome = results.get(timeout=120)
@@ -280,6 +312,11 @@ def main() -> int:
           % (args.messages, seconds, args.messages / seconds))
     print("  %d rows stored for the kf app (each message once)" % count)
     print_callbacks(outcome, log, (started, visible), (started_wall, visible_wall), "the pull")
+    print("the database writer during the pull (its /metrics histograms, so bucket bounds):")
+    for kind in ("call", "bulky"):
+        print("  %-5s calls waited %s" % (kind, bucket_quantiles(writer_before, writer_after, "wecomd_db_wait_seconds", kind)))
+        print("  %-5s transactions took %s" % (kind, bucket_quantiles(writer_before, writer_after,
+                                                                     "wecomd_db_transaction_seconds", kind)))
     pulls = [line for line in log.read_text(errors="replace").splitlines() if "kf:" in line][:5]
     if pulls:
         print("server log (kf):\n  " + "\n  ".join(pulls))

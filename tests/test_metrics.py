@@ -141,6 +141,22 @@ class CallbackMetricsTest(MetricsTestCase):
         self.assertGreaterEqual(commits, 1)
         self.assertLessEqual(commits, calls)  # a commit holds one call or more
 
+    def test_the_writers_transactions_and_the_calls_waits_are_histograms(self):
+        before = self.scrape()
+        for i in range(5):
+            self.assertEqual(self.post(self.peer.callback(text("wait %d" % i, msg_id=str(200 + i)))).code, 200)
+        after = self.scrape()
+
+        def grew(name: str) -> float:
+            key = (name, (("kind", "call"),))
+            return after[key] - before[key]
+
+        self.assertGreaterEqual(grew("wecomd_db_wait_seconds_count"), 5)  # each callback's store call waited
+        self.assertGreaterEqual(grew("wecomd_db_transaction_seconds_count"), 1)
+        self.assertGreater(grew("wecomd_db_transaction_seconds_sum"), 0)
+        for kind in ("call", "bulky", "alone"):  # every kind there from the start
+            self.assertIn(("wecomd_db_wait_seconds_bucket", (("kind", kind), ("le", "+Inf"))), after)
+
     def test_every_outcome_and_failure_is_counted_exactly(self):
         stored = self.peer.callback(text("first"))
         self.assertEqual(self.post(stored).code, 200)

@@ -18,6 +18,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_lates
 
 # Seconds; dense around WeCom's 5 s budget, after which it drops the answer and retries.
 CALLBACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10)
+# Seconds; a database writer's transaction and a call's wait for it are milliseconds when all is well.
+DB_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+DB_KINDS = ("call", "bulky", "alone")  # the writer's transactions: grouped calls, a bulky call, a call run alone
 
 CALLBACK_OUTCOMES = ("stored", "duplicate", "rejected", "failed", "verified")
 FAILURE_REASONS = ("signature", "receive_id", "decrypt", "malformed", "timestamp", "too_large",
@@ -92,11 +95,20 @@ class Metrics:
         self.token_refreshes_total = Counter(
             "wecomd_token_refreshes", "gettoken calls for an access token, by why the cached one was not used.",
             ("reason",), registry=r)
+        self.db_wait_seconds = Histogram(
+            "wecomd_db_wait_seconds", "Time a store call waited for the database writer to start it, by kind.",
+            ("kind",), buckets=DB_BUCKETS, registry=r)
+        self.db_transaction_seconds = Histogram(
+            "wecomd_db_transaction_seconds", "Time of each database writer transaction, commit included, by kind.",
+            ("kind",), buckets=DB_BUCKETS, registry=r)
         self.websocket_clients = Gauge(
             "wecomd_websocket_clients", "Dashboard websockets connected to the live feed.", registry=r)
         self.websocket_clients.set_function(websocket_clients)
         for reason in TOKEN_REASONS:
             self.token_refreshes_total.labels(reason=reason)  # present at 0 from the start
+        for kind in DB_KINDS:
+            self.db_wait_seconds.labels(kind=kind)
+            self.db_transaction_seconds.labels(kind=kind)
 
     # --- hooks ---------------------------------------------------------------------------------
 
@@ -108,6 +120,14 @@ class Metrics:
             self.duplicates_total.labels(app=app).inc()
         if reason is not None:
             self.callback_failures_total.labels(app=app, reason=reason).inc()
+
+    def db_batch(self, kind: str, seconds: float, waits: list) -> None:
+        """One transaction of the database writer (DbWriter's on_batch; on the writer's thread:
+        prometheus_client's metrics are thread-safe)."""
+        self.db_transaction_seconds.labels(kind=kind).observe(seconds)
+        wait = self.db_wait_seconds.labels(kind=kind)
+        for waited in waits:
+            wait.observe(waited)
 
     def store_failed(self) -> None:
         self.store_failures_total.inc()

@@ -93,7 +93,8 @@ class Services:
         # Writes (and everything on the callback path) go through one writer thread with group
         # commit; the dashboard's reads use their own connection on another thread (SQLite WAL lets
         # them run beside the writer), so a long search never holds up a callback.
-        self.writer = DbWriter(self.store.db, lambda exc: StoreError("could not commit: %s" % exc))
+        self.writer = DbWriter(self.store.db, lambda exc: StoreError("could not commit: %s" % exc),
+                               on_batch=self.metrics.db_batch)
         self.sessions = Sessions(self.db, self.store)
         self.accounts = Accounts(lambda: self.config.admin, self.store, self.read, self.db,
                                  lambda: utcnow(whole_seconds=True))

@@ -277,3 +277,54 @@ def test_a_resumable_call_pauses_for_the_ordinary_calls_waiting_and_is_resumed_f
     assert error.partial == [5]  # stored before the pause: the caller still learns of it
     with sqlite3.connect(str(path)) as other:
         assert sorted(r[0] for r in other.execute("SELECT v FROM t")) == [1, 2, 3, 4, 5, 100, 200]
+
+
+def test_each_transaction_and_each_calls_wait_are_reported_by_kind(tmp_path):
+    """on_batch (the metrics): ordinary calls queued together are one "call" transaction with a wait
+    for each; a bulky call is a "bulky" one; a resumed call's wait counts once; a call run alone is
+    "alone". Waits and times are never negative, and a reporter that fails stops nothing."""
+    import threading
+
+    from wecomd.store.writer import Paused, bulky, resumable
+
+    reports: list = []
+    database = peewee.SqliteDatabase(str(tmp_path / "w.db"), pragmas={"journal_mode": "wal"})
+    writer = DbWriter(database, lambda exc: StoreError(str(exc)), on_batch=lambda *report: reports.append(report))
+    started, go_on = threading.Event(), threading.Event()
+
+    @resumable
+    @bulky
+    def rows(values, pause=None):
+        done = []
+        for value in values:
+            if database.execute_sql("SELECT 1 FROM t WHERE v = ?", (value,)).fetchone():
+                continue
+            if done and pause is not None and pause():
+                return Paused(done)
+            insert(database, value)
+            done.append(value)
+            started.set()
+            go_on.wait(5)
+        return done
+
+    async def main():
+        bulk = asyncio.ensure_future(writer.run(rows, [1, 2]))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+        calls = [asyncio.ensure_future(writer.run(insert, database, v)) for v in (10, 11, 12)]
+        while not writer.ordinary_waiting():
+            await asyncio.sleep(0.001)
+        go_on.set()
+        return await asyncio.gather(bulk, *calls)
+
+    try:
+        asyncio.run(writer.run(lambda: database.execute_sql("CREATE TABLE t (v INTEGER UNIQUE)"), alone=True))
+        assert asyncio.run(main()) == [[1, 2], 10, 11, 12]
+        kinds = [(kind, len(waits)) for kind, _, waits in reports]
+        # created alone; the bulky call's first part (paused); the three calls together; its second part
+        assert kinds == [("alone", 1), ("bulky", 1), ("call", 3), ("bulky", 0)], kinds
+        assert all(seconds >= 0 and all(w >= 0 for w in waits) for _, seconds, waits in reports)
+
+        writer.on_batch = lambda *report: 1 / 0  # a broken reporter: logged, the call still answered
+        assert asyncio.run(writer.run(insert, database, 20)) == 20
+    finally:
+        writer.close()

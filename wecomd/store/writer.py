@@ -79,6 +79,8 @@ class _Job:
     result: Any = field(default=None)
     error: Optional[BaseException] = None
     parts: list = field(default_factory=list)  # a resumable call's results before its pauses
+    queued: float = field(default_factory=time.perf_counter)  # when `run` queued it
+    started: bool = False  # its first batch began (a resumed call's wait is counted once)
 
 
 def bulky(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -111,8 +113,13 @@ def single_write(fn: Callable[..., Any]) -> Callable[..., Any]:
 class DbWriter:
     """Runs store calls on one thread; see the module docstring for the commit rules."""
 
-    def __init__(self, db: peewee.Database, wrap_error: Callable[[Exception], Exception], max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, db: peewee.Database, wrap_error: Callable[[Exception], Exception], max_batch: int = MAX_BATCH,
+                 on_batch: Optional[Callable[[str, float, list], None]] = None) -> None:
         self.db, self.wrap_error, self.max_batch = db, wrap_error, max_batch
+        # on_batch(kind, seconds, waits), on this thread after each transaction (the metrics):
+        # kind "call" (ordinary calls grouped), "bulky" or "alone"; the transaction's seconds; and
+        # how long each call in it waited in the queue (a resumed call's wait once).
+        self.on_batch = on_batch
         self._immediate = isinstance(db, peewee.SqliteDatabase)
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="wecomd-db", daemon=True)
@@ -183,14 +190,28 @@ class DbWriter:
         return batch or [waiting.popleft()]
 
     def _run_alone(self, job: _Job) -> None:
+        started = time.perf_counter()
         try:
             job.result = job.fn(*job.args, **job.kwargs)
         except BaseException as exc:  # delivered to the caller, never lost on this thread
             job.error = exc
+        self._observe("alone", started, [job])
         _resolve(job)
+
+    def _observe(self, kind: str, started: float, batch: list) -> None:
+        """Report a transaction to on_batch (never fails the batch)."""
+        waits = [started - job.queued for job in batch if not job.started]
+        for job in batch:
+            job.started = True
+        if self.on_batch is not None:
+            try:
+                self.on_batch(kind, time.perf_counter() - started, waits)
+            except Exception:
+                logger.exception("database writer: reporting a batch failed")
 
     def _run_batch(self, batch: list) -> Optional[_Job]:
         """Run and commit `batch`; the resumable call in it that paused, to be called again."""
+        started = time.perf_counter()
         relaxed = self._immediate and len(batch) == 1 and getattr(batch[0].fn, "redoable", False)
         try:
             if relaxed:
@@ -210,6 +231,7 @@ class DbWriter:
                 self._full_sync()
         self.batches += 1
         job = batch[0]
+        self._observe("bulky" if getattr(job.fn, "bulky", False) else "call", started, batch)
         if getattr(job.fn, "resumable", False):
             if job.error is None and isinstance(job.result, Paused):
                 job.parts += job.result.part  # committed: called again after the ordinary calls waiting
