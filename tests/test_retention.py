@@ -10,6 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from support.aio import async_test
+from support.database import migrated_sqlite
+from support.postgres import needs_postgres, postgres_store
 from support.config import write_config
 from support.harness import StoreHarness
 from support.server import ServerProcess, free_port
@@ -17,6 +19,7 @@ from wecomd import config
 from wecomd.wecom.messages import Message
 from wecomd.workers.retention import Retention
 from wecomd.store import Store
+from wecomd.store.maintenance import COUNTS
 
 NOW = datetime(2026, 11, 28, 23, 0, 0)  # FakeClock's time
 OLD = NOW - timedelta(days=40)
@@ -84,7 +87,8 @@ def test_prune_deletes_old_messages_with_their_runs_and_search_entries(store):
 
     result = store.maintenance.prune(CUTOFF)
 
-    assert result == {"messages": 3, "rule_runs": 3, "read_marks": 0, "takeovers": 0, "batches": 1,
+    assert result == {"messages": 3, "rule_runs": 3, "bot_streams": 0, "read_marks": 0, "notes": 0, "assignments": 0,
+                      "takeovers": 0, "kf_sessions": 0, "kf_codes": 0, "kf_customers": 0, "batches": 1,
                       "media": [], "more": False}
     assert ids(store) == [new["id"]]
     assert store.messages.page(q="旧的消息") == ([], None)
@@ -113,6 +117,56 @@ def test_conversations_vanish_or_shrink_and_their_read_marks_follow(store):
     assert (conversation["user"], conversation["count"], conversation["unread"]) == ("zhangsan", 1, 1)
     assert conversation["last_id"] == kept_new["id"] and conversation["paused_until"] is not None
     assert [(r.user, r.last_read_id) for r in store.models.ReadMark.select()] == [("zhangsan", kept_old["id"])]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=needs_postgres)])
+def test_what_belonged_to_old_messages_and_emptied_conversations_goes_with_them(backend, tmp_path):
+    """A 智能机器人's answer goes with the message it answers; notes, assignments and 微信客服 sessions
+    go once their conversation has no message left (and they are older than the cut-off); expired
+    微信客服 event codes and the nicknames of customers with no session left go too. A conversation
+    that keeps a message keeps all of it."""
+    if backend == "postgres":
+        store = postgres_store()
+    else:
+        migrated_sqlite(tmp_path)
+        store = Store("wecomd.db", base_dir=tmp_path)
+    S, N, CS = store.models.BotStream, store.models.Note, store.models.ConversationState
+    KS, KC, KU = store.models.KfSession, store.models.KfCode, store.models.KfCustomer
+    asked_old = inbound(store, "旧问题", user="lisi", app="assistant")
+    asked_new = inbound(store, "新问题", user="wangwu", app="assistant", at=RECENT)
+    for row in (asked_old, asked_new):
+        store.bot_streams.start("s%d" % row["id"], "assistant", row["id"], OLD, OLD, content="回答 %d" % row["id"],
+                                feedback_id="s%d" % row["id"])
+    gone_kf, kept_kf = "wkACC/wmGone", "wkACC/wmKept"
+    inbound(store, "客户旧消息", user=gone_kf, app="kefu")
+    inbound(store, "客户旧消息", user=kept_kf, app="kefu")
+    inbound(store, "客户新消息", user=kept_kf, app="kefu", at=RECENT)
+    inbound(store, "zhangsan old")  # helpdesk/zhangsan: emptied
+    for app, user in (("helpdesk", "zhangsan"), ("kefu", kept_kf)):
+        N.create(app=app, user=user, author="admin", text="VIP", created_at=OLD)
+        CS.create(app=app, user=user, assignee="alice", state="open", updated_at=OLD)
+    N.create(app="helpdesk", user="zhangsan", author="admin", text="written after the cut-off", created_at=RECENT)
+    for customer in ("wmGone", "wmKept"):
+        KS.create(app="kefu", open_kfid="wkACC", external_userid=customer, service_state=1, updated_at=OLD)
+        KU.create(external_userid=customer, nickname="昵称 " + customer, fetched_at=OLD)
+    KU.create(external_userid="wmFresh", nickname="刚取到", fetched_at=RECENT)
+    KC.create(code="expired", kind="welcome", open_kfid="wkACC", expires_at=OLD, created_at=OLD)
+    KC.create(code="live", kind="welcome", open_kfid="wkACC", expires_at=NOW + timedelta(seconds=20), created_at=NOW)
+
+    result = store.maintenance.prune(CUTOFF)
+
+    assert {k: result[k] for k in ("messages", "bot_streams", "notes", "assignments", "kf_sessions", "kf_codes",
+                                   "kf_customers")} == dict(messages=4, bot_streams=1, notes=1, assignments=1,
+                                                            kf_sessions=1, kf_codes=1, kf_customers=1)
+    assert [s.stream_id for s in S.select()] == ["s%d" % asked_new["id"]]
+    assert store.bot_streams.feedback("s%d" % asked_old["id"], {"type": 1}, NOW) is None
+    assert sorted((n.app, n.user, n.text) for n in N.select()) == [
+        ("helpdesk", "zhangsan", "written after the cut-off"), ("kefu", kept_kf, "VIP")]
+    assert [(c.app, c.user) for c in CS.select()] == [("kefu", kept_kf)]
+    assert [k.external_userid for k in KS.select()] == ["wmKept"]
+    assert sorted(k.external_userid for k in KU.select()) == ["wmFresh", "wmKept"]
+    assert [c.code for c in KC.select()] == ["live"]
+    store.close()
 
 
 def test_messages_still_in_use_are_kept_whatever_their_age(store):
@@ -176,9 +230,8 @@ def test_prune_with_max_batches_stops_and_says_there_is_more(store, tmp_path):
             break
     other.close()
     assert counts == [15, 5, 0]
-    assert store.maintenance.prune(CUTOFF, batch=10, max_batches=1) == {
-        "messages": 0, "rule_runs": 0, "read_marks": 0, "takeovers": 0, "batches": 0, "media": [],
-        "more": False}
+    assert store.maintenance.prune(CUTOFF, batch=10, max_batches=1) == dict(
+        dict.fromkeys(COUNTS, 0), media=[], more=False)
 
 
 def test_prune_takes_aware_times_and_an_empty_database(store):

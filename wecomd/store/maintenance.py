@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 from urllib.parse import urlparse
 
 import peewee
@@ -18,6 +18,11 @@ from .models import OPEN_RUN_STATUSES, Models
 from .times import naive_utc
 
 
+# What prune counts: the rows it deleted, by kind, and the batches it took.
+COUNTS = ("messages", "rule_runs", "bot_streams", "read_marks", "notes", "assignments", "takeovers",
+          "kf_sessions", "kf_codes", "kf_customers", "batches")
+
+
 class Maintenance:
     """Backup and prune of the database `db` (named `name`, its file for a SQLite one), through the
     bound `models`; pruned messages are taken off their `conversations`."""
@@ -26,6 +31,8 @@ class Maintenance:
         self.db, self.name, self.conversations = db, name, conversations
         self.Message, self.ReadMark = models.Message, models.ReadMark
         self.RuleRun, self.Takeover = models.RuleRun, models.Takeover
+        self.BotStream, self.Note, self.ConversationState = models.BotStream, models.Note, models.ConversationState
+        self.KfSession, self.KfCode, self.KfCustomer = models.KfSession, models.KfCode, models.KfCustomer
 
     @guarded("back up the database")
     def backup(self, target: Union[str, Path], pages: int = 1024) -> dict:
@@ -54,26 +61,30 @@ class Maintenance:
 
     @guarded("delete old messages")
     def prune(self, before: datetime, batch: int = 500, max_batches: Optional[int] = None) -> dict:
-        """Delete messages received before `before`, with their rule runs, `batch` per transaction.
+        """Delete messages received before `before`, with their rule runs and the 智能机器人 answers
+        streamed to them, `batch` per transaction.
 
         Kept whatever their age, because something still works on them: outbound messages still
         pending, messages whose media download is pending, and messages with a rule run still
         running or a webhook still pending. Their search index rows go with them (the FTS delete
         trigger), and their conversations lose them in the same transaction (a conversation left
-        without messages is deleted). Once no old message is left, read marks of conversations
-        without messages and takeover pauses that ended before `before` are deleted too.
+        without messages is deleted). Once no old message is left, what belonged to conversations
+        left without messages goes too (read marks; notes, assignments and 微信客服 sessions last
+        changed before `before`), and so do takeover pauses that ended before `before`, 微信客服
+        event codes that expired before it, and the nicknames fetched before it of customers with
+        no session left.
 
         With `max_batches`, stops after that many batches: a caller sharing the database thread
-        asks for one at a time so other writes get in between. Returns counts ("messages",
-        "rule_runs", "read_marks", "takeovers", "batches"), "media": the media_path of each
+        asks for one at a time so other writes get in between. Returns the counts
+        (COUNTS: "messages", "rule_runs", "bot_streams" ... "batches"), "media": the media_path of each
         deleted message that had a file (relative to media_dir; removing the files, now that the
         rows are committed, is the caller's job), and "more": True when max_batches stopped it.
         A StoreError keeps the batches committed before it deleted, and loses their paths:
         callers that remove files ask for one batch at a time.
         """
         before, batch = naive_utc(before), max(1, int(batch))
-        result = {"messages": 0, "rule_runs": 0, "read_marks": 0, "takeovers": 0, "batches": 0,
-                  "media": [], "more": False}
+        result: dict = dict.fromkeys(COUNTS, 0)
+        result.update(media=[], more=False)
         rounds = 0
         while self._prune_batch(before, batch, result) == batch:
             rounds += 1
@@ -95,6 +106,7 @@ class Maintenance:
             if ids:
                 removed = self.conversations.before_delete(ids)
                 result["rule_runs"] += RR.delete().where(RR.message_id.in_(ids)).execute()
+                result["bot_streams"] += self.BotStream.delete().where(self.BotStream.message_id.in_(ids)).execute()
                 result["messages"] += M.delete().where(M.id.in_(ids)).execute()
                 self.conversations.after_delete(removed)
         if ids:
@@ -103,8 +115,19 @@ class Maintenance:
         return len(ids)
 
     def _prune_leftovers(self, before: datetime, result: dict) -> None:
-        M, R, T = self.Message, self.ReadMark, self.Takeover
-        messages = M.select(M.id).where((M.app == R.app) & (M.user == R.user))
+        M, R, T, N, CS = self.Message, self.ReadMark, self.Takeover, self.Note, self.ConversationState
+        KS, KC, KU = self.KfSession, self.KfCode, self.KfCustomer
+
+        def no_messages(app: Any, user: Any) -> Any:  # the conversation (app, user) has none left
+            return ~fn.EXISTS(M.select(M.id).where((M.app == app) & (M.user == user)))
+
         with self.db.atomic():
-            result["read_marks"] = R.delete().where(~fn.EXISTS(messages)).execute()
+            result["read_marks"] = R.delete().where(no_messages(R.app, R.user)).execute()
+            result["notes"] = N.delete().where((N.created_at < before) & no_messages(N.app, N.user)).execute()
+            result["assignments"] = CS.delete().where((CS.updated_at < before) & no_messages(CS.app, CS.user)).execute()
             result["takeovers"] = T.delete().where(T.until < before).execute()
+            customer = KS.open_kfid.concat("/").concat(KS.external_userid)  # its conversation's user
+            result["kf_sessions"] = KS.delete().where((KS.updated_at < before) & no_messages(KS.app, customer)).execute()
+            result["kf_codes"] = KC.delete().where(KC.expires_at < before).execute()
+            sessions = KS.select(KS.id).where(KS.external_userid == KU.external_userid)
+            result["kf_customers"] = KU.delete().where((KU.fetched_at < before) & ~fn.EXISTS(sessions)).execute()

@@ -1,4 +1,5 @@
-"""Retention: deletes messages older than [server] retention_days, with their rule runs and media files.
+"""Retention: deletes messages older than [server] retention_days, with their rule runs, bot answers and media
+files, and what belonged to conversations left without messages (store.maintenance.prune).
 
 Once at start and then every `interval` (an hour), when retention_days is above 0, messages received
 before now − retention_days are deleted oldest first, one batch per database transaction and per
@@ -18,13 +19,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from wecomd.store.maintenance import COUNTS
 from wecomd.store.times import utcnow
 from wecomd.workers.base import RunDb, Worker, no_events
 
 logger = logging.getLogger(__name__)
 
 BATCH = 500
-COUNTS = ("messages", "rule_runs", "read_marks", "takeovers", "batches")
 
 
 class Retention(Worker):
@@ -57,10 +58,12 @@ class Retention(Worker):
         self.last = dict(totals, cutoff=cutoff)
         level = logging.INFO if totals["messages"] or totals["files"] else logging.DEBUG
         logger.log(level, "retention: deleted %d message(s) received before %s, %d rule run(s), "
-                   "%d media file(s), %d read mark(s), %d takeover(s) in %d batch(es), %.1fs",
+                   "%d bot answer(s), %d media file(s), %d read mark(s), %d note(s), %d assignment(s), "
+                   "%d takeover(s), %d kf session(s), %d kf code(s), %d kf customer name(s) in %d batch(es), %.1fs",
                    totals["messages"], cutoff.strftime("%Y-%m-%dT%H:%M:%SZ"), totals["rule_runs"],
-                   totals["files"], totals["read_marks"], totals["takeovers"], totals["batches"],
-                   time.monotonic() - started)
+                   totals["bot_streams"], totals["files"], totals["read_marks"], totals["notes"],
+                   totals["assignments"], totals["takeovers"], totals["kf_sessions"], totals["kf_codes"],
+                   totals["kf_customers"], totals["batches"], time.monotonic() - started)
 
     async def _prune_audit(self) -> None:
         """The audit log has its own horizon ([server] audit_retention_days; 0: kept for good):
