@@ -148,7 +148,8 @@ def scrape(port: int) -> dict:
     """The daemon's /metrics: {(sample name, kind label): value} of the writer's histograms' buckets."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    request = urllib.request.Request("http://127.0.0.1:%d/metrics" % port, headers={"Authorization": "Bearer " + API_TOKEN})
+    request = urllib.request.Request("http://127.0.0.1:%d/metrics" % port,
+                                     headers={"Authorization": "Bearer " + API_TOKEN})
     with urllib.request.urlopen(request, timeout=30) as response:
         text = response.read().decode("utf-8")
     return {(sample.name, sample.labels.get("kind"), sample.labels.get("le")): sample.value
@@ -314,7 +315,8 @@ def main() -> int:
     print_callbacks(outcome, log, (started, visible), (started_wall, visible_wall), "the pull")
     print("the database writer during the pull (its /metrics histograms, so bucket bounds):")
     for kind in ("call", "bulky"):
-        print("  %-5s calls waited %s" % (kind, bucket_quantiles(writer_before, writer_after, "wecomd_db_wait_seconds", kind)))
+        print("  %-5s calls waited %s" % (kind, bucket_quantiles(writer_before, writer_after,
+                                                                "wecomd_db_wait_seconds", kind)))
         print("  %-5s transactions took %s" % (kind, bucket_quantiles(writer_before, writer_after,
                                                                      "wecomd_db_transaction_seconds", kind)))
     pulls = [line for line in log.read_text(errors="replace").splitlines() if "kf:" in line][:5]

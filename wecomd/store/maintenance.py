@@ -127,7 +127,8 @@ class Maintenance:
             result["assignments"] = CS.delete().where((CS.updated_at < before) & no_messages(CS.app, CS.user)).execute()
             result["takeovers"] = T.delete().where(T.until < before).execute()
             customer = KS.open_kfid.concat("/").concat(KS.external_userid)  # its conversation's user
-            result["kf_sessions"] = KS.delete().where((KS.updated_at < before) & no_messages(KS.app, customer)).execute()
+            result["kf_sessions"] = KS.delete().where((KS.updated_at < before)
+                                                      & no_messages(KS.app, customer)).execute()
             result["kf_codes"] = KC.delete().where(KC.expires_at < before).execute()
             sessions = KS.select(KS.id).where(KS.external_userid == KU.external_userid)
             result["kf_customers"] = KU.delete().where((KU.fetched_at < before) & ~fn.EXISTS(sessions)).execute()

@@ -11,9 +11,9 @@ On SQLite a batch starts with BEGIN IMMEDIATE: the write lock is taken (waiting 
 busy_timeout) once per batch, so while another process holds the database locked the whole batch
 fails after one wait instead of one wait per call. The writer waits for that lock itself, trying
 again every fraction of a millisecond to 2 ms, not in SQLite's busy handler, whose sleeps grow to
-100 ms and so would start the batch long after the other process let go. A database that refuses the write lock for
-another reason (read-only) still runs the batch in a plain BEGIN: its reads work, its writes fail
-one by one.
+100 ms and so would start the batch long after the other process let go. A database that refuses
+the write lock for another reason (read-only) still runs the batch in a plain BEGIN: its reads
+work, its writes fail one by one.
 
 A call marked `bulky` (storing a whole page pulled from WeCom, milliseconds) runs in a transaction
 of its own, and ordinary calls waiting in the queue go before the bulky calls waiting there (the
