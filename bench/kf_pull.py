@@ -137,21 +137,23 @@ def write_config(directory: Path, port: int, api_port: int) -> Path:
     return path
 
 
-def get(port: int, path: str) -> dict:
+def fetch(port: int, path: str) -> bytes:
+    """The daemon's answer to GET `path`, with the API token."""
     request = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path),
                                      headers={"Authorization": "Bearer " + API_TOKEN})
     with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+        return response.read()
+
+
+def get(port: int, path: str) -> dict:
+    return json.loads(fetch(port, path))
 
 
 def scrape(port: int) -> dict:
     """The daemon's /metrics: {(sample name, kind label): value} of the writer's histograms' buckets."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    request = urllib.request.Request("http://127.0.0.1:%d/metrics" % port,
-                                     headers={"Authorization": "Bearer " + API_TOKEN})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        text = response.read().decode("utf-8")
+    text = fetch(port, "/metrics").decode("utf-8")
     return {(sample.name, sample.labels.get("kind"), sample.labels.get("le")): sample.value
             for family in text_string_to_metric_families(text) if family.name.startswith("wecomd_db_")
             for sample in family.samples}
@@ -160,10 +162,12 @@ def scrape(port: int) -> dict:
 def bucket_quantiles(before: dict, after: dict, name: str, kind: str) -> str:
     """p50 and p99 of a histogram's observations between two scrapes, as the bucket bounds they fall
     under ("≤ 5 ms"), and their count and mean."""
-    buckets = sorted((float(le), after[key] - before.get(key, 0.0)) for key in after
-                     if key[0] == name + "_bucket" and key[1] == kind and (le := key[2]) not in (None, "+Inf"))
-    count = after.get((name + "_count", kind, None), 0.0) - before.get((name + "_count", kind, None), 0.0)
-    total = after.get((name + "_sum", kind, None), 0.0) - before.get((name + "_sum", kind, None), 0.0)
+    def delta(key: tuple) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    buckets = sorted((float(key[2]), delta(key)) for key in after
+                     if key[0] == name + "_bucket" and key[1] == kind and key[2] != "+Inf")
+    count, total = delta((name + "_count", kind, None)), delta((name + "_sum", kind, None))
     if not count:
         return "none"
 
