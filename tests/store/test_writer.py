@@ -279,7 +279,7 @@ def test_a_resumable_call_pauses_for_the_ordinary_calls_waiting_and_is_resumed_f
         assert sorted(r[0] for r in other.execute("SELECT v FROM t")) == [1, 2, 3, 4, 5, 100, 200]
 
 
-def test_each_transaction_and_each_calls_wait_are_reported_by_kind(tmp_path):
+def test_each_transaction_and_each_calls_wait_are_reported_by_kind(db):
     """on_batch (the metrics): ordinary calls queued together are one "call" transaction with a wait
     for each; a bulky call is a "bulky" one; a resumed call's wait counts once; a call run alone is
     "alone". Waits and times are never negative, and a reporter that fails stops nothing."""
@@ -287,9 +287,9 @@ def test_each_transaction_and_each_calls_wait_are_reported_by_kind(tmp_path):
 
     from wecomd.store.writer import Paused, bulky, resumable
 
+    database, writer, _ = db
     reports: list = []
-    database = peewee.SqliteDatabase(str(tmp_path / "w.db"), pragmas={"journal_mode": "wal"})
-    writer = DbWriter(database, lambda exc: StoreError(str(exc)), on_batch=lambda *report: reports.append(report))
+    writer.on_batch = lambda *report: reports.append(report)
     started, go_on = threading.Event(), threading.Event()
 
     @resumable
@@ -316,15 +316,12 @@ def test_each_transaction_and_each_calls_wait_are_reported_by_kind(tmp_path):
         go_on.set()
         return await asyncio.gather(bulk, *calls)
 
-    try:
-        asyncio.run(writer.run(lambda: database.execute_sql("CREATE TABLE t (v INTEGER UNIQUE)"), alone=True))
-        assert asyncio.run(main()) == [[1, 2], 10, 11, 12]
-        kinds = [(kind, len(waits)) for kind, _, waits in reports]
-        # created alone; the bulky call's first part (paused); the three calls together; its second part
-        assert kinds == [("alone", 1), ("bulky", 1), ("call", 3), ("bulky", 0)], kinds
-        assert all(seconds >= 0 and all(w >= 0 for w in waits) for _, seconds, waits in reports)
+    asyncio.run(writer.run(lambda: database.execute_sql("CREATE TABLE u (v INTEGER)"), alone=True))
+    assert asyncio.run(main()) == [[1, 2], 10, 11, 12]
+    kinds = [(kind, len(waits)) for kind, _, waits in reports]
+    # created alone; the bulky call's first part (paused); the three calls together; its second part
+    assert kinds == [("alone", 1), ("bulky", 1), ("call", 3), ("bulky", 0)], kinds
+    assert all(seconds >= 0 and all(w >= 0 for w in waits) for _, seconds, waits in reports)
 
-        writer.on_batch = lambda *report: 1 / 0  # a broken reporter: logged, the call still answered
-        assert asyncio.run(writer.run(insert, database, 20)) == 20
-    finally:
-        writer.close()
+    writer.on_batch = lambda *report: 1 / 0  # a broken reporter: logged, the call still answered
+    assert asyncio.run(writer.run(insert, database, 20)) == 20
