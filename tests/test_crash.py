@@ -16,6 +16,7 @@ import http.client
 import json
 import os
 import random
+import signal
 import sqlite3
 import threading
 import time
@@ -309,15 +310,24 @@ KF_APP = kf_app_section()
 
 class KillOnSync:
     """The sandbox's kf/sync_msg, which SIGKILLs wecomd when call number `at` arrives, before it is
-    answered: the pages before it were stored, the one asked for never reaches wecomd."""
+    answered: the pages before it were stored, the one asked for never reaches wecomd. Both of its
+    processes die: the pull process that asked (the pid its lease in `db` names) and the daemon."""
 
-    def __init__(self, kf, at: int) -> None:
-        self.sync, self.at, self.calls, self.proc = kf.sync_msg, at, [], None
+    def __init__(self, kf, at: int, db: Path) -> None:
+        self.sync, self.at, self.calls, self.proc, self.db = kf.sync_msg, at, [], None, db
+        self.pull_pid = None
         kf.sync_msg = self
 
     def __call__(self, body: dict) -> dict:
         self.calls.append(dict(body))
         if len(self.calls) == self.at and self.proc is not None:
+            conn = sqlite3.connect(str(self.db))
+            try:
+                (owner,) = conn.execute("SELECT lease_owner FROM kf_cursor WHERE open_kfid = ?", (KFID,)).fetchone()
+            finally:
+                conn.close()
+            self.pull_pid = int(owner.split(":")[-2])  # host:pid:random
+            os.kill(self.pull_pid, signal.SIGKILL)
             self.proc.kill()
             self.proc.wait(10)
         return self.sync(body)
@@ -340,8 +350,8 @@ KFID = "wkCrash01"
 
 
 def test_a_kf_pull_killed_between_pages_resumes_from_the_stored_cursor(tmp_path):
-    """2,500 kf messages waiting (three pages); wecomd is SIGKILLed as it asks for the third page, while
-    it stores the first two as messages. Each page was kept with its cursor in one transaction; the
+    """2,500 kf messages waiting (three pages); wecomd (the daemon and its pull process) is SIGKILLed as
+    it asks for the third page, while it stores the first two as messages. Each page was kept with its cursor in one transaction; the
     restart stores the rest of the kept pages, its startup pull resumes from that cursor, and in the
     end each message is stored exactly once."""
     from wecomd.kf.pull import LIMIT
@@ -350,7 +360,7 @@ def test_a_kf_pull_killed_between_pages_resumes_from_the_stored_cursor(tmp_path)
 
     api_port, port = free_port(), free_port()
     fake = SandboxThread(api_port).start()
-    killer = KillOnSync(fake.fake.kf, at=3)
+    killer = KillOnSync(fake.fake.kf, at=3, db=tmp_path / "wecomd.db")
     server = ServerProcess(write_config(tmp_path, port, api_base="http://127.0.0.1:%d" % api_port, extra=KF_APP), port)
     try:
         killer.proc = server.proc
@@ -363,6 +373,7 @@ def test_a_kf_pull_killed_between_pages_resumes_from_the_stored_cursor(tmp_path)
         resp = conn.getresponse()
         assert (resp.status, resp.read()) == (200, b"")
         server.proc.wait(20)  # killed by the sandbox as the third page is asked for
+        assert killer.pull_pid not in (None, server.proc.pid)  # the pull ran in a process of its own
         assert [c.get("cursor") for c in killer.calls] == [None, _cursor(KFID, LIMIT), _cursor(KFID, 2 * LIMIT)]
         msgids, kept, cursor = kf_stored(tmp_path / "wecomd.db")
         # Two pages were kept with their cursor; the kill came while they were being stored as

@@ -8,6 +8,7 @@ import time
 
 from support.base import WecomdTestCase
 from support.config import kf_app_section
+from support.kf import SlowSync
 from support.peer import CORP_ID
 from wecomd.kf import pull as pullmod
 from wecomd.kf.items import plain_text
@@ -42,26 +43,9 @@ reply = 本次服务已结束，感谢您的咨询
 """
 
 
-class SlowSync:
-    """The puller's WecomClient with each sync_msg held `delay` seconds, counting how many run at once."""
-
-    def __init__(self, client, delay: float) -> None:
-        self.client, self.delay, self.active, self.most = client, delay, 0, 0
-
-    async def call(self, app, method, path, **kwargs):
-        if path != pullmod.SYNC_MSG:
-            return await self.client.call(app, method, path, **kwargs)
-        self.active += 1
-        self.most = max(self.most, self.active)
-        try:
-            await asyncio.sleep(self.delay)
-            return await self.client.call(app, method, path, **kwargs)
-        finally:
-            self.active -= 1
-
-
 class KfTestCase(WecomdTestCase):
     app_reply = ""
+    server_settings = {"kf_pull": "inline"}  # the pull in the daemon: the tests hold it (SlowSync) and look inside
 
     def setUp(self) -> None:
         reply = "\nreply = %s" % self.app_reply if self.app_reply else ""

@@ -249,6 +249,10 @@ SCHEMA: Dict[str, Dict[str, Option]] = {
                              "one JSON object a line (log shippers). Under systemd each line carries its "
                              "syslog priority."),
         "log_content": Option("no", _boolean, "yes: the debug level may log message contents; no: never."),
+        "kf_pull": Option("process", _matching(r"process|inline", "must be process or inline"),
+                          "Where 微信客服's pulls run: process (a child process of its own, so that "
+                          "callbacks are answered within milliseconds while a backlog is stored) or "
+                          "inline (in the daemon). See docs/kf.md."),
     },
     "admin": {
         "username": Option("admin", _NONEMPTY, "Dashboard login name."),
@@ -354,6 +358,7 @@ class ServerConfig:
     max_connections_per_ip: int = 64  # 0 = no per-address cap
     log_format: str = "text"  # text | json
     log_content: bool = False  # debug lines may carry message contents only when True
+    kf_pull: str = "process"  # process | inline: where 微信客服's pulls run (wecomd.kf.process)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,10 @@ It hands the parsed Message, with its channel and app, to `Inbox.receive`, which
    is still working it out. A retry runs nothing and costs one short statement: it comes when the
    daemon is slow already.
 
+While a 微信客服 pull keeps the database busy (wecomd.intake), an app callback is only recorded in
+the intake journal and answered empty; `apply` later does steps 1 to 3 for it, with the answers
+sent through the API, since the passive moment has passed.
+
 It returns an Inbound, which the channel turns into its answer. Nothing is acknowledged unless
 stored: when the message cannot be stored, NotStored is raised and the channel must not answer
 2xx, so that WeCom delivers it again.
@@ -33,9 +37,10 @@ from wecomd.automation.takeover import is_paused
 from wecomd.config import AppConfig
 from wecomd.live import message_event
 from wecomd.store import StoreError
+from wecomd.store.intake import once
 from wecomd.store.writer import single_write
 from wecomd.wecom import replies
-from wecomd.wecom.messages import Message, dedup_key
+from wecomd.wecom.messages import Message, dedup_key, parse
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +55,12 @@ class Inbound:
     the plaintext XML it encrypts), None for an empty answer; `detail` says why a stored message
     gets none that it should have had (its reply could not be recorded)."""
 
-    id: int
+    id: Optional[int]  # None: recorded in the intake journal, stored once applied
     created: bool  # False: a retry of a message stored before
     deliveries: int
     reply: Optional[str] = None
     detail: Optional[str] = None
+    journaled: bool = False
 
 
 def _app_reply(app: AppConfig, message: Message, text: str) -> str:
@@ -72,9 +78,12 @@ class Inbox:
     """One per process, built by `Services`; see the module docstring."""
 
     def __init__(self, run_db: Callable[..., Awaitable[Any]], store: Any, rules: RuleRunner,
-                 publish: Callable[[dict], None], wake_media: Callable[[], None]) -> None:
+                 publish: Callable[[dict], None], wake_media: Callable[[], None], intake: Any = None) -> None:
         self.run_db, self.store, self.rules = run_db, store, rules
         self.publish, self.wake_media = publish, wake_media
+        self.intake = intake  # wecomd.intake.Intake: the app channel's callbacks while a pull runs
+        if intake is not None:
+            intake.register("app", self.apply)
         # message id -> the passive reply of its first delivery, while that is still being worked out,
         # so that a WeCom retry overlapping it gets the same answer (not an empty one).
         self._first: Dict[int, asyncio.Future] = {}
@@ -85,6 +94,8 @@ class Inbox:
         passive = PASSIVE_REPLIES.get(channel)
         if passive is None:
             raise ValueError("unknown channel %r" % (channel,))
+        if channel == "app" and self.intake is not None and self.intake.active():
+            return await self._journal(app, message)
         matches = self.rules.select(app.name, message)
         row, created, paused, answer = await self._store(app, message, matches, passive)
         if not created:  # a retry: only a new message runs the rules
@@ -96,6 +107,38 @@ class Inbox:
             return Inbound(row["id"], True, row["deliveries"], row.get("reply"))
         reply, detail = await self._first_delivery(app, row, message, matches, paused, passive)
         return Inbound(row["id"], True, row["deliveries"], reply, detail)
+
+    async def _journal(self, app: AppConfig, message: Message) -> Inbound:
+        """Record the delivery in the intake journal (a pull keeps the database busy) and answer it
+        empty: it is stored, announced and automated when applied (`apply`)."""
+        try:
+            await self.intake.record("app", app.name, message.raw)
+        except StoreError as exc:
+            raise NotStored(str(exc)) from exc
+        return Inbound(None, True, 1, journaled=True)
+
+    async def apply(self, app: Optional[AppConfig], name: str, body: str, stamp: tuple) -> None:
+        """Apply one journaled delivery (wecomd.intake): store it once, in one transaction with its
+        journal mark; a new message is announced and its rules run, and what they (or the app's
+        `reply =`) answer goes out through the API: the callback was answered already."""
+        message = parse(body)
+        done, result = await self.run_db(once, self.store, stamp, apply_inbound, self.store, name, message,
+                                         dedup_key(message))
+        if not done:
+            return
+        row, created, paused = result
+        if not created or app is None:
+            return
+        self._announce(row)
+        matches = self.rules.select(name, message)
+        if not message.from_user or not (matches or default_reply(app, message, matches)):
+            return
+        try:
+            answer = await self.rules.handle(app, row, message, matches, paused, budget=0.0)
+            if answer is not None:
+                await self.rules.send_answer(name, message.from_user, answer)
+        except (StoreError, ValueError) as exc:  # the message is stored; its answer is not
+            logger.warning("message id=%s: automation failed: %s", row["id"], exc)
 
     async def _store(self, app: AppConfig, message: Message, matches: List[Match], passive: Callable) -> tuple:
         """One writer call: (row, created, paused, answer). With no rule to run, the app's own reply
@@ -193,3 +236,10 @@ def store_answered(store: Any, app: str, message: Message, key: str, reply: str,
         row, created = store.messages.save_inbound(app, message, key, None if paused else reply, brief=True)
         answer = store.messages.save_answer(app, user, text) if created and not paused else None
     return row, created, paused, answer
+
+
+def apply_inbound(store: Any, app: str, message: Message, key: str) -> tuple:
+    """Save a journaled delivery (inside store.intake.once): (row, created, paused)."""
+    paused = is_paused(store, app, message.conversation or message.from_user)
+    row, created = store.messages.save_inbound(app, message, key, brief=True)
+    return row, created, paused

@@ -26,9 +26,11 @@ from wecomd.config import AppConfig, Config
 from wecomd.contacts import Directory
 from wecomd.failures import FailureRecorder
 from wecomd.inbox import Inbox
+from wecomd.intake import Intake
 from wecomd.live import Hub
 from wecomd.metrics import Metrics
 from wecomd.store import Store, StoreError
+from wecomd.store.intake import Journal, journal_path
 from wecomd.store.times import utcnow
 from wecomd.store.writer import DbWriter
 from wecomd.wecom.api import WecomClient
@@ -113,7 +115,9 @@ class Services:
         self.retention = Retention(self.db, self.store, config.server.media_dir,
                                    lambda: self.config.server.retention_days,
                                    audit_days=lambda: self.config.server.audit_retention_days)
-        self.search_index = SearchIndex(self.db, self.store.messages.search)  # FTS5 merged a step at a time
+        # FTS5 merged a step at a time; by the pull process itself while it pulls (wecomd.kf.process)
+        self.search_index = SearchIndex(self.db, self.store.messages.search,
+                                        paused=lambda: self.kf.puller.merges_index and self.kf.puller.pulling())
         settings = config.rules_settings
         self.commands = CommandRunner(max_concurrent=settings.max_commands, output_limit=settings.output_limit)
         # The webhook sender and the rule runner need each other: the sender asks the runner for a
@@ -124,13 +128,18 @@ class Services:
         self.rule_runner = RuleRunner(self.db, self.store, self.outbox, self.webhooks, self.commands, config,
                                       self.publish, notifier=self.notifier)
         self.takeover = Takeover(self.db, self.store, config)
-        self.inbox = Inbox(self.db, self.store, self.rule_runner, self.publish, self.media.wake)
+        # Callbacks while a 微信客服 pull keeps the database busy: committed to a journal of their own,
+        # answered, and applied once each (SQLite only).
+        journal = journal_path(self.store.file)
+        self.intake = Intake(Journal(journal) if journal else None, self.db, self.store, self.app,
+                             busy=lambda: self.kf.puller.pulling())
+        self.inbox = Inbox(self.db, self.store, self.rule_runner, self.publish, self.media.wake, intake=self.intake)
         self.bot_sources = RuleSources(self.rule_runner.select, self.read, self.store, config)
         self.bots = BotChannel(self.db, self.read, self.store, self.inbox, self.publish, config, self.bot_sources)
         # 微信客服: pulled after each kf_msg_or_event callback, answered through kf/send_msg by the outbox.
         self.kf = KfChannel(self.db, self.read, self.store, self.wecom, self.rule_runner, self.outbox, self.publish,
                             config, self.media.wake, listening=lambda: self.hub.count > 0,
-                            wake_index=self.search_index.wake)
+                            wake_index=self.search_index.wake, intake=self.intake)
         self.outbox.kf = self.kf.sender
 
     @property
@@ -197,12 +206,14 @@ class Services:
         self.retention.start()
         if self.store.messages.search.fts:
             self.search_index.start()
+        await self.intake.start()  # what a stop left in the journal, applied before anything new
         await self.kf.start()  # the startup pull: what came while the daemon was down
 
     async def close(self) -> None:
         self.hub.close_all()
         await self.bots.close()
         await self.kf.close()
+        await self.intake.close()
         await self.directory.close()
         await self.rule_runner.close()
         await self.webhooks.stop()

@@ -98,13 +98,15 @@ class RuleRunner:
         return (rule.webhook, rule.webhook_secret) if rule else (None, None)
 
     async def handle(self, app: AppConfig, row: dict, message: Message, matches: List[rulesmod.Match],
-                     paused: bool) -> Optional[Answer]:
+                     paused: bool, budget: Optional[float] = None) -> Optional[Answer]:
         """Run the matched rules for a newly stored message; return the passive reply, if any: a
-        rule's, or else the app's own `reply =` (default_reply)."""
+        rule's, or else the app's own `reply =` (default_reply). `budget`: seconds to wait for a
+        passive answer, [rules] passive_budget unless given (0 when no passive reply can be sent:
+        the caller sends the one returned with send_answer)."""
         answers, started = _Answers(), []
         for match in matches:
             started += await self._start(match, app, row, message, answers, paused)
-        await self._wait(answers, started, self.settings.passive_budget)
+        await self._wait(answers, started, self.settings.passive_budget if budget is None else budget)
         answers.close()
         await self._changed(row["id"])
         if answers.passive is None and not paused and default_reply(app, message, matches):
@@ -203,6 +205,14 @@ class RuleRunner:
         """Deliver an answer that missed the passive budget through the send API (the outbox)."""
         rows = await self.outbox.submit(app, user, text, operator="rule:%s" % run["rule"], rule=run["rule"])
         await self.run_db(self.store.runs.set_path, run["id"], "api", rows[0]["id"])
+
+    async def send_answer(self, app: str, user: str, answer: Answer) -> list:
+        """Send what `handle` returned through the outbox instead, for a channel or a delivery that
+        has no passive reply (微信客服; a callback answered from the intake journal); its rows."""
+        rows = await self.outbox.submit(app, user, answer.text, rule=answer.rule)
+        if answer.run_id is not None:
+            await self.run_db(self.store.runs.set_path, answer.run_id, "api", rows[0]["id"])
+        return rows
 
     async def on_webhook_reply(self, run: dict, text: str) -> None:
         """A retried webhook delivery answered with a reply: always too late to be passive."""

@@ -117,7 +117,7 @@ class CallbackHandler(BaseHandler):
             # Non-200 on purpose: WeCom retries, so nothing unstored is ever acknowledged.
             self._outcome["detail"] = str(exc)
             raise web.HTTPError(503, "message could not be stored")
-        self._outcome.update(id=inbound.id, outcome="stored" if inbound.created
+        self._outcome.update(id=inbound.id, outcome="journaled" if inbound.journaled else "stored" if inbound.created
                              else "duplicate delivery=%d" % inbound.deliveries)
         if inbound.detail:
             self._outcome["detail"] = inbound.detail

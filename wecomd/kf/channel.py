@@ -2,6 +2,8 @@
 
 - `doorbell`: a kf_msg_or_event callback of a `kf = yes` app; its token is kept durably and the
   account's pull loop woken (KfPuller). The callback is answered as soon as that is committed.
+  While a pull runs, the callback is committed to the intake journal instead (wecomd.intake), and
+  the token kept and the pull woken when it is applied.
 - What a pull stores (`_on_new`) is pushed live, and the customer's messages and enter_session
   events go through the rules as any channel's do; since 微信客服 has no passive reply, an answer
   goes out through the outbox (kf/send_msg, KfSender), and a welcome through send_msg_on_event
@@ -15,6 +17,7 @@ A kf conversation's user is "OPEN_KFID/EXTERNAL_USERID" (wecom.kf.conversation_k
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional
@@ -23,16 +26,18 @@ from wecomd.automation.takeover import is_paused
 from wecomd.config import AppConfig, Config
 from wecomd.inbox import NotStored
 from wecomd.kf.items import decode
+from wecomd.kf.process import KfPullProcess
 from wecomd.kf.pull import KfPuller
 from wecomd.kf.send import KfSender
 from wecomd.live import kf_session_event, message_event
 from wecomd.store import StoreError
 from wecomd.store.contacts import counterpart
-from wecomd.store.kf import StoredText
+from wecomd.store.intake import once
+from wecomd.store.kf import StoredText, TextRun
 from wecomd.store.times import from_iso, utcnow
 from wecomd.wecom import kf as kfproto
 from wecomd.wecom.api import WecomApiError
-from wecomd.wecom.messages import Message
+from wecomd.wecom.messages import Message, parse
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +59,20 @@ class KfChannel:
     def __init__(self, run_db: Callable[..., Awaitable[Any]], read: Callable[..., Awaitable[Any]], store: Any,
                  client: Any, rules: Any, outbox: Any, publish: Callable[[dict], None], config: Config,
                  wake_media: Callable[[], None] = lambda: None, clock: Callable[[], datetime] = utcnow,
-                 listening: Callable[[], bool] = lambda: True, wake_index: Callable[[], None] = lambda: None) -> None:
+                 listening: Callable[[], bool] = lambda: True, wake_index: Callable[[], None] = lambda: None,
+                 intake: Any = None) -> None:
         self.run_db, self.read, self.store, self.client, self.wake_media = run_db, read, store, client, wake_media
         self.wake_index = wake_index  # a stored page left the search index segments to merge
         self.listening = listening  # whether any console is connected: else live events need no reads
         self.rules, self.outbox, self.publish, self.clock = rules, outbox, publish, clock
         self.sender = KfSender(run_db, read, store, client, clock, changed=self._session_changed)
-        self.puller = KfPuller(run_db, store, client, config, self._on_new, clock)
+        self.puller: Any = KfPullProcess(run_db, store, config, self._on_new) if config.server.kf_pull == "process" \
+            else KfPuller(run_db, store, client, config, self._on_new, clock)
         self._tasks: set = set()
         self._named: Dict[str, datetime] = {}  # external_userid -> when its nickname was cached (this process)
+        self.intake = intake  # wecomd.intake.Intake: doorbells journaled while a pull keeps the database busy
+        if intake is not None:
+            intake.register("kf", self._apply_doorbell)
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -83,10 +93,21 @@ class KfChannel:
                            app.name, open_kfid)
             return False
         try:
-            await self.puller.doorbell(app, open_kfid, token)
+            if self.intake is not None and self.intake.active():  # kept there; the pull woken once applied
+                await self.intake.record("kf", app.name, message.raw)
+            else:
+                await self.puller.doorbell(app, open_kfid, token)
         except StoreError as exc:  # not kept: the callback must not be acknowledged
             raise NotStored(str(exc)) from exc
         return True
+
+    async def _apply_doorbell(self, app: Optional[AppConfig], name: str, body: str, stamp: tuple) -> None:
+        """A doorbell from the intake journal: its token kept (once), the account's pull woken."""
+        message = parse(body)
+        open_kfid, token = kfproto.callback_open_kfid(message), kfproto.callback_token(message)
+        await self.run_db(once, self.store, stamp, self.store.kf.doorbell, name, open_kfid, token, self.clock())
+        if app is not None and open_kfid and app.kf and app.serves_kf(open_kfid):
+            self.puller.wake(app, open_kfid)
 
     async def start(self) -> None:
         if self.apps:
@@ -98,11 +119,12 @@ class KfChannel:
         self.wake_index()
         # Customers' plain texts stored by SQL (StoredText) are read and decoded only when a console
         # watches or a rule or `reply =` may answer them; else only their names are looked up.
-        customers = [entry.item["external_userid"] for entry in new if isinstance(entry, StoredText)]
+        customers = [customer for entry in new if isinstance(entry, (StoredText, TextRun))
+                     for customer in (entry.customers if isinstance(entry, TextRun) else (entry.item["external_userid"],))]
         if customers and (self.listening() or app.reply or self.rules.has_rules(app.name)):
             new, customers = await self._expanded(new), []
         else:
-            new = [entry for entry in new if not isinstance(entry, StoredText)]
+            new = [entry for entry in new if not isinstance(entry, (StoredText, TextRun))]
         if self.listening():  # nobody watching (a backlog pulled at night): no reads for live events
             await self._publish_page(new)
         if any((row.get("media") or {}).get("status") == "pending" for row, _ in new):
@@ -119,12 +141,22 @@ class KfChannel:
             self._spawn(self.resolve_names(app, customers))
 
     async def _expanded(self, new: list) -> list:
-        """`new` with each StoredText as (row, Pulled), like the other entries: rows read, items decoded."""
+        """`new` with each StoredText, and each message of a TextRun, as (row, Pulled), like the other
+        entries: rows read, items decoded (a TextRun's from the bodies stored with its rows)."""
         ids = [entry.id for entry in new if isinstance(entry, StoredText)]
-        rows = {row["id"]: row for row in await self.read(self.store.messages.rows, ids)}
-        now = self.clock()
-        return [entry if not isinstance(entry, StoredText) else (rows[entry.id], decode(entry.item, now))
-                for entry in new if not isinstance(entry, StoredText) or entry.id in rows]
+        runs = [row_id for entry in new if isinstance(entry, TextRun) for row_id in entry.ids]
+        rows = {row["id"]: row for row in await self.read(self.store.messages.rows, ids + runs)}
+        raws = await self.read(self.store.messages.raws, runs) if runs else {}
+        now, expanded = self.clock(), []
+        for entry in new:
+            if isinstance(entry, StoredText):
+                expanded += [(rows[entry.id], decode(entry.item, now))] if entry.id in rows else []
+            elif isinstance(entry, TextRun):
+                expanded += [(rows[row_id], decode(json.loads(raws[row_id]), now))
+                             for row_id in entry.ids if row_id in rows and row_id in raws]
+            else:
+                expanded.append(entry)
+        return expanded
 
     async def _publish_page(self, new: list) -> None:
         """The live events of a stored page: its messages with the nicknames known, and the sessions
@@ -169,9 +201,7 @@ class KfChannel:
                     return
                 await self._send_code(app, key, code, answer.text, answer.rule, answer.run_id)
                 return
-            rows = await self.outbox.submit(app.name, key, answer.text, rule=answer.rule)
-            if answer.run_id is not None:
-                await self.run_db(self.store.runs.set_path, answer.run_id, "api", rows[0]["id"])
+            await self.rules.send_answer(app.name, key, answer)
         except (StoreError, ValueError) as exc:
             logger.warning("kf: message id=%s: automation failed: %s", row["id"], exc)
 

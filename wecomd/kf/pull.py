@@ -60,9 +60,14 @@ OnNew = Callable[[AppConfig, str, list], Awaitable[None]]
 class KfPuller:
     """One per process, built by Services; see the module docstring."""
 
+    merges_index = False  # the daemon's search index upkeep merges what a pull in the daemon stores
+
     def __init__(self, run_db: Callable[..., Awaitable[Any]], store: Any, client: Any, config: Config,
-                 on_new: OnNew, clock: Callable[[], datetime] = utcnow) -> None:
+                 on_new: OnNew, clock: Callable[[], datetime] = utcnow,
+                 on_busy: Optional[Callable[[bool], None]] = None) -> None:
         self.run_db, self.store, self.client, self.on_new, self.clock = run_db, store, client, on_new, clock
+        self.on_busy = on_busy  # told when the first loop starts (True) and the last one ends (False)
+        self._told = False
         self.owner = lease_owner()  # this process, in the lease
         self._loops: Dict[str, asyncio.Task] = {}
         self._again: set = set()
@@ -82,6 +87,10 @@ class KfPuller:
         await self.run_db(self.store.kf.doorbell, app.name, open_kfid, token, self.clock())
         self.wake(app, open_kfid)
 
+    def pulling(self) -> bool:
+        """Whether a loop of this process runs (pulling, or waiting to pull again)."""
+        return any(not task.done() for task in self._loops.values())
+
     def wake(self, app: AppConfig, open_kfid: str) -> None:
         loop = self._loops.get(open_kfid)
         if loop is not None and not loop.done():
@@ -90,8 +99,19 @@ class KfPuller:
             return
         task = asyncio.ensure_future(self._loop(app, open_kfid))
         self._loops[open_kfid] = task
-        task.add_done_callback(lambda done, key=open_kfid: self._loops.pop(key, None)
-                               if self._loops.get(key) is done else None)
+        task.add_done_callback(lambda done, key=open_kfid: self._ended(key, done))
+        self._tell()
+
+    def _ended(self, open_kfid: str, task: asyncio.Task) -> None:
+        if self._loops.get(open_kfid) is task:
+            self._loops.pop(open_kfid, None)
+        self._tell()
+
+    def _tell(self) -> None:
+        busy = self.pulling()
+        if self.on_busy is not None and busy != self._told:
+            self._told = busy
+            self.on_busy(busy)
 
     async def start(self) -> None:
         """The startup pull: every account this daemon has pulled or been rung for, and every account

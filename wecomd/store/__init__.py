@@ -23,6 +23,7 @@ from .database import open_database, sqlite_file, supports_returning
 from .errors import StoreError, guarded
 from .failures import Failures
 from .health import Health
+from .intake import Applied
 from .kf import Kf
 from .maintenance import Maintenance
 from .media import Media
@@ -57,7 +58,9 @@ class Store:
       智能机器人's streamed answers;
     - `assignments`: who a conversation is assigned to, open or closed; `notes`: internal notes;
       `quick_replies`: the reply box's saved snippets;
-    - `maintenance`: backup and pruning; `health`: the probes behind /healthz.
+    - `maintenance`: backup and pruning; `health`: the probes behind /healthz;
+    - `kf`: 微信客服's cursors, pages, sessions, codes and customers; `intake`: the callback
+      journal's entries applied here (the journal file itself: store.intake.Journal).
 
     Each part gets the database, its name (for StoreError messages) and the models it reads, bound to
     this database (`models`): two stores in one process never share them.
@@ -70,6 +73,7 @@ class Store:
             # Only the scheme: a database URL may carry a password.
             raise StoreError("cannot open %s database: %s" % (urlparse(url).scheme or "sqlite", exc)) from exc
         db, name, models = self.db, self.name, Models.bound_to(self.db)
+        self.file = name if isinstance(db, peewee.SqliteDatabase) else None  # a SQLite database's file
         self.models = models
         self.runs = RuleRuns(db, name, models.RuleRun, models.Message)
         self.conversations = Conversations(db, name, models)
@@ -89,6 +93,7 @@ class Store:
         self.maintenance = Maintenance(db, name, models, self.conversations)
         self.health = Health(db, name, models.Message)
         self.kf = Kf(db, name, models, self.messages)  # 微信客服: cursors, sessions, codes, customers
+        self.intake = Applied(db, name, models.IntakeApplied)  # the callback journal's entries applied
 
         # The old method names, for the modules being rewritten now (#10); they go with them.
 

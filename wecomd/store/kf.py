@@ -61,6 +61,16 @@ class StoredText:
     item: dict
 
 
+@dataclass(frozen=True)
+class TextRun:
+    """StoredTexts in a row as the pull process reports them (wecomd.kf.process): the rows' ids and
+    their customers' external_userids, in order. The channel reads the rows and decodes the bodies
+    stored with them only when something needs them."""
+
+    ids: list
+    customers: list
+
+
 # store_texts' rows: the columns inbound_row gives a customer's text item (wecomd.kf.items.plain_text)
 # and Messages.prepare_pulled keeps: its JSON as `fields` and `raw`, the conversation and sender
 # OPEN_KFID/EXTERNAL_USERID, the account as to_user, the content searched as it is.

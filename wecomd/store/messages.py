@@ -381,6 +381,14 @@ class Messages:
             found.extend(M.select().where(M.id.in_(ids[start:start + 500])))
         return self.runs.attach(sorted(found, key=lambda row: row.id))
 
+    @guarded("read messages")
+    def raws(self, ids: Iterable[int]) -> dict:
+        """{id: the body each message arrived as} of the messages `ids` that exist."""
+        M, ids, found = self.Message, list(ids), {}
+        for start in range(0, len(ids), 500):
+            found.update(M.select(M.id, M.raw_xml).where(M.id.in_(ids[start:start + 500])).tuples())
+        return found
+
     @guarded("read a message")
     def get_raw(self, message_id: int) -> Optional[str]:
         """Return the decrypted XML an inbound message arrived as ("" for outbound), or None."""

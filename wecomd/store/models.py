@@ -399,6 +399,17 @@ class KfCustomer(Model):
         table_name = "kf_customer"
 
 
+class IntakeApplied(Model):
+    """The callback intake journal (store.intake): per journal file (its generation), the sequence
+    number of the last entry applied to this database, written in the transaction that applied it."""
+
+    journal = CharField(primary_key=True)
+    seq = BigIntegerField()
+
+    class Meta:
+        table_name = "intake_applied"
+
+
 ModelT = TypeVar("ModelT", bound=Model)
 
 
@@ -434,6 +445,7 @@ class Models:
     KfCode: type[KfCode]
     KfCustomer: type[KfCustomer]
     KfPage: type[KfPage]
+    IntakeApplied: type[IntakeApplied]
 
     @classmethod
     def bound_to(cls, db: peewee.Database) -> "Models":
@@ -441,7 +453,7 @@ class Models:
                                                         CallbackFailure, Session, Operator, ApiToken,
                                                         AuditEvent, Contact, ConversationState, Note,
                                                         QuickReply, BotStream, KfCursor, KfSession, KfCode,
-                                                        KfCustomer, KfPage)}
+                                                        KfCustomer, KfPage, IntakeApplied)}
         return cls(**{field.name: bind(declared[field.name], db) for field in fields(cls)})
 
     def all(self) -> list[type[Model]]:

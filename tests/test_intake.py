@@ -1,0 +1,205 @@
+"""The callback intake journal (wecomd.intake, store.intake): while a 微信客服 pull runs, callbacks are
+committed to a SQLite file of their own and answered, then applied to the database once each; a
+stop leaves nothing behind that the next start does not apply, and nothing is applied twice."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from support.base import WecomdTestCase
+from support.config import kf_app_section
+from support.kf import SlowSync
+from support.peer import CORP_ID
+from wecomd.services import Services
+from wecomd.store import MIGRATIONS_DIR, migrations
+from wecomd.store.intake import Journal, journal_path, once
+from wecomd.wecom import samples
+from wecomd.wecom.simulate_kf import callback_plaintext
+
+KFID, ALICE = "wkSupport01", "wmAliceExternal0001"
+
+
+def text(content: str, msg_id: str, user: str = "zhangsan") -> str:
+    return samples.build("text", corp_id=CORP_ID, agent_id="1000002", from_user=user, content=content, msg_id=msg_id)
+
+
+# ---------------------------------------------------------------- the file and the mark
+
+def test_the_journal_keeps_entries_in_order_and_never_gives_a_number_twice(tmp_path):
+    journal = Journal(str(tmp_path / "wecomd.db.intake"))
+    generation = journal.open()
+    assert [journal.append("app", "helpdesk", "<xml>%d</xml>" % n, "2026-12-04T09:00:00") for n in range(3)] == [1, 2, 3]
+    journal.close()
+
+    again = Journal(journal.path)
+    assert again.open() == generation  # the same file: the same generation
+    assert [(e["seq"], e["body"]) for e in again.after(0)] == [(1, "<xml>0</xml>"), (2, "<xml>1</xml>"), (3, "<xml>2</xml>")]
+    assert [e["seq"] for e in again.after(1, limit=1)] == [2]
+    assert again.forget(3) == 2 and [e["seq"] for e in again.after(0)] == [3] and again.after(3) == []
+    assert again.last() == 3  # the newest applied entry stays: the numbers go on from it
+    assert again.append("kf", "kefu", "<xml/>", "2026-12-04T09:00:01") == 4
+    again.checkpoint()  # the WAL's pages into the file (a callback's commit never checkpoints)
+    assert [e["seq"] for e in again.after(3)] == [4]
+    again.close()
+
+    for name in ("wecomd.db.intake", "wecomd.db.intake-wal", "wecomd.db.intake-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    fresh = Journal(journal.path)
+    assert fresh.open() != generation  # a new file: its numbers never pass for the old one's
+    fresh.close()
+
+
+def test_the_journal_sits_beside_a_sqlite_file_and_there_is_none_in_memory():
+    assert journal_path("/var/lib/wecomd/wecomd.db") == "/var/lib/wecomd/wecomd.db.intake"
+    assert journal_path(":memory:") is None and journal_path(None) is None
+
+
+def test_once_applies_an_entry_in_the_transaction_of_its_mark(sqlite_store):
+    store, calls = sqlite_store, []
+
+    def effect(value):
+        calls.append(value)
+        store.db.execute_sql("CREATE TABLE IF NOT EXISTS effect (value TEXT)")
+        store.db.execute_sql("INSERT INTO effect VALUES (?)", (value,))
+        return value.upper()
+
+    with store.db.atomic():
+        assert once(store, ("gen-a", 1), effect, "one") == (True, "ONE")
+    with store.db.atomic():
+        assert once(store, ("gen-a", 1), effect, "one") == (False, None)  # applied: not run again
+    assert calls == ["one"] and store.intake.seq("gen-a") == 1 and store.intake.seq("gen-b") == 0
+
+    def fails(value):
+        effect(value)
+        raise ValueError("the effect failed")
+
+    with pytest.raises(ValueError):
+        with store.db.atomic():
+            once(store, ("gen-a", 2), fails, "two")
+    assert store.intake.seq("gen-a") == 1  # rolled back with the effect: the entry is applied later
+    assert [r[0] for r in store.db.execute_sql("SELECT value FROM effect")] == ["one"]
+
+
+def test_0016_makes_intake_applied_and_reverts(sqlite_store):
+    runner = migrations.Runner(sqlite_store.db, str(MIGRATIONS_DIR))
+    assert "intake_applied" in sqlite_store.db.get_tables()
+    runner.down("0016_intake")
+    assert "intake_applied" not in sqlite_store.db.get_tables()
+    assert sqlite_store.migrate() == ["0016_intake"]
+    sqlite_store.intake.mark("gen", 7)
+    sqlite_store.intake.mark("gen", 8)
+    assert sqlite_store.intake.seq("gen") == 8
+
+
+# ---------------------------------------------------------------- the daemon
+
+class IntakeTest(WecomdTestCase):
+    server_settings = {"kf_pull": "inline"}  # held by SlowSync; the pull process's own: tests/test_kf_process.py
+    extra_config = kf_app_section(more="kf_accounts = %s" % KFID) + """
+[rule:price]
+app = helpdesk
+when = text contains 价格
+reply = 价格表在官网
+"""
+
+    def prepare_fake(self, fake) -> None:
+        self.kf = fake.kf
+        self.kf.add_account(KFID, "售后客服")
+        self.kf.add_customer(ALICE, "爱丽丝")
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.wait_for(lambda: self.kf.sync_calls and not self.services.kf.puller.pulling())  # the startup pull
+
+    def pull_running(self, delay: float = 1.5) -> None:
+        """A customer writes and rings: the pull runs for `delay` seconds (held on its way to WeCom)."""
+        self.services.kf.puller.client = SlowSync(self.services.kf.puller.client, delay)
+        _, token = self.kf.push(KFID, ALICE, "在吗")
+        self.assertEqual(self.callback(callback_plaintext(CORP_ID, KFID, token), app="kefu").code, 200)
+        self.assertTrue(self.services.kf.puller.pulling() and self.services.intake.active())
+
+    def journal(self) -> Journal:
+        return self.services.intake.journal
+
+    def test_during_a_pull_app_callbacks_are_journaled_answered_at_once_and_applied_once_each(self):
+        self.services.intake.forget_every = 3  # applied entries forgotten from the file once there are 3
+        self.pull_running()
+        with self.assertLogs("wecomd.handlers.callback", logging.INFO) as logs:
+            first = self.callback(text("你好", "7000000000000000001"))
+            retry = self.callback(text("你好", "7000000000000000001"))  # WeCom's retry of the same message
+            priced = self.callback(text("价格多少", "7000000000000000002", user="lisi"))
+        for resp in (first, retry, priced):
+            self.assertEqual((resp.code, resp.body), (200, b""))  # empty: the answers go out by the API
+        self.assertEqual([line.count("outcome=journaled") for line in logs.output], [1, 1, 1])
+        self.assertTrue(self.services.kf.puller.pulling())  # all of that while the pull ran
+
+        rows = self.wait_for(lambda: len(self.inbound()) == 3 and self.inbound())  # 2 + the kf customer's
+        by_id = {r["msg_id"]: r for r in rows}
+        self.assertEqual(by_id["7000000000000000001"]["deliveries"], 2)  # the retry counted, stored once
+        self.assertEqual(by_id["7000000000000000002"]["content"], "价格多少")
+        # The app's `reply =` and the rule's answer, through message/send (no passive reply any more).
+        sent = self.wait_for(lambda: len(self.fake.sent) == 2 and self.fake.sent)
+        self.assertEqual(sorted((m["touser"], m["text"]["content"]) for m in sent),
+                         [("lisi", "价格表在官网"), ("zhangsan", "已收到")])
+        self.wait_for(lambda: not self.services.kf.puller.pulling())
+        self.wait_for(lambda: not self.services.intake.active())
+        intake = self.services.intake
+        self.assertEqual((intake.recorded, intake.applied), (3, 3))  # the doorbell came before the pull ran
+        self.assertEqual(self.db(self.services.store.intake.seq, intake.generation), intake.applied)
+        self.assertEqual(self.journal().after(intake.applied), [])  # forgotten, but for the newest
+        self.assertEqual([e["seq"] for e in self.journal().after(0)], [intake.applied])
+
+    def test_a_doorbell_during_a_pull_is_journaled_and_its_token_kept_when_applied(self):
+        self.pull_running()
+        item, token = self.kf.push(KFID, ALICE, "还在吗")
+        with self.assertLogs("wecomd.handlers.callback", logging.INFO) as logs:
+            self.assertEqual(self.callback(callback_plaintext(CORP_ID, KFID, token), app="kefu").code, 200)
+        self.assertIn("outcome=kf pull", logs.output[0])
+        self.assertGreaterEqual(self.services.intake.recorded, 1)
+        self.wait_for(lambda: next((r for r in self.rows() if r["msg_id"] == item["msgid"]), None))
+        self.wait_for(lambda: not self.services.kf.puller.pulling())
+        self.assertEqual(self.kf.sync_calls[-1]["token"], token)  # the pull once more, with the journaled token
+
+    def test_a_callback_the_journal_cannot_commit_is_refused_and_not_stored(self):
+        self.pull_running()
+        self.journal().db.execute_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON entry BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+        resp = self.callback(text("你好", "7000000000000000003"))
+        self.assertEqual(resp.code, 503)  # WeCom delivers it again
+        self.wait_for(lambda: not self.services.kf.puller.pulling())
+        self.assertNotIn("7000000000000000003", [r["msg_id"] for r in self.rows()])
+
+    def test_what_a_stop_left_in_the_journal_is_applied_at_start_and_nothing_twice(self):
+        intake, store = self.services.intake, self.services.store
+        generation = intake.generation
+        path = self.journal().path
+        self.io_loop.run_sync(self.services.close)
+        # A stop left three callbacks in the journal; the first was applied just before it (its mark
+        # committed with its message), the other two not.
+        journal = Journal(path)
+        self.assertEqual(journal.open(), generation)
+        bodies = [text("一", "7000000000000000011"), text("二", "7000000000000000012"),
+                  text("价格呢", "7000000000000000013", user="lisi")]
+        seqs = [journal.append("app", "helpdesk", body, "2026-12-04T09:00:00") for body in bodies]
+        journal.close()
+        from wecomd.inbox import apply_inbound
+        from wecomd.wecom.messages import dedup_key, parse
+        message = parse(bodies[0])
+        with store.db.atomic():
+            once(store, (generation, seqs[0]), apply_inbound, store, "helpdesk", message, dedup_key(message))
+        store.close()
+
+        self.services = Services(self.config)
+        self.services.intake.forget_every = 1
+        with self.assertLogs("wecomd.intake", logging.WARNING) as logs:
+            self.io_loop.run_sync(self.services.start)
+        self.assertIn("2 callback(s) in the journal were not applied", logs.output[0])
+        rows = {r["msg_id"]: r for r in self.inbound()}  # applied before start returned
+        self.assertEqual([rows[m]["deliveries"] for m in ("7000000000000000011", "7000000000000000012",
+                                                           "7000000000000000013")], [1, 1, 1])
+        self.assertEqual(self.services.intake.applied, seqs[-1])
+        sent = self.wait_for(lambda: len(self.fake.sent) == 2 and self.fake.sent)
+        self.assertEqual(sorted((m["touser"], m["text"]["content"]) for m in sent),
+                         [("lisi", "价格表在官网"), ("zhangsan", "已收到")])  # entry 1's was before the stop
+        self.assertEqual([e["seq"] for e in self.services.intake.journal.after(0)], [seqs[-1]])  # the rest forgotten

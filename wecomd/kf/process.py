@@ -1,0 +1,280 @@
+"""KfPullProcess: 微信客服's pulls in a process of their own ([server] kf_pull = process, the default).
+
+A pull stores a backlog (up to 100,000 messages) as fast as the disk lets it. In the daemon's own
+interpreter, decoding its pages and its writer thread would take the interpreter lock from the
+event loop that answers callbacks. So the daemon starts a child process that runs the KfPuller
+(wecomd.kf.pull) with a database connection, a writer thread and an API client of its own, into the
+same database (the pull lease and kept pages make that safe, as for two daemons). The daemon:
+
+- tells it which account to pull (`wake`, once a doorbell's token is committed) and the new config
+  on reload;
+- hears back, in order, the new messages each page stored, and does the channel's work on them
+  (live events, rules, the welcome, names: KfChannel), as for a pull run in the daemon;
+- hears when the child starts and ends writing in bulk: pulling, and merging the search index's
+  segments of what it stored (`pulling`: callbacks go to the intake journal meanwhile,
+  wecomd.intake, and the daemon's own index upkeep waits);
+- starts it again when it dies (after RESTART seconds, doubling to RESTART_MAX while it keeps
+  dying): its startup pull resumes from the stored cursors and kept pages;
+- stops it on close: what it is storing is committed or not at all, and the next start pulls from
+  there.
+
+The child exits when the daemon goes away (its end of the pipe closes), and ignores SIGINT (a
+terminal's Ctrl-C stops the daemon, which stops the child). Its writer's figures are its own: the
+daemon's /metrics does not include the pull's transactions.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+from typing import Any, Awaitable, Callable, Optional
+
+from wecomd.config import AppConfig, Config
+from wecomd.kf.pull import KfPuller, OnNew
+from wecomd.store.kf import StoredText, TextRun
+from wecomd.store.times import utcnow
+
+logger = logging.getLogger(__name__)
+
+RESTART, RESTART_MAX = 1.0, 30.0  # seconds before a dead child is started again: first, most
+STOP_WAIT = 15.0  # seconds the child gets to stop before it is terminated
+NICE = 10  # the child's scheduling niceness, added to the daemon's
+
+
+class KfPullProcess:
+    """The daemon's side (see the module docstring); the KfPuller's interface for KfChannel."""
+
+    merges_index = True  # the child merges the search index's segments of what it stores, as it pulls
+
+    def __init__(self, run_db: Callable[..., Awaitable[Any]], store: Any, config: Config, on_new: OnNew) -> None:
+        self.run_db, self.store, self.on_new = run_db, store, on_new
+        self._conn: Any = None  # the pipe to the running child
+        self._process: Any = None
+        self._busy = False
+        self._closing = False
+        self._supervisor: Optional[asyncio.Task] = None
+        self._handing: Optional[asyncio.Future] = None  # the channel's work on the last page reported
+        self.started = 0  # children started (tests)
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self.apps = {name: app for name, app in config.apps.items() if app.kf}
+        self._send(("config", config))
+
+    async def doorbell(self, app: AppConfig, open_kfid: str, token: Optional[str]) -> None:
+        """A callback's token committed (the callback may then be acknowledged), the child told."""
+        await self.run_db(self.store.kf.doorbell, app.name, open_kfid, token, utcnow())
+        self.wake(app, open_kfid)
+
+    def wake(self, app: AppConfig, open_kfid: str) -> None:
+        """Ask the child to pull the account. While no child runs, the one started next pulls every
+        account at its start (the doorbell's pending flag is in the database)."""
+        if self._supervisor is None and not self._closing:
+            self._supervisor = asyncio.ensure_future(self._supervise())
+        self._send(("wake", app.name, open_kfid))
+
+    def pulling(self) -> bool:
+        return self._busy
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The running child's pid (tests, operators)."""
+        return self._process.pid if self._process is not None and self._conn is not None else None
+
+    async def start(self) -> None:
+        """Start the child; its startup pull catches up what came while the daemon was down."""
+        if self._supervisor is None and not self._closing:
+            self._supervisor = asyncio.ensure_future(self._supervise())
+
+    def _send(self, message: tuple) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.send(message)
+        except (OSError, ValueError) as exc:  # the child is gone: the supervisor starts another
+            logger.debug("kf: the pull process did not take %s: %s", message[0], exc)
+
+    async def _supervise(self) -> None:
+        loop, delay = asyncio.get_running_loop(), RESTART
+        while not self._closing:
+            began = loop.time()
+            code = await self._run_child()
+            if self._closing:
+                return
+            if loop.time() - began > 2 * RESTART_MAX:  # it ran a while: start again soon
+                delay = RESTART
+            logger.error("kf: the pull process exited (code %s); starting it again in %.0f s", code, delay)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, RESTART_MAX)
+
+    async def _run_child(self) -> Optional[int]:
+        """Start a child and serve its pipe until it closes; the child's exit code."""
+        loop = asyncio.get_running_loop()
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of this one's threads
+        mine, theirs = context.Pipe()
+        process = context.Process(target=child_main, args=(self.config, theirs), name="wecomd-kf-pull", daemon=True)
+        process.start()
+        theirs.close()
+        self._process, self._conn, self.started = process, mine, self.started + 1
+        logger.info("kf: pull process %d started", process.pid)
+        readable = asyncio.Event()
+        loop.add_reader(mine.fileno(), readable.set)
+        try:
+            while True:
+                await readable.wait()
+                readable.clear()
+                while mine.poll():
+                    self._receive(mine.recv())
+        except (EOFError, OSError):  # the child closed its end: it exits
+            pass
+        finally:
+            loop.remove_reader(mine.fileno())
+            mine.close()
+            self._conn, self._busy = None, False
+        await loop.run_in_executor(None, process.join, STOP_WAIT)
+        if process.exitcode is None:
+            process.kill()
+            await loop.run_in_executor(None, process.join)
+        return process.exitcode
+
+    def _receive(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "busy":
+            self._busy = bool(message[1])
+        elif kind == "new":
+            _, name, open_kfid, new = message
+            app = self.apps.get(name)
+            if app is not None:
+                self._handing = asyncio.ensure_future(self._hand_on(self._handing, app, open_kfid, unpacked(new)))
+
+    async def _hand_on(self, before: Optional[asyncio.Future], app: AppConfig, open_kfid: str, new: list) -> None:
+        """The channel's work on one stored page, after the page before's."""
+        if before is not None:
+            await asyncio.gather(before, return_exceptions=True)
+        try:
+            await self.on_new(app, open_kfid, new)
+        except Exception:  # stored already: what failed is in the log
+            logger.exception("kf: %s: handling %d new message(s) failed", open_kfid, len(new))
+
+    async def close(self) -> None:
+        """Stop the child (it finishes or undoes what it is storing) and wait for it."""
+        self._closing = True
+        self._send(("stop",))
+        if self._supervisor is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._supervisor), STOP_WAIT + 5)
+            except asyncio.TimeoutError:
+                logger.warning("kf: the pull process did not stop in time: killed")
+                if self._process is not None:
+                    self._process.kill()
+                self._supervisor.cancel()
+                await asyncio.gather(self._supervisor, return_exceptions=True)
+        if self._handing is not None:
+            await asyncio.gather(self._handing, return_exceptions=True)
+
+
+# ---------------------------------------------------------------- the child
+
+def child_main(config: Config, conn: Any) -> None:
+    """The child process: a KfPuller of its own until the daemon says stop or goes away."""
+    from wecomd import logs
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(NICE)  # batch work: the daemon answering callbacks goes first when the CPUs are busy
+    logs.setup(config.server.log_level, config.server.log_format, config.server.log_content)
+    asyncio.run(_child(config, conn))
+
+
+async def _child(config: Config, conn: Any) -> None:
+    from wecomd.store import Store, StoreError
+    from wecomd.store.writer import DbWriter
+    from wecomd.wecom.api import WecomClient
+    from wecomd.workers.search_index import SearchIndex
+
+    loop = asyncio.get_running_loop()
+    store = Store(config.server.database)
+    writer = DbWriter(store.db, lambda exc: StoreError("could not commit: %s" % exc))
+    client = WecomClient(config.wecom.api_base)
+    stop = asyncio.Event()
+
+    def tell(message: tuple) -> None:
+        try:
+            conn.send(message)
+        except (OSError, ValueError):  # the daemon is gone
+            stop.set()
+
+    told = [False]
+
+    def busy(_: bool = False) -> None:
+        """Tell the daemon whether this process writes in bulk: pulling, or merging what it stored."""
+        now = puller.pulling() or (index is not None and index.merging)
+        if now != told[0]:
+            told[0] = now
+            tell(("busy", now))
+
+    index = SearchIndex(writer.run, store.messages.search, on_merging=busy) if store.messages.search.fts else None
+
+    async def on_new(app: AppConfig, open_kfid: str, new: list) -> None:
+        tell(("new", app.name, open_kfid, packed(new)))
+        if index is not None:
+            index.wake()
+
+    puller = KfPuller(writer.run, store, client, config, on_new, on_busy=busy)
+
+    def readable() -> None:
+        try:
+            while conn.poll():
+                message = conn.recv()
+                if message[0] == "stop":
+                    stop.set()
+                elif message[0] == "config":
+                    puller.reconfigure(message[1])
+                elif message[0] == "wake":
+                    app = puller.apps.get(message[1])
+                    if app is not None and app.serves_kf(message[2]):
+                        puller.wake(app, message[2])
+        except (EOFError, OSError):  # the daemon is gone
+            stop.set()
+
+    loop.add_reader(conn.fileno(), readable)
+    if index is not None:
+        index.start()
+    try:
+        await puller.start()
+        await stop.wait()
+    finally:
+        loop.remove_reader(conn.fileno())
+        await puller.close()
+        if index is not None:
+            await index.stop()
+        await writer.run(store.close, alone=True)
+        writer.close()
+        client.close()
+        conn.close()
+
+
+# ---------------------------------------------------------------- a page's new messages on the pipe
+
+def packed(new: list) -> list:
+    """A page's new messages for the pipe, in order: customers' plain texts in a row (StoredText) as
+    one ("t", their ids, their external_userids), anything else as ("d", row, Pulled). Texts are most
+    of a backlog; sending their items back whole would hold the daemon's event loop up for
+    milliseconds a page, and the channel reads their stored bodies only if it needs them."""
+    out: list = []
+    for entry in new:
+        if not isinstance(entry, StoredText):
+            out.append(("d",) + tuple(entry))
+            continue
+        if not out or out[-1][0] != "t":
+            out.append(("t", [], []))
+        out[-1][1].append(entry.id)
+        out[-1][2].append(entry.item.get("external_userid"))
+    return out
+
+
+def unpacked(new: list) -> list:
+    """The entries KfChannel takes (see packed): a TextRun for each run of texts."""
+    return [TextRun(entry[1], entry[2]) if entry[0] == "t" else (entry[1], entry[2]) for entry in new]
