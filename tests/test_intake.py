@@ -15,6 +15,7 @@ from wecomd.services import Services
 from wecomd.store import MIGRATIONS_DIR, migrations
 from wecomd.store.intake import Journal, journal_path, once
 from wecomd.wecom import samples
+from wecomd.wecom.sandbox_kf import KfRefusal
 from wecomd.wecom.simulate_kf import callback_plaintext
 
 KFID, ALICE = "wkSupport01", "wmAliceExternal0001"
@@ -149,6 +150,24 @@ reply = 价格表在官网
         self.assertEqual(self.db(self.services.store.intake.seq, intake.generation), intake.applied)
         self.assertEqual(self.journal().after(intake.applied), [])  # forgotten, but for the newest
         self.assertEqual([e["seq"] for e in self.journal().after(0)], [intake.applied])
+
+    def test_a_pull_waiting_to_try_again_leaves_callbacks_on_their_usual_path(self):
+        def busy(body):
+            self.kf.sync_calls.append(dict(body))
+            raise KfRefusal(-1, "system busy")
+
+        self.kf.sync_msg = busy  # WeCom refuses: the loop waits 5 s between tries
+        _, token = self.kf.push(KFID, ALICE, "在吗")
+        self.assertEqual(self.callback(callback_plaintext(CORP_ID, KFID, token), app="kefu").code, 200)
+        puller = self.services.kf.puller
+        self.wait_for(lambda: KFID in puller._loops and not puller.pulling())
+        with self.assertLogs("wecomd.handlers.callback", logging.INFO) as logs:
+            resp = self.callback(text("你好", "7000000000000000021"))
+        self.assertEqual(resp.code, 200)
+        self.assertNotEqual(resp.body, b"")  # the passive reply (reply = 已收到), as without a pull
+        self.assertIn("outcome=stored", logs.output[0])
+        self.assertIn("7000000000000000021", [r["msg_id"] for r in self.rows()])
+        self.assertEqual(self.services.intake.recorded, 0)
 
     def test_a_doorbell_during_a_pull_is_journaled_and_its_token_kept_when_applied(self):
         self.pull_running()

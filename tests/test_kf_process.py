@@ -52,6 +52,10 @@ reply = 价格表在官网：example.com/price
     def ring(self, token: str):
         return self.callback(callback_plaintext(CORP_ID, KFID, token), app="kefu")
 
+    def kept_token(self) -> str:
+        model = self.services.store.models.KfCursor
+        return self.db(lambda: model.get(model.open_kfid == KFID).token)
+
     def stored(self, msg_id: str, timeout: float = 10.0) -> dict:
         return self.wait_for(lambda: next((r for r in self.rows() if r["msg_id"] == msg_id), None), timeout)
 
@@ -99,12 +103,15 @@ reply = 价格表在官网：example.com/price
             self.assertEqual(self.ring(token2).code, 200)
             app_answer = self.callback(xml)
         self.assertEqual((app_answer.code, app_answer.body), (200, b""))
+        self.assertIn("outcome=kf pull", logs.output[0])
         self.assertIn("outcome=journaled", logs.output[1])
+        self.assertEqual(self.services.intake.recorded, 1)  # the app's message; the doorbell went to the child
         self.assertTrue(self.puller.pulling())
         self.stored("7100000000000000001")
-        self.stored(second["msgid"], timeout=20)  # the journaled doorbell made the child pull once more
+        self.stored(second["msgid"], timeout=20)  # the doorbell made the child pull once more
         self.wait_for(lambda: not self.puller.pulling() and not self.services.intake.active(), timeout=20)
         self.assertEqual(self.kf.sync_calls[-1]["token"], token2)
+        self.assertEqual(self.kept_token(), token2)  # kept by the child
 
     def test_a_pull_process_that_dies_is_started_again_and_pulls(self):
         old = self.puller.pid
@@ -117,6 +124,17 @@ reply = 价格表在官网：example.com/price
         self.assertEqual(self.ring(token).code, 200)
         self.stored(item["msgid"], timeout=20)
         self.assertEqual(self.puller.started, 2)
+
+    def test_a_doorbell_while_no_child_runs_is_kept_by_the_daemon_and_pulled_by_the_next(self):
+        self.fake.latency = 0.3
+        old = self.puller.pid
+        os.kill(old, signal.SIGKILL)
+        self.wait_for(lambda: not self.puller.takes_bells(), timeout=10)  # the daemon saw it go
+        item, token = self.kf.push(KFID, ALICE, "没人在的时候")
+        self.assertEqual(self.ring(token).code, 200)
+        self.assertEqual(self.kept_token(), token)  # committed before the 200
+        self.stored(item["msgid"], timeout=30)  # the next child's startup pull
+        self.assertNotEqual(self.puller.pid, old)
 
     def test_close_stops_the_child(self):
         pid = self.puller.pid

@@ -2,8 +2,9 @@
 
 - `doorbell`: a kf_msg_or_event callback of a `kf = yes` app; its token is kept durably and the
   account's pull loop woken (KfPuller). The callback is answered as soon as that is committed.
-  While a pull runs, the callback is committed to the intake journal instead (wecomd.intake), and
-  the token kept and the pull woken when it is applied.
+  With the pull process (wecomd.kf.process) the callback is handed to it as it is: it keeps the
+  token and pulls. Else, while a pull runs, the callback is committed to the intake journal
+  (wecomd.intake), and the token kept and the pull woken when it is applied.
 - What a pull stores (`_on_new`) is pushed live, and the customer's messages and enter_session
   events go through the rules as any channel's do; since 微信客服 has no passive reply, an answer
   goes out through the outbox (kf/send_msg, KfSender), and a welcome through send_msg_on_event
@@ -93,7 +94,9 @@ class KfChannel:
                            app.name, open_kfid)
             return False
         try:
-            if self.intake is not None and self.intake.active():  # kept there; the pull woken once applied
+            if self.puller.takes_bells():  # the pull process keeps the token and pulls
+                await self.puller.doorbell(app, open_kfid, token)
+            elif self.intake is not None and self.intake.active():  # kept there; the pull woken once applied
                 await self.intake.record("kf", app.name, message.raw)
             else:
                 await self.puller.doorbell(app, open_kfid, token)

@@ -6,8 +6,8 @@ event loop that answers callbacks. So the daemon starts a child process that run
 (wecomd.kf.pull) with a database connection, a writer thread and an API client of its own, into the
 same database (the pull lease and kept pages make that safe, as for two daemons). The daemon:
 
-- tells it which account to pull (`wake`, once a doorbell's token is committed) and the new config
-  on reload;
+- hands it each doorbell as it is (`doorbell`: the child commits the token in its own writer and
+  pulls; the daemon's callback waits for neither), and the new config on reload;
 - hears back, in order, the new messages each page stored, and does the channel's work on them
   (live events, rules, the welcome, names: KfChannel), as for a pull run in the daemon;
 - hears when the child starts and ends writing in bulk: pulling, and merging the search index's
@@ -64,8 +64,17 @@ class KfPullProcess:
         self.apps = {name: app for name, app in config.apps.items() if app.kf}
         self._send(("config", config))
 
+    def takes_bells(self) -> bool:
+        """Whether a doorbell goes to the child as it is (it keeps the token and pulls): while one runs."""
+        return self._conn is not None
+
     async def doorbell(self, app: AppConfig, open_kfid: str, token: Optional[str]) -> None:
-        """A callback's token committed (the callback may then be acknowledged), the child told."""
+        """A callback rang: handed to the running child, which commits its token in its own writer
+        and pulls (the daemon waits for neither); while none runs, the token is committed here, and
+        the next child's startup pull takes it."""
+        if self._conn is not None:
+            self._send(("ring", app.name, open_kfid, token))
+            return
         await self.run_db(self.store.kf.doorbell, app.name, open_kfid, token, utcnow())
         self.wake(app, open_kfid)
 
@@ -215,7 +224,10 @@ async def _child(config: Config, conn: Any) -> None:
             told[0] = now
             tell(("busy", now))
 
-    index = SearchIndex(writer.run, store.messages.search, on_merging=busy) if store.messages.search.fts else None
+    # The index segments of what this process stores, merged while it pulls (a pass begun then goes on
+    # to its end); at other times the daemon's upkeep merges.
+    index = SearchIndex(writer.run, store.messages.search, on_merging=busy,
+                        paused=lambda: not (puller.pulling() or index.merging)) if store.messages.search.fts else None
 
     async def on_new(app: AppConfig, open_kfid: str, new: list) -> None:
         tell(("new", app.name, open_kfid, packed(new)))
@@ -223,6 +235,16 @@ async def _child(config: Config, conn: Any) -> None:
             index.wake()
 
     puller = KfPuller(writer.run, store, client, config, on_new, on_busy=busy)
+
+    rings: set = set()
+
+    async def ring(app: AppConfig, open_kfid: str, token: Optional[str]) -> None:
+        """A doorbell the daemon handed over: its token kept, the account pulled (or once more)."""
+        try:
+            await puller.doorbell(app, open_kfid, token)
+        except StoreError as exc:  # only the token is lost: the pull still runs
+            logger.warning("kf: %s: the callback's token was not kept: %s", open_kfid, exc)
+            puller.wake(app, open_kfid)
 
     def readable() -> None:
         try:
@@ -232,10 +254,14 @@ async def _child(config: Config, conn: Any) -> None:
                     stop.set()
                 elif message[0] == "config":
                     puller.reconfigure(message[1])
-                elif message[0] == "wake":
+                elif message[0] in ("wake", "ring"):
                     app = puller.apps.get(message[1])
                     if app is not None and app.serves_kf(message[2]):
-                        puller.wake(app, message[2])
+                        if message[0] == "ring":
+                            rings.add(asyncio.ensure_future(ring(app, message[2], message[3])))
+                            rings.difference_update([task for task in rings if task.done()])
+                        else:
+                            puller.wake(app, message[2])
         except (EOFError, OSError):  # the daemon is gone
             stop.set()
 
@@ -247,6 +273,7 @@ async def _child(config: Config, conn: Any) -> None:
         await stop.wait()
     finally:
         loop.remove_reader(conn.fileno())
+        await asyncio.gather(*rings, return_exceptions=True)
         await puller.close()
         if index is not None:
             await index.stop()

@@ -68,6 +68,7 @@ class KfPuller:
         self.run_db, self.store, self.client, self.on_new, self.clock = run_db, store, client, on_new, clock
         self.on_busy = on_busy  # told when the first loop starts (True) and the last one ends (False)
         self._told = False
+        self._pulls = 0  # _pull calls under way
         self.owner = lease_owner()  # this process, in the lease
         self._loops: Dict[str, asyncio.Task] = {}
         self._again: set = set()
@@ -87,9 +88,13 @@ class KfPuller:
         await self.run_db(self.store.kf.doorbell, app.name, open_kfid, token, self.clock())
         self.wake(app, open_kfid)
 
+    def takes_bells(self) -> bool:
+        """Whether `doorbell` hands a callback elsewhere without a commit here (KfPullProcess): no."""
+        return False
+
     def pulling(self) -> bool:
-        """Whether a loop of this process runs (pulling, or waiting to pull again)."""
-        return any(not task.done() for task in self._loops.values())
+        """Whether this process is pulling now (a loop waiting to try again after a failure is not)."""
+        return self._pulls > 0
 
     def wake(self, app: AppConfig, open_kfid: str) -> None:
         loop = self._loops.get(open_kfid)
@@ -99,15 +104,12 @@ class KfPuller:
             return
         task = asyncio.ensure_future(self._loop(app, open_kfid))
         self._loops[open_kfid] = task
-        task.add_done_callback(lambda done, key=open_kfid: self._ended(key, done))
-        self._tell()
+        task.add_done_callback(lambda done, key=open_kfid: self._loops.pop(key, None)
+                               if self._loops.get(key) is done else None)
 
-    def _ended(self, open_kfid: str, task: asyncio.Task) -> None:
-        if self._loops.get(open_kfid) is task:
-            self._loops.pop(open_kfid, None)
-        self._tell()
-
-    def _tell(self) -> None:
+    def _count(self, change: int) -> None:
+        """A loop starts or ends pulling (`pulling`; on_busy told when that changes)."""
+        self._pulls += change
         busy = self.pulling()
         if self.on_busy is not None and busy != self._told:
             self._told = busy
@@ -140,6 +142,15 @@ class KfPuller:
             self.wake(app, open_kfid)
 
     async def _loop(self, app: AppConfig, open_kfid: str) -> None:
+        """Pull until nothing is pending; counted as pulling but while it waits to try again (a pull
+        run once more right after one counts as one, never as a pause in between)."""
+        self._count(1)
+        try:
+            await self._pulls_of(app, open_kfid)
+        finally:
+            self._count(-1)
+
+    async def _pulls_of(self, app: AppConfig, open_kfid: str) -> None:
         while True:
             self._again.discard(open_kfid)
             try:
@@ -163,10 +174,13 @@ class KfPuller:
         """Wait RETRY_DELAY before trying again, or less: a callback for the account ends the wait."""
         bell = self._bells.setdefault(open_kfid, asyncio.Event())
         bell.clear()
+        self._count(-1)
         try:
             await asyncio.wait_for(bell.wait(), RETRY_DELAY)
         except asyncio.TimeoutError:
             pass
+        finally:
+            self._count(1)
 
     async def _claim(self, app: AppConfig, open_kfid: str) -> Optional[dict]:
         """The account's lease, or None while another live process holds it. A lease left by a
