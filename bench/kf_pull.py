@@ -1,11 +1,12 @@
 """微信客服: a backlog pulled, stored and visible in the console, and callbacks answered meanwhile.
 
-    python bench/kf_pull.py [--messages 100000] [--customers 2000] [--rate 20]
+    python bench/kf_pull.py [--messages 100000] [--customers 2000] [--rate 20] [--kf-pull process]
 
 Four processes on this machine: the sandbox WeCom (a kf account holding the backlog, served page by
 page through kf/sync_msg as WeCom does, 1,000 a page), `wecomd serve` (SQLite, synchronous=FULL:
 each page's items and its cursor committed durably before the next is asked for, then stored as
-messages a slice at a time), a load process that plays WeCom's other callbacks (ordinary app text
+messages a slice at a time; by its pull process with `--kf-pull process`, the default, or in the
+daemon with `inline`), a load process that plays WeCom's other callbacks (ordinary app text
 messages from 3 s before the pull, and kf_msg_or_event doorbells for the account once it is timed,
 `--rate` a second each, timing every answer), and this one, which rings the doorbell once and
 watches the console's API until every message is there.
@@ -14,9 +15,11 @@ Prints messages/s from the doorbell to the last message being visible through /a
 newest message is the backlog's last) and /api/conversations (the counts of every customer's
 conversation add up to the backlog), and the callbacks' p50/p99/max before and during the pull, as
 the load process saw them and as the server logged its own time, with the issue's targets
-(≥ 5,000 messages/s; callbacks p99 ≤ 10 ms); and, from the daemon's /metrics, how long the
-database writer's calls waited for it and its transactions took during the pull (callbacks' calls
-are kind "call", the pull's "bulky").
+(≥ 5,000 messages/s; callbacks p99 ≤ 10 ms), with what became of the callbacks during the pull
+(`journaled`: committed to the intake journal and answered, docs/kf.md); and, from the daemon's
+/metrics, how long its database writer's calls waited and its transactions took during the pull
+(kind "call": callbacks' and the journal's entries applied; "bulky": the pull's, with `inline` only,
+since the pull process's writer is its own).
 """
 from __future__ import annotations
 
@@ -122,10 +125,11 @@ def load_process(port: int, rate: float, token: str, pulling, stop, results) -> 
 
 # ---------------------------------------------------------------- the daemon and the console
 
-def write_config(directory: Path, port: int, api_port: int) -> Path:
+def write_config(directory: Path, port: int, api_port: int, kf_pull: str) -> Path:
     path = directory / "wecomd.conf"
     path.write_text("\n".join([
         "[server]", "listen = 127.0.0.1:%d" % port, "database = wecomd.db", "media_dir = media",
+        "kf_pull = " + kf_pull,
         "[admin]", "username = admin", "cookie_secret = bench-cookie-secret-0123456789abcdef0123",
         "password_hash = " + hash_password("bench-password-not-used"), "api_token = " + API_TOKEN,
         "[wecom]", "api_base = http://127.0.0.1:%d" % api_port,
@@ -209,10 +213,11 @@ def wait_healthy(port: int, proc: subprocess.Popen, log: Path) -> None:
     raise SystemExit("wecomd did not come up")
 
 
-def start_server(work: Path, port: int, api_port: int) -> tuple:
+def start_server(work: Path, port: int, api_port: int, kf_pull: str) -> tuple:
     """`wecomd serve` in `work` on `port` (WeCom's API at `api_port`): (the process, its log file)."""
     log = work / "server.log"
-    server = subprocess.Popen([sys.executable, "-m", "wecomd", "serve", "-c", str(write_config(work, port, api_port))],
+    config = write_config(work, port, api_port, kf_pull)
+    server = subprocess.Popen([sys.executable, "-m", "wecomd", "serve", "-c", str(config)],
                               cwd=str(work), stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                               env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     return server, log
@@ -230,22 +235,27 @@ def print_callbacks(outcome: dict, log: Path, span: tuple, wall_span: tuple, wha
             print("           %s: during %s %s (target p99 ≤ 10 ms)" % (kind, what, percentiles(during)))
     if outcome["error_count"]:
         print("callback errors: %d, e.g. %s" % (outcome["error_count"], outcome["errors"]))
-    during, before = server_latencies(log, *wall_span)
+    during, before, outcomes = server_latencies(log, *wall_span)
     print("the server's own time per callback (its log: request read to answer written):")
     print("  before %s %s" % (what, percentiles(before)))
     print("  during %s %s (target p99 ≤ 10 ms)" % (what, percentiles(during)))
+    print("  during %s, outcomes: %s" % (what, ", ".join("%s %d" % kv for kv in sorted(outcomes.items()))))
 
 
 def server_latencies(log: Path, start: float, end: float) -> tuple:
-    """The `latency=` of each callback line of the server's log: (during start..end, before start)."""
-    during, before = [], []
-    pattern = re.compile(r"^(\S+ \S+),(\d+) .*wecomd\.handlers\.callback: callback .* latency=([\d.]+)ms")
+    """The `latency=` of each callback line of the server's log: (during start..end, before start,
+    {outcome: count} during)."""
+    during, before, outcomes = [], [], {}
+    pattern = re.compile(r"^(\S+ \S+),(\d+) .*wecomd\.handlers\.callback: callback .* outcome=(\w+)"
+                         r".* latency=([\d.]+)ms")
     for line in log.read_text(errors="replace").splitlines():
         found = pattern.match(line)
         if found:
             at = time.mktime(time.strptime(found.group(1), "%Y-%m-%d %H:%M:%S")) + int(found.group(2)) / 1000
-            (during if start <= at <= end else before if at < start else []).append(float(found.group(3)))
-    return during, before
+            if start <= at <= end:
+                outcomes[found.group(3)] = outcomes.get(found.group(3), 0) + 1
+            (during if start <= at <= end else before if at < start else []).append(float(found.group(4)))
+    return during, before, outcomes
 
 
 def percentiles(values: list) -> str:
@@ -261,6 +271,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--customers", type=int, default=2_000)
     parser.add_argument("--rate", type=float, default=20.0, help="app callbacks and kf doorbells a second, each")
+    parser.add_argument("--kf-pull", choices=("process", "inline"), default="process",
+                        help="[server] kf_pull: the pull in a process of its own (the default) or in the daemon")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="wecomd-bench-kf-"))
@@ -269,7 +281,7 @@ def main() -> int:
     sandbox = multiprocessing.Process(target=sandbox_process, args=(api_port, commands, answers), daemon=True)
     sandbox.start()
     assert answers.get(timeout=30) == "ready"
-    server, log = start_server(work, port, api_port)
+    server, log = start_server(work, port, api_port, args.kf_pull)
     try:
         wait_healthy(port, server, log)
         time.sleep(1.0)  # the startup pull found the account empty

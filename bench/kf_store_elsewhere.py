@@ -64,7 +64,9 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wecomd-bench-kf-elsewhere-"))
     port = bench.free_port()
-    server, log = bench.start_server(work, port, bench.free_port())
+    # inline: the daemon pulls nothing itself and does not know of the storer, so its callbacks are
+    # stored as usual, waiting for the storer's write lock (what this measures), never journaled.
+    server, log = bench.start_server(work, port, bench.free_port(), "inline")
     try:
         bench.wait_healthy(port, server, log)
         stop, pulling, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()

@@ -192,8 +192,11 @@ def child_main(config: Config, conn: Any) -> None:
     from wecomd import logs
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.nice(NICE)  # batch work: the daemon answering callbacks goes first when the CPUs are busy
     logs.setup(config.server.log_level, config.server.log_format, config.server.log_content)
+    try:
+        os.nice(NICE)  # batch work: the daemon answering callbacks goes first when the CPUs are busy
+    except OSError as exc:  # a sandbox that refuses it (a seccomp filter): the pull runs all the same
+        logger.warning("kf: the pull process keeps its priority: %s", exc)
     asyncio.run(_child(config, conn))
 
 
