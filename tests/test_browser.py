@@ -497,7 +497,7 @@ def test_rules_view_lists_rules_in_order_with_counts(page, demo):
     greet = rules_row(page, "greet")
     expect(greet.locator(".rule-when")).to_have_text("text contains 你好")
     expect(greet.locator(".rule-app")).to_have_text("全部应用")
-    expect(greet.locator(".does-reply .does-text")).to_have_text("你好，{from_user}！发送“帮助”查看可以做什么。")
+    expect(greet.locator(".does-reply .does-text")).to_have_text("你好，{user_name}！发送“帮助”查看可以做什么。")
     expect(greet.locator(".rule-continue")).to_have_text("否")
     expect(greet.locator(".rule-hits")).to_have_text(re.compile(r"^[1-9][0-9]*$"))
     expect(greet.locator(".rule-last time")).to_have_text(re.compile(r"\S"))

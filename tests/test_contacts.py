@@ -121,3 +121,22 @@ class DirectoryTest(WecomdTestCase):
         await directory.close()
         self.assertEqual(user_gets(self.fake), ["zhangsan", "zhangsan"])
         self.assertEqual(directory.name("helpdesk", "zhangsan"), "张三丰")
+
+
+class UserNameRuleTest(WecomdTestCase):
+    extra_config = """
+[rule:greet]
+app = helpdesk
+when = text contains 你好
+reply = 你好，{user_name}！
+"""
+
+    def test_user_name_in_a_passive_reply_is_the_contact_name_once_known_else_the_userid(self):
+        self.fake.users.update({"zhangsan": {"name": "张三", "department": [1]}})
+        first = self.peer.read_reply(self.callback(text_xml("zhangsan", "你好")).body)
+        self.assertIn("你好，zhangsan！", first)  # not known yet: never looked up on the way to a passive reply
+        self.io_loop.run_sync(lambda: self.services.directory.lookup("helpdesk", "zhangsan"))  # as the console does
+        second = self.peer.read_reply(self.callback(text_xml("zhangsan", "你好 again")).body)
+        self.assertIn("你好，张三！", second)
+        unknown = self.peer.read_reply(self.callback(text_xml("nobody", "你好")).body)
+        self.assertIn("你好，nobody！", unknown)

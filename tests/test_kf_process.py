@@ -34,6 +34,11 @@ class KfProcessTest(WecomdTestCase):
 app = kefu
 when = text contains 价格
 reply = 价格表在官网：example.com/price
+
+[rule:hello]
+app = kefu
+when = text equals 您好
+reply = 您好，{user_name}！
 """
 
     def prepare_fake(self, fake) -> None:
@@ -143,3 +148,10 @@ reply = 价格表在官网：example.com/price
         self.assertIsNone(self.puller.pid)
         self.services = type(self.services)(self.config)  # for tearDown, which closes it
         self.io_loop.run_sync(self.services.start)
+
+    def test_a_rule_greets_a_new_customer_by_the_nickname_wecom_knows(self):
+        item, token = self.kf.push(KFID, BOB, "您好")
+        self.assertEqual(self.ring(token).code, 200)
+        sent = self.wait_for(lambda: [m for m in self.kf.sent if m["touser"] == BOB])
+        # Never seen before: the nickname is asked of customer/batchget before the answer goes out.
+        self.assertEqual(sent[0]["text"]["content"], "您好，鲍勃！")

@@ -264,7 +264,9 @@ def test_template_fields_of_a_text_message():
     fields = rules.template_fields(match, "helpdesk", text("你好"))
     assert fields == {"from_user": "zhangsan", "content": "你好", "event_key": "", "app": "helpdesk",
                       "msgtype": "text", "event": "", "to_user": "ww0123456789abcdef", "agent_id": "1000002",
-                      "msg_id": "7001", "create_time": "1764370000", "rule": "r"}
+                      "msg_id": "7001", "create_time": "1764370000", "rule": "r", "user_name": "zhangsan"}
+    # With the sender's name known (Services.user_name), {user_name} is that name.
+    assert rules.template_fields(match, "helpdesk", text("你好"), "张三")["user_name"] == "张三"
 
 
 def test_regex_groups_positional_and_named():
@@ -338,7 +340,7 @@ def test_command_env():
                    "WECOMD_APP": "helpdesk", "WECOMD_MSGTYPE": "text", "WECOMD_EVENT": "",
                    "WECOMD_TO_USER": "ww0123456789abcdef", "WECOMD_AGENT_ID": "1000002",
                    "WECOMD_MSG_ID": "7001", "WECOMD_CREATE_TIME": "1764370000", "WECOMD_RULE": "r",
-                   "WECOMD_GROUP_1": "x", "WECOMD_GROUP_2": "y", "WECOMD_GROUP_3": "",
+                   "WECOMD_USER_NAME": "zhangsan", "WECOMD_GROUP_1": "x", "WECOMD_GROUP_2": "y", "WECOMD_GROUP_3": "",
                    "WECOMD_GROUP_TARGET": "y"}
 
 

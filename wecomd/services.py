@@ -11,7 +11,7 @@ import logging
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Callable, List, TypeVar
+from typing import Any, Callable, List, Optional, TypeVar
 
 from wecomd import config as configmod
 from wecomd.accounts import Accounts
@@ -33,6 +33,7 @@ from wecomd.store import Store, StoreError
 from wecomd.store.intake import Journal, journal_path
 from wecomd.store.times import utcnow
 from wecomd.store.writer import DbWriter
+from wecomd.wecom import kf as kfproto
 from wecomd.wecom.api import WecomClient
 from wecomd.wecom.crypto import WecomCrypto
 from wecomd.workers.media import MediaVault
@@ -141,6 +142,18 @@ class Services:
                             config, self.media.wake, listening=lambda: self.hub.count > 0,
                             wake_index=self.search_index.wake, intake=self.intake)
         self.outbox.kf = self.kf.sender
+        self.rule_runner.name_of = self.user_name  # {user_name} in rules
+
+    async def user_name(self, app: str, user: Optional[str]) -> Optional[str]:
+        """The name the console shows for `user` of `app`: a 微信客服 customer's nickname (looked up
+        when not cached), a member's contact name when this process knows it (never a lookup on the
+        way to a passive reply); None when not known."""
+        if not user:
+            return None
+        kf = kfproto.split_key(user)
+        if kf is not None and app in self.kf.apps:
+            return await self.kf.nickname(self.kf.apps[app], kf[1])
+        return self.directory.name(app, user)
 
     @property
     def rules(self) -> List[rulesmod.Rule]:

@@ -23,7 +23,7 @@ NOTIFY_FORMATS = ("text", "markdown")  # what a group robot is sent (`notify_for
 WHEN_FORMS = ("text equals X | text contains X | text matches REGEX | click KEY | event NAME | "
               "msgtype NAME | any")
 FIELDS = ("from_user", "content", "event_key", "app", "msgtype", "event", "to_user", "agent_id",
-          "msg_id", "create_time", "rule")
+          "msg_id", "create_time", "rule", "user_name")
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_HISTORY = 10  # earlier messages of the conversation sent with an `ask`
 MAX_HISTORY = 100  # more would rarely fit a model's context, and each one is read from the database
@@ -436,10 +436,13 @@ def select(rules: Sequence[Rule], app: str, message: Message) -> List[Match]:
     return matches
 
 
-def template_fields(match: Match, app: str, message: Message) -> Dict[str, str]:
-    """Every field a template of `match.rule` may use, as text ("" when the message lacks it)."""
+def template_fields(match: Match, app: str, message: Message, user_name: Optional[str] = None) -> Dict[str, str]:
+    """Every field a template of `match.rule` may use, as text ("" when the message lacks it).
+    `user_name`: the sender's name as the console shows it (a member's contact name, a 微信客服
+    customer's nickname); from_user when it is not known."""
     values = {
-        "from_user": message.from_user, "content": message.content, "event_key": message.event_key,
+        "from_user": message.from_user, "user_name": user_name or message.from_user,
+        "content": message.content, "event_key": message.event_key,
         "app": app, "msgtype": message.msgtype, "event": message.event, "to_user": message.to_user,
         "agent_id": message.agent_id, "msg_id": message.msg_id, "create_time": message.create_time,
         "rule": match.rule.name,

@@ -74,6 +74,8 @@ class RuleRunner:
         self.run_db, self.store, self.outbox, self.webhooks = run_db, store, outbox, webhooks
         self.publish, self.notifier = publish, notifier  # notifier: workers.notify.NotifySender
         self.commands = commands
+        # (app, user) -> the user's name for {user_name}, or None; set by Services (the directory, 微信客服).
+        self.name_of: Optional[Callable[[str, Optional[str]], Awaitable[Optional[str]]]] = None
         self._tasks: set[asyncio.Task] = set()
         self.reconfigure(config)
 
@@ -130,7 +132,7 @@ class RuleRunner:
                      answers: _Answers, paused: bool) -> List[asyncio.Task]:
         """Start one rule's actions; returns the tasks whose answers may still become passive."""
         rule, started = match.rule, []
-        fields = rulesmod.template_fields(match, app.name, message)
+        fields = rulesmod.template_fields(match, app.name, message, await self._user_name(app.name, row))
         if rule.webhook and not (rule.stream and isinstance(app, BotConfig)):  # a bot streams it (bots.RuleSources)
             started.append(await self._webhook(rule, app, row, answers))
         if rule.notify and self.notifier is not None:
@@ -205,6 +207,14 @@ class RuleRunner:
         """Deliver an answer that missed the passive budget through the send API (the outbox)."""
         rows = await self.outbox.submit(app, user, text, operator="rule:%s" % run["rule"], rule=run["rule"])
         await self.run_db(self.store.runs.set_path, run["id"], "api", rows[0]["id"])
+
+    async def _user_name(self, app: str, row: dict) -> Optional[str]:
+        """{user_name}: the sender's name from `name_of` (set by Services), None when unknown."""
+        try:
+            return await self.name_of(app, row.get("from_user")) if self.name_of is not None else None
+        except Exception:  # a name is never worth an answer: {user_name} falls back to from_user
+            logger.exception("rules: the name of %s could not be read", row.get("from_user"))
+            return None
 
     async def send_answer(self, app: str, user: str, answer: Answer) -> list:
         """Send what `handle` returned through the outbox instead, for a channel or a delivery that

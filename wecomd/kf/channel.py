@@ -379,6 +379,16 @@ class KfChannel:
             names.update((i, i) for i in invalid)
             await self._publish_names(app, names)
 
+    async def nickname(self, app: AppConfig, external: str) -> str:
+        """A customer's nickname, looked up first (customer/batchget) when not cached; the
+        external_userid when WeCom does not know it or cannot be asked."""
+        await self.resolve_names(app, [external])
+        try:
+            cached = (await self.read(self.store.kf.customers, [external])).get(external) or {}
+        except StoreError:
+            cached = {}
+        return cached.get("nickname") or external
+
     async def _publish_names(self, app: AppConfig, names: Dict[str, str]) -> None:
         if not self.listening():  # no console connected: nobody to tell, nothing to read
             return
