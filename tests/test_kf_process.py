@@ -155,3 +155,15 @@ reply = 您好，{user_name}！
         sent = self.wait_for(lambda: [m for m in self.kf.sent if m["touser"] == BOB])
         # Never seen before: the nickname is asked of customer/batchget before the answer goes out.
         self.assertEqual(sent[0]["text"]["content"], "您好，鲍勃！")
+
+    def test_a_reload_reaches_the_child(self):
+        other = "wkSupport02"
+        self.kf.add_account(other, "第二个客服")
+        path = self.config.path
+        path.write_text(path.read_text(encoding="utf-8").replace(
+            "kf_accounts = %s" % KFID, "kf_accounts = %s, %s" % (KFID, other)), encoding="utf-8")
+        self.assertTrue(self.services.reload({}))
+        item, token = self.kf.push(other, ALICE, "第二个账号")
+        self.assertEqual(self.callback(callback_plaintext(CORP_ID, other, token), app="kefu").code, 200)
+        row = self.stored(item["msgid"], timeout=20)  # the child serves the account the reload added
+        self.assertEqual(row["from_user"], kfproto.conversation_key(other, ALICE))
