@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import signal
+import time
+from unittest import mock
 
 from support.base import WecomdTestCase
 from support.config import kf_app_section
@@ -167,3 +169,18 @@ reply = 您好，{user_name}！
         self.assertEqual(self.callback(callback_plaintext(CORP_ID, other, token), app="kefu").code, 200)
         row = self.stored(item["msgid"], timeout=20)  # the child serves the account the reload added
         self.assertEqual(row["from_user"], kfproto.conversation_key(other, ALICE))
+
+    def test_close_while_waiting_to_start_the_child_again_does_not_wait_for_it(self):
+        self.io_loop.run_sync(self.services.close)
+        with mock.patch.object(processmod, "RESTART", 30.0):
+            self.services = type(self.services)(self.config)
+            self.io_loop.run_sync(self.services.start)
+        puller = self.services.kf.puller
+        self.wait_for(lambda: puller.pid, timeout=30)
+        os.kill(puller.pid, signal.SIGKILL)
+        self.wait_for(lambda: not puller.takes_bells(), timeout=10)  # gone; the next one in 30 s
+        started = time.monotonic()
+        self.io_loop.run_sync(self.services.close, timeout=60)
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.services = type(self.services)(self.config)  # for tearDown, which closes it
+        self.io_loop.run_sync(self.services.start)

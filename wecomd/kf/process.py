@@ -54,6 +54,7 @@ class KfPullProcess:
         self._process: Any = None
         self._busy = False
         self._closing = False
+        self._stopping = asyncio.Event()  # set by close: ends a wait before starting a child again
         self._supervisor: Optional[asyncio.Task] = None
         self._handing: Optional[asyncio.Future] = None  # the channel's work on the last page reported
         self.started = 0  # children started (tests)
@@ -116,7 +117,10 @@ class KfPullProcess:
             if loop.time() - began > 2 * RESTART_MAX:  # it ran a while: start again soon
                 delay = RESTART
             logger.error("kf: the pull process exited (code %s); starting it again in %.0f s", code, delay)
-            await asyncio.sleep(delay)
+            try:  # close() ends the wait
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
             delay = min(2 * delay, RESTART_MAX)
 
     async def _run_child(self) -> Optional[int]:
@@ -171,6 +175,7 @@ class KfPullProcess:
     async def close(self) -> None:
         """Stop the child (it finishes or undoes what it is storing) and wait for it."""
         self._closing = True
+        self._stopping.set()
         self._send(("stop",))
         if self._supervisor is not None:
             try:
