@@ -24,6 +24,7 @@ from wecomd.config import AppConfig, Config
 from wecomd.store import StoreError
 from wecomd.store.contacts import counterpart
 from wecomd.store.times import from_iso
+from wecomd.wecom import kf as kfproto
 from wecomd.wecom.errcodes import WecomApiError
 
 logger = logging.getLogger(__name__)
@@ -219,3 +220,15 @@ class Directory:
 
 def _parse(text: Optional[str]) -> datetime:
     return from_iso(text) or datetime.min
+
+
+async def user_name(directory: Directory, kf: Any, app: str, user: Optional[str]) -> Optional[str]:
+    """The name the console shows for `user` of `app` ({user_name} in rules): a 微信客服 customer's
+    nickname (kf: the KfChannel; looked up when not cached), a member's contact name when this
+    process knows it (never a lookup on the way to a passive reply); None when not known."""
+    if not user:
+        return None
+    conversation = kfproto.split_key(user)
+    if conversation is not None and app in kf.apps:
+        return await kf.nickname(kf.apps[app], conversation[1])
+    return directory.name(app, user)

@@ -11,7 +11,7 @@ import logging
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Callable, List, Optional, TypeVar
+from typing import Any, Callable, List, TypeVar
 
 from wecomd import config as configmod
 from wecomd.accounts import Accounts
@@ -23,7 +23,7 @@ from wecomd.automation.takeover import Takeover
 from wecomd.bots import BotChannel, RuleSources
 from wecomd.kf.channel import KfChannel
 from wecomd.config import AppConfig, Config
-from wecomd.contacts import Directory
+from wecomd.contacts import Directory, user_name
 from wecomd.failures import FailureRecorder
 from wecomd.inbox import Inbox
 from wecomd.intake import Intake
@@ -33,7 +33,6 @@ from wecomd.store import Store, StoreError
 from wecomd.store.intake import Journal, journal_path
 from wecomd.store.times import utcnow
 from wecomd.store.writer import DbWriter
-from wecomd.wecom import kf as kfproto
 from wecomd.wecom.api import WecomClient
 from wecomd.wecom.crypto import WecomCrypto
 from wecomd.workers.media import MediaVault
@@ -142,18 +141,7 @@ class Services:
                             config, self.media.wake, listening=lambda: self.hub.count > 0,
                             wake_index=self.search_index.wake, intake=self.intake)
         self.outbox.kf = self.kf.sender
-        self.rule_runner.name_of = self.user_name  # {user_name} in rules
-
-    async def user_name(self, app: str, user: Optional[str]) -> Optional[str]:
-        """The name the console shows for `user` of `app`: a 微信客服 customer's nickname (looked up
-        when not cached), a member's contact name when this process knows it (never a lookup on the
-        way to a passive reply); None when not known."""
-        if not user:
-            return None
-        kf = kfproto.split_key(user)
-        if kf is not None and app in self.kf.apps:
-            return await self.kf.nickname(self.kf.apps[app], kf[1])
-        return self.directory.name(app, user)
+        self.rule_runner.name_of = functools.partial(user_name, self.directory, self.kf)  # {user_name} in rules
 
     @property
     def rules(self) -> List[rulesmod.Rule]:

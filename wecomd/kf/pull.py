@@ -66,9 +66,9 @@ class KfPuller:
                  on_new: OnNew, clock: Callable[[], datetime] = utcnow,
                  on_busy: Optional[Callable[[bool], None]] = None) -> None:
         self.run_db, self.store, self.client, self.on_new, self.clock = run_db, store, client, on_new, clock
-        self.on_busy = on_busy  # told when the first loop starts (True) and the last one ends (False)
+        self.on_busy = on_busy  # told when this process starts pulling (True) and stops (False)
         self._told = False
-        self._pulls = 0  # _pull calls under way
+        self._pulls = 0  # loops pulling now (a loop waiting to try again is not)
         self.owner = lease_owner()  # this process, in the lease
         self._loops: Dict[str, asyncio.Task] = {}
         self._again: set = set()
