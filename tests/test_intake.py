@@ -11,6 +11,7 @@ from support.base import WecomdTestCase
 from support.config import kf_app_section
 from support.kf import SlowSync
 from support.peer import CORP_ID
+from support.store import migrations_from
 from wecomd.services import Services
 from wecomd.store import MIGRATIONS_DIR, migrations
 from wecomd.store.intake import Journal, journal_path, once
@@ -85,9 +86,9 @@ def test_once_applies_an_entry_in_the_transaction_of_its_mark(sqlite_store):
 def test_0016_makes_intake_applied_and_reverts(sqlite_store):
     runner = migrations.Runner(sqlite_store.db, str(MIGRATIONS_DIR))
     assert "intake_applied" in sqlite_store.db.get_tables()
-    runner.down("0016_intake")
+    assert runner.down("0016_intake") == migrations_from("0016_intake")[::-1]  # and those after it
     assert "intake_applied" not in sqlite_store.db.get_tables()
-    assert sqlite_store.migrate() == ["0016_intake"]
+    assert sqlite_store.migrate() == migrations_from("0016_intake")
     sqlite_store.intake.mark("gen", 7)
     sqlite_store.intake.mark("gen", 8)
     assert sqlite_store.intake.seq("gen") == 8

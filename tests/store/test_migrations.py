@@ -241,3 +241,23 @@ def test_0015_indexes_feedback_id_and_a_feedback_finds_its_stream_by_it(sqlite_s
     assert "botstream_feedback_id" in {i.name for i in sqlite_store.db.get_indexes("bot_stream")}
     models = sqlite_store.models.all()
     assert not diff_models(sqlite_store.db, models), str(diff_models(sqlite_store.db, models))
+
+
+def test_0017_an_apps_newest_messages_come_from_an_index_not_a_sort(sqlite_store):
+    """The console's list filtered by app reads the app's newest rows from (app, id), never every row
+    of the app sorted; the migration reverts and applies again."""
+    for n in range(200):
+        save(sqlite_store, app="helpdesk" if n % 3 else "kefu", user="u%d" % (n % 7), content="m%d" % n)
+    plan = " ".join(r[3] for r in sqlite_store.db.execute_sql(
+        'EXPLAIN QUERY PLAN SELECT * FROM "message" WHERE "app" = ? ORDER BY "id" DESC LIMIT 51', ("kefu",)))
+    assert "USING INDEX message_app_id" in plan and "TEMP B-TREE" not in plan, plan
+    rows, cursor = sqlite_store.messages.page(app="kefu", limit=5)
+    assert [r["content"] for r in rows] == ["m198", "m195", "m192", "m189", "m186"] and cursor is not None
+
+    runner = migrations.Runner(sqlite_store.db, str(MIGRATIONS_DIR))
+    assert runner.down("0017_message_app_index") == migrations_from("0017_message_app_index")[::-1]
+    assert "message_app_id" not in {i.name for i in sqlite_store.db.get_indexes("message")}
+    assert sqlite_store.migrate() == migrations_from("0017_message_app_index")
+    assert "message_app_id" in {i.name for i in sqlite_store.db.get_indexes("message")}
+    models = sqlite_store.models.all()
+    assert not diff_models(sqlite_store.db, models), str(diff_models(sqlite_store.db, models))

@@ -65,6 +65,7 @@ class Message(Model):
         table_name = "message"
         indexes = (
             (("app", "user", "id"), False),
+            (("app", "id"), False),  # an app's newest messages (migration 0017)
             (("direction", "status", "next_attempt_at"), False),
         )
 
