@@ -131,6 +131,10 @@ reply = 您好，{user_name}！
         self.assertEqual(self.ring(token).code, 200)
         self.stored(item["msgid"], timeout=20)
         self.assertEqual(self.puller.started, 2)
+        scraped = self.fetch("/metrics", headers=self.bearer()).body.decode()
+        self.assertIn("wecomd_kf_pull_process_up 1.0", scraped)
+        self.assertIn("wecomd_kf_pull_process_starts 2.0", scraped)  # a restart shows
+        self.assertIn("wecomd_intake_pending 0.0", scraped)
 
     def test_a_doorbell_while_no_child_runs_is_kept_by_the_daemon_and_pulled_by_the_next(self):
         self.fake.latency = 0.3

@@ -322,6 +322,16 @@ class IsolationTest(MetricsTestCase):
         self.assertEqual(parse(b.render())[("wecomd_outbox_sent_total", ())], 0)
         self.assertEqual(parse(b.render())[("wecomd_websocket_clients", ())], 2)
 
+    def test_the_intake_journal_and_the_pull_process_are_read_at_scrape(self):
+        state = {"pending": 3, "pull": (1, 4)}
+        metrics = Metrics(intake_pending=lambda: state["pending"], kf_pull=lambda: state["pull"])
+        scraped = parse(metrics.render())
+        self.assertEqual((scraped[("wecomd_intake_pending", ())], scraped[("wecomd_kf_pull_process_up", ())],
+                          scraped[("wecomd_kf_pull_process_starts", ())]), (3, 1, 4))
+        state.update(pending=0, pull=(0, 4))  # applied; the process died and is not back yet
+        scraped = parse(metrics.render())
+        self.assertEqual((scraped[("wecomd_intake_pending", ())], scraped[("wecomd_kf_pull_process_up", ())]), (0, 0))
+
     def post_text(self):
         req = self.peer.callback(text("只一次"))
         return self.fetch("/callback/helpdesk?" + req.query, method="POST", body=req.body)

@@ -65,7 +65,9 @@ class Metrics:
     """The registry and every metric of one process; see docs/api.md for what each one means."""
 
     def __init__(self, websocket_clients: Callable[[], float] = lambda: 0,
-                 db_commits: Callable[[], Tuple[int, int]] = lambda: (0, 0)) -> None:
+                 db_commits: Callable[[], Tuple[int, int]] = lambda: (0, 0),
+                 intake_pending: Callable[[], float] = lambda: 0,
+                 kf_pull: Callable[[], Tuple[int, int]] = lambda: (0, 0)) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         r.register(_WriterCollector(db_commits))
@@ -104,6 +106,17 @@ class Metrics:
         self.websocket_clients = Gauge(
             "wecomd_websocket_clients", "Dashboard websockets connected to the live feed.", registry=r)
         self.websocket_clients.set_function(websocket_clients)
+        self.intake_pending = Gauge(
+            "wecomd_intake_pending", "Callbacks in the intake journal not applied to the database yet.", registry=r)
+        self.intake_pending.set_function(intake_pending)
+        # kf_pull(): (1 while the 微信客服 pull process runs, else 0; how many times it was started)
+        self.kf_pull_up = Gauge(
+            "wecomd_kf_pull_process_up", "1 while the 微信客服 pull process runs, 0 otherwise.", registry=r)
+        self.kf_pull_up.set_function(lambda: kf_pull()[0])
+        self.kf_pull_starts = Gauge(
+            "wecomd_kf_pull_process_starts", "Times the 微信客服 pull process was started (more than 1: restarts).",
+            registry=r)
+        self.kf_pull_starts.set_function(lambda: kf_pull()[1])
         for reason in TOKEN_REASONS:
             self.token_refreshes_total.labels(reason=reason)  # present at 0 from the start
         for kind in DB_KINDS:

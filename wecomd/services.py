@@ -87,7 +87,9 @@ class Services:
         self.inflight = Inflight()
         self.hub = Hub()
         self.metrics = Metrics(websocket_clients=lambda: self.hub.count,
-                               db_commits=lambda: (self.writer.batches, self.writer.calls))
+                               db_commits=lambda: (self.writer.batches, self.writer.calls),
+                               intake_pending=lambda: self.intake.recorded - self.intake.applied,
+                               kf_pull=lambda: self.kf.pull_process())
         self.login_limiter = LoginLimiter()
         self.password_checker = PasswordChecker()  # scrypt on its own threads, never on the event loop
         self.cookie_secret = config.admin.cookie_secret or _ephemeral_secret()

@@ -80,6 +80,11 @@ class KfChannel:
         self.apps = {name: app for name, app in config.apps.items() if app.kf}
         self.puller.reconfigure(config)
 
+    def pull_process(self) -> tuple:
+        """(1 while the pull process runs, else 0; how many times it was started): /metrics."""
+        process = self.puller if isinstance(self.puller, KfPullProcess) else None
+        return (1 if process is not None and process.pid else 0, process.started if process is not None else 0)
+
     def handles(self, app: AppConfig, message: Message) -> bool:
         """Whether a callback of `app` is this channel's doorbell (the app has kf = yes)."""
         return app.kf and message.msgtype == "event" and message.event == kfproto.KF_EVENT
