@@ -177,7 +177,7 @@ reply = 价格表在官网
             self.assertEqual(self.callback(callback_plaintext(CORP_ID, KFID, token), app="kefu").code, 200)
         self.assertIn("outcome=kf pull", logs.output[0])
         self.assertGreaterEqual(self.services.intake.recorded, 1)
-        self.wait_for(lambda: next((r for r in self.rows() if r["msg_id"] == item["msgid"]), None))
+        self.stored_msg(item["msgid"])
         self.wait_for(lambda: not self.services.kf.puller.pulling())
         self.assertEqual(self.kf.sync_calls[-1]["token"], token)  # the pull once more, with the journaled token
 

@@ -73,9 +73,6 @@ class KfTestCase(WecomdTestCase):
         assert resp.code == 200 and resp.body == b"", (resp.code, resp.body)
         return item
 
-    def stored(self, msg_id: str) -> dict:
-        return self.wait_for(lambda: next((r for r in self.rows() if r["msg_id"] == msg_id), None))
-
     def kf_rows(self) -> list:
         rows, found = [], None
         while True:
@@ -93,7 +90,7 @@ class PullTest(KfTestCase):
         first, token = self.kf.push(KFID, ALICE, "你好")
         resp = self.ring(token)
         self.assertEqual((resp.code, resp.body), (200, b""))
-        row = self.stored(first["msgid"])
+        row = self.stored_msg(first["msgid"])
         self.assertEqual((row["app"], row["from_user"], row["direction"], row["content"]),  # the conversation
                          ("kefu", self.key(), "in", "你好"))
         call = self.kf.sync_calls[0]
@@ -103,7 +100,7 @@ class PullTest(KfTestCase):
 
         second, token2 = self.kf.push(KFID, ALICE, "在吗")
         self.ring(token2)
-        self.stored(second["msgid"])
+        self.stored_msg(second["msgid"])
         cursor = self.db(self.services.store.kf.cursors)[0]["cursor"]
         self.assertEqual(self.kf.sync_calls[-1]["cursor"], pullmod_cursor(self.kf, 1))
         self.assertEqual(self.kf.sync_calls[-1]["token"], token2)
@@ -130,15 +127,15 @@ class PullTest(KfTestCase):
         item2, token2 = self.kf.push(KFID, ALICE, "还在吗")
         rung = time.monotonic()
         self.ring(token2)
-        self.stored(item["msgid"])
-        self.stored(item2["msgid"])
+        self.stored_msg(item["msgid"])
+        self.stored_msg(item2["msgid"])
         # The loop was waiting to retry (RETRY_DELAY): the callback ended the wait.
         self.assertLess(time.monotonic() - rung, pullmod.RETRY_DELAY - 1)
 
     def test_empty_pages_with_has_more_are_followed(self):
         self.kf.empty_pages = 3
         item = self.say("第一句")
-        self.stored(item["msgid"])
+        self.stored_msg(item["msgid"])
         self.assertEqual(len(self.kf.sync_calls), 4)
         # Each call carries the cursor the page before gave.
         self.assertEqual([c.get("cursor") for c in self.kf.sync_calls[1:]],
@@ -183,7 +180,7 @@ class PullTest(KfTestCase):
             later = self.say("又一句")  # the next pull stores the kept page first, then the new one
             items = [i for i, _ in pushed] + [later]
             for item in items:
-                self.stored(item["msgid"])
+                self.stored_msg(item["msgid"])
         finally:
             setattr(store_kf, name, real)
         self.wait_for(lambda: not self.db(store_kf.kept_pages, KFID))
@@ -233,7 +230,7 @@ class PullTest(KfTestCase):
         # The pull is under way (held 0.4 s before it reaches WeCom): two more callbacks ring.
         second, third = self.say("二", customer=BOB), self.say("三")
         for item in (first, second, third):
-            self.stored(item["msgid"])
+            self.stored_msg(item["msgid"])
         self.wait_for(lambda: not self.services.kf.puller._loops)
         self.assertEqual(slow.most, 1)  # never two pulls of the account at once
         self.assertEqual(len(self.kf.sync_calls), 2)  # the pull, then once more for the bells it missed
@@ -250,7 +247,7 @@ class PullTest(KfTestCase):
     def test_a_startup_pull_catches_up_from_the_stored_cursor(self):
         item, token = self.kf.push(KFID, ALICE, "停机前")
         self.ring(token)
-        self.stored(item["msgid"])
+        self.stored_msg(item["msgid"])
         self.io_loop.run_sync(self.services.close)
         missed = [self.kf.push(KFID, BOB, "停机时 %d" % i)[0] for i in range(3)]  # no callback reaches us
         calls = len(self.kf.sync_calls)
@@ -280,10 +277,10 @@ class TimelineTest(KfTestCase):
         item, token = self.kf.push(KFID, ALICE, "您好，我是张三", origin=kfproto.ORIGIN_SERVICER,
                                    servicer_userid="zhangsan")
         self.ring(token)
-        row = self.stored(item["msgid"])
+        row = self.stored_msg(item["msgid"])
         self.assertEqual((row["direction"], row["status"], row["operator"], row["to_user"], row["content"]),
                          ("out", "sent", "zhangsan", self.key(), "您好，我是张三"))
-        self.stored(asked["msgid"])
+        self.stored_msg(asked["msgid"])
         status, answer = self.api("/api/messages", app="kefu", user=self.key())
         self.assertEqual(status, 200)
         self.assertEqual([(m["direction"], m["content"]) for m in reversed(answer["messages"])],
@@ -292,7 +289,7 @@ class TimelineTest(KfTestCase):
         self.assertEqual((session["service_state"], session["servicer_userid"]), (3, "zhangsan"))
         # A human serves now: automation stays silent, even on a rule's keyword.
         price = self.say("价格多少")
-        self.stored(price["msgid"])
+        self.stored_msg(price["msgid"])
         time.sleep(0.3)
         self.assertEqual(self.kf.sent, [])
 
@@ -308,7 +305,7 @@ class TimelineTest(KfTestCase):
         pushed.append(item)
         self.assertEqual([plain_text(i) for i in pushed], [True, False, True, True, False, False, True])
         self.ring(token)
-        self.stored(item["msgid"])
+        self.stored_msg(item["msgid"])
         rows = sorted(self.kf_rows(), key=lambda row: row["id"])
         self.assertEqual([r["msg_id"] for r in rows], [i["msgid"] for i in pushed])
         self.assertEqual([(r["direction"], r["content"]) for r in rows if r["msgtype"] == "text"],
@@ -326,11 +323,11 @@ class TimelineTest(KfTestCase):
         event, token = self.kf.push_event(KFID, {"event_type": "session_status_change", "change_type": 1,
                                                  "external_userid": ALICE, "new_servicer_userid": "zhangsan"})
         self.ring(token)
-        row = self.stored(event["msgid"])
+        row = self.stored_msg(event["msgid"])
         self.assertEqual((row["msgtype"], row["direction"]), ("event", "in"))
         strange, token = self.kf.push(KFID, ALICE, None, msgtype="hologram", hologram={"frames": 3})
         self.ring(token)
-        row = self.stored(strange["msgid"])
+        row = self.stored_msg(strange["msgid"])
         self.assertEqual(row["msgtype"], "hologram")
         self.assertEqual(row["fields"]["hologram"], {"frames": 3})
 
@@ -351,8 +348,8 @@ class TimelineTest(KfTestCase):
         self.assertEqual(row["direction"], "out")
 
     def test_customers_have_their_nicknames_in_the_list_the_thread_and_search(self):
-        self.stored(self.say("你好")["msgid"])
-        self.stored(self.say("我是鲍勃", customer=BOB)["msgid"])
+        self.stored_msg(self.say("你好")["msgid"])
+        self.stored_msg(self.say("我是鲍勃", customer=BOB)["msgid"])
         self.wait_for(lambda: len(self.db(self.services.store.kf.customers, [ALICE, BOB])) == 2)
         status, answer = self.api("/api/conversations", app="kefu")
         names = {c["user"]: c["user_name"] for c in answer["conversations"]}
@@ -369,7 +366,7 @@ class TimelineTest(KfTestCase):
         item, token = self.kf.push(KFID, stranger, "路过")
         self.kf.customers.pop(stranger, None)  # push registered them: make the id unknown to batchget
         self.ring(token)
-        self.stored(item["msgid"])
+        self.stored_msg(item["msgid"])
         self.wait_for(lambda: self.db(self.services.store.kf.customers, [stranger]))
         status, answer = self.api("/api/conversations", app="kefu")
         names = {c["user"]: c["user_name"] for c in answer["conversations"]}
@@ -378,7 +375,7 @@ class TimelineTest(KfTestCase):
 
 class AnswerTest(KfTestCase):
     def test_a_rule_answers_through_send_msg_with_a_deterministic_msgid(self):
-        self.stored(self.say("请问价格")["msgid"])
+        self.stored_msg(self.say("请问价格")["msgid"])
         self.wait_for(lambda: self.kf.sent)
         sent = self.kf.sent[0]
         self.assertEqual((sent["touser"], sent["open_kfid"], sent["text"]["content"]),
@@ -394,7 +391,7 @@ class AnswerTest(KfTestCase):
         from support.forms import multipart
         from wecomd.wecom.sandbox import sample_png
 
-        self.stored(self.say("发张图看看")["msgid"])
+        self.stored_msg(self.say("发张图看看")["msgid"])
         body, content_type = multipart({"app": "kefu", "to_user": self.key(), "msgtype": "image"},
                                        ("截图.png", sample_png(), "image/png"))
         headers = dict(self.session(), **{"Content-Type": content_type, "X-XSRFToken": self.xsrf})
@@ -406,7 +403,7 @@ class AnswerTest(KfTestCase):
         self.assertEqual(self.fake.media[sent["image"]["media_id"]][0], sample_png())  # the uploaded file
 
     def test_a_resend_after_a_crash_is_refused_by_wecom_not_delivered_twice(self):
-        self.stored(self.say("你好")["msgid"])
+        self.stored_msg(self.say("你好")["msgid"])
         status, answer = self.api("/api/messages", "POST", {"app": "kefu", "to_user": self.key(), "content": "一次"})
         self.wait_for(lambda: next((r for r in self.kf_rows() if r["id"] == answer["id"]
                                     and r["status"] == "sent"), None))
@@ -419,7 +416,7 @@ class AnswerTest(KfTestCase):
         self.assertEqual(row["msg_id"], kfproto.send_msgid(answer["id"]))
 
     def test_95018_marks_the_message_taken_by_a_human_and_is_not_retried(self):
-        self.stored(self.say("你好")["msgid"])
+        self.stored_msg(self.say("你好")["msgid"])
         # A servicer took the session in the WeCom client; wecomd has not heard of it yet.
         self.kf.session(KFID, ALICE).state = 3
         attempts = []
@@ -435,7 +432,7 @@ class AnswerTest(KfTestCase):
         self.assertEqual(self.db(self.services.store.kf.session, KFID, ALICE)["service_state"], 3)
 
     def test_five_sends_until_the_customer_writes_again(self):
-        self.stored(self.say("你好")["msgid"])
+        self.stored_msg(self.say("你好")["msgid"])
         ids = []
         for i in range(6):
             status, answer = self.api("/api/messages", "POST", {"app": "kefu", "to_user": self.key(),
@@ -448,7 +445,7 @@ class AnswerTest(KfTestCase):
         self.assertEqual([rows[i]["status"] for i in ids], ["sent"] * 5 + ["failed"])
         self.assertTrue(rows[ids[5]]["error"].startswith("outside WeCom's reply window"), rows[ids[5]]["error"])
         self.assertEqual(len(self.kf.sent), 5)  # the sixth never reached WeCom
-        self.stored(self.say("还有问题")["msgid"])
+        self.stored_msg(self.say("还有问题")["msgid"])
         status, answer = self.api("/api/messages", "POST", {"app": "kefu", "to_user": self.key(), "content": "好的"})
         self.wait_for(lambda: next((r for r in self.kf_rows() if r["id"] == answer["id"]
                                     and r["status"] == "sent"), None))
@@ -456,7 +453,7 @@ class AnswerTest(KfTestCase):
 
     def test_no_send_48_hours_after_the_customers_last_message(self):
         old = self.say("两天前的问题", send_time=int(time.time()) - 49 * 3600)
-        self.stored(old["msgid"])
+        self.stored_msg(old["msgid"])
         status, answer = self.api("/api/messages", "POST", {"app": "kefu", "to_user": self.key(), "content": "抱歉晚了"})
         row = self.wait_for(lambda: next((r for r in self.kf_rows() if r["id"] == answer["id"]
                                           and r["status"] == "failed"), None))
@@ -482,7 +479,7 @@ class AnswerTest(KfTestCase):
                          (self.key(), "welcome", "欢迎光临，请问有什么可以帮您？"))
 
     def test_session_status_change_codes_are_answered_once_by_the_matching_rule(self):
-        self.stored(self.say("我要找人工")["msgid"])
+        self.stored_msg(self.say("我要找人工")["msgid"])
         taken, token = self.kf.push_event(KFID, {"event_type": "session_status_change", "change_type": 1,
                                                  "external_userid": ALICE, "new_servicer_userid": "zhangsan"})
         self.ring(token)
@@ -501,7 +498,7 @@ class AnswerTest(KfTestCase):
         self.assertEqual(self.kf.sent, [])  # a human serves: the customer's own message got no send_msg
 
     def test_a_console_move_answers_its_msg_code_with_the_operators_message_once(self):
-        self.stored(self.say("你好")["msgid"])
+        self.stored_msg(self.say("你好")["msgid"])
         status, moved = self.api("/api/kf/session", "POST", {
             "app": "kefu", "user": self.key(), "service_state": 3, "servicer_userid": "zhangsan",
             "message": "您好，我是客服张三"})
@@ -525,7 +522,7 @@ class AnswerTest(KfTestCase):
         self.assertEqual(status, 400)
 
     def test_recall_within_2_minutes_through_kf_recall_msg(self):
-        self.stored(self.say("你好")["msgid"])
+        self.stored_msg(self.say("你好")["msgid"])
         status, answer = self.api("/api/messages", "POST", {"app": "kefu", "to_user": self.key(), "content": "发错了"})
         row = self.wait_for(lambda: next((r for r in self.kf_rows() if r["id"] == answer["id"]
                                           and r["status"] == "sent"), None))
@@ -539,14 +536,14 @@ class FallbackReplyTest(KfTestCase):
     app_reply = "已收到，客服稍后回复"
 
     def test_the_apps_reply_answers_what_no_rule_does_through_send_msg(self):
-        self.stored(self.say("随便问问")["msgid"])
+        self.stored_msg(self.say("随便问问")["msgid"])
         self.wait_for(lambda: self.kf.sent)
         self.assertEqual([s["text"]["content"] for s in self.kf.sent], ["已收到，客服稍后回复"])
 
 
 class SessionApiTest(KfTestCase):
     def test_read_and_move_a_session_along_documented_transitions(self):
-        self.stored(self.say("你好")["msgid"])
+        self.stored_msg(self.say("你好")["msgid"])
         status, session = self.api("/api/kf/session", app="kefu", user=self.key())
         self.assertEqual(status, 200, session)
         self.assertEqual((session["service_state"], session["transitions"]), (0, [1, 2, 3]))
@@ -572,7 +569,7 @@ class SessionApiTest(KfTestCase):
         self.assertEqual(session["transitions"], [])
 
     def test_a_viewer_may_read_but_not_move_and_bad_bodies_are_400(self):
-        self.stored(self.say("你好")["msgid"])
+        self.stored_msg(self.say("你好")["msgid"])
         status, _ = self.api("/api/kf/session", "POST", {"app": "kefu", "user": self.key(), "service_state": 7})
         self.assertEqual(status, 400)
         status, _ = self.api("/api/kf/session", "POST", {"app": "helpdesk", "user": self.key(), "service_state": 1})

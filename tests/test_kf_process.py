@@ -63,9 +63,6 @@ reply = 您好，{user_name}！
         model = self.services.store.models.KfCursor
         return self.db(lambda: model.get(model.open_kfid == KFID).token)
 
-    def stored(self, msg_id: str, timeout: float = 10.0) -> dict:
-        return self.wait_for(lambda: next((r for r in self.rows() if r["msg_id"] == msg_id), None), timeout)
-
     def test_the_child_pulls_and_the_daemon_shows_answers_and_names_what_it_stored(self):
         pid = self.puller.pid
         self.assertNotEqual(pid, os.getpid())
@@ -88,7 +85,7 @@ reply = 您好，{user_name}！
 
         item, live = self.io_loop.run_sync(watch, timeout=20)
         self.assertEqual((live["from_user"], live["content"]), (kfproto.conversation_key(KFID, ALICE), "价格多少？"))
-        row = self.stored(item["msgid"])
+        row = self.stored_msg(item["msgid"])
         self.assertEqual((row["app"], row["direction"]), ("kefu", "in"))
         # The rule ran in the daemon and answered through kf/send_msg.
         sent = self.wait_for(lambda: self.kf.sent)
@@ -114,8 +111,8 @@ reply = 您好，{user_name}！
         self.assertIn("outcome=journaled", logs.output[1])
         self.assertEqual(self.services.intake.recorded, 1)  # the app's message; the doorbell went to the child
         self.assertTrue(self.puller.pulling())
-        self.stored("7100000000000000001")
-        self.stored(second["msgid"], timeout=20)  # the doorbell made the child pull once more
+        self.stored_msg("7100000000000000001")
+        self.stored_msg(second["msgid"], timeout=20)  # the doorbell made the child pull once more
         self.wait_for(lambda: not self.puller.pulling() and not self.services.intake.active(), timeout=20)
         self.assertEqual(self.kf.sync_calls[-1]["token"], token2)
         self.assertEqual(self.kept_token(), token2)  # kept by the child
@@ -129,7 +126,7 @@ reply = 您好，{user_name}！
         self.assertFalse(alive(old))
         item, token = self.kf.push(KFID, ALICE, "重启后")
         self.assertEqual(self.ring(token).code, 200)
-        self.stored(item["msgid"], timeout=20)
+        self.stored_msg(item["msgid"], timeout=20)
         self.assertEqual(self.puller.started, 2)
         scraped = self.fetch("/metrics", headers=self.bearer()).body.decode()
         self.assertIn("wecomd_kf_pull_process_up 1.0", scraped)
@@ -144,7 +141,7 @@ reply = 您好，{user_name}！
         item, token = self.kf.push(KFID, ALICE, "没人在的时候")
         self.assertEqual(self.ring(token).code, 200)
         self.assertEqual(self.kept_token(), token)  # committed before the 200
-        self.stored(item["msgid"], timeout=30)  # the next child's startup pull
+        self.stored_msg(item["msgid"], timeout=30)  # the next child's startup pull
         self.assertNotEqual(self.puller.pid, old)
 
     def test_close_stops_the_child(self):
@@ -171,7 +168,7 @@ reply = 您好，{user_name}！
         self.assertTrue(self.services.reload({}))
         item, token = self.kf.push(other, ALICE, "第二个账号")
         self.assertEqual(self.callback(callback_plaintext(CORP_ID, other, token), app="kefu").code, 200)
-        row = self.stored(item["msgid"], timeout=20)  # the child serves the account the reload added
+        row = self.stored_msg(item["msgid"], timeout=20)  # the child serves the account the reload added
         self.assertEqual(row["from_user"], kfproto.conversation_key(other, ALICE))
 
     def test_close_while_waiting_to_start_the_child_again_does_not_wait_for_it(self):

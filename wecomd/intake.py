@@ -63,7 +63,11 @@ class Intake:
     def active(self) -> bool:
         """Whether a callback goes to the journal now: a pull runs, or entries wait to be applied (so
         that callbacks are applied in the order they came)."""
-        return self.generation is not None and (self.recorded > self.applied or self.busy())
+        return self.generation is not None and (self.pending() > 0 or self.busy())
+
+    def pending(self) -> int:
+        """Entries recorded and not applied yet (/metrics)."""
+        return self.recorded - self.applied
 
     async def record(self, kind: str, app: str, body: str) -> int:
         """Commit one callback's body to the journal; its sequence number. StoreError when it could
@@ -106,12 +110,11 @@ class Intake:
     async def _apply_all(self) -> None:
         """Apply every entry after `applied`, in order; then forget them from the file."""
         assert self.journal is not None and self.generation is not None
-        entries_seen: list = []
         while True:
             entries = self.journal.after(self.applied, BATCH)
             if not entries:
                 break
-            entries_seen += entries
+            self._unforgotten += len(entries)
             for entry in entries:
                 apply = self._appliers.get(entry["kind"])
                 if apply is None:
@@ -126,7 +129,6 @@ class Intake:
                                      entry["seq"], entry["kind"], entry["app"], self.journal.path)
                     self._kept = self._kept or entry["seq"]
                 self.applied = entry["seq"]
-        self._unforgotten += len(entries_seen)
         if self.applied >= self.recorded and self.applied and self._unforgotten >= self.forget_every:
             # Now and then: each forget is a commit the event loop waits for the disk for.
             self._unforgotten = 0

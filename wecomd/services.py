@@ -88,7 +88,7 @@ class Services:
         self.hub = Hub()
         self.metrics = Metrics(websocket_clients=lambda: self.hub.count,
                                db_commits=lambda: (self.writer.batches, self.writer.calls),
-                               intake_pending=lambda: self.intake.recorded - self.intake.applied,
+                               intake_pending=lambda: self.intake.pending(),
                                kf_pull=lambda: self.kf.pull_process())
         self.login_limiter = LoginLimiter()
         self.password_checker = PasswordChecker()  # scrypt on its own threads, never on the event loop

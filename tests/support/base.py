@@ -73,6 +73,11 @@ class WecomdTestCase(AsyncHTTPTestCase):
         """rows() without the outbound ones (e.g. the automatic answers of the app's `reply =`)."""
         return [row for row in self.rows() if row["direction"] == "in"]
 
+    def stored_msg(self, msg_id: str, timeout: float = 10.0) -> dict:
+        """The row of the message `msg_id`, once it is stored (a pull or the intake journal stores it
+        after the callback's answer)."""
+        return self.wait_for(lambda: next((r for r in self.rows() if r["msg_id"] == msg_id), None), timeout)
+
     def db(self, fn, *args, **kwargs):
         """Run a store call on the server's own database thread."""
         return self.io_loop.run_sync(lambda: self.services.db(fn, *args, **kwargs))

@@ -82,8 +82,7 @@ class KfChannel:
 
     def pull_process(self) -> tuple:
         """(1 while the pull process runs, else 0; how many times it was started): /metrics."""
-        process = self.puller if isinstance(self.puller, KfPullProcess) else None
-        return (1 if process is not None and process.pid else 0, process.started if process is not None else 0)
+        return (1 if self.puller.pid else 0, self.puller.started)
 
     def handles(self, app: AppConfig, message: Message) -> bool:
         """Whether a callback of `app` is this channel's doorbell (the app has kf = yes)."""
@@ -99,9 +98,8 @@ class KfChannel:
                            app.name, open_kfid)
             return False
         try:
-            if self.puller.takes_bells():  # the pull process keeps the token and pulls
-                await self.puller.doorbell(app, open_kfid, token)
-            elif self.intake is not None and self.intake.active():  # kept there; the pull woken once applied
+            # Journaled while a pull runs (the pull woken once applied), unless the pull process takes it.
+            if self.intake is not None and self.intake.active() and not self.puller.takes_bells():
                 await self.intake.record("kf", app.name, message.raw)
             else:
                 await self.puller.doorbell(app, open_kfid, token)

@@ -32,7 +32,7 @@ import signal
 from typing import Any, Awaitable, Callable, Optional
 
 from wecomd.config import AppConfig, Config
-from wecomd.kf.pull import KfPuller, OnNew
+from wecomd.kf.pull import KfPuller, OnNew, hand_on_page
 from wecomd.store.kf import StoredText, TextRun
 from wecomd.store.times import utcnow
 
@@ -57,7 +57,7 @@ class KfPullProcess:
         self._stopping = asyncio.Event()  # set by close: ends a wait before starting a child again
         self._supervisor: Optional[asyncio.Task] = None
         self._handing: Optional[asyncio.Future] = None  # the channel's work on the last page reported
-        self.started = 0  # children started (tests)
+        self.started = 0  # children started (/metrics, tests)
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -161,16 +161,8 @@ class KfPullProcess:
             _, name, open_kfid, new = message
             app = self.apps.get(name)
             if app is not None:
-                self._handing = asyncio.ensure_future(self._hand_on(self._handing, app, open_kfid, unpacked(new)))
-
-    async def _hand_on(self, before: Optional[asyncio.Future], app: AppConfig, open_kfid: str, new: list) -> None:
-        """The channel's work on one stored page, after the page before's."""
-        if before is not None:
-            await asyncio.gather(before, return_exceptions=True)
-        try:
-            await self.on_new(app, open_kfid, new)
-        except Exception:  # stored already: what failed is in the log
-            logger.exception("kf: %s: handling %d new message(s) failed", open_kfid, len(new))
+                self._handing = asyncio.ensure_future(hand_on_page(self.on_new, self._handing, app, open_kfid,
+                                                              unpacked(new)))
 
     async def close(self) -> None:
         """Stop the child (it finishes or undoes what it is storing) and wait for it."""

@@ -61,6 +61,8 @@ class KfPuller:
     """One per process, built by Services; see the module docstring."""
 
     merges_index = False  # the daemon's search index upkeep merges what a pull in the daemon stores
+    pid: Optional[int] = None  # no process of its own (KfPullProcess: its child's)
+    started = 0  # pull processes started (KfPullProcess)
 
     def __init__(self, run_db: Callable[..., Awaitable[Any]], store: Any, client: Any, config: Config,
                  on_new: OnNew, clock: Callable[[], datetime] = utcnow,
@@ -305,7 +307,7 @@ class KfPuller:
         def hand_on() -> None:
             nonlocal handing
             if new:
-                handing = asyncio.ensure_future(self._hand_on(handing, app, open_kfid, new[:]))
+                handing = asyncio.ensure_future(hand_on_page(self.on_new, handing, app, open_kfid, new[:]))
                 new.clear()
 
         async def settle(keep: int) -> None:
@@ -355,21 +357,24 @@ class KfPuller:
             if handing is not None:
                 await asyncio.gather(handing, return_exceptions=True)
 
-    async def _hand_on(self, before: Optional[asyncio.Future], app: AppConfig, open_kfid: str, new: list) -> None:
-        """The channel's work on one stored page (live events, rules, names), after the page before's."""
-        if before is not None:
-            await asyncio.gather(before, return_exceptions=True)
-        try:
-            await self.on_new(app, open_kfid, new)
-        except Exception:  # stored already: the pull goes on; what failed is in the log
-            logger.exception("kf: %s: handling %d new message(s) failed", open_kfid, len(new))
-
     async def close(self) -> None:
         """Stop: a page being stored is committed or not at all; the next start pulls from there."""
         for task in list(self._loops.values()):
             task.cancel()
         if self._loops:
             await asyncio.gather(*list(self._loops.values()), return_exceptions=True)
+
+
+async def hand_on_page(on_new: OnNew, before: Optional[asyncio.Future], app: AppConfig, open_kfid: str,
+                  new: list) -> None:
+    """The channel's work on one stored page (live events, rules, names), after the page before's
+    (`before`); for a pull in the daemon and for the pull process alike."""
+    if before is not None:
+        await asyncio.gather(before, return_exceptions=True)
+    try:
+        await on_new(app, open_kfid, new)
+    except Exception:  # stored already: the pull goes on; what failed is in the log
+        logger.exception("kf: %s: handling %d new message(s) failed", open_kfid, len(new))
 
 
 def _runs(items: list, texts_in_sql: bool) -> list:
