@@ -159,6 +159,25 @@ reply = 您好，{user_name}！
         # Never seen before: the nickname is asked of customer/batchget before the answer goes out.
         self.assertEqual(sent[0]["text"]["content"], "您好，鲍勃！")
 
+    def test_the_name_is_looked_up_only_for_a_rule_that_uses_it(self):
+        runner, asked = self.services.rule_runner, []
+        name_of = runner.name_of
+
+        async def counted(app, user):
+            asked.append(user)
+            return await name_of(app, user)
+
+        runner.name_of = counted
+        _, token = self.kf.push(KFID, ALICE, "价格多少")  # its rule does not use {user_name}
+        self.assertEqual(self.ring(token).code, 200)
+        self.wait_for(lambda: len([m for m in self.kf.sent if m["touser"] == ALICE]) == 1)
+        self.assertEqual(asked, [])
+        _, token = self.kf.push(KFID, ALICE, "您好")
+        self.assertEqual(self.ring(token).code, 200)
+        sent = self.wait_for(lambda: [m for m in self.kf.sent if m["touser"] == ALICE][1:])
+        self.assertEqual(sent[0]["text"]["content"], "您好，爱丽丝！")
+        self.assertEqual(asked, [kfproto.conversation_key(KFID, ALICE)])
+
     def test_a_reload_reaches_the_child(self):
         other = "wkSupport02"
         self.kf.add_account(other, "第二个客服")

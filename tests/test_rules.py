@@ -269,6 +269,14 @@ def test_template_fields_of_a_text_message():
     assert rules.template_fields(match, "helpdesk", text("你好"), "张三")["user_name"] == "张三"
 
 
+def test_a_rule_wants_the_fields_its_templates_use_and_a_command_wants_them_all():
+    assert rule("any", reply="你好，{user_name}").wants("user_name")
+    assert not rule("any", reply="你好，{from_user}").wants("user_name")
+    assert rule("any", reply="收到", notify="http://127.0.0.1:9/robot", notify_text="{user_name}：{content}") \
+        .wants("user_name")
+    assert rule("any", reply=None, run="/bin/echo {content}").wants("user_name")  # WECOMD_USER_NAME
+
+
 def test_regex_groups_positional_and_named():
     compiled = rule(r"text matches ^请假\s*(?P<days>[0-9]+)\s*天\s*(原因(.*))?$",
                     reply="{from_user} {days}/{1} 天 [{2}] [{3}]")

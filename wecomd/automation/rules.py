@@ -95,6 +95,11 @@ class Rule:
     stream: bool = False  # a bot's webhook: its response body streams into the bot's answer
     card: Optional[Mapping[str, Any]] = field(default=None, compare=False)  # a bot's template card
 
+    def wants(self, name: str) -> bool:
+        """Whether this rule's reply or notify_text uses field `name`, or it runs a command (which gets
+        every field in its environment, command_env)."""
+        return bool(self.run) or any(name in _field_names(text) for text in (self.reply, self.notify_text) if text)
+
     def matches(self, app: str, message: Message) -> Optional[Match]:
         """The Match when this rule fires for `message` received by `app`, else None."""
         if self.app is not None and self.app != app:

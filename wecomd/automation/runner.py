@@ -132,7 +132,9 @@ class RuleRunner:
                      answers: _Answers, paused: bool) -> List[asyncio.Task]:
         """Start one rule's actions; returns the tasks whose answers may still become passive."""
         rule, started = match.rule, []
-        fields = rulesmod.template_fields(match, app.name, message, await self._user_name(app.name, row))
+        # The sender's name may cost a lookup (a 微信客服 nickname): only for a rule that uses it.
+        name = await self._user_name(app.name, row) if rule.wants("user_name") else None
+        fields = rulesmod.template_fields(match, app.name, message, name)
         if rule.webhook and not (rule.stream and isinstance(app, BotConfig)):  # a bot streams it (bots.RuleSources)
             started.append(await self._webhook(rule, app, row, answers))
         if rule.notify and self.notifier is not None:
