@@ -1,13 +1,16 @@
 """The JSON API against the real app: conversations, messages, paging, search, replies, media, export."""
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import time
+from unittest import mock
 
 from support.base import WecomdTestCase
 from support.peer import CORP_ID
+from wecomd.handlers import base
 from wecomd.wecom import samples
 
 
@@ -73,6 +76,52 @@ class MessagesApiTest(WecomdTestCase):
         status, data = self.api("/api/messages", limit="abc")
         self.assertEqual(status, 400)
         self.assertIn("limit", data["error"])
+
+
+class LongPageTest(WecomdTestCase):
+    """A page of up to 500 rows is encoded a part at a time, the event loop turning in between (a
+    callback never waits for a whole page's encoding), and is the same JSON as in one go."""
+
+    def test_the_event_loop_turns_between_the_parts_of_a_long_page(self):
+        for i in range(130):  # each with the app's automatic reply: 260 messages
+            self.callback(msg(content="第%d条消息" % i))
+        turns, seen = 0, []
+
+        async def count_turns():
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        def watched(*args):
+            for part in encoded_page(*args):
+                seen.append(turns)  # how often the loop had turned when this part was encoded
+                yield part
+
+        encoded_page = base.encoded_page
+        counting = self.io_loop.asyncio_loop.create_task(count_turns())
+        try:
+            with mock.patch.object(base, "encoded_page", watched):
+                resp = self.fetch("/api/messages?app=helpdesk&limit=250", headers=self.session())
+        finally:
+            counting.cancel()
+        self.assertEqual(resp.code, 200)
+        data = json.loads(resp.body)
+        self.assertEqual(len(data["messages"]), 250)
+        # The same bytes as json.dumps in one go.
+        self.assertEqual(resp.body.decode(), json.dumps(data, ensure_ascii=False))
+        # The head, three parts of at most 100 rows, the tail; the loop turned before each was encoded.
+        self.assertEqual(len(seen), 5)
+        self.assertEqual(len(set(seen)), 5, seen)
+
+    def test_parts_join_to_what_json_dumps_gives(self):
+        rows = [{"id": i, "content": "内容 %d \"quoted\"" % i, "fields": {"n": [i, None]}} for i in range(250)]
+        for count in (0, 1, 99, 100, 101, 250):
+            for cursor in (None, 1234):
+                parts = list(base.encoded_page("conversations", rows[:count], cursor))
+                self.assertEqual("".join(parts), json.dumps({"conversations": rows[:count], "next": cursor},
+                                                            ensure_ascii=False))
+                self.assertEqual(len(parts), 2 + (count + 99) // 100)
 
 
 class ReplyApiTest(WecomdTestCase):

@@ -104,7 +104,7 @@ class NotesHandler(ConversationHandler):
         app, user = self.conversation()
         rows, cursor = await self.services.read(self.services.store.notes.page, app, user,
                                                 before=int_arg(self, "before"), limit=int_arg(self, "limit") or 100)
-        self.write_json({"notes": rows, "next": cursor})
+        await self.write_page("notes", rows, cursor)
 
     async def post(self) -> None:
         body = self.json_body()

@@ -1,9 +1,10 @@
 """BaseHandler and ApiHandler: services, security headers, deny-by-default auth, locale, errors."""
 from __future__ import annotations
 
+import asyncio
 import json
 from urllib.parse import urlencode
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from tornado import locale, web
 from tornado.log import app_log, gen_log
@@ -20,6 +21,9 @@ CSP = (
     "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
+# Rows of a page encoded between two turns of the event loop (ApiHandler.write_page): 100 of the
+# console's conversations take about 2 ms, a page of 500 took 9 ms in one go.
+ROWS_AT_ONCE = 100
 
 
 class BaseHandler(web.RequestHandler):
@@ -221,6 +225,18 @@ class ApiHandler(BaseHandler):
                 await self.flush()
         self.finish()
 
+    async def write_page(self, key: str, rows: list, cursor: Any) -> None:
+        """write_json({key: rows, "next": cursor}), the same bytes, for a page of up to 500 rows: its
+        rows are encoded ROWS_AT_ONCE at a time with the event loop let turn in between, so that a
+        callback arriving meanwhile waits for one part, never for the whole page's encoding."""
+        parts = []
+        for part in encoded_page(key, rows, cursor):
+            parts.append(part)
+            if len(rows) > ROWS_AT_ONCE:  # the loop turns before the next part is encoded
+                await asyncio.sleep(0)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish("".join(parts))
+
     def json_body(self) -> dict:
         """The request body as a JSON object, or 400."""
         if not self.request.headers.get("Content-Type", "").startswith("application/json"):
@@ -259,3 +275,13 @@ def _message(exc: web.HTTPError) -> str:
 
 def _query(**params: str) -> str:
     return urlencode(params)
+
+
+def encoded_page(key: str, rows: list, cursor: Any) -> Iterator[str]:
+    """json.dumps({key: rows, "next": cursor}, ensure_ascii=False) in parts: the head, the rows
+    ROWS_AT_ONCE at a time, the tail."""
+    yield "{%s: [" % json.dumps(key, ensure_ascii=False)
+    for start in range(0, len(rows), ROWS_AT_ONCE):
+        part = json.dumps(rows[start:start + ROWS_AT_ONCE], ensure_ascii=False)[1:-1]
+        yield part if not start else ", " + part
+    yield '], "next": %s}' % json.dumps(cursor, ensure_ascii=False)

@@ -31,7 +31,7 @@ class ConversationsHandler(ApiHandler):
             show=show, me=self.current_user)
         rows = await self.services.bots.annotate_conversations(rows)
         rows = await self.services.kf.annotate(await self.services.directory.annotate(rows))
-        self.write_json({"conversations": rows, "next": cursor})
+        await self.write_page("conversations", rows, cursor)
 
 
 class ReadHandler(ApiHandler):

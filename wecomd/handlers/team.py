@@ -151,7 +151,7 @@ class AuditHandler(ApiHandler):
                 filters[name] = _time(name, value)
         rows, cursor = await self.services.read(self.services.store.audit.page, before=int_arg(self, "before"),
                                                 limit=int_arg(self, "limit") or 50, **filters)
-        self.write_json({"audit": rows, "next": cursor})
+        await self.write_page("audit", rows, cursor)
 
 
 def _time(name: str, value: str) -> datetime:

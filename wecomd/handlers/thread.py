@@ -75,7 +75,7 @@ class MessagesHandler(ApiHandler):
         )
         rows = await self.services.bots.annotate_messages(rows)
         rows = await self.services.kf.annotate(await self.services.directory.annotate(rows))
-        self.write_json({"messages": rows, "next": cursor})
+        await self.write_page("messages", rows, cursor)
 
     async def post(self) -> None:
         if self._limit is not None and self._size > self._limit:
