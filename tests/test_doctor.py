@@ -7,12 +7,13 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,7 +33,8 @@ from wecomd.wecom import sandbox
 from wecomd.wecom import samples
 from wecomd.failures import FailureRecorder
 from wecomd.store import MIGRATIONS_DIR, Store
-from wecomd.store.times import utcnow
+from wecomd.store.intake import Journal, journal_path
+from wecomd.store.times import iso, utcnow
 
 EGRESS_IP = "203.0.113.7"  # what the sandbox tells callers their address is (TEST-NET-3)
 SECRETS = (APP_SECRET, TOKEN, AES_KEY, API_TOKEN, "test-cookie-secret-0123456789abcdef0123")
@@ -116,6 +118,69 @@ def kf_conf(tmp_path, wecom):
     def make(extra: str = "") -> Path:
         return deployment(tmp_path, wecom.url, ip_echo_url=wecom.url + "/ip", extra=kf_app_section(APP_SECRET, extra))
     return make
+
+
+def _stamp(minutes_ago: float) -> str:
+    """A time as peewee stores it in SQLite: naive UTC."""
+    return (utcnow() - timedelta(minutes=minutes_ago)).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_doctor_reports_each_kf_pull_and_what_waits_in_it(conf, wecom):
+    host = socket.gethostname()
+    with sqlite3.connect(str(conf.parent / "wecomd.db")) as db:
+        insert = ("INSERT INTO kf_cursor (open_kfid, app, cursor, token, token_at, pending, lease_owner, lease_until, "
+                  "pulled_at, updated_at) VALUES (?, 'kefu', ?, 'tok', ?, ?, ?, ?, ?, ?)")
+        db.execute(insert, ("wkIdle", "c1", _stamp(2), 0, None, None, _stamp(1), _stamp(1)))
+        db.execute(insert, ("wkStuck", "c2", _stamp(10), 1, None, None, _stamp(30), _stamp(10)))
+        db.execute(insert, ("wkRecent", "c3", _stamp(0.5), 1, None, None, _stamp(30), _stamp(0.5)))
+        db.execute(insert, ("wkDead", "c4", _stamp(3), 1, "%s:%d:abcd" % (host, _dead_pid()), _stamp(-1), _stamp(3),
+                            _stamp(1)))
+        db.execute(insert, ("wkLive", "c5", _stamp(1), 0, "%s:%d:abcd" % (host, os.getpid()), _stamp(-1), _stamp(2),
+                            _stamp(0)))
+        db.execute(insert, ("wkKept", "c6", _stamp(20), 0, None, None, _stamp(20), _stamp(20)))
+        for open_kfid in ("wkLive", "wkLive", "wkKept"):
+            db.execute("INSERT INTO kf_page (app, open_kfid, items, created_at) VALUES ('kefu', ?, '[]', ?)",
+                       (open_kfid, _stamp(1)))
+    result = doctor(conf)
+    assert result.returncode == 0, result.stdout + result.stderr  # warnings only
+    assert "last pulled" in line(result, "ok    kf-pull:wkIdle") and "nothing kept to store" in result.stdout
+    stuck = line(result, "warn  kf-pull:wkStuck")
+    assert "a callback rang at" in stuck and "no pull has covered it since" in stuck
+    assert "a callback rang at" in line(result, "ok    kf-pull:wkRecent")  # 30 s ago: its pull is due, not stale
+    assert "is gone" in line(result, "warn  kf-pull:wkDead")
+    live = line(result, "info  kf-pull:wkLive")
+    assert "being pulled now (process %d)" % os.getpid() in live and "2 page(s) kept" in live
+    assert "1 page(s) kept and not stored as messages yet, and no pull is running" in line(result, "warn  kf-pull:wkKept")
+
+
+def test_doctor_reports_what_waits_in_the_intake_journal(conf, wecom):
+    database = str(conf.parent / "wecomd.db")
+    journal = Journal(journal_path(database))
+    generation = journal.open()
+    for n in range(3):
+        journal.append("app", "helpdesk", "<xml>%d</xml>" % n, iso(utcnow()))
+    journal.close()
+
+    def applied(seq: int) -> None:
+        with sqlite3.connect(database) as db:
+            db.execute("INSERT OR REPLACE INTO intake_applied (journal, seq) VALUES (?, ?)", (generation, seq))
+
+    applied(1)
+    assert "2 callback(s) recorded and not applied to the database yet" in line(doctor(conf), "info  intake")
+    with sqlite3.connect(journal_path(database)) as db:  # the same two, recorded 10 minutes ago
+        db.execute("UPDATE entry SET at = ?", (iso(utcnow() - timedelta(minutes=10)),))
+    stale = doctor(conf)
+    assert stale.returncode == 0
+    assert "2 callback(s) recorded and not applied" in line(stale, "warn  intake")
+    assert "cannot be applied" in stale.stdout
+    applied(3)
+    assert "nothing waits to be applied (3 entries kept, applied)" in line(doctor(conf), "ok    intake")
 
 
 def test_kf_lists_the_accounts_the_app_may_manage(kf_conf, wecom):

@@ -191,7 +191,7 @@ class KfPuller:
         claim = await self.run_db(self.store.kf.claim, open_kfid, app.name, self.owner, now, now + LEASE)
         if claim is None:
             holder = await self.run_db(self.store.kf.holder, open_kfid, now)
-            if holder and _gone(holder):
+            if holder and owner_gone(holder):
                 logger.warning("kf: %s: the pull of %s ended without releasing it (a crash): resuming from "
                                "its last stored page", open_kfid, holder)
                 claim = await self.run_db(self.store.kf.claim, open_kfid, app.name, self.owner, now, now + LEASE,
@@ -405,14 +405,20 @@ def lease_owner() -> str:
     return "%s:%d:%s" % (socket.gethostname(), os.getpid(), secrets.token_hex(4))
 
 
-def _gone(owner: str) -> bool:
-    """Whether the process named in a lease (lease_owner) was of this host and no longer runs."""
+def owner_pid(owner: str) -> Optional[int]:
+    """The pid in a lease (lease_owner) when the process was of this host; None otherwise."""
     rest, _, _ = owner.rpartition(":")
     host, _, pid = rest.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+    return int(pid) if host == socket.gethostname() and pid.isdigit() else None
+
+
+def owner_gone(owner: str) -> bool:
+    """Whether the process named in a lease (lease_owner) was of this host and no longer runs."""
+    pid = owner_pid(owner)
+    if pid is None or pid == os.getpid():
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except OSError:  # it runs, as another user

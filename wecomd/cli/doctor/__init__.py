@@ -1,7 +1,8 @@
 """`wecomd doctor`: one line per check of a deployment, with what to do about each problem.
 
 It checks the config (as `wecomd serve` loads it, with `wecomd check`'s warnings), the database
-(read-only: never migrated or written, so it is safe while wecomd serves), the media directory,
+(read-only: never migrated or written, so it is safe while wecomd serves), what waits to be stored
+in it (微信客服 pulls, the callback intake journal), the media directory,
 gettoken for every app with a secret, and this server's outgoing IP; then it lists the last
 verification and callback failures the daemon recorded (wecomd.failures). It never prints a secret.
 Exit status: 0 when no check failed, 1 otherwise.
@@ -39,12 +40,16 @@ def main(args: argparse.Namespace) -> int:
     config = _check_config(args, report)
     if config is None:
         return report.finish(None)
-    from wecomd.cli.doctor import files as doctor_files  # peewee only from here on
+    from wecomd.cli.doctor import backlog as doctor_backlog  # peewee only from here on
+    from wecomd.cli.doctor import files as doctor_files
     from wecomd.cli.doctor import kf as doctor_kf
     from wecomd.cli.doctor import wecom_api as doctor_wecom
+    from wecomd.store import sqlite_file
 
     db_checks, db = doctor_files.check_database(config)
     report.add(*db_checks)
+    report.add(*doctor_backlog.check_kf_pulls(db))
+    report.add(*doctor_backlog.check_intake(sqlite_file(config.server.database), db))
     report.add(*doctor_files.check_media(config))
     network, report.egress_ip = asyncio.run(doctor_wecom.check_wecom(config, args.timeout))
     report.add(*network)
