@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from wecomd.passwords import hash_password  # noqa: E402
 from wecomd.wecom.samples import build  # noqa: E402
-from wecomd.wecom.simulate import Simulator  # noqa: E402
+from wecomd.wecom.simulate import BotSimulator, Simulator  # noqa: E402
 from wecomd.wecom.simulate_kf import callback_plaintext  # noqa: E402
 
 CORP_ID, TOKEN, AES_KEY = "ww0123456789abcdef", "BenchKfToken0123", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
@@ -91,21 +91,24 @@ def sandbox_process(port: int, commands, answers) -> None:
 
 # ---------------------------------------------------------------- WeCom's other callbacks, timed
 
-def load_process(port: int, rate: float, token: str, pulling, stop, results, arrivals: str = "lockstep") -> None:
+def load_process(port: int, rate: float, token: str, pulling, stop, results, arrivals: str = "lockstep",
+                 bot_rate: float = 0.0) -> None:
     """App text callbacks, `rate` a second, until `stop` is set, and as many kf doorbells for the
     account once `pulling` is set (earlier they would start the pull); their latencies. `arrivals`:
     "lockstep", both sent at once on each tick; "poisson", each stream on its own, at random moments
-    (exponential gaps of the same mean), as independent senders come."""
+    (exponential gaps of the same mean), as independent senders come. `bot_rate`: 智能机器人 text
+    messages a second too, on a stream of their own, from 3 s before the pull as the app's."""
     async def main() -> dict:
         url = "http://127.0.0.1:%d/callback/" % port
         app = Simulator(url + "plain", token=TOKEN, aes_key=AES_KEY, corp_id=CORP_ID, agent_id="1000002")
         kf = Simulator(url + "kefu", token=TOKEN, aes_key=AES_KEY, corp_id=CORP_ID, agent_id="1000009")
-        timings: dict = {"app text": [], "kf doorbell": []}
+        bot = BotSimulator(url + "benchbot", token=TOKEN, aes_key=AES_KEY)
+        timings: dict = {"app text": [], "kf doorbell": [], "bot text": []}
         errors = []
         n = 0
 
-        async def one(kind: str, sim: Simulator, plaintext: str) -> None:
-            result = (await sim.send(plaintext))[0]
+        async def one(kind: str, sim: Simulator, plaintext) -> None:
+            result = await sim.post(plaintext) if isinstance(sim, BotSimulator) else (await sim.send(plaintext))[0]
             timings[kind].append((time.monotonic(), result.elapsed_ms))
             if result.error:
                 errors.append("%s: %s" % (kind, result.error))
@@ -123,19 +126,21 @@ def load_process(port: int, rate: float, token: str, pulling, stop, results, arr
             if pulling.is_set():
                 tasks.append(asyncio.ensure_future(one("kf doorbell", kf, callback_plaintext(CORP_ID, KFID, token))))
 
-        async def stream(*senders) -> None:
+        def bot_text() -> None:
+            tasks.append(asyncio.ensure_future(one("bot text", bot, bot.message("压测期间问机器人 %d" % n, user="user%d" % (n % 50)))))
+
+        async def stream(*senders, every: float = rate) -> None:
             while not stop.is_set():
                 for send in senders:
                     send()
-                await asyncio.sleep(random.expovariate(rate) if arrivals == "poisson" else 1.0 / rate)
+                await asyncio.sleep(random.expovariate(every) if arrivals == "poisson" else 1.0 / every)
 
-        if arrivals == "poisson":
-            await asyncio.gather(stream(app_text), stream(doorbell))
-        else:
-            await stream(app_text, doorbell)
+        streams = [stream(app_text), stream(doorbell)] if arrivals == "poisson" else [stream(app_text, doorbell)]
+        await asyncio.gather(*streams, *([stream(bot_text, every=bot_rate)] if bot_rate else []))
         await asyncio.gather(*tasks)
         app.close()
         kf.close()
+        bot.close()
         return {"timings": timings, "errors": errors[:5], "error_count": len(errors)}
 
     results.put(asyncio.run(main()))
@@ -155,6 +160,7 @@ def write_config(directory: Path, port: int, api_port: int, kf_pull: str) -> Pat
         "encoding_aes_key = " + AES_KEY,
         "[app:kefu]", "corp_id = " + CORP_ID, "agent_id = 1000009", "token = " + TOKEN,
         "encoding_aes_key = " + AES_KEY, "secret = bench-kf-secret-0123456789", "kf = yes", "kf_accounts = " + KFID,
+        "[bot:benchbot]", "token = " + TOKEN, "encoding_aes_key = " + AES_KEY, "reply = 收到",
     ]) + "\n", encoding="utf-8")
     return path
 
@@ -253,28 +259,32 @@ def print_callbacks(outcome: dict, log: Path, span: tuple, wall_span: tuple, wha
             print("           %s: during %s %s (target p99 ≤ 10 ms)" % (kind, what, percentiles(during)))
     if outcome["error_count"]:
         print("callback errors: %d, e.g. %s" % (outcome["error_count"], outcome["errors"]))
-    during, before, outcomes = server_latencies(log, *wall_span)
+    during, before, outcomes, apps = server_latencies(log, *wall_span)
     print("the server's own time per callback (its log: request read to answer written):")
     print("  before %s %s" % (what, percentiles(before)))
     print("  during %s %s (target p99 ≤ 10 ms)" % (what, percentiles(during)))
     print("  during %s, outcomes: %s" % (what, ", ".join("%s %d" % kv for kv in sorted(outcomes.items()))))
+    for app, latencies in sorted(apps.items()):
+        print("  during %s, /callback/%s: %s" % (what, app, percentiles(latencies)))
     return during
 
 
 def server_latencies(log: Path, start: float, end: float) -> tuple:
     """The `latency=` of each callback line of the server's log: (during start..end, before start,
-    {outcome: count} during)."""
-    during, before, outcomes = [], [], {}
-    pattern = re.compile(r"^(\S+ \S+),(\d+) .*wecomd\.handlers\.callback: callback .* outcome=(\w+)"
+    {outcome: count} during, {app: latencies} during)."""
+    during, before, outcomes, apps = [], [], {}, {}
+    pattern = re.compile(r"^(\S+ \S+),(\d+) .*wecomd\.handlers\.callback: callback app=(\S+) .* outcome=(\w+)"
                          r".* latency=([\d.]+)ms")
     for line in log.read_text(errors="replace").splitlines():
         found = pattern.match(line)
         if found:
             at = time.mktime(time.strptime(found.group(1), "%Y-%m-%d %H:%M:%S")) + int(found.group(2)) / 1000
+            latency = float(found.group(5))
             if start <= at <= end:
-                outcomes[found.group(3)] = outcomes.get(found.group(3), 0) + 1
-            (during if start <= at <= end else before if at < start else []).append(float(found.group(4)))
-    return during, before, outcomes
+                outcomes[found.group(4)] = outcomes.get(found.group(4), 0) + 1
+                apps.setdefault(found.group(3), []).append(latency)
+            (during if start <= at <= end else before if at < start else []).append(latency)
+    return during, before, outcomes, apps
 
 
 def quantile(values: list, q: float) -> float:
@@ -299,6 +309,8 @@ def main() -> int:
     parser.add_argument("--arrivals", choices=("lockstep", "poisson"), default="lockstep",
                         help="the load's two streams sent at once on each tick (the default), or each at random "
                              "moments of its own")
+    parser.add_argument("--bot-rate", type=float, default=0.0,
+                        help="智能机器人 text messages a second as well (default 0: none)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run it this many times (a new daemon and sandbox each), then the figures of all")
     args = parser.parse_args()
@@ -343,7 +355,8 @@ def one_round(args: argparse.Namespace) -> dict:
 
         stop, pulling, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
         load = multiprocessing.Process(target=load_process, daemon=True,
-                                       args=(port, args.rate, token, pulling, stop, results, args.arrivals))
+                                       args=(port, args.rate, token, pulling, stop, results, args.arrivals,
+                                             args.bot_rate))
         load.start()
         time.sleep(3.0)  # app callbacks before the pull: its figures cover all of the pull, and idle ones
 

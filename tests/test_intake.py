@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from support.base import WecomdTestCase
+from support.bot import BOT, BotTestCase
 from support.config import kf_app_section
 from support.kf import SlowSync
 from support.peer import CORP_ID
@@ -223,3 +224,51 @@ reply = 价格表在官网
         self.assertEqual(sorted((m["touser"], m["text"]["content"]) for m in sent),
                          [("lisi", "价格表在官网"), ("zhangsan", "已收到")])  # entry 1's was before the stop
         self.assertEqual([e["seq"] for e in self.services.intake.journal.after(0)], [seqs[-1]])  # the rest forgotten
+
+
+class BotIntakeTest(BotTestCase):
+    """智能机器人 messages while a pull runs: journaled, answered with their stream open and empty,
+    then answered into that stream once applied (WeCom's polls read it)."""
+
+    server_settings = IntakeTest.server_settings
+    prepare_fake = IntakeTest.prepare_fake
+    pull_running = IntakeTest.pull_running
+
+    def setUp(self) -> None:
+        self.extra_config = BOT % 30 + IntakeTest.extra_config
+        WecomdTestCase.setUp(self)
+        self.wait_for(lambda: self.kf.sync_calls and not self.services.kf.puller.pulling())  # the startup pull
+
+    def test_a_bot_message_during_a_pull_is_journaled_and_its_answer_comes_into_its_stream(self):
+        self.pull_running()
+        payload = self.message("明天天气怎么样")
+        with self.assertLogs("wecomd.handlers.callback", logging.INFO) as logs:
+            first = self.frame(self.post(payload))
+        self.assertIn("outcome=journaled", logs.output[0])
+        stream_id = first["stream"]["id"]
+        self.assertEqual(first["stream"], {"id": stream_id, "finish": False, "content": ""})
+        self.assertEqual(self.poll(stream_id)["stream"]["finish"], False)  # still waiting: WeCom polls on
+        self.assertEqual(self.frame(self.post(payload))["stream"]["id"], stream_id)  # WeCom's retry: the same
+        self.assertTrue(self.services.kf.puller.pulling())  # all of that while the pull ran
+
+        self.wait_for(lambda: not self.services.intake.active())
+        self.assertEqual(self.poll(stream_id)["stream"], {"id": stream_id, "finish": True, "content": "今天晴，25 度"})
+        rows = [r for r in self.inbound() if r["app"] == "assistant"]
+        self.assertEqual([(r["content"], r["deliveries"]) for r in rows], [("明天天气怎么样", 2)])
+        answers = [m["content"] for m in self.rows() if m["direction"] == "out" and m["app"] == "assistant"]
+        self.assertEqual(answers, ["今天晴，25 度"])  # one answer, in the thread
+
+    def test_a_journaled_message_nothing_answers_ends_its_stream_and_events_keep_their_path(self):
+        self.pull_running()
+        first = self.frame(self.post(self.message("随便说说")))
+        stream_id = first["stream"]["id"]
+        self.assertFalse(first["stream"]["finish"])
+        with self.assertLogs("wecomd.handlers.callback", logging.INFO) as logs:
+            welcome = self.frame(self.post({"msgid": "ev-1", "aibotid": "AIBOT", "chattype": "single",
+                                            "from": {"userid": "lisi"}, "msgtype": "event",
+                                            "event": {"eventtype": "enter_chat"}}))
+        self.assertIn("outcome=stored", logs.output[0])  # its welcome is in the answer to the callback itself
+        self.assertEqual(welcome["text"]["content"], "你好，我是助手")
+        self.wait_for(lambda: not self.services.intake.active())
+        self.assertEqual(self.poll(stream_id)["stream"], {"id": stream_id, "finish": True, "content": ""})
+        self.assertIn("随便说说", [r["content"] for r in self.inbound()])

@@ -27,12 +27,14 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from wecomd.config import BotConfig, Config
+from wecomd.inbox import AppliedBefore, NotStored, apply_inbound
 from wecomd.store import StoreError
+from wecomd.store.intake import once
 from wecomd.live import message_event
 from wecomd.store.times import from_iso, utcnow
 from wecomd.wecom import bot as botproto
 from wecomd.wecom import cards
-from wecomd.wecom.messages import Message
+from wecomd.wecom.messages import Message, dedup_key
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +219,8 @@ class BotChannel:
 
     def __init__(self, run_db: Callable[..., Awaitable[Any]], read: Callable[..., Awaitable[Any]], store: Any,
                  inbox: Any, publish: Callable[[dict], None], config: Config,
-                 sources: Optional[StreamSource] = None, clock: Callable[[], datetime] = utcnow) -> None:
+                 sources: Optional[StreamSource] = None, clock: Callable[[], datetime] = utcnow,
+                 intake: Any = None) -> None:
         self.run_db, self.read, self.store, self.inbox, self.publish = run_db, read, store, inbox, publish
         self.sources, self.clock = sources, clock
         self.reconfigure(config)
@@ -226,6 +229,13 @@ class BotChannel:
         # stream id -> the stream as this process last wrote it, while it generates the answer: a poll
         # for it is answered without a database read (any other poll reads the database).
         self._live: dict = {}
+        # wecomd.intake: while a 微信客服 pull keeps the database busy, a user's message is recorded in
+        # the intake journal and answered with its stream, open and empty; the stream ids recorded
+        # and not applied yet, with their bot: polls for them get the same frame until then.
+        self.intake = intake
+        self._waiting: dict = {}
+        if intake is not None:
+            intake.register("bot", self.apply)
 
     def reconfigure(self, config: Config) -> None:
         self.bots = config.bots
@@ -233,12 +243,54 @@ class BotChannel:
     def bot(self, name: str) -> Optional[BotConfig]:
         return self.bots.get(name)
 
-    async def handle(self, bot: BotConfig, message: Message) -> Optional[dict]:
-        """The plaintext frame to answer `message` with, or None for an empty answer. NotStored
-        (from the inbox) when the message could not be stored: the channel must not answer 2xx."""
+    async def handle(self, bot: BotConfig, message: Message) -> tuple:
+        """(the plaintext frame to answer `message` with, or None for an empty answer; what became of
+        it: "polled", "stored" or "journaled"). NotStored (from the inbox) when the message could not
+        be stored or recorded: the channel must not answer 2xx."""
         if message.msgtype == "stream":
-            return await self.refresh(bot, botproto.stream_id(message) or "")
-        inbound = await self.inbox.receive("bot", bot, message)
+            return await self.refresh(bot, botproto.stream_id(message) or ""), "polled"
+        if self._journals(bot, message):
+            return await self._journal(bot, message), "journaled"
+        return await self._answer(bot, message), "stored"
+
+    def _journals(self, bot: BotConfig, message: Message) -> bool:
+        """Whether `message` goes to the intake journal: a user's message (events keep their path:
+        their answers are passive only) while the journal is in use, unless a card rule answers it
+        (a card is shown in the answer to the callback itself)."""
+        if self.intake is None or message.msgtype == "event" or not self.intake.active():
+            return False
+        card_of = getattr(self.sources, "card", None)
+        return card_of is None or card_of(bot, message) is None
+
+    async def _journal(self, bot: BotConfig, message: Message) -> dict:
+        stream_id = stream_id_for(bot.name, message)
+        try:
+            await self.intake.record("bot", bot.name, message.raw)
+        except StoreError as exc:
+            raise NotStored(str(exc)) from exc
+        self._waiting[stream_id] = bot.name
+        return botproto.stream_frame(stream_id, "", False)
+
+    async def apply(self, _app: Any, name: str, body: str, stamp: tuple) -> None:
+        """Apply one journaled message (wecomd.intake): stored once, with the entry's mark, then
+        answered as `handle` answers it, into its stream (WeCom's polls read it from then on)."""
+        message = botproto.parse(body)
+        bot = self.bot(name)
+        try:
+            if bot is None:  # gone from the config since: stored, not answered
+                await self.run_db(once, self.store, stamp, apply_inbound, self.store, name, message,
+                                  dedup_key(message))
+                return
+            await self._answer(bot, message, stamp)
+        except AppliedBefore:
+            return
+        except NotStored as exc:  # the database refused: the intake applies the entry again later
+            raise exc.__cause__ if isinstance(exc.__cause__, StoreError) else StoreError(str(exc))
+        finally:
+            self._waiting.pop(stream_id_for(name, message), None)
+
+    async def _answer(self, bot: BotConfig, message: Message, stamp: Optional[tuple] = None) -> Optional[dict]:
+        inbound = await self.inbox.receive("bot", bot, message, stamp=stamp)
         if message.event == "feedback_event":
             await self._feedback(message)
             return None
@@ -268,7 +320,10 @@ class BotChannel:
         return frame(stream, stream_id, first=True)
 
     async def refresh(self, bot: BotConfig, stream_id: str) -> dict:
-        """A refresh poll: the stream as stored; finished and empty when unknown (or another bot's)."""
+        """A refresh poll: the stream as stored; open and empty while its message waits in the
+        intake journal; finished and empty when unknown (or another bot's)."""
+        if self._waiting.get(stream_id) == bot.name:
+            return botproto.stream_frame(stream_id, "", False)
         stream = self._live.get(stream_id)
         if stream is None and stream_id:
             stream = await self.read(self.store.bot_streams.get, stream_id)

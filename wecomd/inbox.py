@@ -49,6 +49,10 @@ class NotStored(Exception):
     """The message could not be stored (the database refused or failed): do not acknowledge it."""
 
 
+class AppliedBefore(Exception):
+    """`receive` of a journal entry (its `stamp`) that was applied before: nothing was done."""
+
+
 @dataclass(frozen=True)
 class Inbound:
     """What became of one delivery. `reply` is the passive reply for the channel to send (for "app"
@@ -88,16 +92,18 @@ class Inbox:
         # so that a WeCom retry overlapping it gets the same answer (not an empty one).
         self._first: Dict[int, asyncio.Future] = {}
 
-    async def receive(self, channel: str, app: AppConfig, message: Message) -> Inbound:
+    async def receive(self, channel: str, app: AppConfig, message: Message, stamp: Optional[tuple] = None) -> Inbound:
         """Store, announce and answer one delivery of `message` to `app` by `channel`; NotStored
-        when it could not be stored. ValueError for a channel the inbox does not know."""
+        when it could not be stored. ValueError for a channel the inbox does not know. With the
+        `stamp` of an intake journal entry (a channel applying it), the delivery is stored in one
+        transaction with the entry's mark (store.intake.once); AppliedBefore when it was already."""
         passive = PASSIVE_REPLIES.get(channel)
         if passive is None:
             raise ValueError("unknown channel %r" % (channel,))
-        if channel == "app" and self.intake is not None and self.intake.active():
+        if channel == "app" and stamp is None and self.intake is not None and self.intake.active():
             return await self._journal(app, message)
         matches = self.rules.select(app.name, message)
-        row, created, paused, answer = await self._store(app, message, matches, passive)
+        row, created, paused, answer = await self._store(app, message, matches, passive, stamp)
         if not created:  # a retry: only a new message runs the rules
             return Inbound(row["id"], False, row["deliveries"], await self._retry(row))
         self._announce(row)
@@ -140,18 +146,24 @@ class Inbox:
         except (StoreError, ValueError) as exc:  # the message is stored; its answer is not
             logger.warning("message id=%s: automation failed: %s", row["id"], exc)
 
-    async def _store(self, app: AppConfig, message: Message, matches: List[Match], passive: Callable) -> tuple:
+    async def _store(self, app: AppConfig, message: Message, matches: List[Match], passive: Callable,
+                     stamp: Optional[tuple] = None) -> tuple:
         """One writer call: (row, created, paused, answer). With no rule to run, the app's own reply
-        is decided now and saved with the message (see store_answered)."""
+        is decided now and saved with the message (see store_answered). With a journal entry's
+        `stamp`, in one transaction with its mark."""
         text = None if matches else default_reply(app, message, matches)
         key = dedup_key(message)
+        call: tuple = (store_answered, self.store, app.name, message, key, passive(app, message, text), text) \
+            if text and message.from_user else (store_inbound, self.store, app.name, message, key)
         try:
-            if text and message.from_user:
-                return await self.run_db(store_answered, self.store, app.name, message, key,
-                                         passive(app, message, text), text)
-            return await self.run_db(store_inbound, self.store, app.name, message, key)
+            if stamp is None:
+                return await self.run_db(*call)
+            done, result = await self.run_db(once, self.store, stamp, *call)
         except StoreError as exc:
             raise NotStored(str(exc)) from exc
+        if not done:
+            raise AppliedBefore(str(stamp))
+        return result
 
     def _announce(self, row: dict) -> None:
         """A new message is committed: push it live and fetch its media."""

@@ -137,7 +137,8 @@ class Services:
                              busy=lambda: self.kf.puller.pulling())
         self.inbox = Inbox(self.db, self.store, self.rule_runner, self.publish, self.media.wake, intake=self.intake)
         self.bot_sources = RuleSources(self.rule_runner.select, self.read, self.store, config)
-        self.bots = BotChannel(self.db, self.read, self.store, self.inbox, self.publish, config, self.bot_sources)
+        self.bots = BotChannel(self.db, self.read, self.store, self.inbox, self.publish, config, self.bot_sources,
+                               intake=self.intake)
         # 微信客服: pulled after each kf_msg_or_event callback, answered through kf/send_msg by the outbox.
         self.kf = KfChannel(self.db, self.read, self.store, self.wecom, self.rule_runner, self.outbox, self.publish,
                             config, self.media.wake, listening=lambda: self.hub.count > 0,

@@ -65,11 +65,10 @@ class BotCallbackHandler(CallbackHandler):
         kind = message.msgtype if message.msgtype != "event" else "event:%s" % message.event
         self._outcome.update(type=kind, sender=message.from_user)
         try:
-            answer = await self.services.bots.handle(self.wecom_app, message)
+            answer, self._outcome["outcome"] = await self.services.bots.handle(self.wecom_app, message)
         except NotStored as exc:
             self._outcome["detail"] = str(exc)
             raise web.HTTPError(503, "message could not be stored")
-        self._outcome["outcome"] = "polled" if message.msgtype == "stream" else "stored"
         if answer is None:
             self.set_status(200)
             return self.finish()
