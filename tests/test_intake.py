@@ -3,6 +3,7 @@ committed to a SQLite file of their own and answered, then applied to the databa
 stop leaves nothing behind that the next start does not apply, and nothing is applied twice."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -13,6 +14,7 @@ from support.config import kf_app_section
 from support.kf import SlowSync
 from support.peer import CORP_ID
 from support.store import migrations_from
+from wecomd import app as appmod
 from wecomd.services import Services
 from wecomd.store import MIGRATIONS_DIR, migrations
 from wecomd.store.intake import Journal, journal_path, once
@@ -272,3 +274,43 @@ class BotIntakeTest(BotTestCase):
         self.wait_for(lambda: not self.services.intake.active())
         self.assertEqual(self.poll(stream_id)["stream"], {"id": stream_id, "finish": True, "content": ""})
         self.assertIn("随便说说", [r["content"] for r in self.inbound()])
+
+    def test_a_bot_message_a_stop_left_in_the_journal_is_answered_into_its_stream_at_start(self):
+        self.pull_running(delay=3.0)
+        self.services.intake._apply_all = _never  # the stop comes before the applier gets to it
+        first = self.frame(self.post(self.message("后天天气呢", msgid="bot-left-1")))
+        stream_id = first["stream"]["id"]
+        self.assertFalse(first["stream"]["finish"])
+        generation = self.services.intake.generation
+        self.io_loop.run_sync(self.services.close)
+        self.services = Services(self.config)
+        self.io_loop.run_sync(self.services.start)  # applied before it serves
+        self.http_server.request_callback = appmod.make_app(self.services)  # the new daemon serves the port
+        self.assertEqual(self.services.intake.generation, generation)
+        self.assertEqual(self.poll(stream_id)["stream"], {"id": stream_id, "finish": True, "content": "今天晴，25 度"})
+        rows = [r for r in self.inbound() if r["app"] == "assistant"]
+        self.assertEqual([(r["msg_id"], r["deliveries"]) for r in rows], [("bot-left-1", 1)])
+
+    def test_a_stop_while_a_bot_message_is_applied_lets_its_answer_start_first(self):
+        self.pull_running(delay=3.0)
+        receive, stored = self.services.inbox.receive, []
+
+        async def slow_receive(*args, **kwargs):
+            inbound = await receive(*args, **kwargs)
+            if kwargs.get("stamp") is not None:  # stored with its journal mark; its stream still to start
+                stored.append(inbound.id)
+                await asyncio.sleep(0.5)
+            return inbound
+
+        self.services.inbox.receive = slow_receive
+        stream_id = self.frame(self.post(self.message("大后天天气呢", msgid="bot-cut-1")))["stream"]["id"]
+        self.wait_for(lambda: stored)
+        self.io_loop.run_sync(self.services.close)  # while the entry is half applied
+        self.services = Services(self.config)
+        self.io_loop.run_sync(self.services.start)
+        self.http_server.request_callback = appmod.make_app(self.services)
+        self.assertEqual(self.poll(stream_id)["stream"], {"id": stream_id, "finish": True, "content": "今天晴，25 度"})
+
+
+async def _never() -> None:
+    """Intake._apply_all that applies nothing (a stop came first)."""

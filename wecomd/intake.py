@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 BATCH = 100  # entries read from the journal at a time
 FORGET = 200  # entries applied before they are forgotten from the file (and its WAL checkpointed)
 RETRY = 1.0  # seconds before an entry the database refused is applied again
+STOP_WAIT = 10.0  # seconds a stop waits for the entry being applied to be finished
 
 # apply(app's config or None once it is gone from the config, the app's name, the body, (generation, seq))
 Apply = Callable[[Optional[AppConfig], str, str, Tuple[str, int]], Awaitable[None]]
@@ -55,6 +56,7 @@ class Intake:
         self._unforgotten = 0  # entries applied and not forgotten yet
         self.forget_every = FORGET
         self._checkpoints: Optional[ThreadPoolExecutor] = None  # the thread the checkpoints run on
+        self._stopping = False  # set by close: no further entry is taken
 
     def register(self, kind: str, apply: Apply) -> None:
         """How entries of `kind` ("app", "kf") are applied."""
@@ -93,7 +95,7 @@ class Intake:
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
             try:
@@ -116,6 +118,8 @@ class Intake:
                 break
             self._unforgotten += len(entries)
             for entry in entries:
+                if self._stopping:  # a stop: the entry being applied was finished; the rest wait for the start
+                    return
                 apply = self._appliers.get(entry["kind"])
                 if apply is None:
                     raise StoreError("intake: entry %d is of unknown kind %r" % (entry["seq"], entry["kind"]))
@@ -136,8 +140,18 @@ class Intake:
             await asyncio.get_running_loop().run_in_executor(self._checkpoints, self.journal.checkpoint)
 
     async def close(self) -> None:
-        """Stop applying (what is left is applied at the next start) and close the file."""
+        """Stop applying (what is left is applied at the next start) and close the file. The entry
+        being applied is finished first (within STOP_WAIT): cut off between its store call and the
+        rest (its rules, a 智能机器人's stream), its answer would be lost, its mark being committed."""
         if self._task is not None:
+            self._stopping = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), STOP_WAIT)
+            except asyncio.TimeoutError:
+                logger.warning("intake: the entry being applied did not finish within %.0f s: cut off", STOP_WAIT)
+            except Exception:  # the applier's own failure is logged where it happened
+                pass
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self.journal is not None and self._checkpoints is not None:

@@ -215,9 +215,9 @@ class Services:
 
     async def close(self) -> None:
         self.hub.close_all()
+        await self.intake.close()  # first: the entry being applied finishes with the channels it needs
         await self.bots.close()
         await self.kf.close()
-        await self.intake.close()
         await self.directory.close()
         await self.rule_runner.close()
         await self.webhooks.stop()
