@@ -19,8 +19,8 @@ the load process saw them and as the server logged its own time, with the issue'
 (≥ 5,000 messages/s; callbacks p99 ≤ 10 ms), with what became of the callbacks during the pull
 (`journaled`: committed to the intake journal and answered, docs/kf.md); and, from the daemon's
 /metrics, how long its database writer's calls waited and its transactions took during the pull
-(kind "call": callbacks' and the journal's entries applied; "bulky": the pull's, with `inline` only,
-since the pull process's writer is its own).
+(kind "call": callbacks' and the journal's entries applied; "bulky": the pull's, with `inline`;
+"pull_call" and "pull_bulky": the pull process's own writer, which reports them every second).
 """
 from __future__ import annotations
 
@@ -395,10 +395,10 @@ def one_round(args: argparse.Namespace) -> dict:
     print("  %d rows stored for the kf app (each message once)" % count)
     during = print_callbacks(outcome, log, (started, visible), (started_wall, visible_wall), "the pull")
     print("the database writer during the pull (its /metrics histograms, so bucket bounds):")
-    for kind in ("call", "bulky"):
-        print("  %-5s calls waited %s" % (kind, bucket_quantiles(writer_before, writer_after,
+    for kind in ("call", "bulky", "pull_call", "pull_bulky"):
+        print("  %-10s calls waited %s" % (kind, bucket_quantiles(writer_before, writer_after,
                                                                 "wecomd_db_wait_seconds", kind)))
-        print("  %-5s transactions took %s" % (kind, bucket_quantiles(writer_before, writer_after,
+        print("  %-10s transactions took %s" % (kind, bucket_quantiles(writer_before, writer_after,
                                                                      "wecomd_db_transaction_seconds", kind)))
     pulls = [line for line in log.read_text(errors="replace").splitlines() if "kf:" in line][:5]
     if pulls:

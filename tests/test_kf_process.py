@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import time
 from unittest import mock
@@ -94,6 +95,14 @@ reply = 您好，{user_name}！
         named = self.wait_for(lambda: self.db(self.services.store.kf.customers, [ALICE]).get(ALICE))
         self.assertEqual(named["nickname"], "爱丽丝")
         self.assertEqual(self.puller.pid, pid)  # the same child all along
+        # The child's writer's transactions (its page kept with the cursor, its slices) in the
+        # daemon's /metrics, reported within a second.
+        def pulled_transactions(kind: str) -> float:
+            scraped = self.fetch("/metrics", headers=self.bearer()).body.decode()
+            found = re.search(r'^wecomd_db_transaction_seconds_count\{kind="%s"\} (\S+)$' % kind, scraped, re.M)
+            return float(found.group(1)) if found else 0.0
+        self.wait_for(lambda: pulled_transactions("pull_bulky") > 0)
+        self.assertGreater(pulled_transactions("pull_call"), 0)  # the lease, the doorbell's token
 
     def test_callbacks_while_the_child_pulls_are_journaled_and_applied(self):
         self.fake.latency = 0.5  # WeCom answers slowly: the pull runs for a while

@@ -20,7 +20,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_lates
 CALLBACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10)
 # Seconds; a database writer's transaction and a call's wait for it are milliseconds when all is well.
 DB_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-DB_KINDS = ("call", "bulky", "alone")  # the writer's transactions: grouped calls, a bulky call, a call run alone
+# the writer's transactions: grouped calls, a bulky call, a call run alone; then the same of the
+# 微信客服 pull process's own writer (reported by it: wecomd.kf.process)
+DB_KINDS = ("call", "bulky", "alone", "pull_call", "pull_bulky", "pull_alone")
 
 CALLBACK_OUTCOMES = ("stored", "duplicate", "rejected", "failed", "verified")
 FAILURE_REASONS = ("signature", "receive_id", "decrypt", "malformed", "timestamp", "too_large",

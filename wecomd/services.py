@@ -142,7 +142,8 @@ class Services:
         # 微信客服: pulled after each kf_msg_or_event callback, answered through kf/send_msg by the outbox.
         self.kf = KfChannel(self.db, self.read, self.store, self.wecom, self.rule_runner, self.outbox, self.publish,
                             config, self.media.wake, listening=lambda: self.hub.count > 0,
-                            wake_index=self.search_index.wake, intake=self.intake)
+                            wake_index=self.search_index.wake, intake=self.intake,
+                            on_pull_batch=self.metrics.db_batch)
         self.outbox.kf = self.kf.sender
         self.rule_runner.name_of = functools.partial(user_name, self.directory, self.kf)  # {user_name} in rules
 

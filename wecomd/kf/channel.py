@@ -61,13 +61,14 @@ class KfChannel:
                  client: Any, rules: Any, outbox: Any, publish: Callable[[dict], None], config: Config,
                  wake_media: Callable[[], None] = lambda: None, clock: Callable[[], datetime] = utcnow,
                  listening: Callable[[], bool] = lambda: True, wake_index: Callable[[], None] = lambda: None,
-                 intake: Any = None) -> None:
+                 intake: Any = None, on_pull_batch: Optional[Callable[[str, float, list], None]] = None) -> None:
         self.run_db, self.read, self.store, self.client, self.wake_media = run_db, read, store, client, wake_media
         self.wake_index = wake_index  # a stored page left the search index segments to merge
         self.listening = listening  # whether any console is connected: else live events need no reads
         self.rules, self.outbox, self.publish, self.clock = rules, outbox, publish, clock
         self.sender = KfSender(run_db, read, store, client, clock, changed=self._session_changed)
-        self.puller: Any = KfPullProcess(run_db, store, config, self._on_new) if config.server.kf_pull == "process" \
+        self.puller: Any = KfPullProcess(run_db, store, config, self._on_new, on_pull_batch) \
+            if config.server.kf_pull == "process" \
             else KfPuller(run_db, store, client, config, self._on_new, clock)
         self._tasks: set = set()
         self._named: Dict[str, datetime] = {}  # external_userid -> when its nickname was cached (this process)

@@ -19,8 +19,9 @@ same database (the pull lease and kept pages make that safe, as for two daemons)
   there.
 
 The child exits when the daemon goes away (its end of the pipe closes), and ignores SIGINT (a
-terminal's Ctrl-C stops the daemon, which stops the child). Its writer's figures are its own: the
-daemon's /metrics does not include the pull's transactions.
+terminal's Ctrl-C stops the daemon, which stops the child). Its writer's transactions are reported
+to the daemon every REPORT_EVERY seconds (`on_batch`: /metrics, kinds pull_call, pull_bulky and
+pull_alone).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from wecomd.store.times import utcnow
 logger = logging.getLogger(__name__)
 
 RESTART, RESTART_MAX = 1.0, 30.0  # seconds before a dead child is started again: first, most
+REPORT_EVERY = 1.0  # seconds between the child's reports of its database writer's transactions
 STOP_WAIT = 15.0  # seconds the child gets to stop before it is terminated
 NICE = 10  # the child's scheduling niceness, added to the daemon's
 
@@ -48,8 +50,10 @@ class KfPullProcess:
 
     merges_index = True  # the child merges the search index's segments of what it stores, as it pulls
 
-    def __init__(self, run_db: Callable[..., Awaitable[Any]], store: Any, config: Config, on_new: OnNew) -> None:
+    def __init__(self, run_db: Callable[..., Awaitable[Any]], store: Any, config: Config, on_new: OnNew,
+                 on_batch: Optional[Callable[[str, float, list], None]] = None) -> None:
         self.run_db, self.store, self.on_new = run_db, store, on_new
+        self.on_batch = on_batch  # the child's writer's transactions, as DbWriter's on_batch (the metrics)
         self._conn: Any = None  # the pipe to the running child
         self._process: Any = None
         self._busy = False
@@ -157,6 +161,9 @@ class KfPullProcess:
         kind = message[0]
         if kind == "busy":
             self._busy = bool(message[1])
+        elif kind == "writer":
+            for batch_kind, seconds, waits in message[1] if self.on_batch is not None else ():
+                self.on_batch("pull_" + batch_kind, seconds, waits)
         elif kind == "new":
             _, name, open_kfid, new = message
             app = self.apps.get(name)
@@ -205,7 +212,9 @@ async def _child(config: Config, conn: Any) -> None:
 
     loop = asyncio.get_running_loop()
     store = Store(config.server.database)
-    writer = DbWriter(store.db, lambda exc: StoreError("could not commit: %s" % exc))
+    batches: list = []  # the writer's transactions not reported yet: (kind, seconds, waits)
+    writer = DbWriter(store.db, lambda exc: StoreError("could not commit: %s" % exc),
+                      on_batch=lambda kind, seconds, waits: batches.append((kind, seconds, waits)))
     client = WecomClient(config.wecom.api_base)
     stop = asyncio.Event()
 
@@ -265,13 +274,27 @@ async def _child(config: Config, conn: Any) -> None:
         except (EOFError, OSError):  # the daemon is gone
             stop.set()
 
+    def report() -> None:
+        """The writer's transactions since the last report, to the daemon's /metrics."""
+        count = len(batches)  # the writer's thread may append meanwhile: those go next time
+        if count:
+            tell(("writer", batches[:count]))
+            del batches[:count]
+
+    async def reporting() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(REPORT_EVERY)
+            report()
+
     loop.add_reader(conn.fileno(), readable)
     if index is not None:
         index.start()
+    reporter = asyncio.ensure_future(reporting())
     try:
         await puller.start()
         await stop.wait()
     finally:
+        reporter.cancel()
         loop.remove_reader(conn.fileno())
         await asyncio.gather(*rings, return_exceptions=True)
         await puller.close()
@@ -279,6 +302,7 @@ async def _child(config: Config, conn: Any) -> None:
             await index.stop()
         await writer.run(store.close, alone=True)
         writer.close()
+        report()
         client.close()
         conn.close()
 
