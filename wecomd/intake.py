@@ -6,14 +6,16 @@ runs (`busy`), and until every entry recorded so far is applied, the channels ha
 `record` instead: it is committed to the journal file (store.intake.Journal: a small commit, made
 on the event loop itself, since handing it to a thread and back cost a callback more than the
 commit) and answered. The app channel answers it with an empty 200 (its rules' and `reply =`
-answers go out through the API once it is applied); 微信客服's doorbell as always.
+answers go out through the API once it is applied); 微信客服's doorbell as always; a 智能机器人
+user's message with its stream open and empty (its answer comes into that stream once applied).
 
 The applier then takes the entries in order and hands each to its channel's apply function
 (`register`): the entry's store call runs in `store.intake.once`, one transaction with its mark, so
 a crash never applies an entry twice; entries a crash left unapplied are applied by `start`, before
 the daemon serves. An entry whose apply fails on the database is tried again (RETRY seconds later),
 never skipped; one that fails otherwise (a defect) is logged and left in the file, and the ones
-after it go on. Entries applied are forgotten from the file FORGET at a time.
+after it go on. Entries applied are forgotten from the file FORGET at a time. A stop (`close`)
+lets the entry being applied finish, within STOP_WAIT, and takes no further one.
 
 On PostgreSQL (no database-wide write lock) and for an in-memory SQLite database there is no
 journal: `active` is always False.
@@ -59,7 +61,7 @@ class Intake:
         self._stopping = False  # set by close: no further entry is taken
 
     def register(self, kind: str, apply: Apply) -> None:
-        """How entries of `kind` ("app", "kf") are applied."""
+        """How entries of `kind` ("app", "kf", "bot") are applied."""
         self._appliers[kind] = apply
 
     def active(self) -> bool:
