@@ -253,9 +253,20 @@ class BotIntakeTest(BotTestCase):
         self.assertEqual(self.frame(self.post(payload))["stream"]["id"], stream_id)  # WeCom's retry: the same
         self.assertTrue(self.services.kf.puller.pulling())  # all of that while the pull ran
 
+        # The user rates the answer before it is even applied: journaled too, answered empty.
+        feedback = {"msgid": "fb-1", "aibotid": "AIBOT", "chattype": "single", "from": {"userid": "zhangsan"},
+                    "msgtype": "event", "event": {"eventtype": "feedback_event", "feedback_event": {
+                        "id": stream_id, "type": 1}}}
+        with self.assertLogs("wecomd.handlers.callback", logging.INFO) as logs:
+            resp = self.post(feedback)
+        self.assertEqual((resp.code, resp.body), (200, b""))
+        self.assertIn("outcome=journaled", logs.output[0])
+
         self.wait_for(lambda: not self.services.intake.active())
         self.assertEqual(self.poll(stream_id)["stream"], {"id": stream_id, "finish": True, "content": "今天晴，25 度"})
-        rows = [r for r in self.inbound() if r["app"] == "assistant"]
+        # Applied in order: the answer's stream first, then the feedback kept with it.
+        self.assertEqual(self.db(self.services.store.bot_streams.get, stream_id)["feedback"]["type"], 1)
+        rows = [r for r in self.inbound() if r["app"] == "assistant" and r["msgtype"] == "text"]
         self.assertEqual([(r["content"], r["deliveries"]) for r in rows], [("明天天气怎么样", 2)])
         answers = [m["content"] for m in self.rows() if m["direction"] == "out" and m["app"] == "assistant"]
         self.assertEqual(answers, ["今天晴，25 度"])  # one answer, in the thread

@@ -254,20 +254,24 @@ class BotChannel:
         return await self._answer(bot, message), "stored"
 
     def _journals(self, bot: BotConfig, message: Message) -> bool:
-        """Whether `message` goes to the intake journal: a user's message (events keep their path:
-        their answers are passive only) while the journal is in use, unless a card rule answers it
-        (a card is shown in the answer to the callback itself)."""
-        if self.intake is None or message.msgtype == "event" or not self.intake.active():
+        """Whether `message` goes to the intake journal while it is in use: a user's message, unless
+        a card rule answers it, and a feedback_event (answered empty in any case). Other events keep
+        their path: their answer (a welcome, a card) is in the reply to the callback itself."""
+        if self.intake is None or not self.intake.active():
             return False
+        if message.msgtype == "event":
+            return message.event == "feedback_event"
         card_of = getattr(self.sources, "card", None)
         return card_of is None or card_of(bot, message) is None
 
-    async def _journal(self, bot: BotConfig, message: Message) -> dict:
-        stream_id = stream_id_for(bot.name, message)
+    async def _journal(self, bot: BotConfig, message: Message) -> Optional[dict]:
         try:
             await self.intake.record("bot", bot.name, message.raw)
         except StoreError as exc:
             raise NotStored(str(exc)) from exc
+        if message.msgtype == "event":  # feedback: stored with the answer it rates once applied
+            return None
+        stream_id = stream_id_for(bot.name, message)
         self._waiting[stream_id] = bot.name
         return botproto.stream_frame(stream_id, "", False)
 
