@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import urllib.parse
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import List, Optional
 
 import peewee
@@ -22,6 +22,7 @@ import peewee
 from wecomd.cli.doctor.check import Check
 from wecomd.kf.pull import owner_gone, owner_pid
 from wecomd.store.intake import journal_path
+from wecomd.store.times import iso, naive_utc, utcnow
 
 STALE = timedelta(minutes=5)  # a callback not pulled for, or an entry not applied, this long: warn
 _ERRORS = (peewee.PeeweeException, sqlite3.Error, OSError)
@@ -32,7 +33,7 @@ def check_kf_pulls(db: Optional[peewee.Database], now: Optional[datetime] = None
     """One line per 微信客服 account wecomd has pulled or been rung for (none before the first)."""
     if db is None:
         return []
-    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    now = now or utcnow()
     try:
         if not db.table_exists("kf_cursor"):
             return []
@@ -77,13 +78,13 @@ def check_intake(database_file: Optional[str], db: Optional[peewee.Database],
     path = journal_path(database_file)
     if path is None or db is None or not os.path.exists(path):
         return []
-    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    now = now or utcnow()
     try:
         journal = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(path), uri=True, timeout=5)
         try:
             generation = journal.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
             applied = _applied(db, generation[0]) if generation else 0
-            total, first = journal.execute("SELECT COUNT(*), MIN(seq) FROM entry").fetchone()
+            total = journal.execute("SELECT COUNT(*) FROM entry").fetchone()[0]
             waiting, oldest = journal.execute("SELECT COUNT(*), MIN(at) FROM entry WHERE seq > ?",
                                               (applied,)).fetchone()
         finally:
@@ -115,12 +116,11 @@ def _parsed(value: Optional[str]) -> Optional[datetime]:
     if not value:
         return None
     try:
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return naive_utc(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
     except ValueError:
         return None
-    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _shown(value: Optional[str]) -> str:
-    moment = _parsed(value)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else str(value)
+    """A stored time as JSON shows it (store.times.iso); the text as it is if it is no time."""
+    return iso(_parsed(value)) or str(value)
