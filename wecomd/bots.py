@@ -27,14 +27,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from wecomd.config import BotConfig, Config
-from wecomd.inbox import AppliedBefore, NotStored, apply_inbound
+from wecomd.inbox import AppliedBefore, NotStored
 from wecomd.store import StoreError
-from wecomd.store.intake import once
 from wecomd.live import message_event
 from wecomd.store.times import from_iso, utcnow
 from wecomd.wecom import bot as botproto
 from wecomd.wecom import cards
-from wecomd.wecom.messages import Message, dedup_key
+from wecomd.wecom.messages import Message
 
 logger = logging.getLogger(__name__)
 
@@ -282,8 +281,7 @@ class BotChannel:
         bot = self.bot(name)
         try:
             if bot is None:  # gone from the config since: stored, not answered
-                await self.run_db(once, self.store, stamp, apply_inbound, self.store, name, message,
-                                  dedup_key(message))
+                await self.inbox.keep_journaled(name, message, stamp)
                 return
             await self._answer(bot, message, stamp)
         except AppliedBefore:

@@ -128,8 +128,7 @@ class Inbox:
         journal mark; a new message is announced and its rules run, and what they (or the app's
         `reply =`) answer goes out through the API: the callback was answered already."""
         message = parse(body)
-        done, result = await self.run_db(once, self.store, stamp, apply_inbound, self.store, name, message,
-                                         dedup_key(message))
+        done, result = await self.keep_journaled(name, message, stamp)
         if not done:
             return
         row, created, paused = result
@@ -145,6 +144,11 @@ class Inbox:
                 await self.rules.send_answer(name, message.from_user, answer)
         except (StoreError, ValueError) as exc:  # the message is stored; its answer is not
             logger.warning("message id=%s: automation failed: %s", row["id"], exc)
+
+    async def keep_journaled(self, name: str, message: Message, stamp: tuple) -> tuple:
+        """Store a journaled delivery to app or bot `name` once, in one transaction with its journal
+        mark, and nothing else: (True, (row, created, paused)), or (False, None) if applied before."""
+        return await self.run_db(once, self.store, stamp, apply_inbound, self.store, name, message, dedup_key(message))
 
     async def _store(self, app: AppConfig, message: Message, matches: List[Match], passive: Callable,
                      stamp: Optional[tuple] = None) -> tuple:
