@@ -234,13 +234,8 @@ def test_0015_indexes_feedback_id_and_a_feedback_finds_its_stream_by_it(sqlite_s
     assert [s["stream_id"] for s in map(streams.get, ("stream-121", "stream-123", "stream-125")) if s["feedback"]] \
         == ["stream-123"]
 
-    runner = migrations.Runner(sqlite_store.db, str(MIGRATIONS_DIR))
-    assert runner.down("0015_bot_feedback_index") == migrations_from("0015_bot_feedback_index")[::-1]
-    assert "botstream_feedback_id" not in {i.name for i in sqlite_store.db.get_indexes("bot_stream")}
-    assert sqlite_store.migrate() == migrations_from("0015_bot_feedback_index")
-    assert "botstream_feedback_id" in {i.name for i in sqlite_store.db.get_indexes("bot_stream")}
-    models = sqlite_store.models.all()
-    assert not diff_models(sqlite_store.db, models), str(diff_models(sqlite_store.db, models))
+    assert_index_migration_reverts_and_applies(sqlite_store, "0015_bot_feedback_index", "bot_stream",
+                                               "botstream_feedback_id")
 
 
 def test_0017_an_apps_newest_messages_come_from_an_index_not_a_sort(sqlite_store):
@@ -254,10 +249,16 @@ def test_0017_an_apps_newest_messages_come_from_an_index_not_a_sort(sqlite_store
     rows, cursor = sqlite_store.messages.page(app="kefu", limit=5)
     assert [r["content"] for r in rows] == ["m198", "m195", "m192", "m189", "m186"] and cursor is not None
 
-    runner = migrations.Runner(sqlite_store.db, str(MIGRATIONS_DIR))
-    assert runner.down("0017_message_app_index") == migrations_from("0017_message_app_index")[::-1]
-    assert "message_app_id" not in {i.name for i in sqlite_store.db.get_indexes("message")}
-    assert sqlite_store.migrate() == migrations_from("0017_message_app_index")
-    assert "message_app_id" in {i.name for i in sqlite_store.db.get_indexes("message")}
-    models = sqlite_store.models.all()
-    assert not diff_models(sqlite_store.db, models), str(diff_models(sqlite_store.db, models))
+    assert_index_migration_reverts_and_applies(sqlite_store, "0017_message_app_index", "message", "message_app_id")
+
+
+def assert_index_migration_reverts_and_applies(store, migration: str, table: str, index: str) -> None:
+    """`migration`, which adds `index` to `table`, reverted (and those after it) and applied again; the
+    schema then matches the models."""
+    runner = migrations.Runner(store.db, str(MIGRATIONS_DIR))
+    assert runner.down(migration) == migrations_from(migration)[::-1]
+    assert index not in {i.name for i in store.db.get_indexes(table)}
+    assert store.migrate() == migrations_from(migration)
+    assert index in {i.name for i in store.db.get_indexes(table)}
+    models = store.models.all()
+    assert not diff_models(store.db, models), str(diff_models(store.db, models))
