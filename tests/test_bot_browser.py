@@ -68,7 +68,9 @@ def rate(demo, user: str, stream_id: str) -> None:
 def test_the_answer_grows_in_the_open_thread_then_is_kept(page, demo):
     login(page, demo)
     user = new_user("bot")
-    words = " ".join("第%d句" % n for n in range(40))
+    # Eight short sentences: the echo model sends each CJK character as a piece, 0.08 s apart, after
+    # its reasoning; about 5 s of growing (forty took 20 s, the suite's longest browser test).
+    words = " ".join("第%d句" % n for n in range(8))
     talking = ask_bot(demo, user, words)
     row = page.locator("a.conv[data-app='assistant'][data-user='%s']" % user)
     row.click()
@@ -79,7 +81,7 @@ def test_the_answer_grows_in_the_open_thread_then_is_kept(page, demo):
     expect(growing.locator(".stream-text")).not_to_have_text(first)  # it grew
     talking.join(60)
     expect(growing).to_have_count(0)  # finished: the stored answer takes its place
-    expect(page.locator("#message-list li.msg.out").last).to_contain_text("第39句")
+    expect(page.locator("#message-list li.msg.out").last).to_contain_text("第7句")
     # The question keeps what became of its answer: where it came from, then the user's feedback, live.
     answer = page.locator("#message-list li.bot-answer")
     expect(answer.locator(".source-tag")).to_contain_text("model:echo")
