@@ -323,5 +323,56 @@ class BotIntakeTest(BotTestCase):
         self.assertEqual(self.poll(stream_id)["stream"], {"id": stream_id, "finish": True, "content": "今天晴，25 度"})
 
 
+class BotWebhookIntakeTest(BotTestCase):
+    """A journaled 智能机器人 message whose rule waits for a webhook (within the passive budget) does
+    not hold up the journal: the entries after it are applied meanwhile, and the webhook's reply still
+    comes into the message's stream."""
+
+    server_settings = IntakeTest.server_settings
+    prepare_fake = IntakeTest.prepare_fake
+    pull_running = IntakeTest.pull_running
+
+    def get_app(self):
+        from tornado import httpserver, netutil, web
+
+        release = self.release = asyncio.Event()  # set by the test: until then the webhook keeps its answer
+
+        class Slow(web.RequestHandler):
+            async def post(self):
+                await release.wait()
+                self.finish({"reply": "订单已发货"})
+
+        sockets = netutil.bind_sockets(0, "127.0.0.1")
+        self.hook_server = httpserver.HTTPServer(web.Application([("/hook", Slow)]))
+        self.hook_server.add_sockets(sockets)
+        self.extra_config += ("\n[rule:order]\napp = assistant\nwhen = text contains 订单\n"
+                              "webhook = http://127.0.0.1:%d/hook\n" % sockets[0].getsockname()[1])
+        return super().get_app()
+
+    def setUp(self) -> None:
+        self.extra_config = BOT % 30 + IntakeTest.extra_config
+        WecomdTestCase.setUp(self)
+        self.wait_for(lambda: self.kf.sync_calls and not self.services.kf.puller.pulling())  # the startup pull
+
+    def tearDown(self) -> None:
+        self.release.set()
+        self.hook_server.stop()
+        super().tearDown()
+
+    def test_a_webhook_rules_wait_does_not_hold_up_the_entries_after_it(self):
+        self.pull_running(delay=3.0)
+        stream_id = self.frame(self.post(self.message("我的订单到哪了")))["stream"]["id"]
+        self.assertEqual(self.callback(text("你好", "7000000000000000031")).code, 200)  # journaled after it
+        # Applied while the webhook still keeps its answer: sooner than the passive budget (3.5 s),
+        # which the entry before it waited for in the applier before.
+        self.wait_for(lambda: "你好" in [r["content"] for r in self.inbound()], timeout=3.0)
+        self.assertEqual(self.poll(stream_id)["stream"], {"id": stream_id, "finish": False, "content": ""})
+        self.release.set()  # within the budget: the reply is the stream's answer, as without a pull
+        self.wait_for(lambda: self.poll(stream_id)["stream"]["finish"])
+        self.assertEqual(self.poll(stream_id)["stream"]["content"], "订单已发货")
+        answers = [m["content"] for m in self.rows() if m["direction"] == "out" and m["app"] == "assistant"]
+        self.assertEqual(answers, ["订单已发货"])
+
+
 async def _never() -> None:
     """Intake._apply_all that applies nothing (a stop came first)."""

@@ -54,6 +54,12 @@ def stream_id_for(bot: str, message: Message) -> str:
     return _stream_id(bot, message.msg_id or message.raw)
 
 
+def _feedback_of(message: Message) -> Optional[dict]:
+    """A feedback_event's rating, with the id of the stream it rates; None for any other message."""
+    event = (message.fields.get("event") or {}).get("feedback_event") if message.event == "feedback_event" else None
+    return event if isinstance(event, dict) and isinstance(event.get("id"), str) else None
+
+
 def _stream_id(bot: str, msgid: str) -> str:
     return "s" + hashlib.sha256(("%s\n%s" % (bot, msgid)).encode()).hexdigest()[:24]
 
@@ -233,6 +239,8 @@ class BotChannel:
         # and not applied yet, with their bot: polls for them get the same frame until then.
         self.intake = intake
         self._waiting: dict = {}
+        # stream id -> the rest of a journaled message's answer, once the message is stored (`apply`)
+        self._answering: dict = {}
         if intake is not None:
             intake.register("bot", self.apply)
 
@@ -274,25 +282,46 @@ class BotChannel:
         self._waiting[stream_id] = bot.name
         return botproto.stream_frame(stream_id, "", False)
 
-    async def apply(self, _app: Any, name: str, body: str, stamp: tuple) -> None:
+    async def apply(self, _app: Any, name: str, body: str, stamp: tuple) -> Optional[asyncio.Future]:
         """Apply one journaled message (wecomd.intake): stored once, with the entry's mark, then
-        answered as `handle` answers it, into its stream (WeCom's polls read it from then on)."""
+        answered as `handle` answers it, into its stream (WeCom's polls read it from then on).
+
+        Once the message is stored, what is left of its answer (a webhook rule waited for within the
+        passive budget, as without the journal) is returned as a task: the intake applies the next
+        entries meanwhile and a stop waits for it. A feedback_event waits for the answer it rates."""
         message = botproto.parse(body)
+        stream_id = stream_id_for(name, message)
+        rated = self._answering.get((_feedback_of(message) or {}).get("id"))
+        if rated is not None:  # its stream is started by that answer: the rating is kept with it
+            await asyncio.wait({rated})
         bot = self.bot(name)
+        stored = asyncio.get_running_loop().create_future()
+        answering = asyncio.ensure_future(self._answer(bot, message, stamp, stored) if bot is not None
+                                          else self.inbox.keep_journaled(name, message, stamp))  # gone: not answered
+        await asyncio.wait({answering, stored}, return_when=asyncio.FIRST_COMPLETED)
+        if not answering.done():
+            self._answering[stream_id] = answering
+            answering.add_done_callback(lambda task: self._answered(stream_id, task))
+            return answering
+        self._waiting.pop(stream_id, None)
         try:
-            if bot is None:  # gone from the config since: stored, not answered
-                await self.inbox.keep_journaled(name, message, stamp)
-                return
-            await self._answer(bot, message, stamp)
+            answering.result()
         except AppliedBefore:
-            return
+            pass
         except NotStored as exc:  # the database refused: the intake applies the entry again later
             raise exc.__cause__ if isinstance(exc.__cause__, StoreError) else StoreError(str(exc))
-        finally:
-            self._waiting.pop(stream_id_for(name, message), None)
+        return None
 
-    async def _answer(self, bot: BotConfig, message: Message, stamp: Optional[tuple] = None) -> Optional[dict]:
-        inbound = await self.inbox.receive("bot", bot, message, stamp=stamp)
+    def _answered(self, stream_id: str, task: asyncio.Future) -> None:
+        """The rest of a journaled message's answer is done (`apply`): polls read its stream now."""
+        self._waiting.pop(stream_id, None)
+        self._answering.pop(stream_id, None)
+        if not task.cancelled() and task.exception() is not None:  # stored; its answer failed
+            logger.warning("bot: the answer of stream %s failed: %s", stream_id, task.exception())
+
+    async def _answer(self, bot: BotConfig, message: Message, stamp: Optional[tuple] = None,
+                      stored: Optional[asyncio.Future] = None) -> Optional[dict]:
+        inbound = await self.inbox.receive("bot", bot, message, stamp=stamp, stored=stored)
         if message.event == "feedback_event":
             await self._feedback(message)
             return None
@@ -533,8 +562,8 @@ class BotChannel:
         return rows
 
     async def _feedback(self, message: Message) -> None:
-        event = (message.fields.get("event") or {}).get("feedback_event") or {}
-        if isinstance(event, dict) and isinstance(event.get("id"), str):
+        event = _feedback_of(message)
+        if event is not None:
             stream = await self.run_db(self.store.bot_streams.feedback, event["id"], event, self.clock())
             if stream is not None:
                 self._publish(stream)

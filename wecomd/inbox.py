@@ -92,11 +92,14 @@ class Inbox:
         # so that a WeCom retry overlapping it gets the same answer (not an empty one).
         self._first: Dict[int, asyncio.Future] = {}
 
-    async def receive(self, channel: str, app: AppConfig, message: Message, stamp: Optional[tuple] = None) -> Inbound:
+    async def receive(self, channel: str, app: AppConfig, message: Message, stamp: Optional[tuple] = None,
+                      stored: Optional[asyncio.Future] = None) -> Inbound:
         """Store, announce and answer one delivery of `message` to `app` by `channel`; NotStored
         when it could not be stored. ValueError for a channel the inbox does not know. With the
         `stamp` of an intake journal entry (a channel applying it), the delivery is stored in one
-        transaction with the entry's mark (store.intake.once); AppliedBefore when it was already."""
+        transaction with the entry's mark (store.intake.once); AppliedBefore when it was already.
+        `stored`, when given, gets the row's id as soon as the delivery is committed, before its
+        rules run (the 智能机器人 channel's applier goes on from there)."""
         passive = PASSIVE_REPLIES.get(channel)
         if passive is None:
             raise ValueError("unknown channel %r" % (channel,))
@@ -104,6 +107,8 @@ class Inbox:
             return await self._journal(app, message)
         matches = self.rules.select(app.name, message)
         row, created, paused, answer = await self._store(app, message, matches, passive, stamp)
+        if stored is not None:
+            stored.set_result(row["id"])
         if not created:  # a retry: only a new message runs the rules
             return Inbound(row["id"], False, row["deliveries"], await self._retry(row))
         self._announce(row)

@@ -14,8 +14,11 @@ The applier then takes the entries in order and hands each to its channel's appl
 a crash never applies an entry twice; entries a crash left unapplied are applied by `start`, before
 the daemon serves. An entry whose apply fails on the database is tried again (RETRY seconds later),
 never skipped; one that fails otherwise (a defect) is logged and left in the file, and the ones
-after it go on. Entries applied are forgotten from the file FORGET at a time. A stop (`close`)
-lets the entry being applied finish, within STOP_WAIT, and takes no further one.
+after it go on. Entries applied are forgotten from the file FORGET at a time. An apply function
+may return the entry's remaining work (a task) once the entry is stored with its mark: a
+智能机器人's answer waiting for a webhook within the passive budget; the applier then goes on to
+the next entry instead of waiting for it. A stop (`close`) lets the entry being applied and that
+remaining work finish, within STOP_WAIT, and takes no further entry.
 
 On PostgreSQL (no database-wide write lock) and for an in-memory SQLite database there is no
 journal: `active` is always False.
@@ -37,10 +40,11 @@ logger = logging.getLogger(__name__)
 BATCH = 100  # entries read from the journal at a time
 FORGET = 200  # entries applied before they are forgotten from the file (and its WAL checkpointed)
 RETRY = 1.0  # seconds before an entry the database refused is applied again
-STOP_WAIT = 10.0  # seconds a stop waits for the entry being applied to be finished
+STOP_WAIT = 10.0  # seconds a stop waits for the entry being applied (and the work left of those before) to finish
 
-# apply(app's config or None once it is gone from the config, the app's name, the body, (generation, seq))
-Apply = Callable[[Optional[AppConfig], str, str, Tuple[str, int]], Awaitable[None]]
+# apply(app's config or None once it is gone from the config, the app's name, the body, (generation, seq)):
+# None, or the entry's remaining work once it is stored with its mark (a task the stop waits for)
+Apply = Callable[[Optional[AppConfig], str, str, Tuple[str, int]], Awaitable[Optional["asyncio.Future[Any]"]]]
 
 
 class Intake:
@@ -59,6 +63,7 @@ class Intake:
         self.forget_every = FORGET
         self._checkpoints: Optional[ThreadPoolExecutor] = None  # the thread the checkpoints run on
         self._stopping = False  # set by close: no further entry is taken
+        self._finishing: set = set()  # the remaining work of entries applied (see Apply)
 
     def register(self, kind: str, apply: Apply) -> None:
         """How entries of `kind` ("app", "kf", "bot") are applied."""
@@ -94,6 +99,8 @@ class Intake:
             logger.warning("intake: %d callback(s) in the journal were not applied before the last stop: "
                            "applying them", self.recorded - self.applied)
         await self._apply_all()
+        if self._finishing:  # their answers too: no process knows their streams as waiting any more
+            await asyncio.wait(set(self._finishing))
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
@@ -126,8 +133,11 @@ class Intake:
                 if apply is None:
                     raise StoreError("intake: entry %d is of unknown kind %r" % (entry["seq"], entry["kind"]))
                 try:
-                    await apply(self.app_for(entry["app"]), entry["app"], entry["body"],
-                                (self.generation, entry["seq"]))
+                    rest = await apply(self.app_for(entry["app"]), entry["app"], entry["body"],
+                                       (self.generation, entry["seq"]))
+                    if rest is not None:  # stored; its answer goes on while the next entries are applied
+                        self._finishing.add(rest)
+                        rest.add_done_callback(self._finishing.discard)
                 except StoreError:  # the database refused: the same entry again, later
                     raise
                 except Exception:  # it never will apply: the next ones must not wait behind it
@@ -144,10 +154,13 @@ class Intake:
     async def close(self) -> None:
         """Stop applying (what is left is applied at the next start) and close the file. The entry
         being applied is finished first (within STOP_WAIT): cut off between its store call and the
-        rest (its rules, a 智能机器人's stream), its answer would be lost, its mark being committed."""
+        rest (its rules, a 智能机器人's stream), its answer would be lost, its mark being committed.
+        So is the remaining work of the entries before it (Apply), within the same STOP_WAIT."""
         if self._task is not None:
             self._stopping = True
             self._wake.set()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STOP_WAIT
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), STOP_WAIT)
             except asyncio.TimeoutError:
@@ -156,6 +169,14 @@ class Intake:
                 pass
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            if self._finishing:
+                _, cut = await asyncio.wait(set(self._finishing), timeout=max(0.0, deadline - loop.time()))
+                if cut:
+                    logger.warning("intake: %d answer(s) of entries applied did not finish within %.0f s: cut off",
+                                   len(cut), STOP_WAIT)
+                    for rest in cut:
+                        rest.cancel()
+                    await asyncio.gather(*cut, return_exceptions=True)
         if self.journal is not None and self._checkpoints is not None:
             await asyncio.get_running_loop().run_in_executor(self._checkpoints, self.journal.close)
             self._checkpoints.shutdown(wait=True)
