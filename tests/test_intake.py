@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from unittest import mock
 
 import pytest
 
@@ -15,6 +16,7 @@ from support.kf import SlowSync
 from support.peer import CORP_ID
 from support.store import migrations_from
 from wecomd import app as appmod
+from wecomd import intake
 from wecomd.services import Services
 from wecomd.store import MIGRATIONS_DIR, migrations
 from wecomd.store.intake import Journal, journal_path, once
@@ -373,6 +375,22 @@ class BotWebhookIntakeTest(BotTestCase):
         answers = [m["content"] for m in self.rows() if m["direction"] == "out" and m["app"] == "assistant"]
         self.assertEqual(answers, ["订单已发货"])
 
+
+    def test_a_stop_waits_for_a_webhook_within_its_limit_then_cuts_it_off(self):
+        self.services.webhooks.request_timeout = 2.0  # the stop waits for a delivery in flight: not 10 s here
+        self.pull_running(delay=3.0)
+        stream_id = self.frame(self.post(self.message("订单呢", msgid="bot-hook-cut")))["stream"]["id"]
+        self.wait_for(lambda: "订单呢" in [r["content"] for r in self.inbound()])  # stored; the webhook keeps its reply
+        with mock.patch.object(intake, "STOP_WAIT", 0.5), \
+                self.assertLogs("wecomd.intake", logging.WARNING) as logs:
+            self.io_loop.run_sync(self.services.close, timeout=10)  # never answered: cut off, not hung
+        self.assertIn("1 answer(s) of entries applied did not finish within 0 s: cut off", logs.output[-1])
+        self.services = Services(self.config)
+        self.io_loop.run_sync(self.services.start)
+        self.http_server.request_callback = appmod.make_app(self.services)
+        # Stored once with its mark, so never applied again; its stream was never started.
+        self.assertEqual(self.poll(stream_id)["stream"], {"id": stream_id, "finish": True, "content": ""})
+        self.assertEqual([r["msg_id"] for r in self.inbound() if r["app"] == "assistant"], ["bot-hook-cut"])
 
 async def _never() -> None:
     """Intake._apply_all that applies nothing (a stop came first)."""
