@@ -76,7 +76,7 @@ class Store:
         self.file = name if isinstance(db, peewee.SqliteDatabase) else None  # a SQLite database's file
         self.models = models
         self.runs = RuleRuns(db, name, models.RuleRun, models.Message)
-        self.conversations = Conversations(db, name, models)
+        self.conversations = Conversations(db, name, models, self.runs)
         self.messages = Messages(db, name, models, self.runs, self.conversations, supports_returning(db))
         self.outbox = Outbox(db, name, models.Message, self.runs, self.conversations)
         self.media = Media(db, name, models.Message, self.runs)

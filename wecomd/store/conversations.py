@@ -22,7 +22,7 @@ NULL, as in a GROUP BY; read marks and takeovers never match it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import peewee
 from peewee import EXCLUDED, JOIN, Case, SqliteDatabase, fn
@@ -31,8 +31,11 @@ from .assignments import state_expression
 from .errors import guarded
 from .models import Models
 from .paging import keyset, page_size
-from .serialize import automation_json, to_json
+from .serialize import json_select
 from .times import iso, naive_utc, utcnow
+
+if TYPE_CHECKING:
+    from .rule_runs import RuleRuns
 
 CONVERSATION_PAGE = 100  # conversations per page when the caller does not say
 # The conversation list's filters: "mine" (assigned to the one asking), "unassigned", "unread", all.
@@ -43,8 +46,8 @@ class Conversations:
     """The conversation list of the database `db` (named `name`), through the bound `models`: it
     reads messages, read marks, takeovers and rule runs with the summary."""
 
-    def __init__(self, db: peewee.Database, name: str, models: Models) -> None:
-        self.db, self.name = db, name
+    def __init__(self, db: peewee.Database, name: str, models: Models, runs: "RuleRuns") -> None:
+        self.db, self.name, self.runs = db, name, runs  # Message JSON's "automation"
         self.Message, self.ReadMark, self.Conversation = models.Message, models.ReadMark, models.Conversation
         self.Takeover, self.RuleRun = models.Takeover, models.RuleRun
         self.State = models.ConversationState
@@ -65,8 +68,8 @@ class Conversations:
         paused_until (ISO "Z" while automation is paused for the user at `now`, else None),
         assignee (an operator's name or None) and state ("open" or "closed"; store/assignments.py).
         `before` keeps those whose last_id is below it; `show` (CONVERSATION_FILTERS) keeps those
-        assigned to `me`, the unassigned ones or those with unread messages. Two queries, whatever
-        the number of rows.
+        assigned to `me`, the unassigned ones or those with unread messages. Three queries, whatever
+        the number of rows: the conversations, their newest messages, and those messages' runs.
         """
         return self._rows(app, before, None if limit is None else page_size(limit), now, show, me)
 
@@ -113,25 +116,12 @@ class Conversations:
         if limit is not None:
             query = query.limit(limit)
         groups = list(query.dicts())
-        last = self._with_runs([group["last_id"] for group in groups])
+        M = self.Message
+        newest = json_select(M).where(M.id.in_([group["last_id"] for group in groups])).namedtuples() if groups else []
+        last = {message["id"]: message for message in self.runs.attach(newest)}
         return [dict(group, last_message=last.get(group["last_id"]),
                      paused_until=iso(T.until.python_value(group["paused_until"])))
                 for group in groups]
-
-    def _with_runs(self, ids: list[int]) -> dict[int, dict]:
-        """Message JSON by id, its runs joined in: one query however many messages and runs."""
-        if not ids:
-            return {}
-        M, RR = self.Message, self.RuleRun
-        query = (M.select(M, RR).join(RR, JOIN.LEFT_OUTER, on=(RR.message_id == M.id), attr="run")
-                 .where(M.id.in_(ids)).order_by(M.id, RR.id))
-        found: dict[int, dict] = {}
-        for row in query:
-            message = found.setdefault(row.id, dict(to_json(row), automation=[]))
-            run = getattr(row, "run", None)
-            if run is not None and run.id is not None:
-                message["automation"].append(automation_json(run))
-        return found
 
     # ------------------------------------------------------------ read marks
 

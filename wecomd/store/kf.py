@@ -369,7 +369,7 @@ class Kf:
         for open_kfid, externals in by_account.items():  # one query per account and 500 customers
             for start in range(0, len(externals), 500):
                 query = S.select().where((S.open_kfid == open_kfid) & S.external_userid.in_(externals[start:start + 500]))
-                for row in query.objects():
+                for row in query.namedtuples():  # not model instances: a page of conversations asks for 500
                     found[(row.open_kfid, row.external_userid)] = session_json(row)
         return found
 

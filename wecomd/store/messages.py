@@ -23,7 +23,7 @@ from .models import Models
 from .paging import keyset, page_size
 from .rule_runs import RuleRuns
 from .search import Search, search_text
-from .serialize import dumps, to_json
+from .serialize import dumps, json_select, to_json
 from .takeovers import PAUSED_SQL
 from .times import iso, naive_utc, utcnow
 
@@ -422,7 +422,8 @@ class Messages:
         query = self._select(app, user, msgtype, q)
         if before is not None:
             query = query.where(M.id < before)
-        rows, cursor = keyset(list(query.order_by(M.id.desc()).limit(limit + 1)), limit, lambda row: row.id)
+        rows, cursor = keyset(list(query.order_by(M.id.desc()).limit(limit + 1).namedtuples()), limit,
+                              lambda row: row.id)
         return self.runs.attach(rows), cursor
 
     def iter_export(self, app: Optional[str] = None, since: Optional[datetime] = None,
@@ -440,7 +441,7 @@ class Messages:
         last_id = 0
         while True:
             with store_errors(self.name, "export messages"):
-                rows = list(query.where(M.id > last_id))
+                rows = list(query.where(M.id > last_id).namedtuples())
                 exported = self.runs.attach(rows)
             yield from exported
             if len(rows) < batch:
@@ -479,9 +480,10 @@ class Messages:
     def _select(self, app: Union[str, Iterable[str], None] = None, user: Optional[str] = None,
                 msgtype: Optional[str] = None, q: Optional[str] = None,
                 since: Optional[datetime] = None) -> peewee.ModelSelect:
-        """The one filter of page() and iter_export(), unordered. `app` may be a list: any of them."""
+        """The one filter of page() and iter_export(), unordered, of the columns their Message JSON
+        reads (serialize.JSON_COLUMNS). `app` may be a list: any of them."""
         M = self.Message
-        query = M.select()
+        query = json_select(M)
         if isinstance(app, (list, tuple, set, frozenset)):  # an operator limited to some apps
             query = query.where(M.app.in_(sorted(app)))
         elif app:

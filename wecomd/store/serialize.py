@@ -15,6 +15,20 @@ _RUN_INTERNAL_KEYS = ("message_id", "app", "user", "reply_message_id", "url", "p
 _RUN_TIMES = ("started_at", "finished_at", "next_attempt_at")
 
 
+# Every Message column to_json and media_json read. Pages and exports select these alone, as named
+# tuples: model instances of every column (the raw body and the search text too) took most of the
+# time of a page of 500 (tests/test_store.py checks that to_json reads nothing else).
+JSON_COLUMNS = ("id", "app", "direction", "msgtype", "event", "event_key", "from_user", "to_user", "agent_id",
+                "msg_id", "wecom_msgid", "create_time", "received_at", "content", "status", "error", "fields",
+                "deliveries", "operator", "attempts", "media_status", "media_size", "media_type", "media_name",
+                "media_error", "automatic", "rule")
+
+
+def json_select(Message: Any) -> Any:
+    """A select of the bound `Message` model's JSON_COLUMNS; end it with .namedtuples()."""
+    return Message.select(*[getattr(Message, name) for name in JSON_COLUMNS])
+
+
 def to_json(row: Any, fields: Optional[dict] = None) -> dict:
     """The documented Message JSON plus `deliveries`; never the raw XML or a path. Without "automation"
     (the message's rule runs): rule_runs.RuleRuns.attach adds it. `fields`: the row's fields as a
