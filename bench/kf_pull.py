@@ -1,7 +1,7 @@
 """微信客服: a backlog pulled, stored and visible in the console, and callbacks answered meanwhile.
 
     python bench/kf_pull.py [--messages 100000] [--customers 2000] [--rate 20] [--kf-pull process]
-                            [--arrivals lockstep|poisson] [--rounds N]
+                            [--arrivals lockstep|poisson] [--rounds N] [--others-nice 10]
 
 Four processes on this machine: the sandbox WeCom (a kf account holding the backlog, served page by
 page through kf/sync_msg as WeCom does, 1,000 a page), `wecomd serve` (SQLite, synchronous=FULL:
@@ -10,7 +10,10 @@ messages a slice at a time; by its pull process with `--kf-pull process`, the de
 daemon with `inline`), a load process that plays WeCom's other callbacks (ordinary app text
 messages from 3 s before the pull, and kf_msg_or_event doorbells for the account once it is timed,
 `--rate` a second each, timing every answer), and this one, which rings the doorbell once and
-watches the console's API until every message is there.
+watches the console's API until every message is there. The sandbox and the load process stand for
+WeCom's servers, which are other machines: they run at niceness `--others-nice` (10 by default, as
+the daemon's own pull process does), so that on this 2-core machine the daemon's callbacks go
+before them when the cores are busy; `--others-nice 0` runs them at the daemon's priority.
 
 Prints messages/s from the doorbell to the last message being visible through /api/messages (the
 newest message is the backlog's last) and /api/conversations (the counts of every customer's
@@ -29,6 +32,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import random
 import re
 import socket
@@ -62,10 +66,13 @@ def free_port() -> int:
 
 # ---------------------------------------------------------------- the sandbox WeCom's process
 
-def sandbox_process(port: int, commands, answers) -> None:
-    """The sandbox on `port`; on ("backlog", n, customers) it fills the kf account's log with n
-    customer messages (within WeCom's 3 days) and answers the last one's callback token."""
+def sandbox_process(port: int, commands, answers, nice: int = 0) -> None:
+    """The sandbox on `port` at niceness +`nice`; on ("backlog", n, customers) it fills the kf
+    account's log with n customer messages (within WeCom's 3 days) and answers the last one's
+    callback token."""
     from wecomd.wecom import sandbox
+
+    os.nice(nice)
 
     async def main() -> None:
         fake = sandbox.FakeWecom()
@@ -93,12 +100,15 @@ def sandbox_process(port: int, commands, answers) -> None:
 # ---------------------------------------------------------------- WeCom's other callbacks, timed
 
 def load_process(port: int, rate: float, token: str, pulling, stop, results, arrivals: str = "lockstep",
-                 bot_rate: float = 0.0) -> None:
+                 bot_rate: float = 0.0, nice: int = 0) -> None:
     """App text callbacks, `rate` a second, until `stop` is set, and as many kf doorbells for the
     account once `pulling` is set (earlier they would start the pull); their latencies. `arrivals`:
     "lockstep", both sent at once on each tick; "poisson", each stream on its own, at random moments
     (exponential gaps of the same mean), as independent senders come. `bot_rate`: 智能机器人 text
-    messages a second too, on a stream of their own, from 3 s before the pull as the app's."""
+    messages a second too, on a stream of their own, from 3 s before the pull as the app's. At
+    niceness +`nice`."""
+    os.nice(nice)
+
     async def main() -> dict:
         url = "http://127.0.0.1:%d/callback/" % port
         app = Simulator(url + "plain", token=TOKEN, aes_key=AES_KEY, corp_id=CORP_ID, agent_id="1000002")
@@ -312,6 +322,9 @@ def main() -> int:
                              "moments of its own")
     parser.add_argument("--bot-rate", type=float, default=0.0,
                         help="智能机器人 text messages a second as well (default 0: none)")
+    parser.add_argument("--others-nice", type=int, default=10,
+                        help="niceness of the sandbox WeCom and the load process, which stand for other machines "
+                             "(default 10; 0: the daemon's own priority)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run it this many times (a new daemon and sandbox each), then the figures of all")
     args = parser.parse_args()
@@ -345,7 +358,8 @@ def one_round(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="wecomd-bench-kf-"))
     port, api_port = free_port(), free_port()
     commands, answers = multiprocessing.Queue(), multiprocessing.Queue()
-    sandbox = multiprocessing.Process(target=sandbox_process, args=(api_port, commands, answers), daemon=True)
+    sandbox = multiprocessing.Process(target=sandbox_process, args=(api_port, commands, answers, args.others_nice),
+                                      daemon=True)
     sandbox.start()
     assert answers.get(timeout=30) == "ready"
     server, log = start_server(work, port, api_port, args.kf_pull)
@@ -354,12 +368,13 @@ def one_round(args: argparse.Namespace) -> dict:
         time.sleep(1.0)  # the startup pull found the account empty
         commands.put(("backlog", args.messages, args.customers))
         last_msgid, token = answers.get(timeout=300)
-        print("backlog: %d messages from %d customers in the sandbox" % (args.messages, args.customers), flush=True)
+        print("backlog: %d messages from %d customers in the sandbox (it and the load process at niceness +%d)"
+              % (args.messages, args.customers, args.others_nice), flush=True)
 
         stop, pulling, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
         load = multiprocessing.Process(target=load_process, daemon=True,
                                        args=(port, args.rate, token, pulling, stop, results, args.arrivals,
-                                             args.bot_rate))
+                                             args.bot_rate, args.others_nice))
         load.start()
         time.sleep(3.0)  # app callbacks before the pull: its figures cover all of the pull, and idle ones
 
