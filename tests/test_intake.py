@@ -376,6 +376,21 @@ class BotWebhookIntakeTest(BotTestCase):
         self.assertEqual(answers, ["订单已发货"])
 
 
+    def test_a_retry_while_the_webhook_keeps_its_reply_gets_the_same_stream_and_one_answer(self):
+        self.pull_running(delay=3.0)
+        payload = self.message("订单发了吗", msgid="bot-hook-retry")
+        stream_id = self.frame(self.post(payload))["stream"]["id"]
+        self.wait_for(lambda: "订单发了吗" in [r["content"] for r in self.inbound()])  # stored, waiting
+        self.assertEqual(self.frame(self.post(payload))["stream"]["id"], stream_id)  # WeCom's retry, journaled
+        self.wait_for(lambda: [r["deliveries"] for r in self.inbound() if r["msg_id"] == "bot-hook-retry"] == [2])
+        self.assertFalse(self.poll(stream_id)["stream"]["finish"])  # both still wait for the one webhook
+        self.release.set()
+        self.wait_for(lambda: self.poll(stream_id)["stream"]["finish"])
+        self.assertEqual(self.poll(stream_id)["stream"]["content"], "订单已发货")
+        self.wait_for(lambda: not self.services.bots._answering)
+        answers = [m["content"] for m in self.rows() if m["direction"] == "out" and m["app"] == "assistant"]
+        self.assertEqual(answers, ["订单已发货"])
+
     def test_a_stop_waits_for_a_webhook_within_its_limit_then_cuts_it_off(self):
         self.services.webhooks.request_timeout = 2.0  # the stop waits for a delivery in flight: not 10 s here
         self.pull_running(delay=3.0)

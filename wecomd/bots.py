@@ -313,9 +313,11 @@ class BotChannel:
         return None
 
     def _answered(self, stream_id: str, task: asyncio.Future) -> None:
-        """The rest of a journaled message's answer is done (`apply`): polls read its stream now."""
+        """The rest of a journaled message's answer is done (`apply`): polls read its stream now. (A
+        WeCom retry journaled meanwhile may have a task of its own for the stream: it stays.)"""
         self._waiting.pop(stream_id, None)
-        self._answering.pop(stream_id, None)
+        if self._answering.get(stream_id) is task:
+            del self._answering[stream_id]
         if not task.cancelled() and task.exception() is not None:  # stored; its answer failed
             logger.warning("bot: the answer of stream %s failed: %s", stream_id, task.exception())
 
