@@ -49,7 +49,7 @@ class Conversations:
     def __init__(self, db: peewee.Database, name: str, models: Models, runs: "RuleRuns") -> None:
         self.db, self.name, self.runs = db, name, runs  # Message JSON's "automation"
         self.Message, self.ReadMark, self.Conversation = models.Message, models.ReadMark, models.Conversation
-        self.Takeover, self.RuleRun = models.Takeover, models.RuleRun
+        self.Takeover = models.Takeover
         self.State = models.ConversationState
         # On SQLite the 0004 migration's triggers count a new message inside its INSERT.
         self.counted_by_triggers = isinstance(db, SqliteDatabase)
