@@ -117,7 +117,7 @@ class Conversations:
             query = query.limit(limit)
         groups = list(query.dicts())
         M = self.Message
-        newest = json_select(M).where(M.id.in_([group["last_id"] for group in groups])).namedtuples() if groups else []
+        newest = json_select(M).where(M.id.in_([group["last_id"] for group in groups])) if groups else []
         last = {message["id"]: message for message in self.runs.attach(newest)}
         return [dict(group, last_message=last.get(group["last_id"]),
                      paused_until=iso(T.until.python_value(group["paused_until"])))

@@ -422,8 +422,7 @@ class Messages:
         query = self._select(app, user, msgtype, q)
         if before is not None:
             query = query.where(M.id < before)
-        rows, cursor = keyset(list(query.order_by(M.id.desc()).limit(limit + 1).namedtuples()), limit,
-                              lambda row: row.id)
+        rows, cursor = keyset(list(query.order_by(M.id.desc()).limit(limit + 1)), limit, lambda row: row.id)
         return self.runs.attach(rows), cursor
 
     def iter_export(self, app: Optional[str] = None, since: Optional[datetime] = None,
@@ -441,7 +440,7 @@ class Messages:
         last_id = 0
         while True:
             with store_errors(self.name, "export messages"):
-                rows = list(query.where(M.id > last_id).namedtuples())
+                rows = list(query.where(M.id > last_id))
                 exported = self.runs.attach(rows)
             yield from exported
             if len(rows) < batch:
@@ -481,7 +480,7 @@ class Messages:
                 msgtype: Optional[str] = None, q: Optional[str] = None,
                 since: Optional[datetime] = None) -> peewee.ModelSelect:
         """The one filter of page() and iter_export(), unordered, of the columns their Message JSON
-        reads (serialize.JSON_COLUMNS). `app` may be a list: any of them."""
+        reads (serialize.json_select: named tuples). `app` may be a list: any of them."""
         M = self.Message
         query = json_select(M)
         if isinstance(app, (list, tuple, set, frozenset)):  # an operator limited to some apps

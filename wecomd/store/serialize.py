@@ -25,8 +25,8 @@ JSON_COLUMNS = ("id", "app", "direction", "msgtype", "event", "event_key", "from
 
 
 def json_select(Message: Any) -> Any:
-    """A select of the bound `Message` model's JSON_COLUMNS; end it with .namedtuples()."""
-    return Message.select(*[getattr(Message, name) for name in JSON_COLUMNS])
+    """A select of the bound `Message` model's JSON_COLUMNS, its rows named tuples."""
+    return Message.select(*[getattr(Message, name) for name in JSON_COLUMNS]).namedtuples()
 
 
 def to_json(row: Any, fields: Optional[dict] = None) -> dict:
