@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,17 +25,7 @@ import kf_pull as bench  # noqa: E402  (its server, sandbox, load process and fi
 
 def one_round(args: argparse.Namespace) -> list:
     """One daemon under the load for args.seconds: the server's own time of each callback, ms."""
-    work = Path(tempfile.mkdtemp(prefix="wecomd-bench-floor-"))
-    port, api_port = bench.free_port(), bench.free_port()
-    commands, answers = multiprocessing.Queue(), multiprocessing.Queue()
-    sandbox = multiprocessing.Process(target=bench.sandbox_process, args=(api_port, commands, answers,
-                                                                          args.others_nice), daemon=True)
-    sandbox.start()
-    assert answers.get(timeout=30) == "ready"
-    server, log = bench.start_server(work, port, api_port, "process")
-    try:
-        bench.wait_healthy(port, server, log)
-        time.sleep(1.0)  # the startup pull found the account empty
+    with bench.daemon_and_sandbox("process", args.others_nice) as (_, port, log, _, _):
         stop, doorbells, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
         if args.doorbells:
             doorbells.set()
@@ -51,11 +40,6 @@ def one_round(args: argparse.Namespace) -> list:
         stop.set()
         outcome = results.get(timeout=60)
         load.join(10)
-    finally:
-        server.terminate()
-        server.wait(30)
-        commands.put(("stop",))
-        sandbox.join(10)
     if outcome["error_count"]:
         print("callback errors: %d, e.g. %s" % (outcome["error_count"], outcome["errors"]))
     during, _, outcomes, apps = bench.server_latencies(log, started, ended)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -44,6 +45,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -258,6 +260,30 @@ def start_server(work: Path, port: int, api_port: int, kf_pull: str) -> tuple:
     return server, log
 
 
+@contextlib.contextmanager
+def daemon_and_sandbox(kf_pull: str, others_nice: int) -> Iterator[tuple]:
+    """The sandbox WeCom (at niceness +`others_nice`) and `wecomd serve` on it, up and past its
+    startup pull (the kf account is empty): (work directory, the daemon's port, its log, the
+    sandbox's command and answer queues). Both are stopped on leaving."""
+    work = Path(tempfile.mkdtemp(prefix="wecomd-bench-kf-"))
+    port, api_port = free_port(), free_port()
+    commands, answers = multiprocessing.Queue(), multiprocessing.Queue()
+    sandbox = multiprocessing.Process(target=sandbox_process, args=(api_port, commands, answers, others_nice),
+                                      daemon=True)
+    sandbox.start()
+    assert answers.get(timeout=30) == "ready"
+    server, log = start_server(work, port, api_port, kf_pull)
+    try:
+        wait_healthy(port, server, log)
+        time.sleep(1.0)  # the startup pull found the account empty
+        yield work, port, log, commands, answers
+    finally:
+        server.terminate()
+        server.wait(30)
+        commands.put(("stop",))
+        sandbox.join(10)
+
+
 def print_callbacks(outcome: dict, log: Path, span: tuple, wall_span: tuple, what: str) -> list:
     """The load process's callback times before and during `what` (`span`, monotonic), and the
     server's own (its log, `wall_span`), with the issue's target; the server's own during `what`."""
@@ -355,17 +381,7 @@ def print_rounds(results: list) -> None:
 def one_round(args: argparse.Namespace) -> dict:
     """One backlog pulled with the load running, its figures printed: {"rate": messages/s, "during":
     the server's own time of each callback during the pull, ms}."""
-    work = Path(tempfile.mkdtemp(prefix="wecomd-bench-kf-"))
-    port, api_port = free_port(), free_port()
-    commands, answers = multiprocessing.Queue(), multiprocessing.Queue()
-    sandbox = multiprocessing.Process(target=sandbox_process, args=(api_port, commands, answers, args.others_nice),
-                                      daemon=True)
-    sandbox.start()
-    assert answers.get(timeout=30) == "ready"
-    server, log = start_server(work, port, api_port, args.kf_pull)
-    try:
-        wait_healthy(port, server, log)
-        time.sleep(1.0)  # the startup pull found the account empty
+    with daemon_and_sandbox(args.kf_pull, args.others_nice) as (work, port, log, commands, answers):
         commands.put(("backlog", args.messages, args.customers))
         last_msgid, token = answers.get(timeout=300)
         print("backlog: %d messages from %d customers in the sandbox (it and the load process at niceness +%d)"
@@ -404,11 +420,6 @@ def one_round(args: argparse.Namespace) -> dict:
         stop.set()
         outcome = results.get(timeout=120)
         load.join(30)
-    finally:
-        server.terminate()
-        server.wait(30)
-        commands.put(("stop",))
-        sandbox.join(10)
 
     seconds = visible - started
     print("\npulled, stored and visible: %d messages in %.2f s: %.0f messages/s (target ≥ 5,000)"
